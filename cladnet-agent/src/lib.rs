@@ -1,0 +1,4 @@
+//! The CLADNet agent library: everything `cladnet-agent` runs, usable from tests.
+#![forbid(unsafe_code)]
+
+pub mod ebpf;

@@ -1,0 +1,129 @@
+//! `cladnet-agent`: the CLADNet agent daemon and its maintenance commands.
+#![forbid(unsafe_code)]
+
+use cladnet_agent::ebpf;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use cladnet_common::{maps::PIN_ROOT, wire::TUNNEL_PORT};
+use tracing_subscriber::EnvFilter;
+
+/// CLADNet agent: carries a host's overlay traffic.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the in-kernel (eBPF) dataplane directly.
+    #[command(subcommand)]
+    Dataplane(DataplaneCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DataplaneCommand {
+    /// Load the eBPF programs, attach them to an underlay interface and pin them.
+    Attach {
+        /// Underlay interface (XDP ingress and TC egress).
+        #[arg(long)]
+        iface: String,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_mode: ebpf::XdpAttach,
+        /// bpffs directory for the pinned maps and links.
+        #[arg(long, default_value = PIN_ROOT)]
+        pin_dir: PathBuf,
+        /// UDP port of the tunnel.
+        #[arg(long, default_value_t = TUNNEL_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+        tunnel_port: u16,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the per-CPU counters of an attached dataplane, summed over CPUs.
+    Stats {
+        /// bpffs directory of the pins.
+        #[arg(long, default_value = PIN_ROOT)]
+        pin_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach the programs and remove the pins.
+    Detach {
+        /// bpffs directory of the pins.
+        #[arg(long, default_value = PIN_ROOT)]
+        pin_dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Dataplane(cmd) => dataplane(cmd),
+    }
+}
+
+fn dataplane(cmd: DataplaneCommand) -> anyhow::Result<()> {
+    match cmd {
+        DataplaneCommand::Attach { iface, xdp_mode, pin_dir, tunnel_port, json } => {
+            let attached = ebpf::attach(&iface, xdp_mode, &pin_dir, tunnel_port)
+                .with_context(|| format!("attaching the eBPF dataplane to {iface}"))?;
+            if json {
+                println!("{}", serde_json::to_string(&attached)?);
+            } else {
+                println!(
+                    "attached to {} (XDP {} mode: {}); pins in {}",
+                    attached.iface,
+                    attached.xdp_mode,
+                    attached.xdp_reason,
+                    attached.pin_dir.display()
+                );
+            }
+        }
+        DataplaneCommand::Stats { pin_dir, json } => {
+            let rows = ebpf::read_stats(&pin_dir)
+                .with_context(|| format!("reading counters from {}", pin_dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                println!("{:<16} {:>12} {:>16}", "COUNTER", "PACKETS", "BYTES");
+                for r in rows {
+                    println!("{:<16} {:>12} {:>16}", r.slot, r.packets, r.bytes);
+                }
+            }
+        }
+        DataplaneCommand::Detach { pin_dir } => {
+            let found = ebpf::detach(&pin_dir)
+                .with_context(|| format!("detaching the pins in {}", pin_dir.display()))?;
+            if !found {
+                println!("nothing attached in {}", pin_dir.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,14 @@
+//! Types shared by the CLADNet eBPF programs (`cladnet-ebpf`) and userspace.
+//!
+//! Everything here is `no_std`, `#[repr(C)]` and free of implicit padding, so the kernel and
+//! userspace read the same bytes. Multi-byte fields that mirror packet bytes are stored in
+//! network byte order as byte arrays and read through accessors, so eBPF code can copy them
+//! straight from a packet. The `user` feature implements `aya::Pod` for the map types.
+#![no_std]
+#![cfg_attr(not(feature = "user"), forbid(unsafe_code))]
+
+pub mod maps;
+pub mod wire;
+
+#[cfg(feature = "user")]
+mod pod;

@@ -1,0 +1,11 @@
+//! `aya::Pod` for the map types: userspace only (`user` feature).
+//!
+//! SAFETY (all impls): each type is `#[repr(C)]`, `Copy`, has no padding (checked by the
+//! size asserts next to its definition) and is valid for every bit pattern.
+
+use crate::maps::{Config, Counters};
+
+// SAFETY: see the module comment.
+unsafe impl aya::Pod for Counters {}
+// SAFETY: see the module comment.
+unsafe impl aya::Pod for Config {}

@@ -1,0 +1,2 @@
+//! `cladnet-controller`: the CLADNet control plane.
+fn main() {}
