@@ -1,1 +1,61 @@
-//! x
+//! The CLADNet integration-test harness.
+//!
+//! Tests declare a topology of "clouds" (private subnets behind NAT gateways, overlapping
+//! CIDRs allowed) joined by an "internet" router, build it in network namespaces with names
+//! unique to the test process, run commands and processes inside its hosts, and tear it all
+//! down when the [`Topology`] is dropped, also when the test panics. Leftovers of a crashed
+//! run (namespaces and bpffs pins whose owning process is gone) are removed the first time a
+//! topology is built.
+//!
+//! Every test that needs root and namespaces starts with [`require_netns!`]: without them it
+//! prints why it skips, except under CI (`CI=true`) where a skip is a failure.
+#![forbid(unsafe_code)]
+
+mod cleanup;
+mod netns;
+mod privilege;
+mod topology;
+
+pub use cleanup::{leftovers, sweep_stale};
+pub use netns::{Netns, run_checked};
+pub use privilege::{netns_unavailable, skip_or_fail};
+pub use topology::{CloudSpec, Host, Nat, Topology, TopologyBuilder, TopologyError};
+
+use std::path::PathBuf;
+
+/// Path of a workspace binary (`cladnet-agent`, `cladnet-controller`, ...) built next to the
+/// running test executable, or in `$CLADNET_BIN_DIR`.
+///
+/// # Panics
+/// If the binary is missing, with the command that builds it.
+pub fn bin_path(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("CLADNET_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            // Test executables live in target/<profile>/deps; binaries in target/<profile>.
+            let exe = std::env::current_exe().expect("current test executable");
+            let deps = exe.parent().expect("executable has a directory");
+            deps.parent().unwrap_or(deps).to_owned()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the workspace binaries first (`cargo build --workspace`, which \
+         `cargo xtask test` runs), or set CLADNET_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// Returns early from a test (after printing why) when root and network namespaces are
+/// unavailable; under `CI=true` it panics instead, so no test passes by not running.
+#[macro_export]
+macro_rules! require_netns {
+    () => {
+        if let Some(reason) = $crate::netns_unavailable() {
+            $crate::skip_or_fail(module_path!(), &reason);
+            return;
+        }
+    };
+}

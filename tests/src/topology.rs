@@ -1,0 +1,373 @@
+//! Declaring and building a multi-cloud topology in network namespaces.
+//!
+//! ```text
+//!  host ns (eth0) ─┐                                         ┌─ host ns (eth0)
+//!  host ns (eth0) ─┤ br0 [gw-<cloud>] wan ── c-<cloud> [inet] c-<cloud> ── wan [gw-<cloud>] br0 ┤
+//!    private CIDR    NAT gateway      198.18.<i>.2   .1   internet router    ...            │
+//! ```
+//!
+//! Cloud `i` (1-based, in declaration order) reaches the internet router over the transit
+//! subnet `198.18.<i>.0/24` (RFC 2544 benchmarking space, never routed on the real internet):
+//! the router holds `.1`, the gateway's WAN side `.2`. Host `k` (0-based) of a cloud gets the
+//! private address `<cidr network> + 10 + k`. With [`Nat::Masquerade`] all hosts share the
+//! gateway's public address; with [`Nat::OneToOne`] host `k` owns the public address
+//! `198.18.<i>.<10 + k>`, mapped both ways as clouds map elastic/external IPs.
+
+use std::{
+    fmt,
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::Command,
+};
+
+use ipnet::Ipv4Net;
+
+use crate::{
+    cleanup::{next_prefix, sweep_stale},
+    netns::Netns,
+};
+
+/// How a cloud's gateway translates addresses between its private subnet and the internet.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Nat {
+    /// Source NAT of every host to the gateway's one public address (like a cloud NAT
+    /// gateway); hosts cannot be reached from outside unless they sent first.
+    Masquerade,
+    /// Each host owns a public address, translated both ways (like an elastic/external IP).
+    OneToOne,
+}
+
+/// One cloud: a private subnet of hosts behind a NAT gateway.
+#[derive(Clone, Debug)]
+pub struct CloudSpec {
+    /// Short name (also used in namespace and interface names).
+    pub name: String,
+    /// The private subnet. Several clouds may use the same one.
+    pub cidr: Ipv4Net,
+    /// The gateway's NAT behaviour.
+    pub nat: Nat,
+    /// MTU of the links inside the cloud (hosts to gateway) and of its internet link.
+    pub mtu: u32,
+    /// Host names, in order.
+    pub hosts: Vec<String>,
+}
+
+/// An error building a topology: what was attempted and why it failed.
+#[derive(Debug)]
+pub struct TopologyError(pub String);
+
+impl fmt::Display for TopologyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TopologyError {}
+
+impl From<String> for TopologyError {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+/// Declares a topology; [`TopologyBuilder::build`] creates it.
+#[derive(Debug, Default)]
+pub struct TopologyBuilder {
+    clouds: Vec<CloudSpec>,
+    mtu: Option<u32>,
+    errors: Vec<String>,
+}
+
+impl TopologyBuilder {
+    /// Adds a cloud with the private subnet `cidr` behind a gateway doing `nat`.
+    pub fn cloud(mut self, name: &str, cidr: &str, nat: Nat) -> Self {
+        match cidr.parse::<Ipv4Net>() {
+            Ok(cidr) => self.clouds.push(CloudSpec { name: name.to_owned(), cidr: cidr.trunc(), nat, mtu: 0, hosts: vec![] }),
+            Err(e) => self.errors.push(format!("cloud {name}: cidr {cidr:?}: {e}")),
+        }
+        self
+    }
+
+    /// Adds a host to an already declared cloud.
+    pub fn host(mut self, cloud: &str, name: &str) -> Self {
+        match self.clouds.iter_mut().find(|c| c.name == cloud) {
+            Some(c) => c.hosts.push(name.to_owned()),
+            None => self.errors.push(format!("host {name}: no cloud named {cloud:?} declared before it")),
+        }
+        self
+    }
+
+    /// Sets the MTU of every link (default 1500).
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.mtu = Some(mtu);
+        self
+    }
+
+    /// Sets the MTU of one cloud's links, overriding [`TopologyBuilder::mtu`].
+    pub fn cloud_mtu(mut self, cloud: &str, mtu: u32) -> Self {
+        match self.clouds.iter_mut().find(|c| c.name == cloud) {
+            Some(c) => c.mtu = mtu,
+            None => self.errors.push(format!("cloud_mtu: no cloud named {cloud:?}")),
+        }
+        self
+    }
+
+    /// Creates the namespaces, links, addresses, routes and NAT rules. On error everything
+    /// created so far is removed.
+    pub fn build(mut self) -> Result<Topology, TopologyError> {
+        let default_mtu = self.mtu.unwrap_or(1500);
+        for c in &mut self.clouds {
+            if c.mtu == 0 {
+                c.mtu = default_mtu;
+            }
+        }
+        self.validate()?;
+        sweep_stale();
+        let prefix = next_prefix();
+        let mut topo = Topology { prefix, hosts: vec![], gateways: vec![], internet: None, pin_dirs: vec![] };
+        let inet = Netns::create(&topo.ns_name("inet"))?;
+        inet.sysctl("net.ipv4.ip_forward", "1")?;
+        topo.internet = Some(inet);
+        for (i, cloud) in self.clouds.iter().enumerate() {
+            topo.add_cloud(i as u8 + 1, cloud)?;
+        }
+        Ok(topo)
+    }
+
+    fn validate(&self) -> Result<(), TopologyError> {
+        let mut errors = self.errors.clone();
+        if self.clouds.is_empty() {
+            errors.push("a topology needs at least one cloud".into());
+        }
+        if self.clouds.len() > 250 {
+            errors.push("at most 250 clouds".into());
+        }
+        let mut names: Vec<&str> = vec!["inet"];
+        for c in &self.clouds {
+            let usable = (1u64 << (32 - c.cidr.prefix_len())).saturating_sub(12);
+            if c.hosts.len() as u64 > usable.min(240) {
+                errors.push(format!("cloud {}: {} hosts do not fit in {}", c.name, c.hosts.len(), c.cidr));
+            }
+            if !(576..=9000).contains(&c.mtu) {
+                errors.push(format!("cloud {}: mtu {} outside 576..=9000", c.name, c.mtu));
+            }
+            for n in std::iter::once(&c.name).chain(&c.hosts) {
+                if n.is_empty() || n.len() > 12 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                    errors.push(format!("name {n:?}: use 1-12 characters [A-Za-z0-9-] (it becomes an interface name)"));
+                }
+                if names.contains(&n.as_str()) || n.starts_with("gw-") {
+                    errors.push(format!("name {n:?} is used twice or reserved"));
+                }
+                names.push(n);
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(TopologyError(errors.join("; "))) }
+    }
+}
+
+/// A host: one network namespace with `eth0` in a cloud's private subnet.
+#[derive(Debug)]
+pub struct Host {
+    name: String,
+    cloud: String,
+    private_ip: Ipv4Addr,
+    prefix_len: u8,
+    public_ip: Ipv4Addr,
+    ns: Netns,
+}
+
+impl Host {
+    /// The host's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The cloud it lives in.
+    pub fn cloud(&self) -> &str {
+        &self.cloud
+    }
+
+    /// Its address on `eth0`.
+    pub fn private_ip(&self) -> Ipv4Addr {
+        self.private_ip
+    }
+
+    /// Its private subnet's prefix length.
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    /// The address the internet sees it as (its own with 1:1 NAT, the gateway's with
+    /// masquerade).
+    pub fn public_ip(&self) -> Ipv4Addr {
+        self.public_ip
+    }
+
+    /// The underlay interface.
+    pub fn iface(&self) -> &'static str {
+        "eth0"
+    }
+
+    /// The host's namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.ns
+    }
+
+    /// A command that runs `program` on this host.
+    pub fn command(&self, program: &str) -> Command {
+        self.ns.command(program)
+    }
+
+    /// Runs `argv` on this host; `Err` carries the command and its stderr.
+    pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, argv: impl IntoIterator<Item = S>) -> Result<String, String> {
+        self.ns.exec(argv)
+    }
+
+    /// Whether `count` pings to `dst` (200 ms apart, 1 s timeout each) all got replies.
+    pub fn pings(&self, dst: Ipv4Addr, count: u32) -> bool {
+        let (count, dst) = (count.to_string(), dst.to_string());
+        self.exec(["ping", "-n", "-q", "-c", &count, "-i", "0.2", "-W", "1", &dst]).is_ok()
+    }
+}
+
+/// A built topology. Dropping it kills every process in its namespaces, removes the bpffs pin
+/// directories it handed out and deletes the namespaces (which removes their links).
+#[derive(Debug)]
+pub struct Topology {
+    prefix: String,
+    // Field order is drop order: pins first (detaching eBPF), then hosts, gateways, internet.
+    pin_dirs: Vec<PathBuf>,
+    hosts: Vec<Host>,
+    gateways: Vec<(String, Netns)>,
+    internet: Option<Netns>,
+}
+
+impl Topology {
+    /// Starts declaring a topology.
+    pub fn builder() -> TopologyBuilder {
+        TopologyBuilder::default()
+    }
+
+    /// The prefix of every namespace and pin directory name of this topology.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The host called `name`.
+    ///
+    /// # Panics
+    /// If there is none (a typo in the test).
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no host named {name:?}"))
+    }
+
+    /// All hosts, in declaration order.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// The internet router's namespace.
+    pub fn internet(&self) -> &Netns {
+        self.internet.as_ref().expect("built topologies have an internet router")
+    }
+
+    /// The NAT gateway namespace of `cloud`.
+    ///
+    /// # Panics
+    /// If there is no such cloud.
+    pub fn gateway(&self, cloud: &str) -> &Netns {
+        self.gateways.iter().find(|(c, _)| c == cloud).map(|(_, ns)| ns).unwrap_or_else(|| panic!("no cloud {cloud:?}"))
+    }
+
+    /// A bpffs directory (not yet created) for `host`'s pins, removed when the topology drops.
+    pub fn bpf_pin_dir(&mut self, host: &str) -> PathBuf {
+        let dir = PathBuf::from(format!("/sys/fs/bpf/{}{host}", self.prefix));
+        self.pin_dirs.push(dir.clone());
+        dir
+    }
+
+    fn ns_name(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+
+    fn add_cloud(&mut self, index: u8, cloud: &CloudSpec) -> Result<(), TopologyError> {
+        let gw = Netns::create(&self.ns_name(&format!("gw-{}", cloud.name)))?;
+        gw.sysctl("net.ipv4.ip_forward", "1")?;
+        let inet = self.internet();
+        let mtu = cloud.mtu.to_string();
+        let router_if = format!("c-{}", cloud.name);
+        veth(&gw, "wan", inet, &router_if, &mtu)?;
+        let transit = |host: u8| Ipv4Addr::new(198, 18, index, host);
+        inet.exec(["ip", "addr", "add", &format!("{}/24", transit(1)), "dev", &router_if])?;
+        gw.exec(["ip", "addr", "add", &format!("{}/24", transit(2)), "dev", "wan"])?;
+        gw.exec(["ip", "route", "add", "default", "via", &transit(1).to_string()])?;
+
+        let lan_gw = nth_addr(cloud.cidr, 1);
+        gw.exec(["ip", "link", "add", "br0", "mtu", &mtu, "type", "bridge"])?;
+        gw.exec(["ip", "addr", "add", &format!("{lan_gw}/{}", cloud.cidr.prefix_len()), "dev", "br0"])?;
+        gw.exec(["ip", "link", "set", "br0", "up"])?;
+
+        let mut nat = String::from("table ip nat {\n chain pre { type nat hook prerouting priority dstnat;\n");
+        let mut post = String::from(" chain post { type nat hook postrouting priority srcnat;\n");
+        for (k, name) in cloud.hosts.iter().enumerate() {
+            let ns = Netns::create(&self.ns_name(name))?;
+            let port = format!("h-{name}");
+            veth(&ns, "eth0", &gw, &port, &mtu)?;
+            gw.exec(["ip", "link", "set", &port, "master", "br0"])?;
+            let private_ip = nth_addr(cloud.cidr, 10 + k as u32);
+            ns.exec(["ip", "addr", "add", &format!("{private_ip}/{}", cloud.cidr.prefix_len()), "dev", "eth0"])?;
+            ns.exec(["ip", "route", "add", "default", "via", &lan_gw.to_string()])?;
+            let public_ip = match cloud.nat {
+                Nat::Masquerade => transit(2),
+                Nat::OneToOne => {
+                    let public = transit(10 + k as u8);
+                    gw.exec(["ip", "addr", "add", &format!("{public}/32"), "dev", "wan"])?;
+                    nat += &format!("  iifname \"wan\" ip daddr {public} dnat to {private_ip}\n");
+                    post += &format!("  oifname \"wan\" ip saddr {private_ip} snat to {public}\n");
+                    public
+                }
+            };
+            self.hosts.push(Host {
+                name: name.clone(),
+                cloud: cloud.name.clone(),
+                private_ip,
+                prefix_len: cloud.cidr.prefix_len(),
+                public_ip,
+                ns,
+            });
+        }
+        if cloud.nat == Nat::Masquerade {
+            post += &format!("  oifname \"wan\" ip saddr {} masquerade\n", cloud.cidr);
+        }
+        nat += " }\n";
+        nat += &post;
+        nat += " }\n}\n";
+        gw.load_nft(&nat)?;
+        self.gateways.push((cloud.name.clone(), gw));
+        Ok(())
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for dir in &self.pin_dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Creates a veth pair with `a_if` in `a` and `b_if` in `b`, both up with `mtu`. The pair is
+/// created directly inside the namespaces, so it never appears in the host's namespace.
+fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str, mtu: &str) -> Result<(), String> {
+    crate::run_checked(Command::new("ip").args([
+        "link", "add", "name", a_if, "netns", a.name(), "mtu", mtu, "type", "veth", "peer", "name", b_if,
+        "netns", b.name(), "mtu", mtu,
+    ]))?;
+    a.exec(["ip", "link", "set", a_if, "up"])?;
+    b.exec(["ip", "link", "set", b_if, "up"])?;
+    Ok(())
+}
+
+fn nth_addr(net: Ipv4Net, n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()) + n)
+}
