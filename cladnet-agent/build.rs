@@ -13,7 +13,13 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let target_dir = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|p| if p.is_relative() { manifest_dir.join("..").join(p) } else { p })
+        .map(|p| {
+            if p.is_relative() {
+                manifest_dir.join("..").join(p)
+            } else {
+                p
+            }
+        })
         .unwrap_or_else(|| manifest_dir.join("../target"));
     let object = env::var_os("CLADNET_EBPF_OBJECT")
         .map(PathBuf::from)

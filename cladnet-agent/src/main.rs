@@ -6,8 +6,8 @@ use cladnet_agent::ebpf;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
 use cladnet_common::{maps::PIN_ROOT, wire::TUNNEL_PORT};
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 /// CLADNet agent: carries a host's overlay traffic.
@@ -81,7 +81,13 @@ fn main() -> anyhow::Result<()> {
 
 fn dataplane(cmd: DataplaneCommand) -> anyhow::Result<()> {
     match cmd {
-        DataplaneCommand::Attach { iface, xdp_mode, pin_dir, tunnel_port, json } => {
+        DataplaneCommand::Attach {
+            iface,
+            xdp_mode,
+            pin_dir,
+            tunnel_port,
+            json,
+        } => {
             let attached = ebpf::attach(&iface, xdp_mode, &pin_dir, tunnel_port)
                 .with_context(|| format!("attaching the eBPF dataplane to {iface}"))?;
             if json {
@@ -121,7 +127,9 @@ fn dataplane(cmd: DataplaneCommand) -> anyhow::Result<()> {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -38,7 +38,10 @@ impl Counters {
 
     /// Sums two counters (used to fold per-CPU values).
     pub const fn merged(self, other: Self) -> Self {
-        Self { packets: self.packets + other.packets, bytes: self.bytes + other.bytes }
+        Self {
+            packets: self.packets + other.packets,
+            bytes: self.bytes + other.bytes,
+        }
     }
 }
 
@@ -60,8 +63,12 @@ impl StatSlot {
     /// Number of slots, the size of the [`MAP_STATS`] array.
     pub const COUNT: u32 = 4;
     /// All slots in index order.
-    pub const ALL: [Self; Self::COUNT as usize] =
-        [Self::XdpTunnelRx, Self::XdpOtherRx, Self::TcTunnelTx, Self::TcOtherTx];
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::XdpTunnelRx,
+        Self::XdpOtherRx,
+        Self::TcTunnelTx,
+        Self::TcOtherTx,
+    ];
 
     /// Stable snake_case name, used in CLI output and metrics.
     pub const fn name(self) -> &'static str {
@@ -89,7 +96,11 @@ const _: () = assert!(size_of::<Config>() == 8);
 impl Config {
     /// A configuration for the given tunnel UDP port.
     pub const fn new(tunnel_port: u16) -> Self {
-        Self { tunnel_port: tunnel_port.to_be_bytes(), _pad: [0; 2], flags: 0 }
+        Self {
+            tunnel_port: tunnel_port.to_be_bytes(),
+            _pad: [0; 2],
+            flags: 0,
+        }
     }
 
     /// The tunnel port in network byte order, as it appears in a UDP header.
@@ -127,8 +138,17 @@ mod tests {
         let mut a = Counters::default();
         a.add(100);
         a.add(50);
-        let b = Counters { packets: 1, bytes: 1 };
-        assert_eq!(a.merged(b), Counters { packets: 3, bytes: 151 });
+        let b = Counters {
+            packets: 1,
+            bytes: 1,
+        };
+        assert_eq!(
+            a.merged(b),
+            Counters {
+                packets: 3,
+                bytes: 151
+            }
+        );
     }
 
     #[test]

@@ -132,7 +132,16 @@ impl CladHeader {
     /// The header's wire bytes.
     pub const fn to_bytes(&self) -> [u8; CLAD_HDR_LEN] {
         let n = self.node_id;
-        [self.version_type, self.flags, self.reserved[0], self.reserved[1], n[0], n[1], n[2], n[3]]
+        [
+            self.version_type,
+            self.flags,
+            self.reserved[0],
+            self.reserved[1],
+            n[0],
+            n[1],
+            n[2],
+            n[3],
+        ]
     }
 
     /// Parses and validates the header at the start of `buf`.
@@ -149,7 +158,12 @@ impl CladHeader {
         if r0 != 0 || r1 != 0 {
             return Err(WireError::ReservedNotZero);
         }
-        Ok(Self { version_type: vt, flags, reserved: [0; 2], node_id: [n0, n1, n2, n3] })
+        Ok(Self {
+            version_type: vt,
+            flags,
+            reserved: [0; 2],
+            node_id: [n0, n1, n2, n3],
+        })
     }
 }
 
@@ -170,8 +184,14 @@ mod tests {
     #[test]
     fn decode_rejects_bad_headers() {
         assert_eq!(CladHeader::decode(&[0x11, 0, 0]), Err(WireError::Truncated));
-        assert_eq!(CladHeader::decode(&[0x21, 0, 0, 0, 0, 0, 0, 1]), Err(WireError::BadVersion(2)));
-        assert_eq!(CladHeader::decode(&[0x12, 0, 0, 0, 0, 0, 0, 1]), Err(WireError::BadType(2)));
+        assert_eq!(
+            CladHeader::decode(&[0x21, 0, 0, 0, 0, 0, 0, 1]),
+            Err(WireError::BadVersion(2))
+        );
+        assert_eq!(
+            CladHeader::decode(&[0x12, 0, 0, 0, 0, 0, 0, 1]),
+            Err(WireError::BadType(2))
+        );
         assert_eq!(
             CladHeader::decode(&[0x11, 0, 0, 1, 0, 0, 0, 1]),
             Err(WireError::ReservedNotZero)
@@ -183,7 +203,10 @@ mod tests {
         for t in 1..=4 {
             assert_eq!(demux(&[t, 0, 0, 0, 9, 9]), Demux::WireGuard(t));
         }
-        assert_eq!(demux(&CladHeader::new(CladType::Probe, 0, 7).to_bytes()), Demux::Clad);
+        assert_eq!(
+            demux(&CladHeader::new(CladType::Probe, 0, 7).to_bytes()),
+            Demux::Clad
+        );
         assert_eq!(demux(&[1, 0, 0, 1]), Demux::Unknown);
         assert_eq!(demux(&[0x31]), Demux::Unknown);
         assert_eq!(demux(&[]), Demux::Unknown);

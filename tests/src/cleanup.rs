@@ -25,7 +25,11 @@ pub(crate) fn process_prefix() -> String {
 /// A fresh prefix `cn-<pid>-<seq>-` for one topology.
 pub(crate) fn next_prefix() -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);
-    format!("{}{}-", process_prefix(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}{}-",
+        process_prefix(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Removes namespaces (killing their processes) and bpffs pin directories left by test
@@ -49,13 +53,21 @@ pub fn sweep_stale() {
 pub fn leftovers(prefix: &str) -> Vec<String> {
     [NETNS_DIR, BPFFS_DIR]
         .iter()
-        .flat_map(|dir| entries(dir).into_iter().filter(|n| n.starts_with(prefix)).map(move |n| format!("{dir}/{n}")))
+        .flat_map(|dir| {
+            entries(dir)
+                .into_iter()
+                .filter(|n| n.starts_with(prefix))
+                .map(move |n| format!("{dir}/{n}"))
+        })
         .collect()
 }
 
 fn entries(dir: &str) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -64,7 +76,8 @@ fn is_stale(name: &str) -> bool {
     let Some(pid) = name.strip_prefix("cn-").and_then(|r| r.split('-').next()) else {
         return false;
     };
-    pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    pid.parse::<u32>()
+        .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ impl Netns {
     /// Creates the namespace and brings its loopback up.
     pub fn create(name: &str) -> Result<Self, String> {
         run_checked(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Self { name: name.to_owned() };
+        let ns = Self {
+            name: name.to_owned(),
+        };
         ns.exec(["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -31,7 +33,9 @@ impl Netns {
     /// entered (`nsenter --net`), so the caller's mounts, including bpffs, stay visible.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
         cmd
     }
 
@@ -50,7 +54,8 @@ impl Netns {
 
     /// Writes a sysctl inside the namespace (`/proc/sys/net` follows the writer's netns).
     pub fn sysctl(&self, key: &str, value: &str) -> Result<(), String> {
-        self.exec(["sysctl", "-qw", &format!("{key}={value}")]).map(drop)
+        self.exec(["sysctl", "-qw", &format!("{key}={value}")])
+            .map(drop)
     }
 
     /// Loads an nftables ruleset (the text `nft -f` reads) into the namespace.
@@ -63,8 +68,14 @@ impl Netns {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("nft in {}: {e}", self.name))?;
-        let written = child.stdin.take().expect("piped").write_all(ruleset.as_bytes());
-        let out = child.wait_with_output().map_err(|e| format!("nft in {}: {e}", self.name))?;
+        let written = child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(ruleset.as_bytes());
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("nft in {}: {e}", self.name))?;
         match (written, out.status.success()) {
             (Ok(()), true) => Ok(()),
             (w, _) => Err(format!(
@@ -78,9 +89,16 @@ impl Netns {
 
     /// Process ids running inside the namespace.
     pub fn pids(&self) -> Vec<u32> {
-        let out = Command::new("ip").args(["netns", "pids", &self.name]).output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
-            .unwrap_or_default()
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output();
+        out.map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
     }
 }
 
@@ -96,7 +114,12 @@ pub(crate) fn kill_all_and_delete(name: &str) {
     for _ in 0..50 {
         let out = Command::new("ip").args(["netns", "pids", name]).output();
         let pids: Vec<String> = out
-            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_owned).collect())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         if pids.is_empty() {
             break;
@@ -111,11 +134,19 @@ pub(crate) fn kill_all_and_delete(name: &str) {
 /// status and stderr.
 pub fn run_checked(cmd: &mut Command) -> Result<String, String> {
     let described = format!("{cmd:?}");
-    let Output { status, stdout, stderr } =
-        cmd.output().map_err(|e| format!("{described}: could not start: {e}"))?;
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd
+        .output()
+        .map_err(|e| format!("{described}: could not start: {e}"))?;
     if status.success() {
         Ok(String::from_utf8_lossy(&stdout).into_owned())
     } else {
-        Err(format!("{described}: {status}: {}", String::from_utf8_lossy(&stderr).trim()))
+        Err(format!(
+            "{described}: {status}: {}",
+            String::from_utf8_lossy(&stderr).trim()
+        ))
     }
 }

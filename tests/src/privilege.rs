@@ -20,7 +20,9 @@ fn probe() -> Option<String> {
     }
     for tool in ["ip", "nsenter", "nft"] {
         if Command::new(tool).arg("-V").output().is_err() {
-            return Some(format!("`{tool}` is not installed (run `cargo xtask setup`)"));
+            return Some(format!(
+                "`{tool}` is not installed (run `cargo xtask setup`)"
+            ));
         }
     }
     let probe = format!("{}probe", crate::cleanup::process_prefix());

@@ -13,12 +13,7 @@
 //! gateway's public address; with [`Nat::OneToOne`] host `k` owns the public address
 //! `198.18.<i>.<10 + k>`, mapped both ways as clouds map elastic/external IPs.
 
-use std::{
-    fmt,
-    net::Ipv4Addr,
-    path::PathBuf,
-    process::Command,
-};
+use std::{fmt, net::Ipv4Addr, path::PathBuf, process::Command};
 
 use ipnet::Ipv4Net;
 
@@ -82,8 +77,16 @@ impl TopologyBuilder {
     /// Adds a cloud with the private subnet `cidr` behind a gateway doing `nat`.
     pub fn cloud(mut self, name: &str, cidr: &str, nat: Nat) -> Self {
         match cidr.parse::<Ipv4Net>() {
-            Ok(cidr) => self.clouds.push(CloudSpec { name: name.to_owned(), cidr: cidr.trunc(), nat, mtu: 0, hosts: vec![] }),
-            Err(e) => self.errors.push(format!("cloud {name}: cidr {cidr:?}: {e}")),
+            Ok(cidr) => self.clouds.push(CloudSpec {
+                name: name.to_owned(),
+                cidr: cidr.trunc(),
+                nat,
+                mtu: 0,
+                hosts: vec![],
+            }),
+            Err(e) => self
+                .errors
+                .push(format!("cloud {name}: cidr {cidr:?}: {e}")),
         }
         self
     }
@@ -92,7 +95,9 @@ impl TopologyBuilder {
     pub fn host(mut self, cloud: &str, name: &str) -> Self {
         match self.clouds.iter_mut().find(|c| c.name == cloud) {
             Some(c) => c.hosts.push(name.to_owned()),
-            None => self.errors.push(format!("host {name}: no cloud named {cloud:?} declared before it")),
+            None => self.errors.push(format!(
+                "host {name}: no cloud named {cloud:?} declared before it"
+            )),
         }
         self
     }
@@ -107,7 +112,9 @@ impl TopologyBuilder {
     pub fn cloud_mtu(mut self, cloud: &str, mtu: u32) -> Self {
         match self.clouds.iter_mut().find(|c| c.name == cloud) {
             Some(c) => c.mtu = mtu,
-            None => self.errors.push(format!("cloud_mtu: no cloud named {cloud:?}")),
+            None => self
+                .errors
+                .push(format!("cloud_mtu: no cloud named {cloud:?}")),
         }
         self
     }
@@ -124,7 +131,13 @@ impl TopologyBuilder {
         self.validate()?;
         sweep_stale();
         let prefix = next_prefix();
-        let mut topo = Topology { prefix, hosts: vec![], gateways: vec![], internet: None, pin_dirs: vec![] };
+        let mut topo = Topology {
+            prefix,
+            hosts: vec![],
+            gateways: vec![],
+            internet: None,
+            pin_dirs: vec![],
+        };
         let inet = Netns::create(&topo.ns_name("inet"))?;
         inet.sysctl("net.ipv4.ip_forward", "1")?;
         topo.internet = Some(inet);
@@ -146,13 +159,24 @@ impl TopologyBuilder {
         for c in &self.clouds {
             let usable = (1u64 << (32 - c.cidr.prefix_len())).saturating_sub(12);
             if c.hosts.len() as u64 > usable.min(240) {
-                errors.push(format!("cloud {}: {} hosts do not fit in {}", c.name, c.hosts.len(), c.cidr));
+                errors.push(format!(
+                    "cloud {}: {} hosts do not fit in {}",
+                    c.name,
+                    c.hosts.len(),
+                    c.cidr
+                ));
             }
             if !(576..=9000).contains(&c.mtu) {
-                errors.push(format!("cloud {}: mtu {} outside 576..=9000", c.name, c.mtu));
+                errors.push(format!(
+                    "cloud {}: mtu {} outside 576..=9000",
+                    c.name, c.mtu
+                ));
             }
             for n in std::iter::once(&c.name).chain(&c.hosts) {
-                if n.is_empty() || n.len() > 12 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                if n.is_empty()
+                    || n.len() > 12
+                    || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
                     errors.push(format!("name {n:?}: use 1-12 characters [A-Za-z0-9-] (it becomes an interface name)"));
                 }
                 if names.contains(&n.as_str()) || n.starts_with("gw-") {
@@ -161,7 +185,11 @@ impl TopologyBuilder {
                 names.push(n);
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(TopologyError(errors.join("; "))) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(TopologyError(errors.join("; ")))
+        }
     }
 }
 
@@ -219,14 +247,20 @@ impl Host {
     }
 
     /// Runs `argv` on this host; `Err` carries the command and its stderr.
-    pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, argv: impl IntoIterator<Item = S>) -> Result<String, String> {
+    pub fn exec<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        argv: impl IntoIterator<Item = S>,
+    ) -> Result<String, String> {
         self.ns.exec(argv)
     }
 
     /// Whether `count` pings to `dst` (200 ms apart, 1 s timeout each) all got replies.
     pub fn pings(&self, dst: Ipv4Addr, count: u32) -> bool {
         let (count, dst) = (count.to_string(), dst.to_string());
-        self.exec(["ping", "-n", "-q", "-c", &count, "-i", "0.2", "-W", "1", &dst]).is_ok()
+        self.exec([
+            "ping", "-n", "-q", "-c", &count, "-i", "0.2", "-W", "1", &dst,
+        ])
+        .is_ok()
     }
 }
 
@@ -258,7 +292,10 @@ impl Topology {
     /// # Panics
     /// If there is none (a typo in the test).
     pub fn host(&self, name: &str) -> &Host {
-        self.hosts.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no host named {name:?}"))
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no host named {name:?}"))
     }
 
     /// All hosts, in declaration order.
@@ -268,7 +305,9 @@ impl Topology {
 
     /// The internet router's namespace.
     pub fn internet(&self) -> &Netns {
-        self.internet.as_ref().expect("built topologies have an internet router")
+        self.internet
+            .as_ref()
+            .expect("built topologies have an internet router")
     }
 
     /// The NAT gateway namespace of `cloud`.
@@ -276,7 +315,11 @@ impl Topology {
     /// # Panics
     /// If there is no such cloud.
     pub fn gateway(&self, cloud: &str) -> &Netns {
-        self.gateways.iter().find(|(c, _)| c == cloud).map(|(_, ns)| ns).unwrap_or_else(|| panic!("no cloud {cloud:?}"))
+        self.gateways
+            .iter()
+            .find(|(c, _)| c == cloud)
+            .map(|(_, ns)| ns)
+            .unwrap_or_else(|| panic!("no cloud {cloud:?}"))
     }
 
     /// A bpffs directory (not yet created) for `host`'s pins, removed when the topology drops.
@@ -298,16 +341,46 @@ impl Topology {
         let router_if = format!("c-{}", cloud.name);
         veth(&gw, "wan", inet, &router_if, &mtu)?;
         let transit = |host: u8| Ipv4Addr::new(198, 18, index, host);
-        inet.exec(["ip", "addr", "add", &format!("{}/24", transit(1)), "dev", &router_if])?;
-        gw.exec(["ip", "addr", "add", &format!("{}/24", transit(2)), "dev", "wan"])?;
-        gw.exec(["ip", "route", "add", "default", "via", &transit(1).to_string()])?;
+        inet.exec([
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", transit(1)),
+            "dev",
+            &router_if,
+        ])?;
+        gw.exec([
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", transit(2)),
+            "dev",
+            "wan",
+        ])?;
+        gw.exec([
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &transit(1).to_string(),
+        ])?;
 
         let lan_gw = nth_addr(cloud.cidr, 1);
         gw.exec(["ip", "link", "add", "br0", "mtu", &mtu, "type", "bridge"])?;
-        gw.exec(["ip", "addr", "add", &format!("{lan_gw}/{}", cloud.cidr.prefix_len()), "dev", "br0"])?;
+        gw.exec([
+            "ip",
+            "addr",
+            "add",
+            &format!("{lan_gw}/{}", cloud.cidr.prefix_len()),
+            "dev",
+            "br0",
+        ])?;
         gw.exec(["ip", "link", "set", "br0", "up"])?;
 
-        let mut nat = String::from("table ip nat {\n chain pre { type nat hook prerouting priority dstnat;\n");
+        let mut nat = String::from(
+            "table ip nat {\n chain pre { type nat hook prerouting priority dstnat;\n",
+        );
         let mut post = String::from(" chain post { type nat hook postrouting priority srcnat;\n");
         for (k, name) in cloud.hosts.iter().enumerate() {
             let ns = Netns::create(&self.ns_name(name))?;
@@ -315,7 +388,14 @@ impl Topology {
             veth(&ns, "eth0", &gw, &port, &mtu)?;
             gw.exec(["ip", "link", "set", &port, "master", "br0"])?;
             let private_ip = nth_addr(cloud.cidr, 10 + k as u32);
-            ns.exec(["ip", "addr", "add", &format!("{private_ip}/{}", cloud.cidr.prefix_len()), "dev", "eth0"])?;
+            ns.exec([
+                "ip",
+                "addr",
+                "add",
+                &format!("{private_ip}/{}", cloud.cidr.prefix_len()),
+                "dev",
+                "eth0",
+            ])?;
             ns.exec(["ip", "route", "add", "default", "via", &lan_gw.to_string()])?;
             let public_ip = match cloud.nat {
                 Nat::Masquerade => transit(2),
@@ -360,8 +440,23 @@ impl Drop for Topology {
 /// created directly inside the namespaces, so it never appears in the host's namespace.
 fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str, mtu: &str) -> Result<(), String> {
     crate::run_checked(Command::new("ip").args([
-        "link", "add", "name", a_if, "netns", a.name(), "mtu", mtu, "type", "veth", "peer", "name", b_if,
-        "netns", b.name(), "mtu", mtu,
+        "link",
+        "add",
+        "name",
+        a_if,
+        "netns",
+        a.name(),
+        "mtu",
+        mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+        "mtu",
+        mtu,
     ]))?;
     a.exec(["ip", "link", "set", a_if, "up"])?;
     b.exec(["ip", "link", "set", b_if, "up"])?;

@@ -24,13 +24,22 @@ fn parallel_topologies_do_not_collide() {
             std::thread::spawn(|| {
                 let topo = two_clouds(1500);
                 let (e1, e2, w1) = (topo.host("e1"), topo.host("e2"), topo.host("w1"));
-                assert!(e1.pings(e2.private_ip(), 1), "same-subnet hosts reach each other");
-                assert!(w1.pings(e1.public_ip(), 1), "masqueraded host reaches a public address");
+                assert!(
+                    e1.pings(e2.private_ip(), 1),
+                    "same-subnet hosts reach each other"
+                );
+                assert!(
+                    w1.pings(e1.public_ip(), 1),
+                    "masqueraded host reaches a public address"
+                );
                 topo.prefix().to_owned()
             })
         })
         .collect();
-    let prefixes: Vec<String> = handles.into_iter().map(|h| h.join().expect("topology thread")).collect();
+    let prefixes: Vec<String> = handles
+        .into_iter()
+        .map(|h| h.join().expect("topology thread"))
+        .collect();
     for p in &prefixes {
         assert_eq!(leftovers(p), Vec::<String>::new());
     }
@@ -45,11 +54,17 @@ fn link_mtu_is_enforced_end_to_end() {
     let df_ping = |size: u32| {
         let size = size.to_string();
         let dst = e1.public_ip().to_string();
-        w1.exec(["ping", "-n", "-q", "-c", "1", "-W", "1", "-M", "do", "-s", &size, &dst]).is_ok()
+        w1.exec([
+            "ping", "-n", "-q", "-c", "1", "-W", "1", "-M", "do", "-s", &size, &dst,
+        ])
+        .is_ok()
     };
     // 1400 - 20 (IPv4) - 8 (ICMP) = 1372 bytes of payload fit; one more does not.
     assert!(df_ping(1372), "a 1400-byte packet crosses the path");
-    assert!(!df_ping(1373), "a 1401-byte packet with DF set must not cross a 1400 MTU path");
+    assert!(
+        !df_ping(1373),
+        "a 1401-byte packet with DF set must not cross a 1400 MTU path"
+    );
 }
 
 #[test]
@@ -57,25 +72,49 @@ fn teardown_happens_on_panic_and_kills_processes() {
     require_netns!();
     let result = panic::catch_unwind(|| {
         let topo = two_clouds(1500);
-        let child = topo.host("e1").command("sleep").arg("600").spawn().expect("spawn sleep");
-        let pid = child.id();
+        // A daemon detached from the harness (its parent exits at once): only the namespace
+        // teardown can stop it.
+        let out = topo
+            .host("e1")
+            .exec(["bash", "-c", "sleep 600 >/dev/null 2>&1 & echo $!"])
+            .expect("start sleep");
+        let pid: u32 = out.trim().parse().expect("pid");
         panic::panic_any((topo.prefix().to_owned(), pid));
     });
     let payload = result.expect_err("the closure panics");
-    let (prefix, pid) = payload.downcast_ref::<(String, u32)>().expect("payload").clone();
+    let (prefix, pid) = payload
+        .downcast_ref::<(String, u32)>()
+        .expect("payload")
+        .clone();
     assert_eq!(leftovers(&prefix), Vec::<String>::new());
-    // The killed child is a zombie of ours until reaped; it must not be running.
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    assert!(state.is_empty() || state.contains(") Z "), "sleep survived teardown: {state}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "sleep {pid} survived teardown"
+    );
 }
 
 #[test]
 fn stale_leftovers_of_dead_processes_are_swept() {
     require_netns!();
     // A pid that does not exist stands for a crashed test process.
-    let dead = (100_000..4_000_000).rev().find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).unwrap();
+    let dead = (100_000..4_000_000)
+        .rev()
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
     let name = format!("cn-{dead}-0-stale");
-    assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success()
+    );
     let pins = format!("/sys/fs/bpf/cn-{dead}-0-stale");
     std::fs::create_dir_all(&pins).expect("bpffs is mounted (cargo xtask setup)");
     // The sweep runs once per process, at the first build; this test process has not built

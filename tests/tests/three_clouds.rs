@@ -43,17 +43,22 @@ fn agent(host: &Host, args: &[&str]) -> String {
 }
 
 fn stats(host: &Host, pin_dir: &str) -> Vec<StatRow> {
-    serde_json::from_str(&agent(host, &["stats", "--json", "--pin-dir", pin_dir])).expect("stats JSON")
+    serde_json::from_str(&agent(host, &["stats", "--json", "--pin-dir", pin_dir]))
+        .expect("stats JSON")
 }
 
 fn counter(rows: &[StatRow], slot: &str) -> (u64, u64) {
-    let row = rows.iter().find(|r| r.slot == slot).unwrap_or_else(|| panic!("no counter {slot}"));
+    let row = rows
+        .iter()
+        .find(|r| r.slot == slot)
+        .unwrap_or_else(|| panic!("no counter {slot}"));
     (row.packets, row.bytes)
 }
 
 /// Sends `n` datagrams from `from` to `to:TUNNEL_PORT`, each its own socket and exact payload.
 fn send_datagrams(from: &Host, to: Ipv4Addr, n: u32) {
-    let script = format!("for i in $(seq {n}); do printf '{PAYLOAD}' > /dev/udp/{to}/{TUNNEL_PORT}; done");
+    let script =
+        format!("for i in $(seq {n}); do printf '{PAYLOAD}' > /dev/udp/{to}/{TUNNEL_PORT}; done");
     from.exec(["bash", "-c", &script]).expect("send datagrams");
 }
 
@@ -68,9 +73,16 @@ fn count_arrivals_from(host: &Host, src: Ipv4Addr) {
 
 /// The packet count of the counter installed by [`count_arrivals_from`].
 fn arrivals_from(host: &Host) -> u64 {
-    let out = host.exec(["nft", "list", "table", "ip", "probe"]).expect("list nft counter");
-    let packets = out.split("packets ").nth(1).and_then(|s| s.split_whitespace().next());
-    packets.and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no counter in {out}"))
+    let out = host
+        .exec(["nft", "list", "table", "ip", "probe"])
+        .expect("list nft counter");
+    let packets = out
+        .split("packets ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next());
+    packets
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {out}"))
 }
 
 #[test]
@@ -89,21 +101,40 @@ fn three_clouds_underlay_and_ebpf_counters() {
     // routed across the internet.
     for from in [a1, g1, z1] {
         for to in [g1, z1] {
-            assert!(from.pings(to.public_ip(), 2), "{} -> {} ({})", from.name(), to.name(), to.public_ip());
+            assert!(
+                from.pings(to.public_ip(), 2),
+                "{} -> {} ({})",
+                from.name(),
+                to.name(),
+                to.public_ip()
+            );
         }
     }
-    assert!(!z1.pings(a1.private_ip(), 1), "a private address must not be reachable from another cloud");
+    assert!(
+        !z1.pings(a1.private_ip(), 1),
+        "a private address must not be reachable from another cloud"
+    );
     count_arrivals_from(z1, a1.public_ip());
 
     let (z1_pins, a1_pins) = (topo.bpf_pin_dir("z1"), topo.bpf_pin_dir("a1"));
-    let (z1_pins, a1_pins) = (z1_pins.to_str().unwrap().to_owned(), a1_pins.to_str().unwrap().to_owned());
+    let (z1_pins, a1_pins) = (
+        z1_pins.to_str().unwrap().to_owned(),
+        a1_pins.to_str().unwrap().to_owned(),
+    );
     let (a1, g1, z1) = (topo.host("a1"), topo.host("g1"), topo.host("z1"));
     for (host, pins) in [(z1, &z1_pins), (a1, &a1_pins)] {
-        let out = agent(host, &["attach", "--iface", "eth0", "--json", "--pin-dir", pins]);
+        let out = agent(
+            host,
+            &["attach", "--iface", "eth0", "--json", "--pin-dir", pins],
+        );
         let attached: Attached = serde_json::from_str(&out).expect("attach JSON");
         assert_eq!(attached.xdp_mode, "driver", "veth supports native XDP");
         let link = host.exec(["ip", "link", "show", "eth0"]).unwrap();
-        assert!(link.contains("xdp"), "XDP program visible on {}: {link}", host.name());
+        assert!(
+            link.contains("xdp"),
+            "XDP program visible on {}: {link}",
+            host.name()
+        );
     }
 
     // a1 (behind masquerade NAT) and g1 (1:1) send to z1's public address; the NAT gateways
@@ -112,22 +143,39 @@ fn three_clouds_underlay_and_ebpf_counters() {
     send_datagrams(a1, z1.public_ip(), from_a1);
     send_datagrams(g1, z1.public_ip(), from_g1);
     let total = u64::from(from_a1 + from_g1);
-    assert!(g1.pings(z1.public_ip(), 3), "pings still flow with the programs attached");
+    assert!(
+        g1.pings(z1.public_ip(), 3),
+        "pings still flow with the programs attached"
+    );
 
     let z1_stats = stats(z1, &z1_pins);
-    assert_eq!(counter(&z1_stats, "xdp_tunnel_rx"), (total, total * FRAME_LEN), "{z1_stats:?}");
+    assert_eq!(
+        counter(&z1_stats, "xdp_tunnel_rx"),
+        (total, total * FRAME_LEN),
+        "{z1_stats:?}"
+    );
     let a1_stats = stats(a1, &a1_pins);
     let sent = u64::from(from_a1);
-    assert_eq!(counter(&a1_stats, "tc_tunnel_tx"), (sent, sent * FRAME_LEN), "{a1_stats:?}");
+    assert_eq!(
+        counter(&a1_stats, "tc_tunnel_tx"),
+        (sent, sent * FRAME_LEN),
+        "{a1_stats:?}"
+    );
     assert_eq!(counter(&a1_stats, "xdp_tunnel_rx"), (0, 0), "{a1_stats:?}");
-    assert!(counter(&z1_stats, "xdp_other_rx").0 >= 3, "pings are counted as other traffic");
+    assert!(
+        counter(&z1_stats, "xdp_other_rx").0 >= 3,
+        "pings are counted as other traffic"
+    );
     // a1's datagrams arrived from its NAT gateway's public address, not its private one.
     assert_eq!(arrivals_from(z1), u64::from(from_a1));
 
     // Detach removes the programs and pins.
     agent(z1, &["detach", "--pin-dir", &z1_pins]);
     let link = z1.exec(["ip", "link", "show", "eth0"]).unwrap();
-    assert!(!link.contains("xdp"), "XDP still attached after detach: {link}");
+    assert!(
+        !link.contains("xdp"),
+        "XDP still attached after detach: {link}"
+    );
     assert!(!std::path::Path::new(&z1_pins).exists());
 
     // Dropping the topology removes everything, including a1's still-pinned programs.

@@ -20,7 +20,9 @@ pub enum EbpfError {
         reason: String,
     },
     /// Pins already exist: another agent instance owns this directory.
-    #[error("the eBPF dataplane is already attached with pins in {pin_dir}; run `cladnet-agent dataplane detach --pin-dir {pin_dir}` first")]
+    #[error(
+        "the eBPF dataplane is already attached with pins in {pin_dir}; run `cladnet-agent dataplane detach --pin-dir {pin_dir}` first"
+    )]
     AlreadyAttached {
         /// The pin directory.
         pin_dir: PathBuf,
@@ -33,7 +35,7 @@ pub enum EbpfError {
     },
     /// The object could not be loaded.
     #[error("loading the eBPF object failed")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     /// The object lacks a map or program this agent expects (agent and object out of step).
     #[error("the eBPF object has no {kind} named {name}")]
     MissingItem {
@@ -53,7 +55,7 @@ pub enum EbpfError {
         iface: String,
         /// The cause.
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// A map operation failed.
     #[error("operation on map {name} failed")]
@@ -62,7 +64,7 @@ pub enum EbpfError {
         name: &'static str,
         /// The cause.
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     /// A link could not be turned into a pinnable fd link.
     #[error("link for {path} cannot be pinned")]
@@ -93,4 +95,29 @@ pub enum EbpfError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl EbpfError {
+    /// A failed program operation.
+    pub(crate) fn program(
+        op: &'static str,
+        prog: &'static str,
+        iface: &str,
+        source: aya::programs::ProgramError,
+    ) -> Self {
+        Self::Program {
+            op,
+            prog,
+            iface: iface.to_owned(),
+            source: Box::new(source),
+        }
+    }
+
+    /// A failed map operation.
+    pub(crate) fn map(name: &'static str, source: aya::maps::MapError) -> Self {
+        Self::Map {
+            name,
+            source: Box::new(source),
+        }
+    }
 }

@@ -69,35 +69,63 @@ pub struct StatRow {
 
 /// Loads the programs, attaches XDP to `iface` and TC to its egress, and pins maps and links
 /// in `pin_dir`. Either everything is attached and pinned or nothing is left behind.
-pub fn attach(iface: &str, mode: XdpAttach, pin_dir: &Path, tunnel_port: u16) -> Result<Attached, EbpfError> {
+pub fn attach(
+    iface: &str,
+    mode: XdpAttach,
+    pin_dir: &Path,
+    tunnel_port: u16,
+) -> Result<Attached, EbpfError> {
     if OBJECT.is_empty() {
         return Err(EbpfError::NoObject);
     }
     bpffs::ensure_mounted(pin_dir)?;
     if PINS.iter().any(|p| pin_dir.join(p).exists()) {
-        return Err(EbpfError::AlreadyAttached { pin_dir: pin_dir.to_owned() });
+        return Err(EbpfError::AlreadyAttached {
+            pin_dir: pin_dir.to_owned(),
+        });
     }
-    std::fs::create_dir_all(pin_dir)
-        .map_err(|source| EbpfError::Io { op: "create pin directory", path: pin_dir.to_owned(), source })?;
-    let mut pins = PinGuard { dir: pin_dir, pinned: Vec::new() };
+    std::fs::create_dir_all(pin_dir).map_err(|source| EbpfError::Io {
+        op: "create pin directory",
+        path: pin_dir.to_owned(),
+        source,
+    })?;
+    let mut pins = PinGuard {
+        dir: pin_dir,
+        pinned: Vec::new(),
+        committed: false,
+    };
 
-    let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(EbpfError::Load)?;
-    let mut config: Array<_, Config> = map(&mut ebpf, MAP_CONFIG)?.try_into().map_err(|e| EbpfError::Map { name: MAP_CONFIG, source: e })?;
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .map_err(|e| EbpfError::Load(Box::new(e)))?;
+    let mut config: Array<_, Config> = map(&mut ebpf, MAP_CONFIG)?
+        .try_into()
+        .map_err(|e| EbpfError::map(MAP_CONFIG, e))?;
     config
         .set(0, Config::new(tunnel_port), 0)
-        .map_err(|e| EbpfError::Map { name: MAP_CONFIG, source: e })?;
+        .map_err(|e| EbpfError::map(MAP_CONFIG, e))?;
     for name in [MAP_STATS, MAP_CONFIG] {
         let path = pin_dir.join(name);
-        let m = ebpf.map(name).ok_or(EbpfError::MissingItem { kind: "map", name })?;
-        m.pin(&path).map_err(|source| EbpfError::Pin { path: path.clone(), source })?;
+        let m = ebpf
+            .map(name)
+            .ok_or(EbpfError::MissingItem { kind: "map", name })?;
+        m.pin(&path).map_err(|source| EbpfError::Pin {
+            path: path.clone(),
+            source,
+        })?;
         pins.pinned.push(path);
     }
 
     let (xdp_mode, xdp_reason) = attach_xdp(&mut ebpf, iface, mode, &mut pins)?;
     attach_tc_egress(&mut ebpf, iface, &mut pins)?;
-    pins.pinned.clear();
+    pins.committed = true;
     info!(iface, xdp_mode, pin_dir = %pin_dir.display(), "eBPF dataplane attached");
-    Ok(Attached { iface: iface.to_owned(), xdp_mode, xdp_reason, pin_dir: pin_dir.to_owned() })
+    Ok(Attached {
+        iface: iface.to_owned(),
+        xdp_mode,
+        xdp_reason,
+        pin_dir: pin_dir.to_owned(),
+    })
 }
 
 fn attach_xdp(
@@ -107,41 +135,53 @@ fn attach_xdp(
     pins: &mut PinGuard<'_>,
 ) -> Result<(&'static str, String), EbpfError> {
     let prog: &mut Xdp = program(ebpf, PROG_XDP_UNDERLAY)?;
-    prog.load().map_err(|source| EbpfError::Program { op: "load", prog: PROG_XDP_UNDERLAY, iface: iface.to_owned(), source })?;
+    prog.load()
+        .map_err(|e| EbpfError::program("load", PROG_XDP_UNDERLAY, iface, e))?;
     let attempts: &[(XdpMode, &'static str)] = match mode {
         XdpAttach::Auto => &[(XdpMode::Driver, "driver"), (XdpMode::Skb, "generic")],
         XdpAttach::Driver => &[(XdpMode::Driver, "driver")],
         XdpAttach::Generic => &[(XdpMode::Skb, "generic")],
     };
-    let mut reason = format!("{} requested", attempts[0].1);
+    let mut reason = match mode {
+        XdpAttach::Auto => "the driver supports native XDP".to_owned(),
+        XdpAttach::Driver | XdpAttach::Generic => "requested with --xdp-mode".to_owned(),
+    };
     let mut last_err = None;
     for &(m, name) in attempts {
         match prog.attach(iface, m) {
             Ok(id) => {
-                let link = prog.take_link(id).map_err(|source| EbpfError::Program { op: "take link", prog: PROG_XDP_UNDERLAY, iface: iface.to_owned(), source })?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(|e| EbpfError::program("take link", PROG_XDP_UNDERLAY, iface, e))?;
                 pins.pin_link(FdLink::try_from(link), LINK_XDP)?;
                 return Ok((name, reason));
             }
             Err(e) => {
                 warn!(iface, mode = name, error = %e, "XDP attach failed");
-                reason = format!("{name} mode failed before this one: {e}");
+                reason = format!("{name} mode failed: {e}");
                 last_err = Some(e);
             }
         }
     }
-    Err(EbpfError::Program {
-        op: "attach XDP",
-        prog: PROG_XDP_UNDERLAY,
-        iface: iface.to_owned(),
-        source: last_err.expect("at least one attempt"),
-    })
+    Err(EbpfError::program(
+        "attach XDP",
+        PROG_XDP_UNDERLAY,
+        iface,
+        last_err.expect("at least one attempt"),
+    ))
 }
 
-fn attach_tc_egress(ebpf: &mut Ebpf, iface: &str, pins: &mut PinGuard<'_>) -> Result<(), EbpfError> {
+fn attach_tc_egress(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    pins: &mut PinGuard<'_>,
+) -> Result<(), EbpfError> {
     let prog: &mut SchedClassifier = program(ebpf, PROG_TC_UNDERLAY_EGRESS)?;
-    let err = |op, source| EbpfError::Program { op, prog: PROG_TC_UNDERLAY_EGRESS, iface: iface.to_owned(), source };
+    let err = |op, e| EbpfError::program(op, PROG_TC_UNDERLAY_EGRESS, iface, e);
     prog.load().map_err(|e| err("load", e))?;
-    let id = prog.attach(iface, TcAttachType::Egress).map_err(|e| err("attach TC egress", e))?;
+    let id = prog
+        .attach(iface, TcAttachType::Egress)
+        .map_err(|e| err("attach TC egress", e))?;
     let link = prog.take_link(id).map_err(|e| err("take link", e))?;
     pins.pin_link(FdLink::try_from(link), LINK_TC_EGRESS)
 }
@@ -150,18 +190,28 @@ fn attach_tc_egress(ebpf: &mut Ebpf, iface: &str, pins: &mut PinGuard<'_>) -> Re
 pub fn read_stats(pin_dir: &Path) -> Result<Vec<StatRow>, EbpfError> {
     let path = pin_dir.join(MAP_STATS);
     if !path.exists() {
-        return Err(EbpfError::NotAttached { pin_dir: pin_dir.to_owned() });
+        return Err(EbpfError::NotAttached {
+            pin_dir: pin_dir.to_owned(),
+        });
     }
-    let data = MapData::from_pin(&path).map_err(|source| EbpfError::Map { name: MAP_STATS, source })?;
-    let map = Map::from_map_data(data).map_err(|source| EbpfError::Map { name: MAP_STATS, source })?;
+    let data = MapData::from_pin(&path).map_err(|e| EbpfError::map(MAP_STATS, e))?;
+    let map = Map::from_map_data(data).map_err(|e| EbpfError::map(MAP_STATS, e))?;
     let stats: PerCpuArray<_, Counters> =
-        map.try_into().map_err(|source| EbpfError::Map { name: MAP_STATS, source })?;
+        map.try_into().map_err(|e| EbpfError::map(MAP_STATS, e))?;
     StatSlot::ALL
         .iter()
         .map(|&slot| {
-            let per_cpu = stats.get(&(slot as u32), 0).map_err(|source| EbpfError::Map { name: MAP_STATS, source })?;
-            let sum = per_cpu.iter().fold(Counters::default(), |acc, c| acc.merged(*c));
-            Ok(StatRow { slot: slot.name(), packets: sum.packets, bytes: sum.bytes })
+            let per_cpu = stats
+                .get(&(slot as u32), 0)
+                .map_err(|e| EbpfError::map(MAP_STATS, e))?;
+            let sum = per_cpu
+                .iter()
+                .fold(Counters::default(), |acc, c| acc.merged(*c));
+            Ok(StatRow {
+                slot: slot.name(),
+                packets: sum.packets,
+                bytes: sum.bytes,
+            })
         })
         .collect()
 }
@@ -175,13 +225,25 @@ pub fn detach(pin_dir: &Path) -> Result<bool, EbpfError> {
         match std::fs::remove_file(&path) {
             Ok(()) => found = true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(EbpfError::Io { op: "remove pin", path, source }),
+            Err(source) => {
+                return Err(EbpfError::Io {
+                    op: "remove pin",
+                    path,
+                    source,
+                });
+            }
         }
     }
     match std::fs::remove_dir(pin_dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(EbpfError::Io { op: "remove pin directory", path: pin_dir.to_owned(), source }),
+        Err(source) => {
+            return Err(EbpfError::Io {
+                op: "remove pin directory",
+                path: pin_dir.to_owned(),
+                source,
+            });
+        }
     }
     if found {
         info!(pin_dir = %pin_dir.display(), "eBPF dataplane detached");
@@ -190,29 +252,45 @@ pub fn detach(pin_dir: &Path) -> Result<bool, EbpfError> {
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, EbpfError> {
-    ebpf.map_mut(name).ok_or(EbpfError::MissingItem { kind: "map", name })
+    ebpf.map_mut(name)
+        .ok_or(EbpfError::MissingItem { kind: "map", name })
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let prog = ebpf.program_mut(name).ok_or(EbpfError::MissingItem { kind: "program", name })?;
-    prog.try_into().map_err(|source| EbpfError::Program { op: "convert", prog: name, iface: String::new(), source })
+    let prog = ebpf.program_mut(name).ok_or(EbpfError::MissingItem {
+        kind: "program",
+        name,
+    })?;
+    prog.try_into()
+        .map_err(|e| EbpfError::program("convert", name, "", e))
 }
 
-/// Pins created by an `attach` in progress; removed on drop unless the attach completed
-/// (which clears the list), so a failed attach leaves nothing behind.
+/// Pins created by an `attach` in progress, and its pin directory; removed on drop unless
+/// the attach completed, so a failed attach leaves nothing behind.
 struct PinGuard<'a> {
     dir: &'a Path,
     pinned: Vec<PathBuf>,
+    committed: bool,
 }
 
 impl PinGuard<'_> {
-    fn pin_link(&mut self, link: Result<FdLink, aya::programs::links::LinkError>, name: &str) -> Result<(), EbpfError> {
+    fn pin_link(
+        &mut self,
+        link: Result<FdLink, aya::programs::links::LinkError>,
+        name: &str,
+    ) -> Result<(), EbpfError> {
         let path = self.dir.join(name);
-        let link = link.map_err(|source| EbpfError::Link { path: path.clone(), source })?;
-        link.pin(&path).map_err(|source| EbpfError::Pin { path: path.clone(), source })?;
+        let link = link.map_err(|source| EbpfError::Link {
+            path: path.clone(),
+            source,
+        })?;
+        link.pin(&path).map_err(|source| EbpfError::Pin {
+            path: path.clone(),
+            source,
+        })?;
         self.pinned.push(path);
         Ok(())
     }
@@ -220,7 +298,7 @@ impl PinGuard<'_> {
 
 impl Drop for PinGuard<'_> {
     fn drop(&mut self) {
-        if self.pinned.is_empty() {
+        if self.committed {
             return;
         }
         for path in self.pinned.iter().rev() {
