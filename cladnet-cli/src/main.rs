@@ -1,0 +1,2 @@
+//! `cladnet` CLI.
+fn main() {}
