@@ -1,14 +1,22 @@
-//! `cladnet-controller` library: the controller's pure logic, kept free of IO so it can run inside
-//! store transactions and be tested exhaustively.
+//! The CLADNet controller: a stateless API server over a key-value store.
 //!
-//! * [`ipam`]: overlay IPv4 address allocation for the peers of a network.
-//! * [`recommend`]: the address-space recommender, which picks a private IPv4 block for a new
-//!   network that overlaps none of the hosts' own CIDRs.
-//!
-//! The rules are described in `docs/addressing.md`.
+//! * [`service`]: the operations (networks, peers, join, watch, tokens, commands, tests),
+//!   transport independent, every change a store transaction.
+//! * [`grpc`] and [`rest`]: the two transports, served on one port by [`server`].
+//! * [`ipam`] and [`recommend`]: pure address logic (see `docs/addressing.md`).
+//! * [`keys`]: the store key layout (see `docs/store.md`).
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod error;
+pub mod grpc;
 pub mod ipam;
+pub mod keys;
+pub mod model;
 pub mod recommend;
+pub mod rest;
+pub mod server;
+pub mod service;
+pub mod validate;
 
 pub use ipnet::Ipv4Net;

@@ -1,2 +1,156 @@
-//! `cladnet-controller`: the CLADNet control plane.
-fn main() {}
+//! `cladnet-controller`: the CLADNet control plane server.
+#![forbid(unsafe_code)]
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use cladnet_controller::{
+    auth::{AdminAuth, random_hex},
+    server,
+    service::Controller,
+};
+use cladnet_store::StoreUrl;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// CLADNet controller: shares every peer's reachability ahead of time.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Address for gRPC and REST (one port).
+    #[arg(long, env = "CLADNET_LISTEN", default_value = "0.0.0.0:8053")]
+    listen: SocketAddr,
+    /// State store: `embedded:PATH` (single node, default) or `etcd://HOST:PORT[,HOST:PORT...]`.
+    #[arg(
+        long,
+        env = "CLADNET_STORE",
+        default_value = "embedded:/var/lib/cladnet/controller.redb"
+    )]
+    store: StoreUrl,
+    /// File holding the admin token; created with a random token (mode 0600) if missing.
+    /// Controllers sharing one etcd must be given the same file.
+    #[arg(
+        long,
+        env = "CLADNET_ADMIN_TOKEN_FILE",
+        default_value = "/var/lib/cladnet/admin.token"
+    )]
+    admin_token_file: PathBuf,
+    /// PEM certificate chain: serve gRPC and REST over TLS (needs --tls-key).
+    #[arg(long, env = "CLADNET_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CLADNET_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let admin = admin_auth(&cli.admin_token_file)?;
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_config(cert, key)?),
+        _ => None,
+    };
+    if let StoreUrl::Embedded { path } = &cli.store
+        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let store = cladnet_store::connect(&cli.store)
+        .await
+        .with_context(|| format!("opening store {}", cli.store))?;
+    let ctl = Arc::new(Controller::new(store, admin));
+    let listener = TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.listen))?;
+    info!(listen = %listener.local_addr()?, store = %cli.store, tls = tls.is_some(), "controller serving gRPC and REST");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    let server = match tls {
+        Some(tls) => tokio::spawn(server::serve_tls(listener, ctl, tls, stopped)),
+        None => tokio::spawn(server::serve(listener, ctl, stopped)),
+    };
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = stop_tx.send(());
+    // Watch streams stay open until their agents go; do not wait for them forever.
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(joined) => joined.context("server task")?.context("serving")?,
+        Err(_) => warn!("open streams did not close within 5 s; exiting anyway"),
+    }
+    Ok(())
+}
+
+/// Reads the admin token file, creating it with a fresh token if it does not exist.
+fn admin_auth(path: &Path) -> anyhow::Result<AdminAuth> {
+    if let Ok(token) = std::env::var("CLADNET_ADMIN_TOKEN") {
+        return AdminAuth::new(&token).context("CLADNET_ADMIN_TOKEN");
+    }
+    let token = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let token = random_hex(24);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating admin token file {}", path.display()))?;
+            writeln!(f, "{token}")?;
+            info!(path = %path.display(), "created a new admin token");
+            token
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading admin token file {}", path.display()));
+        }
+    };
+    if token.trim().is_empty() {
+        bail!("admin token file {} is empty", path.display());
+    }
+    AdminAuth::new(&token).with_context(|| format!("admin token in {}", path.display()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -11,7 +11,10 @@
 //! prints why it skips, except under CI (`CI=true`) where a skip is a failure.
 #![forbid(unsafe_code)]
 
+pub mod api_checks;
 mod cleanup;
+pub mod controller;
+pub mod etcd;
 mod netns;
 mod privilege;
 mod topology;

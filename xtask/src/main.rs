@@ -5,7 +5,9 @@
 //! * `lint`       — rustfmt check and clippy with `-D warnings`.
 //! * `test`       — setup, build, lint and run every test; prints the runner's summary.
 //! * `smoke`      — the 3-cloud smoke check: topology, underlay, eBPF counters.
+//! * `bench`      — benchmarks in release mode: `bench control [args...]` (control plane).
 
+mod bench;
 mod ebpf;
 mod setup;
 mod test;
@@ -39,6 +41,11 @@ enum Task {
     },
     /// Run the 3-cloud smoke check with its output.
     Smoke,
+    /// Build in release mode and run a benchmark (see docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        scenario: bench::Scenario,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +55,6 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => test::lint(),
         Task::Test { no_setup, args } => test::all(!no_setup, &args),
         Task::Smoke => test::smoke(),
+        Task::Bench { scenario } => bench::run_scenario(&scenario),
     }
 }

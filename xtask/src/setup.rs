@@ -11,6 +11,7 @@ use crate::util::{root, run, succeeds};
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",       // bpf-linker links against LLVM 22
     "protobuf-compiler", // tonic/prost code generation
+    "libprotobuf-dev",   // well-known .proto files etcd-client compiles against
     "iproute2",          // ip netns, veth, tc
     "iputils-ping",
     "iperf3",

@@ -1,0 +1,22 @@
+//! CLADNet benchmarks.
+//!
+//! * [`control`]: the control-plane scenario — N simulated agents join one network through a
+//!   real `cladnet-controller` process (embedded store or etcd) and keep a Watch open; it
+//!   measures full convergence, the fan-out latency of changes and the controller's peak RSS.
+//!   Entry point: [`run_control_bench`].
+//! * [`procs`]: guards for the child processes (controller, etcd) and `/proc` readings.
+//! * [`stats`]: percentiles and summaries.
+//! * [`report`]: the table and the JSON document.
+//!
+//! The binary `cladnet-bench` runs these from the command line; `cargo xtask bench control`
+//! builds everything in release mode and runs it (see `docs/benchmarks.md`).
+#![forbid(unsafe_code)]
+
+pub mod control;
+pub mod error;
+pub mod procs;
+pub mod report;
+pub mod stats;
+
+pub use control::{ControlOptions, ControlReport, StoreKind, raise_fd_limit, run_control_bench};
+pub use error::{BenchError, Result};

@@ -1,0 +1,149 @@
+//! Value parsers for flags, so bad values are rejected by clap (naming the flag) before any
+//! call is made.
+
+use ipnet::Ipv4Net;
+
+/// Parses a duration such as `90s`, `30m`, `1h`, `7d`, `2w` or `1h30m` into seconds.
+///
+/// Every number needs a unit (`s`, `m`, `h`, `d`, `w`); the total must be positive.
+pub(crate) fn duration_secs(s: &str) -> Result<u64, String> {
+    const HINT: &str = "use a number with a unit s, m, h, d or w, e.g. 90s, 30m, 1h, 7d, 1h30m";
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(format!("empty duration ({HINT})"));
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3_600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(format!("unexpected '{c}' in duration ({HINT})")),
+        };
+        if number.is_empty() {
+            return Err(format!("unit '{c}' without a number ({HINT})"));
+        }
+        let n: u64 = number.parse().map_err(|_| "duration too long".to_owned())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or("duration too long")?;
+        number.clear();
+    }
+    if !number.is_empty() {
+        return Err(format!("missing unit after {number} ({HINT})"));
+    }
+    if total == 0 {
+        return Err("duration must be positive (omit the flag for no expiry)".into());
+    }
+    Ok(total)
+}
+
+/// Parses an IPv4 CIDR (host bits may be set, as in `192.168.1.10/24`).
+pub(crate) fn ipv4_cidr(s: &str) -> Result<String, String> {
+    s.trim()
+        .parse::<Ipv4Net>()
+        .map(|n| n.to_string())
+        .map_err(|_| "expected an IPv4 CIDR such as 10.77.0.0/24".to_owned())
+}
+
+/// Parses the address space of a new network: an IPv4 CIDR or `auto` (let the controller
+/// recommend one).
+pub(crate) fn address_space(s: &str) -> Result<String, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok("auto".to_owned());
+    }
+    ipv4_cidr(s).map_err(|_| "expected an IPv4 CIDR such as 10.77.0.0/24, or auto".to_owned())
+}
+
+/// Parses a network id: 1 to 63 characters of `a-z`, `0-9` and `-`.
+pub(crate) fn network_id(s: &str) -> Result<String, String> {
+    let ok = (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("expected 1 to 63 characters of a-z, 0-9 and -".to_owned())
+    }
+}
+
+/// Parses the controller URL: `http://` or `https://` with a host.
+pub(crate) fn controller_url(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or("expected an http:// or https:// URL, e.g. http://127.0.0.1:8053")?;
+    if rest.is_empty() {
+        return Err("the URL has no host".into());
+    }
+    tonic::transport::Endpoint::from_shared(s.to_owned()).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_secs("90s"), Ok(90));
+        assert_eq!(duration_secs("30m"), Ok(1_800));
+        assert_eq!(duration_secs("1h"), Ok(3_600));
+        assert_eq!(duration_secs("7d"), Ok(604_800));
+        assert_eq!(duration_secs("2w"), Ok(1_209_600));
+        assert_eq!(duration_secs("1h30m"), Ok(5_400));
+        assert_eq!(duration_secs(" 1d12h "), Ok(129_600));
+    }
+
+    #[test]
+    fn bad_durations() {
+        for bad in ["", "90", "h", "1x", "1.5h", "-1h", "0s", "0h0m", "1h 30m"] {
+            assert!(duration_secs(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(duration_secs("99999999999999999999w").is_err());
+        assert!(duration_secs("90").unwrap_err().contains("missing unit"));
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(ipv4_cidr("192.168.1.10/24").unwrap(), "192.168.1.10/24");
+        assert!(ipv4_cidr("192.168.1.0").is_err());
+        assert!(ipv4_cidr("fd00::/8").is_err());
+        assert!(ipv4_cidr("10.0.0.0/33").is_err());
+        assert_eq!(address_space("auto").unwrap(), "auto");
+        assert_eq!(address_space("AUTO").unwrap(), "auto");
+        assert_eq!(address_space("10.77.0.0/24").unwrap(), "10.77.0.0/24");
+        assert!(address_space("automatic").is_err());
+    }
+
+    #[test]
+    fn network_ids() {
+        assert!(network_id("net-1").is_ok());
+        assert!(network_id(&"a".repeat(63)).is_ok());
+        assert!(network_id(&"a".repeat(64)).is_err());
+        assert!(network_id("").is_err());
+        assert!(network_id("Net").is_err());
+        assert!(network_id("a_b").is_err());
+    }
+
+    #[test]
+    fn controller_urls() {
+        assert_eq!(
+            controller_url("http://127.0.0.1:8053/").unwrap(),
+            "http://127.0.0.1:8053"
+        );
+        assert!(controller_url("https://ctl.example:443").is_ok());
+        assert!(controller_url("127.0.0.1:8053").is_err());
+        assert!(controller_url("ftp://x").is_err());
+        assert!(controller_url("http://").is_err());
+    }
+}

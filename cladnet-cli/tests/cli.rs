@@ -1,0 +1,635 @@
+//! Runs the built `cladnet` binary against an in-process fake `NetworkService` (canned data,
+//! bearer-token checks) and checks tables, `--json`, error messages and exit codes.
+
+use std::{net::SocketAddr, process::Output};
+
+use cladnet_proto::v1::{
+    ConnectivityTest, CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteNetworkResponse,
+    DeletePeerResponse, GetConnectivityTestRequest, GetNetworkRequest, GetPeerRequest,
+    HealthRequest, HealthResponse, JoinToken, ListJoinTokensResponse, ListNetworksRequest,
+    ListNetworksResponse, ListPeersRequest, ListPeersResponse, Network, PairResult, Peer,
+    RecommendAddressSpaceRequest, RecommendAddressSpaceResponse, RevokeJoinTokenRequest,
+    RevokeJoinTokenResponse, SendCommandRequest, SendCommandResponse, StartConnectivityTestRequest,
+    UpdatePeerDetailsRequest,
+    network_service_server::{NetworkService, NetworkServiceServer},
+};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status, transport::server::TcpIncoming};
+
+/// The fake controller's admin token.
+const ADMIN: &str = "test-admin-token-0123456789";
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// Checks `authorization: Bearer <ADMIN>` like the controller does.
+fn admin<T>(req: &Request<T>) -> Result<(), Status> {
+    let header = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    match header.and_then(|h| h.strip_prefix("Bearer ")) {
+        None => Err(Status::unauthenticated(
+            "missing authorization: Bearer <token>",
+        )),
+        Some(t) if t == ADMIN => Ok(()),
+        Some(_) => Err(Status::unauthenticated("invalid admin token")),
+    }
+}
+
+fn networks() -> Vec<Network> {
+    vec![
+        Network {
+            cladnet_id: "net-1".into(),
+            name: "prod".into(),
+            ipv4_address_space: "10.77.0.0/24".into(),
+            description: "production".into(),
+            rule_type: "basic".into(),
+            encryption: "always".into(),
+            revision: 7,
+        },
+        Network {
+            cladnet_id: "lab".into(),
+            name: "lab".into(),
+            ipv4_address_space: "192.168.200.0/24".into(),
+            description: String::new(),
+            rule_type: "cost-prioritized".into(),
+            encryption: "inter-site".into(),
+            revision: 3,
+        },
+    ]
+}
+
+fn peers() -> Vec<Peer> {
+    vec![
+        Peer {
+            cladnet_id: "net-1".into(),
+            host_id: "h-aaaa".into(),
+            host_name: "vm-a".into(),
+            ip: "10.77.0.1".into(),
+            ipv4_cidr: "10.77.0.0/24".into(),
+            state: "up".into(),
+            public_endpoint: "203.0.113.5:8055".into(),
+            private_endpoint: "192.168.1.10:8055".into(),
+            dataplane: "xdp-driver".into(),
+            ..Default::default()
+        },
+        Peer {
+            cladnet_id: "net-1".into(),
+            host_id: "h-b".into(),
+            host_name: "vm-b".into(),
+            ip: "10.77.0.2".into(),
+            ipv4_cidr: "10.77.0.0/24".into(),
+            state: "joining".into(),
+            ..Default::default()
+        },
+    ]
+}
+
+fn find_network(id: &str) -> Result<Network, Status> {
+    networks()
+        .into_iter()
+        .find(|n| n.cladnet_id == id)
+        .ok_or_else(|| Status::not_found(format!("network {id} not found")))
+}
+
+/// A fake controller with canned data.
+struct Fake;
+
+#[tonic::async_trait]
+impl NetworkService for Fake {
+    async fn create_network(&self, req: Request<Network>) -> Reply<Network> {
+        admin(&req)?;
+        let mut n = req.into_inner();
+        if n.name.is_empty() {
+            return Err(Status::invalid_argument("name: must not be empty"));
+        }
+        if find_network(&n.cladnet_id).is_ok() {
+            return Err(Status::already_exists(format!(
+                "network {} already exists",
+                n.cladnet_id
+            )));
+        }
+        if n.ipv4_address_space == "auto" {
+            n.ipv4_address_space = "10.0.0.0/24".into();
+        }
+        if n.cladnet_id.is_empty() {
+            n.cladnet_id = "gen-1".into();
+        }
+        n.revision = 11;
+        Ok(Response::new(n))
+    }
+
+    async fn get_network(&self, req: Request<GetNetworkRequest>) -> Reply<Network> {
+        admin(&req)?;
+        find_network(&req.get_ref().cladnet_id).map(Response::new)
+    }
+
+    async fn list_networks(
+        &self,
+        req: Request<ListNetworksRequest>,
+    ) -> Reply<ListNetworksResponse> {
+        admin(&req)?;
+        Ok(Response::new(ListNetworksResponse {
+            cladnet_specifications: networks(),
+        }))
+    }
+
+    async fn update_network(&self, req: Request<Network>) -> Reply<Network> {
+        admin(&req)?;
+        let mut n = req.into_inner();
+        let current = find_network(&n.cladnet_id)?;
+        if n.revision != current.revision {
+            return Err(Status::aborted("revision changed"));
+        }
+        if n.ipv4_address_space != current.ipv4_address_space {
+            return Err(Status::failed_precondition("address space changed"));
+        }
+        n.revision += 1;
+        Ok(Response::new(n))
+    }
+
+    async fn delete_network(
+        &self,
+        req: Request<GetNetworkRequest>,
+    ) -> Reply<DeleteNetworkResponse> {
+        admin(&req)?;
+        let n = find_network(&req.get_ref().cladnet_id)?;
+        Ok(Response::new(DeleteNetworkResponse {
+            is_succeeded: true,
+            message: String::new(),
+            cladnet_specification: Some(n),
+        }))
+    }
+
+    async fn list_peers(&self, req: Request<ListPeersRequest>) -> Reply<ListPeersResponse> {
+        admin(&req)?;
+        find_network(&req.get_ref().cladnet_id)?;
+        Ok(Response::new(ListPeersResponse { peers: peers() }))
+    }
+
+    async fn get_peer(&self, req: Request<GetPeerRequest>) -> Reply<Peer> {
+        admin(&req)?;
+        let r = req.into_inner();
+        peers()
+            .into_iter()
+            .find(|p| p.cladnet_id == r.cladnet_id && p.host_id == r.host_id)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("peer {} not found", r.host_id)))
+    }
+
+    async fn update_peer_details(&self, _: Request<UpdatePeerDetailsRequest>) -> Reply<Peer> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn delete_peer(&self, _: Request<GetPeerRequest>) -> Reply<DeletePeerResponse> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn recommend_address_space(
+        &self,
+        req: Request<RecommendAddressSpaceRequest>,
+    ) -> Reply<RecommendAddressSpaceResponse> {
+        admin(&req)?;
+        let r = req.into_inner();
+        if r.ipv4_cidrs.iter().any(|c| c.starts_with("10.")) {
+            return Err(Status::invalid_argument(
+                "ipv4_cidrs: fake only avoids 192.168",
+            ));
+        }
+        Ok(Response::new(RecommendAddressSpaceResponse {
+            recommended_ipv4_private_address_space: "10.0.0.0/28".into(),
+            address_space10s: vec!["10.0.0.0/28".into()],
+            address_space172s: vec!["172.16.0.0/28".into()],
+            address_space192s: vec![],
+        }))
+    }
+
+    async fn send_command(&self, req: Request<SendCommandRequest>) -> Reply<SendCommandResponse> {
+        admin(&req)?;
+        let r = req.into_inner();
+        let host_ids = if r.host_id.is_empty() {
+            peers().into_iter().map(|p| p.host_id).collect()
+        } else {
+            vec![r.host_id]
+        };
+        Ok(Response::new(SendCommandResponse {
+            is_succeeded: r.command_type == "up",
+            message: if r.command_type == "up" {
+                String::new()
+            } else {
+                format!("fake refuses {}", r.command_type)
+            },
+            host_ids,
+        }))
+    }
+
+    async fn start_connectivity_test(
+        &self,
+        _: Request<StartConnectivityTestRequest>,
+    ) -> Reply<ConnectivityTest> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn get_connectivity_test(
+        &self,
+        req: Request<GetConnectivityTestRequest>,
+    ) -> Reply<ConnectivityTest> {
+        admin(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(ConnectivityTest {
+            cladnet_id: r.cladnet_id,
+            test_id: r.test_id,
+            trial_count: 3,
+            host_ids: vec!["h-aaaa".into(), "h-b".into()],
+            reported_host_ids: vec!["h-aaaa".into(), "h-b".into()],
+            results: vec![PairResult {
+                source_host_id: "h-aaaa".into(),
+                source_ip: "10.77.0.1".into(),
+                destination_host_id: "h-b".into(),
+                destination_ip: "10.77.0.2".into(),
+                min_rtt_ms: 1.0,
+                avg_rtt_ms: 1.5,
+                max_rtt_ms: 2.0,
+                stddev_rtt_ms: 0.5,
+                packets_sent: 3,
+                packets_received: 3,
+                packet_loss: 0.0,
+            }],
+            complete: true,
+        }))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<CreateJoinTokenRequest>,
+    ) -> Reply<CreateJoinTokenResponse> {
+        admin(&req)?;
+        let r = req.into_inner();
+        find_network(&r.cladnet_id)?;
+        let created_at = 1_700_000_000;
+        let ttl = i64::try_from(r.ttl_seconds).map_err(|_| Status::invalid_argument("ttl"))?;
+        Ok(Response::new(CreateJoinTokenResponse {
+            info: Some(JoinToken {
+                token_id: "tok1".into(),
+                cladnet_id: r.cladnet_id,
+                description: r.description,
+                created_at,
+                expires_at: if ttl == 0 { 0 } else { created_at + ttl },
+            }),
+            token: "cnj.tok1.s3cr3t".into(),
+        }))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        _: Request<GetNetworkRequest>,
+    ) -> Reply<ListJoinTokensResponse> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        _: Request<RevokeJoinTokenRequest>,
+    ) -> Reply<RevokeJoinTokenResponse> {
+        Err(Status::permission_denied("not an admin"))
+    }
+
+    async fn health(&self, _: Request<HealthRequest>) -> Reply<HealthResponse> {
+        Ok(Response::new(HealthResponse {
+            status: "healthy".into(),
+            store: "embedded".into(),
+            revision: 42,
+            message: String::new(),
+        }))
+    }
+}
+
+/// Starts the fake on 127.0.0.1 (an ephemeral port); returns its URL.
+async fn start_fake() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .serve_with_incoming(NetworkServiceServer::new(Fake), TcpIncoming::from(listener))
+            .await
+            .expect("fake server");
+    });
+    format!("http://{addr}")
+}
+
+/// Runs `cladnet` with a clean environment (no CLADNET_* from the caller).
+async fn cladnet(args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cladnet"));
+    for var in [
+        "CLADNET_CONTROLLER",
+        "CLADNET_TOKEN",
+        "CLADNET_TOKEN_FILE",
+        "CLADNET_CA_CERT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.args(args).output().await.expect("run cladnet")
+}
+
+/// `cladnet --controller URL --token ADMIN args...`.
+async fn admin_cli(url: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--controller", url, "--token", ADMIN];
+    all.extend_from_slice(args);
+    cladnet(&all).await
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+}
+
+#[tokio::test]
+async fn peers_table() {
+    let url = start_fake().await;
+    let o = admin_cli(&url, &["peers", "net-1"]).await;
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        "\
+HOST ID  NAME  OVERLAY IP  STATE    PUBLIC ENDPOINT   PRIVATE ENDPOINT   DATAPLANE
+h-aaaa   vm-a  10.77.0.1   up       203.0.113.5:8055  192.168.1.10:8055  xdp-driver
+h-b      vm-b  10.77.0.2   joining  -                 -                  -
+"
+    );
+}
+
+#[tokio::test]
+async fn network_list_table_and_json() {
+    let url = start_fake().await;
+    let o = admin_cli(&url, &["network", "list"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.starts_with("ID     NAME  ADDRESS SPACE"), "{out}");
+    assert!(out.contains("\nnet-1  prod  10.77.0.0/24 "), "{out}");
+
+    let o = admin_cli(&url, &["network", "list", "--json"]).await;
+    assert_ok(&o);
+    let value: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    assert_eq!(value["cladnetSpecifications"][0]["cladnetId"], "net-1");
+    assert_eq!(
+        value["cladnetSpecifications"][0]["ipv4AddressSpace"],
+        "10.77.0.0/24"
+    );
+    assert_eq!(value["cladnetSpecifications"][0]["revision"], "7");
+    // And it decodes back into the message (proto3 JSON both ways).
+    let back: ListNetworksResponse = serde_json::from_slice(&o.stdout).expect("decodes");
+    assert_eq!(back.cladnet_specifications, networks());
+}
+
+#[tokio::test]
+async fn show_create_update_and_recommend() {
+    let url = start_fake().await;
+    let o = admin_cli(&url, &["network", "show", "net-1"]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("Address space:  10.77.0.0/24\n"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = admin_cli(
+        &url,
+        &["network", "create", "new", "--cidr", "auto", "--json"],
+    )
+    .await;
+    assert_ok(&o);
+    let n: Network = serde_json::from_slice(&o.stdout).expect("decodes");
+    assert_eq!(n.ipv4_address_space, "10.0.0.0/24");
+    assert_eq!(n.cladnet_id, "gen-1");
+
+    // Update sends the revision it read; the fake rejects any other.
+    let o = admin_cli(
+        &url,
+        &[
+            "network",
+            "update",
+            "net-1",
+            "--encryption",
+            "never",
+            "--json",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let n: Network = serde_json::from_slice(&o.stdout).expect("decodes");
+    assert_eq!((n.encryption.as_str(), n.revision), ("never", 8));
+    assert_eq!(n.name, "prod");
+
+    let o = admin_cli(
+        &url,
+        &[
+            "network",
+            "recommend",
+            "--cidr",
+            "192.168.1.10/24",
+            "--hosts",
+            "5",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).starts_with("Recommended:        10.0.0.0/28\n"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[tokio::test]
+async fn token_test_command_and_health() {
+    let url = start_fake().await;
+    let o = admin_cli(&url, &["token", "create", "net-1", "--ttl", "1h"]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("Token:        cnj.tok1.s3cr3t\n"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("Expires:      2023-11-14T23:13:20Z\n"));
+    assert!(stderr(&o).contains("not shown again"));
+
+    let o = admin_cli(&url, &["test", "show", "net-1", "t-1"]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("10.77.0.1  -          1.50\n"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = admin_cli(&url, &["command", "net-1", "up"]).await;
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "Command up sent to 2 peers: h-aaaa, h-b\n");
+
+    // The controller says it did not succeed: exit 1 with its message.
+    let o = admin_cli(&url, &["command", "net-1", "down", "--host", "h-b"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "error: sending down to peer h-b of network net-1: fake refuses down\n"
+    );
+
+    // Health needs no token.
+    let o = cladnet(&["--controller", &url, "health"]).await;
+    assert_ok(&o);
+    assert!(stdout(&o).starts_with("Status:    healthy\n"));
+}
+
+#[tokio::test]
+async fn token_file_is_used() {
+    let url = start_fake().await;
+    let dir = std::env::temp_dir().join(format!("cladnet-cli-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("admin.token");
+    std::fs::write(&file, format!("{ADMIN}\n")).unwrap();
+    let path = file.to_str().unwrap();
+    let o = cladnet(&["--controller", &url, "--token-file", path, "peers", "net-1"]).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_ok(&o);
+    assert!(stdout(&o).starts_with("HOST ID"));
+}
+
+#[tokio::test]
+async fn error_classes_and_exit_codes() {
+    let url = start_fake().await;
+
+    // Wrong token: auth exit code and the controller's message.
+    let o = cladnet(&[
+        "--controller",
+        &url,
+        "--token",
+        "wrong-token-xxxxxxxx",
+        "network",
+        "list",
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "error: listing networks: invalid admin token\n");
+    assert!(o.stdout.is_empty());
+
+    // No token at all: refused before any call (unless this machine has a controller's
+    // default admin token file, which the fake does not accept: exit 4 as well).
+    let o = cladnet(&["--controller", &url, "network", "list"]).await;
+    assert_eq!(o.status.code(), Some(4));
+    if std::fs::read_to_string("/var/lib/cladnet/admin.token").is_err() {
+        assert!(
+            stderr(&o).starts_with("error: no admin token"),
+            "{}",
+            stderr(&o)
+        );
+    }
+
+    // PermissionDenied is an auth failure too.
+    let o = admin_cli(&url, &["token", "revoke", "net-1", "tok1"]).await;
+    assert_eq!(o.status.code(), Some(4));
+
+    // Not found.
+    let o = admin_cli(&url, &["network", "show", "nope"]).await;
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(
+        stderr(&o),
+        "error: reading network nope: network nope not found\n"
+    );
+
+    // Invalid argument from the controller.
+    let o = admin_cli(&url, &["network", "recommend", "--cidr", "10.1.0.0/16"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains(": ipv4_cidrs: "), "{}", stderr(&o));
+
+    // Conflict.
+    let o = admin_cli(
+        &url,
+        &["network", "create", "x", "--id", "lab", "--cidr", "auto"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(6));
+    assert_eq!(
+        stderr(&o),
+        "error: creating network \"x\": network lab already exists\n"
+    );
+
+    // Rejected by the parser before any call, naming the flag.
+    let o = admin_cli(&url, &["network", "recommend", "--hosts", "0"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--hosts"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn unreachable_controller() {
+    // A port that was just free: connection refused.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let o = cladnet(&[
+        "--controller",
+        &url,
+        "--token",
+        ADMIN,
+        "--timeout",
+        "2",
+        "network",
+        "list",
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(&format!("error: cannot reach the controller at {url}: ")),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+}
+
+#[tokio::test]
+async fn https_with_ca_cert() {
+    use tonic::transport::{Identity, ServerTlsConfig};
+
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+    let cert_pem = certified.cert.pem();
+    let key_pem = certified.signing_key.serialize_pem();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(&cert_pem, &key_pem));
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .expect("tls config")
+            .serve_with_incoming(NetworkServiceServer::new(Fake), TcpIncoming::from(listener))
+            .await
+            .expect("fake server");
+    });
+    let dir = std::env::temp_dir().join(format!("cladnet-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &cert_pem).unwrap();
+    let url = format!("https://{addr}");
+    let ca_path = ca.to_str().unwrap();
+
+    let o = cladnet(&["--controller", &url, "--ca-cert", ca_path, "health"]).await;
+    assert_ok(&o);
+    assert!(stdout(&o).starts_with("Status:    healthy\n"));
+
+    // --ca-cert with a plain http:// URL is a usage error.
+    let plain = format!("http://{addr}");
+    let o = cladnet(&["--controller", &plain, "--ca-cert", ca_path, "health"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

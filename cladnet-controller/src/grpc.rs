@@ -1,0 +1,184 @@
+//! The gRPC services: authenticate, then call the [`Controller`].
+
+use std::sync::Arc;
+
+use cladnet_proto::v1::{
+    self as pb,
+    agent_service_server::{AgentService, AgentServiceServer},
+    network_service_server::{NetworkService, NetworkServiceServer},
+};
+use futures::{Stream, StreamExt as _};
+use tonic::{Request, Response, Status};
+
+use crate::{auth::bearer_grpc, service::Controller};
+
+/// Both gRPC services over one controller.
+#[derive(Clone, Debug)]
+pub struct Grpc {
+    ctl: Arc<Controller>,
+}
+
+impl Grpc {
+    /// The services for `ctl`.
+    pub fn new(ctl: Arc<Controller>) -> Self {
+        Self { ctl }
+    }
+
+    /// The tonic routes of both services.
+    pub fn routes(self) -> tonic::service::Routes {
+        tonic::service::Routes::new(NetworkServiceServer::new(self.clone()))
+            .add_service(AgentServiceServer::new(self))
+    }
+
+    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        Ok(self.ctl.check_admin(bearer_grpc(req.metadata())?)?)
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+macro_rules! admin_call {
+    ($self:ident, $req:ident, |$msg:ident| $call:expr) => {{
+        $self.admin(&$req)?;
+        let $msg = $req.into_inner();
+        Ok(Response::new($call.await?))
+    }};
+}
+
+#[tonic::async_trait]
+impl NetworkService for Grpc {
+    async fn create_network(&self, req: Request<pb::Network>) -> Reply<pb::Network> {
+        admin_call!(self, req, |m| self.ctl.create_network(m))
+    }
+
+    async fn get_network(&self, req: Request<pb::GetNetworkRequest>) -> Reply<pb::Network> {
+        admin_call!(self, req, |m| self.ctl.get_network(&m.cladnet_id))
+    }
+
+    async fn list_networks(
+        &self,
+        req: Request<pb::ListNetworksRequest>,
+    ) -> Reply<pb::ListNetworksResponse> {
+        admin_call!(self, req, |_m| self.ctl.list_networks())
+    }
+
+    async fn update_network(&self, req: Request<pb::Network>) -> Reply<pb::Network> {
+        admin_call!(self, req, |m| self.ctl.update_network(m))
+    }
+
+    async fn delete_network(
+        &self,
+        req: Request<pb::GetNetworkRequest>,
+    ) -> Reply<pb::DeleteNetworkResponse> {
+        admin_call!(self, req, |m| self.ctl.delete_network(&m.cladnet_id))
+    }
+
+    async fn list_peers(&self, req: Request<pb::ListPeersRequest>) -> Reply<pb::ListPeersResponse> {
+        admin_call!(self, req, |m| self.ctl.list_peers(&m.cladnet_id))
+    }
+
+    async fn get_peer(&self, req: Request<pb::GetPeerRequest>) -> Reply<pb::Peer> {
+        admin_call!(self, req, |m| self.ctl.get_peer(&m.cladnet_id, &m.host_id))
+    }
+
+    async fn update_peer_details(
+        &self,
+        req: Request<pb::UpdatePeerDetailsRequest>,
+    ) -> Reply<pb::Peer> {
+        admin_call!(self, req, |m| self.ctl.update_peer_details(m))
+    }
+
+    async fn delete_peer(&self, req: Request<pb::GetPeerRequest>) -> Reply<pb::DeletePeerResponse> {
+        admin_call!(self, req, |m| self
+            .ctl
+            .delete_peer(&m.cladnet_id, &m.host_id))
+    }
+
+    async fn recommend_address_space(
+        &self,
+        req: Request<pb::RecommendAddressSpaceRequest>,
+    ) -> Reply<pb::RecommendAddressSpaceResponse> {
+        admin_call!(self, req, |m| self.ctl.recommend(m))
+    }
+
+    async fn send_command(
+        &self,
+        req: Request<pb::SendCommandRequest>,
+    ) -> Reply<pb::SendCommandResponse> {
+        admin_call!(self, req, |m| self.ctl.send_command(m))
+    }
+
+    async fn start_connectivity_test(
+        &self,
+        req: Request<pb::StartConnectivityTestRequest>,
+    ) -> Reply<pb::ConnectivityTest> {
+        admin_call!(self, req, |m| self.ctl.start_connectivity_test(m))
+    }
+
+    async fn get_connectivity_test(
+        &self,
+        req: Request<pb::GetConnectivityTestRequest>,
+    ) -> Reply<pb::ConnectivityTest> {
+        admin_call!(self, req, |m| self
+            .ctl
+            .get_connectivity_test(&m.cladnet_id, &m.test_id))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Reply<pb::CreateJoinTokenResponse> {
+        admin_call!(self, req, |m| self.ctl.create_join_token(m))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        req: Request<pb::GetNetworkRequest>,
+    ) -> Reply<pb::ListJoinTokensResponse> {
+        admin_call!(self, req, |m| self.ctl.list_join_tokens(&m.cladnet_id))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        req: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Reply<pb::RevokeJoinTokenResponse> {
+        admin_call!(self, req, |m| self
+            .ctl
+            .revoke_join_token(&m.cladnet_id, &m.token_id))
+    }
+
+    async fn health(&self, _req: Request<pb::HealthRequest>) -> Reply<pb::HealthResponse> {
+        Ok(Response::new(self.ctl.health().await))
+    }
+}
+
+/// The server stream type of Watch.
+pub type WatchResponseStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for Grpc {
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Reply<pb::JoinResponse> {
+        let bearer = bearer_grpc(req.metadata())?.to_owned();
+        Ok(Response::new(
+            self.ctl.join(&bearer, req.into_inner()).await?,
+        ))
+    }
+
+    type WatchStream = WatchResponseStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
+        let bearer = bearer_grpc(req.metadata())?.to_owned();
+        let stream = self.ctl.watch(&bearer, req.into_inner()).await?;
+        Ok(Response::new(Box::pin(
+            stream.map(|item| item.map_err(Status::from)),
+        )))
+    }
+
+    async fn report(&self, req: Request<pb::ReportRequest>) -> Reply<pb::ReportResponse> {
+        let bearer = bearer_grpc(req.metadata())?.to_owned();
+        Ok(Response::new(
+            self.ctl.report(&bearer, req.into_inner()).await?,
+        ))
+    }
+}

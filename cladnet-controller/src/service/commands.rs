@@ -1,0 +1,148 @@
+//! Remote commands and connectivity tests.
+
+use cladnet_proto::v1 as pb;
+use cladnet_store::{MAX_TXN_OPS, Txn, TxnOp};
+use tracing::info;
+
+use super::Controller;
+use crate::{
+    auth::random_hex,
+    error::{ControllerError, Result},
+    keys,
+    model::{self, CommandRecord, PeerState, ResultRecord, SCHEMA, TestRecord, now_unix},
+    validate,
+};
+
+impl Controller {
+    /// Sends a command to one peer or to every peer of a network. Each target's command key is
+    /// written; its agent receives it on its Watch stream.
+    pub async fn send_command(
+        &self,
+        req: pb::SendCommandRequest,
+    ) -> Result<pb::SendCommandResponse> {
+        validate::network_id("cladnetId", &req.cladnet_id)?;
+        let command_type = validate::command_type("commandType", &req.command_type)?;
+        let net = req.cladnet_id.as_str();
+        self.network(net).await?;
+        let targets: Vec<String> = if req.host_id.is_empty() {
+            self.peers(net)
+                .await?
+                .into_iter()
+                .map(|(p, _)| p.node_id)
+                .collect()
+        } else {
+            validate::host_id("hostId", &req.host_id)?;
+            self.peer(net, &req.host_id).await?;
+            vec![req.host_id.clone()]
+        };
+        let record = CommandRecord {
+            schema: SCHEMA,
+            command_type: command_type.clone(),
+            command_id: random_hex(8),
+            issued_at: now_unix(),
+        };
+        for chunk in targets.chunks(MAX_TXN_OPS) {
+            let ops = chunk
+                .iter()
+                .map(|n| TxnOp::put(keys::command(net, n), model::encode(&record)));
+            self.store.txn(Txn::new().and_then(ops)).await?;
+        }
+        info!(network = %net, command = %command_type, targets = targets.len(), "command sent");
+        Ok(pb::SendCommandResponse {
+            is_succeeded: true,
+            message: format!("{command_type} sent to {} peer(s)", targets.len()),
+            host_ids: targets,
+        })
+    }
+
+    /// Starts a connectivity test among the peers that are up.
+    pub async fn start_connectivity_test(
+        &self,
+        req: pb::StartConnectivityTestRequest,
+    ) -> Result<pb::ConnectivityTest> {
+        validate::network_id("cladnetId", &req.cladnet_id)?;
+        let trial_count = match req.trial_count {
+            0 => 3,
+            n @ 1..=100 => n,
+            _ => return Err(ControllerError::invalid("trialCount", "must be 1..=100")),
+        };
+        let net = req.cladnet_id.as_str();
+        self.network(net).await?;
+        let host_ids: Vec<String> = self
+            .peers(net)
+            .await?
+            .into_iter()
+            .filter(|(p, _)| p.state == PeerState::Up)
+            .map(|(p, _)| p.node_id)
+            .collect();
+        if host_ids.is_empty() {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "no peer of network {net:?} is up"
+            )));
+        }
+        let record = TestRecord {
+            schema: SCHEMA,
+            id: random_hex(6),
+            trial_count,
+            host_ids,
+            started_at: now_unix(),
+        };
+        self.store
+            .put(&keys::test(net, &record.id), model::encode(&record), None)
+            .await?;
+        info!(network = %net, test_id = %record.id, peers = record.host_ids.len(), "connectivity test started");
+        Ok(test_view(net, &record, Vec::new()))
+    }
+
+    /// A connectivity test with the results reported so far.
+    pub async fn get_connectivity_test(
+        &self,
+        net: &str,
+        test_id: &str,
+    ) -> Result<pb::ConnectivityTest> {
+        validate::network_id("cladnetId", net)?;
+        validate::host_id("testId", test_id)?;
+        let kv = self
+            .store
+            .get(&keys::test(net, test_id))
+            .await?
+            .ok_or_else(|| {
+                ControllerError::not_found(format!(
+                    "connectivity test {test_id:?} of network {net:?}"
+                ))
+            })?;
+        let record: TestRecord = model::decode(&kv)?;
+        let results = self.store.range(&keys::results(net, test_id)).await?;
+        let results = results
+            .kvs
+            .iter()
+            .map(model::decode::<ResultRecord>)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(test_view(net, &record, results))
+    }
+}
+
+/// The API view of a test.
+pub(crate) fn test_view(
+    net: &str,
+    record: &TestRecord,
+    results: Vec<ResultRecord>,
+) -> pb::ConnectivityTest {
+    let reported_host_ids: Vec<String> = results.iter().map(|r| r.node_id.clone()).collect();
+    let complete = record
+        .host_ids
+        .iter()
+        .all(|h| reported_host_ids.contains(h));
+    pb::ConnectivityTest {
+        cladnet_id: net.to_owned(),
+        test_id: record.id.clone(),
+        trial_count: record.trial_count,
+        host_ids: record.host_ids.clone(),
+        reported_host_ids,
+        results: results
+            .iter()
+            .flat_map(|r| r.results.iter().map(model::PairRecord::to_proto))
+            .collect(),
+        complete,
+    }
+}

@@ -1,0 +1,106 @@
+//! The controller's operations, independent of transport: gRPC and REST both call these.
+//!
+//! All state lives in the store; every change is a store transaction whose compares make it
+//! safe with several controllers on one etcd (compare-and-swap on the records read).
+
+mod agents;
+mod commands;
+mod networks;
+mod peers;
+mod tokens;
+mod watch;
+
+use std::{collections::HashMap, sync::Arc};
+
+use cladnet_store::{KeyValue, Store};
+use tokio::sync::Mutex;
+
+pub use watch::WatchStream;
+
+use crate::{
+    auth::AdminAuth,
+    error::{ControllerError, Result},
+    keys,
+    model::{self, NetworkRecord, PeerRecord},
+};
+
+/// How often a transaction that lost a compare-and-swap race is retried before giving up.
+const MAX_TXN_ATTEMPTS: usize = 64;
+
+/// The controller: a store plus the admin credential. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Controller {
+    store: Arc<dyn Store>,
+    admin: AdminAuth,
+    /// Serializes this process's address allocations per network, so concurrent joins on one
+    /// controller do not fight over the same free address; other controllers are kept
+    /// consistent by the store transaction.
+    alloc_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl Controller {
+    /// A controller on `store`, accepting `admin` for admin calls.
+    pub fn new(store: Arc<dyn Store>, admin: AdminAuth) -> Self {
+        Self {
+            store,
+            admin,
+            alloc_locks: Mutex::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Checks an admin bearer token.
+    pub fn check_admin(&self, bearer: &str) -> Result<()> {
+        self.admin.check(bearer)
+    }
+
+    async fn alloc_lock(&self, net: &str) -> Arc<Mutex<()>> {
+        self.alloc_locks
+            .lock()
+            .await
+            .entry(net.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The network record and its store revision.
+    async fn network(&self, net: &str) -> Result<(NetworkRecord, KeyValue)> {
+        let kv = self
+            .store
+            .get(&keys::network(net))
+            .await?
+            .ok_or_else(|| ControllerError::not_found(format!("network {net:?}")))?;
+        Ok((model::decode(&kv)?, kv))
+    }
+
+    /// Every peer of a network with its store revision, sorted by node id.
+    async fn peers(&self, net: &str) -> Result<Vec<(PeerRecord, i64)>> {
+        let range = self.store.range(&keys::peers(net)).await?;
+        range
+            .kvs
+            .iter()
+            .map(|kv| Ok((model::decode::<PeerRecord>(kv)?, kv.mod_revision)))
+            .collect()
+    }
+
+    /// One peer and its store key-value.
+    async fn peer(&self, net: &str, node: &str) -> Result<(PeerRecord, KeyValue)> {
+        let kv = self
+            .store
+            .get(&keys::peer(net, node))
+            .await?
+            .ok_or_else(|| {
+                ControllerError::not_found(format!("peer {node:?} of network {net:?}"))
+            })?;
+        Ok((model::decode(&kv)?, kv))
+    }
+}
+
+/// A transaction lost its compare-and-swap race `MAX_TXN_ATTEMPTS` times.
+fn contention(what: &str) -> ControllerError {
+    ControllerError::Aborted(format!("{what}: too much concurrent change, retry"))
+}

@@ -1,0 +1,114 @@
+//! Peer reads (with their links), cloud details and deletion.
+
+use cladnet_proto::v1 as pb;
+use cladnet_store::{Compare, CompareOp, Txn, TxnOp};
+use tracing::info;
+
+use super::Controller;
+use crate::{
+    error::{ControllerError, Result},
+    keys,
+    model::{self, PeerRecord, SiteRecord, now_unix},
+    validate,
+};
+
+impl Controller {
+    /// Every peer of a network, each with its links to the others.
+    pub async fn list_peers(&self, net: &str) -> Result<pb::ListPeersResponse> {
+        validate::network_id("cladnetId", net)?;
+        let (network, _) = self.network(net).await?;
+        let peers = self.peers(net).await?;
+        let records: Vec<PeerRecord> = peers.iter().map(|(p, _)| p.clone()).collect();
+        Ok(pb::ListPeersResponse {
+            peers: peers
+                .iter()
+                .map(|(p, rev)| p.to_proto_with_links(&network, *rev, &records))
+                .collect(),
+        })
+    }
+
+    /// One peer with its links.
+    pub async fn get_peer(&self, net: &str, node: &str) -> Result<pb::Peer> {
+        validate::network_id("cladnetId", net)?;
+        validate::host_id("hostId", node)?;
+        let (network, _) = self.network(net).await?;
+        let (peer, kv) = self.peer(net, node).await?;
+        let others: Vec<PeerRecord> = self.peers(net).await?.into_iter().map(|(p, _)| p).collect();
+        Ok(peer.to_proto_with_links(&network, kv.mod_revision, &others))
+    }
+
+    /// Sets a peer's cloud details (site labels), as cb-network's UpdateDetailsOfPeer.
+    pub async fn update_peer_details(&self, req: pb::UpdatePeerDetailsRequest) -> Result<pb::Peer> {
+        validate::network_id("cladnetId", &req.cladnet_id)?;
+        validate::host_id("hostId", &req.host_id)?;
+        let info = req
+            .cloud_information
+            .ok_or_else(|| ControllerError::invalid("cloudInformation", "is required"))?;
+        let site = SiteRecord::from_proto(&info);
+        for (field, value) in [
+            ("cloudInformation.providerName", &site.provider),
+            ("cloudInformation.regionId", &site.region),
+            ("cloudInformation.availabilityZoneId", &site.zone),
+            ("cloudInformation.virtualNetworkId", &site.vpc),
+            ("cloudInformation.subnetId", &site.subnet),
+        ] {
+            validate::text(field, value, 128)?;
+        }
+        let (net, node) = (req.cladnet_id.as_str(), req.host_id.as_str());
+        self.retry("update peer details", || async {
+            let (mut peer, kv) = self.peer(net, node).await?;
+            peer.site = site.clone();
+            peer.updated_at = now_unix();
+            let key = keys::peer(net, node);
+            let res = self
+                .store
+                .txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(
+                            &key,
+                            CompareOp::Equal,
+                            kv.mod_revision,
+                        )])
+                        .and_then([TxnOp::put(&key, model::encode(&peer))]),
+                )
+                .await?;
+            Ok(res.succeeded.then_some(()))
+        })
+        .await?;
+        self.get_peer(net, node).await
+    }
+
+    /// Removes a peer and frees its address, session and pending command.
+    pub async fn delete_peer(&self, net: &str, node: &str) -> Result<pb::DeletePeerResponse> {
+        validate::network_id("cladnetId", net)?;
+        validate::host_id("hostId", node)?;
+        let (peer, kv) = self.peer(net, node).await?;
+        let res = self
+            .store
+            .txn(
+                Txn::new()
+                    .when([Compare::mod_revision(
+                        keys::peer(net, node),
+                        CompareOp::Equal,
+                        kv.mod_revision,
+                    )])
+                    .and_then([
+                        TxnOp::delete(keys::peer(net, node)),
+                        TxnOp::delete(keys::ipam_addr(net, peer.overlay_ip)),
+                        TxnOp::delete(keys::session(net, node)),
+                        TxnOp::delete(keys::command(net, node)),
+                    ]),
+            )
+            .await?;
+        if !res.succeeded {
+            return Err(ControllerError::Aborted(format!(
+                "peer {node:?} changed concurrently; retry"
+            )));
+        }
+        info!(network = %net, node = %node, ip = %peer.overlay_ip, "peer deleted");
+        Ok(pb::DeletePeerResponse {
+            is_succeeded: true,
+            message: format!("peer {node} deleted, {} freed", peer.overlay_ip),
+        })
+    }
+}

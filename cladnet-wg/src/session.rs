@@ -1,0 +1,350 @@
+//! Transport keypairs: encryption and decryption of type-4 messages (whitepaper 5.4.6), and the
+//! previous/current/next slots that keep in-flight packets decrypting across a rekey.
+
+use std::time::Instant;
+
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
+
+use crate::constants::{
+    PADDING_MULTIPLE, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME, TAG_LEN, TRANSPORT_HEADER_LEN,
+};
+use crate::error::Error;
+use crate::handshake::SessionKeys;
+use crate::messages::{self, MessageType};
+use crate::replay::ReplayWindow;
+
+/// The AEAD nonce: four zero bytes followed by the little-endian counter.
+fn nonce(counter: u64) -> Nonce {
+    let mut bytes = [0_u8; 12];
+    bytes[4..].copy_from_slice(&counter.to_le_bytes());
+    bytes.into()
+}
+
+/// One session's keys and counters. The keys live inside the ciphers, which zero them on drop.
+pub(crate) struct Keypair {
+    send: ChaCha20Poly1305,
+    receive: ChaCha20Poly1305,
+    /// Our index: peers put it in the receiver field of packets for this session.
+    pub(crate) local_index: u32,
+    /// The peer's index, written in the receiver field of our packets.
+    pub(crate) remote_index: u32,
+    /// Counter of the next message to send.
+    send_counter: u64,
+    replay: ReplayWindow,
+    created: Instant,
+    /// Whether we sent the initiation of the handshake that created this keypair.
+    pub(crate) initiator: bool,
+}
+
+impl Keypair {
+    pub(crate) fn new(
+        keys: &SessionKeys,
+        local_index: u32,
+        remote_index: u32,
+        now: Instant,
+        initiator: bool,
+    ) -> Self {
+        Self {
+            send: ChaCha20Poly1305::new((&*keys.send).into()),
+            receive: ChaCha20Poly1305::new((&*keys.receive).into()),
+            local_index,
+            remote_index,
+            send_counter: 0,
+            replay: ReplayWindow::default(),
+            created: now,
+            initiator,
+        }
+    }
+
+    /// Time since the handshake that created this keypair.
+    pub(crate) fn age(&self, now: Instant) -> std::time::Duration {
+        now.saturating_duration_since(self.created)
+    }
+
+    /// Whether the keypair may still encrypt: younger than `REJECT_AFTER_TIME` and with its
+    /// counter below `REJECT_AFTER_MESSAGES`.
+    pub(crate) fn can_send(&self, now: Instant) -> bool {
+        self.age(now) < REJECT_AFTER_TIME && self.send_counter < REJECT_AFTER_MESSAGES
+    }
+
+    /// Whether the keypair may still decrypt.
+    pub(crate) fn can_receive(&self, now: Instant) -> bool {
+        self.age(now) < REJECT_AFTER_TIME && self.replay.next_expected() < REJECT_AFTER_MESSAGES
+    }
+
+    /// Whether sending on this keypair should start a new handshake: too many messages, or (for
+    /// the initiator only, to avoid both sides rekeying at once) too old.
+    pub(crate) fn wants_rekey_on_send(&self, now: Instant) -> bool {
+        self.send_counter > REKEY_AFTER_MESSAGES
+            || (self.initiator && self.age(now) >= REKEY_AFTER_TIME)
+    }
+
+    /// Encrypts `plaintext` into a complete transport message in `out` and returns its length.
+    ///
+    /// The plaintext is zero-padded to a multiple of 16 bytes, but not beyond `mtu` (the tunnel
+    /// MTU, when known) for packets that fit in it, as the kernel does. Fails with
+    /// [`Error::KeypairExpired`] once the counter reached `REJECT_AFTER_MESSAGES` (the caller
+    /// checks the age) and with [`Error::BufferTooSmall`] without touching the counter.
+    pub(crate) fn seal(
+        &mut self,
+        plaintext: &[u8],
+        mtu: Option<usize>,
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
+        let mut padded = plaintext.len().next_multiple_of(PADDING_MULTIPLE);
+        if let Some(mtu) = mtu.filter(|mtu| plaintext.len() <= *mtu) {
+            padded = padded.min(mtu);
+        }
+        let total = TRANSPORT_HEADER_LEN + padded + TAG_LEN;
+        let out = out.get_mut(..total).ok_or(Error::BufferTooSmall)?;
+        if self.send_counter >= REJECT_AFTER_MESSAGES {
+            return Err(Error::KeypairExpired);
+        }
+        let counter = self.send_counter;
+        self.send_counter += 1;
+
+        messages::write_type(out, MessageType::Transport);
+        out[4..8].copy_from_slice(&self.remote_index.to_le_bytes());
+        out[8..16].copy_from_slice(&counter.to_le_bytes());
+        let (body, tag_out) = out[TRANSPORT_HEADER_LEN..].split_at_mut(padded);
+        body[..plaintext.len()].copy_from_slice(plaintext);
+        body[plaintext.len()..].fill(0);
+        let tag = self
+            .send
+            .encrypt_in_place_detached(&nonce(counter), &[], body)
+            .map_err(|_| Error::BufferTooSmall)?;
+        tag_out.copy_from_slice(&tag);
+        Ok(total)
+    }
+
+    /// Decrypts a transport message body (`sealed` = ciphertext and tag) into `out` and returns
+    /// the plaintext length (padding included). The counter is checked against the replay window
+    /// before decrypting and recorded only once the packet authenticated.
+    pub(crate) fn open(
+        &mut self,
+        counter: u64,
+        sealed: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
+        let len = sealed
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(Error::MalformedMessage)?;
+        let out = out.get_mut(..len).ok_or(Error::BufferTooSmall)?;
+        if !self.replay.would_accept(counter) {
+            return Err(Error::Replay);
+        }
+        let (ciphertext, tag) = sealed.split_at(len);
+        out.copy_from_slice(ciphertext);
+        self.receive
+            .decrypt_in_place_detached(&nonce(counter), &[], out, Tag::from_slice(tag))
+            .map_err(|_| Error::DecryptionFailed)?;
+        if !self.replay.accept(counter) {
+            return Err(Error::Replay);
+        }
+        Ok(len)
+    }
+
+    /// Test hook: moves the send counter (to exercise the message limits).
+    #[cfg(test)]
+    pub(crate) fn set_send_counter(&mut self, counter: u64) {
+        self.send_counter = counter;
+    }
+}
+
+/// Which keypair slot a packet matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Current,
+    Previous,
+    Next,
+}
+
+/// The keypairs of one peer.
+///
+/// - `current` encrypts everything we send;
+/// - `previous` (the keypair `current` replaced) keeps decrypting packets still in flight;
+/// - `next` is a responder's fresh keypair, unusable for sending until the initiator proves it
+///   derived the same keys by sending the first packet with it.
+#[derive(Default)]
+pub(crate) struct Keypairs {
+    pub(crate) current: Option<Box<Keypair>>,
+    pub(crate) previous: Option<Box<Keypair>>,
+    pub(crate) next: Option<Box<Keypair>>,
+}
+
+impl Keypairs {
+    /// Installs a keypair from a handshake we completed.
+    pub(crate) fn insert(&mut self, keypair: Keypair) {
+        let keypair = Some(Box::new(keypair));
+        if keypair.as_ref().is_some_and(|k| k.initiator) {
+            // The response proved the peer has the keys: use them at once. An unconfirmed
+            // `next` becomes `previous` (as the kernel does), else the old current.
+            self.previous = match self.next.take() {
+                Some(next) => Some(next),
+                None => self.current.take(),
+            };
+            self.current = keypair;
+        } else {
+            // Responder: wait for confirmation. Dropping `previous` lets the first packet on any
+            // keypair tell which one the peer uses.
+            self.next = keypair;
+            self.previous = None;
+        }
+    }
+
+    /// Promotes `next` to `current` after the first packet arrived on it.
+    pub(crate) fn confirm_next(&mut self) {
+        if let Some(next) = self.next.take() {
+            self.previous = self.current.take();
+            self.current = Some(next);
+        }
+    }
+
+    pub(crate) fn find(&mut self, local_index: u32) -> Option<(Slot, &mut Keypair)> {
+        let Self {
+            current,
+            previous,
+            next,
+        } = self;
+        [
+            (Slot::Current, current),
+            (Slot::Previous, previous),
+            (Slot::Next, next),
+        ]
+        .into_iter()
+        .find_map(|(slot, keypair)| {
+            keypair
+                .as_deref_mut()
+                .filter(|k| k.local_index == local_index)
+                .map(|k| (slot, k))
+        })
+    }
+
+    pub(crate) fn uses_index(&self, local_index: u32) -> bool {
+        [&self.current, &self.previous, &self.next]
+            .into_iter()
+            .flatten()
+            .any(|k| k.local_index == local_index)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeroize::Zeroizing;
+
+    fn pair(now: Instant) -> (Keypair, Keypair) {
+        let a = SessionKeys {
+            send: Zeroizing::new([1; 32]),
+            receive: Zeroizing::new([2; 32]),
+        };
+        let b = SessionKeys {
+            send: Zeroizing::new([2; 32]),
+            receive: Zeroizing::new([1; 32]),
+        };
+        (
+            Keypair::new(&a, 10, 20, now, true),
+            Keypair::new(&b, 20, 10, now, false),
+        )
+    }
+
+    #[test]
+    fn seal_pads_and_open_round_trips() {
+        let now = Instant::now();
+        let (mut alice, mut bob) = pair(now);
+        let mut wire = [0_u8; 128];
+        let n = alice.seal(b"hello", None, &mut wire).unwrap();
+        assert_eq!(n, 16 + 16 + 16);
+        assert_eq!(
+            &wire[..16],
+            &[4, 0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let mut plain = [0_u8; 128];
+        let m = bob.open(0, &wire[16..n], &mut plain).unwrap();
+        assert_eq!(m, 16);
+        assert_eq!(&plain[..5], b"hello");
+        assert_eq!(&plain[5..16], &[0; 11]);
+        // Same packet again: replay.
+        assert_eq!(bob.open(0, &wire[16..n], &mut plain), Err(Error::Replay));
+        // With a tunnel MTU, padding never goes past it.
+        assert_eq!(
+            alice.seal(&[0x45; 30], Some(30), &mut wire),
+            Ok(16 + 30 + 16)
+        );
+        assert_eq!(
+            alice.seal(&[0x45; 30], Some(40), &mut wire),
+            Ok(16 + 32 + 16)
+        );
+        assert_eq!(
+            alice.seal(&[0x45; 50], Some(40), &mut wire),
+            Ok(16 + 64 + 16)
+        );
+        let n = alice.seal(b"x", None, &mut wire).unwrap();
+        assert!(bob.open(4, &wire[16..n], &mut plain).is_ok());
+        // Tampered: authentication failure, and the window is not moved.
+        let n2 = alice.seal(b"again", None, &mut wire).unwrap();
+        wire[20] ^= 1;
+        assert_eq!(
+            bob.open(5, &wire[16..n2], &mut plain),
+            Err(Error::DecryptionFailed)
+        );
+        wire[20] ^= 1;
+        assert!(bob.open(5, &wire[16..n2], &mut plain).is_ok());
+    }
+
+    #[test]
+    fn counter_limits() {
+        let now = Instant::now();
+        let (mut alice, mut bob) = pair(now);
+        let mut wire = [0_u8; 64];
+        let mut plain = [0_u8; 64];
+
+        alice.set_send_counter(REKEY_AFTER_MESSAGES);
+        assert!(!alice.wants_rekey_on_send(now));
+        alice.set_send_counter(REKEY_AFTER_MESSAGES + 1);
+        assert!(alice.wants_rekey_on_send(now));
+
+        alice.set_send_counter(REJECT_AFTER_MESSAGES - 1);
+        assert!(alice.can_send(now));
+        let n = alice.seal(b"", None, &mut wire).unwrap();
+        assert_eq!(&wire[8..16], &(REJECT_AFTER_MESSAGES - 1).to_le_bytes());
+        assert!(!alice.can_send(now));
+        assert_eq!(alice.seal(b"", None, &mut wire), Err(Error::KeypairExpired));
+
+        // The receiver accepts the last valid counter, then nothing at or beyond the limit.
+        assert_eq!(
+            bob.open(REJECT_AFTER_MESSAGES - 1, &wire[16..n], &mut plain),
+            Ok(0)
+        );
+        assert!(!bob.can_receive(now));
+        assert_eq!(
+            bob.open(REJECT_AFTER_MESSAGES, &wire[16..n], &mut plain),
+            Err(Error::Replay)
+        );
+    }
+
+    #[test]
+    fn time_limits() {
+        let now = Instant::now();
+        let (alice, bob) = pair(now);
+        assert!(
+            !alice
+                .wants_rekey_on_send(now + REKEY_AFTER_TIME - std::time::Duration::from_millis(1))
+        );
+        assert!(alice.wants_rekey_on_send(now + REKEY_AFTER_TIME));
+        assert!(
+            !bob.wants_rekey_on_send(now + REKEY_AFTER_TIME),
+            "responders do not rekey on time"
+        );
+        assert!(alice.can_send(now + REJECT_AFTER_TIME - std::time::Duration::from_millis(1)));
+        assert!(!alice.can_send(now + REJECT_AFTER_TIME));
+        assert!(!bob.can_receive(now + REJECT_AFTER_TIME));
+    }
+}

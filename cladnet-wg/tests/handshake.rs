@@ -1,0 +1,406 @@
+//! Handshake flows between two in-memory devices.
+
+mod common;
+
+use std::time::Duration;
+
+use cladnet_wg::{Error, Event, MessageType, message_type};
+use common::{Delivery, Net, Options, Side, ipv4_packet};
+
+#[test]
+fn handshake_then_data_both_ways() {
+    let mut net = Net::new();
+    let first = ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"first");
+    assert_eq!(net.send(Side::A, &first), None);
+    assert_eq!(net.wire.len(), 1);
+    assert_eq!(
+        message_type(&net.wire[0].bytes),
+        Some(MessageType::Initiation)
+    );
+    assert_eq!(net.wire[0].bytes.len(), 148);
+
+    let initiation = net.wire.remove(0);
+    let Delivery::Network(response) = net.deliver(&initiation) else {
+        panic!("no response")
+    };
+    assert_eq!(message_type(&response), Some(MessageType::Response));
+    assert_eq!(response.len(), 92);
+    // B learnt A's endpoint from the authenticated initiation.
+    assert_eq!(net.b.device.endpoint(net.b.peer), Some(common::addr_a()));
+
+    net.deliver_all();
+    assert_eq!(net.b.tun, vec![first.clone()]);
+    assert!(
+        net.a
+            .events
+            .contains(&Event::HandshakeCompleted { initiator: true })
+    );
+    assert!(
+        net.b
+            .events
+            .contains(&Event::HandshakeCompleted { initiator: false })
+    );
+
+    let reply = ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], b"reply");
+    net.send(Side::B, &reply);
+    assert_eq!(net.wire.len(), 1, "B sends data right away once confirmed");
+    assert_eq!(
+        message_type(&net.wire[0].bytes),
+        Some(MessageType::Transport)
+    );
+    net.deliver_all();
+    assert_eq!(net.a.tun, vec![reply]);
+
+    for i in 0..50_u8 {
+        net.send(
+            Side::A,
+            &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], &[i; 100]),
+        );
+        net.send(Side::B, &ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], &[i; 7]));
+    }
+    net.deliver_all();
+    assert_eq!(net.b.tun.len(), 51);
+    assert_eq!(net.a.tun.len(), 51);
+    assert!(
+        net.a.errors.is_empty() && net.b.errors.is_empty(),
+        "{:?} {:?}",
+        net.a.errors,
+        net.b.errors
+    );
+    let stats = net.a.device.stats(net.a.peer).unwrap();
+    assert!(stats.tx_bytes > 0 && stats.rx_bytes > 0 && stats.last_handshake.is_some());
+}
+
+#[test]
+fn transport_messages_are_padded_to_16() {
+    let mut net = Net::new();
+    net.establish();
+    net.send(
+        Side::A,
+        &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], &[1; 13]),
+    );
+    let datagram = &net.wire[0].bytes;
+    // 33-byte IP packet → 48 bytes padded, + 16 header + 16 tag.
+    assert_eq!(datagram.len(), 80);
+    assert_eq!(datagram.len(), cladnet_wg::constants::encapsulated_len(33));
+    net.deliver_all();
+    assert_eq!(
+        net.b.tun[0].len(),
+        33,
+        "receiver trims by the IP total length"
+    );
+}
+
+#[test]
+fn packets_queue_during_handshake_and_flush_in_order() {
+    let mut net = Net::new();
+    for i in 0..5_u8 {
+        net.send(Side::A, &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], &[i]));
+    }
+    assert_eq!(net.wire.len(), 1, "one initiation, packets queued");
+    net.deliver_all();
+    let payloads: Vec<u8> = net.b.tun.iter().map(|p| p[20]).collect();
+    assert_eq!(payloads, vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn handshake_with_preshared_key() {
+    let psk = [0x42; 32];
+    let mut net = Net::with(Options {
+        seed: 11,
+        psk_a: Some(psk),
+        psk_b: Some(psk),
+        ..Options::default()
+    });
+    net.establish();
+    net.send(Side::B, &ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], b"x"));
+    net.deliver_all();
+    assert_eq!(net.a.tun.len(), 1);
+}
+
+#[test]
+fn mismatched_preshared_key_fails() {
+    let mut net = Net::with(Options {
+        seed: 12,
+        psk_a: Some([1; 32]),
+        psk_b: None,
+        ..Options::default()
+    });
+    net.send(Side::A, &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"x"));
+    net.deliver_all();
+    // B cannot tell (the psk only enters the response); A rejects the response.
+    assert_eq!(net.a.errors, vec![Error::HandshakeFailed]);
+    assert!(net.b.tun.is_empty());
+}
+
+#[test]
+fn initiation_with_bad_mac1_is_dropped_silently() {
+    let mut net = Net::new();
+    net.send(Side::A, &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"x"));
+    let mut initiation = net.take_wire().remove(0);
+    initiation.bytes[116] ^= 0x80; // first byte of mac1
+    assert_eq!(net.deliver(&initiation), Delivery::Err(Error::InvalidMac));
+    let mut initiation2 = initiation.clone();
+    initiation2.bytes[116] ^= 0x80;
+    initiation2.bytes[50] ^= 1; // inside the encrypted static key: mac1 no longer matches
+    assert_eq!(net.deliver(&initiation2), Delivery::Err(Error::InvalidMac));
+    assert!(net.wire.is_empty(), "no answer to an invalid mac1");
+}
+
+#[test]
+fn replayed_initiation_is_rejected() {
+    let mut net = Net::new();
+    net.send(Side::A, &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"x"));
+    let initiation = net.take_wire().remove(0);
+    assert!(matches!(net.deliver(&initiation), Delivery::Network(_)));
+    net.take_wire();
+    net.jump(Duration::from_secs(2));
+    assert_eq!(
+        net.deliver(&initiation),
+        Delivery::Err(Error::TimestampReplay)
+    );
+    assert!(net.wire.is_empty());
+}
+
+#[test]
+fn initiation_flood_is_rejected() {
+    // Two instances of A (same key, e.g. a restarted agent) initiate 1 ms apart: both carry a
+    // newer timestamp, but B accepts at most one initiation per 20 ms from a peer.
+    let mut net = Net::new();
+    net.send(Side::A, &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"x"));
+    let first = net.take_wire().remove(0);
+
+    let clock = cladnet_wg::WallClock::new(
+        net.now,
+        std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_001),
+    );
+    let mut twin = cladnet_wg::Device::new(net.a.key.clone(), rand_seed(99), clock);
+    let mut config = cladnet_wg::PeerConfig::new(net.b.key.public_key());
+    config.endpoint = Some(common::addr_b());
+    let id = twin.add_peer(net.now, config).unwrap();
+    let mut out = [0_u8; 256];
+    let cladnet_wg::Action::WriteToNetwork { datagram, .. } = twin.encapsulate(
+        net.now,
+        id,
+        &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"y"),
+        &mut out,
+    ) else {
+        panic!("twin did not initiate")
+    };
+    let second = common::Datagram {
+        from: Side::A,
+        bytes: datagram.to_vec(),
+    };
+
+    assert!(matches!(net.deliver(&first), Delivery::Network(_)));
+    net.jump(Duration::from_millis(1));
+    assert_eq!(net.deliver(&second), Delivery::Err(Error::InitiationFlood));
+    net.jump(Duration::from_millis(30));
+    assert!(matches!(net.deliver(&second), Delivery::Network(_)));
+}
+
+#[test]
+fn initiation_from_unknown_key_is_rejected() {
+    let mut net = Net::new();
+    let stranger_key = cladnet_wg::PrivateKey::from_bytes([0x33; 32]);
+    let clock = cladnet_wg::WallClock::new(net.now, std::time::SystemTime::UNIX_EPOCH);
+    let mut stranger = cladnet_wg::Device::new(stranger_key, rand_seed(5), clock);
+    let mut config = cladnet_wg::PeerConfig::new(net.b.key.public_key());
+    config.endpoint = Some(common::addr_b());
+    let id = stranger.add_peer(net.now, config).unwrap();
+    let mut out = [0_u8; 256];
+    let cladnet_wg::Action::WriteToNetwork { datagram, .. } = stranger.encapsulate(
+        net.now,
+        id,
+        &ipv4_packet([10, 9, 9, 9], [10, 0, 0, 2], b"?"),
+        &mut out,
+    ) else {
+        panic!("stranger did not initiate")
+    };
+    let mut reply = [0_u8; 256];
+    let (peer, action) = net.b.device.decapsulate(
+        net.now,
+        "203.0.113.9:1234".parse().unwrap(),
+        datagram,
+        &mut reply,
+    );
+    assert_eq!(peer, None);
+    assert_eq!(action, cladnet_wg::Action::Err(Error::UnknownPeer));
+}
+
+#[test]
+fn device_identifies_initiators_among_many_peers() {
+    use cladnet_wg::{Action, Device, PeerConfig, PrivateKey, WallClock};
+    let now = std::time::Instant::now();
+    let clock = WallClock::new(
+        now,
+        std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    );
+    let hub_key = PrivateKey::from_bytes([1; 32]);
+    let mut hub = Device::new(hub_key.clone(), rand_seed(1), clock);
+    let hub_addr: std::net::SocketAddr = "192.0.2.100:8055".parse().unwrap();
+    let mut spokes = Vec::new();
+    for i in 0..10_u8 {
+        let key = PrivateKey::from_bytes([i + 10; 32]);
+        let id_on_hub = hub
+            .add_peer(now, PeerConfig::new(key.public_key()))
+            .unwrap();
+        let mut spoke = Device::new(key, rand_seed(100 + u64::from(i)), clock);
+        let mut config = PeerConfig::new(hub_key.public_key());
+        config.endpoint = Some(hub_addr);
+        let hub_on_spoke = spoke.add_peer(now, config).unwrap();
+        spokes.push((spoke, hub_on_spoke, id_on_hub));
+    }
+    for (i, (spoke, hub_id, id_on_hub)) in spokes.iter_mut().enumerate() {
+        let src: std::net::SocketAddr = format!("192.0.2.{}:5000", i + 1).parse().unwrap();
+        let mut out = [0_u8; 256];
+        let Action::WriteToNetwork { datagram, .. } = spoke.encapsulate(
+            now,
+            *hub_id,
+            &ipv4_packet([10, 0, 0, 9], [10, 0, 0, 1], b"hi"),
+            &mut out,
+        ) else {
+            panic!()
+        };
+        let mut reply = [0_u8; 256];
+        let (peer, action) = hub.decapsulate(now, src, datagram, &mut reply);
+        assert_eq!(peer, Some(*id_on_hub));
+        let Action::WriteToNetwork { datagram, to } = action else {
+            panic!()
+        };
+        assert_eq!(to, src);
+        let mut out2 = [0_u8; 256];
+        let Action::WriteToNetwork { datagram: data, .. } =
+            spoke.decapsulate(now, hub_addr, datagram, &mut out2).1
+        else {
+            panic!()
+        };
+        let mut inner = [0_u8; 256];
+        let (peer, action) = hub.decapsulate(now, src, data, &mut inner);
+        assert_eq!(peer, Some(*id_on_hub));
+        assert!(matches!(action, Action::WriteToTunnel { .. }));
+        assert_eq!(hub.endpoint(*id_on_hub), Some(src));
+    }
+}
+
+fn rand_seed(seed: u64) -> rand::rngs::ChaCha20Rng {
+    use rand::SeedableRng as _;
+    rand::rngs::ChaCha20Rng::seed_from_u64(seed)
+}
+
+#[test]
+fn simultaneous_initiations_converge() {
+    let mut net = Net::with(Options {
+        seed: 31,
+        b_knows_a: true,
+        ..Options::default()
+    });
+    net.send(
+        Side::A,
+        &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"from a"),
+    );
+    net.send(
+        Side::B,
+        &ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], b"from b"),
+    );
+    let kinds: Vec<_> = net.wire.iter().map(|d| message_type(&d.bytes)).collect();
+    assert_eq!(
+        kinds,
+        vec![Some(MessageType::Initiation), Some(MessageType::Initiation)]
+    );
+    // Both initiations cross; each side answers the other's and drops its own attempt.
+    net.advance(Duration::from_secs(20));
+    assert_eq!(net.a.tun.len(), 1, "B's packet reached A");
+    assert_eq!(net.b.tun.len(), 1, "A's packet reached B");
+    net.send(
+        Side::A,
+        &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"again"),
+    );
+    net.send(
+        Side::B,
+        &ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], b"again"),
+    );
+    net.deliver_all();
+    assert_eq!((net.a.tun.len(), net.b.tun.len()), (2, 2));
+}
+
+#[test]
+fn responder_without_endpoint_queues_until_the_peer_calls() {
+    let mut net = Net::new();
+    assert_eq!(
+        net.send(
+            Side::B,
+            &ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], b"early")
+        ),
+        Some(Error::NoEndpoint)
+    );
+    assert!(net.wire.is_empty());
+    net.establish();
+    // Once A's first packet confirmed the session, B flushes what it queued.
+    assert_eq!(
+        net.a.tun,
+        vec![ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], b"early")]
+    );
+}
+
+#[test]
+fn standalone_peers_talk() {
+    use cladnet_wg::{Action, Peer, PeerConfig, PrivateKey, WallClock};
+    let now = std::time::Instant::now();
+    let clock = WallClock::new(now, std::time::SystemTime::now());
+    let (key_a, key_b) = (
+        PrivateKey::from_bytes([0x61; 32]),
+        PrivateKey::from_bytes([0x62; 32]),
+    );
+    let (addr_a, addr_b) = (common::addr_a(), common::addr_b());
+    let mut config = PeerConfig::new(key_b.public_key());
+    config.endpoint = Some(addr_b);
+    let mut a = Peer::new(now, key_a.clone(), config, rand_seed(1), clock).unwrap();
+    let mut b = Peer::new(
+        now,
+        key_b,
+        PeerConfig::new(key_a.public_key()),
+        rand_seed(2),
+        clock,
+    )
+    .unwrap();
+    assert!(
+        Peer::new(
+            now,
+            key_a.clone(),
+            PeerConfig::new(key_a.public_key()),
+            rand_seed(3),
+            clock
+        )
+        .is_err()
+    );
+
+    let packet = ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"solo");
+    let (mut buf_a, mut buf_b) = ([0_u8; 512], [0_u8; 512]);
+    let Action::WriteToNetwork { datagram, .. } = a.encapsulate(now, &packet, &mut buf_a) else {
+        panic!()
+    };
+    let Action::WriteToNetwork { datagram, to } = b.decapsulate(now, addr_a, datagram, &mut buf_b)
+    else {
+        panic!()
+    };
+    assert_eq!(to, addr_a);
+    let Action::WriteToNetwork { datagram, .. } = a.decapsulate(now, addr_b, datagram, &mut buf_a)
+    else {
+        panic!()
+    };
+    let Action::WriteToTunnel { packet: got, .. } =
+        b.decapsulate(now, addr_a, datagram, &mut buf_b)
+    else {
+        panic!()
+    };
+    assert_eq!(got, &packet[..]);
+    assert_eq!(b.endpoint(), Some(addr_a));
+    assert_eq!(
+        a.poll_event(),
+        Some(Event::HandshakeCompleted { initiator: true })
+    );
+    assert!(a.stats().last_handshake.is_some());
+    assert_eq!(b.remote_public_key(), key_a.public_key());
+    assert!(b.poll_timeout().is_some(), "passive keepalive armed");
+}

@@ -1,0 +1,708 @@
+//! Checks of the controller API that every store backend must pass. Each takes a running
+//! [`TestController`] and panics with a message on failure.
+
+use std::{collections::HashSet, time::Duration};
+
+use base64::Engine as _;
+use cladnet_proto::v1::{self as pb, watch_event::Event};
+use futures::StreamExt as _;
+use tonic::Code;
+
+use crate::controller::{ADMIN_TOKEN, AgentClient, TestController, http};
+
+/// Runs every check, each on its own network.
+pub async fn all(ctl: &TestController) {
+    auth_is_enforced(ctl).await;
+    networks_crud_and_validation(ctl).await;
+    join_allocates_stable_addresses(ctl).await;
+    exhaustion_and_reuse(ctl).await;
+    watch_snapshot_deltas_resume(ctl).await;
+    rest_paths(ctl).await;
+    commands_and_tests(ctl).await;
+}
+
+/// A base64 X25519-sized public key derived from `seed`.
+pub fn public_key(seed: &str) -> String {
+    let mut key = [0u8; 32];
+    for (i, b) in seed.bytes().enumerate() {
+        key[i % 32] ^= b.wrapping_add(i as u8);
+    }
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// Creates a network.
+pub async fn network(ctl: &TestController, id: &str, cidr: &str) -> String {
+    let mut admin = ctl.admin(ADMIN_TOKEN).await;
+    let n = pb::Network {
+        cladnet_id: id.into(),
+        ipv4_address_space: cidr.into(),
+        ..Default::default()
+    };
+    admin
+        .create_network(n)
+        .await
+        .unwrap_or_else(|e| panic!("create network {id}: {e}"))
+        .into_inner()
+        .cladnet_id
+}
+
+/// Mints a join token.
+pub async fn join_token(ctl: &TestController, net: &str) -> String {
+    let mut admin = ctl.admin(ADMIN_TOKEN).await;
+    let req = pb::CreateJoinTokenRequest {
+        cladnet_id: net.into(),
+        ..Default::default()
+    };
+    admin
+        .create_join_token(req)
+        .await
+        .expect("create join token")
+        .into_inner()
+        .token
+}
+
+/// A join request for `node`.
+pub fn join_request(net: &str, node: &str) -> pb::JoinRequest {
+    pb::JoinRequest {
+        cladnet_id: net.into(),
+        host_id: node.into(),
+        public_key: public_key(node),
+        listen_port: 8055,
+        public_endpoint: "198.18.1.2:8055".into(),
+        host_private_ipv4_cidr: "192.168.1.10/24".into(),
+        facts: Some(pb::HostFacts {
+            host_name: format!("{node}.example"),
+            interfaces: vec![pb::NetworkInterface {
+                name: "eth0".into(),
+                ipv4_cidrs: vec!["192.168.1.10/24".into()],
+                mtu: 1500,
+            }],
+            capabilities: vec!["userspace".into()],
+        }),
+        ..Default::default()
+    }
+}
+
+/// Joins `node` and returns the response.
+pub async fn join(ctl: &TestController, token: &str, net: &str, node: &str) -> pb::JoinResponse {
+    let mut agent = ctl.agent(token).await;
+    agent
+        .join(join_request(net, node))
+        .await
+        .unwrap_or_else(|e| panic!("join {node}: {e}"))
+        .into_inner()
+}
+
+fn assert_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, what: &str) -> String {
+    match r {
+        Err(s) if s.code() == code => s.message().to_owned(),
+        other => panic!("{what}: expected {code:?}, got {other:?}"),
+    }
+}
+
+/// Admin calls need the admin token; agent calls need the right kind of token.
+pub async fn auth_is_enforced(ctl: &TestController) {
+    let net = network(ctl, "auth", "10.61.0.0/24").await;
+    let list = || pb::ListNetworksRequest {};
+    assert_code(
+        ctl.admin("").await.list_networks(list()).await,
+        Code::Unauthenticated,
+        "no token",
+    );
+    assert_code(
+        ctl.admin("not-the-admin-token")
+            .await
+            .list_networks(list())
+            .await,
+        Code::Unauthenticated,
+        "wrong token",
+    );
+    let token = join_token(ctl, &net).await;
+    assert_code(
+        ctl.admin(&token).await.list_networks(list()).await,
+        Code::PermissionDenied,
+        "join token on admin call",
+    );
+    // Health needs no credentials.
+    let h = ctl
+        .admin("")
+        .await
+        .health(pb::HealthRequest {})
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(h.status, "healthy");
+
+    let mut bad = ctl.agent("cnj.nope.secret").await;
+    assert_code(
+        bad.join(join_request(&net, "a")).await,
+        Code::Unauthenticated,
+        "unknown join token",
+    );
+    assert_code(
+        ctl.agent(ADMIN_TOKEN)
+            .await
+            .join(join_request(&net, "a"))
+            .await,
+        Code::Unauthenticated,
+        "admin token on join",
+    );
+    let a = join(ctl, &token, &net, "a").await;
+    // A session token authorizes its own node only.
+    let mut as_a = ctl.agent(&a.session_token).await;
+    let watch_b = pb::WatchRequest {
+        cladnet_id: net.clone(),
+        host_id: "b".into(),
+        from_revision: 0,
+    };
+    assert_code(
+        as_a.watch(watch_b).await.map(|_| ()),
+        Code::Unauthenticated,
+        "a's session for b",
+    );
+    assert_code(
+        ctl.agent(&token).await.report(report(&net, "a")).await,
+        Code::PermissionDenied,
+        "join token on report",
+    );
+    as_a.report(report(&net, "a")).await.expect("own report");
+
+    // Revoked tokens no longer join; joined peers keep working.
+    let mut admin = ctl.admin(ADMIN_TOKEN).await;
+    let tokens = admin
+        .list_join_tokens(pb::GetNetworkRequest {
+            cladnet_id: net.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tokens.tokens.len(), 1);
+    let revoke = pb::RevokeJoinTokenRequest {
+        cladnet_id: net.clone(),
+        token_id: tokens.tokens[0].token_id.clone(),
+    };
+    admin
+        .revoke_join_token(revoke.clone())
+        .await
+        .expect("revoke");
+    assert_code(
+        admin.revoke_join_token(revoke).await,
+        Code::NotFound,
+        "revoke twice",
+    );
+    assert_code(
+        ctl.agent(&token).await.join(join_request(&net, "c")).await,
+        Code::Unauthenticated,
+        "revoked token",
+    );
+    as_a.report(report(&net, "a"))
+        .await
+        .expect("session survives token revocation");
+}
+
+fn report(net: &str, node: &str) -> pb::ReportRequest {
+    pb::ReportRequest {
+        cladnet_id: net.into(),
+        host_id: node.into(),
+        state: "up".into(),
+        ..Default::default()
+    }
+}
+
+/// Create/get/list/update/delete, with field-naming validation errors.
+pub async fn networks_crud_and_validation(ctl: &TestController) {
+    let mut admin = ctl.admin(ADMIN_TOKEN).await;
+    let bad = |id: &str, cidr: &str, rule: &str| pb::Network {
+        cladnet_id: id.into(),
+        ipv4_address_space: cidr.into(),
+        rule_type: rule.into(),
+        ..Default::default()
+    };
+    for (req, field) in [
+        (bad("UPPER", "10.0.0.0/24", ""), "cladnetId"),
+        (bad("ok-id", "10.0.0.1/24", ""), "ipv4AddressSpace"),
+        (bad("ok-id", "8.8.8.0/24", ""), "ipv4AddressSpace"),
+        (bad("ok-id", "", ""), "ipv4AddressSpace"),
+        (bad("ok-id", "10.0.0.0/24", "fastest"), "ruleType"),
+    ] {
+        let msg = assert_code(
+            admin.create_network(req).await,
+            Code::InvalidArgument,
+            field,
+        );
+        assert!(msg.starts_with(field), "{msg:?} names {field}");
+    }
+    let list = admin
+        .list_networks(pb::ListNetworksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !list
+            .cladnet_specifications
+            .iter()
+            .any(|n| n.cladnet_id == "ok-id"),
+        "nothing half-written"
+    );
+
+    let created = admin
+        .create_network(pb::Network {
+            cladnet_id: "crud".into(),
+            name: "CRUD net".into(),
+            ipv4_address_space: "10.62.0.0/24".into(),
+            encryption: "inter-site".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(
+        (created.rule_type.as_str(), created.encryption.as_str()),
+        ("basic", "inter-site")
+    );
+    let dup = pb::Network {
+        cladnet_id: "crud".into(),
+        ipv4_address_space: "10.62.0.0/24".into(),
+        ..Default::default()
+    };
+    assert_code(
+        admin.create_network(dup).await,
+        Code::AlreadyExists,
+        "duplicate id",
+    );
+
+    let mut update = created.clone();
+    update.rule_type = "cost-prioritized".into();
+    let updated = admin
+        .update_network(update.clone())
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(updated.rule_type, "cost-prioritized");
+    assert!(updated.revision > created.revision);
+    assert_code(
+        admin.update_network(update).await,
+        Code::Aborted,
+        "stale revision",
+    );
+
+    let auto = admin
+        .create_network(pb::Network {
+            cladnet_id: "auto".into(),
+            ipv4_address_space: "auto".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("auto address space")
+        .into_inner();
+    assert!(auto.ipv4_address_space.contains('/'), "{auto:?}");
+
+    let deleted = admin
+        .delete_network(pb::GetNetworkRequest {
+            cladnet_id: "crud".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.is_succeeded);
+    assert_code(
+        admin
+            .get_network(pb::GetNetworkRequest {
+                cladnet_id: "crud".into(),
+            })
+            .await,
+        Code::NotFound,
+        "deleted",
+    );
+}
+
+/// Addresses are unique, skip reserved ones, and stay with their node across re-joins.
+pub async fn join_allocates_stable_addresses(ctl: &TestController) {
+    let net = network(ctl, "alloc", "10.63.0.0/24").await;
+    let token = join_token(ctl, &net).await;
+    let mut ips = HashSet::new();
+    for node in ["n1", "n2", "n3"] {
+        let r = join(ctl, &token, &net, node).await;
+        let peer = r.peer.unwrap();
+        assert!(!r.session_token.is_empty());
+        assert_eq!(peer.state, "joining");
+        assert!(ips.insert(peer.ip.clone()), "duplicate {}", peer.ip);
+        assert!(
+            !["10.63.0.0", "10.63.0.1", "10.63.0.255"].contains(&peer.ip.as_str()),
+            "reserved {}",
+            peer.ip
+        );
+    }
+    let again = join(ctl, &token, &net, "n2").await.peer.unwrap();
+    assert!(ips.contains(&again.ip), "n2 keeps its address");
+    let mut agent = ctl.agent(&token).await;
+    let mut req = join_request(&net, "n4");
+    req.public_key = "short".into();
+    let msg = assert_code(agent.join(req).await, Code::InvalidArgument, "bad key");
+    assert!(msg.starts_with("publicKey"), "{msg}");
+    let mut req = join_request(&net, "n4");
+    req.facts.as_mut().unwrap().interfaces[0].ipv4_cidrs[0] = "300.1.1.1/24".into();
+    let msg = assert_code(agent.join(req).await, Code::InvalidArgument, "bad cidr");
+    assert!(msg.starts_with("facts.interfaces[0].ipv4Cidrs[0]"), "{msg}");
+
+    let mut admin = ctl.admin(ADMIN_TOKEN).await;
+    let peer = admin
+        .get_peer(pb::GetPeerRequest {
+            cladnet_id: net.clone(),
+            host_id: "n1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(peer.links.len(), 2, "a link to each other peer");
+    assert!(
+        peer.links
+            .iter()
+            .all(|l| l.mode == "sealed" && l.selected_endpoint == "198.18.1.2:8055"),
+        "{:?}",
+        peer.links
+    );
+}
+
+/// A /29 holds five peers; a sixth gets FailedPrecondition; deleting one frees its address.
+pub async fn exhaustion_and_reuse(ctl: &TestController) {
+    let net = network(ctl, "small", "10.64.0.0/29").await;
+    let token = join_token(ctl, &net).await;
+    let mut held = Vec::new();
+    for i in 0..5 {
+        held.push(
+            join(ctl, &token, &net, &format!("s{i}"))
+                .await
+                .peer
+                .unwrap()
+                .ip,
+        );
+    }
+    let msg = assert_code(
+        ctl.agent(&token).await.join(join_request(&net, "s5")).await,
+        Code::FailedPrecondition,
+        "full",
+    );
+    assert!(msg.contains("no free address"), "{msg}");
+    let mut admin = ctl.admin(ADMIN_TOKEN).await;
+    admin
+        .delete_peer(pb::GetPeerRequest {
+            cladnet_id: net.clone(),
+            host_id: "s2".into(),
+        })
+        .await
+        .expect("delete peer");
+    let reused = join(ctl, &token, &net, "s5").await.peer.unwrap().ip;
+    assert_eq!(reused, held[2], "the freed address is reused");
+}
+
+async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a watch event within 10 s")
+        .expect("stream open")
+        .expect("event, not error")
+}
+
+async fn watch(
+    agent: &mut AgentClient,
+    net: &str,
+    node: &str,
+    from: i64,
+) -> tonic::Streaming<pb::WatchEvent> {
+    let req = pb::WatchRequest {
+        cladnet_id: net.into(),
+        host_id: node.into(),
+        from_revision: from,
+    };
+    agent.watch(req).await.expect("open watch").into_inner()
+}
+
+/// A snapshot first, then ordered deltas; a resumed watch continues exactly after the last
+/// revision seen.
+pub async fn watch_snapshot_deltas_resume(ctl: &TestController) {
+    let net = network(ctl, "watch", "10.65.0.0/24").await;
+    let token = join_token(ctl, &net).await;
+    let a = join(ctl, &token, &net, "wa").await;
+    let mut as_a = ctl.agent(&a.session_token).await;
+    let mut stream = watch(&mut as_a, &net, "wa", 0).await;
+    let first = next_event(&mut stream).await;
+    let Some(Event::Snapshot(snap)) = first.event else {
+        panic!("first event is a snapshot: {first:?}")
+    };
+    assert_eq!(snap.peers.len(), 1);
+    assert_eq!(snap.network.unwrap().cladnet_id, net);
+
+    join(ctl, &token, &net, "wb").await;
+    let ev = next_event(&mut stream).await;
+    let Some(Event::PeerUpserted(p)) = &ev.event else {
+        panic!("peer event: {ev:?}")
+    };
+    assert_eq!(p.host_id, "wb");
+    assert!(ev.revision > first.revision);
+    let seen = ev.revision;
+    drop(stream);
+
+    // While a is away: b reports up, c joins, b is deleted.
+    let b_session = join(ctl, &token, &net, "wb").await.session_token;
+    ctl.agent(&b_session)
+        .await
+        .report(report(&net, "wb"))
+        .await
+        .expect("b reports");
+    join(ctl, &token, &net, "wc").await;
+    let mut admin = ctl.admin(ADMIN_TOKEN).await;
+    admin
+        .delete_peer(pb::GetPeerRequest {
+            cladnet_id: net.clone(),
+            host_id: "wb".into(),
+        })
+        .await
+        .unwrap();
+
+    let mut resumed = watch(&mut as_a, &net, "wa", seen).await;
+    let mut revisions = Vec::new();
+    let mut summary = Vec::new();
+    while summary.last().map(String::as_str) != Some("removed wb") {
+        let ev = next_event(&mut resumed).await;
+        revisions.push(ev.revision);
+        summary.push(match ev.event.unwrap() {
+            Event::PeerUpserted(p) => format!("{} {}", p.host_id, p.state),
+            Event::PeerRemoved(n) => format!("removed {n}"),
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(
+        summary,
+        ["wb joining", "wb up", "wc joining", "removed wb"],
+        "no loss, no duplicate"
+    );
+    assert!(
+        revisions.windows(2).all(|w| w[0] < w[1]) && revisions[0] > seen,
+        "{revisions:?}"
+    );
+
+    // Network updates and deletion reach the stream; deletion ends it.
+    let mut n = admin
+        .get_network(pb::GetNetworkRequest {
+            cladnet_id: net.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    n.encryption = "never".into();
+    admin.update_network(n).await.unwrap();
+    let ev = next_event(&mut resumed).await;
+    assert!(
+        matches!(&ev.event, Some(Event::NetworkUpdated(n)) if n.encryption == "never"),
+        "{ev:?}"
+    );
+    admin
+        .delete_network(pb::GetNetworkRequest {
+            cladnet_id: net.clone(),
+        })
+        .await
+        .unwrap();
+    let ev = next_event(&mut resumed).await;
+    assert!(
+        matches!(&ev.event, Some(Event::NetworkDeleted(n)) if *n == net),
+        "{ev:?}"
+    );
+}
+
+/// cb-network's REST paths on the same port, proto3-JSON bodies, HTTP status per error.
+pub async fn rest_paths(ctl: &TestController) {
+    let addr = ctl.addr();
+    let (s, body) = http(addr, "GET", "/health", "", "").await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("\"healthy\""), "{body}");
+    let (s, _) = http(addr, "GET", "/v1/cladnet", "", "").await;
+    assert_eq!(s, 401);
+    let (s, body) = http(
+        addr,
+        "POST",
+        "/v1/cladnet",
+        ADMIN_TOKEN,
+        r#"{"cladnetId":"rest","ipv4AddressSpace":"10.66.0.0/24"}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        body.contains(r#""ipv4AddressSpace":"10.66.0.0/24""#),
+        "{body}"
+    );
+    let (s, body) = http(
+        addr,
+        "POST",
+        "/v1/cladnet",
+        ADMIN_TOKEN,
+        r#"{"cladnetId":"rest2","ipv4AddressSpace":"10.66.0.7/24"}"#,
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("ipv4AddressSpace"), "{body}");
+    let (s, body) = http(addr, "GET", "/v1/cladnet", ADMIN_TOKEN, "").await;
+    assert_eq!(s, 200);
+    assert!(
+        body.contains("cladnetSpecifications") && body.contains("\"rest\""),
+        "{body}"
+    );
+    let (s, body) = http(addr, "GET", "/v1/cladnet/rest", ADMIN_TOKEN, "").await;
+    assert_eq!(
+        (s, body.contains("\"cladnetId\":\"rest\"")),
+        (200, true),
+        "{body}"
+    );
+    let (s, body) = http(
+        addr,
+        "PUT",
+        "/v1/cladnet/rest",
+        ADMIN_TOKEN,
+        r#"{"description":"updated over REST"}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = http(
+        addr,
+        "POST",
+        "/v1/cladnet/availableIPv4AddressSpaces",
+        ADMIN_TOKEN,
+        r#"{"ipv4Cidrs":["192.168.1.0/24","192.168.1.0/24","10.0.0.0/24"]}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    for name in [
+        "recommendedIpv4PrivateAddressSpace",
+        "addressSpace10s",
+        "addressSpace172s",
+        "addressSpace192s",
+    ] {
+        assert!(body.contains(name), "{name} in {body}");
+    }
+    let token = join_token(ctl, "rest").await;
+    join(ctl, &token, "rest", "r1").await;
+    let (s, body) = http(addr, "GET", "/v1/cladnet/rest/peer", ADMIN_TOKEN, "").await;
+    assert_eq!(s, 200);
+    assert!(body.contains("\"hostId\":\"r1\""), "{body}");
+    let (s, body) = http(addr, "GET", "/v1/cladnet/rest/peer/r1", ADMIN_TOKEN, "").await;
+    assert_eq!(
+        (s, body.contains("\"ip\":\"10.66.0.2\"")),
+        (200, true),
+        "{body}"
+    );
+    let (s, _) = http(addr, "GET", "/v1/cladnet/rest/peer/nobody", ADMIN_TOKEN, "").await;
+    assert_eq!(s, 404);
+    let (s, body) = http(addr, "GET", "/openapi.json", "", "").await;
+    assert_eq!(s, 200);
+    assert!(
+        body.contains("/v1/cladnet/{cladnetId}/peer"),
+        "the OpenAPI document lists the peer path"
+    );
+    let (s, body) = http(addr, "DELETE", "/v1/cladnet/rest", ADMIN_TOKEN, "").await;
+    assert_eq!(
+        (s, body.contains("\"isSucceeded\":true")),
+        (200, true),
+        "{body}"
+    );
+    let (s, _) = http(addr, "GET", "/v1/cladnet/rest/peer", ADMIN_TOKEN, "").await;
+    assert_eq!(s, 404, "delete really deletes");
+}
+
+/// Commands reach only their target's stream; tests reach every peer and collect results.
+pub async fn commands_and_tests(ctl: &TestController) {
+    let net = network(ctl, "cmd", "10.67.0.0/24").await;
+    let token = join_token(ctl, &net).await;
+    let a = join(ctl, &token, &net, "ca").await;
+    let b = join(ctl, &token, &net, "cb").await;
+    let mut as_a = ctl.agent(&a.session_token).await;
+    let mut as_b = ctl.agent(&b.session_token).await;
+    let mut stream_a = watch(&mut as_a, &net, "ca", 0).await;
+    next_event(&mut stream_a).await; // snapshot
+    let mut admin = ctl.admin(ADMIN_TOKEN).await;
+    let cmd = pb::SendCommandRequest {
+        cladnet_id: net.clone(),
+        host_id: "cb".into(),
+        command_type: "DOWN".into(),
+    };
+    assert_eq!(
+        admin.send_command(cmd).await.unwrap().into_inner().host_ids,
+        ["cb"]
+    );
+    let cmd = pb::SendCommandRequest {
+        cladnet_id: net.clone(),
+        host_id: String::new(),
+        command_type: "enable-encryption".into(),
+    };
+    admin.send_command(cmd).await.unwrap();
+    let ev = next_event(&mut stream_a).await;
+    assert!(
+        matches!(&ev.event, Some(Event::Command(c)) if c.command_type == "enable-encryption"),
+        "a got only its own: {ev:?}"
+    );
+    let bad = pb::SendCommandRequest {
+        cladnet_id: net.clone(),
+        host_id: String::new(),
+        command_type: "reboot".into(),
+    };
+    assert!(
+        assert_code(
+            admin.send_command(bad).await,
+            Code::InvalidArgument,
+            "bad command"
+        )
+        .starts_with("commandType")
+    );
+
+    let start = pb::StartConnectivityTestRequest {
+        cladnet_id: net.clone(),
+        trial_count: 2,
+    };
+    assert_code(
+        admin.start_connectivity_test(start.clone()).await,
+        Code::FailedPrecondition,
+        "no peer up",
+    );
+    as_a.report(report(&net, "ca")).await.unwrap();
+    as_b.report(report(&net, "cb")).await.unwrap();
+    let test = admin
+        .start_connectivity_test(start)
+        .await
+        .expect("start test")
+        .into_inner();
+    assert_eq!(test.host_ids.len(), 2);
+    let ev = loop {
+        let ev = next_event(&mut stream_a).await;
+        if matches!(ev.event, Some(Event::TestRequested(_))) {
+            break ev;
+        }
+    };
+    let Some(Event::TestRequested(t)) = ev.event else {
+        unreachable!()
+    };
+    assert_eq!(t.test_id, test.test_id);
+    for (agent, from, to) in [(&mut as_a, "ca", "cb"), (&mut as_b, "cb", "ca")] {
+        let result = pb::PairResult {
+            source_host_id: from.into(),
+            destination_host_id: to.into(),
+            avg_rtt_ms: 0.5,
+            packets_sent: 2,
+            packets_received: 2,
+            ..Default::default()
+        };
+        let r = pb::ReportRequest {
+            cladnet_id: net.clone(),
+            host_id: from.into(),
+            test_id: test.test_id.clone(),
+            test_results: vec![result],
+            ..Default::default()
+        };
+        agent.report(r).await.expect("report results");
+    }
+    let get = pb::GetConnectivityTestRequest {
+        cladnet_id: net.clone(),
+        test_id: test.test_id.clone(),
+    };
+    let done = admin.get_connectivity_test(get).await.unwrap().into_inner();
+    assert!(done.complete, "{done:?}");
+    assert_eq!(done.results.len(), 2);
+}

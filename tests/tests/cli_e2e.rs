@@ -1,0 +1,115 @@
+//! The `cladnet` CLI against a real controller (in-process, embedded store).
+
+use std::{process::Output, sync::Arc};
+
+use cladnet_store::embedded::{EmbeddedOptions, EmbeddedStore};
+use cladnet_tests::{
+    api_checks, bin_path,
+    controller::{ADMIN_TOKEN, TestController},
+};
+
+async fn cli(ctl: &TestController, token: &str, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(bin_path("cladnet"));
+    cmd.arg("--controller")
+        .arg(ctl.url())
+        .args(args)
+        .env_remove("CLADNET_TOKEN_FILE");
+    if token.is_empty() {
+        cmd.env_remove("CLADNET_TOKEN");
+    } else {
+        cmd.env("CLADNET_TOKEN", token);
+    }
+    cmd.output().await.expect("run cladnet")
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "cladnet failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_manages_networks_peers_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("s.redb"), EmbeddedOptions::default())
+        .await
+        .unwrap();
+    let ctl = TestController::start(Arc::new(store)).await;
+
+    let out = stdout(
+        &cli(
+            &ctl,
+            ADMIN_TOKEN,
+            &[
+                "network",
+                "recommend",
+                "--cidr",
+                "192.168.1.0/24",
+                "--cidr",
+                "10.0.0.0/24",
+            ],
+        )
+        .await,
+    );
+    assert!(out.contains("172.16.0.0/24"), "{out}");
+    let out = stdout(
+        &cli(
+            &ctl,
+            ADMIN_TOKEN,
+            &[
+                "network", "create", "prod", "--id", "prod", "--cidr", "auto",
+            ],
+        )
+        .await,
+    );
+    assert!(out.contains("prod"), "{out}");
+    let out = stdout(&cli(&ctl, ADMIN_TOKEN, &["--json", "network", "show", "prod"]).await);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(json["cladnetId"], "prod");
+    assert_eq!(json["encryption"], "always");
+
+    let out = stdout(
+        &cli(
+            &ctl,
+            ADMIN_TOKEN,
+            &["--json", "token", "create", "prod", "--ttl", "1h"],
+        )
+        .await,
+    );
+    let token: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let join_token = token["token"].as_str().expect("token").to_owned();
+    api_checks::join(&ctl, &join_token, "prod", "vm-1").await;
+    api_checks::join(&ctl, &join_token, "prod", "vm-2").await;
+    let table = stdout(&cli(&ctl, ADMIN_TOKEN, &["peers", "prod"]).await);
+    assert!(
+        table.contains("vm-1") && table.contains("vm-2") && table.contains("joining"),
+        "{table}"
+    );
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines.len() >= 3, "header + two rows: {table}");
+
+    let out = cli(&ctl, "wrong-token-wrong-token", &["network", "list"]).await;
+    assert_eq!(out.status.code(), Some(4), "auth failures exit 4");
+    let out = cli(&ctl, ADMIN_TOKEN, &["network", "show", "nope"]).await;
+    assert_eq!(out.status.code(), Some(3), "not found exits 3");
+    let out = cli(
+        &ctl,
+        ADMIN_TOKEN,
+        &["network", "create", "x", "--cidr", "10.0.0.1/24"],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    stdout(&cli(&ctl, ADMIN_TOKEN, &["peer", "delete", "prod", "vm-1"]).await);
+    stdout(&cli(&ctl, ADMIN_TOKEN, &["network", "delete", "prod"]).await);
+    let out = stdout(&cli(&ctl, ADMIN_TOKEN, &["--json", "network", "list"]).await);
+    assert!(!out.contains("\"prod\""), "{out}");
+}

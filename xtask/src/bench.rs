@@ -1,0 +1,57 @@
+//! `cargo xtask bench <scenario> [args...]`: builds what a benchmark needs in release mode and
+//! runs it, forwarding the arguments; the benchmark prints its table.
+//!
+//! Each scenario is a variant of [`Scenario`] with its own build list and binary invocation;
+//! add a variant (and a match arm in [`run`]) for a new one.
+
+use std::process::Command;
+
+use clap::Subcommand;
+
+use crate::util::{cargo, run, target_dir};
+
+/// A benchmark scenario.
+#[derive(Subcommand)]
+pub(crate) enum Scenario {
+    /// Control plane: N simulated agents join one network through a real controller (embedded
+    /// store and etcd) and watch it; convergence, change fan-out p50/p99/max, controller RSS.
+    /// Arguments go to `cladnet-bench control` (see `cargo xtask bench control --help`), e.g.
+    /// `--agents 1000 --changes 50 --store both --runs 3 --json bench.json`.
+    #[command(disable_help_flag = true)]
+    Control {
+        /// Arguments for `cladnet-bench control`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Runs one scenario.
+pub(crate) fn run_scenario(scenario: &Scenario) -> anyhow::Result<()> {
+    match scenario {
+        Scenario::Control { args } => control(args),
+    }
+}
+
+/// `cargo build --release` of `packages`.
+fn build_release(packages: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--locked"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    run(&mut cmd)
+}
+
+/// A binary of the release build.
+fn release_bin(name: &str) -> std::path::PathBuf {
+    target_dir().join("release").join(name)
+}
+
+/// The control-plane benchmark: the real controller binary, started by `cladnet-bench`.
+fn control(args: &[String]) -> anyhow::Result<()> {
+    build_release(&["cladnet-controller", "cladnet-bench"])?;
+    run(Command::new(release_bin("cladnet-bench"))
+        .arg("control")
+        .args(args)
+        .env("CLADNET_CONTROLLER_BIN", release_bin("cladnet-controller")))
+}
