@@ -316,7 +316,10 @@ mod tests {
     fn mtu_leaves_room_for_wireguard_padding() {
         assert_eq!(overlay_mtu(1500), 1440);
         assert_eq!(overlay_mtu(1400), 1328);
-        assert_eq!(overlay_mtu(1400).next_multiple_of(16) + SEALED_OVERHEAD, 1388);
+        assert_eq!(
+            overlay_mtu(1400).next_multiple_of(16) + SEALED_OVERHEAD,
+            1388
+        );
         assert_eq!(overlay_mtu(40), 0);
     }
 

@@ -5,6 +5,7 @@
 
 mod agents;
 mod commands;
+mod hub;
 mod networks;
 mod peers;
 mod tokens;
@@ -36,6 +37,8 @@ pub struct Controller {
     /// controller do not fight over the same free address; other controllers are kept
     /// consistent by the store transaction.
     alloc_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// One shared store watch per network with open Watch streams.
+    hubs: Arc<hub::Hubs>,
 }
 
 impl Controller {
@@ -45,6 +48,7 @@ impl Controller {
             store,
             admin,
             alloc_locks: Mutex::default(),
+            hubs: Arc::default(),
         }
     }
 

@@ -1,19 +1,21 @@
 //! The Watch stream: a snapshot of a network, then its changes in revision order.
 //!
-//! One store watch per stream, on the network's key prefix. An agent that reconnects passes
-//! the last revision it processed and gets exactly the changes after it; if the store has
-//! compacted that far, it gets a fresh snapshot instead.
+//! A new stream subscribes to its network's shared hub (one store watch per network, see
+//! [`super::hub`]) and only then reads the snapshot, so nothing committed after the snapshot is
+//! missed; hub events at or below the snapshot's revision are skipped. An agent that reconnects
+//! passes the last revision it processed and gets exactly the changes after it from a store
+//! watch of its own; if the store has compacted that far, it gets a fresh snapshot instead.
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc};
 
 use cladnet_proto::v1::{self as pb, watch_event::Event};
 use cladnet_store::{Error as StoreError, KeyValue, Revision, Store, WatchEvent};
 use futures::{Stream, StreamExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
-use super::Controller;
+use super::{Controller, hub::HubEvent};
 use crate::{
     error::{ControllerError, Result},
     keys::{self, KeyKind},
@@ -40,81 +42,119 @@ impl Controller {
         }
         self.check_session(&req.cladnet_id, &req.host_id, bearer)
             .await?;
-        let first = if req.from_revision == 0 {
-            Start::Snapshot(Box::new(
-                snapshot(self.store.as_ref(), &req.cladnet_id).await?,
-            ))
-        } else {
-            Start::Resume(
-                self.network(&req.cladnet_id).await?.0,
-                req.from_revision + 1,
-            )
-        };
         let (tx, rx) = mpsc::channel(BUFFER);
-        let task = Forwarder {
+        let forwarder = Forwarder {
             store: self.store.clone(),
             net: req.cladnet_id,
             node: req.host_id,
             tx,
         };
-        tokio::spawn(task.run(first));
+        if req.from_revision == 0 {
+            let changes = self.hubs.subscribe(&self.store, &forwarder.net).await?;
+            let first = snapshot(self.store.as_ref(), &forwarder.net).await?;
+            tokio::spawn(forwarder.run_shared(changes, first));
+        } else {
+            let network = self.network(&forwarder.net).await?.0;
+            tokio::spawn(forwarder.run_resumed(network, req.from_revision + 1));
+        }
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 }
 
-enum Start {
-    Snapshot(Box<(pb::WatchEvent, NetworkRecord)>),
-    Resume(NetworkRecord, Revision),
-}
-
-/// Reads a network and its peers at one revision.
+/// Reads a network and its peers. The peers are read first and the snapshot carries their
+/// read revision: a network change racing with the reads is in the snapshot, delivered after
+/// it, or both (applying it twice is harmless).
 async fn snapshot(store: &dyn Store, net: &str) -> Result<(pb::WatchEvent, NetworkRecord)> {
-    // The network key is a prefix of everything in the network: one range, one revision.
-    let range = store.range(&keys::network(net)).await?;
-    let mut network = None;
-    let mut peers: Vec<(PeerRecord, i64)> = Vec::new();
-    for kv in &range.kvs {
-        match keys::classify(net, &kv.key) {
-            Some(KeyKind::Network) => network = Some(model::decode::<NetworkRecord>(kv)?),
-            Some(KeyKind::Peer(_)) => peers.push((model::decode(kv)?, kv.mod_revision)),
-            _ => {}
-        }
-    }
-    let network = network.ok_or_else(|| ControllerError::not_found(format!("network {net:?}")))?;
+    let peers = store.range(&keys::peers(net)).await?;
+    let kv = store
+        .get(&keys::network(net))
+        .await?
+        .ok_or_else(|| ControllerError::not_found(format!("network {net:?}")))?;
+    let network: NetworkRecord = model::decode(&kv)?;
+    let list = peers
+        .kvs
+        .iter()
+        .map(|kv| Ok(model::decode::<PeerRecord>(kv)?.to_proto(&network, kv.mod_revision)))
+        .collect::<Result<Vec<_>>>()?;
     let event = pb::WatchEvent {
-        revision: range.revision,
+        revision: peers.revision,
         event: Some(Event::Snapshot(pb::Snapshot {
-            network: Some(network.to_proto(range.revision)),
-            peers: peers
-                .iter()
-                .map(|(p, rev)| p.to_proto(&network, *rev))
-                .collect(),
+            network: Some(network.to_proto(kv.mod_revision)),
+            peers: list,
         })),
     };
     Ok((event, network))
 }
 
-/// Moves store events to one agent's stream.
+/// Moves events to one agent's stream.
 struct Forwarder {
-    store: std::sync::Arc<dyn Store>,
+    store: Arc<dyn Store>,
     net: String,
     node: String,
     tx: mpsc::Sender<Result<pb::WatchEvent>>,
 }
 
 impl Forwarder {
-    async fn run(self, first: Start) {
-        let (mut network, mut next) = match first {
-            Start::Snapshot(first) => {
-                let (event, network) = *first;
-                let next = event.revision + 1;
-                if self.tx.send(Ok(event)).await.is_err() {
-                    return;
+    /// Snapshot, then the shared hub's changes after it.
+    async fn run_shared(
+        self,
+        mut changes: broadcast::Receiver<Arc<HubEvent>>,
+        first: (pb::WatchEvent, NetworkRecord),
+    ) {
+        let mut floor = first.0.revision;
+        if self.tx.send(Ok(first.0)).await.is_err() {
+            return;
+        }
+        loop {
+            match changes.recv().await {
+                Ok(change) => match &*change {
+                    HubEvent::Change {
+                        revision,
+                        event,
+                        target,
+                        last,
+                    } => {
+                        if *revision <= floor || target.as_ref().is_some_and(|t| *t != self.node) {
+                            continue;
+                        }
+                        let event = pb::WatchEvent {
+                            revision: *revision,
+                            event: Some(event.clone()),
+                        };
+                        if self.tx.send(Ok(event)).await.is_err() || *last {
+                            return;
+                        }
+                    }
+                    HubEvent::Failed(reason) => {
+                        let e = ControllerError::Aborted(format!(
+                            "watch interrupted ({reason}); reconnect"
+                        ));
+                        let _ = self.tx.send(Err(e)).await;
+                        return;
+                    }
+                },
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    debug!(network = %self.net, node = %self.node, missed, "slow stream: sending a new snapshot");
+                    match snapshot(self.store.as_ref(), &self.net).await {
+                        Ok((event, _)) => {
+                            floor = event.revision;
+                            if self.tx.send(Ok(event)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = self.tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
                 }
-                (network, next)
+                Err(broadcast::error::RecvError::Closed) => return,
             }
-            Start::Resume(network, next) => (network, next),
-        };
+        }
+    }
+
+    /// A resumed stream: a store watch of its own from `next`.
+    async fn run_resumed(self, mut network: NetworkRecord, mut next: Revision) {
         loop {
             match self.follow(&mut network, next).await {
                 Ok(()) => return,
@@ -143,8 +183,8 @@ impl Forwarder {
         }
     }
 
-    /// Forwards events from revision `next` on; returns `Ok` when the stream should end (agent
-    /// gone, network deleted), `Err` when the store watch failed.
+    /// Forwards events from revision `next` on; `Ok` when the stream should end (agent gone,
+    /// network deleted), `Err` when the store watch failed.
     async fn follow(
         &self,
         network: &mut NetworkRecord,
@@ -225,7 +265,8 @@ impl Forwarder {
     }
 }
 
-fn test(net: &str, kv: &KeyValue) -> Result<pb::ConnectivityTest> {
+/// The API view of a stored test request.
+pub(super) fn test(net: &str, kv: &KeyValue) -> Result<pb::ConnectivityTest> {
     let record: TestRecord = model::decode(kv)?;
     Ok(super::commands::test_view(net, &record, Vec::new()))
 }
