@@ -98,51 +98,7 @@ impl NetworkRecord {
     }
 }
 
-/// Lifecycle of a peer.
-#[derive(Clone, Copy, Debug, Deserialize, Eq, PartialEq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PeerState {
-    /// Joined; the agent is bringing its dataplane up.
-    Joining,
-    /// Dataplane up.
-    Up,
-    /// Stopped by a `down` command; keeps its address.
-    Down,
-    /// Left gracefully; keeps its address until deleted.
-    Released,
-    /// The agent reported a failure.
-    Failed,
-}
-
-impl PeerState {
-    /// The API name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Joining => "joining",
-            Self::Up => "up",
-            Self::Down => "down",
-            Self::Released => "released",
-            Self::Failed => "failed",
-        }
-    }
-
-    /// Parses an API name.
-    pub fn parse(field: &str, s: &str) -> Result<Self> {
-        Ok(match s {
-            "joining" => Self::Joining,
-            "up" => Self::Up,
-            "down" => Self::Down,
-            "released" => Self::Released,
-            "failed" => Self::Failed,
-            _ => {
-                return Err(ControllerError::invalid(
-                    field,
-                    format!("{s:?} is not one of joining up down released failed"),
-                ));
-            }
-        })
-    }
-}
+pub use cladnet_core::table::PeerState;
 
 /// A host interface as reported.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -158,6 +158,20 @@ pub fn policy_enum<T: std::str::FromStr<Err = cladnet_core::policy::PolicyParseE
         })
 }
 
+/// Site labels: each at most 128 bytes of text, named `{prefix}.providerName` etc.
+pub fn site(prefix: &str, site: &crate::model::SiteRecord) -> Result<()> {
+    for (field, value) in [
+        ("providerName", &site.provider),
+        ("regionId", &site.region),
+        ("availabilityZoneId", &site.zone),
+        ("virtualNetworkId", &site.vpc),
+        ("subnetId", &site.subnet),
+    ] {
+        text(&format!("{prefix}.{field}"), value, 128)?;
+    }
+    Ok(())
+}
+
 /// Remote command names.
 pub const COMMANDS: [&str; 4] = ["up", "down", "enable-encryption", "disable-encryption"];
 

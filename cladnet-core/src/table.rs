@@ -10,7 +10,9 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use crate::policy::{LinkMode, PeerView, Policy};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{LinkMode, PeerView, Policy, PolicyParseError};
 
 /// Bytes a SEALED (WireGuard) packet adds on an IPv4 underlay: IPv4 20 + UDP 8 + header 16 +
 /// tag 16.
@@ -22,37 +24,64 @@ pub fn overlay_mtu(underlay_mtu: u32) -> u32 {
     underlay_mtu.saturating_sub(SEALED_OVERHEAD) & !15
 }
 
-/// Lifecycle of a remote peer as the controller reports it.
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+/// Lifecycle of a peer, as the controller stores and reports it.
+#[derive(Clone, Copy, Debug, Deserialize, Eq, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PeerState {
     /// Joined, dataplane coming up.
     Joining,
     /// Up.
     Up,
-    /// Stopped by command.
+    /// Stopped by a `down` command; keeps its address.
     Down,
-    /// Left.
+    /// Left gracefully; keeps its address until deleted.
     Released,
     /// Reported a failure.
     Failed,
 }
 
 impl PeerState {
-    /// Parses the API name; unknown names count as `Failed`.
-    pub fn from_api(s: &str) -> Self {
-        match s {
-            "joining" => Self::Joining,
-            "up" => Self::Up,
-            "down" => Self::Down,
-            "released" => Self::Released,
-            _ => Self::Failed,
+    /// The API name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Joining => "joining",
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Released => "released",
+            Self::Failed => "failed",
         }
+    }
+
+    /// Parses the API name leniently (agents): unknown names count as `Failed`.
+    pub fn from_api(s: &str) -> Self {
+        s.parse().unwrap_or(Self::Failed)
     }
 
     /// Whether traffic should flow to a peer in this state (unlike cb-network, which kept
     /// sending to released peers).
     pub fn reachable(self) -> bool {
         matches!(self, Self::Joining | Self::Up)
+    }
+}
+
+impl std::str::FromStr for PeerState {
+    type Err = PolicyParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            Self::Joining,
+            Self::Up,
+            Self::Down,
+            Self::Released,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+        .ok_or_else(|| PolicyParseError {
+            field: "state",
+            value: s.to_owned(),
+            allowed: "joining up down released failed",
+        })
     }
 }
 

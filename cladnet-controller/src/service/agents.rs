@@ -85,15 +85,7 @@ impl Controller {
         let private_endpoint = host_private_cidr
             .map(|c| std::net::SocketAddrV4::new(c.addr(), req.listen_port as u16));
         let site = SiteRecord::from_proto(&req.details.unwrap_or_default());
-        for (field, value) in [
-            ("details.providerName", &site.provider),
-            ("details.regionId", &site.region),
-            ("details.availabilityZoneId", &site.zone),
-            ("details.virtualNetworkId", &site.vpc),
-            ("details.subnetId", &site.subnet),
-        ] {
-            validate::text(field, value, 128)?;
-        }
+        validate::site("details", &site)?;
         let net = req.cladnet_id.as_str();
         let node = req.host_id.as_str();
         self.check_join_token(net, bearer).await?;
@@ -179,7 +171,10 @@ impl Controller {
         self.check_session(net, node, bearer).await?;
         let state = match req.state.as_str() {
             "" => None,
-            s => Some(PeerState::parse("state", s)?),
+            s => Some(
+                s.parse::<PeerState>()
+                    .map_err(|e| ControllerError::invalid("state", e.to_string()))?,
+            ),
         };
         let public_endpoint = validate::endpoint("publicEndpoint", &req.public_endpoint)?;
         let interfaces = req.facts.as_ref().map(interfaces).transpose()?;
@@ -199,8 +194,7 @@ impl Controller {
             });
         }
         let revision = self
-            .retry("report", || async {
-                let (mut peer, kv) = self.peer(net, node).await?;
+            .update_peer("report", net, node, |peer| {
                 if let Some(s) = state {
                     peer.state = s;
                 }
@@ -217,21 +211,6 @@ impl Controller {
                     peer.dataplane.clone_from(&req.dataplane);
                     peer.dataplane_reason.clone_from(&req.dataplane_reason);
                 }
-                peer.updated_at = now_unix();
-                let key = keys::peer(net, node);
-                let res = self
-                    .store
-                    .txn(
-                        Txn::new()
-                            .when([Compare::mod_revision(
-                                &key,
-                                CompareOp::Equal,
-                                kv.mod_revision,
-                            )])
-                            .and_then([TxnOp::put(&key, model::encode(&peer))]),
-                    )
-                    .await?;
-                Ok(res.succeeded.then_some(res.revision))
             })
             .await?;
         Ok(pb::ReportResponse { revision })

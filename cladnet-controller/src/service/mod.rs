@@ -13,7 +13,7 @@ mod watch;
 
 use std::{collections::HashMap, sync::Arc};
 
-use cladnet_store::{KeyValue, Store};
+use cladnet_store::{Compare, CompareOp, KeyValue, Store, Txn, TxnOp};
 use tokio::sync::Mutex;
 
 pub use watch::WatchStream;
@@ -101,6 +101,38 @@ impl Controller {
                 ControllerError::not_found(format!("peer {node:?} of network {net:?}"))
             })?;
         Ok((model::decode(&kv)?, kv))
+    }
+}
+
+impl Controller {
+    /// Read-modify-writes one peer record with compare-and-swap, retrying lost races.
+    async fn update_peer(
+        &self,
+        what: &str,
+        net: &str,
+        node: &str,
+        change: impl Fn(&mut PeerRecord),
+    ) -> Result<i64> {
+        self.retry(what, || async {
+            let (mut peer, kv) = self.peer(net, node).await?;
+            change(&mut peer);
+            peer.updated_at = model::now_unix();
+            let key = keys::peer(net, node);
+            let res = self
+                .store
+                .txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(
+                            &key,
+                            CompareOp::Equal,
+                            kv.mod_revision,
+                        )])
+                        .and_then([TxnOp::put(&key, model::encode(&peer))]),
+                )
+                .await?;
+            Ok(res.succeeded.then_some(res.revision))
+        })
+        .await
     }
 }
 

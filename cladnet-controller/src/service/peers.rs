@@ -8,7 +8,7 @@ use super::Controller;
 use crate::{
     error::{ControllerError, Result},
     keys,
-    model::{self, PeerRecord, SiteRecord, now_unix},
+    model::{PeerRecord, SiteRecord},
     validate,
 };
 
@@ -45,34 +45,10 @@ impl Controller {
             .cloud_information
             .ok_or_else(|| ControllerError::invalid("cloudInformation", "is required"))?;
         let site = SiteRecord::from_proto(&info);
-        for (field, value) in [
-            ("cloudInformation.providerName", &site.provider),
-            ("cloudInformation.regionId", &site.region),
-            ("cloudInformation.availabilityZoneId", &site.zone),
-            ("cloudInformation.virtualNetworkId", &site.vpc),
-            ("cloudInformation.subnetId", &site.subnet),
-        ] {
-            validate::text(field, value, 128)?;
-        }
+        validate::site("cloudInformation", &site)?;
         let (net, node) = (req.cladnet_id.as_str(), req.host_id.as_str());
-        self.retry("update peer details", || async {
-            let (mut peer, kv) = self.peer(net, node).await?;
-            peer.site = site.clone();
-            peer.updated_at = now_unix();
-            let key = keys::peer(net, node);
-            let res = self
-                .store
-                .txn(
-                    Txn::new()
-                        .when([Compare::mod_revision(
-                            &key,
-                            CompareOp::Equal,
-                            kv.mod_revision,
-                        )])
-                        .and_then([TxnOp::put(&key, model::encode(&peer))]),
-                )
-                .await?;
-            Ok(res.succeeded.then_some(()))
+        self.update_peer("update peer details", net, node, |peer| {
+            peer.site = site.clone()
         })
         .await?;
         self.get_peer(net, node).await
