@@ -29,6 +29,18 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Learn this host's public UDP endpoint from the controller's reflector.
+    Probe {
+        /// Reflector address (the controller's address, UDP).
+        #[arg(long)]
+        reflector: std::net::SocketAddr,
+        /// Local UDP port to probe from (the tunnel port, so the NAT mapping is the real one).
+        #[arg(long, default_value_t = TUNNEL_PORT)]
+        local_port: u16,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the in-kernel (eBPF) dataplane directly.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
@@ -76,6 +88,27 @@ fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Dataplane(cmd) => dataplane(cmd),
+        Command::Probe {
+            reflector,
+            local_port,
+            json,
+        } => {
+            let seen = cladnet_agent::probe::probe(
+                reflector,
+                local_port,
+                3,
+                std::time::Duration::from_secs(1),
+            )?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "publicEndpoint": seen.to_string() })
+                );
+            } else {
+                println!("{seen}");
+            }
+            Ok(())
+        }
     }
 }
 

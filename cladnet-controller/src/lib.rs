@@ -14,6 +14,7 @@ pub mod ipam;
 pub mod keys;
 pub mod model;
 pub mod recommend;
+pub mod reflector;
 pub mod rest;
 pub mod server;
 pub mod service;

@@ -29,6 +29,10 @@ struct Cli {
     /// Address for gRPC and REST (one port).
     #[arg(long, env = "CLADNET_LISTEN", default_value = "0.0.0.0:8053")]
     listen: SocketAddr,
+    /// UDP address of the endpoint reflector agents probe to learn their public endpoint
+    /// (default: the --listen address, over UDP).
+    #[arg(long, env = "CLADNET_REFLECTOR_LISTEN")]
+    reflector_listen: Option<SocketAddr>,
     /// State store: `embedded:PATH` (single node, default) or `etcd://HOST:PORT[,HOST:PORT...]`.
     #[arg(
         long,
@@ -83,6 +87,15 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cli.listen))?;
     info!(listen = %listener.local_addr()?, store = %cli.store, tls = tls.is_some(), "controller serving gRPC and REST");
+    let reflector_addr = cli.reflector_listen.unwrap_or(cli.listen);
+    let reflector = tokio::net::UdpSocket::bind(reflector_addr)
+        .await
+        .with_context(|| format!("binding the reflector on udp {reflector_addr}"))?;
+    info!(listen = %reflector.local_addr()?, "endpoint reflector serving");
+    let (reflector_stop, reflector_stopped) = tokio::sync::oneshot::channel::<()>();
+    let reflector = tokio::spawn(cladnet_controller::reflector::serve(reflector, async {
+        let _ = reflector_stopped.await;
+    }));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stopped = async {
         let _ = stop_rx.await;
@@ -94,6 +107,8 @@ async fn main() -> anyhow::Result<()> {
     shutdown_signal().await;
     info!("shutting down");
     let _ = stop_tx.send(());
+    let _ = reflector_stop.send(());
+    let _ = reflector.await;
     // Watch streams stay open until their agents go; do not wait for them forever.
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(joined) => joined.context("server task")?.context("serving")?,

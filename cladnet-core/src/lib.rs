@@ -3,4 +3,5 @@
 #![forbid(unsafe_code)]
 
 pub mod policy;
+pub mod reflector;
 pub mod table;

@@ -20,7 +20,7 @@ mod privilege;
 mod topology;
 
 pub use cleanup::{leftovers, sweep_stale};
-pub use netns::{Netns, run_checked};
+pub use netns::{Netns, Process, run_checked};
 pub use privilege::{netns_unavailable, skip_or_fail};
 pub use topology::{CloudSpec, Host, Nat, Topology, TopologyBuilder, TopologyError};
 

@@ -150,3 +150,24 @@ pub fn run_checked(cmd: &mut Command) -> Result<String, String> {
         ))
     }
 }
+
+/// A spawned process, killed and reaped on drop (the topology's teardown kills it anyway; this
+/// also reaps it, so no zombie is left).
+#[derive(Debug)]
+pub struct Process(pub std::process::Child);
+
+impl Process {
+    /// Spawns `cmd`.
+    pub fn spawn(cmd: &mut Command) -> Result<Self, String> {
+        cmd.spawn()
+            .map(Self)
+            .map_err(|e| format!("{cmd:?}: could not start: {e}"))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

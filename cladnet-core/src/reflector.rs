@@ -1,0 +1,103 @@
+//! The endpoint reflector's wire format: an agent asks the controller "what address do you see
+//! me as?" from its tunnel socket, so the answer is the NAT mapping its tunnel traffic really
+//! gets.
+//!
+//! ```text
+//! request  (24 bytes): "CLADRFL1" | nonce (8) | zero (8)
+//! response (22 bytes): "CLADRFL1" | nonce (8) | IPv4 (4) | port (2, big endian)
+//! ```
+//!
+//! The request is longer than the response, so the reflector cannot amplify spoofed traffic.
+//! The first byte, `C` (0x43), is neither a WireGuard type (1..=4) nor a CLAD version-1 byte
+//! (0x1_), so replies share the tunnel port with both.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// Magic prefix of both messages.
+pub const MAGIC: [u8; 8] = *b"CLADRFL1";
+/// Request length.
+pub const REQUEST_LEN: usize = 24;
+/// Response length.
+pub const RESPONSE_LEN: usize = 22;
+
+/// Whether a datagram starts like a reflector message.
+pub fn is_reflector(datagram: &[u8]) -> bool {
+    datagram.starts_with(&MAGIC)
+}
+
+/// A request carrying `nonce`.
+pub fn request(nonce: u64) -> [u8; REQUEST_LEN] {
+    let mut r = [0u8; REQUEST_LEN];
+    r[..8].copy_from_slice(&MAGIC);
+    r[8..16].copy_from_slice(&nonce.to_be_bytes());
+    r
+}
+
+/// The nonce of a well-formed request.
+pub fn parse_request(datagram: &[u8]) -> Option<u64> {
+    let r: &[u8; REQUEST_LEN] = datagram.try_into().ok()?;
+    (r[..8] == MAGIC && r[16..].iter().all(|b| *b == 0))
+        .then(|| u64::from_be_bytes(r[8..16].try_into().expect("8 bytes")))
+}
+
+/// The response telling the requester it was seen as `seen`.
+pub fn response(nonce: u64, seen: SocketAddrV4) -> [u8; RESPONSE_LEN] {
+    let mut r = [0u8; RESPONSE_LEN];
+    r[..8].copy_from_slice(&MAGIC);
+    r[8..16].copy_from_slice(&nonce.to_be_bytes());
+    r[16..20].copy_from_slice(&seen.ip().octets());
+    r[20..22].copy_from_slice(&seen.port().to_be_bytes());
+    r
+}
+
+/// The (nonce, observed endpoint) of a well-formed response.
+pub fn parse_response(datagram: &[u8]) -> Option<(u64, SocketAddrV4)> {
+    let r: &[u8; RESPONSE_LEN] = datagram.try_into().ok()?;
+    if r[..8] != MAGIC {
+        return None;
+    }
+    let nonce = u64::from_be_bytes(r[8..16].try_into().expect("8 bytes"));
+    let ip = Ipv4Addr::new(r[16], r[17], r[18], r[19]);
+    Some((
+        nonce,
+        SocketAddrV4::new(ip, u16::from_be_bytes([r[20], r[21]])),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn round_trip_and_no_amplification() {
+        let req = request(42);
+        assert_eq!(parse_request(&req), Some(42));
+        let seen: SocketAddrV4 = "198.18.1.2:40000".parse().unwrap();
+        assert_eq!(parse_response(&response(42, seen)), Some((42, seen)));
+        const { assert!(RESPONSE_LEN < REQUEST_LEN) };
+        assert!(is_reflector(&req) && !matches!(req[0], 1..=4) && req[0] >> 4 != 1);
+    }
+
+    #[test]
+    fn malformed_messages_are_rejected() {
+        let mut req = request(1);
+        req[20] = 1;
+        assert_eq!(parse_request(&req), None, "padding must be zero");
+        assert_eq!(parse_request(&req[..23]), None);
+        assert_eq!(parse_response(&[0u8; RESPONSE_LEN]), None);
+        assert_eq!(
+            parse_response(&response(1, "1.2.3.4:5".parse().unwrap())[..21]),
+            None
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = parse_request(&bytes);
+            let _ = parse_response(&bytes);
+        }
+    }
+}
