@@ -11,8 +11,6 @@ use cladnet_store::Store;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::oneshot,
-    task::JoinHandle,
 };
 use tonic::{
     Request, Status,
@@ -49,35 +47,43 @@ pub type AdminClient = NetworkServiceClient<InterceptedService<Channel, Bearer>>
 /// An authenticated agent client.
 pub type AgentClient = AgentServiceClient<InterceptedService<Channel, Bearer>>;
 
-/// A controller served in this process on `127.0.0.1:<ephemeral>`; stops on drop.
+/// A controller served in this process on `127.0.0.1:<ephemeral>`, on a runtime of its own so
+/// that [`TestController::stop`] ends it like a process exit: every connection and stream is
+/// cut at once.
 #[derive(Debug)]
 pub struct TestController {
     addr: SocketAddr,
     controller: Arc<Controller>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl TestController {
     /// Serves a controller on `store`.
     pub async fn start(store: Arc<dyn Store>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let addr = listener.local_addr().expect("local addr");
         let controller = Arc::new(Controller::new(
             store,
             AdminAuth::new(ADMIN_TOKEN).expect("admin token"),
         ));
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(server::serve(listener, controller.clone(), async {
-            let _ = stopped.await;
-        }));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("test-controller")
+            .enable_all()
+            .build()
+            .expect("controller runtime");
+        let served = controller.clone();
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).expect("tokio listener");
+            server::serve(listener, served, std::future::pending()).await
+        });
         Self {
             addr,
             controller,
-            stop: Some(stop),
-            task: Some(task),
+            runtime: Some(runtime),
         }
     }
 
@@ -114,27 +120,21 @@ impl TestController {
         AgentServiceClient::with_interceptor(self.channel().await, Bearer::new(token))
     }
 
-    /// Stops serving (open streams are cut).
+    /// Stops serving as a crashed process would: listener, connections and streams all end.
     pub async fn stop(mut self) {
-        self.shutdown().await;
+        self.shutdown();
     }
 
-    async fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
+    fn shutdown(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
     }
 }
 
 impl Drop for TestController {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.shutdown();
     }
 }
 

@@ -1,0 +1,194 @@
+//! The agent's controller client: a list of controller endpoints with failover.
+//!
+//! Calls go to the current controller; when it is unreachable (transport error or
+//! `Unavailable`), the client moves to the next endpoint and retries, once around the list.
+//! Controllers are stateless over a shared store, so any of them can serve any call; a Watch
+//! resumed on another controller with `fromRevision` continues exactly where it stopped.
+
+use std::time::Duration;
+
+use cladnet_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
+use tonic::{Code, Request, Status, Streaming, transport::Channel};
+use tracing::{info, warn};
+
+/// A controller call failed on every endpoint, or was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// An endpoint is not a valid URL.
+    #[error("controller endpoint {endpoint:?}: {reason}")]
+    BadEndpoint {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// No endpoint could be reached.
+    #[error("{call}: no controller reachable (tried {tried}): {last}")]
+    Unreachable {
+        /// The call.
+        call: &'static str,
+        /// Endpoints tried.
+        tried: String,
+        /// The last error.
+        last: String,
+    },
+    /// A controller answered with an error (not a reachability problem).
+    #[error("{call} refused by {endpoint}: {status}")]
+    Refused {
+        /// The call.
+        call: &'static str,
+        /// Which controller.
+        endpoint: String,
+        /// Its answer.
+        status: Status,
+    },
+}
+
+/// A client over several controller endpoints.
+#[derive(Debug)]
+pub struct ControlClient {
+    endpoints: Vec<String>,
+    current: usize,
+    channel: Option<Channel>,
+    connect_timeout: Duration,
+}
+
+impl ControlClient {
+    /// A client for `endpoints` (`http://` or `https://` URLs), tried in order.
+    pub fn new(endpoints: Vec<String>) -> Result<Self, ControlError> {
+        if endpoints.is_empty() {
+            return Err(ControlError::BadEndpoint {
+                endpoint: String::new(),
+                reason: "at least one controller is needed".into(),
+            });
+        }
+        for e in &endpoints {
+            Channel::from_shared(e.clone()).map_err(|err| ControlError::BadEndpoint {
+                endpoint: e.clone(),
+                reason: err.to_string(),
+            })?;
+        }
+        Ok(Self {
+            endpoints,
+            current: 0,
+            channel: None,
+            connect_timeout: Duration::from_secs(3),
+        })
+    }
+
+    /// The endpoint calls currently go to.
+    pub fn current(&self) -> &str {
+        &self.endpoints[self.current]
+    }
+
+    /// Joins with a join token.
+    pub async fn join(
+        &mut self,
+        join_token: &str,
+        req: pb::JoinRequest,
+    ) -> Result<pb::JoinResponse, ControlError> {
+        self.call("Join", join_token, req, |mut c, r| async move {
+            c.join(r).await.map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    /// Opens a Watch with the session token.
+    pub async fn watch(
+        &mut self,
+        session: &str,
+        req: pb::WatchRequest,
+    ) -> Result<Streaming<pb::WatchEvent>, ControlError> {
+        self.call("Watch", session, req, |mut c, r| async move {
+            c.watch(r).await.map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    /// Reports with the session token.
+    pub async fn report(
+        &mut self,
+        session: &str,
+        req: pb::ReportRequest,
+    ) -> Result<pb::ReportResponse, ControlError> {
+        self.call("Report", session, req, |mut c, r| async move {
+            c.report(r).await.map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    /// Runs one call with failover across the endpoints, starting at the current one.
+    async fn call<M, T, F, Fut>(
+        &mut self,
+        name: &'static str,
+        token: &str,
+        msg: M,
+        f: F,
+    ) -> Result<T, ControlError>
+    where
+        M: Clone,
+        F: Fn(AgentServiceClient<Channel>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let bearer = format!("Bearer {token}")
+            .parse::<tonic::metadata::MetadataValue<_>>()
+            .map_err(|_| ControlError::BadEndpoint {
+                endpoint: self.current().to_owned(),
+                reason: "token is not ASCII".into(),
+            })?;
+        let mut last = String::new();
+        for _ in 0..self.endpoints.len() {
+            let result = match self.channel().await {
+                Ok(channel) => {
+                    let mut req = Request::new(msg.clone());
+                    req.metadata_mut().insert("authorization", bearer.clone());
+                    f(AgentServiceClient::new(channel), req).await.map_err(Some)
+                }
+                Err(e) => {
+                    last = e;
+                    Err(None)
+                }
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(Some(status)) if status.code() != Code::Unavailable => {
+                    return Err(ControlError::Refused {
+                        call: name,
+                        endpoint: self.current().to_owned(),
+                        status,
+                    });
+                }
+                Err(Some(status)) => last = status.to_string(),
+                Err(None) => {}
+            }
+            warn!(call = name, endpoint = self.current(), error = %last, "controller unreachable, failing over");
+            self.fail_over();
+        }
+        Err(ControlError::Unreachable {
+            call: name,
+            tried: self.endpoints.join(", "),
+            last,
+        })
+    }
+
+    async fn channel(&mut self) -> Result<Channel, String> {
+        if let Some(c) = &self.channel {
+            return Ok(c.clone());
+        }
+        let endpoint = Channel::from_shared(self.current().to_owned())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(self.connect_timeout);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", self.current()))?;
+        info!(endpoint = self.current(), "connected to controller");
+        self.channel = Some(channel.clone());
+        Ok(channel)
+    }
+
+    fn fail_over(&mut self) {
+        self.channel = None;
+        self.current = (self.current + 1) % self.endpoints.len();
+    }
+}
