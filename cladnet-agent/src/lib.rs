@@ -3,4 +3,5 @@
 
 pub mod control;
 pub mod ebpf;
+pub mod identity;
 pub mod probe;

@@ -29,6 +29,16 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Show this node's identity (node id and public key), creating it on first use.
+    Identity {
+        /// Data directory holding the identity (files mode 0600).
+        #[arg(
+            long,
+            env = "CLADNET_DATA_DIR",
+            default_value = "/var/lib/cladnet-agent"
+        )]
+        data_dir: PathBuf,
+    },
     /// Learn this host's public UDP endpoint from the controller's reflector.
     Probe {
         /// Reflector address (the controller's address, UDP).
@@ -88,6 +98,15 @@ fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Dataplane(cmd) => dataplane(cmd),
+        Command::Identity { data_dir } => {
+            let id = cladnet_agent::identity::Identity::load_or_create(&data_dir)?;
+            println!(
+                "node id:    {}\npublic key: {}",
+                id.node_id,
+                id.public_key()
+            );
+            Ok(())
+        }
         Command::Probe {
             reflector,
             local_port,
