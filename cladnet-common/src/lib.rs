@@ -8,6 +8,7 @@
 #![cfg_attr(not(feature = "user"), forbid(unsafe_code))]
 
 pub mod maps;
+pub mod plain;
 pub mod wire;
 
 #[cfg(feature = "user")]
