@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use crate::{
     error::Result,
     keys::{self, KeyKind},
-    model::{self, CommandRecord, NetworkRecord, PeerRecord},
+    model::{self, CommandRecord, NetworkRecord, PeerRecord, TestRecord},
 };
 
 /// Events a slow stream may fall behind before it is resynchronised with a fresh snapshot.
@@ -138,8 +138,40 @@ impl Hub {
     }
 }
 
-/// The API change for a store event of network `net`, if any stream cares.
-fn map(
+impl HubEvent {
+    /// The API event node `node` should get, if any, for a change after revision `floor`, and
+    /// whether its stream ends after it. `None` for failures (see [`HubEvent::Failed`]).
+    pub(super) fn for_node(
+        &self,
+        node: &str,
+        floor: Revision,
+    ) -> Option<(cladnet_proto::v1::WatchEvent, bool)> {
+        match self {
+            Self::Change {
+                revision,
+                event,
+                target,
+                last,
+            } => {
+                if *revision <= floor || target.as_deref().is_some_and(|t| t != node) {
+                    return None;
+                }
+                Some((
+                    cladnet_proto::v1::WatchEvent {
+                        revision: *revision,
+                        event: Some(event.clone()),
+                    },
+                    *last,
+                ))
+            }
+            Self::Failed(_) => None,
+        }
+    }
+}
+
+/// The API change for a store event of network `net`, if any stream cares. `network` is the
+/// current network record (updated by network events); used by the hub and by resumed streams.
+pub(super) fn map(
     net: &str,
     network: Option<&mut NetworkRecord>,
     event: &WatchEvent,
@@ -184,11 +216,15 @@ fn map(
             };
             change(Event::Command(command), Some(node.to_owned()), false)
         }
-        (Some(KeyKind::Test(_)), WatchEvent::Put(kv), _) => change(
-            Event::TestRequested(super::watch::test(net, kv)?),
-            None,
-            false,
-        ),
+        (Some(KeyKind::Test(_)), WatchEvent::Put(kv), _) => {
+            change(Event::TestRequested(test(net, kv)?), None, false)
+        }
         _ => None,
     })
+}
+
+/// The API view of a stored test request.
+fn test(net: &str, kv: &cladnet_store::KeyValue) -> Result<cladnet_proto::v1::ConnectivityTest> {
+    let record: TestRecord = model::decode(kv)?;
+    Ok(super::commands::test_view(net, &record, Vec::new()))
 }

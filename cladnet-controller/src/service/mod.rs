@@ -105,6 +105,28 @@ impl Controller {
 }
 
 impl Controller {
+    /// Retries `op` while it reports a lost compare-and-swap (`Ok(None)`).
+    pub(super) async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<T>>>,
+    {
+        for attempt in 0..MAX_TXN_ATTEMPTS {
+            if let Some(v) = op().await? {
+                return Ok(v);
+            }
+            // Back off a little, growing, so racing controllers spread out.
+            let mut jitter = [0u8; 1];
+            getrandom::fill(&mut jitter).expect("the OS random source works");
+            let jitter = u64::from(jitter[0] % 8);
+            tokio::time::sleep(std::time::Duration::from_millis(
+                attempt.min(20) as u64 + jitter,
+            ))
+            .await;
+        }
+        Err(contention(what))
+    }
+
     /// Read-modify-writes one peer record with compare-and-swap, retrying lost races.
     async fn update_peer(
         &self,

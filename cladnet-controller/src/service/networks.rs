@@ -4,7 +4,7 @@ use cladnet_proto::v1 as pb;
 use cladnet_store::{Compare, CompareOp, Txn, TxnOp};
 use tracing::info;
 
-use super::{Controller, MAX_TXN_ATTEMPTS, contention};
+use super::Controller;
 use crate::{
     auth::random_hex,
     error::{ControllerError, Result},
@@ -261,38 +261,15 @@ impl Controller {
 
     /// Liveness of the controller and its store.
     pub async fn health(&self) -> pb::HealthResponse {
-        match self.store.get(&keys::network("health-probe")).await {
-            Ok(_) => match self.store.range("/cladnet/v1/health/").await {
-                Ok(r) => pb::HealthResponse {
-                    status: "healthy".into(),
-                    store: "ok".into(),
-                    revision: r.revision,
-                    message: String::new(),
-                },
-                Err(e) => unhealthy(&e),
+        match self.store.range("/cladnet/v1/health/").await {
+            Ok(r) => pb::HealthResponse {
+                status: "healthy".into(),
+                store: "ok".into(),
+                revision: r.revision,
+                message: String::new(),
             },
             Err(e) => unhealthy(&e),
         }
-    }
-
-    /// Retries `op` while it reports a lost compare-and-swap (`Ok(None)`).
-    pub(super) async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<Option<T>>>,
-    {
-        for attempt in 0..MAX_TXN_ATTEMPTS {
-            if let Some(v) = op().await? {
-                return Ok(v);
-            }
-            // Back off a little, growing, so racing controllers spread out.
-            let jitter = u64::from(random_hex(1).as_bytes()[0] % 8);
-            tokio::time::sleep(std::time::Duration::from_millis(
-                attempt.min(20) as u64 + jitter,
-            ))
-            .await;
-        }
-        Err(contention(what))
     }
 }
 

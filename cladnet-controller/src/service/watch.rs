@@ -9,17 +9,20 @@
 use std::{pin::Pin, sync::Arc};
 
 use cladnet_proto::v1::{self as pb, watch_event::Event};
-use cladnet_store::{Error as StoreError, KeyValue, Revision, Store, WatchEvent};
+use cladnet_store::{Error as StoreError, Revision, Store};
 use futures::{Stream, StreamExt as _};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
-use super::{Controller, hub::HubEvent};
+use super::{
+    Controller,
+    hub::{self, HubEvent},
+};
 use crate::{
     error::{ControllerError, Result},
-    keys::{self, KeyKind},
-    model::{self, CommandRecord, NetworkRecord, PeerRecord, TestRecord},
+    keys,
+    model::{self, NetworkRecord, PeerRecord},
     validate,
 };
 
@@ -107,32 +110,20 @@ impl Forwarder {
         }
         loop {
             match changes.recv().await {
-                Ok(change) => match &*change {
-                    HubEvent::Change {
-                        revision,
-                        event,
-                        target,
-                        last,
-                    } => {
-                        if *revision <= floor || target.as_ref().is_some_and(|t| *t != self.node) {
-                            continue;
-                        }
-                        let event = pb::WatchEvent {
-                            revision: *revision,
-                            event: Some(event.clone()),
-                        };
-                        if self.tx.send(Ok(event)).await.is_err() || *last {
-                            return;
-                        }
-                    }
-                    HubEvent::Failed(reason) => {
+                Ok(change) => {
+                    if let HubEvent::Failed(reason) = &*change {
                         let e = ControllerError::Aborted(format!(
                             "watch interrupted ({reason}); reconnect"
                         ));
                         let _ = self.tx.send(Err(e)).await;
                         return;
                     }
-                },
+                    if let Some((event, last)) = change.for_node(&self.node, floor)
+                        && (self.tx.send(Ok(event)).await.is_err() || last)
+                    {
+                        return;
+                    }
+                }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     debug!(network = %self.net, node = %self.node, missed, "slow stream: sending a new snapshot");
                     match snapshot(self.store.as_ref(), &self.net).await {
@@ -196,77 +187,20 @@ impl Forwarder {
             .await?;
         while let Some(event) = events.next().await {
             let event = event?;
-            let (mapped, last) = match self.map(network, &event) {
-                Ok(m) => m,
+            let change = match hub::map(&self.net, Some(network), &event) {
+                Ok(Some(change)) => change,
+                Ok(None) => continue,
                 Err(e) => {
                     let _ = self.tx.send(Err(e)).await;
                     return Ok(());
                 }
             };
-            if let Some(mapped) = mapped
-                && self.tx.send(Ok(mapped)).await.is_err()
+            if let Some((event, last)) = change.for_node(&self.node, next - 1)
+                && (self.tx.send(Ok(event)).await.is_err() || last)
             {
-                return Ok(());
-            }
-            if last {
                 return Ok(());
             }
         }
         Ok(())
     }
-
-    /// The API event for a store event, if this agent cares; `true` when the stream ends.
-    fn map(
-        &self,
-        network: &mut NetworkRecord,
-        event: &WatchEvent,
-    ) -> Result<(Option<pb::WatchEvent>, bool)> {
-        let revision = event.revision();
-        let wrap = |e: Event| {
-            Some(pb::WatchEvent {
-                revision,
-                event: Some(e),
-            })
-        };
-        Ok(match (keys::classify(&self.net, event.key()), event) {
-            (Some(KeyKind::Network), WatchEvent::Put(kv)) => {
-                *network = model::decode(kv)?;
-                (
-                    wrap(Event::NetworkUpdated(network.to_proto(revision))),
-                    false,
-                )
-            }
-            (Some(KeyKind::Network), WatchEvent::Delete { .. }) => {
-                (wrap(Event::NetworkDeleted(self.net.clone())), true)
-            }
-            (Some(KeyKind::Peer(_)), WatchEvent::Put(kv)) => {
-                let peer: PeerRecord = model::decode(kv)?;
-                (
-                    wrap(Event::PeerUpserted(peer.to_proto(network, revision))),
-                    false,
-                )
-            }
-            (Some(KeyKind::Peer(node)), WatchEvent::Delete { .. }) => {
-                (wrap(Event::PeerRemoved(node.to_owned())), false)
-            }
-            (Some(KeyKind::Command(node)), WatchEvent::Put(kv)) if node == self.node => {
-                let cmd: CommandRecord = model::decode(kv)?;
-                let command = pb::Command {
-                    command_type: cmd.command_type,
-                    command_id: cmd.command_id,
-                };
-                (wrap(Event::Command(command)), false)
-            }
-            (Some(KeyKind::Test(_)), WatchEvent::Put(kv)) => {
-                (wrap(Event::TestRequested(test(&self.net, kv)?)), false)
-            }
-            _ => (None, false),
-        })
-    }
-}
-
-/// The API view of a stored test request.
-pub(super) fn test(net: &str, kv: &KeyValue) -> Result<pb::ConnectivityTest> {
-    let record: TestRecord = model::decode(kv)?;
-    Ok(super::commands::test_view(net, &record, Vec::new()))
 }
