@@ -248,6 +248,21 @@ impl Device {
     }
 
     /// The peer that owns local index `index`.
+    /// Runs `f` on the peer owning local index `receiver`; unknown indexes are an error.
+    fn with_receiver<T: From<Error>>(
+        &mut self,
+        receiver: u32,
+        f: impl FnOnce(&mut PeerCore) -> T,
+    ) -> (Option<PeerId>, T) {
+        let Some(id) = self.peer_for_index(receiver) else {
+            return (None, Error::UnknownReceiverIndex.into());
+        };
+        match self.peer_mut(id) {
+            Some(p) => (Some(id), f(p)),
+            None => (Some(id), Error::UnknownReceiverIndex.into()),
+        }
+    }
+
     fn peer_for_index(&self, index: u32) -> Option<PeerId> {
         let slot = index >> 8;
         let entry = self.slots.get(slot as usize)?;
@@ -373,31 +388,18 @@ impl Device {
                 receiver,
                 nonce,
                 encrypted_cookie,
-            } => {
-                let Some(id) = self.peer_for_index(receiver) else {
-                    return (None, Error::UnknownReceiverIndex.into());
-                };
-                let outcome = self
-                    .peer_mut(id)
-                    .map_or(Error::UnknownReceiverIndex.into(), |p| {
-                        p.on_cookie_reply(now, receiver, nonce, encrypted_cookie)
-                    });
-                (Some(id), outcome)
-            }
+            } => self.with_receiver(receiver, |p| {
+                p.on_cookie_reply(now, receiver, nonce, encrypted_cookie)
+            }),
             Message::Transport {
                 receiver,
                 counter,
                 sealed,
             } => {
-                let Some(id) = self.peer_for_index(receiver) else {
-                    return (None, Error::UnknownReceiverIndex.into());
-                };
-                let outcome = self
-                    .peer_mut(id)
-                    .map_or(Error::UnknownReceiverIndex.into(), |p| {
-                        p.on_transport(now, src, receiver, counter, sealed, datagram.len(), out)
-                    });
-                (Some(id), outcome)
+                let len = datagram.len();
+                self.with_receiver(receiver, |p| {
+                    p.on_transport(now, src, receiver, counter, sealed, len, out)
+                })
             }
         }
     }
