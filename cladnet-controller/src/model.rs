@@ -204,6 +204,7 @@ impl PeerRecord {
             site: self.site.to_site(),
             public: self.public_endpoint,
             private: self.private_endpoint,
+            external: false,
         }
     }
 

@@ -124,6 +124,9 @@ pub struct PeerView {
     pub public: Option<SocketAddrV4>,
     /// Private underlay endpoint.
     pub private: Option<SocketAddrV4>,
+    /// A standard WireGuard client registered through the API rather than a CLADNet agent:
+    /// it speaks only WireGuard, so links to it are always SEALED, on its public endpoint.
+    pub external: bool,
 }
 
 /// PLAIN or SEALED.
@@ -185,10 +188,12 @@ impl Policy {
             Scope::Inter
         };
         let mode = match (self.encryption, scope) {
+            _ if local.external || remote.external => LinkMode::Sealed,
             (Encryption::Always, _) | (Encryption::InterSite, Scope::Inter) => LinkMode::Sealed,
             (Encryption::Never, _) | (Encryption::InterSite, Scope::Intra) => LinkMode::Plain,
         };
         let endpoint = match (self.rule, scope) {
+            _ if remote.external => remote.public,
             (RuleType::CostPrioritized, Scope::Intra) => remote.private.or(remote.public),
             _ => remote.public,
         };
@@ -220,6 +225,7 @@ mod tests {
             site: s,
             public: public.parse().ok(),
             private: private.parse().ok(),
+            external: false,
         }
     }
 
@@ -277,6 +283,20 @@ mod tests {
     }
 
     #[test]
+    fn external_wireguard_peers_are_always_sealed_on_their_public_endpoint() {
+        let a = peer(site("aws", "v", ""), "203.0.113.1:8055", "10.0.0.1:8055");
+        let mut ext = peer(site("aws", "v", ""), "198.51.100.9:51820", "10.0.0.9:51820");
+        ext.external = true;
+        let p = Policy {
+            rule: RuleType::CostPrioritized,
+            encryption: Encryption::Never,
+        };
+        let l = p.link(&a, &ext);
+        assert_eq!((l.mode, l.endpoint), (LinkMode::Sealed, ext.public));
+        assert_eq!(p.link(&ext, &a).mode, LinkMode::Sealed);
+    }
+
+    #[test]
     fn unknown_sites_are_never_the_same() {
         assert!(!Site::default().same_as(&Site::default()));
         assert!(!site("aws", "", "").same_as(&site("aws", "", "")));
@@ -292,16 +312,17 @@ mod tests {
 
     proptest! {
         #[test]
-        fn both_ends_agree_on_mode_and_scope(a in any_site(), b in any_site(), rule in 0..2u8, enc in 0..3u8) {
+        fn both_ends_agree_on_mode_and_scope(a in any_site(), b in any_site(), rule in 0..2u8, enc in 0..3u8, ext in any::<bool>()) {
             let policy = Policy {
                 rule: [RuleType::Basic, RuleType::CostPrioritized][rule as usize],
                 encryption: [Encryption::Always, Encryption::InterSite, Encryption::Never][enc as usize],
             };
-            let (pa, pb) = (peer(a, "192.0.2.1:1", "10.0.0.1:1"), peer(b, "192.0.2.2:1", "10.0.0.2:1"));
+            let (mut pa, pb) = (peer(a, "192.0.2.1:1", "10.0.0.1:1"), peer(b, "192.0.2.2:1", "10.0.0.2:1"));
+            pa.external = ext;
             let (ab, ba) = (policy.link(&pa, &pb), policy.link(&pb, &pa));
             prop_assert_eq!(ab.mode, ba.mode);
             prop_assert_eq!(ab.scope, ba.scope);
-            if policy.encryption == Encryption::Always {
+            if policy.encryption == Encryption::Always || ext {
                 prop_assert_eq!(ab.mode, LinkMode::Sealed);
             }
         }

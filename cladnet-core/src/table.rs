@@ -312,6 +312,7 @@ mod tests {
             },
             public: public.parse().ok(),
             private: private.parse().ok(),
+            external: false,
         }
     }
 
