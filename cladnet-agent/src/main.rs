@@ -1,7 +1,7 @@
 //! `cladnet-agent`: the CLADNet agent daemon and its maintenance commands.
 #![forbid(unsafe_code)]
 
-use cladnet_agent::ebpf;
+use cladnet_agent::{daemon, ebpf};
 
 use std::path::PathBuf;
 
@@ -29,6 +29,15 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Join a network and carry its traffic (the daemon). Settings come from --config and
+    /// are overridden by flags.
+    Run {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Box<daemon::Settings>,
+    },
     /// Show this node's identity (node id and public key), creating it on first use.
     Identity {
         /// Data directory holding the identity (files mode 0600).
@@ -97,6 +106,19 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {
+        Command::Run { config, settings } => {
+            let file = match &config {
+                Some(path) => daemon::Settings::from_file(path)?,
+                None => daemon::Settings::default(),
+            };
+            let cfg = file.overridden_by(*settings).resolve()?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(daemon::run(cfg, shutdown_signal()))
+        }
         Command::Dataplane(cmd) => dataplane(cmd),
         Command::Identity { data_dir } => {
             let id = cladnet_agent::identity::Identity::load_or_create(&data_dir)?;
@@ -175,6 +197,22 @@ fn dataplane(cmd: DataplaneCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the default action (exit) still applies.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }
 
 fn init_tracing(format: LogFormat) {

@@ -98,7 +98,8 @@ pub(crate) enum Command {
         /// Network id.
         network: String,
     },
-    /// One peer: show (with its links) or delete.
+    /// One peer: show (with its links), delete, add an external WireGuard peer, print its
+    /// WireGuard configuration.
     #[command(subcommand)]
     Peer(PeerCmd),
     /// Join tokens: create, list, revoke.
@@ -217,6 +218,9 @@ mod tests {
         assert!(matches!(cli.command, Command::Network(NetworkCmd::List)));
     }
 
+    /// A valid WireGuard public key.
+    const KEY: &str = "q3Vh0e9y1xVvM8nH0y8o5b0P1o3F5w9J2zWmC2Kp3Ek=";
+
     #[test]
     fn parses_every_command() {
         let ok: &[&[&str]] = &[
@@ -259,6 +263,29 @@ mod tests {
             &["peers", "net-1"],
             &["peer", "show", "net-1", "h-a"],
             &["peer", "delete", "net-1", "h-a"],
+            &[
+                "peer",
+                "add-external",
+                "net-1",
+                "--name",
+                "laptop",
+                "--public-key",
+                KEY,
+                "--endpoint",
+                "198.51.100.20:51820",
+                "--ip",
+                "10.77.0.50",
+            ],
+            &[
+                "peer",
+                "add-external",
+                "net-1",
+                "--name",
+                "l",
+                "--public-key",
+                KEY,
+            ],
+            &["peer", "wg-config", "net-1", "ext-laptop"],
             &[
                 "token",
                 "create",
@@ -343,6 +370,63 @@ mod tests {
             (&["network", "update", "n"], "--name"),
             (&["command", "n", "reboot"], "reboot"),
             (&["peer", "show", "n"], "HOST_ID"),
+            (
+                &[
+                    "peer",
+                    "add-external",
+                    "n",
+                    "--name",
+                    "Bad",
+                    "--public-key",
+                    KEY,
+                ],
+                "--name",
+            ),
+            (
+                &[
+                    "peer",
+                    "add-external",
+                    "n",
+                    "--name",
+                    "l",
+                    "--public-key",
+                    "AAAA",
+                ],
+                "--public-key",
+            ),
+            (
+                &[
+                    "peer",
+                    "add-external",
+                    "n",
+                    "--name",
+                    "l",
+                    "--public-key",
+                    KEY,
+                    "--endpoint",
+                    "1.2.3.4",
+                ],
+                "--endpoint",
+            ),
+            (
+                &[
+                    "peer",
+                    "add-external",
+                    "n",
+                    "--name",
+                    "l",
+                    "--public-key",
+                    KEY,
+                    "--ip",
+                    "10.0.0.0/24",
+                ],
+                "--ip",
+            ),
+            (
+                &["peer", "add-external", "n", "--name", "l"],
+                "--public-key",
+            ),
+            (&["peer", "wg-config", "n"], "HOST_ID"),
         ];
         for (args, flag) in cases {
             let msg = rejected(args);

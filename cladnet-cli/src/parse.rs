@@ -1,6 +1,9 @@
 //! Value parsers for flags, so bad values are rejected by clap (naming the flag) before any
 //! call is made.
 
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use base64::Engine as _;
 use ipnet::Ipv4Net;
 
 /// Parses a duration such as `90s`, `30m`, `1h`, `7d`, `2w` or `1h30m` into seconds.
@@ -75,6 +78,49 @@ pub(crate) fn network_id(s: &str) -> Result<String, String> {
     }
 }
 
+/// Parses an external peer's name: 1 to 63 characters of `a-z`, `0-9` and `-`, not starting
+/// or ending with `-` (its host id becomes `ext-NAME`).
+pub(crate) fn peer_name(s: &str) -> Result<String, String> {
+    let ok = network_id(s).is_ok() && !s.starts_with('-') && !s.ends_with('-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(
+            "expected 1 to 63 characters of a-z, 0-9 and -, not starting or ending with -"
+                .to_owned(),
+        )
+    }
+}
+
+/// Parses a WireGuard public key: base64 of 32 bytes, as `wg pubkey` prints it.
+pub(crate) fn public_key(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    match base64::engine::general_purpose::STANDARD.decode(s) {
+        Ok(k) if k.len() == 32 => Ok(s.to_owned()),
+        Ok(k) => Err(format!(
+            "decodes to {} bytes; a WireGuard public key is 32 bytes of base64 (`wg pubkey`)",
+            k.len()
+        )),
+        Err(e) => Err(format!("not base64 ({e}); use the output of `wg pubkey`")),
+    }
+}
+
+/// Parses an `IPv4:PORT` endpoint.
+pub(crate) fn endpoint(s: &str) -> Result<String, String> {
+    s.trim()
+        .parse::<SocketAddrV4>()
+        .map(|e| e.to_string())
+        .map_err(|_| "expected IPv4:PORT such as 198.51.100.20:51820".to_owned())
+}
+
+/// Parses an IPv4 address.
+pub(crate) fn ipv4(s: &str) -> Result<String, String> {
+    s.trim()
+        .parse::<Ipv4Addr>()
+        .map(|a| a.to_string())
+        .map_err(|_| "expected an IPv4 address such as 10.77.0.50".to_owned())
+}
+
 /// Parses the controller URL: `http://` or `https://` with a host.
 pub(crate) fn controller_url(s: &str) -> Result<String, String> {
     let s = s.trim().trim_end_matches('/');
@@ -133,6 +179,27 @@ mod tests {
         assert!(network_id("").is_err());
         assert!(network_id("Net").is_err());
         assert!(network_id("a_b").is_err());
+    }
+
+    #[test]
+    fn external_peer_values() {
+        assert_eq!(peer_name("laptop-1").unwrap(), "laptop-1");
+        for bad in ["", "-a", "a-", "Laptop", "a.b", &"x".repeat(64)] {
+            assert!(peer_name(bad).is_err(), "{bad:?}");
+        }
+        let key = "q3Vh0e9y1xVvM8nH0y8o5b0P1o3F5w9J2zWmC2Kp3Ek=";
+        assert_eq!(public_key(key).unwrap(), key);
+        assert!(public_key("AAAA").unwrap_err().contains("3 bytes"));
+        assert!(public_key("!!").unwrap_err().contains("not base64"));
+        assert_eq!(
+            endpoint("198.51.100.20:51820").unwrap(),
+            "198.51.100.20:51820"
+        );
+        for bad in ["198.51.100.20", "host:51820", "[fd00::1]:51820"] {
+            assert!(endpoint(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(ipv4("10.77.0.50").unwrap(), "10.77.0.50");
+        assert!(ipv4("10.77.0.50/32").is_err());
     }
 
     #[test]

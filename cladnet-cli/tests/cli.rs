@@ -4,12 +4,13 @@
 use std::{net::SocketAddr, process::Output};
 
 use cladnet_proto::v1::{
-    ConnectivityTest, CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteNetworkResponse,
-    DeletePeerResponse, GetConnectivityTestRequest, GetNetworkRequest, GetPeerRequest,
-    HealthRequest, HealthResponse, JoinToken, ListJoinTokensResponse, ListNetworksRequest,
-    ListNetworksResponse, ListPeersRequest, ListPeersResponse, Network, PairResult, Peer,
-    RecommendAddressSpaceRequest, RecommendAddressSpaceResponse, RevokeJoinTokenRequest,
-    RevokeJoinTokenResponse, SendCommandRequest, SendCommandResponse, StartConnectivityTestRequest,
+    AddExternalPeerRequest, ConnectivityTest, CreateJoinTokenRequest, CreateJoinTokenResponse,
+    DeleteNetworkResponse, DeletePeerResponse, ExternalPeerConfig, GetConnectivityTestRequest,
+    GetNetworkRequest, GetPeerRequest, HealthRequest, HealthResponse, JoinToken,
+    ListJoinTokensResponse, ListNetworksRequest, ListNetworksResponse, ListPeersRequest,
+    ListPeersResponse, Network, PairResult, Peer, RecommendAddressSpaceRequest,
+    RecommendAddressSpaceResponse, RevokeJoinTokenRequest, RevokeJoinTokenResponse,
+    SendCommandRequest, SendCommandResponse, StartConnectivityTestRequest,
     UpdatePeerDetailsRequest,
     network_service_server::{NetworkService, NetworkServiceServer},
 };
@@ -183,6 +184,50 @@ impl NetworkService for Fake {
 
     async fn delete_peer(&self, _: Request<GetPeerRequest>) -> Reply<DeletePeerResponse> {
         Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn add_external_peer(&self, req: Request<AddExternalPeerRequest>) -> Reply<Peer> {
+        admin(&req)?;
+        let r = req.into_inner();
+        find_network(&r.cladnet_id)?;
+        if r.name == "vm-a" {
+            return Err(Status::already_exists(
+                "name: peer \"ext-vm-a\" already exists",
+            ));
+        }
+        Ok(Response::new(Peer {
+            cladnet_id: r.cladnet_id,
+            host_id: format!("ext-{}", r.name),
+            host_name: r.name,
+            ip: if r.ip.is_empty() {
+                "10.77.0.3".into()
+            } else {
+                r.ip
+            },
+            ipv4_cidr: "10.77.0.0/24".into(),
+            state: "up".into(),
+            public_key: r.public_key,
+            public_endpoint: r.endpoint,
+            external: true,
+            ..Default::default()
+        }))
+    }
+
+    async fn get_external_peer_config(
+        &self,
+        req: Request<GetPeerRequest>,
+    ) -> Reply<ExternalPeerConfig> {
+        admin(&req)?;
+        let r = req.into_inner();
+        if !r.host_id.starts_with("ext-") {
+            return Err(Status::failed_precondition(format!(
+                "hostId: peer {:?} is a CLADNet agent, not an external WireGuard peer",
+                r.host_id
+            )));
+        }
+        Ok(Response::new(ExternalPeerConfig {
+            config: format!("[Interface]\nAddress = 10.77.0.3/24\n# {}\n", r.host_id),
+        }))
     }
 
     async fn recommend_address_space(
@@ -370,6 +415,91 @@ h-aaaa   vm-a  10.77.0.1   up       203.0.113.5:8055  192.168.1.10:8055  xdp-dri
 h-b      vm-b  10.77.0.2   joining  -                 -                  -
 "
     );
+}
+
+#[tokio::test]
+async fn external_peers_add_and_wg_config() {
+    let url = start_fake().await;
+    let key = "q3Vh0e9y1xVvM8nH0y8o5b0P1o3F5w9J2zWmC2Kp3Ek=";
+    let add = |name: &'static str, extra: &'static [&'static str]| {
+        let mut args = vec![
+            "peer",
+            "add-external",
+            "net-1",
+            "--name",
+            name,
+            "--public-key",
+            key,
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let o = admin_cli(&url, &add("laptop", &["--endpoint", "198.51.100.20:51820"])).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(out.starts_with("Host ID:           ext-laptop\n"), "{out}");
+    assert!(
+        out.contains("Kind:              external WireGuard peer\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Overlay IP:        10.77.0.3 in 10.77.0.0/24\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Public endpoint:   198.51.100.20:51820\n"),
+        "{out}"
+    );
+    assert_eq!(
+        stderr(&o),
+        "Its WireGuard configuration: cladnet peer wg-config net-1 ext-laptop\n"
+    );
+
+    let o = admin_cli(&url, &add("phone", &["--ip", "10.77.0.50", "--json"])).await;
+    assert_ok(&o);
+    let p: Peer = serde_json::from_slice(&o.stdout).expect("a Peer");
+    assert_eq!(
+        (p.host_id.as_str(), p.ip.as_str()),
+        ("ext-phone", "10.77.0.50")
+    );
+    assert!(p.external);
+    let value: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(value["external"], true);
+    assert!(o.stderr.is_empty(), "{}", stderr(&o));
+
+    // A conflict, and bad flags rejected before any call.
+    let o = admin_cli(&url, &add("vm-a", &[])).await;
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "error: adding external peer vm-a to network net-1: name: peer \"ext-vm-a\" already exists\n"
+    );
+    let o = admin_cli(
+        &url,
+        &add("laptop", &["--endpoint", "laptop.example:51820"]),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--endpoint"), "{}", stderr(&o));
+
+    // The configuration text as is, or as ExternalPeerConfig JSON.
+    let o = admin_cli(&url, &["peer", "wg-config", "net-1", "ext-laptop"]).await;
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        "[Interface]\nAddress = 10.77.0.3/24\n# ext-laptop\n"
+    );
+    let o = admin_cli(
+        &url,
+        &["--json", "peer", "wg-config", "net-1", "ext-laptop"],
+    )
+    .await;
+    assert_ok(&o);
+    let c: ExternalPeerConfig = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert!(c.config.starts_with("[Interface]\n"));
+    let o = admin_cli(&url, &["peer", "wg-config", "net-1", "h-aaaa"]).await;
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains(": hostId: "), "{}", stderr(&o));
 }
 
 #[tokio::test]

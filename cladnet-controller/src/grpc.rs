@@ -94,6 +94,19 @@ impl NetworkService for Grpc {
             .delete_peer(&m.cladnet_id, &m.host_id))
     }
 
+    async fn add_external_peer(&self, req: Request<pb::AddExternalPeerRequest>) -> Reply<pb::Peer> {
+        admin_call!(self, req, |m| self.ctl.add_external_peer(m))
+    }
+
+    async fn get_external_peer_config(
+        &self,
+        req: Request<pb::GetPeerRequest>,
+    ) -> Reply<pb::ExternalPeerConfig> {
+        admin_call!(self, req, |m| self
+            .ctl
+            .external_peer_config(&m.cladnet_id, &m.host_id))
+    }
+
     async fn recommend_address_space(
         &self,
         req: Request<pb::RecommendAddressSpaceRequest>,

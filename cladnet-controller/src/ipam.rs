@@ -26,6 +26,8 @@
 //!   and is the next one handed out if it is the lowest free address.
 //! * **Exhaustion.** When all [`Pool::capacity`] addresses are held, allocating for a new node
 //!   fails with [`IpamError::Exhausted`]; existing nodes still get their address.
+//! * **Requested addresses.** [`Ipam::allocate_at`] gives a node one particular address (an
+//!   external WireGuard peer registered with a fixed IP), if it is assignable and free.
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, str::FromStr};
 
@@ -189,6 +191,34 @@ pub enum IpamError {
         first: Ipv4Addr,
         /// The second address seen.
         second: Ipv4Addr,
+    },
+    /// A requested address cannot be assigned in this network.
+    #[error("{addr} cannot be assigned in {cidr}: it is {kind}")]
+    Unassignable {
+        /// The address requested.
+        addr: Ipv4Addr,
+        /// The network's CIDR.
+        cidr: Ipv4Net,
+        /// Why the address is not assignable.
+        kind: AddressKind,
+    },
+    /// A requested address is held by another node.
+    #[error("{addr} is already held by {:?}", .holder.as_str())]
+    AddressTaken {
+        /// The address requested.
+        addr: Ipv4Addr,
+        /// The node holding it.
+        holder: NodeId,
+    },
+    /// A node asked for an address while it holds another one.
+    #[error("node {:?} already holds {held}, not {requested}", .node.as_str())]
+    NodeHoldsAnother {
+        /// The node.
+        node: NodeId,
+        /// The address it holds.
+        held: Ipv4Addr,
+        /// The address it asked for.
+        requested: Ipv4Addr,
     },
 }
 
@@ -415,6 +445,41 @@ impl Ipam {
         })?;
         self.insert(node.clone(), addr);
         Ok(Allocation::New(addr))
+    }
+
+    /// Gives `node` the address `addr`: [`Allocation::Existing`] if it holds it already,
+    /// [`Allocation::New`] if it was free.
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::Unassignable`] if `addr` is outside the pool or reserved,
+    /// [`IpamError::AddressTaken`] if another node holds it, [`IpamError::NodeHoldsAnother`]
+    /// if `node` holds a different address.
+    pub fn allocate_at(&mut self, node: &NodeId, addr: Ipv4Addr) -> Result<Allocation, IpamError> {
+        let kind = self.pool.classify(addr);
+        if kind != AddressKind::Assignable {
+            return Err(IpamError::Unassignable {
+                addr,
+                cidr: self.pool.cidr(),
+                kind,
+            });
+        }
+        match (self.by_node.get(node), self.holder(addr)) {
+            (Some(&held), _) if held == addr => Ok(Allocation::Existing(addr)),
+            (Some(&held), _) => Err(IpamError::NodeHoldsAnother {
+                node: node.clone(),
+                held,
+                requested: addr,
+            }),
+            (None, Some(holder)) => Err(IpamError::AddressTaken {
+                addr,
+                holder: holder.clone(),
+            }),
+            (None, None) => {
+                self.insert(node.clone(), addr);
+                Ok(Allocation::New(addr))
+            }
+        }
     }
 
     /// Frees `node`'s address (peer delete) and returns it, or `None` if it held none.
@@ -692,6 +757,49 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ipam.allocate(&node("n")).unwrap().addr(), ip("10.77.0.4"));
+    }
+
+    #[test]
+    fn requested_address_must_be_assignable_and_free() {
+        let p = pool("10.77.0.0/24");
+        let mut ipam = Ipam::from_snapshot(p, [("a", ip("10.77.0.2"))]).unwrap();
+        assert_eq!(
+            ipam.allocate_at(&node("b"), ip("10.77.0.9")).unwrap(),
+            Allocation::New(ip("10.77.0.9"))
+        );
+        assert_eq!(ipam.holder(ip("10.77.0.9")), Some(&node("b")));
+        assert_eq!(
+            ipam.allocate_at(&node("b"), ip("10.77.0.9")).unwrap(),
+            Allocation::Existing(ip("10.77.0.9"))
+        );
+        let err = ipam.allocate_at(&node("c"), ip("10.77.0.2")).unwrap_err();
+        assert_eq!(err.to_string(), "10.77.0.2 is already held by \"a\"");
+        let err = ipam.allocate_at(&node("b"), ip("10.77.0.10")).unwrap_err();
+        assert!(matches!(err, IpamError::NodeHoldsAnother { .. }), "{err}");
+        for (addr, kind) in [
+            ("10.77.0.0", AddressKind::Network),
+            ("10.77.0.1", AddressKind::Gateway),
+            ("10.77.0.255", AddressKind::Broadcast),
+            ("10.78.0.5", AddressKind::Outside),
+        ] {
+            let err = ipam.allocate_at(&node("c"), ip(addr)).unwrap_err();
+            assert_eq!(
+                err,
+                IpamError::Unassignable {
+                    addr: ip(addr),
+                    cidr: p.cidr(),
+                    kind
+                }
+            );
+        }
+        assert_eq!(
+            ipam.allocate_at(&node("c"), ip("10.77.0.1"))
+                .unwrap_err()
+                .to_string(),
+            "10.77.0.1 cannot be assigned in 10.77.0.0/24: it is the reserved gateway address"
+        );
+        // The lowest-free rule skips requested addresses like any other held one.
+        assert_eq!(ipam.allocate(&node("d")).unwrap().addr(), ip("10.77.0.3"));
     }
 
     #[test]

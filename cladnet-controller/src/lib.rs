@@ -5,6 +5,7 @@
 //! * [`grpc`] and [`rest`]: the two transports, served on one port by [`server`].
 //! * [`ipam`] and [`recommend`]: pure address logic (see `docs/addressing.md`).
 //! * [`keys`]: the store key layout (see `docs/store.md`).
+//! * [`wgconfig`]: the wg-quick configuration of external WireGuard peers.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -19,5 +20,6 @@ pub mod rest;
 pub mod server;
 pub mod service;
 pub mod validate;
+pub mod wgconfig;
 
 pub use ipnet::Ipv4Net;

@@ -195,6 +195,18 @@ pub struct PeerRecord {
     pub joined_at: i64,
     /// Unix seconds of the last change.
     pub updated_at: i64,
+    /// A standard WireGuard client registered with AddExternalPeer, not an agent. Records
+    /// written before external peers existed lack the field: they are agents.
+    #[serde(default)]
+    pub external: bool,
+}
+
+/// Host ids of external peers start with this; agents cannot join with such an id.
+pub const EXTERNAL_HOST_PREFIX: &str = "ext-";
+
+/// The host id of the external peer called `name`.
+pub fn external_host_id(name: &str) -> String {
+    format!("{EXTERNAL_HOST_PREFIX}{name}")
 }
 
 impl PeerRecord {
@@ -204,7 +216,7 @@ impl PeerRecord {
             site: self.site.to_site(),
             public: self.public_endpoint,
             private: self.private_endpoint,
-            external: false,
+            external: self.external,
         }
     }
 
@@ -245,6 +257,7 @@ impl PeerRecord {
             links: vec![],
             revision,
             node_index: self.node_index(),
+            external: self.external,
         }
     }
 

@@ -50,6 +50,11 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         )
         .route("/v1/cladnet/{id}/peer/{host}/networkingRule", get(get_peer))
         .route(
+            "/v1/cladnet/{id}/peer/{host}/wireguardConfig",
+            get(external_peer_config),
+        )
+        .route("/v1/cladnet/{id}/externalPeer", post(add_external_peer))
+        .route(
             "/v1/cladnet/{id}/token",
             get(list_tokens).post(create_token),
         )
@@ -267,6 +272,37 @@ async fn update_peer_details(
             req.cladnet_id = id;
             req.host_id = host;
             ctl.update_peer_details(req).await
+        }
+        .await,
+    )
+}
+
+async fn add_external_peer(
+    State(ctl): Ctl,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Json<pb::Peer> {
+    Json(
+        async {
+            admin(&ctl, &headers)?;
+            let mut req: pb::AddExternalPeerRequest = body(&bytes)?;
+            req.cladnet_id = id;
+            ctl.add_external_peer(req).await
+        }
+        .await,
+    )
+}
+
+async fn external_peer_config(
+    State(ctl): Ctl,
+    headers: HeaderMap,
+    Path((id, host)): Path<(String, String)>,
+) -> Json<pb::ExternalPeerConfig> {
+    Json(
+        async {
+            admin(&ctl, &headers)?;
+            ctl.external_peer_config(&id, &host).await
         }
         .await,
     )

@@ -1,6 +1,6 @@
 //! Request validation. Every check names the field by its API (JSON) name.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use base64::Engine as _;
 use ipnet::Ipv4Net;
@@ -13,6 +13,16 @@ use crate::{
 
 /// A network id: 1..=63 of `[a-z0-9-]`, starting and ending with a letter or digit.
 pub fn network_id(field: &str, s: &str) -> Result<()> {
+    label(field, s)
+}
+
+/// An external peer's name, with the rules of a network id (it becomes host id `ext-<name>`).
+pub fn peer_name(field: &str, s: &str) -> Result<()> {
+    label(field, s)
+}
+
+/// 1..=63 of `[a-z0-9-]`, starting and ending with a letter or digit (a DNS label).
+fn label(field: &str, s: &str) -> Result<()> {
     let ok_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
     if s.is_empty() || s.len() > 63 {
         return Err(ControllerError::invalid(
@@ -132,6 +142,16 @@ pub fn endpoint(field: &str, s: &str) -> Result<Option<SocketAddrV4>> {
     Ok(Some(e))
 }
 
+/// An optional IPv4 address: empty means none.
+pub fn optional_ipv4(field: &str, s: &str) -> Result<Option<Ipv4Addr>> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| ControllerError::invalid(field, format!("{s:?} is not an IPv4 address")))
+}
+
 /// A field that must not be empty.
 pub fn required<'a>(field: &str, s: &'a str) -> Result<&'a str> {
     if s.is_empty() {
@@ -206,6 +226,30 @@ mod tests {
             assert_eq!(
                 field_of(network_id("cladnetId", bad).unwrap_err()),
                 "cladnetId",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn peer_names_and_addresses() {
+        peer_name("name", "laptop-1").unwrap();
+        for bad in ["", "-a", "Laptop", "a.b", &"x".repeat(64)] {
+            assert_eq!(
+                field_of(peer_name("name", bad).unwrap_err()),
+                "name",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(optional_ipv4("ip", "").unwrap(), None);
+        assert_eq!(
+            optional_ipv4("ip", "10.0.0.9").unwrap(),
+            Some(Ipv4Addr::new(10, 0, 0, 9))
+        );
+        for bad in ["10.0.0", "10.0.0.9/32", "fd00::1"] {
+            assert_eq!(
+                field_of(optional_ipv4("ip", bad).unwrap_err()),
+                "ip",
                 "{bad:?}"
             );
         }

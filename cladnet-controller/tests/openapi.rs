@@ -71,6 +71,18 @@ const ROUTES: &[(&str, &str, Option<&str>, Option<&str>)] = &[
     ),
     (
         "get",
+        "/v1/cladnet/{cladnetId}/peer/{hostId}/wireguardConfig",
+        None,
+        Some("ExternalPeerConfig"),
+    ),
+    (
+        "post",
+        "/v1/cladnet/{cladnetId}/externalPeer",
+        Some("AddExternalPeerRequest"),
+        Some("Peer"),
+    ),
+    (
+        "get",
         "/v1/cladnet/{cladnetId}/token",
         None,
         Some("ListJoinTokensResponse"),
@@ -130,6 +142,8 @@ const SCHEMAS: &[&str] = &[
     "ListPeersResponse",
     "DeletePeerResponse",
     "UpdatePeerDetailsRequest",
+    "AddExternalPeerRequest",
+    "ExternalPeerConfig",
     "RecommendAddressSpaceRequest",
     "RecommendAddressSpaceResponse",
     "SendCommandResponse",
@@ -848,6 +862,7 @@ fn peer() -> pb::Peer {
         }],
         revision: 7,
         node_index: 4_000_000_000,
+        external: true,
     }
 }
 
@@ -924,6 +939,24 @@ fn schemas_match_the_proto_json() {
             cladnet_id: String::new(),
             host_id: String::new(),
             cloud_information: Some(cloud()),
+        },
+    );
+    check_message(
+        d,
+        "AddExternalPeerRequest",
+        &pb::AddExternalPeerRequest {
+            cladnet_id: String::new(), // from the path
+            name: "laptop".into(),
+            public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+            endpoint: "198.51.100.20:51820".into(),
+            ip: "10.77.0.50".into(),
+        },
+    );
+    check_message(
+        d,
+        "ExternalPeerConfig",
+        &pb::ExternalPeerConfig {
+            config: "[Interface]\nAddress = 10.77.0.50/24\n".into(),
         },
     );
     check_message(

@@ -2,6 +2,7 @@
 //! clocks and no randomness of its own, so that every peer computes the same answer.
 #![forbid(unsafe_code)]
 
+pub mod offload;
 pub mod policy;
 pub mod reflector;
 pub mod table;

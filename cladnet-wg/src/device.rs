@@ -211,6 +211,14 @@ impl Device {
         self.peer(id).map(PeerCore::stats)
     }
 
+    /// Makes the next [`Device::update_timers`] send peer `id` a keepalive, or a handshake
+    /// initiation when no session is usable. Used after our own public address changed, so
+    /// NAT mappings towards the peer are re-created at once instead of at the next persistent
+    /// keepalive. Returns `false` for an unknown peer.
+    pub fn request_keepalive(&mut self, id: PeerId) -> bool {
+        self.peer_mut(id).map(PeerCore::request_keepalive).is_some()
+    }
+
     /// Tells whether we are under load. While it is set, handshake messages without a valid
     /// mac2 are answered with a cookie reply instead of being processed, which costs the sender
     /// a round trip and proves it owns its source address. The kernel sets this when its

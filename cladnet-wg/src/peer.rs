@@ -200,6 +200,11 @@ impl PeerCore {
         &self.remote
     }
 
+    /// Asks for a keepalive (or, without a session, a handshake) at the next `update_timers`.
+    pub(crate) fn request_keepalive(&mut self) {
+        self.want_keepalive = true;
+    }
+
     pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
         self.endpoint
     }

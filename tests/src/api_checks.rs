@@ -19,6 +19,7 @@ pub async fn all(ctl: &TestController) {
     watch_snapshot_deltas_resume(ctl).await;
     rest_paths(ctl).await;
     commands_and_tests(ctl).await;
+    external_peers(ctl).await;
 }
 
 /// A base64 X25519-sized public key derived from `seed`.
@@ -705,4 +706,400 @@ pub async fn commands_and_tests(ctl: &TestController) {
     let done = admin.get_connectivity_test(get).await.unwrap().into_inner();
     assert!(done.complete, "{done:?}");
     assert_eq!(done.results.len(), 2);
+}
+
+/// An AddExternalPeer request.
+fn external(
+    net: &str,
+    name: &str,
+    key: &str,
+    endpoint: &str,
+    ip: &str,
+) -> pb::AddExternalPeerRequest {
+    pb::AddExternalPeerRequest {
+        cladnet_id: net.into(),
+        name: name.into(),
+        public_key: key.into(),
+        endpoint: endpoint.into(),
+        ip: ip.into(),
+    }
+}
+
+/// `host_id state external` of a peer event, or `removed host_id`.
+fn peer_event(ev: pb::WatchEvent) -> String {
+    match ev.event {
+        Some(Event::PeerUpserted(p)) => {
+            format!("{} {} external={}", p.host_id, p.state, p.external)
+        }
+        Some(Event::PeerRemoved(n)) => format!("removed {n}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// External WireGuard peers: registration (allocated or requested address), validation and
+/// conflicts that write nothing, always-sealed links, the wg-quick config, Watch events, REST,
+/// and the `ext-` host ids agents cannot take.
+pub async fn external_peers(ctl: &TestController) {
+    let mut admin = ctl.admin(ADMIN_TOKEN).await;
+    let net = admin
+        .create_network(pb::Network {
+            cladnet_id: "ext".into(),
+            ipv4_address_space: "10.71.0.0/24".into(),
+            encryption: "never".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create network")
+        .into_inner()
+        .cladnet_id;
+    let token = join_token(ctl, &net).await;
+    // ea joining, eb up, ec down, ed without a public endpoint: only ea and eb are listed in
+    // a client's config.
+    let ea = join(ctl, &token, &net, "ea").await;
+    let eb = join(ctl, &token, &net, "eb").await;
+    let ec = join(ctl, &token, &net, "ec").await;
+    let mut no_endpoint = join_request(&net, "ed");
+    no_endpoint.public_endpoint = String::new();
+    ctl.agent(&token)
+        .await
+        .join(no_endpoint)
+        .await
+        .expect("join ed");
+    ctl.agent(&eb.session_token)
+        .await
+        .report(report(&net, "eb"))
+        .await
+        .expect("eb up");
+    let mut down = report(&net, "ec");
+    down.state = "down".into();
+    ctl.agent(&ec.session_token)
+        .await
+        .report(down)
+        .await
+        .expect("ec down");
+    let mut as_a = ctl.agent(&ea.session_token).await;
+    let mut stream = watch(&mut as_a, &net, "ea", 0).await;
+    assert!(matches!(
+        next_event(&mut stream).await.event,
+        Some(Event::Snapshot(_))
+    ));
+
+    let laptop_key = public_key("laptop-key");
+    let laptop = admin
+        .add_external_peer(external(
+            &net,
+            "laptop",
+            &laptop_key,
+            "203.0.113.50:51820",
+            "",
+        ))
+        .await
+        .expect("add external peer")
+        .into_inner();
+    assert_eq!(
+        (
+            laptop.host_id.as_str(),
+            laptop.host_name.as_str(),
+            laptop.state.as_str()
+        ),
+        ("ext-laptop", "laptop", "up")
+    );
+    assert!(laptop.external, "{laptop:?}");
+    assert_eq!(
+        laptop.ip, "10.71.0.6",
+        "the lowest free address after four agents"
+    );
+    assert_eq!(laptop.public_endpoint, "203.0.113.50:51820");
+    assert_eq!(laptop.links.len(), 4, "a link to every agent");
+    assert!(
+        laptop.links.iter().all(|l| l.mode == "sealed"),
+        "{:?}",
+        laptop.links
+    );
+
+    let phone = admin
+        .add_external_peer(external(
+            &net,
+            "phone",
+            &public_key("phone-key"),
+            "",
+            "10.71.0.100",
+        ))
+        .await
+        .expect("add external peer with an address")
+        .into_inner();
+    assert_eq!(
+        (phone.ip.as_str(), phone.public_endpoint.as_str()),
+        ("10.71.0.100", "")
+    );
+
+    // Seen from an agent, links to external peers are sealed on their endpoint although the
+    // network never encrypts.
+    let get = |host: &str| pb::GetPeerRequest {
+        cladnet_id: net.clone(),
+        host_id: host.into(),
+    };
+    let a = admin.get_peer(get("ea")).await.unwrap().into_inner();
+    let link = |host: &str| {
+        a.links
+            .iter()
+            .find(|l| l.host_id == host)
+            .unwrap_or_else(|| panic!("a link to {host}: {:?}", a.links))
+    };
+    assert_eq!(
+        (
+            link("ext-laptop").mode.as_str(),
+            link("ext-laptop").selected_endpoint.as_str()
+        ),
+        ("sealed", "203.0.113.50:51820")
+    );
+    assert_eq!(link("ext-phone").mode, "sealed");
+    assert_eq!(link("eb").mode, "plain");
+
+    // Invalid fields are named; conflicts are refused; neither writes anything.
+    let before = admin
+        .list_peers(pb::ListPeersRequest {
+            cladnet_id: net.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .peers
+        .len();
+    let fresh = public_key("fresh");
+    for (req, code, field) in [
+        (
+            external(&net, "x1", "short", "", ""),
+            Code::InvalidArgument,
+            "publicKey",
+        ),
+        (
+            external(&net, "Bad_Name", &fresh, "", ""),
+            Code::InvalidArgument,
+            "name",
+        ),
+        (
+            external(&net, "", &fresh, "", ""),
+            Code::InvalidArgument,
+            "name",
+        ),
+        (
+            external(&net, "x1", &fresh, "203.0.113.9", ""),
+            Code::InvalidArgument,
+            "endpoint",
+        ),
+        (
+            external(&net, "x1", &fresh, "", "10.71.0.300"),
+            Code::InvalidArgument,
+            "ip",
+        ),
+        (
+            external(&net, "x1", &fresh, "", "10.99.0.5"),
+            Code::InvalidArgument,
+            "ip",
+        ),
+        (
+            external(&net, "x1", &fresh, "", "10.71.0.1"),
+            Code::InvalidArgument,
+            "ip",
+        ),
+        (
+            external(&net, "x1", &fresh, "", "10.71.0.255"),
+            Code::InvalidArgument,
+            "ip",
+        ),
+        (
+            external(&net, "x1", &fresh, "", "10.71.0.2"),
+            Code::FailedPrecondition,
+            "ip",
+        ),
+        (
+            external(&net, "laptop", &fresh, "", ""),
+            Code::AlreadyExists,
+            "name",
+        ),
+        (
+            external(&net, "x1", &laptop_key, "", ""),
+            Code::AlreadyExists,
+            "publicKey",
+        ),
+        (
+            external(&net, "x1", &public_key("ea"), "", ""),
+            Code::AlreadyExists,
+            "publicKey",
+        ),
+    ] {
+        let what = format!("{} {:?} {:?}", req.name, req.public_key, req.ip);
+        let msg = assert_code(admin.add_external_peer(req).await, code, &what);
+        assert!(msg.starts_with(field), "{what}: {msg:?} names {field}");
+    }
+    let after = admin
+        .list_peers(pb::ListPeersRequest {
+            cladnet_id: net.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
+    assert_eq!(after.len(), before, "nothing half-written");
+
+    // The client's config lists the reachable agents only, by overlay address.
+    let config = admin
+        .get_external_peer_config(get("ext-laptop"))
+        .await
+        .expect("wg config")
+        .into_inner()
+        .config;
+    assert!(config.contains("[Interface]\n# PrivateKey = "), "{config}");
+    assert!(config.contains("\nAddress = 10.71.0.6/24\n"), "{config}");
+    assert_eq!(config.matches("[Peer]").count(), 2, "ea and eb: {config}");
+    let (ip_a, ip_b) = (ea.peer.unwrap().ip, eb.peer.unwrap().ip);
+    let section = |key: &str, ip: &str| {
+        format!(
+            "[Peer]\nPublicKey = {key}\nEndpoint = 198.18.1.2:8055\nAllowedIPs = {ip}/32\nPersistentKeepalive = 25\n"
+        )
+    };
+    let (at_a, at_b) = (
+        config.find(&section(&public_key("ea"), &ip_a)),
+        config.find(&section(&public_key("eb"), &ip_b)),
+    );
+    assert!(
+        matches!((at_a, at_b), (Some(x), Some(y)) if x < y),
+        "{config}"
+    );
+    for absent in [
+        public_key("ec"),
+        public_key("ed"),
+        public_key("phone-key"),
+        laptop_key.clone(),
+    ] {
+        assert!(!config.contains(&absent), "{absent} listed: {config}");
+    }
+    let msg = assert_code(
+        admin.get_external_peer_config(get("ea")).await,
+        Code::FailedPrecondition,
+        "config of an agent",
+    );
+    assert!(msg.starts_with("hostId"), "{msg}");
+    assert_code(
+        admin.get_external_peer_config(get("ext-nobody")).await,
+        Code::NotFound,
+        "config of nobody",
+    );
+
+    // REST.
+    let addr = ctl.addr();
+    let body = format!(
+        r#"{{"name":"rest-client","publicKey":"{}"}}"#,
+        public_key("rest-key")
+    );
+    let (s, body) = http(
+        addr,
+        "POST",
+        "/v1/cladnet/ext/externalPeer",
+        ADMIN_TOKEN,
+        &body,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        body.contains(r#""hostId":"ext-rest-client""#) && body.contains(r#""external":true"#),
+        "{body}"
+    );
+    let (s, body) = http(
+        addr,
+        "POST",
+        "/v1/cladnet/ext/externalPeer",
+        ADMIN_TOKEN,
+        r#"{"name":"r2","publicKey":"AAAA"}"#,
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("publicKey"), "{body}");
+    let (s, body) = http(
+        addr,
+        "GET",
+        "/v1/cladnet/ext/peer/ext-rest-client/wireguardConfig",
+        ADMIN_TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let config: pb::ExternalPeerConfig = serde_json::from_str(&body).expect("ExternalPeerConfig");
+    assert!(config.config.contains("Address = 10.71.0.7/24"), "{body}");
+    let (s, _) = http(
+        addr,
+        "GET",
+        "/v1/cladnet/ext/peer/ea/wireguardConfig",
+        ADMIN_TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(s, 412);
+    let (s, _) = http(addr, "POST", "/v1/cladnet/ext/externalPeer", "", "{}").await;
+    assert_eq!(s, 401);
+
+    // Agents cannot take an external peer's host id.
+    let msg = assert_code(
+        ctl.agent(&token)
+            .await
+            .join(join_request(&net, "ext-laptop"))
+            .await,
+        Code::InvalidArgument,
+        "join as ext-",
+    );
+    assert!(msg.starts_with("hostId"), "{msg}");
+
+    // Commands go to agents only.
+    let sent = admin
+        .send_command(pb::SendCommandRequest {
+            cladnet_id: net.clone(),
+            host_id: "ext-phone".into(),
+            command_type: "down".into(),
+        })
+        .await;
+    assert_code(
+        sent,
+        Code::FailedPrecondition,
+        "command to an external peer",
+    );
+
+    // DeletePeer removes it; the agent's stream saw each change, in order, and nothing else.
+    admin
+        .delete_peer(get("ext-laptop"))
+        .await
+        .expect("delete external peer");
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("removed ext-laptop") {
+        seen.push(peer_event(next_event(&mut stream).await));
+    }
+    assert_eq!(
+        seen,
+        [
+            "ext-laptop up external=true",
+            "ext-phone up external=true",
+            "ext-rest-client up external=true",
+            "removed ext-laptop",
+        ]
+    );
+    let mut snapshot = watch(&mut as_a, &net, "ea", 0).await;
+    let Some(Event::Snapshot(snap)) = next_event(&mut snapshot).await.event else {
+        panic!("a snapshot first")
+    };
+    let externals: Vec<_> = snap
+        .peers
+        .iter()
+        .filter(|p| p.external)
+        .map(|p| p.host_id.as_str())
+        .collect();
+    assert_eq!(externals, ["ext-phone", "ext-rest-client"]);
+    let peers = admin
+        .list_peers(pb::ListPeersRequest {
+            cladnet_id: net.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
+    assert!(!peers.iter().any(|p| p.host_id == "ext-laptop"));
 }

@@ -15,11 +15,13 @@ pub mod api_checks;
 mod cleanup;
 pub mod controller;
 pub mod etcd;
+mod mesh;
 mod netns;
 mod privilege;
 mod topology;
 
 pub use cleanup::{leftovers, sweep_stale};
+pub use mesh::{CONTROLLER_PORT, Mesh, SiteLabels};
 pub use netns::{Netns, Process, run_checked};
 pub use privilege::{netns_unavailable, skip_or_fail};
 pub use topology::{CloudSpec, Host, Nat, Topology, TopologyBuilder, TopologyError};

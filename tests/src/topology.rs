@@ -322,6 +322,40 @@ impl Topology {
             .unwrap_or_else(|| panic!("no cloud {cloud:?}"))
     }
 
+    /// Gives the masquerading gateway of `cloud` a new public address (as when a NAT gateway
+    /// or a suspended VM comes back with another IP): the old address and every NAT mapping
+    /// through it disappear. Returns the new address, which the cloud's hosts now share.
+    ///
+    /// # Panics
+    /// If `cloud` does not masquerade.
+    pub fn readdress_gateway(&mut self, cloud: &str) -> Result<Ipv4Addr, String> {
+        let old = self
+            .hosts
+            .iter()
+            .find(|h| h.cloud == cloud)
+            .map(|h| h.public_ip)
+            .ok_or_else(|| format!("no host in cloud {cloud:?}"))?;
+        let [a, b, c, d] = old.octets();
+        assert_eq!(d, 2, "readdress_gateway needs a masquerading cloud");
+        let new = Ipv4Addr::new(a, b, c, d + 1);
+        let gw = self.gateway(cloud);
+        gw.exec(["ip", "addr", "flush", "dev", "wan"])?;
+        gw.exec(["ip", "addr", "add", &format!("{new}/24"), "dev", "wan"])?;
+        gw.exec([
+            "ip",
+            "route",
+            "replace",
+            "default",
+            "via",
+            &Ipv4Addr::new(a, b, c, 1).to_string(),
+        ])?;
+        // Removing the address also makes the kernel drop the masquerade mappings through it.
+        for h in self.hosts.iter_mut().filter(|h| h.cloud == cloud) {
+            h.public_ip = new;
+        }
+        Ok(new)
+    }
+
     /// A bpffs directory (not yet created) for `host`'s pins, removed when the topology drops.
     pub fn bpf_pin_dir(&mut self, host: &str) -> PathBuf {
         let dir = PathBuf::from(format!("/sys/fs/bpf/{}{host}", self.prefix));

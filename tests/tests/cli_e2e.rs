@@ -91,6 +91,72 @@ async fn cli_manages_networks_peers_and_tokens() {
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines.len() >= 3, "header + two rows: {table}");
 
+    // An external WireGuard peer and its configuration listing both agents.
+    let key = api_checks::public_key("laptop");
+    let out = stdout(
+        &cli(
+            &ctl,
+            ADMIN_TOKEN,
+            &[
+                "--json",
+                "peer",
+                "add-external",
+                "prod",
+                "--name",
+                "laptop",
+                "--public-key",
+                &key,
+                "--endpoint",
+                "198.51.100.20:51820",
+            ],
+        )
+        .await,
+    );
+    let peer: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        (&peer["hostId"], &peer["external"], &peer["state"]),
+        (&"ext-laptop".into(), &true.into(), &"up".into()),
+        "{out}"
+    );
+    let config = stdout(
+        &cli(
+            &ctl,
+            ADMIN_TOKEN,
+            &["peer", "wg-config", "prod", "ext-laptop"],
+        )
+        .await,
+    );
+    let prefix = peer["ipv4Cidr"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .nth(1)
+        .unwrap();
+    let address = format!("Address = {}/{prefix}\n", peer["ip"].as_str().unwrap());
+    assert!(config.contains(&address), "{address} in {config}");
+    assert_eq!(config.matches("[Peer]").count(), 2, "{config}");
+    for agent in ["vm-1", "vm-2"] {
+        assert!(
+            config.contains(&format!("PublicKey = {}\n", api_checks::public_key(agent))),
+            "{config}"
+        );
+    }
+    let out = cli(
+        &ctl,
+        ADMIN_TOKEN,
+        &[
+            "peer",
+            "add-external",
+            "prod",
+            "--name",
+            "again",
+            "--public-key",
+            &key,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(6), "a key already used conflicts");
+
     let out = cli(&ctl, "wrong-token-wrong-token", &["network", "list"]).await;
     assert_eq!(out.status.code(), Some(4), "auth failures exit 4");
     let out = cli(&ctl, ADMIN_TOKEN, &["network", "show", "nope"]).await;

@@ -1,10 +1,15 @@
-//! `cladnet peers NETWORK` and `cladnet peer show|delete`.
+//! `cladnet peers NETWORK` and `cladnet peer show|delete|add-external|wg-config`.
 
-use cladnet_proto::v1::{GetPeerRequest, ListPeersRequest, ListPeersResponse, Peer};
+use cladnet_proto::v1::{
+    AddExternalPeerRequest, GetPeerRequest, ListPeersRequest, ListPeersResponse, Peer,
+};
 use clap::Subcommand;
 
 use super::Ctx;
-use crate::output::{Table, key_values, list};
+use crate::{
+    output::{Table, key_values, list},
+    parse,
+};
 
 /// `cladnet peer` subcommands.
 #[derive(Debug, Subcommand)]
@@ -23,6 +28,32 @@ pub(crate) enum PeerCmd {
         /// Network id.
         network: String,
         /// Host id of the peer.
+        host_id: String,
+    },
+    /// Register a standard WireGuard client (wg-quick, wireguard-go, boringtun) as peer
+    /// ext-NAME; then `cladnet peer wg-config` gives its configuration.
+    AddExternal {
+        /// Network id.
+        network: String,
+        /// Name of the client; its host id becomes ext-NAME.
+        #[arg(long, value_name = "NAME", value_parser = parse::peer_name)]
+        name: String,
+        /// The client's WireGuard public key (base64, as `wg pubkey` prints it).
+        #[arg(long, value_name = "KEY", value_parser = parse::public_key)]
+        public_key: String,
+        /// Where the client listens, if agents can reach it; omit for a roaming client behind
+        /// NAT (it starts the handshakes).
+        #[arg(long, value_name = "IP:PORT", value_parser = parse::endpoint)]
+        endpoint: Option<String>,
+        /// Overlay address to give the client (free, inside the network); allocated if omitted.
+        #[arg(long, value_name = "IP", value_parser = parse::ipv4)]
+        ip: Option<String>,
+    },
+    /// Print the wg-quick configuration of an external peer (fill in its private key).
+    WgConfig {
+        /// Network id.
+        network: String,
+        /// Host id of the external peer (ext-NAME).
         host_id: String,
     },
 }
@@ -86,6 +117,54 @@ pub(crate) async fn run(cmd: PeerCmd, ctx: &mut Ctx) -> anyhow::Result<()> {
                 s
             })
         }
+        PeerCmd::AddExternal {
+            network,
+            name,
+            public_key,
+            endpoint,
+            ip,
+        } => {
+            let fail = ctx
+                .client
+                .fail(format!("adding external peer {name} to network {network}"));
+            let peer = ctx
+                .client
+                .api
+                .add_external_peer(AddExternalPeerRequest {
+                    cladnet_id: network.clone(),
+                    name,
+                    public_key,
+                    endpoint: endpoint.unwrap_or_default(),
+                    ip: ip.unwrap_or_default(),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            ctx.emit(&peer, render_peer)?;
+            if !ctx.json {
+                eprintln!(
+                    "Its WireGuard configuration: cladnet peer wg-config {network} {}",
+                    peer.host_id
+                );
+            }
+            Ok(())
+        }
+        PeerCmd::WgConfig { network, host_id } => {
+            let fail = ctx.client.fail(format!(
+                "reading the WireGuard configuration of peer {host_id} of network {network}"
+            ));
+            let config = ctx
+                .client
+                .api
+                .get_external_peer_config(GetPeerRequest {
+                    cladnet_id: network,
+                    host_id,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            ctx.emit(&config, |c| c.config.clone())
+        }
     }
 }
 
@@ -108,10 +187,19 @@ pub(crate) fn render_peers(resp: &ListPeersResponse) -> String {
             &p.state,
             &p.public_endpoint,
             &p.private_endpoint,
-            &p.dataplane,
+            if p.external { "external" } else { &p.dataplane },
         ]);
     }
     t.render()
+}
+
+/// What runs on a peer.
+fn kind(p: &Peer) -> &'static str {
+    if p.external {
+        "external WireGuard peer"
+    } else {
+        "agent"
+    }
 }
 
 /// A peer as a `key: value` block followed by its links table.
@@ -142,6 +230,7 @@ pub(crate) fn render_peer(p: &Peer) -> String {
         ("Network", p.cladnet_id.clone()),
         ("Overlay IP", overlay),
         ("State", p.state.clone()),
+        ("Kind", kind(p).to_owned()),
         ("Node index", p.node_index.to_string()),
         ("Public IP", p.host_public_ip.clone()),
         ("Public endpoint", p.public_endpoint.clone()),
@@ -207,13 +296,18 @@ mod tests {
         a.private_endpoint = "192.168.1.10:8055".into();
         a.dataplane = "xdp-driver".into();
         let b = peer("h-b", "vm-b-long-name", "10.77.0.2", "joining");
-        let out = render_peers(&ListPeersResponse { peers: vec![a, b] });
+        let mut ext = peer("ext-laptop", "laptop", "10.77.0.9", "up");
+        ext.external = true;
+        let out = render_peers(&ListPeersResponse {
+            peers: vec![a, b, ext],
+        });
         assert_eq!(
             out,
             "\
-HOST ID  NAME            OVERLAY IP  STATE    PUBLIC ENDPOINT   PRIVATE ENDPOINT   DATAPLANE
-h-aaaa   vm-a            10.77.0.1   up       203.0.113.5:8055  192.168.1.10:8055  xdp-driver
-h-b      vm-b-long-name  10.77.0.2   joining  -                 -                  -
+HOST ID     NAME            OVERLAY IP  STATE    PUBLIC ENDPOINT   PRIVATE ENDPOINT   DATAPLANE
+h-aaaa      vm-a            10.77.0.1   up       203.0.113.5:8055  192.168.1.10:8055  xdp-driver
+h-b         vm-b-long-name  10.77.0.2   joining  -                 -                  -
+ext-laptop  laptop          10.77.0.9   up       -                 -                  external
 "
         );
     }
@@ -243,6 +337,7 @@ h-b      vm-b-long-name  10.77.0.2   joining  -                 -               
             "{out}"
         );
         assert!(out.contains("Dataplane:         userspace (no XDP support)\n"));
+        assert!(out.contains("Kind:              agent\n"));
         assert!(out.contains("Cloud:             aws / us-east-1\n"));
         assert!(out.ends_with(
             "Links:\n\
@@ -250,5 +345,8 @@ h-b      vm-b-long-name  10.77.0.2   joining  -                 -               
              \x20 h-b      vm-b  10.77.0.2  198.51.100.7:8055  sealed  inter  up\n"
         ));
         assert!(render_peer(&peer("x", "", "", "")).ends_with("Links: none\n"));
+        let mut ext = peer("ext-x", "x", "10.77.0.9", "up");
+        ext.external = true;
+        assert!(render_peer(&ext).contains("Kind:              external WireGuard peer\n"));
     }
 }

@@ -1,7 +1,5 @@
 //! The agent side: Join (address allocation), Report, and session checks.
 
-use std::net::Ipv4Addr;
-
 use cladnet_proto::v1 as pb;
 use cladnet_store::{Compare, CompareOp, KeyValue, Txn, TxnOp};
 use tracing::info;
@@ -10,11 +8,10 @@ use super::Controller;
 use crate::{
     auth::{self, new_session_token, parse_join_token, sha256_hex},
     error::{ControllerError, Result},
-    ipam::{Ipam, IpamError, NodeId, Pool},
     keys,
     model::{
-        self, InterfaceRecord, PairRecord, PeerRecord, PeerState, ResultRecord, SCHEMA, SiteRecord,
-        TestRecord, TokenRecord, now_unix,
+        self, EXTERNAL_HOST_PREFIX, InterfaceRecord, PairRecord, PeerRecord, PeerState,
+        ResultRecord, SCHEMA, SiteRecord, TestRecord, TokenRecord, now_unix,
     },
     validate,
 };
@@ -70,6 +67,15 @@ impl Controller {
     pub async fn join(&self, bearer: &str, req: pb::JoinRequest) -> Result<pb::JoinResponse> {
         validate::network_id("cladnetId", &req.cladnet_id)?;
         validate::host_id("hostId", &req.host_id)?;
+        if req.host_id.starts_with(EXTERNAL_HOST_PREFIX) {
+            return Err(ControllerError::invalid(
+                "hostId",
+                format!(
+                    "{:?}: ids starting with {EXTERNAL_HOST_PREFIX:?} are reserved for external WireGuard peers",
+                    req.host_id
+                ),
+            ));
+        }
         validate::public_key("publicKey", &req.public_key)?;
         let public_endpoint = validate::endpoint("publicEndpoint", &req.public_endpoint)?;
         if req.listen_port == 0 || req.listen_port > u32::from(u16::MAX) {
@@ -97,34 +103,24 @@ impl Controller {
             .retry("join", || async {
                 let (network, net_kv) = self.network(net).await?;
                 let existing = self.store.get(&keys::peer(net, node)).await?;
-                let generation = self.store.get(&keys::alloc_generation(net)).await?;
-                let allocations = self.store.range(&keys::ipam(net)).await?;
-                let pool = Pool::new(network.cidr).map_err(|e| ControllerError::FailedPrecondition(e.to_string()))?;
-                let snapshot = allocations.kvs.iter().filter_map(|kv| {
-                    let ip: Ipv4Addr = kv.key.rsplit('/').next()?.parse().ok()?;
-                    Some((NodeId::new(String::from_utf8_lossy(&kv.value).into_owned()), ip))
-                });
-                let mut ipam = Ipam::from_snapshot(pool, snapshot).map_err(|e| ControllerError::Corrupt {
-                    key: keys::ipam(net),
-                    reason: e.to_string(),
-                })?;
-                let allocation = ipam.allocate(&NodeId::new(node)).map_err(|e| match e {
-                    IpamError::Exhausted { .. } => ControllerError::FailedPrecondition(format!(
-                        "no free address in network {net:?}: {e}; delete unused peers or use a larger address space"
-                    )),
-                    other => ControllerError::FailedPrecondition(other.to_string()),
-                })?;
-                let ip = allocation.addr();
+                let reservation = self.reserve_address(net, &network, node, None).await?;
+                let ip = reservation.addr();
                 let now = now_unix();
-                let previous: Option<PeerRecord> = existing.as_ref().map(model::decode).transpose()?;
+                let previous: Option<PeerRecord> =
+                    existing.as_ref().map(model::decode).transpose()?;
                 let record = PeerRecord {
                     schema: SCHEMA,
                     node_id: node.to_owned(),
-                    host_name: if facts.host_name.is_empty() { node.to_owned() } else { facts.host_name.clone() },
+                    host_name: if facts.host_name.is_empty() {
+                        node.to_owned()
+                    } else {
+                        facts.host_name.clone()
+                    },
                     overlay_ip: ip,
                     state: PeerState::Joining,
                     public_key: req.public_key.clone(),
-                    public_endpoint: public_endpoint.or(previous.as_ref().and_then(|p| p.public_endpoint)),
+                    public_endpoint: public_endpoint
+                        .or(previous.as_ref().and_then(|p| p.public_endpoint)),
                     private_endpoint,
                     host_private_cidr,
                     interfaces: interfaces.clone(),
@@ -134,24 +130,30 @@ impl Controller {
                     dataplane_reason: String::new(),
                     joined_at: previous.as_ref().map_or(now, |p| p.joined_at),
                     updated_at: now,
+                    external: false,
                 };
                 let mut compares = vec![
-                    Compare::mod_revision(keys::network(net), CompareOp::Equal, net_kv.mod_revision),
-                    Compare::mod_revision(keys::peer(net, node), CompareOp::Equal, existing.as_ref().map_or(0, |kv: &KeyValue| kv.mod_revision)),
+                    Compare::mod_revision(
+                        keys::network(net),
+                        CompareOp::Equal,
+                        net_kv.mod_revision,
+                    ),
+                    Compare::mod_revision(
+                        keys::peer(net, node),
+                        CompareOp::Equal,
+                        existing.as_ref().map_or(0, |kv: &KeyValue| kv.mod_revision),
+                    ),
                 ];
                 let mut ops = vec![
                     TxnOp::put(keys::peer(net, node), model::encode(&record)),
                     TxnOp::put(keys::session(net, node), session_hash.clone().into_bytes()),
                 ];
-                if allocation.is_new() {
-                    compares.push(Compare::absent(keys::ipam_addr(net, ip)));
-                    compares.push(Compare::mod_revision(keys::alloc_generation(net), CompareOp::Equal, generation.map_or(0, |kv| kv.mod_revision)));
-                    ops.push(TxnOp::put(keys::ipam_addr(net, ip), node.as_bytes().to_vec()));
-                    ops.push(TxnOp::put(keys::alloc_generation(net), ip.to_string().into_bytes()));
-                } else {
-                    compares.push(Compare::value(keys::ipam_addr(net, ip), CompareOp::Equal, node.as_bytes().to_vec()));
-                }
-                let res = self.store.txn(Txn::new().when(compares).and_then(ops)).await?;
+                compares.extend(reservation.compares);
+                ops.extend(reservation.ops);
+                let res = self
+                    .store
+                    .txn(Txn::new().when(compares).and_then(ops))
+                    .await?;
                 Ok(res.succeeded.then_some((record, network, res.revision)))
             })
             .await?;

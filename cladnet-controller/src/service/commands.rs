@@ -14,8 +14,9 @@ use crate::{
 };
 
 impl Controller {
-    /// Sends a command to one peer or to every peer of a network. Each target's command key is
-    /// written; its agent receives it on its Watch stream.
+    /// Sends a command to one agent or to every agent of a network (external WireGuard peers
+    /// have no agent to obey it). Each target's command key is written; its agent receives it
+    /// on its Watch stream.
     pub async fn send_command(
         &self,
         req: pb::SendCommandRequest,
@@ -28,11 +29,17 @@ impl Controller {
             self.peers(net)
                 .await?
                 .into_iter()
+                .filter(|(p, _)| !p.external)
                 .map(|(p, _)| p.node_id)
                 .collect()
         } else {
             validate::host_id("hostId", &req.host_id)?;
-            self.peer(net, &req.host_id).await?;
+            if self.peer(net, &req.host_id).await?.0.external {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "hostId: peer {:?} is an external WireGuard peer; it has no agent to take commands",
+                    req.host_id
+                )));
+            }
             vec![req.host_id.clone()]
         };
         let record = CommandRecord {
@@ -55,7 +62,8 @@ impl Controller {
         })
     }
 
-    /// Starts a connectivity test among the peers that are up.
+    /// Starts a connectivity test among the agents that are up (external WireGuard peers cannot
+    /// run one).
     pub async fn start_connectivity_test(
         &self,
         req: pb::StartConnectivityTestRequest,
@@ -72,7 +80,7 @@ impl Controller {
             .peers(net)
             .await?
             .into_iter()
-            .filter(|(p, _)| p.state == PeerState::Up)
+            .filter(|(p, _)| p.state == PeerState::Up && !p.external)
             .map(|(p, _)| p.node_id)
             .collect();
         if host_ids.is_empty() {

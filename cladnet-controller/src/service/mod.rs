@@ -4,7 +4,9 @@
 //! safe with several controllers on one etcd (compare-and-swap on the records read).
 
 mod agents;
+mod alloc;
 mod commands;
+mod external;
 mod hub;
 mod networks;
 mod peers;

@@ -1,0 +1,442 @@
+//! Agent configuration: a TOML file, overridden field by field by command-line flags.
+//!
+//! ```toml
+//! controllers = ["https://ctl-1.example:8053", "https://ctl-2.example:8053"]
+//! network = "prod"
+//! join_token_file = "/etc/cladnet/join.token"
+//! interface = "cladnet0"
+//! listen_port = 8055
+//! data_dir = "/var/lib/cladnet-agent"
+//! metrics_listen = "127.0.0.1:9412"
+//!
+//! [site]
+//! provider = "aws"
+//! region = "ap-northeast-2"
+//! vpc = "vpc-0a1b"
+//! ```
+
+use std::{
+    net::{SocketAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use cladnet_common::wire::TUNNEL_PORT;
+use serde::Deserialize;
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("config {field}: {reason}")]
+pub struct ConfigError {
+    /// The field (file key or flag name).
+    pub field: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Site labels (cb-network's cloud information); empty = unknown.
+#[derive(Clone, Debug, Default, Deserialize, Eq, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Cloud provider, e.g. `aws`.
+    #[serde(default)]
+    pub provider: String,
+    /// Region.
+    #[serde(default)]
+    pub region: String,
+    /// Availability zone.
+    #[serde(default)]
+    pub zone: String,
+    /// VPC / VNet id.
+    #[serde(default)]
+    pub vpc: String,
+    /// Subnet id.
+    #[serde(default)]
+    pub subnet: String,
+}
+
+/// Every setting, each optional: what a file or the flags give.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Controller endpoint (http:// or https:// URL); repeat for failover.
+    #[arg(long = "controller", value_name = "URL")]
+    #[serde(default)]
+    pub controllers: Vec<String>,
+    /// Network (cladnet id) to join.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Join token (prefer --join-token-file: command lines are visible to other users).
+    #[arg(long, env = "CLADNET_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// File holding the join token.
+    #[arg(long)]
+    pub join_token_file: Option<PathBuf>,
+    /// Overlay interface name.
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Tunnel UDP port (WireGuard and PLAIN share it).
+    #[arg(long)]
+    pub listen_port: Option<u16>,
+    /// Data directory (identity: node id and private key, mode 0600).
+    #[arg(long, env = "CLADNET_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address for the Prometheus /metrics endpoint ("off" disables it).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Reflector address (UDP); default: the first controller's host and port.
+    #[arg(long)]
+    pub reflector: Option<String>,
+    /// Seconds between public endpoint probes (also re-probed on address changes).
+    #[arg(long)]
+    pub probe_interval_secs: Option<u64>,
+    /// Underlay MTU; default: the MTU of the route towards the controller.
+    #[arg(long)]
+    pub underlay_mtu: Option<u32>,
+    /// Host name reported to the controller; default: the system's.
+    #[arg(long)]
+    pub host_name: Option<String>,
+    /// Site: cloud provider.
+    #[arg(long = "provider")]
+    #[serde(skip)]
+    pub provider: Option<String>,
+    /// Site: region.
+    #[arg(long = "region")]
+    #[serde(skip)]
+    pub region: Option<String>,
+    /// Site: availability zone.
+    #[arg(long = "zone")]
+    #[serde(skip)]
+    pub zone: Option<String>,
+    /// Site: VPC / VNet id.
+    #[arg(long = "vpc")]
+    #[serde(skip)]
+    pub vpc: Option<String>,
+    /// Site: subnet id.
+    #[arg(long = "subnet")]
+    #[serde(skip)]
+    pub subnet: Option<String>,
+    /// Site labels (file only; flags: --provider, --region, --zone, --vpc, --subnet).
+    #[arg(skip)]
+    #[serde(default)]
+    pub site: SiteConfig,
+}
+
+/// The agent's resolved configuration.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Controller endpoints, in failover order.
+    pub controllers: Vec<String>,
+    /// Network id.
+    pub network: String,
+    /// Join token.
+    pub join_token: String,
+    /// Overlay interface name.
+    pub interface: String,
+    /// Tunnel UDP port.
+    pub listen_port: u16,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Metrics listen address, if enabled.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Reflector address.
+    pub reflector: SocketAddr,
+    /// Probe interval.
+    pub probe_interval: Duration,
+    /// Underlay MTU override.
+    pub underlay_mtu: Option<u32>,
+    /// Host name override.
+    pub host_name: Option<String>,
+    /// Site labels.
+    pub site: SiteConfig,
+}
+
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cladnet-agent";
+/// Default metrics address.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9412";
+/// Default overlay interface.
+pub const DEFAULT_INTERFACE: &str = "cladnet0";
+
+impl Settings {
+    /// Reads a TOML file; unknown keys are errors (a typo must not silently fall back to a
+    /// default).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad("config", format!("reading {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| bad("config", format!("{}: {e}", path.display())))
+    }
+
+    /// `self` with every field that `over` sets replaced.
+    pub fn overridden_by(self, over: Self) -> Self {
+        let site_field = |flag: Option<String>, file: String| flag.unwrap_or(file);
+        Self {
+            controllers: if over.controllers.is_empty() {
+                self.controllers
+            } else {
+                over.controllers
+            },
+            network: over.network.or(self.network),
+            join_token: over.join_token.or(self.join_token),
+            join_token_file: over.join_token_file.or(self.join_token_file),
+            interface: over.interface.or(self.interface),
+            listen_port: over.listen_port.or(self.listen_port),
+            data_dir: over.data_dir.or(self.data_dir),
+            metrics_listen: over.metrics_listen.or(self.metrics_listen),
+            reflector: over.reflector.or(self.reflector),
+            probe_interval_secs: over.probe_interval_secs.or(self.probe_interval_secs),
+            underlay_mtu: over.underlay_mtu.or(self.underlay_mtu),
+            host_name: over.host_name.or(self.host_name),
+            provider: None,
+            region: None,
+            zone: None,
+            vpc: None,
+            subnet: None,
+            site: SiteConfig {
+                provider: site_field(over.provider, self.site.provider),
+                region: site_field(over.region, self.site.region),
+                zone: site_field(over.zone, self.site.zone),
+                vpc: site_field(over.vpc, self.site.vpc),
+                subnet: site_field(over.subnet, self.site.subnet),
+            },
+        }
+    }
+
+    /// Checks every field and fills in defaults.
+    pub fn resolve(self) -> Result<AgentConfig, ConfigError> {
+        if self.controllers.is_empty() {
+            return Err(bad("controllers", "at least one controller URL is needed"));
+        }
+        for c in &self.controllers {
+            if !(c.starts_with("http://") || c.starts_with("https://")) {
+                return Err(bad(
+                    "controllers",
+                    format!("{c:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        let network = self
+            .network
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| bad("network", "the network (cladnet id) to join is required"))?;
+        let join_token = match (self.join_token, &self.join_token_file) {
+            (Some(t), _) if !t.trim().is_empty() => t.trim().to_owned(),
+            (_, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    bad(
+                        "join_token_file",
+                        format!("reading {}: {e}", path.display()),
+                    )
+                })?
+                .trim()
+                .to_owned(),
+            _ => {
+                return Err(bad(
+                    "join_token",
+                    "a join token (or join_token_file) is required",
+                ));
+            }
+        };
+        if join_token.is_empty() {
+            return Err(bad("join_token", "is empty"));
+        }
+        let interface = self
+            .interface
+            .unwrap_or_else(|| DEFAULT_INTERFACE.to_owned());
+        if interface.is_empty()
+            || interface.len() > 15
+            || interface
+                .bytes()
+                .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace())
+        {
+            return Err(bad(
+                "interface",
+                format!("{interface:?}: 1 to 15 bytes without '/', spaces or NUL"),
+            ));
+        }
+        let listen_port = self.listen_port.unwrap_or(TUNNEL_PORT);
+        if listen_port == 0 {
+            return Err(bad("listen_port", "must be 1..=65535"));
+        }
+        let metrics_listen =
+            match self.metrics_listen.as_deref().unwrap_or(DEFAULT_METRICS) {
+                "off" | "" => None,
+                s => Some(s.parse().map_err(|_| {
+                    bad("metrics_listen", format!("{s:?} is not ip:port or \"off\""))
+                })?),
+            };
+        let reflector = match &self.reflector {
+            Some(r) => resolve_addr("reflector", r)?,
+            None => resolve_addr("controllers", authority(&self.controllers[0]))?,
+        };
+        let probe_interval = Duration::from_secs(self.probe_interval_secs.unwrap_or(5));
+        if probe_interval.is_zero() || probe_interval > Duration::from_secs(3600) {
+            return Err(bad("probe_interval_secs", "must be 1..=3600"));
+        }
+        if let Some(m) = self.underlay_mtu
+            && !(576..=65535).contains(&m)
+        {
+            return Err(bad("underlay_mtu", format!("{m} is not in 576..=65535")));
+        }
+        Ok(AgentConfig {
+            controllers: self.controllers,
+            network,
+            join_token,
+            interface,
+            listen_port,
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            metrics_listen,
+            reflector,
+            probe_interval,
+            underlay_mtu: self.underlay_mtu,
+            host_name: self.host_name,
+            site: self.site,
+        })
+    }
+}
+
+/// `host:port` of a URL.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+fn resolve_addr(field: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.to_socket_addrs()
+        .map_err(|e| bad(field, format!("{s:?}: {e}")))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| bad(field, format!("{s:?} has no IPv4 address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Settings {
+        Settings {
+            controllers: vec!["http://192.0.2.1:8053".into()],
+            network: Some("net".into()),
+            join_token: Some("cnj.a.b".into()),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = base().resolve().unwrap();
+        assert_eq!(c.interface, "cladnet0");
+        assert_eq!(c.listen_port, 8055);
+        assert_eq!(c.reflector, "192.0.2.1:8053".parse().unwrap());
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9412".parse().unwrap()));
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn a_file_is_parsed_and_flags_win() {
+        let file: Settings = toml::from_str(
+            r#"
+            controllers = ["http://192.0.2.1:8053", "http://192.0.2.2:8053"]
+            network = "prod"
+            join_token = "cnj.x.y"
+            listen_port = 9000
+            metrics_listen = "off"
+            [site]
+            provider = "aws"
+            vpc = "vpc-1"
+            "#,
+        )
+        .unwrap();
+        let flags = Settings {
+            listen_port: Some(9100),
+            vpc: Some("vpc-2".into()),
+            ..Settings::default()
+        };
+        let c = file.overridden_by(flags).resolve().unwrap();
+        assert_eq!(c.controllers.len(), 2);
+        assert_eq!(c.listen_port, 9100);
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(
+            (c.site.provider.as_str(), c.site.vpc.as_str()),
+            ("aws", "vpc-2")
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let err = |s: Settings| s.resolve().unwrap_err().field;
+        assert_eq!(
+            err(Settings {
+                controllers: vec![],
+                ..base()
+            }),
+            "controllers"
+        );
+        assert_eq!(
+            err(Settings {
+                controllers: vec!["192.0.2.1:8053".into()],
+                ..base()
+            }),
+            "controllers"
+        );
+        assert_eq!(
+            err(Settings {
+                network: None,
+                ..base()
+            }),
+            "network"
+        );
+        assert_eq!(
+            err(Settings {
+                join_token: None,
+                ..base()
+            }),
+            "join_token"
+        );
+        assert_eq!(
+            err(Settings {
+                interface: Some("way-too-long-name0".into()),
+                ..base()
+            }),
+            "interface"
+        );
+        assert_eq!(
+            err(Settings {
+                listen_port: Some(0),
+                ..base()
+            }),
+            "listen_port"
+        );
+        assert_eq!(
+            err(Settings {
+                metrics_listen: Some("nowhere".into()),
+                ..base()
+            }),
+            "metrics_listen"
+        );
+        assert_eq!(
+            err(Settings {
+                underlay_mtu: Some(100),
+                ..base()
+            }),
+            "underlay_mtu"
+        );
+        assert_eq!(
+            err(Settings {
+                probe_interval_secs: Some(0),
+                ..base()
+            }),
+            "probe_interval_secs"
+        );
+        let unknown = toml::from_str::<Settings>("netwrok = \"x\"").unwrap_err();
+        assert!(unknown.to_string().contains("netwrok"), "{unknown}");
+    }
+}

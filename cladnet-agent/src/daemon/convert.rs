@@ -1,0 +1,116 @@
+//! Controller records → the peer table's types.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use cladnet_core::{
+    policy::{Encryption, PeerView, Policy, RuleType, Site},
+    table::{PeerState, RemotePeer},
+};
+use cladnet_proto::v1 as pb;
+use cladnet_wg::PublicKey;
+
+/// A controller record the agent cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("peer {host_id:?} from the controller: {field}: {reason}")]
+pub struct RecordError {
+    /// The peer.
+    pub host_id: String,
+    /// The field.
+    pub field: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// The link policy of a network record. Unknown names fall back to the safest choice
+/// (encryption always, basic endpoints) rather than failing the agent.
+pub fn policy(n: &pb::Network) -> Policy {
+    Policy {
+        rule: n.rule_type.parse().unwrap_or(RuleType::Basic),
+        encryption: n.encryption.parse().unwrap_or(Encryption::Always),
+    }
+}
+
+/// The prefix length of a network's address space.
+pub fn prefix_len(n: &pb::Network) -> Option<u8> {
+    let (_, len) = n.ipv4_address_space.split_once('/')?;
+    len.parse().ok().filter(|l| *l <= 32)
+}
+
+/// Site labels of a record.
+pub fn site(c: Option<&pb::CloudInformation>) -> Site {
+    let c = c.cloned().unwrap_or_default();
+    Site {
+        provider: c.provider_name,
+        region: c.region_id,
+        zone: c.availability_zone_id,
+        vpc: c.virtual_network_id,
+        subnet: c.subnet_id,
+    }
+}
+
+/// What the link policy needs from a record.
+pub fn view(p: &pb::Peer) -> PeerView {
+    let endpoint = |s: &str| s.parse::<SocketAddrV4>().ok();
+    PeerView {
+        site: site(p.details.as_ref()),
+        public: endpoint(&p.public_endpoint),
+        private: endpoint(&p.private_endpoint),
+        external: p.external,
+    }
+}
+
+/// A remote peer from its record.
+pub fn remote(p: &pb::Peer) -> Result<RemotePeer, RecordError> {
+    let err = |field, reason: String| RecordError {
+        host_id: p.host_id.clone(),
+        field,
+        reason,
+    };
+    let overlay_ip: Ipv4Addr =
+        p.ip.parse()
+            .map_err(|e| err("ip", format!("{:?}: {e}", p.ip)))?;
+    let key = PublicKey::from_base64(&p.public_key)
+        .map_err(|e| err("publicKey", format!("{:?}: {e}", p.public_key)))?;
+    Ok(RemotePeer {
+        node_id: p.host_id.clone(),
+        node_index: p.node_index,
+        overlay_ip,
+        public_key: *key.as_bytes(),
+        view: view(p),
+        state: PeerState::from_api(&p.state),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_convert_and_bad_ones_name_the_field() {
+        let key = cladnet_wg::PrivateKey::from_bytes([3; 32]).public_key();
+        let mut p = pb::Peer {
+            host_id: "h1".into(),
+            ip: "10.77.0.5".into(),
+            public_key: key.to_base64(),
+            public_endpoint: "203.0.113.1:8055".into(),
+            state: "up".into(),
+            node_index: 7,
+            ..pb::Peer::default()
+        };
+        let r = remote(&p).unwrap();
+        assert_eq!(r.overlay_ip, Ipv4Addr::new(10, 77, 0, 5));
+        assert_eq!(r.view.public, Some("203.0.113.1:8055".parse().unwrap()));
+        assert_eq!(r.state, PeerState::Up);
+        p.public_key = "nope".into();
+        assert_eq!(remote(&p).unwrap_err().field, "publicKey");
+        p.ip = "10.77.0".into();
+        assert_eq!(remote(&p).unwrap_err().field, "ip");
+        let n = pb::Network {
+            ipv4_address_space: "10.77.0.0/24".into(),
+            encryption: "bogus".into(),
+            ..pb::Network::default()
+        };
+        assert_eq!(prefix_len(&n), Some(24));
+        assert_eq!(policy(&n).encryption, Encryption::Always);
+    }
+}

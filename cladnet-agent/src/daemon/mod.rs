@@ -1,0 +1,444 @@
+//! `cladnet-agent run`: join a network and carry its packets until told to stop.
+//!
+//! Start: identity → TUN device and tunnel socket → public endpoint probe (through the tunnel
+//! socket) → Join → interface address, MTU and peers from the Watch snapshot → report `up`.
+//! Then the Watch stream drives the peer table; the commands it emits drive the engine. The
+//! dataplane never depends on the controller being reachable: when the stream breaks, the
+//! agent keeps forwarding with what it has and resumes the stream from the last revision.
+//!
+//! SIGTERM or SIGINT: report `released` and exit (the TUN device goes with the process). A
+//! crash or `kill -9` needs nothing special: the next start joins again with the same node
+//! id, gets the same overlay address, and the snapshot replaces whatever was stale.
+
+pub mod config;
+pub mod convert;
+pub mod host;
+
+use std::{net::SocketAddrV4, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail};
+use cladnet_core::table::{Command, LocalNode, PeerTable};
+use cladnet_proto::v1::{self as pb, watch_event::Event as WatchEv};
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
+use tonic::Code;
+use tracing::{debug, info, warn};
+
+use crate::{
+    control::{ControlClient, ControlError},
+    engine::{
+        router::{PeerEvent, Router},
+        userspace::Userspace,
+    },
+    identity::Identity,
+    netconf,
+    sys::tun::{Tun, TunOptions},
+};
+pub use config::{AgentConfig, Settings};
+use host::HostFacts;
+
+/// Dataplane name reported to the controller.
+const ENGINE: &str = "userspace";
+
+/// Backoff bounds for reconnecting to the controllers.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let identity = Identity::load_or_create(&cfg.data_dir)
+        .with_context(|| format!("loading the identity in {}", cfg.data_dir.display()))?;
+    info!(node_id = identity.node_id, public_key = %identity.public_key(), "identity");
+    let tun = Tun::create(&cfg.interface, TunOptions::default())
+        .with_context(|| format!("creating TUN device {}", cfg.interface))?;
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", cfg.listen_port))
+        .with_context(|| format!("binding the tunnel port udp/{}", cfg.listen_port))?;
+    let router = Arc::new(Router::new(identity.private_key.clone()));
+    let (engine, peer_events) = Userspace::start(router, Arc::new(tun.queues()[0].clone()), socket)
+        .context("starting the userspace engine")?;
+    let facts = HostFacts::gather(
+        cfg.reflector,
+        &cfg.interface,
+        cfg.host_name.as_deref(),
+        cfg.underlay_mtu,
+    )
+    .await
+    .context("reading the host's interfaces")?;
+    info!(
+        private = ?facts.private_cidr,
+        underlay_mtu = facts.underlay_mtu,
+        "host facts"
+    );
+    let public = match engine.probe(cfg.reflector, 3, Duration::from_secs(1)).await {
+        Ok(seen) => Some(seen),
+        Err(error) => {
+            warn!(%error, "public endpoint unknown for now; will keep probing");
+            None
+        }
+    };
+    let mut agent = Agent {
+        client: ControlClient::new(cfg.controllers.clone())?,
+        cfg,
+        identity,
+        engine,
+        facts,
+        public,
+        table: PeerTable::default(),
+        local_index: 0,
+        session: String::new(),
+        revision: 0,
+        pending: None,
+        _tun: tun,
+    };
+    agent.join().await?;
+    agent.serve(peer_events, shutdown).await
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    identity: Identity,
+    client: ControlClient,
+    engine: Userspace,
+    facts: HostFacts,
+    public: Option<SocketAddrV4>,
+    table: PeerTable,
+    local_index: u32,
+    session: String,
+    revision: i64,
+    /// A report the controller has not acknowledged yet (sent again until it is).
+    pending: Option<pb::ReportRequest>,
+    /// Keeps the device alive.
+    _tun: Tun,
+}
+
+impl Agent {
+    /// Joins, retrying while no controller is reachable; refusals are fatal (bad token,
+    /// unknown network).
+    async fn join(&mut self) -> anyhow::Result<()> {
+        let req = pb::JoinRequest {
+            cladnet_id: self.cfg.network.clone(),
+            host_id: self.identity.node_id.clone(),
+            public_key: self.identity.public_key().to_base64(),
+            facts: Some(self.facts.to_proto(&[ENGINE])),
+            details: Some(pb::CloudInformation {
+                provider_name: self.cfg.site.provider.clone(),
+                region_id: self.cfg.site.region.clone(),
+                availability_zone_id: self.cfg.site.zone.clone(),
+                virtual_network_id: self.cfg.site.vpc.clone(),
+                subnet_id: self.cfg.site.subnet.clone(),
+            }),
+            public_endpoint: self.public.map(|p| p.to_string()).unwrap_or_default(),
+            listen_port: u32::from(self.cfg.listen_port),
+            host_private_ipv4_cidr: self
+                .facts
+                .private_cidr
+                .map(|(a, l)| format!("{a}/{l}"))
+                .unwrap_or_default(),
+        };
+        let mut backoff = BACKOFF_MIN;
+        let resp = loop {
+            match self.client.join(&self.cfg.join_token, req.clone()).await {
+                Ok(resp) => break resp,
+                Err(ControlError::Unreachable { last, .. }) => {
+                    warn!(error = %last, retry_in = ?backoff, "join: no controller reachable");
+                    sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(e) => return Err(e).context("joining the network"),
+            }
+        };
+        let peer = resp.peer.context("join answer without the peer record")?;
+        let network = resp.network.context("join answer without the network")?;
+        self.session = resp.session_token;
+        info!(
+            network = network.cladnet_id,
+            overlay_ip = peer.ip,
+            cidr = network.ipv4_address_space,
+            "joined"
+        );
+        self.revision = 0;
+        let mut cmds = self.table.set_policy(convert::policy(&network));
+        cmds.extend(self.set_self(&peer)?);
+        self.apply(cmds).await
+    }
+
+    /// Our own record changed (first join, endpoints, site): the table recomputes links.
+    fn set_self(&mut self, p: &pb::Peer) -> anyhow::Result<Vec<Command>> {
+        let me = convert::remote(p)?;
+        let prefix_len = p
+            .ipv4_cidr
+            .split_once('/')
+            .and_then(|(_, l)| l.parse().ok())
+            .with_context(|| format!("own record: bad ipv4Cidr {:?}", p.ipv4_cidr))?;
+        let local = LocalNode {
+            node_id: me.node_id,
+            node_index: me.node_index,
+            overlay_ip: me.overlay_ip,
+            prefix_len,
+            underlay_mtu: self.facts.underlay_mtu,
+            view: me.view,
+        };
+        self.local_index = local.node_index;
+        Ok(self.table.set_local(local))
+    }
+
+    /// Hands table commands to the dataplane; the interface itself is configured here.
+    async fn apply(&mut self, cmds: Vec<Command>) -> anyhow::Result<()> {
+        let now = std::time::Instant::now();
+        let mut punch = false;
+        for cmd in cmds {
+            if let Command::SetInterface {
+                ip,
+                prefix_len,
+                mtu,
+            } = cmd
+            {
+                netconf::configure_interface(&self.cfg.interface, ip, prefix_len, mtu)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "configuring {} with {ip}/{prefix_len} mtu {mtu}",
+                            self.cfg.interface
+                        )
+                    })?;
+                info!(interface = self.cfg.interface, %ip, prefix_len, mtu, "overlay interface up");
+            }
+            punch |= matches!(cmd, Command::UpsertPeer(_));
+            self.engine.router().apply(now, self.local_index, &cmd);
+        }
+        if punch {
+            self.engine.punch();
+        }
+        Ok(())
+    }
+
+    /// The main loop: Watch events, endpoint probes, reports, peer events, shutdown.
+    async fn serve(
+        mut self,
+        mut peer_events: tokio::sync::mpsc::UnboundedReceiver<PeerEvent>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        self.pending = Some(self.report(|r| {
+            r.state = "up".into();
+            r.dataplane = ENGINE.into();
+            r.dataplane_reason = "userspace engine (TUN + UDP); eBPF offload not enabled".into();
+        }));
+        let mut probe_tick = interval(self.cfg.probe_interval);
+        probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut report_tick = interval(Duration::from_secs(1));
+        report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut addr_changes =
+            netconf::address_changes().context("subscribing to address changes")?;
+        let mut watch = None;
+        let mut backoff = BACKOFF_MIN;
+        let mut retry_watch_at = Instant::now();
+        tokio::pin!(shutdown);
+        loop {
+            if watch.is_none() && Instant::now() >= retry_watch_at {
+                match self.open_watch().await {
+                    Ok(stream) => {
+                        watch = Some(stream);
+                        backoff = BACKOFF_MIN;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, retry_in = ?backoff, "watch: controller unavailable; forwarding continues");
+                        retry_watch_at = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+            let retry_at = watch.is_none().then_some(retry_watch_at);
+            tokio::select! {
+                () = &mut shutdown => break,
+                msg = next_event(&mut watch) => match msg {
+                    Ok(Some(ev)) => self.on_event(ev).await?,
+                    Ok(None) | Err(_) => {
+                        if let Err(status) = msg {
+                            if status.code() == Code::Unauthenticated {
+                                warn!(%status, "session no longer valid; joining again");
+                                self.join().await?;
+                            } else {
+                                warn!(%status, "watch stream broken; resuming");
+                            }
+                        } else {
+                            warn!("watch stream ended; resuming");
+                        }
+                        watch = None;
+                        retry_watch_at = Instant::now() + backoff;
+                    }
+                },
+                () = sleep_until_opt(retry_at) => {}
+                _ = probe_tick.tick() => self.probe().await,
+                Some(()) = addr_changes.recv() => {
+                    debug!("address change: probing the public endpoint again");
+                    self.probe().await;
+                }
+                _ = report_tick.tick() => self.flush_report().await,
+                Some(ev) = peer_events.recv() => on_peer_event(&ev),
+            }
+        }
+        info!("stopping: releasing this peer");
+        let release = self.report(|r| r.state = "released".into());
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            self.client.report(&self.session, release),
+        )
+        .await
+        {
+            Ok(Ok(_)) => info!("released"),
+            Ok(Err(e)) => warn!(error = %e, "could not report the release"),
+            Err(_) => warn!("could not report the release: controller did not answer in time"),
+        }
+        Ok(())
+    }
+
+    fn report(&self, f: impl FnOnce(&mut pb::ReportRequest)) -> pb::ReportRequest {
+        let mut r = pb::ReportRequest {
+            cladnet_id: self.cfg.network.clone(),
+            host_id: self.identity.node_id.clone(),
+            ..pb::ReportRequest::default()
+        };
+        f(&mut r);
+        r
+    }
+
+    /// Sends the pending report, if any; keeps it when the controller is unreachable.
+    async fn flush_report(&mut self) {
+        let Some(req) = self.pending.clone() else {
+            return;
+        };
+        match self.client.report(&self.session, req).await {
+            Ok(_) => self.pending = None,
+            Err(e) => debug!(error = %e, "report pending"),
+        }
+    }
+
+    async fn probe(&mut self) {
+        match self
+            .engine
+            .probe(self.cfg.reflector, 2, Duration::from_millis(700))
+            .await
+        {
+            Ok(seen) if Some(seen) != self.public => {
+                info!(old = ?self.public, new = %seen, "public endpoint changed");
+                self.public = Some(seen);
+                let mut r = self.pending.take().unwrap_or_else(|| self.report(|_| {}));
+                r.public_endpoint = seen.to_string();
+                self.pending = Some(r);
+                // Our NAT mappings changed: open new ones towards every peer before they
+                // learn the new endpoint from the controller.
+                self.engine.punch();
+                self.flush_report().await;
+            }
+            Ok(_) => {}
+            Err(error) => debug!(%error, "probe failed"),
+        }
+    }
+
+    async fn open_watch(&mut self) -> Result<tonic::Streaming<pb::WatchEvent>, ControlError> {
+        let req = pb::WatchRequest {
+            cladnet_id: self.cfg.network.clone(),
+            host_id: self.identity.node_id.clone(),
+            from_revision: self.revision,
+        };
+        let stream = self.client.watch(&self.session, req).await?;
+        info!(
+            controller = self.client.current(),
+            from_revision = self.revision,
+            "watching"
+        );
+        Ok(stream)
+    }
+
+    async fn on_event(&mut self, ev: pb::WatchEvent) -> anyhow::Result<()> {
+        self.revision = self.revision.max(ev.revision);
+        let me = self.identity.node_id.clone();
+        let cmds = match ev.event {
+            Some(WatchEv::Snapshot(s)) => {
+                let mut cmds = Vec::new();
+                if let Some(n) = &s.network {
+                    cmds.extend(self.table.set_policy(convert::policy(n)));
+                }
+                let mut remotes = Vec::new();
+                for p in &s.peers {
+                    if p.host_id == me {
+                        cmds.extend(self.set_self(p)?);
+                    } else {
+                        match convert::remote(p) {
+                            Ok(r) => remotes.push(r),
+                            Err(e) => warn!(error = %e, "ignoring peer"),
+                        }
+                    }
+                }
+                info!(peers = remotes.len(), revision = ev.revision, "snapshot");
+                cmds.extend(self.table.replace_all(remotes));
+                cmds
+            }
+            Some(WatchEv::PeerUpserted(p)) if p.host_id == me => self.set_self(&p)?,
+            Some(WatchEv::PeerUpserted(p)) => match convert::remote(&p) {
+                Ok(r) => self.table.upsert(r),
+                Err(e) => {
+                    warn!(error = %e, "ignoring peer");
+                    Vec::new()
+                }
+            },
+            Some(WatchEv::PeerRemoved(id)) if id == me => {
+                bail!(
+                    "this peer was deleted from network {:?}; not rejoining on my own",
+                    self.cfg.network
+                )
+            }
+            Some(WatchEv::PeerRemoved(id)) => self.table.remove(&id),
+            Some(WatchEv::NetworkUpdated(n)) => {
+                info!(
+                    encryption = n.encryption,
+                    rule = n.rule_type,
+                    "network policy updated"
+                );
+                self.table.set_policy(convert::policy(&n))
+            }
+            Some(WatchEv::NetworkDeleted(id)) => bail!("network {id:?} was deleted"),
+            Some(WatchEv::Command(c)) => {
+                warn!(
+                    command = c.command_type,
+                    "remote command not supported by this agent yet"
+                );
+                Vec::new()
+            }
+            Some(WatchEv::TestRequested(t)) => {
+                debug!(
+                    test_id = t.test_id,
+                    "connectivity test requested; not supported yet"
+                );
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        self.apply(cmds).await
+    }
+}
+
+async fn next_event(
+    watch: &mut Option<tonic::Streaming<pb::WatchEvent>>,
+) -> Result<Option<pb::WatchEvent>, tonic::Status> {
+    match watch {
+        Some(w) => w.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn on_peer_event(ev: &PeerEvent) {
+    match ev {
+        PeerEvent::HandshakeCompleted { node_id } => debug!(node_id, "handshake completed"),
+        PeerEvent::EndpointChanged { node_id, endpoint } => {
+            info!(node_id, %endpoint, "peer roamed to a new endpoint");
+        }
+        PeerEvent::HandshakeTimedOut { node_id } => warn!(node_id, "handshake timed out"),
+    }
+}

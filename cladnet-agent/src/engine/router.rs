@@ -1,0 +1,593 @@
+//! The userspace engine's packet logic, without sockets: which peer a packet goes to, PLAIN
+//! framing and validation, WireGuard sealing and opening, cryptokey routing, counters.
+//!
+//! The IO driver ([`super::userspace`]) reads bytes from the TUN device and the UDP socket,
+//! hands them here with the current time and performs what comes back. The peer set changes
+//! only through [`Router::apply`], with the same [`Command`]s the eBPF engine consumes.
+//!
+//! Locking: lookups take a read lock on the peer maps (PLAIN traffic never contends);
+//! WireGuard state sits behind one mutex, held only for the seal/open of one packet.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::{
+        Arc, Mutex, MutexGuard, RwLock,
+        atomic::{AtomicU32, Ordering::Relaxed},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use cladnet_common::{
+    plain::{self, KnownPeer},
+    wire::{self, CladHeader, CladType, Demux},
+};
+use cladnet_core::{
+    policy::LinkMode,
+    reflector,
+    table::{Command, PeerConfig},
+};
+use cladnet_wg::{Action, Device, Event, PeerId, PrivateKey, PublicKey, WallClock};
+use tracing::{debug, info, warn};
+
+use super::counters::{Drop, DropCounters, PeerCounters, PeerTraffic};
+
+/// Keepalive interval for SEALED peers: keeps NAT mappings open in both directions.
+pub const PERSISTENT_KEEPALIVE: Duration = Duration::from_secs(25);
+
+/// What to do with a packet read from the TUN device.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outbound<'a> {
+    /// Send this datagram.
+    Send {
+        /// The UDP payload.
+        datagram: &'a [u8],
+        /// The peer's underlay endpoint.
+        to: SocketAddr,
+    },
+    /// Held for a handshake (SEALED), nothing to send now beyond what timers produce.
+    Queued,
+    /// Dropped (and counted).
+    Dropped(Drop),
+}
+
+/// What to do with a datagram received on the tunnel port.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound<'a> {
+    /// Write this inner packet to the TUN device.
+    Deliver(&'a [u8]),
+    /// Answer on the network (handshake response, cookie reply, first transport message).
+    Reply {
+        /// The UDP payload.
+        datagram: &'a [u8],
+        /// Where to.
+        to: SocketAddr,
+    },
+    /// A reflector answer to one of our probes.
+    Reflected {
+        /// The probe's nonce.
+        nonce: u64,
+        /// Our endpoint as the reflector saw it.
+        seen: SocketAddrV4,
+    },
+    /// Absorbed (keepalive, cookie reply, queued handshake state).
+    Nothing,
+    /// Dropped (and counted).
+    Dropped(Drop),
+}
+
+/// Something the control loop may want to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// A WireGuard session with this peer is up.
+    HandshakeCompleted {
+        /// Node id.
+        node_id: String,
+    },
+    /// A SEALED peer was heard from a new underlay address (roaming).
+    EndpointChanged {
+        /// Node id.
+        node_id: String,
+        /// Its new endpoint.
+        endpoint: SocketAddr,
+    },
+    /// A handshake gave up after its retries.
+    HandshakeTimedOut {
+        /// Node id.
+        node_id: String,
+    },
+}
+
+/// A peer as the status command and metrics show it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PeerStatus {
+    /// Node id.
+    pub node_id: String,
+    /// Overlay address.
+    pub overlay_ip: Ipv4Addr,
+    /// "plain" or "sealed".
+    pub mode: &'static str,
+    /// Current underlay endpoint (for SEALED peers, where the last authenticated packet came
+    /// from).
+    pub endpoint: Option<SocketAddr>,
+    /// Seconds since the last completed handshake (SEALED).
+    pub handshake_age_secs: Option<u64>,
+    /// Traffic.
+    pub traffic: PeerTraffic,
+}
+
+struct Entry {
+    config: PeerConfig,
+    wg: Option<PeerId>,
+    counters: Arc<PeerCounters>,
+}
+
+#[derive(Default)]
+struct Peers {
+    by_id: HashMap<String, Arc<Entry>>,
+    by_ip: HashMap<Ipv4Addr, Arc<Entry>>,
+    /// PLAIN peers by underlay endpoint (the only way a PLAIN sender is identified).
+    plain_by_endpoint: HashMap<SocketAddrV4, Arc<Entry>>,
+    by_wg: HashMap<PeerId, Arc<Entry>>,
+}
+
+impl Peers {
+    fn insert(&mut self, e: Arc<Entry>) {
+        self.by_ip.insert(e.config.overlay_ip, e.clone());
+        if e.config.mode == LinkMode::Plain
+            && let Some(ep) = e.config.endpoint
+        {
+            self.plain_by_endpoint.insert(ep, e.clone());
+        }
+        if let Some(id) = e.wg {
+            self.by_wg.insert(id, e.clone());
+        }
+        self.by_id.insert(e.config.node_id.clone(), e);
+    }
+
+    fn remove(&mut self, node_id: &str) -> Option<Arc<Entry>> {
+        let e = self.by_id.remove(node_id)?;
+        if self
+            .by_ip
+            .get(&e.config.overlay_ip)
+            .is_some_and(|x| Arc::ptr_eq(x, &e))
+        {
+            self.by_ip.remove(&e.config.overlay_ip);
+        }
+        if let Some(ep) = e.config.endpoint
+            && self
+                .plain_by_endpoint
+                .get(&ep)
+                .is_some_and(|x| Arc::ptr_eq(x, &e))
+        {
+            self.plain_by_endpoint.remove(&ep);
+        }
+        if let Some(id) = e.wg {
+            self.by_wg.remove(&id);
+        }
+        Some(e)
+    }
+}
+
+/// The userspace engine's state: peers, WireGuard sessions and counters.
+pub struct Router {
+    /// This node's index, written into PLAIN headers.
+    local_index: AtomicU32,
+    peers: RwLock<Peers>,
+    wg: Mutex<Device>,
+    drops: DropCounters,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("peers", &self.read_peers().by_id.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The operating system's random source, for ephemeral keys and cookie secrets.
+struct OsRandom;
+
+impl cladnet_wg::CryptoRandom for OsRandom {
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        getrandom::fill(dest).expect("the OS random source works");
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Router {
+    /// A router with this node's static key and no peers.
+    pub fn new(key: PrivateKey) -> Self {
+        let now = Instant::now();
+        Self {
+            local_index: AtomicU32::new(0),
+            peers: RwLock::default(),
+            wg: Mutex::new(Device::new(
+                key,
+                OsRandom,
+                WallClock::new(now, SystemTime::now()),
+            )),
+            drops: DropCounters::default(),
+        }
+    }
+
+    // A poisoned lock means a packet thread panicked mid-update; the maps are still
+    // consistent (every update is a single insert/remove), so keep forwarding.
+    fn read_peers(&self) -> std::sync::RwLockReadGuard<'_, Peers> {
+        self.peers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn device(&self) -> MutexGuard<'_, Device> {
+        self.wg.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drop counters.
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    /// Applies one peer-table command. `SetInterface` only records the node's index and the
+    /// MTU (it caps WireGuard padding) here; the driver configures the device itself.
+    pub fn apply(&self, now: Instant, local_index: u32, cmd: &Command) {
+        match cmd {
+            Command::SetInterface { mtu, .. } => {
+                self.local_index.store(local_index, Relaxed);
+                self.device().set_tunnel_mtu(usize::try_from(*mtu).ok());
+            }
+            Command::UpsertPeer(config) => self.upsert(now, config),
+            Command::RemovePeer { node_id, .. } => {
+                let gone = self
+                    .peers
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(node_id);
+                if let Some(id) = gone.and_then(|e| e.wg) {
+                    self.device().remove_peer(id);
+                }
+                info!(node_id, "peer removed");
+            }
+        }
+    }
+
+    fn upsert(&self, now: Instant, config: &PeerConfig) {
+        let old = self
+            .read_peers()
+            .by_id
+            .get(&config.node_id)
+            .map(|e| (e.wg, e.config.clone(), e.counters.clone()));
+        let counters = old.as_ref().map(|o| o.2.clone()).unwrap_or_default();
+        let wg = match config.mode {
+            LinkMode::Plain => {
+                if let Some(id) = old.as_ref().and_then(|o| o.0) {
+                    self.device().remove_peer(id);
+                }
+                None
+            }
+            LinkMode::Sealed => self.sealed_peer(now, config, old.as_ref().map(|o| (o.0, &o.1))),
+        };
+        if config.mode == LinkMode::Sealed && wg.is_none() {
+            return;
+        }
+        let entry = Arc::new(Entry {
+            config: config.clone(),
+            wg,
+            counters,
+        });
+        // Install under the write lock in one step: readers see the old entry or the new
+        // one, never a half-built peer.
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        peers.remove(&config.node_id);
+        peers.insert(entry);
+        drop(peers);
+        info!(
+            node_id = config.node_id,
+            overlay_ip = %config.overlay_ip,
+            mode = config.mode.as_str(),
+            endpoint = ?config.endpoint,
+            "peer installed"
+        );
+    }
+
+    /// The WireGuard peer for a SEALED config: reused when the key is unchanged (sessions
+    /// survive endpoint and policy updates), re-created otherwise.
+    fn sealed_peer(
+        &self,
+        now: Instant,
+        config: &PeerConfig,
+        old: Option<(Option<PeerId>, &PeerConfig)>,
+    ) -> Option<PeerId> {
+        let mut dev = self.device();
+        if let Some((Some(id), prev)) = old {
+            if prev.public_key == config.public_key {
+                if config.endpoint != prev.endpoint
+                    && let Some(ep) = config.endpoint
+                {
+                    let _ = dev.set_endpoint(id, SocketAddr::V4(ep));
+                }
+                return Some(id);
+            }
+            dev.remove_peer(id);
+        }
+        let mut wg = cladnet_wg::PeerConfig::new(PublicKey::from_bytes(config.public_key));
+        wg.endpoint = config.endpoint.map(SocketAddr::V4);
+        wg.persistent_keepalive = Some(PERSISTENT_KEEPALIVE);
+        match dev.add_peer(now, wg) {
+            Ok(id) => Some(id),
+            Err(error) => {
+                warn!(node_id = config.node_id, %error, "cannot add WireGuard peer");
+                None
+            }
+        }
+    }
+
+    /// Routes a packet read from the TUN device. `out` must hold the packet plus the largest
+    /// encapsulation overhead (see [`out_len`]).
+    pub fn outbound<'a>(&self, now: Instant, packet: &[u8], out: &'a mut [u8]) -> Outbound<'a> {
+        let Some(dst) = ipv4_dst(packet) else {
+            return self.drop_out(Drop::NotIpv4);
+        };
+        let Some(entry) = self.read_peers().by_ip.get(&dst).cloned() else {
+            return self.drop_out(Drop::NoRoute);
+        };
+        match entry.config.mode {
+            LinkMode::Plain => {
+                let Some(to) = entry.config.endpoint else {
+                    return self.drop_out(Drop::NoEndpoint);
+                };
+                let Some(len) = plain::encapsulate(self.local_index.load(Relaxed), packet, out)
+                else {
+                    return self.drop_out(Drop::Plain(plain::DropReason::Truncated));
+                };
+                entry.counters.sent(packet.len());
+                Outbound::Send {
+                    datagram: &out[..len],
+                    to: SocketAddr::V4(to),
+                }
+            }
+            LinkMode::Sealed => {
+                let Some(id) = entry.wg else {
+                    return self.drop_out(Drop::WgNoSession);
+                };
+                match self.device().encapsulate(now, id, packet, out) {
+                    Action::WriteToNetwork { datagram, to } => {
+                        entry.counters.sent(packet.len());
+                        Outbound::Send { datagram, to }
+                    }
+                    Action::Done | Action::WriteToTunnel { .. } => Outbound::Queued,
+                    Action::Err(e) => self.drop_out(Drop::from_wg(e).unwrap_or(Drop::WgNoSession)),
+                }
+            }
+        }
+    }
+
+    fn drop_out(&self, reason: Drop) -> Outbound<'static> {
+        self.drops.add(reason);
+        Outbound::Dropped(reason)
+    }
+
+    fn drop_in(&self, reason: Drop) -> Inbound<'static> {
+        self.drops.add(reason);
+        Inbound::Dropped(reason)
+    }
+
+    /// Handles a datagram received from `from` on the tunnel port.
+    pub fn inbound<'a>(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &'a [u8],
+        out: &'a mut [u8],
+    ) -> Inbound<'a> {
+        if reflector::is_reflector(datagram) {
+            return match reflector::parse_response(datagram) {
+                Some((nonce, seen)) => Inbound::Reflected { nonce, seen },
+                None => self.drop_in(Drop::UnknownMessage),
+            };
+        }
+        match wire::demux(datagram) {
+            Demux::WireGuard(_) => self.inbound_sealed(now, from, datagram, out),
+            Demux::Clad => self.inbound_plain(from, datagram),
+            Demux::Unknown => self.drop_in(Drop::UnknownMessage),
+        }
+    }
+
+    fn inbound_plain<'a>(&self, from: SocketAddr, datagram: &'a [u8]) -> Inbound<'a> {
+        // Probes carry nothing to deliver; they only keep NAT mappings warm.
+        if CladHeader::decode(datagram).is_ok_and(|h| h.ty() == Some(CladType::Probe)) {
+            return Inbound::Nothing;
+        }
+        let entry = match from {
+            SocketAddr::V4(v4) => self.read_peers().plain_by_endpoint.get(&v4).cloned(),
+            SocketAddr::V6(_) => None,
+        };
+        let known = entry.as_ref().map(|e| KnownPeer {
+            node_index: e.config.node_index,
+            overlay_ip: e.config.overlay_ip.octets(),
+        });
+        match plain::decapsulate(datagram, known) {
+            Ok(inner) => {
+                if let Some(e) = entry {
+                    e.counters.received(inner.len(), unix_ms());
+                }
+                Inbound::Deliver(inner)
+            }
+            Err(reason) => self.drop_in(Drop::Plain(reason)),
+        }
+    }
+
+    fn inbound_sealed<'a>(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &'a [u8],
+        out: &'a mut [u8],
+    ) -> Inbound<'a> {
+        let (id, action) = self.device().decapsulate(now, from, datagram, out);
+        match action {
+            Action::WriteToTunnel { packet, source } => {
+                let entry = id.and_then(|id| self.read_peers().by_wg.get(&id).cloned());
+                match entry {
+                    Some(e) if source == IpAddr::V4(e.config.overlay_ip) => {
+                        e.counters.received(packet.len(), unix_ms());
+                        Inbound::Deliver(packet)
+                    }
+                    _ => {
+                        debug!(%from, %source, "sealed packet with a source its peer does not own");
+                        self.drop_in(Drop::WgSpoofedSource)
+                    }
+                }
+            }
+            Action::WriteToNetwork { datagram, to } => Inbound::Reply { datagram, to },
+            Action::Done => Inbound::Nothing,
+            Action::Err(e) => self.drop_in(Drop::from_wg(e).unwrap_or(Drop::WgInvalid)),
+        }
+    }
+
+    /// Runs due WireGuard timers, calling `send` for every datagram they produce, and returns
+    /// the events that happened since the last call.
+    pub fn timers(
+        &self,
+        now: Instant,
+        out: &mut [u8],
+        mut send: impl FnMut(&[u8], SocketAddr),
+    ) -> Vec<PeerEvent> {
+        let mut dev = self.device();
+        if dev.poll_timeout().is_some_and(|at| at <= now) {
+            loop {
+                match dev.update_timers(now, out) {
+                    (_, Action::WriteToNetwork { datagram, to }) => send(datagram, to),
+                    (_, Action::Done) => break,
+                    (_, _) => {}
+                }
+            }
+        }
+        let mut events = Vec::new();
+        while let Some((id, event)) = dev.poll_event() {
+            let Some(node_id) = self
+                .read_peers()
+                .by_wg
+                .get(&id)
+                .map(|e| e.config.node_id.clone())
+            else {
+                continue;
+            };
+            events.push(match event {
+                Event::HandshakeCompleted { .. } => PeerEvent::HandshakeCompleted { node_id },
+                Event::EndpointChanged { endpoint } => {
+                    PeerEvent::EndpointChanged { node_id, endpoint }
+                }
+                Event::HandshakeTimedOut => PeerEvent::HandshakeTimedOut { node_id },
+                _ => continue,
+            });
+        }
+        events
+    }
+
+    /// Sends a CLAD probe to every PLAIN peer: it keeps the NAT mappings on the way open (PLAIN
+    /// has no keepalives of its own) and re-creates them after an address change.
+    pub fn probe_plain_peers(&self, mut send: impl FnMut(&[u8], SocketAddr)) {
+        let probe = CladHeader::new(CladType::Probe, 0, self.local_index.load(Relaxed)).to_bytes();
+        let endpoints: Vec<SocketAddrV4> = self
+            .read_peers()
+            .by_id
+            .values()
+            .filter(|e| e.config.mode == LinkMode::Plain)
+            .filter_map(|e| e.config.endpoint)
+            .collect();
+        for ep in endpoints {
+            send(&probe, SocketAddr::V4(ep));
+        }
+    }
+
+    /// Re-opens the paths to every peer at once (after our public address or a peer's
+    /// endpoint changed): PLAIN probes now, WireGuard keepalives (or handshakes) at the next
+    /// timer tick.
+    pub fn punch(&self, send: impl FnMut(&[u8], SocketAddr)) {
+        self.probe_plain_peers(send);
+        let sealed: Vec<PeerId> = self.read_peers().by_wg.keys().copied().collect();
+        let mut dev = self.device();
+        for id in sealed {
+            dev.request_keepalive(id);
+        }
+    }
+
+    /// The peers, sorted by overlay address.
+    pub fn status(&self, now: Instant) -> Vec<PeerStatus> {
+        let peers: Vec<Arc<Entry>> = self.read_peers().by_id.values().cloned().collect();
+        let dev = self.device();
+        let mut out: Vec<PeerStatus> = peers
+            .iter()
+            .map(|e| {
+                let stats = e.wg.and_then(|id| dev.stats(id));
+                PeerStatus {
+                    node_id: e.config.node_id.clone(),
+                    overlay_ip: e.config.overlay_ip,
+                    mode: e.config.mode.as_str(),
+                    endpoint: match e.wg {
+                        Some(id) => dev.endpoint(id),
+                        None => e.config.endpoint.map(SocketAddr::V4),
+                    },
+                    handshake_age_secs: stats
+                        .and_then(|s| s.last_handshake)
+                        .map(|t| now.saturating_duration_since(t).as_secs()),
+                    traffic: e.counters.snapshot(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.overlay_ip);
+        out
+    }
+}
+
+/// Output buffer size for a packet of `len` bytes: room for the larger encapsulation.
+pub const fn out_len(len: usize) -> usize {
+    let sealed = cladnet_wg::constants::encapsulate_buffer_len(len);
+    let plain = len + wire::CLAD_HDR_LEN;
+    if sealed > plain {
+        if sealed > cladnet_wg::constants::MIN_BUFFER_LEN {
+            sealed
+        } else {
+            cladnet_wg::constants::MIN_BUFFER_LEN
+        }
+    } else {
+        plain
+    }
+}
+
+fn ipv4_dst(packet: &[u8]) -> Option<Ipv4Addr> {
+    match packet {
+        [
+            v,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            a,
+            b,
+            c,
+            d,
+            ..,
+        ] if v >> 4 == 4 => Some(Ipv4Addr::new(*a, *b, *c, *d)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,100 @@
+//! Thin, checked wrappers over the Linux syscalls and ioctls the agent needs: the TUN device
+//! ([`tun`]) and socket options std does not expose ([`udp`]).
+//!
+//! This is the only module of the agent allowed to use `unsafe`: every call is a plain syscall
+//! on a file descriptor we own, with arguments built from checked Rust values, so the
+//! `// SAFETY:` notes stay short and local.
+#![allow(unsafe_code, reason = "the agent's syscalls and ioctls live here")]
+
+use std::{ffi::CString, io};
+
+pub mod tun;
+pub mod udp;
+
+/// A system call failed or was refused before it was made.
+#[derive(Debug, thiserror::Error)]
+pub enum SysError {
+    /// An argument was rejected before reaching the kernel.
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidInput {
+        /// Which input (e.g. `interface`).
+        field: &'static str,
+        /// The rejected value.
+        value: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The kernel refused an operation.
+    #[error("{action} on {target}: {source}")]
+    Io {
+        /// What was attempted (e.g. `TUNSETIFF (create/attach TUN queue 0)`).
+        action: String,
+        /// The object it was attempted on (e.g. `interface "cln0"`).
+        target: String,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// A TUN device could not be attached because the interface exists and is not a TUN
+    /// device we may attach to.
+    #[error(
+        "interface {interface:?} exists and is not a TUN device we can attach to: {reason}: {source}"
+    )]
+    NotAttachable {
+        /// The interface.
+        interface: String,
+        /// The likely cause.
+        reason: &'static str,
+        /// The kernel's answer to `TUNSETIFF`.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SysError {
+    /// The OS error number behind this error, if any.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Self::Io { source, .. } | Self::NotAttachable { source, .. } => source.raw_os_error(),
+            Self::InvalidInput { .. } => None,
+        }
+    }
+
+    fn io(action: impl Into<String>, target: impl Into<String>, source: io::Error) -> Self {
+        Self::Io {
+            action: action.into(),
+            target: target.into(),
+            source,
+        }
+    }
+}
+
+/// Converts a `-1`-on-error syscall return value into an `io::Result`.
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// The index of interface `name` in the calling thread's network namespace, `None` if there is
+/// no such interface.
+pub fn interface_index(name: &str) -> Result<Option<u32>, SysError> {
+    tun::validate_interface_name(name)?;
+    let c_name = CString::new(name).expect("validated names contain no NUL");
+    // SAFETY: if_nametoindex only reads the NUL-terminated string, which outlives the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index != 0 {
+        return Ok(Some(index));
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENODEV | libc::ENXIO) => Ok(None),
+        _ => Err(SysError::io(
+            "if_nametoindex",
+            format!("interface {name:?}"),
+            err,
+        )),
+    }
+}

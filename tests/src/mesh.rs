@@ -1,0 +1,314 @@
+//! A controller and agents running as real processes in a [`Topology`]: the controller on a
+//! host of its own (reached through its cloud's 1:1 NAT), one `cladnet-agent run` per host,
+//! administration through the `cladnet` CLI on the controller's host.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{Host, Process, Topology, bin_path};
+
+/// The admin token of mesh controllers.
+const ADMIN_TOKEN: &str = "mesh-test-admin-token-0123456789";
+/// Controller port (gRPC, REST and the UDP reflector).
+pub const CONTROLLER_PORT: u16 = 8053;
+
+/// Site labels an agent reports.
+#[derive(Clone, Copy, Debug)]
+pub struct SiteLabels<'a> {
+    /// Provider.
+    pub provider: &'a str,
+    /// VPC.
+    pub vpc: &'a str,
+}
+
+/// Controller + agents in a topology.
+#[derive(Debug)]
+pub struct Mesh {
+    // Field order is drop order: agents and controller die before the topology goes.
+    agents: BTreeMap<String, Process>,
+    controller: Option<Process>,
+    /// The topology (public so tests can reach hosts and gateways).
+    pub topo: Topology,
+    ctl_host: String,
+    dir: tempfile::TempDir,
+    /// The network id.
+    pub net: String,
+    token: String,
+    /// Overlay addresses seen so far (they are stable; tests use them with the controller down).
+    overlay: std::cell::RefCell<BTreeMap<String, Ipv4Addr>>,
+}
+
+impl Mesh {
+    /// Starts the controller on `ctl_host` and creates network `net` with the given policy.
+    pub fn start(topo: Topology, ctl_host: &str, cidr: &str, policy: &[&str]) -> Self {
+        let mut mesh = Self {
+            agents: BTreeMap::new(),
+            controller: None,
+            topo,
+            ctl_host: ctl_host.to_owned(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            net: "mesh".into(),
+            token: String::new(),
+            overlay: std::cell::RefCell::default(),
+        };
+        mesh.start_controller();
+        let mut args = vec!["network", "create", "mesh", "--id", "mesh", "--cidr", cidr];
+        args.extend_from_slice(policy);
+        mesh.cli(&args);
+        let token: serde_json::Value =
+            serde_json::from_str(&mesh.cli(&["--json", "token", "create", "mesh"]))
+                .expect("token JSON");
+        mesh.token = token["token"].as_str().expect("token").to_owned();
+        mesh
+    }
+
+    fn ctl(&self) -> &Host {
+        self.topo.host(&self.ctl_host)
+    }
+
+    /// The controller's URL as agents see it.
+    pub fn controller_url(&self) -> String {
+        format!("http://{}:{CONTROLLER_PORT}", self.ctl().public_ip())
+    }
+
+    /// Starts (or restarts) the controller on its durable store.
+    pub fn start_controller(&mut self) {
+        let log = self.log("controller");
+        let store = format!("embedded:{}", self.dir.path().join("ctl.redb").display());
+        let mut cmd = self
+            .ctl()
+            .command(bin_path("cladnet-controller").to_str().unwrap());
+        cmd.args([
+            "--listen",
+            &format!("0.0.0.0:{CONTROLLER_PORT}"),
+            "--store",
+            &store,
+        ])
+        .env("CLADNET_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(log);
+        self.controller = Some(Process::spawn(&mut cmd).expect("start controller"));
+        self.wait("controller healthy", Duration::from_secs(20), |m| {
+            m.try_cli(&["health"]).is_ok()
+        });
+    }
+
+    /// Kills the controller (SIGKILL: no goodbye to anyone).
+    pub fn stop_controller(&mut self) {
+        self.controller = None;
+    }
+
+    fn log(&self, name: &str) -> Stdio {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))
+            .expect("log file");
+        Stdio::from(f)
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// Runs the `cladnet` CLI on the controller's host.
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
+        let mut cmd = self.ctl().command(bin_path("cladnet").to_str().unwrap());
+        cmd.args([
+            "--controller",
+            &format!("http://127.0.0.1:{CONTROLLER_PORT}"),
+        ])
+        .args(args)
+        .env("CLADNET_TOKEN", ADMIN_TOKEN);
+        crate::run_checked(&mut cmd)
+    }
+
+    /// Runs the `cladnet` CLI; panics on failure.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|e| panic!("cladnet {args:?}: {e}"))
+    }
+
+    /// The data directory of `host`'s agent (kept across restarts).
+    pub fn data_dir(&self, host: &str) -> PathBuf {
+        self.dir.path().join(format!("agent-{host}"))
+    }
+
+    /// Starts the agent on `host` with extra flags.
+    pub fn start_agent(&mut self, host: &str, site: SiteLabels<'_>, extra: &[&str]) {
+        let url = self.controller_url();
+        let data_dir = self.data_dir(host);
+        let log = self.log(&format!("agent-{host}"));
+        let h = self.topo.host(host);
+        let mut cmd = h.command(bin_path("cladnet-agent").to_str().unwrap());
+        cmd.args(["run", "--controller", &url, "--network", &self.net])
+            .args([
+                "--host-name",
+                host,
+                "--provider",
+                site.provider,
+                "--vpc",
+                site.vpc,
+            ])
+            .args(["--metrics-listen", "off", "--probe-interval-secs", "1"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(extra)
+            .env("CLADNET_JOIN_TOKEN", &self.token)
+            .env("RUST_LOG", "info,cladnet_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        let p = Process::spawn(&mut cmd).expect("start agent");
+        self.agents.insert(host.to_owned(), p);
+    }
+
+    /// Sends `signal` to `host`'s agent and waits for it to exit (SIGKILL for a crash).
+    pub fn signal_agent(&mut self, host: &str, signal: &str) -> std::process::ExitStatus {
+        let mut p = self.agents.remove(host).expect("agent running");
+        let pid = p.0.id().to_string();
+        Command::new("kill")
+            .args(["-s", signal, &pid])
+            .status()
+            .expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = p.0.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent on {host} ignored {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The peers as the controller lists them.
+    pub fn peers(&self) -> Vec<serde_json::Value> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.cli(&["--json", "peers", &self.net])).expect("peers JSON");
+        v["peers"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The controller's record of `host` (its host name).
+    pub fn peer(&self, host: &str) -> Option<serde_json::Value> {
+        self.peers()
+            .into_iter()
+            .find(|p| p["hostName"].as_str() == Some(host))
+    }
+
+    /// The overlay address of `host` (remembered once seen, so it also answers while the
+    /// controller is down).
+    pub fn overlay_ip(&self, host: &str) -> Ipv4Addr {
+        if let Some(ip) = self.overlay.borrow().get(host) {
+            return *ip;
+        }
+        let ip = self
+            .peer(host)
+            .and_then(|p| p["ip"].as_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("{host} has no overlay address"));
+        self.overlay.borrow_mut().insert(host.to_owned(), ip);
+        ip
+    }
+
+    /// Waits until every host in `hosts` is `up` and every pair pings over the overlay.
+    pub fn wait_mesh(&self, hosts: &[&str], within: Duration) {
+        self.wait("agents up", within, |m| {
+            hosts
+                .iter()
+                .all(|h| m.peer(h).is_some_and(|p| p["state"].as_str() == Some("up")))
+        });
+        for a in hosts {
+            for b in hosts.iter().filter(|b| *b != a) {
+                let dst = self.overlay_ip(b);
+                self.wait(&format!("{a} pings {b} ({dst})"), within, |m| {
+                    m.topo.host(a).pings(dst, 1)
+                });
+            }
+        }
+    }
+
+    /// Polls `ok` every 200 ms until it holds; panics with the agents' logs after `within`.
+    pub fn wait(&self, what: &str, within: Duration, mut ok: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + within;
+        while !ok(self) {
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The tail of every log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let mut names: Vec<PathBuf> = fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        names.sort();
+        for path in names
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        {
+            let text = fs::read_to_string(path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out += &format!("--- {} ---\n", path.display());
+            for l in tail.iter().rev() {
+                out += l;
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Moves `bytes` over TCP from `from` to `to`'s overlay address and checks that exactly
+    /// those bytes arrived. Returns the seconds it took.
+    pub fn verified_transfer(&self, from: &str, to: &str, port: u16, bytes: usize) -> f64 {
+        let dst = self.overlay_ip(to);
+        let script = script_path();
+        let mut server = self.topo.host(to).command("python3");
+        server
+            .arg(&script)
+            .args(["server", &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut server = Process::spawn(&mut server).expect("server");
+        let mut stdout = std::io::BufReader::new(server.0.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).expect("server ready");
+        assert_eq!(line.trim(), "listening");
+        let start = Instant::now();
+        let sent = self
+            .topo
+            .host(from)
+            .exec([
+                "python3",
+                script.to_str().unwrap(),
+                "client",
+                &dst.to_string(),
+                &port.to_string(),
+                &bytes.to_string(),
+            ])
+            .unwrap_or_else(|e| panic!("transfer {from} -> {to}: {e}\n{}", self.logs()));
+        let secs = start.elapsed().as_secs_f64();
+        line.clear();
+        std::io::BufRead::read_line(&mut stdout, &mut line).expect("server result");
+        assert_eq!(
+            sent.trim(),
+            line.trim(),
+            "bytes received by {to} differ from those {from} sent"
+        );
+        assert!(sent.starts_with(&format!("{bytes} ")), "{sent}");
+        secs
+    }
+}
+
+fn script_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tcp_verify.py")
+}

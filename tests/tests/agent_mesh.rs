@@ -1,0 +1,286 @@
+//! Agents on the userspace engine carry real traffic across the 3-cloud topology: two clouds
+//! sharing 192.168.1.0/24 behind NAT and one on 10.0.0.0/24, a controller in a fourth.
+
+use std::time::Duration;
+
+use cladnet_tests::{Mesh, Nat, SiteLabels, Topology, leftovers, require_netns};
+
+const UP: Duration = Duration::from_secs(30);
+const TRANSFER: usize = 4 << 20;
+
+fn site(provider: &'static str, vpc: &'static str) -> SiteLabels<'static> {
+    SiteLabels { provider, vpc }
+}
+
+/// aws (masquerade NAT) with `aws_hosts`, gcp and azure (1:1 NAT) with one host each, and the
+/// controller in a cloud of its own.
+fn clouds(aws_hosts: &[&str]) -> Topology {
+    let mut b = Topology::builder().cloud("aws", "192.168.1.0/24", Nat::Masquerade);
+    for h in aws_hosts {
+        b = b.host("aws", h);
+    }
+    b.cloud("gcp", "192.168.1.0/24", Nat::OneToOne)
+        .host("gcp", "g1")
+        .cloud("azure", "10.0.0.0/24", Nat::OneToOne)
+        .host("azure", "z1")
+        .cloud("ops", "172.16.0.0/24", Nat::OneToOne)
+        .host("ops", "ctl")
+        .build()
+        .expect("topology")
+}
+
+/// Counts tunnel-port datagrams arriving on `host`'s eth0 by their first payload byte: PLAIN
+/// (CLAD v1 data, 0x11) and WireGuard transport data (4).
+fn count_link_modes(mesh: &Mesh, host: &str) {
+    let rules = "table ip modes {\n chain input {\n  type filter hook input priority 0;\n  \
+                 udp dport 8055 @th,64,8 0x11 counter\n  \
+                 udp dport 8055 @th,64,8 0x04 counter\n }\n}\n";
+    mesh.topo
+        .host(host)
+        .netns()
+        .load_nft(rules)
+        .expect("nft counters");
+}
+
+/// (plain, sealed) datagrams counted by [`count_link_modes`].
+fn link_modes(mesh: &Mesh, host: &str) -> (u64, u64) {
+    let out = mesh
+        .topo
+        .host(host)
+        .exec(["nft", "list", "table", "ip", "modes"])
+        .expect("nft list");
+    let counts: Vec<u64> = out
+        .split("packets ")
+        .skip(1)
+        .filter_map(|s| s.split_whitespace().next()?.parse().ok())
+        .collect();
+    (counts[0], counts[1])
+}
+
+#[test]
+fn encryption_always_every_pair_pings_and_moves_verified_bytes() {
+    require_netns!();
+    let mut mesh = Mesh::start(clouds(&["a1"]), "ctl", "10.77.0.0/24", &[]);
+    let prefix = mesh.topo.prefix().to_owned();
+    let hosts = ["a1", "g1", "z1"];
+    mesh.start_agent("a1", site("aws", "vpc-a"), &[]);
+    mesh.start_agent("g1", site("gcp", "vpc-g"), &[]);
+    mesh.start_agent("z1", site("azure", "vpc-z"), &[]);
+    count_link_modes(&mesh, "z1");
+    mesh.wait_mesh(&hosts, UP);
+    // Overlapping underlays, one overlay: a1 and g1 share 192.168.1.10 yet reach each other.
+    assert_eq!(
+        mesh.topo.host("a1").private_ip(),
+        mesh.topo.host("g1").private_ip()
+    );
+    let mut port = 5201;
+    for from in hosts {
+        for to in hosts.iter().filter(|t| **t != from) {
+            port += 1;
+            let secs = mesh.verified_transfer(from, to, port, TRANSFER);
+            eprintln!("{from} -> {to}: {TRANSFER} bytes verified in {secs:.2} s");
+        }
+    }
+    let (plain, sealed) = link_modes(&mesh, "z1");
+    assert_eq!(plain, 0, "encryption=always sends nothing in the clear");
+    assert!(
+        sealed > 2 * (TRANSFER as u64 / 1500),
+        "sealed datagrams: {sealed}"
+    );
+    drop(mesh);
+    assert_eq!(leftovers(&prefix), Vec::<String>::new());
+}
+
+#[test]
+fn inter_site_is_plain_inside_a_site_and_sealed_across() {
+    require_netns!();
+    let mut mesh = Mesh::start(
+        clouds(&["a1", "a2"]),
+        "ctl",
+        "10.78.0.0/24",
+        &[
+            "--encryption",
+            "inter-site",
+            "--rule-type",
+            "cost-prioritized",
+        ],
+    );
+    let hosts = ["a1", "a2", "g1"];
+    mesh.start_agent("a1", site("aws", "vpc-a"), &[]);
+    mesh.start_agent("a2", site("aws", "vpc-a"), &[]);
+    mesh.start_agent("g1", site("gcp", "vpc-g"), &[]);
+    count_link_modes(&mesh, "a2");
+    mesh.wait_mesh(&hosts, UP);
+    let links = mesh.peer("a1").expect("a1")["links"].clone();
+    eprintln!("links of a1: {links}");
+
+    let (plain0, sealed0) = link_modes(&mesh, "a2");
+    mesh.verified_transfer("a1", "a2", 5301, TRANSFER);
+    let (plain, sealed) = link_modes(&mesh, "a2");
+    assert!(
+        plain - plain0 > TRANSFER as u64 / 1500,
+        "a1 -> a2 stays inside the site: PLAIN (plain {plain0} -> {plain})"
+    );
+    assert!(
+        sealed - sealed0 < 5,
+        "a1 -> a2 was sealed: {sealed0} -> {sealed}"
+    );
+    mesh.verified_transfer("g1", "a2", 5302, TRANSFER);
+    let (plain_after, sealed_after) = link_modes(&mesh, "a2");
+    assert!(
+        sealed_after - sealed > TRANSFER as u64 / 1500,
+        "g1 -> a2 crosses sites: SEALED ({sealed} -> {sealed_after})"
+    );
+    assert!(
+        plain_after - plain < 5,
+        "the cross-site transfer was not PLAIN"
+    );
+    mesh.verified_transfer("a2", "a1", 5303, TRANSFER);
+    mesh.verified_transfer("a2", "g1", 5304, TRANSFER);
+
+    // A policy change applies live: encryption always seals the in-site link too.
+    mesh.cli(&["network", "update", "mesh", "--encryption", "always"]);
+    let (plain, sealed) = link_modes(&mesh, "a2");
+    mesh.wait("a1 -> a2 sealed after the policy change", UP, |m| {
+        m.topo.host("a1").pings(m.overlay_ip("a2"), 1) && link_modes(m, "a2").1 > sealed
+    });
+    mesh.verified_transfer("a1", "a2", 5305, TRANSFER);
+    let (plain_now, _) = link_modes(&mesh, "a2");
+    assert!(
+        plain_now - plain < 20,
+        "PLAIN kept flowing after encryption=always: {plain} -> {plain_now}"
+    );
+}
+
+#[test]
+fn agents_survive_crashes_and_controller_outages() {
+    require_netns!();
+    let mut mesh = Mesh::start(clouds(&["a1"]), "ctl", "10.79.0.0/24", &[]);
+    let hosts = ["a1", "g1", "z1"];
+    mesh.start_agent("a1", site("aws", "vpc-a"), &[]);
+    mesh.start_agent("g1", site("gcp", "vpc-g"), &[]);
+    mesh.start_agent("z1", site("azure", "vpc-z"), &[]);
+    mesh.wait_mesh(&hosts, UP);
+    let before = mesh.overlay_ip("g1");
+
+    // kill -9: no goodbye. The restarted agent joins again with the same identity, gets the
+    // same address, and its peers reconnect (new WireGuard sessions with the same keys).
+    mesh.signal_agent("g1", "KILL");
+    mesh.start_agent("g1", site("gcp", "vpc-g"), &[]);
+    mesh.wait_mesh(&hosts, UP);
+    let fresh = |m: &Mesh, h: &str| m.peer(h).expect("peer")["ip"].as_str().unwrap().to_owned();
+    assert_eq!(
+        fresh(&mesh, "g1"),
+        before.to_string(),
+        "same overlay address after a crash"
+    );
+    mesh.verified_transfer("a1", "g1", 5401, TRANSFER);
+
+    // Controller down: established traffic keeps flowing, in both directions.
+    let (a1, z1) = (mesh.overlay_ip("a1"), mesh.overlay_ip("z1"));
+    mesh.stop_controller();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        mesh.topo.host("g1").pings(a1, 3),
+        "g1 -> a1 with the controller down"
+    );
+    assert!(
+        mesh.topo.host("a1").pings(z1, 3),
+        "a1 -> z1 with the controller down"
+    );
+    mesh.verified_transfer("z1", "g1", 5402, TRANSFER);
+
+    // Back up: agents resync. A change made now (z1 leaves gracefully) reaches everyone.
+    mesh.start_controller();
+    let status = mesh.signal_agent("z1", "TERM");
+    assert!(status.success(), "SIGTERM is a clean exit: {status}");
+    mesh.wait("z1 released", UP, |m| {
+        m.peer("z1")
+            .is_some_and(|p| p["state"].as_str() == Some("released"))
+    });
+    assert!(
+        !mesh.topo.host("a1").pings(z1, 1),
+        "a released peer is no longer reachable"
+    );
+    // A released peer comes back with its address.
+    mesh.start_agent("z1", site("azure", "vpc-z"), &[]);
+    mesh.wait_mesh(&hosts, UP);
+    assert_eq!(
+        fresh(&mesh, "z1"),
+        z1.to_string(),
+        "same overlay address after a release"
+    );
+}
+
+/// Longest stretch without ping replies in `ping -i <interval>` output (including a silent
+/// tail), in seconds.
+fn longest_outage(ping_output: &str, interval: f64) -> f64 {
+    let mut seqs: Vec<u64> = ping_output
+        .lines()
+        .filter_map(|l| {
+            l.split("icmp_seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let sent: u64 = ping_output
+        .lines()
+        .find_map(|l| l.split(" packets transmitted").next()?.trim().parse().ok())
+        .unwrap_or(0);
+    seqs.insert(0, 0);
+    seqs.push(sent + 1);
+    let gap = seqs
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .max()
+        .unwrap_or(0);
+    gap.saturating_sub(1) as f64 * interval
+}
+
+#[test]
+fn a_peer_whose_public_address_changes_is_reachable_again_within_5s() {
+    require_netns!();
+    for encryption in ["always", "never"] {
+        let mut mesh = Mesh::start(
+            clouds(&["a1"]),
+            "ctl",
+            "10.80.0.0/24",
+            &["--encryption", encryption],
+        );
+        let hosts = ["a1", "g1"];
+        mesh.start_agent("a1", site("aws", "vpc-a"), &[]);
+        mesh.start_agent("g1", site("gcp", "vpc-g"), &[]);
+        mesh.wait_mesh(&hosts, UP);
+        let a1 = mesh.overlay_ip("a1");
+        // g1 pings a1 for 12 s; a1's NAT gateway changes its public address 3 s in.
+        let mut ping = mesh.topo.host("g1").command("ping");
+        ping.args(["-n", "-i", "0.1", "-w", "12", "-W", "1", &a1.to_string()])
+            .stdout(std::process::Stdio::piped());
+        let ping = ping.spawn().expect("ping");
+        std::thread::sleep(Duration::from_secs(3));
+        let old = mesh.topo.host("a1").public_ip();
+        let new = mesh.topo.readdress_gateway("aws").expect("re-address");
+        let out = ping.wait_with_output().expect("ping output");
+        let out = String::from_utf8_lossy(&out.stdout);
+        let outage = longest_outage(&out, 0.1);
+        eprintln!("encryption={encryption}: {old} -> {new}, longest outage {outage:.1} s");
+        assert!(
+            outage <= 5.0,
+            "encryption={encryption}: outage {outage:.1} s after the public address moved\n{}",
+            mesh.logs()
+        );
+        let endpoint = mesh.peer("a1").expect("a1")["publicEndpoint"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            endpoint.starts_with(&format!("{new}:")),
+            "the controller learnt the new endpoint: {endpoint}"
+        );
+        mesh.verified_transfer("g1", "a1", 5501, TRANSFER);
+        mesh.verified_transfer("a1", "g1", 5502, TRANSFER);
+    }
+}
