@@ -307,6 +307,44 @@ impl Mesh {
         assert!(sent.starts_with(&format!("{bytes} ")), "{sent}");
         secs
     }
+
+    /// A log file in the mesh's directory (for processes a test starts itself, such as
+    /// external WireGuard clients): [`Mesh::logs`] shows its tail with the others.
+    pub fn log_file(&self, name: &str) -> PathBuf {
+        self.log_path(name)
+    }
+
+    /// Registers an external WireGuard peer `name` (host id `ext-<name>`, host name `name`,
+    /// so [`Mesh::overlay_ip`] and [`Mesh::verified_transfer`] find it by `name`) with
+    /// `cladnet peer add-external`; returns the peer JSON the CLI prints.
+    pub fn add_external_peer(
+        &self,
+        name: &str,
+        public_key: &str,
+        endpoint: Option<std::net::SocketAddrV4>,
+    ) -> serde_json::Value {
+        let endpoint = endpoint.map(|e| e.to_string());
+        let mut args = vec![
+            "--json",
+            "peer",
+            "add-external",
+            &self.net,
+            "--name",
+            name,
+            "--public-key",
+            public_key,
+        ];
+        if let Some(e) = &endpoint {
+            args.extend(["--endpoint", e]);
+        }
+        serde_json::from_str(&self.cli(&args)).expect("peer JSON")
+    }
+
+    /// The wg-quick configuration of external peer `name`, as `cladnet peer wg-config` prints
+    /// it.
+    pub fn external_wg_config(&self, name: &str) -> String {
+        self.cli(&["peer", "wg-config", &self.net, &format!("ext-{name}")])
+    }
 }
 
 fn script_path() -> PathBuf {

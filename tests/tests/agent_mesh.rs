@@ -42,7 +42,8 @@ fn count_link_modes(mesh: &Mesh, host: &str) {
         .expect("nft counters");
 }
 
-/// (plain, sealed) datagrams counted by [`count_link_modes`].
+/// (plain, sealed) bytes counted by [`count_link_modes`] (bytes, not packets: with UDP GRO the
+/// input hook sees merged datagrams).
 fn link_modes(mesh: &Mesh, host: &str) -> (u64, u64) {
     let out = mesh
         .topo
@@ -50,7 +51,7 @@ fn link_modes(mesh: &Mesh, host: &str) -> (u64, u64) {
         .exec(["nft", "list", "table", "ip", "modes"])
         .expect("nft list");
     let counts: Vec<u64> = out
-        .split("packets ")
+        .split("bytes ")
         .skip(1)
         .filter_map(|s| s.split_whitespace().next()?.parse().ok())
         .collect();
@@ -83,10 +84,7 @@ fn encryption_always_every_pair_pings_and_moves_verified_bytes() {
     }
     let (plain, sealed) = link_modes(&mesh, "z1");
     assert_eq!(plain, 0, "encryption=always sends nothing in the clear");
-    assert!(
-        sealed > 2 * (TRANSFER as u64 / 1500),
-        "sealed datagrams: {sealed}"
-    );
+    assert!(sealed > 2 * TRANSFER as u64, "sealed bytes: {sealed}");
     drop(mesh);
     assert_eq!(leftovers(&prefix), Vec::<String>::new());
 }
@@ -118,21 +116,21 @@ fn inter_site_is_plain_inside_a_site_and_sealed_across() {
     mesh.verified_transfer("a1", "a2", 5301, TRANSFER);
     let (plain, sealed) = link_modes(&mesh, "a2");
     assert!(
-        plain - plain0 > TRANSFER as u64 / 1500,
+        plain - plain0 > TRANSFER as u64,
         "a1 -> a2 stays inside the site: PLAIN (plain {plain0} -> {plain})"
     );
     assert!(
-        sealed - sealed0 < 5,
+        sealed - sealed0 < 5000,
         "a1 -> a2 was sealed: {sealed0} -> {sealed}"
     );
     mesh.verified_transfer("g1", "a2", 5302, TRANSFER);
     let (plain_after, sealed_after) = link_modes(&mesh, "a2");
     assert!(
-        sealed_after - sealed > TRANSFER as u64 / 1500,
+        sealed_after - sealed > TRANSFER as u64,
         "g1 -> a2 crosses sites: SEALED ({sealed} -> {sealed_after})"
     );
     assert!(
-        plain_after - plain < 5,
+        plain_after - plain < 5000,
         "the cross-site transfer was not PLAIN"
     );
     mesh.verified_transfer("a2", "a1", 5303, TRANSFER);
@@ -147,7 +145,7 @@ fn inter_site_is_plain_inside_a_site_and_sealed_across() {
     mesh.verified_transfer("a1", "a2", 5305, TRANSFER);
     let (plain_now, _) = link_modes(&mesh, "a2");
     assert!(
-        plain_now - plain < 20,
+        plain_now - plain < 5000,
         "PLAIN kept flowing after encryption=always: {plain} -> {plain_now}"
     );
 }

@@ -33,11 +33,13 @@ pub enum Drop {
     NotIpv4,
     /// The handshake queue overflowed or the session is unusable.
     WgNoSession,
+    /// The TUN device handed over a packet its offload metadata does not describe.
+    BadTunPacket,
 }
 
 impl Drop {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::Plain(plain::DropReason::Truncated),
         Self::Plain(plain::DropReason::BadVersion),
         Self::Plain(plain::DropReason::BadHeader),
@@ -56,6 +58,7 @@ impl Drop {
         Self::NoEndpoint,
         Self::NotIpv4,
         Self::WgNoSession,
+        Self::BadTunPacket,
     ];
 
     /// Counter slot.
@@ -73,6 +76,7 @@ impl Drop {
             Self::NoEndpoint => 15,
             Self::NotIpv4 => 16,
             Self::WgNoSession => 17,
+            Self::BadTunPacket => 18,
         }
     }
 
@@ -99,6 +103,7 @@ impl Drop {
             Self::NoEndpoint => "no_endpoint",
             Self::NotIpv4 => "not_ipv4",
             Self::WgNoSession => "wg_no_session",
+            Self::BadTunPacket => "bad_tun_packet",
         }
     }
 

@@ -11,19 +11,27 @@
 
 use std::{
     collections::HashMap,
-    io,
+    io::{self, IoSliceMut},
     net::{SocketAddr, SocketAddrV4, UdpSocket},
+    os::fd::AsFd as _,
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
+use cladnet_core::{
+    offload::{self, VNET_HDR_LEN, VirtioNetHdr},
+    reflector,
+};
+use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::router::{Inbound, Outbound, PeerEvent, Router, out_len};
-use crate::probe::ProbeError;
-use cladnet_core::reflector;
+use super::{
+    counters::Drop,
+    router::{Inbound, Outbound, PeerEvent, Router, out_len},
+};
+use crate::{probe::ProbeError, sys};
 
 /// How often the timer thread runs WireGuard timers (they have second granularity).
 const TIMER_TICK: Duration = Duration::from_millis(50);
@@ -33,6 +41,9 @@ const PLAIN_KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// Largest packet read from the TUN device or the socket.
 const MAX_PACKET: usize = 65_535;
+
+/// Decrypted packets gathered before a GRO pass over them.
+const GRO_BATCH: usize = 64;
 
 /// A TUN queue the engine reads inner packets from and writes them to.
 pub trait TunIo: Send + Sync + 'static {
@@ -55,25 +66,38 @@ pub struct Userspace {
 impl Userspace {
     /// Starts the packet threads over `tun` and the bound tunnel `socket`. Peer events
     /// (handshakes, roaming) arrive on the returned receiver.
+    ///
+    /// `vnet` says whether the device was created with virtio headers (`IFF_VNET_HDR`): reads
+    /// then carry offloaded super-packets to segment, and writes are merged (GRO).
     pub fn start(
         router: Arc<Router>,
         tun: Arc<dyn TunIo>,
+        vnet: bool,
         socket: UdpSocket,
     ) -> io::Result<(Self, mpsc::UnboundedReceiver<PeerEvent>)> {
+        // Non-blocking from here on; enables UDP GRO and learns whether GSO works.
+        let state = Arc::new(UdpSocketState::new((&socket).into())?);
+        info!(
+            gso_segments = state.max_gso_segments(),
+            gro_segments = state.gro_segments(),
+            vnet,
+            "userspace engine offloads"
+        );
         let socket = Arc::new(socket);
         let waiters = Waiters::default();
         let (events_tx, events) = mpsc::unbounded_channel();
         {
-            let (router, tun, socket) = (router.clone(), tun.clone(), socket.clone());
+            let (router, tun, socket, state) =
+                (router.clone(), tun.clone(), socket.clone(), state.clone());
             thread::Builder::new()
                 .name("tun->udp".into())
-                .spawn(move || tun_to_udp(&router, &*tun, &socket))?;
+                .spawn(move || tun_to_udp(&router, &*tun, &socket, &state, vnet))?;
         }
         {
             let (router, socket, waiters) = (router.clone(), socket.clone(), waiters.clone());
             thread::Builder::new()
                 .name("udp->tun".into())
-                .spawn(move || udp_to_tun(&router, &*tun, &socket, &waiters))?;
+                .spawn(move || udp_to_tun(&router, &*tun, &socket, &state, vnet, &waiters))?;
         }
         {
             let (router, socket) = (router.clone(), socket.clone());
@@ -156,9 +180,93 @@ fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) {
     }
 }
 
-fn tun_to_udp(router: &Router, tun: &dyn TunIo, socket: &UdpSocket) {
-    let mut buf = vec![0u8; MAX_PACKET];
+/// How long a sender waits for room in the socket buffer before dropping a batch (a full
+/// buffer means the link is saturated; TCP above will back off).
+const SEND_WAIT: Duration = Duration::from_millis(100);
+
+/// Consecutive datagrams to one destination, sent with one `sendmsg` and UDP GSO when the
+/// kernel supports it (all segments the same size, only the last one shorter).
+struct TxBatch<'s> {
+    socket: &'s UdpSocket,
+    state: &'s UdpSocketState,
+    buf: Vec<u8>,
+    to: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    closed: bool,
+}
+
+impl<'s> TxBatch<'s> {
+    fn new(socket: &'s UdpSocket, state: &'s UdpSocketState) -> Self {
+        Self {
+            socket,
+            state,
+            buf: Vec::with_capacity(MAX_PACKET),
+            to: None,
+            segment: 0,
+            count: 0,
+            closed: false,
+        }
+    }
+
+    fn push(&mut self, datagram: &[u8], to: SocketAddr) {
+        let fits = self.to == Some(to)
+            && !self.closed
+            && datagram.len() <= self.segment
+            && self.count < self.state.max_gso_segments()
+            && self.buf.len() + datagram.len() <= MAX_PACKET - 1024;
+        if !fits {
+            self.flush();
+            self.to = Some(to);
+            self.segment = datagram.len();
+        }
+        // A shorter datagram can only be the last segment of a GSO send.
+        self.closed |= datagram.len() < self.segment;
+        self.buf.extend_from_slice(datagram);
+        self.count += 1;
+    }
+
+    fn flush(&mut self) {
+        let Some(to) = self.to.take() else {
+            return;
+        };
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents: &self.buf,
+            segment_size: (self.count > 1).then_some(self.segment),
+            src_ip: None,
+        };
+        let deadline = Instant::now() + SEND_WAIT;
+        loop {
+            match self.state.try_send(self.socket.into(), &transmit) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    let _ = sys::wait_ready(self.socket.as_fd(), true, Some(SEND_WAIT));
+                }
+                Err(error) => {
+                    debug!(%to, %error, datagrams = self.count, "send failed");
+                    break;
+                }
+            }
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
+    }
+}
+
+fn tun_to_udp(
+    router: &Router,
+    tun: &dyn TunIo,
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    vnet: bool,
+) {
+    let mut buf = vec![0u8; MAX_PACKET + VNET_HDR_LEN];
+    let mut segment = vec![0u8; MAX_PACKET];
     let mut out = vec![0u8; out_len(MAX_PACKET)];
+    let mut tx = TxBatch::new(socket, state);
     loop {
         let len = match tun.read(&mut buf) {
             Ok(len) => len,
@@ -168,55 +276,178 @@ fn tun_to_udp(router: &Router, tun: &dyn TunIo, socket: &UdpSocket) {
                 return;
             }
         };
-        if let Outbound::Send { datagram, to } =
-            router.outbound(Instant::now(), &buf[..len], &mut out)
+        let now = Instant::now();
+        let mut route = |packet: &[u8]| {
+            if let Outbound::Send { datagram, to } = router.outbound(now, packet, &mut out) {
+                tx.push(datagram, to);
+            }
+        };
+        if !vnet {
+            route(&buf[..len]);
+        } else if let Err(error) = segment_read(&mut buf[..len], &mut segment, &mut route) {
+            router.drops().add(Drop::BadTunPacket);
+            debug!(%error, "unusable packet from the TUN device");
+        }
+        tx.flush();
+    }
+}
+
+/// Splits one offloaded TUN read (virtio header + packet, possibly a 64 KiB TSO/USO
+/// super-packet) into wire-size packets with complete checksums.
+fn segment_read(
+    read: &mut [u8],
+    scratch: &mut [u8],
+    route: &mut impl FnMut(&[u8]),
+) -> Result<(), offload::OffloadError> {
+    let hdr = VirtioNetHdr::parse(read)?;
+    let packet = &mut read[VNET_HDR_LEN..];
+    if !hdr.is_gso() {
+        offload::complete_checksum(&hdr, packet)?;
+        route(packet);
+        return Ok(());
+    }
+    let mut segments = offload::Segmenter::new(&hdr, packet)?;
+    while let Some(len) = segments.next_into(scratch)? {
+        route(&scratch[..len]);
+    }
+    Ok(())
+}
+
+/// Decrypted packets waiting to be written to the TUN device, merged into TCP super-packets
+/// (GRO) when the device takes virtio headers.
+struct TunWriter<'t> {
+    tun: &'t dyn TunIo,
+    vnet: bool,
+    bufs: Vec<Vec<u8>>,
+    used: usize,
+    coalescer: offload::Coalescer,
+    to_write: Vec<usize>,
+}
+
+impl<'t> TunWriter<'t> {
+    fn new(tun: &'t dyn TunIo, vnet: bool) -> Self {
+        Self {
+            tun,
+            vnet,
+            bufs: (0..GRO_BATCH)
+                .map(|_| Vec::with_capacity(VNET_HDR_LEN + MAX_PACKET))
+                .collect(),
+            used: 0,
+            coalescer: offload::Coalescer::new(),
+            to_write: Vec::with_capacity(GRO_BATCH),
+        }
+    }
+
+    fn push(&mut self, packet: &[u8]) {
+        if !self.vnet {
+            self.write(packet);
+            return;
+        }
+        let buf = &mut self.bufs[self.used];
+        buf.clear();
+        buf.resize(VNET_HDR_LEN, 0);
+        buf.extend_from_slice(packet);
+        self.used += 1;
+        if self.used == self.bufs.len() {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.used == 0 {
+            return;
+        }
+        self.to_write.clear();
+        let batch = &mut self.bufs[..self.used];
+        if self
+            .coalescer
+            .coalesce(batch, VNET_HDR_LEN, &mut self.to_write)
+            .is_err()
         {
-            send(socket, datagram, to);
+            // Only a too-small offset fails, which cannot happen here; write them unmerged.
+            self.to_write.extend(0..self.used);
+            for b in batch.iter_mut() {
+                b[..VNET_HDR_LEN].copy_from_slice(&VirtioNetHdr::NONE.encode());
+            }
+        }
+        for i in std::mem::take(&mut self.to_write) {
+            let bytes = std::mem::take(&mut self.bufs[i]);
+            self.write(&bytes);
+            self.bufs[i] = bytes;
+        }
+        self.used = 0;
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        if let Err(error) = self.tun.write(bytes) {
+            debug!(%error, "writing to the TUN device failed");
         }
     }
 }
 
-fn udp_to_tun(router: &Router, tun: &dyn TunIo, socket: &UdpSocket, waiters: &Waiters) {
-    let mut buf = vec![0u8; MAX_PACKET];
+fn udp_to_tun(
+    router: &Router,
+    tun: &dyn TunIo,
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    vnet: bool,
+    waiters: &Waiters,
+) {
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH_SIZE).map(|_| vec![0u8; MAX_PACKET]).collect();
+    let mut metas = [RecvMeta::default(); BATCH_SIZE];
     let mut out = vec![0u8; out_len(MAX_PACKET)];
+    let mut writer = TunWriter::new(tun, vnet);
+    let mut tx = TxBatch::new(socket, state);
     loop {
-        let (len, from) = match socket.recv_from(&mut buf) {
-            Ok(r) => r,
-            // ICMP errors for earlier sends surface here; they say nothing about this read.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted
-                        | io::ErrorKind::ConnectionRefused
-                        | io::ErrorKind::HostUnreachable
-                        | io::ErrorKind::NetworkUnreachable
-                ) =>
-            {
-                continue;
-            }
-            Err(error) => {
-                warn!(%error, "reading the tunnel socket failed; stopping udp->tun");
-                return;
+        let count = {
+            let mut iov: Vec<IoSliceMut<'_>> =
+                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match state.recv(socket.into(), &mut iov, &mut metas) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = sys::wait_ready(socket.as_fd(), false, None);
+                    continue;
+                }
+                // ICMP errors for earlier sends surface here; they say nothing about this read.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::HostUnreachable
+                            | io::ErrorKind::NetworkUnreachable
+                    ) =>
+                {
+                    continue;
+                }
+                Err(error) => {
+                    warn!(%error, "reading the tunnel socket failed; stopping udp->tun");
+                    return;
+                }
             }
         };
-        match router.inbound(Instant::now(), from, &buf[..len], &mut out) {
-            Inbound::Deliver(packet) => {
-                if let Err(error) = tun.write(packet) {
-                    debug!(%error, "writing to the TUN device failed");
+        let now = Instant::now();
+        for (meta, buf) in metas[..count].iter().zip(&bufs) {
+            // With GRO, one buffer holds several datagrams of `stride` bytes from one sender.
+            for datagram in buf[..meta.len].chunks(meta.stride.max(1)) {
+                match router.inbound(now, meta.addr, datagram, &mut out) {
+                    Inbound::Deliver(packet) => writer.push(packet),
+                    Inbound::Reply { datagram, to } => tx.push(datagram, to),
+                    Inbound::Reflected { nonce, seen } => {
+                        let waiter = waiters
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&nonce);
+                        if let Some(w) = waiter {
+                            let _ = w.send(seen);
+                        }
+                    }
+                    Inbound::Nothing | Inbound::Dropped(_) => {}
                 }
             }
-            Inbound::Reply { datagram, to } => send(socket, datagram, to),
-            Inbound::Reflected { nonce, seen } => {
-                let waiter = waiters
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&nonce);
-                if let Some(w) = waiter {
-                    let _ = w.send(seen);
-                }
-            }
-            Inbound::Nothing | Inbound::Dropped(_) => {}
         }
+        writer.flush();
+        tx.flush();
     }
 }
 
@@ -237,7 +468,7 @@ fn timers(router: &Router, socket: &UdpSocket, events: &mpsc::UnboundedSender<Pe
     }
 }
 
-impl TunIo for crate::sys::tun::TunQueue {
+impl TunIo for sys::tun::TunQueue {
     fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         Self::read(self, buf)
     }

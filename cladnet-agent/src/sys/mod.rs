@@ -69,6 +69,39 @@ impl SysError {
     }
 }
 
+/// Waits until `fd` is readable (`POLLIN`) or writable (`POLLOUT`) or `timeout` passes
+/// (`None`: forever). Returns whether it became ready; a signal counts as not ready.
+pub fn wait_ready(
+    fd: std::os::fd::BorrowedFd<'_>,
+    writable: bool,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    let timeout_ms = match timeout {
+        None => -1,
+        // Round up so a short non-zero timeout does not turn into a busy poll.
+        Some(t) => {
+            libc::c_int::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX)
+        }
+    };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: if writable {
+            libc::POLLOUT
+        } else {
+            libc::POLLIN
+        },
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes exactly one `pollfd`, which `pfd` is.
+    let ret = unsafe { libc::poll(&raw mut pfd, 1, timeout_ms) };
+    match cvt(ret) {
+        Ok(n) => Ok(n > 0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Converts a `-1`-on-error syscall return value into an `io::Result`.
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {

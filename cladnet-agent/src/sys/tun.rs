@@ -352,25 +352,7 @@ impl TunQueue {
     /// `false` on timeout or when a signal interrupted the wait, so blocking readers can check
     /// a shutdown flag now and then.
     pub fn poll_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        let timeout_ms = match timeout {
-            None => -1,
-            // Round up so a short non-zero timeout does not turn into a busy poll.
-            Some(t) => {
-                libc::c_int::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX)
-            }
-        };
-        let mut pfd = libc::pollfd {
-            fd: self.file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll reads and writes exactly one `pollfd`, which `pfd` is.
-        let ret = unsafe { libc::poll(&raw mut pfd, 1, timeout_ms) };
-        match cvt(ret) {
-            Ok(n) => Ok(n > 0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
-            Err(e) => Err(e),
-        }
+        super::wait_ready(self.file.as_fd(), false, timeout)
     }
 
     /// Switches this queue's descriptor between blocking and non-blocking mode (non-blocking
