@@ -15,13 +15,14 @@ pub mod api_checks;
 mod cleanup;
 pub mod controller;
 pub mod etcd;
+pub mod external;
 mod mesh;
 mod netns;
 mod privilege;
 mod topology;
 
 pub use cleanup::{leftovers, sweep_stale};
-pub use mesh::{CONTROLLER_PORT, Mesh, SiteLabels};
+pub use mesh::{CONTROLLER_PORT, Mesh, SiteLabels, test_script};
 pub use netns::{Netns, Process, run_checked};
 pub use privilege::{netns_unavailable, skip_or_fail};
 pub use topology::{CloudSpec, Host, Nat, Topology, TopologyBuilder, TopologyError};

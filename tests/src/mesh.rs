@@ -156,7 +156,12 @@ impl Mesh {
                 "--vpc",
                 site.vpc,
             ])
-            .args(["--metrics-listen", "off", "--probe-interval-secs", "1"])
+            .args(["--probe-interval-secs", "1"])
+            .args(if extra.contains(&"--metrics-listen") {
+                &[][..]
+            } else {
+                &["--metrics-listen", "off"][..]
+            })
             .arg("--data-dir")
             .arg(&data_dir)
             .args(extra)
@@ -348,5 +353,12 @@ impl Mesh {
 }
 
 fn script_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tcp_verify.py")
+    test_script("tcp_verify.py")
+}
+
+/// Path of a helper script in tests/scripts.
+pub fn test_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
 }

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod convert;
 pub mod host;
+pub mod metrics;
 
 use std::{net::SocketAddrV4, sync::Arc, time::Duration};
 
@@ -70,6 +71,14 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     let (engine, peer_events) =
         Userspace::start(router, Arc::new(tun.queues()[0].clone()), true, socket)
             .context("starting the userspace engine")?;
+    if let Some(addr) = cfg.metrics_listen {
+        let id = metrics::Identity {
+            network: cfg.network.clone(),
+            node_id: identity.node_id.clone(),
+            engine: ENGINE,
+        };
+        metrics::start(addr, engine.router().clone(), id).await?;
+    }
     let facts = HostFacts::gather(
         cfg.reflector,
         &cfg.interface,

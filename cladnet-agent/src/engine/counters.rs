@@ -144,6 +144,11 @@ impl DropCounters {
         self.0[reason.index()].load(Relaxed)
     }
 
+    /// Every reason with its count, zeros included (metrics show the full set).
+    pub fn all(&self) -> Vec<(Drop, u64)> {
+        Drop::ALL.iter().map(|&r| (r, self.get(r))).collect()
+    }
+
     /// All non-zero counts.
     pub fn snapshot(&self) -> Vec<(Drop, u64)> {
         Drop::ALL

@@ -1,0 +1,206 @@
+//! The agent's Prometheus endpoint: per-peer traffic, handshake age and drops by reason,
+//! read from the engine's counters at scrape time (nothing is kept twice).
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{Router as Http, http::header, routing::get};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, text::encode},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use tracing::{info, warn};
+
+use crate::engine::router::{PeerStatus, Router};
+
+/// What the metrics describe besides the counters.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Network id.
+    pub network: String,
+    /// Node id.
+    pub node_id: String,
+    /// Dataplane engine.
+    pub engine: &'static str,
+}
+
+#[derive(Debug)]
+struct EngineCollector {
+    router: Arc<Router>,
+    id: Identity,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+impl EngineCollector {
+    fn peer_labels(&self, p: &PeerStatus) -> Labels {
+        vec![
+            ("network", self.id.network.clone()),
+            ("peer", p.node_id.clone()),
+            ("overlay_ip", p.overlay_ip.to_string()),
+            ("mode", p.mode.to_owned()),
+            ("engine", self.id.engine.to_owned()),
+        ]
+    }
+}
+
+fn family<T: prometheus_client::encoding::EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (Labels, T)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in rows {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let peers = self.router.status(Instant::now());
+        let counter = |f: fn(&PeerStatus) -> u64| {
+            peers
+                .iter()
+                .map(move |p| (self.peer_labels(p), ConstCounter::new(f(p))))
+                .collect::<Vec<_>>()
+        };
+        let e = &mut encoder;
+        family(
+            e,
+            "cladnet_peer_tx_bytes",
+            "Inner bytes sent to the peer.",
+            MetricType::Counter,
+            counter(|p| p.traffic.tx_bytes),
+        )?;
+        family(
+            e,
+            "cladnet_peer_tx_packets",
+            "Packets sent to the peer.",
+            MetricType::Counter,
+            counter(|p| p.traffic.tx_packets),
+        )?;
+        family(
+            e,
+            "cladnet_peer_rx_bytes",
+            "Inner bytes received from the peer and delivered.",
+            MetricType::Counter,
+            counter(|p| p.traffic.rx_bytes),
+        )?;
+        family(
+            e,
+            "cladnet_peer_rx_packets",
+            "Packets received from the peer and delivered.",
+            MetricType::Counter,
+            counter(|p| p.traffic.rx_packets),
+        )?;
+        family(
+            e,
+            "cladnet_peer_handshake_age_seconds",
+            "Seconds since the last WireGuard handshake with the peer (SEALED links).",
+            MetricType::Gauge,
+            peers.iter().filter_map(|p| {
+                Some((
+                    self.peer_labels(p),
+                    ConstGauge::new(i64::try_from(p.handshake_age_secs?).unwrap_or(i64::MAX)),
+                ))
+            }),
+        )?;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        family(
+            e,
+            "cladnet_peer_last_receive_age_seconds",
+            "Seconds since the last packet from the peer was delivered.",
+            MetricType::Gauge,
+            peers.iter().filter(|p| p.traffic.last_rx_ms > 0).map(|p| {
+                let age = now_ms.saturating_sub(u128::from(p.traffic.last_rx_ms)) as f64 / 1000.0;
+                (self.peer_labels(p), ConstGauge::new(age))
+            }),
+        )?;
+        family(
+            e,
+            "cladnet_drops",
+            "Packets dropped by the dataplane, by reason.",
+            MetricType::Counter,
+            self.router.drops().all().into_iter().map(|(reason, n)| {
+                (
+                    vec![
+                        ("reason", reason.name().to_owned()),
+                        ("engine", self.id.engine.to_owned()),
+                    ],
+                    ConstCounter::new(n),
+                )
+            }),
+        )?;
+        family(
+            e,
+            "cladnet_agent_info",
+            "The agent's network, node id and dataplane engine (value 1).",
+            MetricType::Gauge,
+            [(
+                vec![
+                    ("network", self.id.network.clone()),
+                    ("node_id", self.id.node_id.clone()),
+                    ("engine", self.id.engine.to_owned()),
+                ],
+                ConstGauge::new(1_i64),
+            )],
+        )?;
+        family(
+            e,
+            "cladnet_peers",
+            "Peers installed in the dataplane.",
+            MetricType::Gauge,
+            [(
+                Labels::new(),
+                ConstGauge::new(i64::try_from(peers.len()).unwrap_or(i64::MAX)),
+            )],
+        )
+    }
+}
+
+/// Binds `addr` (a taken port is a start-up error, not a silent gap in monitoring) and
+/// serves `/metrics` there in the background.
+pub async fn start(addr: SocketAddr, router: Arc<Router>, id: Identity) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(EngineCollector { router, id }));
+    let registry = Arc::new(registry);
+    let app = Http::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                if let Err(error) = encode(&mut body, &registry) {
+                    warn!(%error, "encoding metrics failed");
+                }
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the metrics endpoint {addr}: {e}"))?;
+    info!(%addr, "metrics at /metrics");
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            warn!(%error, "metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}

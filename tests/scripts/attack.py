@@ -1,0 +1,68 @@
+#!/usr/bin/python3
+"""Sends hostile datagrams at a CLADNet agent's tunnel port, for the drop-counter tests.
+
+Raw IPv4 sockets let the test pick any source address and port, as an attacker on the path
+could. Usage:
+  attack.py raw SRC SPORT DST DPORT HEX        one datagram with payload HEX
+  attack.py capture IFACE SRC DPORT             wait for one WireGuard data message from SRC
+                                                to port DPORT on IFACE; print "SPORT HEX"
+"""
+import socket
+import struct
+import sys
+
+
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def udp_packet(src, sport, dst, dport, payload):
+    length = 8 + len(payload)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, length)
+    udp = struct.pack("!HHHH", sport, dport, length, 0) + payload
+    csum = checksum(pseudo + udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0x4000, 64, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    return ip + udp
+
+
+def send(src, sport, dst, dport, payload):
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    s.sendto(udp_packet(src, sport, dst, dport, payload), (dst, 0))
+
+
+def capture_wg_data(iface, src, dport):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    s.bind((iface, 0))
+    s.settimeout(20)
+    while True:
+        frame = s.recv(65535)
+        ip = frame[14:]
+        ihl = (ip[0] & 15) * 4
+        if ip[9] != 17 or socket.inet_ntoa(ip[12:16]) != src:
+            continue
+        sport, dp = struct.unpack("!HH", ip[ihl:ihl + 4])
+        payload = ip[ihl + 8:]
+        if dp == dport and payload[:4] == b"\x04\0\0\0" and len(payload) > 32:
+            return sport, payload
+
+
+def main():
+    mode = sys.argv[1]
+    if mode == "raw":
+        src, sport, dst, dport, hexdata = sys.argv[2:7]
+        send(src, int(sport), dst, int(dport), bytes.fromhex(hexdata))
+    elif mode == "capture":
+        iface, src, dport = sys.argv[2:5]
+        sport, payload = capture_wg_data(iface, src, int(dport))
+        print(sport, payload.hex(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
