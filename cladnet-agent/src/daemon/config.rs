@@ -103,6 +103,10 @@ pub struct Settings {
     /// Host name reported to the controller; default: the system's.
     #[arg(long)]
     pub host_name: Option<String>,
+    /// Dataplane engine: auto (eBPF for PLAIN links where it attaches, else userspace),
+    /// ebpf (fail if it cannot attach) or userspace.
+    #[arg(long)]
+    pub dataplane: Option<String>,
     /// Site: cloud provider.
     #[arg(long = "provider")]
     #[serde(skip)]
@@ -156,6 +160,20 @@ pub struct AgentConfig {
     pub host_name: Option<String>,
     /// Site labels.
     pub site: SiteConfig,
+    /// Requested dataplane engine.
+    pub dataplane: DataplaneChoice,
+}
+
+/// Which dataplane engine to run.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum DataplaneChoice {
+    /// The kernel path where it attaches (XDP driver, XDP generic, TC), else userspace.
+    #[default]
+    Auto,
+    /// The kernel path, or fail.
+    Ebpf,
+    /// Userspace only.
+    Userspace,
 }
 
 /// Default data directory.
@@ -194,6 +212,7 @@ impl Settings {
             probe_interval_secs: over.probe_interval_secs.or(self.probe_interval_secs),
             underlay_mtu: over.underlay_mtu.or(self.underlay_mtu),
             host_name: over.host_name.or(self.host_name),
+            dataplane: over.dataplane.or(self.dataplane),
             provider: None,
             region: None,
             zone: None,
@@ -285,7 +304,19 @@ impl Settings {
         {
             return Err(bad("underlay_mtu", format!("{m} is not in 576..=65535")));
         }
+        let dataplane = match self.dataplane.as_deref().unwrap_or("auto") {
+            "auto" => DataplaneChoice::Auto,
+            "ebpf" => DataplaneChoice::Ebpf,
+            "userspace" => DataplaneChoice::Userspace,
+            other => {
+                return Err(bad(
+                    "dataplane",
+                    format!("{other:?} is not one of auto, ebpf, userspace"),
+                ));
+            }
+        };
         Ok(AgentConfig {
+            dataplane,
             controllers: self.controllers,
             network,
             join_token,
@@ -435,6 +466,13 @@ mod tests {
                 ..base()
             }),
             "probe_interval_secs"
+        );
+        assert_eq!(
+            err(Settings {
+                dataplane: Some("dpdk".into()),
+                ..base()
+            }),
+            "dataplane"
         );
         let unknown = toml::from_str::<Settings>("netwrok = \"x\"").unwrap_err();
         assert!(unknown.to_string().contains("netwrok"), "{unknown}");

@@ -65,6 +65,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         Ok(got) => info!(offloads = %got, "TUN offloads"),
         Err(error) => warn!(%error, "TUN offloads unavailable; one packet per read"),
     }
+    // The overlay is IPv4; without this the kernel sends router solicitations and MLD
+    // reports into the device, which the engine can only count as drops.
+    let ipv6_off = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", cfg.interface);
+    if let Err(error) = std::fs::write(&ipv6_off, "1") {
+        debug!(%error, path = ipv6_off, "could not disable IPv6 on the overlay device");
+    }
     let socket = std::net::UdpSocket::bind(("0.0.0.0", cfg.listen_port))
         .with_context(|| format!("binding the tunnel port udp/{}", cfg.listen_port))?;
     let router = Arc::new(Router::new(identity.private_key.clone()));
