@@ -167,6 +167,7 @@ pub struct PeerTable {
     peers: BTreeMap<String, RemotePeer>,
     installed: BTreeMap<String, PeerConfig>,
     interface: Option<(Ipv4Addr, u8, u32)>,
+    suspended: bool,
 }
 
 impl PeerTable {
@@ -193,6 +194,18 @@ impl PeerTable {
     pub fn set_policy(&mut self, policy: Policy) -> Vec<Command> {
         self.policy = policy;
         self.reconcile()
+    }
+
+    /// Suspends (a remote `down` command: every peer is withdrawn, the table keeps them) or
+    /// resumes the dataplane's peers.
+    pub fn set_suspended(&mut self, suspended: bool) -> Vec<Command> {
+        self.suspended = suspended;
+        self.reconcile()
+    }
+
+    /// Whether the peers are suspended.
+    pub fn suspended(&self) -> bool {
+        self.suspended
     }
 
     /// Replaces the whole peer set (a Watch snapshot).
@@ -248,7 +261,8 @@ impl PeerTable {
             .peers
             .values()
             .filter(|p| {
-                p.node_id != local.node_id
+                !self.suspended
+                    && p.node_id != local.node_id
                     && p.state.reachable()
                     && p.overlay_ip != local.overlay_ip
             })
@@ -431,5 +445,23 @@ mod tests {
             matches!(&cmds[..], [Command::RemovePeer { .. }]),
             "down peers get no traffic"
         );
+    }
+
+    #[test]
+    fn suspend_withdraws_every_peer_and_resume_restores_them() {
+        let mut t = PeerTable::default();
+        t.set_local(local());
+        t.upsert(remote("a", 3, "v1", PeerState::Up));
+        t.upsert(remote("b", 4, "v1", PeerState::Up));
+        let cmds = t.set_suspended(true);
+        assert_eq!(cmds.len(), 2);
+        assert!(cmds.iter().all(|c| matches!(c, Command::RemovePeer { .. })));
+        assert!(
+            t.upsert(remote("c", 5, "v1", PeerState::Up)).is_empty(),
+            "nothing while down"
+        );
+        let cmds = t.set_suspended(false);
+        assert_eq!(cmds.len(), 3, "{cmds:?}");
+        assert!(cmds.iter().all(|c| matches!(c, Command::UpsertPeer(_))));
     }
 }

@@ -282,3 +282,50 @@ fn a_peer_whose_public_address_changes_is_reachable_again_within_5s() {
         mesh.verified_transfer("a1", "g1", 5502, TRANSFER);
     }
 }
+
+#[test]
+fn connectivity_test_matrix_and_remote_up_down() {
+    require_netns!();
+    let mut mesh = Mesh::start(clouds(&["a1"]), "ctl", "10.82.0.0/24", &[]);
+    let hosts = ["a1", "g1", "z1"];
+    mesh.start_agent("a1", site("aws", "vpc-a"), &[]);
+    mesh.start_agent("g1", site("gcp", "vpc-g"), &[]);
+    mesh.start_agent("z1", site("azure", "vpc-z"), &[]);
+    mesh.wait_mesh(&hosts, UP);
+
+    let started: serde_json::Value =
+        serde_json::from_str(&mesh.cli(&["--json", "test", "start", "mesh", "--trials", "5"]))
+            .expect("test JSON");
+    let id = started["testId"].as_str().expect("test id").to_owned();
+    let mut result = serde_json::Value::Null;
+    mesh.wait("connectivity test complete", UP, |m| {
+        result = serde_json::from_str(&m.cli(&["--json", "test", "show", "mesh", &id])).unwrap();
+        result["complete"].as_bool() == Some(true)
+    });
+    let pairs = result["results"].as_array().expect("results");
+    assert_eq!(pairs.len(), 6, "every ordered pair: {result}");
+    for p in pairs {
+        assert_eq!(p["packetsSent"], 5, "{p}");
+        assert_eq!(p["packetsReceived"], 5, "{p}");
+        let (min, avg, max) = (
+            p["minRttMs"].as_f64().unwrap(),
+            p["avgRttMs"].as_f64().unwrap(),
+            p["maxRttMs"].as_f64().unwrap(),
+        );
+        assert!(0.0 < min && min <= avg && avg <= max && max < 1000.0, "{p}");
+    }
+
+    // `down` withdraws g1's peers (it stays joined, state down); `up` brings them back.
+    let g1_id = mesh.peer("g1").unwrap()["hostId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let g1 = mesh.overlay_ip("g1");
+    mesh.cli(&["command", "mesh", "down", "--host", &g1_id]);
+    mesh.wait("g1 down", UP, |m| {
+        m.peer("g1").unwrap()["state"].as_str() == Some("down")
+    });
+    mesh.wait("g1 unreachable", UP, |m| !m.topo.host("a1").pings(g1, 1));
+    mesh.cli(&["command", "mesh", "up", "--host", &g1_id]);
+    mesh.wait_mesh(&hosts, UP);
+}

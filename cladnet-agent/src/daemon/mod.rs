@@ -11,6 +11,7 @@
 //! id, gets the same overlay address, and the snapshot replaces whatever was stale.
 
 pub mod config;
+pub mod conntest;
 pub mod convert;
 pub mod host;
 pub mod metrics;
@@ -117,6 +118,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         session: String::new(),
         revision: 0,
         pending: None,
+        overlay_ip: None,
+        tests: tokio::sync::mpsc::unbounded_channel(),
         _tun: tun,
     };
     agent.join().await?;
@@ -136,6 +139,13 @@ struct Agent {
     revision: i64,
     /// A report the controller has not acknowledged yet (sent again until it is).
     pending: Option<pb::ReportRequest>,
+    /// This node's overlay address, once joined.
+    overlay_ip: Option<std::net::Ipv4Addr>,
+    /// Connectivity test results on their way to the controller.
+    tests: (
+        tokio::sync::mpsc::UnboundedSender<(String, Vec<pb::PairResult>)>,
+        tokio::sync::mpsc::UnboundedReceiver<(String, Vec<pb::PairResult>)>,
+    ),
     /// Keeps the device alive.
     _tun: Tun,
 }
@@ -208,6 +218,7 @@ impl Agent {
             view: me.view,
         };
         self.local_index = local.node_index;
+        self.overlay_ip = Some(local.overlay_ip);
         Ok(self.table.set_local(local))
     }
 
@@ -304,6 +315,15 @@ impl Agent {
                 }
                 _ = report_tick.tick() => self.flush_report().await,
                 Some(ev) = peer_events.recv() => on_peer_event(&ev),
+                Some((test_id, results)) = self.tests.1.recv() => {
+                    let req = self.report(|r| {
+                        r.test_id = test_id;
+                        r.test_results = results;
+                    });
+                    if let Err(error) = self.client.report(&self.session, req).await {
+                        warn!(%error, "could not report connectivity test results");
+                    }
+                }
             }
         }
         info!("stopping: releasing this peer");
@@ -427,23 +447,78 @@ impl Agent {
                 self.table.set_policy(convert::policy(&n))
             }
             Some(WatchEv::NetworkDeleted(id)) => bail!("network {id:?} was deleted"),
-            Some(WatchEv::Command(c)) => {
-                warn!(
-                    command = c.command_type,
-                    "remote command not supported by this agent yet"
-                );
-                Vec::new()
-            }
+            Some(WatchEv::Command(c)) => self.on_command(&c),
             Some(WatchEv::TestRequested(t)) => {
-                debug!(
-                    test_id = t.test_id,
-                    "connectivity test requested; not supported yet"
-                );
+                self.start_test(t);
                 Vec::new()
             }
             None => Vec::new(),
         };
         self.apply(cmds).await
+    }
+}
+
+impl Agent {
+    /// Remote commands (cb-network's): `down` withdraws every peer from the dataplane (the
+    /// interface keeps its address) and reports `down`; `up` restores them. Encryption is a
+    /// network policy both ends of a link must agree on, so the per-node encryption commands
+    /// are refused with a pointer to the policy.
+    fn on_command(&mut self, c: &pb::Command) -> Vec<Command> {
+        info!(
+            command = c.command_type,
+            id = c.command_id,
+            "remote command"
+        );
+        match c.command_type.as_str() {
+            "down" | "up" => {
+                let down = c.command_type == "down";
+                self.pending = Some(self.report(|r| {
+                    r.state = c.command_type.clone();
+                }));
+                self.table.set_suspended(down)
+            }
+            other => {
+                warn!(
+                    command = other,
+                    "encryption is the network's policy (cladnet network update --encryption); ignoring"
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// Runs a connectivity test this node is part of, in the background; the results come
+    /// back through `tests` and are reported from the main loop.
+    fn start_test(&mut self, t: pb::ConnectivityTest) {
+        let me = self.identity.node_id.clone();
+        if !t.host_ids.contains(&me) {
+            return;
+        }
+        let Some(source) = self.overlay_ip else {
+            return;
+        };
+        let targets: Vec<conntest::Target> = t
+            .host_ids
+            .iter()
+            .filter(|h| **h != me)
+            .filter_map(|h| {
+                Some(conntest::Target {
+                    host_id: h.clone(),
+                    ip: self.table.peer(h)?.overlay_ip,
+                })
+            })
+            .collect();
+        info!(
+            test_id = t.test_id,
+            peers = targets.len(),
+            trials = t.trial_count,
+            "connectivity test"
+        );
+        let tx = self.tests.0.clone();
+        tokio::spawn(async move {
+            let results = conntest::run(&me, source, targets, t.trial_count.max(1)).await;
+            let _ = tx.send((t.test_id, results));
+        });
     }
 }
 
