@@ -178,10 +178,11 @@ fn wait_replies(
             u16::from_be_bytes([icmp[4], icmp[5]]),
             usize::from(u16::from_be_bytes([icmp[6], icmp[7]])),
         );
-        if icmp[0] == 0 && id == ident {
-            if let Some(at) = sent_at.get_mut(seq).and_then(Option::take) {
-                rtts.push(at.elapsed());
-            }
+        if icmp[0] == 0
+            && id == ident
+            && let Some(at) = sent_at.get_mut(seq).and_then(Option::take)
+        {
+            rtts.push(at.elapsed());
         }
     }
 }

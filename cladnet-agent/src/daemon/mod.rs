@@ -126,6 +126,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     agent.serve(peer_events, shutdown).await
 }
 
+/// A connectivity test id and this node's results.
+type TestResults = (String, Vec<pb::PairResult>);
+
 struct Agent {
     cfg: AgentConfig,
     identity: Identity,
@@ -143,8 +146,8 @@ struct Agent {
     overlay_ip: Option<std::net::Ipv4Addr>,
     /// Connectivity test results on their way to the controller.
     tests: (
-        tokio::sync::mpsc::UnboundedSender<(String, Vec<pb::PairResult>)>,
-        tokio::sync::mpsc::UnboundedReceiver<(String, Vec<pb::PairResult>)>,
+        tokio::sync::mpsc::UnboundedSender<TestResults>,
+        tokio::sync::mpsc::UnboundedReceiver<TestResults>,
     ),
     /// Keeps the device alive.
     _tun: Tun,
