@@ -22,7 +22,7 @@ mod privilege;
 mod topology;
 
 pub use cleanup::{leftovers, sweep_stale};
-pub use mesh::{CONTROLLER_PORT, Mesh, SiteLabels, test_script};
+pub use mesh::{ADMIN_TOKEN as MESH_ADMIN_TOKEN, CONTROLLER_PORT, Mesh, SiteLabels, test_script};
 pub use netns::{Netns, Process, run_checked};
 pub use privilege::{netns_unavailable, skip_or_fail};
 pub use topology::{CloudSpec, Host, Nat, Topology, TopologyBuilder, TopologyError};
@@ -38,10 +38,14 @@ pub fn bin_path(name: &str) -> PathBuf {
     let dir = match std::env::var_os("CLADNET_BIN_DIR") {
         Some(d) => PathBuf::from(d),
         None => {
-            // Test executables live in target/<profile>/deps; binaries in target/<profile>.
-            let exe = std::env::current_exe().expect("current test executable");
-            let deps = exe.parent().expect("executable has a directory");
-            deps.parent().unwrap_or(deps).to_owned()
+            // Test executables live in target/<profile>/deps; binaries (the demo among them)
+            // in target/<profile>.
+            let exe = std::env::current_exe().expect("current executable");
+            let dir = exe.parent().expect("executable has a directory");
+            match dir.file_name() {
+                Some(name) if name == "deps" => dir.parent().unwrap_or(dir).to_owned(),
+                _ => dir.to_owned(),
+            }
         }
     };
     let path = dir.join(name);

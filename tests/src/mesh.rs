@@ -14,7 +14,7 @@ use std::{
 use crate::{Host, Process, Topology, bin_path};
 
 /// The admin token of mesh controllers.
-const ADMIN_TOKEN: &str = "mesh-test-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "mesh-test-admin-token-0123456789";
 /// Controller port (gRPC, REST and the UDP reflector).
 pub const CONTROLLER_PORT: u16 = 8053;
 
@@ -45,27 +45,44 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// Starts the controller on `ctl_host` and creates network `net` with the given policy.
+    /// Starts the controller on `ctl_host` and creates network `mesh` with the given policy.
     pub fn start(topo: Topology, ctl_host: &str, cidr: &str, policy: &[&str]) -> Self {
+        let mut mesh = Self::with_controller(topo, ctl_host);
+        mesh.create_network("mesh", cidr, policy);
+        mesh
+    }
+
+    /// Starts the controller on `ctl_host`, with no network yet.
+    pub fn with_controller(topo: Topology, ctl_host: &str) -> Self {
         let mut mesh = Self {
             agents: BTreeMap::new(),
             controller: None,
             topo,
             ctl_host: ctl_host.to_owned(),
             dir: tempfile::tempdir().expect("temp dir"),
-            net: "mesh".into(),
+            net: String::new(),
             token: String::new(),
             overlay: std::cell::RefCell::default(),
         };
         mesh.start_controller();
-        let mut args = vec!["network", "create", "mesh", "--id", "mesh", "--cidr", cidr];
-        args.extend_from_slice(policy);
-        mesh.cli(&args);
-        let token: serde_json::Value =
-            serde_json::from_str(&mesh.cli(&["--json", "token", "create", "mesh"]))
-                .expect("token JSON");
-        mesh.token = token["token"].as_str().expect("token").to_owned();
         mesh
+    }
+
+    /// Creates network `id` (agents started afterwards join it) and a join token for it.
+    pub fn create_network(&mut self, id: &str, cidr: &str, policy: &[&str]) {
+        let mut args = vec!["network", "create", id, "--id", id, "--cidr", cidr];
+        args.extend_from_slice(policy);
+        self.cli(&args);
+        let token: serde_json::Value =
+            serde_json::from_str(&self.cli(&["--json", "token", "create", id]))
+                .expect("token JSON");
+        self.token = token["token"].as_str().expect("token").to_owned();
+        self.net = id.to_owned();
+    }
+
+    /// Where the controller's and agents' logs are.
+    pub fn log_dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn ctl(&self) -> &Host {

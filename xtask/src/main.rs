@@ -41,6 +41,17 @@ enum Task {
     },
     /// Run the 3-cloud smoke check with its output.
     Smoke,
+    /// The multi-cloud demo: clouds with overlapping subnets behind NAT in namespaces, a
+    /// controller on the embedded store, one agent per host, the latency matrix; runs until
+    /// Ctrl-C, then removes everything.
+    Demo {
+        /// Exit after printing the matrix (non-interactive, for CI).
+        #[arg(long)]
+        once: bool,
+        /// Pings per pair in the connectivity test (1..=100).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        trials: u32,
+    },
     /// Build in release mode and run a benchmark (see docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
@@ -55,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => test::lint(),
         Task::Test { no_setup, args } => test::all(!no_setup, &args),
         Task::Smoke => test::smoke(),
+        Task::Demo { once, trials } => test::demo(once, trials),
         Task::Bench { scenario } => bench::run_scenario(&scenario),
     }
 }

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use crate::{
     ebpf, setup,
-    util::{cargo, root, run, succeeds},
+    util::{cargo, root, run, succeeds, target_dir},
 };
 
 /// rustfmt in check mode over the workspace and the eBPF crate, then clippy with warnings as
@@ -86,6 +86,18 @@ pub(crate) fn smoke() -> anyhow::Result<()> {
             "--",
             "--nocapture",
         ]);
+    }
+    run(&mut cmd)
+}
+
+/// `cargo xtask demo`: setup, build, then the demo binary (it needs root for namespaces).
+pub(crate) fn demo(once: bool, trials: u32) -> anyhow::Result<()> {
+    setup::install()?;
+    build_all()?;
+    let mut cmd = Command::new(target_dir().join("debug").join("cladnet-demo"));
+    cmd.args(["--trials", &trials.to_string()]);
+    if once {
+        cmd.arg("--once");
     }
     run(&mut cmd)
 }

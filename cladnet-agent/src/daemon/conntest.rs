@@ -126,8 +126,10 @@ fn ping(source: Ipv4Addr, dst: Ipv4Addr, ident: u16, count: u32) -> io::Result<V
     for seq in 0..count {
         let due = start + INTERVAL * seq;
         wait_replies(&socket, dst, ident, due, &mut sent_at, &mut rtts, &mut buf)?;
-        socket.send_to(&echo_request(ident, seq as u16), SocketAddrV4::new(dst, 0))?;
+        // Stamped before sending: on a busy machine the thread may be descheduled after the
+        // send for longer than the round trip.
         sent_at[seq as usize] = Some(Instant::now());
+        socket.send_to(&echo_request(ident, seq as u16), SocketAddrV4::new(dst, 0))?;
     }
     let done = Instant::now() + TIMEOUT;
     while rtts.len() < count as usize && Instant::now() < done {

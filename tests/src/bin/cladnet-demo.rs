@@ -1,0 +1,197 @@
+//! `cargo xtask demo`: a simulated multi-cloud deployment in network namespaces, end to end.
+//!
+//! Four clouds (two share 192.168.1.0/24, both behind NAT), a controller on the embedded
+//! store, one agent per host; the controller recommends the address space, the network is
+//! created, everyone joins, and a connectivity test prints the latency matrix. Then it keeps
+//! running until Ctrl-C (or exits at once with `--once`) and removes everything it created.
+//!
+//! Usage: `cladnet-demo [--once] [--trials N]` (root; `cargo xtask demo` builds and runs it).
+
+use std::{
+    io::Write as _,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use cladnet_tests::{Mesh, Nat, SiteLabels, Topology, netns_unavailable};
+
+const CLOUDS: [(&str, &str, Nat, &[&str]); 4] = [
+    ("aws", "192.168.1.0/24", Nat::Masquerade, &["a1", "a2"]),
+    ("gcp", "192.168.1.0/24", Nat::OneToOne, &["g1"]),
+    ("azure", "10.0.0.0/24", Nat::OneToOne, &["z1"]),
+    ("ops", "172.16.0.0/24", Nat::OneToOne, &["ctl"]),
+];
+
+fn step(n: u32, text: &str) {
+    println!("\n[{n}/6] {text}");
+    let _ = std::io::stdout().flush();
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let once = args.iter().any(|a| a == "--once");
+    let trials = match args.iter().position(|a| a == "--trials") {
+        Some(i) => match args.get(i + 1).and_then(|t| t.parse::<u32>().ok()) {
+            Some(t) if (1..=100).contains(&t) => t,
+            _ => {
+                eprintln!("error: --trials needs a number in 1..=100");
+                return ExitCode::from(2);
+            }
+        },
+        None => 5,
+    };
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            "--once" => {}
+            "--trials" => {
+                rest.next();
+            }
+            other => {
+                eprintln!(
+                    "error: unknown argument {other:?}\nusage: cladnet-demo [--once] [--trials N]"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(reason) = netns_unavailable() {
+        eprintln!("error: the demo builds network namespaces and needs root: {reason}");
+        return ExitCode::FAILURE;
+    }
+    // Every failure below panics with what failed; unwinding drops the mesh, which stops the
+    // processes and removes the namespaces.
+    match std::panic::catch_unwind(|| demo(once, trials)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => {
+            eprintln!("\ndemo failed (see the message above); everything it created was removed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(once: bool, trials: u32) {
+    let started = Instant::now();
+    step(1, "building the clouds in network namespaces");
+    let mut b = Topology::builder();
+    for (cloud, cidr, nat, hosts) in CLOUDS {
+        b = b.cloud(cloud, cidr, nat);
+        for h in hosts {
+            b = b.host(cloud, h);
+        }
+        let nat = match nat {
+            Nat::Masquerade => "masquerade NAT",
+            Nat::OneToOne => "1:1 NAT",
+        };
+        println!(
+            "      {cloud:<6} {cidr:<15} behind {nat:<14} {}",
+            hosts.join(", ")
+        );
+    }
+    let topo = b.build().expect("build the topology");
+
+    step(2, "starting the controller on the embedded store");
+    let mut mesh = Mesh::with_controller(topo, "ctl");
+    println!("      controller at {}", mesh.controller_url());
+
+    step(
+        3,
+        "recommending an overlay address space that clashes with no host subnet",
+    );
+    let cidrs: Vec<&str> = CLOUDS.iter().map(|c| c.1).collect();
+    let mut args = vec!["--json", "network", "recommend", "--hosts", "16"];
+    for c in &cidrs {
+        args.extend(["--cidr", c]);
+    }
+    let rec: serde_json::Value =
+        serde_json::from_str(&mesh.cli(&args)).expect("recommendation JSON");
+    let space = rec["recommendedIpv4PrivateAddressSpace"]
+        .as_str()
+        .expect("a recommended space")
+        .to_owned();
+    println!(
+        "      host subnets {}: recommended {space}",
+        cidrs.join(", ")
+    );
+    mesh.create_network(
+        "demo",
+        &space,
+        &[
+            "--encryption",
+            "inter-site",
+            "--rule-type",
+            "cost-prioritized",
+        ],
+    );
+    println!(
+        "      network \"demo\": encryption inter-site (PLAIN inside a VPC, WireGuard across)"
+    );
+
+    step(
+        4,
+        "starting one agent per host and waiting until every pair pings",
+    );
+    let hosts: Vec<&str> = CLOUDS[..3]
+        .iter()
+        .flat_map(|c| c.3.iter().copied())
+        .collect();
+    for (cloud, _, _, names) in &CLOUDS[..3] {
+        for h in *names {
+            let site = SiteLabels {
+                provider: cloud,
+                vpc: "vpc-1",
+            };
+            mesh.start_agent(h, site, &["--metrics-listen", "127.0.0.1:9412"]);
+        }
+    }
+    mesh.wait_mesh(&hosts, Duration::from_secs(60));
+    println!("{}", mesh.cli(&["peers", "demo"]));
+
+    step(
+        5,
+        &format!("connectivity test: {trials} pings per pair over the overlay"),
+    );
+    let t: serde_json::Value = serde_json::from_str(&mesh.cli(&[
+        "--json",
+        "test",
+        "start",
+        "demo",
+        "--trials",
+        &trials.to_string(),
+    ]))
+    .expect("test JSON");
+    let id = t["testId"].as_str().expect("test id").to_owned();
+    mesh.wait("the connectivity test", Duration::from_secs(60), |m| {
+        let v: serde_json::Value =
+            serde_json::from_str(&m.cli(&["--json", "test", "show", "demo", &id])).unwrap();
+        v["complete"].as_bool() == Some(true)
+    });
+    println!("{}", mesh.cli(&["test", "show", "demo", &id]));
+
+    step(6, &format!("running (set up in {:.0?})", started.elapsed()));
+    let a1 = mesh.topo.host("a1").netns().name().to_owned();
+    let z1 = mesh.overlay_ip("z1");
+    println!("      metrics:  ip netns exec {a1} curl -s 127.0.0.1:9412/metrics");
+    println!("      traffic:  ip netns exec {a1} ping {z1}");
+    let ctl = mesh.topo.host("ctl").netns().name().to_owned();
+    println!(
+        "      CLI:      ip netns exec {ctl} {} --controller http://127.0.0.1:8053 --token {} peers demo",
+        cladnet_tests::bin_path("cladnet").display(),
+        cladnet_tests::MESH_ADMIN_TOKEN
+    );
+    println!("      logs:     {}", mesh.log_dir().display());
+    if once {
+        println!("      --once: stopping now");
+    } else {
+        println!("      Ctrl-C stops the demo and removes everything it created.");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+    }
+    drop(mesh);
+    println!("cleaned up.");
+}
