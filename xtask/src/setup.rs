@@ -30,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
 
 /// bpf-linker release built against LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// boringtun-cli release the WireGuard interop tests run as an external peer.
+const BORINGTUN_VERSION: &str = "0.7.1";
 /// The nightly that builds the eBPF crate (see TOOLCHAIN.md).
 const NIGHTLY: &str = "nightly";
 
@@ -38,6 +40,7 @@ pub(crate) fn install() -> anyhow::Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    boringtun_cli()?;
     bpffs()?;
     if !succeeds("cargo", &["nextest", "--version"]) {
         eprintln!(
@@ -162,6 +165,49 @@ fn bpf_linker() -> anyhow::Result<()> {
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
         .args(["--no-default-features", "--features", "llvm-22"]))
     .context("building bpf-linker against LLVM 22 (needs llvm-22-dev)")
+}
+
+/// Where `cargo install` puts binaries: `$CARGO_HOME/bin`, else `~/.cargo/bin`.
+fn cargo_bin_dir() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|home| home.join("bin"))
+}
+
+/// The version `boringtun-cli --version` reports (`boringtun 0.7.1`), looked up on `PATH`
+/// and in cargo's bin directory (the tests look in both).
+fn installed_boringtun_version() -> Option<String> {
+    let candidates = std::iter::once(PathBuf::from("boringtun-cli"))
+        .chain(cargo_bin_dir().map(|d| d.join("boringtun-cli")));
+    candidates
+        .filter_map(|bin| Command::new(bin).arg("--version").output().ok())
+        .filter(|o| o.status.success())
+        .find_map(|o| {
+            let text = String::from_utf8_lossy(&o.stdout);
+            Some(text.split_whitespace().nth(1)?.to_owned())
+        })
+}
+
+/// boringtun-cli (crates.io), a second userspace WireGuard the interop tests run as an
+/// external peer, installed into cargo's bin directory when missing or of another version.
+fn boringtun_cli() -> anyhow::Result<()> {
+    let installed = installed_boringtun_version();
+    if installed.as_deref() == Some(BORINGTUN_VERSION) {
+        return Ok(());
+    }
+    match &installed {
+        Some(v) => eprintln!("setup: boringtun-cli {v} found, installing {BORINGTUN_VERSION}"),
+        None => eprintln!("setup: installing boringtun-cli {BORINGTUN_VERSION}"),
+    }
+    run(Command::new("cargo")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        // A scratch target directory of its own, not the workspace's (CI points
+        // CARGO_TARGET_DIR at a shared cache).
+        .env_remove("CARGO_TARGET_DIR")
+        .args(["install", "--locked", "--force", "boringtun-cli"])
+        .args(["--version", BORINGTUN_VERSION]))
+    .context("installing boringtun-cli from crates.io")
 }
 
 fn bpffs() -> anyhow::Result<()> {
