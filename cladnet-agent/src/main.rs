@@ -38,6 +38,19 @@ enum Command {
         #[command(flatten)]
         settings: Box<daemon::Settings>,
     },
+    /// Show the running agent's interface and peers (like `wg show`).
+    Status {
+        /// The running agent's data directory (its status socket lives there).
+        #[arg(
+            long,
+            env = "CLADNET_DATA_DIR",
+            default_value = "/var/lib/cladnet-agent"
+        )]
+        data_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show this node's identity (node id and public key), creating it on first use.
     Identity {
         /// Data directory holding the identity (files mode 0600).
@@ -120,6 +133,15 @@ fn main() -> anyhow::Result<()> {
                 .block_on(daemon::run(cfg, shutdown_signal()))
         }
         Command::Dataplane(cmd) => dataplane(cmd),
+        Command::Status { data_dir, json } => {
+            let status = daemon::status::query(&data_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", daemon::status::render(&status));
+            }
+            Ok(())
+        }
         Command::Identity { data_dir } => {
             let id = cladnet_agent::identity::Identity::load_or_create(&data_dir)?;
             println!(

@@ -315,6 +315,25 @@ fn connectivity_test_matrix_and_remote_up_down() {
         assert!(0.0 < min && min <= avg && avg <= max && max < 1000.0, "{p}");
     }
 
+    // `cladnet-agent status` shows the interface and its peers like `wg show`.
+    let status = mesh
+        .topo
+        .host("a1")
+        .exec([
+            cladnet_tests::bin_path("cladnet-agent").to_str().unwrap(),
+            "status",
+            "--data-dir",
+            mesh.data_dir("a1").to_str().unwrap(),
+        ])
+        .expect("status");
+    assert!(
+        status.contains("interface: cladnet0 (userspace)"),
+        "{status}"
+    );
+    assert_eq!(status.matches("\npeer: ").count(), 2, "{status}");
+    assert!(status.contains("latest handshake"), "{status}");
+    assert!(status.contains("state: up"), "{status}");
+
     // `down` withdraws g1's peers (it stays joined, state down); `up` brings them back.
     let g1_id = mesh.peer("g1").unwrap()["hostId"]
         .as_str()

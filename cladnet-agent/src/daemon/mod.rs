@@ -15,6 +15,7 @@ pub mod conntest;
 pub mod convert;
 pub mod host;
 pub mod metrics;
+pub mod status;
 
 use std::{net::SocketAddrV4, sync::Arc, time::Duration};
 
@@ -86,6 +87,17 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         };
         metrics::start(addr, engine.router().clone(), id).await?;
     }
+    let info = Arc::new(std::sync::Mutex::new(status::AgentInfo {
+        network: cfg.network.clone(),
+        node_id: identity.node_id.clone(),
+        public_key: identity.public_key().to_base64(),
+        interface: cfg.interface.clone(),
+        listen_port: cfg.listen_port,
+        engine: ENGINE.into(),
+        state: "joining".into(),
+        ..status::AgentInfo::default()
+    }));
+    status::start(&cfg.data_dir, engine.router().clone(), info.clone())?;
     let facts = HostFacts::gather(
         cfg.reflector,
         &cfg.interface,
@@ -119,9 +131,13 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         revision: 0,
         pending: None,
         overlay_ip: None,
+        info,
         tests: tokio::sync::mpsc::unbounded_channel(),
         _tun: tun,
     };
+    if let Some(p) = public {
+        agent.update_info(|i| i.public_endpoint = p.to_string());
+    }
     agent.join().await?;
     agent.serve(peer_events, shutdown).await
 }
@@ -144,6 +160,8 @@ struct Agent {
     pending: Option<pb::ReportRequest>,
     /// This node's overlay address, once joined.
     overlay_ip: Option<std::net::Ipv4Addr>,
+    /// What `cladnet-agent status` shows.
+    info: Arc<std::sync::Mutex<status::AgentInfo>>,
     /// Connectivity test results on their way to the controller.
     tests: (
         tokio::sync::mpsc::UnboundedSender<TestResults>,
@@ -222,6 +240,7 @@ impl Agent {
         };
         self.local_index = local.node_index;
         self.overlay_ip = Some(local.overlay_ip);
+        self.update_info(|i| i.overlay = format!("{}/{}", local.overlay_ip, local.prefix_len));
         Ok(self.table.set_local(local))
     }
 
@@ -261,6 +280,7 @@ impl Agent {
         mut peer_events: tokio::sync::mpsc::UnboundedReceiver<PeerEvent>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        self.update_info(|i| i.state = "up".into());
         self.pending = Some(self.report(|r| {
             r.state = "up".into();
             r.dataplane = ENGINE.into();
@@ -344,6 +364,10 @@ impl Agent {
         Ok(())
     }
 
+    fn update_info(&self, f: impl FnOnce(&mut status::AgentInfo)) {
+        f(&mut self.info.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
     fn report(&self, f: impl FnOnce(&mut pb::ReportRequest)) -> pb::ReportRequest {
         let mut r = pb::ReportRequest {
             cladnet_id: self.cfg.network.clone(),
@@ -374,6 +398,7 @@ impl Agent {
             Ok(seen) if Some(seen) != self.public => {
                 info!(old = ?self.public, new = %seen, "public endpoint changed");
                 self.public = Some(seen);
+                self.update_info(|i| i.public_endpoint = seen.to_string());
                 let mut r = self.pending.take().unwrap_or_else(|| self.report(|_| {}));
                 r.public_endpoint = seen.to_string();
                 self.pending = Some(r);
@@ -394,6 +419,8 @@ impl Agent {
             from_revision: self.revision,
         };
         let stream = self.client.watch(&self.session, req).await?;
+        let controller = self.client.current().to_owned();
+        self.update_info(|i| i.controller = controller);
         info!(
             controller = self.client.current(),
             from_revision = self.revision,
@@ -475,6 +502,7 @@ impl Agent {
         match c.command_type.as_str() {
             "down" | "up" => {
                 let down = c.command_type == "down";
+                self.update_info(|i| i.state.clone_from(&c.command_type));
                 self.pending = Some(self.report(|r| {
                     r.state = c.command_type.clone();
                 }));

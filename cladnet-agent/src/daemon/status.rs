@@ -1,0 +1,238 @@
+//! `cladnet-agent status`: the running agent answers on a unix socket in its data directory
+//! (mode 0600, like WireGuard's UAPI socket) with a JSON snapshot of its state; the command
+//! prints it the way `wg show` does.
+
+use std::{
+    fmt::Write as _,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{io::AsyncWriteExt as _, net::UnixListener};
+use tracing::{debug, warn};
+
+use crate::engine::router::Router;
+
+/// Name of the socket in the data directory.
+pub const SOCKET: &str = "agent.sock";
+
+/// The agent's own facts, updated by the main loop.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct AgentInfo {
+    /// Network id.
+    pub network: String,
+    /// Node id.
+    pub node_id: String,
+    /// Public key (base64).
+    pub public_key: String,
+    /// Overlay interface.
+    pub interface: String,
+    /// Overlay address with prefix, once joined.
+    pub overlay: String,
+    /// Tunnel UDP port.
+    pub listen_port: u16,
+    /// Public endpoint as the reflector saw it.
+    pub public_endpoint: String,
+    /// Dataplane engine and why.
+    pub engine: String,
+    /// Controller currently used.
+    pub controller: String,
+    /// `up`, `down`, `joining`.
+    pub state: String,
+}
+
+/// What the socket returns.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Status {
+    /// The agent.
+    pub agent: AgentInfo,
+    /// Its peers.
+    pub peers: Vec<PeerLine>,
+    /// Non-zero drop counters by reason.
+    pub drops: Vec<(String, u64)>,
+}
+
+/// One peer (a serializable copy of [`crate::engine::router::PeerStatus`]).
+#[derive(Debug, Deserialize, Serialize)]
+pub struct PeerLine {
+    /// Node id.
+    pub node_id: String,
+    /// Overlay address.
+    pub overlay_ip: String,
+    /// plain / sealed.
+    pub mode: String,
+    /// Current endpoint.
+    pub endpoint: Option<String>,
+    /// Seconds since the last handshake.
+    pub handshake_age_secs: Option<u64>,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// Serves status snapshots on `<data_dir>/agent.sock` in the background.
+pub fn start(
+    data_dir: &Path,
+    router: Arc<Router>,
+    info: Arc<Mutex<AgentInfo>>,
+) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join(SOCKET);
+    // A socket left by a crashed agent would make bind fail.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| anyhow::anyhow!("binding the status socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let status = snapshot(&router, &info);
+            let body = serde_json::to_vec(&status).unwrap_or_default();
+            if let Err(error) = conn.write_all(&body).await {
+                debug!(%error, "status client went away");
+            }
+        }
+    });
+    Ok(path)
+}
+
+fn snapshot(router: &Router, info: &Mutex<AgentInfo>) -> Status {
+    let agent = info.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Status {
+        agent,
+        peers: router
+            .status(Instant::now())
+            .into_iter()
+            .map(|p| PeerLine {
+                node_id: p.node_id,
+                overlay_ip: p.overlay_ip.to_string(),
+                mode: p.mode.to_owned(),
+                endpoint: p.endpoint.map(|e| e.to_string()),
+                handshake_age_secs: p.handshake_age_secs,
+                rx_bytes: p.traffic.rx_bytes,
+                tx_bytes: p.traffic.tx_bytes,
+            })
+            .collect(),
+        drops: router
+            .drops()
+            .snapshot()
+            .into_iter()
+            .map(|(r, n)| (r.name().to_owned(), n))
+            .collect(),
+    }
+}
+
+/// Reads the status of the agent whose data directory is `data_dir`.
+pub fn query(data_dir: &Path) -> anyhow::Result<Status> {
+    use std::io::Read as _;
+    let path = data_dir.join(SOCKET);
+    let mut conn = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "no agent answers on {} ({e}); is `cladnet-agent run` running with this --data-dir?",
+            path.display()
+        )
+    })?;
+    let mut body = Vec::new();
+    conn.read_to_end(&mut body)?;
+    serde_json::from_slice(&body).map_err(|e| {
+        warn!(%e, "bad status answer");
+        anyhow::anyhow!("unreadable answer from {}: {e}", path.display())
+    })
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[unit])
+    }
+}
+
+/// `wg show`-style text.
+pub fn render(s: &Status) -> String {
+    let a = &s.agent;
+    let mut out = String::new();
+    let _ = writeln!(out, "interface: {} ({})", a.interface, a.engine);
+    let rows = [
+        ("network", &a.network),
+        ("node id", &a.node_id),
+        ("public key", &a.public_key),
+        ("overlay", &a.overlay),
+        ("public endpoint", &a.public_endpoint),
+        ("controller", &a.controller),
+        ("state", &a.state),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(out, "  {k}: {}", if v.is_empty() { "-" } else { v });
+    }
+    let _ = writeln!(out, "  listening port: {}", a.listen_port);
+    for p in &s.peers {
+        let _ = writeln!(out, "\npeer: {} ({}, {})", p.node_id, p.overlay_ip, p.mode);
+        let _ = writeln!(
+            out,
+            "  endpoint: {}",
+            p.endpoint.as_deref().unwrap_or("(none)")
+        );
+        if let Some(age) = p.handshake_age_secs {
+            let _ = writeln!(out, "  latest handshake: {age} seconds ago");
+        }
+        let _ = writeln!(
+            out,
+            "  transfer: {} received, {} sent",
+            bytes(p.rx_bytes),
+            bytes(p.tx_bytes)
+        );
+    }
+    if !s.drops.is_empty() {
+        let _ = writeln!(out, "\ndrops:");
+        for (r, n) in &s.drops {
+            let _ = writeln!(out, "  {r}: {n}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_like_wg_show() {
+        let s = Status {
+            agent: AgentInfo {
+                interface: "cladnet0".into(),
+                engine: "userspace".into(),
+                listen_port: 8055,
+                ..AgentInfo::default()
+            },
+            peers: vec![PeerLine {
+                node_id: "n1".into(),
+                overlay_ip: "10.0.0.2".into(),
+                mode: "sealed".into(),
+                endpoint: Some("192.0.2.1:8055".into()),
+                handshake_age_secs: Some(3),
+                rx_bytes: 1536,
+                tx_bytes: 10,
+            }],
+            drops: vec![("wg_replay".into(), 2)],
+        };
+        let text = render(&s);
+        assert!(text.contains("interface: cladnet0 (userspace)"), "{text}");
+        assert!(text.contains("peer: n1 (10.0.0.2, sealed)"), "{text}");
+        assert!(text.contains("latest handshake: 3 seconds ago"), "{text}");
+        assert!(text.contains("1.50 KiB received, 10 B sent"), "{text}");
+        assert!(text.contains("wg_replay: 2"), "{text}");
+    }
+}
