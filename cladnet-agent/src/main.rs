@@ -38,6 +38,15 @@ enum Command {
         #[command(flatten)]
         settings: Box<daemon::Settings>,
     },
+    /// Check a configuration file (and flags) the way `run` would, and print the result
+    /// (without the join token).
+    CheckConfig {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        settings: Box<daemon::Settings>,
+    },
     /// Show the running agent's interface and peers (like `wg show`).
     Status {
         /// The running agent's data directory (its status socket lives there).
@@ -131,6 +140,23 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("starting the async runtime")?
                 .block_on(daemon::run(cfg, shutdown_signal()))
+        }
+        Command::CheckConfig { config, settings } => {
+            let cfg = daemon::Settings::from_file(&config)?
+                .overridden_by(*settings)
+                .resolve()?;
+            println!(
+                "ok: network {} via {} as {} on udp/{}; data in {}; dataplane {:?}; metrics {}",
+                cfg.network,
+                cfg.controllers.join(", "),
+                cfg.interface,
+                cfg.listen_port,
+                cfg.data_dir.display(),
+                cfg.dataplane,
+                cfg.metrics_listen
+                    .map_or_else(|| "off".to_owned(), |a| a.to_string())
+            );
+            Ok(())
         }
         Command::Dataplane(cmd) => dataplane(cmd),
         Command::Status { data_dir, json } => {

@@ -16,7 +16,7 @@
 //! ```
 
 use std::{
-    net::{SocketAddr, ToSocketAddrs},
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -150,8 +150,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Metrics listen address, if enabled.
     pub metrics_listen: Option<SocketAddr>,
-    /// Reflector address.
-    pub reflector: SocketAddr,
+    /// Reflector `host:port` (resolved at start).
+    pub reflector: String,
     /// Probe interval.
     pub probe_interval: Duration,
     /// Underlay MTU override.
@@ -291,9 +291,11 @@ impl Settings {
                     bad("metrics_listen", format!("{s:?} is not ip:port or \"off\""))
                 })?),
             };
+        // Checked for shape only: names are resolved when the agent starts (and retried), so
+        // a VM booting before its resolver is ready does not fail on configuration.
         let reflector = match &self.reflector {
-            Some(r) => resolve_addr("reflector", r)?,
-            None => resolve_addr("controllers", authority(&self.controllers[0]))?,
+            Some(r) => check_host_port("reflector", r)?,
+            None => check_host_port("controllers", authority(&self.controllers[0]))?,
         };
         let probe_interval = Duration::from_secs(self.probe_interval_secs.unwrap_or(5));
         if probe_interval.is_zero() || probe_interval > Duration::from_secs(3600) {
@@ -341,11 +343,22 @@ fn authority(url: &str) -> &str {
     rest.split(['/', '?']).next().unwrap_or(rest)
 }
 
-fn resolve_addr(field: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.to_socket_addrs()
-        .map_err(|e| bad(field, format!("{s:?}: {e}")))?
+fn check_host_port(field: &'static str, s: &str) -> Result<String, ConfigError> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| bad(field, format!("{s:?} is not host:port")))?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad(field, format!("{s:?} is not host:port")));
+    }
+    Ok(s.to_owned())
+}
+
+/// Resolves `host:port` to its first IPv4 address.
+pub async fn resolve_ipv4(s: &str) -> std::io::Result<SocketAddr> {
+    tokio::net::lookup_host(s)
+        .await?
         .find(SocketAddr::is_ipv4)
-        .ok_or_else(|| bad(field, format!("{s:?} has no IPv4 address")))
+        .ok_or_else(|| std::io::Error::other(format!("{s} has no IPv4 address")))
 }
 
 #[cfg(test)]
@@ -366,7 +379,7 @@ mod tests {
         let c = base().resolve().unwrap();
         assert_eq!(c.interface, "cladnet0");
         assert_eq!(c.listen_port, 8055);
-        assert_eq!(c.reflector, "192.0.2.1:8053".parse().unwrap());
+        assert_eq!(c.reflector, "192.0.2.1:8053");
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9412".parse().unwrap()));
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
     }

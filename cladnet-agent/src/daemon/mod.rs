@@ -98,8 +98,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         ..status::AgentInfo::default()
     }));
     status::start(&cfg.data_dir, engine.router().clone(), info.clone())?;
+    let reflector = resolve_with_retry(&cfg.reflector).await;
     let facts = HostFacts::gather(
-        cfg.reflector,
+        reflector,
         &cfg.interface,
         cfg.host_name.as_deref(),
         cfg.underlay_mtu,
@@ -111,7 +112,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         underlay_mtu = facts.underlay_mtu,
         "host facts"
     );
-    let public = match engine.probe(cfg.reflector, 3, Duration::from_secs(1)).await {
+    let public = match engine.probe(reflector, 3, Duration::from_secs(1)).await {
         Ok(seen) => Some(seen),
         Err(error) => {
             warn!(%error, "public endpoint unknown for now; will keep probing");
@@ -131,6 +132,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         revision: 0,
         pending: None,
         overlay_ip: None,
+        reflector,
         info,
         tests: tokio::sync::mpsc::unbounded_channel(),
         _tun: tun,
@@ -160,6 +162,8 @@ struct Agent {
     pending: Option<pb::ReportRequest>,
     /// This node's overlay address, once joined.
     overlay_ip: Option<std::net::Ipv4Addr>,
+    /// The controller's endpoint reflector.
+    reflector: std::net::SocketAddr,
     /// What `cladnet-agent status` shows.
     info: Arc<std::sync::Mutex<status::AgentInfo>>,
     /// Connectivity test results on their way to the controller.
@@ -392,7 +396,7 @@ impl Agent {
     async fn probe(&mut self) {
         match self
             .engine
-            .probe(self.cfg.reflector, 2, Duration::from_millis(700))
+            .probe(self.reflector, 2, Duration::from_millis(700))
             .await
         {
             Ok(seen) if Some(seen) != self.public => {
@@ -550,6 +554,22 @@ impl Agent {
             let results = conntest::run(&me, source, targets, t.trial_count.max(1)).await;
             let _ = tx.send((t.test_id, results));
         });
+    }
+}
+
+/// Resolves the reflector, retrying while name resolution fails (at boot the resolver may not
+/// be up yet).
+async fn resolve_with_retry(host_port: &str) -> std::net::SocketAddr {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match config::resolve_ipv4(host_port).await {
+            Ok(addr) => return addr,
+            Err(error) => {
+                warn!(reflector = host_port, %error, retry_in = ?backoff, "cannot resolve the reflector");
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
     }
 }
 
