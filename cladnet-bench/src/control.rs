@@ -293,7 +293,7 @@ async fn run_in(opts: &ControlOptions, dir: &std::path::Path) -> Result<ControlR
 }
 
 /// 32 random alphanumeric characters (hex of 16 random bytes).
-fn random_token() -> Result<String> {
+pub(crate) fn random_token() -> Result<String> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| {
         BenchError::io(

@@ -159,10 +159,7 @@ impl ControlDocument {
 
     /// Writes the document as pretty JSON.
     pub fn write_json(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|e| BenchError::io("serializing the report", std::io::Error::other(e)))?;
-        std::fs::write(path, json + "\n")
-            .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))
+        write_json(self, path)
     }
 
     /// The results as a plain-text table: one line per run, a median line per store when it
@@ -340,8 +337,20 @@ fn cpu(u: &ProcessUse) -> String {
     format!("{:.2} / {:.2}", u.cpu_convergence_s, u.cpu_fanout_s)
 }
 
+/// Writes `value` as pretty JSON to `path`, creating its directory.
+pub(crate) fn write_json(value: &impl Serialize, path: &Path) -> Result<()> {
+    let json = serde_json::to_string_pretty(value)
+        .map_err(|e| BenchError::io("serializing the report", std::io::Error::other(e)))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BenchError::io(format!("creating {}", dir.display()), e))?;
+    }
+    std::fs::write(path, json + "\n")
+        .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))
+}
+
 /// Left-aligned columns separated by two spaces.
-fn align(rows: &[Vec<String>]) -> String {
+pub(crate) fn align(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {

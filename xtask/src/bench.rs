@@ -23,12 +23,23 @@ pub(crate) enum Scenario {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Dataplane: two hosts in network namespaces over one veth pair; single-stream TCP,
+    /// 64-byte UDP rate, ping RTT and CPU with no tunnel, wireguard-go, boringtun, CLADNet
+    /// SEALED and PLAIN. Needs root. Arguments go to `cladnet-bench dataplane` (see `cargo
+    /// xtask bench dataplane --help`), e.g. `--secs 5 --runs 3 --only raw,cladnet-sealed`.
+    #[command(disable_help_flag = true)]
+    Dataplane {
+        /// Arguments for `cladnet-bench dataplane`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Runs one scenario.
 pub(crate) fn run_scenario(scenario: &Scenario) -> anyhow::Result<()> {
     match scenario {
         Scenario::Control { args } => control(args),
+        Scenario::Dataplane { args } => dataplane(args),
     }
 }
 
@@ -54,4 +65,19 @@ fn control(args: &[String]) -> anyhow::Result<()> {
         .arg("control")
         .args(args)
         .env("CLADNET_CONTROLLER_BIN", release_bin("cladnet-controller")))
+}
+
+/// The dataplane benchmark: the release controller, CLI and agent, started in namespaces by
+/// `cladnet-bench`, which finds them next to itself. Writes `<target>/bench/dataplane.json`
+/// unless `--out` says otherwise.
+fn dataplane(args: &[String]) -> anyhow::Result<()> {
+    build_release(&[
+        "cladnet-controller",
+        "cladnet-cli",
+        "cladnet-agent",
+        "cladnet-bench",
+    ])?;
+    run(Command::new(release_bin("cladnet-bench"))
+        .arg("dataplane")
+        .args(args))
 }

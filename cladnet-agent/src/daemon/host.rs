@@ -7,6 +7,9 @@ use cladnet_proto::v1 as pb;
 
 use crate::netconf;
 
+/// A global unicast address (TEST-NET-1) to look up the default route with.
+const ANY_GLOBAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
 /// Host facts gathered at start and on address changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostFacts {
@@ -38,10 +41,16 @@ impl HostFacts {
                 mtu: i.mtu,
             })
             .collect();
-        let towards = match controller {
+        let mut towards = match controller {
             SocketAddr::V4(v4) => netconf::route_interface(*v4.ip()).await?,
             SocketAddr::V6(_) => None,
         };
+        // A controller on this very host is reached over loopback, whose MTU says nothing
+        // about the underlay: ask where traffic to the rest of the world would go instead (a
+        // route lookup, nothing is sent).
+        if towards.as_ref().is_none_or(|r| r.interface == "lo") {
+            towards = netconf::route_interface(ANY_GLOBAL).await?;
+        }
         let (private_cidr, route_mtu) = match &towards {
             Some(route) => {
                 let iface = all.iter().find(|i| i.name == route.interface);
@@ -54,7 +63,11 @@ impl HostFacts {
                 });
                 (cidr, Some(route.mtu))
             }
-            None => (None, None),
+            // No route out at all (an isolated test bed): the first interface that is up.
+            None => all
+                .iter()
+                .find(|i| i.up && i.name != overlay)
+                .map_or((None, None), |i| (i.cidrs.first().copied(), Some(i.mtu))),
         };
         Ok(Self {
             host_name: host_name.map_or_else(system_host_name, str::to_owned),
