@@ -7,8 +7,10 @@
 #![no_std]
 #![cfg_attr(not(feature = "user"), forbid(unsafe_code))]
 
+pub mod encap;
 pub mod maps;
 pub mod plain;
+pub mod rx;
 pub mod wire;
 
 #[cfg(feature = "user")]

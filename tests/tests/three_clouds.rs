@@ -1,5 +1,6 @@
 //! Proof that the pieces fit: a 3-cloud topology with overlapping private subnets, underlay
-//! reachability through NAT, and the agent's eBPF programs counting real packets.
+//! reachability through NAT, and the agent's eBPF receive program classifying and counting
+//! real packets (WireGuard-shaped datagrams pass to the socket, garbage is dropped).
 
 use std::net::Ipv4Addr;
 
@@ -7,10 +8,15 @@ use cladnet_tests::{Host, Nat, Topology, bin_path, leftovers, require_netns};
 use serde::Deserialize;
 
 const TUNNEL_PORT: u16 = 8055;
-/// Payload of each test datagram (`printf` writes exactly these bytes).
-const PAYLOAD: &str = "cladnet-counting-probe";
-/// Ethernet + IPv4 + UDP headers around the payload, as XDP and TC on eth0 see the frame.
-const FRAME_LEN: u64 = 14 + 20 + 8 + PAYLOAD.len() as u64;
+/// Payload of each counted datagram, as a `printf` format: a WireGuard-shaped message (type
+/// 4, three zero bytes, 18 more bytes), which the receive program passes to the agent socket.
+const PAYLOAD: &str = r"\004\000\000\000counting-probe-wg!";
+/// Bytes `printf` writes for [`PAYLOAD`].
+const PAYLOAD_LEN: u64 = 4 + 18;
+/// A datagram that is neither WireGuard nor CLAD: the receive program drops it.
+const GARBAGE: &str = "cladnet-counting-probe";
+/// Ethernet + IPv4 + UDP headers around the payload, as XDP on eth0 sees the frame.
+const FRAME_LEN: u64 = 14 + 20 + 8 + PAYLOAD_LEN;
 
 #[derive(Debug, Deserialize)]
 struct Attached {
@@ -55,10 +61,11 @@ fn counter(rows: &[StatRow], slot: &str) -> (u64, u64) {
     (row.packets, row.bytes)
 }
 
-/// Sends `n` datagrams from `from` to `to:TUNNEL_PORT`, each its own socket and exact payload.
-fn send_datagrams(from: &Host, to: Ipv4Addr, n: u32) {
+/// Sends `n` datagrams from `from` to `to:TUNNEL_PORT`, each its own socket, with the
+/// payload `printf` writes for `format`.
+fn send_datagrams(from: &Host, to: Ipv4Addr, n: u32, format: &str) {
     let script =
-        format!("for i in $(seq {n}); do printf '{PAYLOAD}' > /dev/udp/{to}/{TUNNEL_PORT}; done");
+        format!("for i in $(seq {n}); do printf '{format}' > /dev/udp/{to}/{TUNNEL_PORT}; done");
     from.exec(["bash", "-c", &script]).expect("send datagrams");
 }
 
@@ -138,10 +145,11 @@ fn three_clouds_underlay_and_ebpf_counters() {
     }
 
     // a1 (behind masquerade NAT) and g1 (1:1) send to z1's public address; the NAT gateways
-    // rewrite addresses, XDP on z1's eth0 sees every datagram, TC egress on a1 counts its own.
+    // rewrite addresses, XDP on z1's eth0 sees every datagram and passes the WireGuard-shaped
+    // ones on to the socket (where nftables counts a1's).
     let (from_a1, from_g1) = (17, 11);
-    send_datagrams(a1, z1.public_ip(), from_a1);
-    send_datagrams(g1, z1.public_ip(), from_g1);
+    send_datagrams(a1, z1.public_ip(), from_a1, PAYLOAD);
+    send_datagrams(g1, z1.public_ip(), from_g1, PAYLOAD);
     let total = u64::from(from_a1 + from_g1);
     assert!(
         g1.pings(z1.public_ip(), 3),
@@ -150,23 +158,33 @@ fn three_clouds_underlay_and_ebpf_counters() {
 
     let z1_stats = stats(z1, &z1_pins);
     assert_eq!(
-        counter(&z1_stats, "xdp_tunnel_rx"),
+        counter(&z1_stats, "rx_tunnel"),
+        (total, total * FRAME_LEN),
+        "{z1_stats:?}"
+    );
+    assert_eq!(
+        counter(&z1_stats, "rx_to_socket"),
         (total, total * FRAME_LEN),
         "{z1_stats:?}"
     );
     let a1_stats = stats(a1, &a1_pins);
-    let sent = u64::from(from_a1);
-    assert_eq!(
-        counter(&a1_stats, "tc_tunnel_tx"),
-        (sent, sent * FRAME_LEN),
-        "{a1_stats:?}"
-    );
-    assert_eq!(counter(&a1_stats, "xdp_tunnel_rx"), (0, 0), "{a1_stats:?}");
+    assert_eq!(counter(&a1_stats, "rx_tunnel"), (0, 0), "{a1_stats:?}");
     assert!(
-        counter(&z1_stats, "xdp_other_rx").0 >= 3,
+        counter(&z1_stats, "rx_other").0 >= 3,
         "pings are counted as other traffic"
     );
     // a1's datagrams arrived from its NAT gateway's public address, not its private one.
+    assert_eq!(arrivals_from(z1), u64::from(from_a1));
+
+    // Garbage at the tunnel port is dropped in XDP and counted: nftables never sees it.
+    send_datagrams(a1, z1.public_ip(), 5, GARBAGE);
+    let z1_stats = stats(z1, &z1_pins);
+    assert_eq!(
+        counter(&z1_stats, "drop_unknown_message").0,
+        5,
+        "{z1_stats:?}"
+    );
+    assert_eq!(counter(&z1_stats, "rx_tunnel").0, total + 5, "{z1_stats:?}");
     assert_eq!(arrivals_from(z1), u64::from(from_a1));
 
     // Detach removes the programs and pins.

@@ -33,6 +33,42 @@ pub enum EbpfError {
         /// The pin directory.
         pin_dir: PathBuf,
     },
+    /// An argument was rejected before anything was changed.
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidInput {
+        /// Which input (e.g. `counter slot`).
+        field: &'static str,
+        /// The rejected value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// A network interface does not exist (in the calling thread's namespace).
+    #[error("no network interface {iface:?}")]
+    NoInterface {
+        /// The interface name.
+        iface: String,
+    },
+    /// No attach mode worked; every attempt is listed.
+    #[error("could not attach the underlay program to {iface:?}: {attempts}")]
+    NoAttachMode {
+        /// The underlay interface.
+        iface: String,
+        /// `mode: error` for every mode tried.
+        attempts: String,
+    },
+    /// Pinned maps do not match what this agent's programs expect (left by another version).
+    #[error(
+        "pinned map {path} does not match this agent ({reason}); run `cladnet-agent dataplane detach --pin-dir {pin_dir}` first"
+    )]
+    Incompatible {
+        /// The pinned map.
+        path: PathBuf,
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// What differs.
+        reason: String,
+    },
     /// The object could not be loaded.
     #[error("loading the eBPF object failed")]
     Load(#[source] Box<aya::EbpfError>),
