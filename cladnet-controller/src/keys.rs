@@ -10,12 +10,16 @@
 //! /cladnet/v1/networks/{net}/commands/{node}         last remote command for the node
 //! /cladnet/v1/networks/{net}/tests/{id}              connectivity test request
 //! /cladnet/v1/networks/{net}/results/{id}/{node}     one node's results of a test
+//! /cladnet/v1/stats/{net}/{node}                     a node's last traffic report (leased)
 //! ```
 //!
-//! Everything of one network sits under `/cladnet/v1/networks/{net}/`, so deleting a network
-//! is one prefix delete and one watch follows it.
+//! Everything of one network that agents follow sits under `/cladnet/v1/networks/{net}/`, so
+//! deleting a network is one prefix delete and one watch follows it. Traffic statistics change
+//! every few seconds and no agent needs them: they live under a prefix of their own, outside
+//! every Watch stream, and vanish by lease when their agent stops reporting.
 
 const ROOT: &str = "/cladnet/v1/networks/";
+const STATS_ROOT: &str = "/cladnet/v1/stats/";
 
 /// Prefix of every network record (and everything below them).
 pub fn networks() -> &'static str {
@@ -78,6 +82,11 @@ pub fn command(net: &str, node: &str) -> String {
     format!("{ROOT}{net}/commands/{node}")
 }
 
+/// Prefix of a network's connectivity tests.
+pub fn tests(net: &str) -> String {
+    format!("{ROOT}{net}/tests/")
+}
+
 /// A connectivity test.
 pub fn test(net: &str, id: &str) -> String {
     format!("{ROOT}{net}/tests/{id}")
@@ -91,6 +100,16 @@ pub fn results(net: &str, id: &str) -> String {
 /// One node's results of a test.
 pub fn result(net: &str, id: &str, node: &str) -> String {
     format!("{ROOT}{net}/results/{id}/{node}")
+}
+
+/// Prefix of a network's traffic statistics (outside the network's watched prefix).
+pub fn stats(net: &str) -> String {
+    format!("{STATS_ROOT}{net}/")
+}
+
+/// One node's last traffic statistics.
+pub fn node_stats(net: &str, node: &str) -> String {
+    format!("{STATS_ROOT}{net}/{node}")
 }
 
 /// What a key under a network's prefix is.
@@ -140,5 +159,15 @@ mod tests {
         assert_eq!(classify("n1", &token("n1", "t")), Some(KeyKind::Other));
         assert_eq!(classify("n1", &network("n10")), None);
         assert_eq!(classify("n1", &peer("n10", "a")), None);
+    }
+
+    #[test]
+    fn stats_are_outside_every_watched_prefix() {
+        let key = node_stats("n1", "a");
+        assert_eq!(classify("n1", &key), None);
+        assert!(!key.starts_with(&network("n1")));
+        assert!(!key.starts_with(networks()));
+        assert!(key.starts_with(&stats("n1")));
+        assert!(!node_stats("n10", "a").starts_with(&stats("n1")));
     }
 }

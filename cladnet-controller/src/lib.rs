@@ -6,9 +6,11 @@
 //! * [`ipam`] and [`recommend`]: pure address logic (see `docs/addressing.md`).
 //! * [`keys`]: the store key layout (see `docs/store.md`).
 //! * [`wgconfig`]: the wg-quick configuration of external WireGuard peers.
+//! * [`console`]: the web console (static HTML/JS/CSS at `/console/` over the REST API).
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod grpc;
 pub mod ipam;

@@ -54,6 +54,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
             get(external_peer_config),
         )
         .route("/v1/cladnet/{id}/externalPeer", post(add_external_peer))
+        .route("/v1/cladnet/{id}/stats", get(network_stats))
         .route(
             "/v1/cladnet/{id}/token",
             get(list_tokens).post(create_token),
@@ -69,6 +70,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         )
         .route("/v1/test/cladnet/{id}/type/{kind}", post(start_test))
         .route("/v1/test/cladnet/{id}/result/{test}", get(get_test))
+        .route("/v1/test/cladnet/{id}/latest", get(latest_test))
         .with_state(ctl)
 }
 
@@ -411,6 +413,34 @@ async fn get_test(
         async {
             admin(&ctl, &headers)?;
             ctl.get_connectivity_test(&id, &test).await
+        }
+        .await,
+    )
+}
+
+async fn latest_test(
+    State(ctl): Ctl,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Json<pb::ConnectivityTest> {
+    Json(
+        async {
+            admin(&ctl, &headers)?;
+            ctl.latest_connectivity_test(&id).await
+        }
+        .await,
+    )
+}
+
+async fn network_stats(
+    State(ctl): Ctl,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Json<pb::NetworkStats> {
+    Json(
+        async {
+            admin(&ctl, &headers)?;
+            ctl.network_stats(&id).await
         }
         .await,
     )

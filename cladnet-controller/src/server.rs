@@ -13,12 +13,14 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use crate::{grpc::Grpc, rest, service::Controller};
+use crate::{console, grpc::Grpc, rest, service::Controller};
 
-/// The whole HTTP surface: REST routes plus both gRPC services. HTTP/1.1 requests and HTTP/2
-/// (gRPC) are told apart per connection.
+/// The whole HTTP surface: REST routes, the web console's static files and both gRPC
+/// services. HTTP/1.1 requests and HTTP/2 (gRPC) are told apart per connection.
 pub fn app(ctl: Arc<Controller>) -> Router {
-    rest::router(ctl.clone()).merge(Grpc::new(ctl).routes().into_axum_router())
+    rest::router(ctl.clone())
+        .merge(console::router())
+        .merge(Grpc::new(ctl).routes().into_axum_router())
 }
 
 /// Serves `app(ctl)` on an already bound listener until `shutdown` completes.

@@ -83,6 +83,12 @@ const ROUTES: &[(&str, &str, Option<&str>, Option<&str>)] = &[
     ),
     (
         "get",
+        "/v1/cladnet/{cladnetId}/stats",
+        None,
+        Some("NetworkStats"),
+    ),
+    (
+        "get",
         "/v1/cladnet/{cladnetId}/token",
         None,
         Some("ListJoinTokensResponse"),
@@ -123,6 +129,12 @@ const ROUTES: &[(&str, &str, Option<&str>, Option<&str>)] = &[
         None,
         Some("ConnectivityTest"),
     ),
+    (
+        "get",
+        "/v1/test/cladnet/{cladnetId}/latest",
+        None,
+        Some("ConnectivityTest"),
+    ),
 ];
 
 /// Routes that need no credentials.
@@ -150,6 +162,9 @@ const SCHEMAS: &[&str] = &[
     "StartConnectivityTestRequest",
     "ConnectivityTest",
     "PairResult",
+    "PeerStats",
+    "NodeStats",
+    "NetworkStats",
     "CreateJoinTokenRequest",
     "CreateJoinTokenResponse",
     "JoinToken",
@@ -717,6 +732,11 @@ fn enums_match_the_code() {
         LinkMode::Plain | LinkMode::Sealed => m.as_str(),
     });
     assert_eq!(enum_of(&link["mode"]), set(modes));
+    assert_eq!(
+        enum_of(&properties(&doc, "PeerStats")["mode"]),
+        set(modes),
+        "agents report the modes links have"
+    );
     let scopes = [Scope::Intra, Scope::Inter].map(|s| match s {
         Scope::Intra | Scope::Inter => s.as_str(),
     });
@@ -882,6 +902,20 @@ fn pair() -> pb::PairResult {
     }
 }
 
+fn peer_stats() -> pb::PeerStats {
+    pb::PeerStats {
+        host_id: "node-b".into(),
+        mode: "sealed".into(),
+        endpoint: "198.51.100.9:8055".into(),
+        tx_bytes: 5_000_000_000,
+        rx_bytes: 1_234_567,
+        tx_packets: 4_000_000,
+        rx_packets: 1_000,
+        handshake_age_seconds: 12,
+        last_rx_age_seconds: -1,
+    }
+}
+
 fn join_token() -> pb::JoinToken {
     pb::JoinToken {
         token_id: "t1".into(),
@@ -996,6 +1030,21 @@ fn schemas_match_the_proto_json() {
         },
     );
     check_message(d, "PairResult", &pair());
+    check_message(d, "PeerStats", &peer_stats());
+    let node_stats = pb::NodeStats {
+        host_id: "node-a".into(),
+        reported_at: 1_700_000_000,
+        peers: vec![peer_stats()],
+    };
+    check_message(d, "NodeStats", &node_stats);
+    check_message(
+        d,
+        "NetworkStats",
+        &pb::NetworkStats {
+            cladnet_id: "aws-gcp-1".into(),
+            nodes: vec![node_stats],
+        },
+    );
     check_message(
         d,
         "ConnectivityTest",

@@ -161,6 +161,9 @@ impl Mesh {
     pub fn start_agent(&mut self, host: &str, site: SiteLabels<'_>, extra: &[&str]) {
         let url = self.controller_url();
         let data_dir = self.data_dir(host);
+        // One pin directory per agent (they share the machine's bpffs); the topology removes
+        // it on teardown.
+        let pins = self.topo.bpf_pin_dir(host);
         let log = self.log(&format!("agent-{host}"));
         let h = self.topo.host(host);
         let mut cmd = h.command(bin_path("cladnet-agent").to_str().unwrap());
@@ -181,6 +184,8 @@ impl Mesh {
             })
             .arg("--data-dir")
             .arg(&data_dir)
+            .arg("--bpf-pin-dir")
+            .arg(&pins)
             .args(extra)
             .env("CLADNET_JOIN_TOKEN", &self.token)
             .env("RUST_LOG", "info,cladnet_agent=debug")

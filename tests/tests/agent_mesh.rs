@@ -29,33 +29,45 @@ fn clouds(aws_hosts: &[&str]) -> Topology {
         .expect("topology")
 }
 
-/// Counts tunnel-port datagrams arriving on `host`'s eth0 by their first payload byte: PLAIN
-/// (CLAD v1 data, 0x11) and WireGuard transport data (4).
+/// Counts, on the wire, tunnel-port datagrams delivered to `host` by their first payload
+/// byte: PLAIN (CLAD v1 data, 0x11) and WireGuard transport data (4). The counters sit on the
+/// bridge of the host's cloud gateway (frames between hosts of the LAN, and frames the gateway
+/// routes in), so what the hosts' XDP and TC programs do cannot hide anything.
 fn count_link_modes(mesh: &Mesh, host: &str) {
-    let rules = "table ip modes {\n chain input {\n  type filter hook input priority 0;\n  \
-                 udp dport 8055 @th,64,8 0x11 counter\n  \
-                 udp dport 8055 @th,64,8 0x04 counter\n }\n}\n";
+    let h = mesh.topo.host(host);
+    let dst = h.private_ip();
+    let rule = |hook: &str| {
+        format!(
+            " chain {hook} {{\n  type filter hook {hook} priority 0;\n  \
+             ip daddr {dst} udp dport 8055 @th,64,8 0x11 counter\n  \
+             ip daddr {dst} udp dport 8055 @th,64,8 0x04 counter\n }}\n"
+        )
+    };
+    let rules = format!(
+        "table bridge modes_{host} {{\n{}{}}}\n",
+        rule("forward"),
+        rule("output")
+    );
     mesh.topo
-        .host(host)
-        .netns()
-        .load_nft(rules)
+        .gateway(h.cloud())
+        .load_nft(&rules)
         .expect("nft counters");
 }
 
-/// (plain, sealed) bytes counted by [`count_link_modes`] (bytes, not packets: with UDP GRO the
-/// input hook sees merged datagrams).
+/// (plain, sealed) bytes counted by [`count_link_modes`], both hooks summed.
 fn link_modes(mesh: &Mesh, host: &str) -> (u64, u64) {
+    let h = mesh.topo.host(host);
     let out = mesh
         .topo
-        .host(host)
-        .exec(["nft", "list", "table", "ip", "modes"])
+        .gateway(h.cloud())
+        .exec(["nft", "list", "table", "bridge", &format!("modes_{host}")])
         .expect("nft list");
     let counts: Vec<u64> = out
         .split("bytes ")
         .skip(1)
         .filter_map(|s| s.split_whitespace().next()?.parse().ok())
         .collect();
-    (counts[0], counts[1])
+    (counts[0] + counts[2], counts[1] + counts[3])
 }
 
 #[test]
@@ -326,10 +338,7 @@ fn connectivity_test_matrix_and_remote_up_down() {
             mesh.data_dir("a1").to_str().unwrap(),
         ])
         .expect("status");
-    assert!(
-        status.contains("interface: cladnet0 (userspace)"),
-        "{status}"
-    );
+    assert!(status.contains("interface: cladnet0 (ebpf)"), "{status}");
     assert_eq!(status.matches("\npeer: ").count(), 2, "{status}");
     assert!(status.contains("latest handshake"), "{status}");
     assert!(status.contains("state: up"), "{status}");

@@ -26,6 +26,9 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "util-linux", // nsenter
     "procps",     // sysctl
+    "chromium",   // the web console's browser tests (headless)
+    "chromium-driver",
+    "curl", // WebDriver and REST calls from the console tests
 ];
 
 /// bpf-linker release built against LLVM 22.

@@ -107,6 +107,9 @@ pub struct Settings {
     /// ebpf (fail if it cannot attach) or userspace.
     #[arg(long)]
     pub dataplane: Option<String>,
+    /// bpffs directory for the eBPF engine's pinned programs and maps (one per agent).
+    #[arg(long)]
+    pub bpf_pin_dir: Option<PathBuf>,
     /// Site: cloud provider.
     #[arg(long = "provider")]
     #[serde(skip)]
@@ -162,6 +165,8 @@ pub struct AgentConfig {
     pub site: SiteConfig,
     /// Requested dataplane engine.
     pub dataplane: DataplaneChoice,
+    /// bpffs pin directory of the eBPF engine.
+    pub bpf_pin_dir: PathBuf,
 }
 
 /// Which dataplane engine to run.
@@ -213,6 +218,7 @@ impl Settings {
             underlay_mtu: over.underlay_mtu.or(self.underlay_mtu),
             host_name: over.host_name.or(self.host_name),
             dataplane: over.dataplane.or(self.dataplane),
+            bpf_pin_dir: over.bpf_pin_dir.or(self.bpf_pin_dir),
             provider: None,
             region: None,
             zone: None,
@@ -317,7 +323,17 @@ impl Settings {
                 ));
             }
         };
+        let bpf_pin_dir = self
+            .bpf_pin_dir
+            .unwrap_or_else(|| PathBuf::from(cladnet_common::maps::PIN_ROOT));
+        if !bpf_pin_dir.is_absolute() {
+            return Err(bad(
+                "bpf_pin_dir",
+                format!("{} is not an absolute path", bpf_pin_dir.display()),
+            ));
+        }
         Ok(AgentConfig {
+            bpf_pin_dir,
             dataplane,
             controllers: self.controllers,
             network,

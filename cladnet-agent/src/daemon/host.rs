@@ -21,6 +21,8 @@ pub struct HostFacts {
     pub private_cidr: Option<(Ipv4Addr, u8)>,
     /// MTU of that route.
     pub underlay_mtu: u32,
+    /// The interface that route leaves by (where the eBPF receive program attaches).
+    pub underlay_iface: Option<String>,
 }
 
 impl HostFacts {
@@ -69,7 +71,13 @@ impl HostFacts {
                 .find(|i| i.up && i.name != overlay)
                 .map_or((None, None), |i| (i.cidrs.first().copied(), Some(i.mtu))),
         };
+        let underlay_iface = towards.as_ref().map(|r| r.interface.clone()).or_else(|| {
+            all.iter()
+                .find(|i| i.up && i.name != overlay)
+                .map(|i| i.name.clone())
+        });
         Ok(Self {
+            underlay_iface,
             host_name: host_name.map_or_else(system_host_name, str::to_owned),
             interfaces,
             private_cidr,

@@ -16,7 +16,8 @@ use prometheus_client::{
 };
 use tracing::{info, warn};
 
-use crate::engine::router::{PeerStatus, Router};
+use super::dataplane::Dataplane;
+use crate::engine::router::PeerStatus;
 
 /// What the metrics describe besides the counters.
 #[derive(Clone, Debug)]
@@ -31,7 +32,7 @@ pub struct Identity {
 
 #[derive(Debug)]
 struct EngineCollector {
-    router: Arc<Router>,
+    dp: Arc<Dataplane>,
     id: Identity,
 }
 
@@ -44,7 +45,7 @@ impl EngineCollector {
             ("peer", p.node_id.clone()),
             ("overlay_ip", p.overlay_ip.to_string()),
             ("mode", p.mode.to_owned()),
-            ("engine", self.id.engine.to_owned()),
+            ("engine", p.engine.to_owned()),
         ]
     }
 }
@@ -65,7 +66,7 @@ fn family<T: prometheus_client::encoding::EncodeMetric>(
 
 impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let peers = self.router.status(Instant::now());
+        let peers = self.dp.peers(Instant::now());
         let counter = |f: fn(&PeerStatus) -> u64| {
             peers
                 .iter()
@@ -131,12 +132,9 @@ impl Collector for EngineCollector {
             "cladnet_drops",
             "Packets dropped by the dataplane, by reason.",
             MetricType::Counter,
-            self.router.drops().all().into_iter().map(|(reason, n)| {
+            self.dp.drops().into_iter().map(|(engine, reason, n)| {
                 (
-                    vec![
-                        ("reason", reason.name().to_owned()),
-                        ("engine", self.id.engine.to_owned()),
-                    ],
+                    vec![("reason", reason.to_owned()), ("engine", engine.to_owned())],
                     ConstCounter::new(n),
                 )
             }),
@@ -170,9 +168,9 @@ impl Collector for EngineCollector {
 
 /// Binds `addr` (a taken port is a start-up error, not a silent gap in monitoring) and
 /// serves `/metrics` there in the background.
-pub async fn start(addr: SocketAddr, router: Arc<Router>, id: Identity) -> anyhow::Result<()> {
+pub async fn start(addr: SocketAddr, dp: Arc<Dataplane>, id: Identity) -> anyhow::Result<()> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(EngineCollector { router, id }));
+    registry.register_collector(Box::new(EngineCollector { dp, id }));
     let registry = Arc::new(registry);
     let app = Http::new().route(
         "/metrics",

@@ -13,7 +13,9 @@
 pub mod config;
 pub mod conntest;
 pub mod convert;
+pub mod dataplane;
 pub mod host;
+pub mod kernel;
 pub mod metrics;
 pub mod status;
 
@@ -28,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     control::{ControlClient, ControlError},
+    ebpf::AttachMode,
     engine::{
         router::{PeerEvent, Router},
         userspace::Userspace,
@@ -36,11 +39,12 @@ use crate::{
     netconf,
     sys::tun::{Offload, Tun, TunOptions},
 };
-pub use config::{AgentConfig, Settings};
+pub use config::{AgentConfig, DataplaneChoice, Settings};
+use dataplane::Dataplane;
 use host::HostFacts;
 
-/// Dataplane name reported to the controller.
-const ENGINE: &str = "userspace";
+/// How often per-peer traffic statistics are reported (shown by the controller's web console).
+const STATS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Backoff bounds for reconnecting to the controllers.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -79,25 +83,6 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     let (engine, peer_events) =
         Userspace::start(router, Arc::new(tun.queues()[0].clone()), true, socket)
             .context("starting the userspace engine")?;
-    if let Some(addr) = cfg.metrics_listen {
-        let id = metrics::Identity {
-            network: cfg.network.clone(),
-            node_id: identity.node_id.clone(),
-            engine: ENGINE,
-        };
-        metrics::start(addr, engine.router().clone(), id).await?;
-    }
-    let info = Arc::new(std::sync::Mutex::new(status::AgentInfo {
-        network: cfg.network.clone(),
-        node_id: identity.node_id.clone(),
-        public_key: identity.public_key().to_base64(),
-        interface: cfg.interface.clone(),
-        listen_port: cfg.listen_port,
-        engine: ENGINE.into(),
-        state: "joining".into(),
-        ..status::AgentInfo::default()
-    }));
-    status::start(&cfg.data_dir, engine.router().clone(), info.clone())?;
     let reflector = resolve_with_retry(&cfg.reflector).await;
     let facts = HostFacts::gather(
         reflector,
@@ -109,9 +94,31 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     .context("reading the host's interfaces")?;
     info!(
         private = ?facts.private_cidr,
+        underlay = ?facts.underlay_iface,
         underlay_mtu = facts.underlay_mtu,
         "host facts"
     );
+    let dp = Arc::new(select_engine(&cfg, &facts, engine.router().clone())?);
+    info!(engine = dp.engine, reason = dp.reason, "dataplane");
+    if let Some(addr) = cfg.metrics_listen {
+        let id = metrics::Identity {
+            network: cfg.network.clone(),
+            node_id: identity.node_id.clone(),
+            engine: dp.engine,
+        };
+        metrics::start(addr, dp.clone(), id).await?;
+    }
+    let info = Arc::new(std::sync::Mutex::new(status::AgentInfo {
+        network: cfg.network.clone(),
+        node_id: identity.node_id.clone(),
+        public_key: identity.public_key().to_base64(),
+        interface: cfg.interface.clone(),
+        listen_port: cfg.listen_port,
+        engine: dp.engine.into(),
+        state: "joining".into(),
+        ..status::AgentInfo::default()
+    }));
+    status::start(&cfg.data_dir, dp.clone(), info.clone())?;
     let public = match engine.probe(reflector, 3, Duration::from_secs(1)).await {
         Ok(seen) => Some(seen),
         Err(error) => {
@@ -124,6 +131,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         cfg,
         identity,
         engine,
+        dp,
         facts,
         public,
         table: PeerTable::default(),
@@ -144,6 +152,65 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     agent.serve(peer_events, shutdown).await
 }
 
+/// Chooses the engine for PLAIN links: the kernel path where it attaches (unless configured
+/// off), else userspace. `--dataplane ebpf` makes a failed attach fatal; `auto` falls back and
+/// says why.
+fn select_engine(
+    cfg: &AgentConfig,
+    facts: &HostFacts,
+    router: Arc<Router>,
+) -> anyhow::Result<Dataplane> {
+    let userspace = |reason: String| Dataplane {
+        router: router.clone(),
+        kernel: None,
+        engine: "userspace",
+        reason,
+    };
+    if cfg.dataplane == DataplaneChoice::Userspace {
+        return Ok(userspace("configured: dataplane = userspace".into()));
+    }
+    let attempt = match &facts.underlay_iface {
+        None => Err(anyhow::anyhow!(
+            "no underlay interface (no route towards the controller)"
+        )),
+        Some(underlay) => kernel::Kernel::attach(
+            underlay,
+            &cfg.interface,
+            &cfg.bpf_pin_dir,
+            AttachMode::Auto,
+            cfg.listen_port,
+            facts.private_cidr.map(|(ip, _)| ip),
+        )
+        .map_err(anyhow::Error::from),
+    };
+    match attempt {
+        Ok(k) => {
+            let reason = format!(
+                "PLAIN links in the kernel: {} on {} ({}), TC egress on {}; SEALED links in userspace",
+                match k.report.mode.name() {
+                    "tc" => "TC ingress",
+                    "driver" => "XDP driver mode",
+                    _ => "XDP generic mode",
+                },
+                k.report.underlay,
+                k.report.reason,
+                cfg.interface
+            );
+            Ok(Dataplane {
+                router,
+                kernel: Some(k),
+                engine: "ebpf",
+                reason,
+            })
+        }
+        Err(error) if cfg.dataplane == DataplaneChoice::Auto => {
+            warn!(%error, "eBPF dataplane unavailable; using the userspace engine");
+            Ok(userspace(format!("eBPF unavailable: {error:#}")))
+        }
+        Err(error) => Err(error.context("dataplane = ebpf")),
+    }
+}
+
 /// A connectivity test id and this node's results.
 type TestResults = (String, Vec<pb::PairResult>);
 
@@ -152,6 +219,8 @@ struct Agent {
     identity: Identity,
     client: ControlClient,
     engine: Userspace,
+    /// Both engines, as commands, metrics and status see them.
+    dp: Arc<Dataplane>,
     facts: HostFacts,
     public: Option<SocketAddrV4>,
     table: PeerTable,
@@ -176,6 +245,21 @@ struct Agent {
 }
 
 impl Agent {
+    /// Dataplane capabilities reported as host facts.
+    fn capabilities(&self) -> Vec<&'static str> {
+        match &self.dp.kernel {
+            Some(k) => vec![
+                match k.report.mode.name() {
+                    "driver" => "xdp-driver",
+                    "generic" => "xdp-generic",
+                    _ => "tc",
+                },
+                "userspace",
+            ],
+            None => vec!["userspace"],
+        }
+    }
+
     /// Joins, retrying while no controller is reachable; refusals are fatal (bad token,
     /// unknown network).
     async fn join(&mut self) -> anyhow::Result<()> {
@@ -183,7 +267,7 @@ impl Agent {
             cladnet_id: self.cfg.network.clone(),
             host_id: self.identity.node_id.clone(),
             public_key: self.identity.public_key().to_base64(),
-            facts: Some(self.facts.to_proto(&[ENGINE])),
+            facts: Some(self.facts.to_proto(&self.capabilities())),
             details: Some(pb::CloudInformation {
                 provider_name: self.cfg.site.provider.clone(),
                 region_id: self.cfg.site.region.clone(),
@@ -250,7 +334,6 @@ impl Agent {
 
     /// Hands table commands to the dataplane; the interface itself is configured here.
     async fn apply(&mut self, cmds: Vec<Command>) -> anyhow::Result<()> {
-        let now = std::time::Instant::now();
         let mut punch = false;
         for cmd in cmds {
             if let Command::SetInterface {
@@ -270,7 +353,8 @@ impl Agent {
                 info!(interface = self.cfg.interface, %ip, prefix_len, mtu, "overlay interface up");
             }
             punch |= matches!(cmd, Command::UpsertPeer(_));
-            self.engine.router().apply(now, self.local_index, &cmd);
+            let underlay_ip = self.facts.private_cidr.map(|(ip, _)| ip);
+            self.dp.apply(&cmd, self.local_index, underlay_ip);
         }
         if punch {
             self.engine.punch();
@@ -287,13 +371,16 @@ impl Agent {
         self.update_info(|i| i.state = "up".into());
         self.pending = Some(self.report(|r| {
             r.state = "up".into();
-            r.dataplane = ENGINE.into();
-            r.dataplane_reason = "userspace engine (TUN + UDP); eBPF offload not enabled".into();
+            r.dataplane = self.dp.engine.into();
+            r.dataplane_reason.clone_from(&self.dp.reason);
         }));
         let mut probe_tick = interval(self.cfg.probe_interval);
         probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut report_tick = interval(Duration::from_secs(1));
         report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut stats_tick =
+            tokio::time::interval_at(Instant::now() + STATS_INTERVAL, STATS_INTERVAL);
+        stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut addr_changes =
             netconf::address_changes().context("subscribing to address changes")?;
         let mut watch = None;
@@ -341,6 +428,7 @@ impl Agent {
                     self.probe().await;
                 }
                 _ = report_tick.tick() => self.flush_report().await,
+                _ = stats_tick.tick() => self.report_stats().await,
                 Some(ev) = peer_events.recv() => on_peer_event(&ev),
                 Some((test_id, results)) = self.tests.1.recv() => {
                     let req = self.report(|r| {
@@ -364,6 +452,14 @@ impl Agent {
             Ok(Ok(_)) => info!("released"),
             Ok(Err(e)) => warn!(error = %e, "could not report the release"),
             Err(_) => warn!("could not report the release: controller did not answer in time"),
+        }
+        // Leaving the network: the kernel path goes too (a crash leaves it pinned, and the
+        // next start takes it over without a gap).
+        if let Some(k) = &self.dp.kernel {
+            match k.detach() {
+                Ok(()) => info!("eBPF dataplane detached"),
+                Err(error) => warn!(%error, "detaching the eBPF dataplane failed"),
+            }
         }
         Ok(())
     }
@@ -390,6 +486,40 @@ impl Agent {
         match self.client.report(&self.session, req).await {
             Ok(_) => self.pending = None,
             Err(e) => debug!(error = %e, "report pending"),
+        }
+    }
+
+    /// Sends the per-peer traffic counters (best effort: the next round replaces a lost one).
+    async fn report_stats(&mut self) {
+        let peers = self.dp.peers(std::time::Instant::now());
+        if peers.is_empty() {
+            return;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let peer_stats = peers
+            .into_iter()
+            .map(|p| pb::PeerStats {
+                host_id: p.node_id,
+                mode: p.mode.into(),
+                endpoint: p.endpoint.map(|e| e.to_string()).unwrap_or_default(),
+                tx_bytes: p.traffic.tx_bytes,
+                rx_bytes: p.traffic.rx_bytes,
+                tx_packets: p.traffic.tx_packets,
+                rx_packets: p.traffic.rx_packets,
+                handshake_age_seconds: p
+                    .handshake_age_secs
+                    .map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)),
+                last_rx_age_seconds: match p.traffic.last_rx_ms {
+                    0 => -1,
+                    at => i64::try_from(now_ms.saturating_sub(at) / 1000).unwrap_or(i64::MAX),
+                },
+            })
+            .collect();
+        let req = self.report(|r| r.peer_stats = peer_stats);
+        if let Err(error) = self.client.report(&self.session, req).await {
+            debug!(%error, "traffic statistics not delivered");
         }
     }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{io::AsyncWriteExt as _, net::UnixListener};
 use tracing::{debug, warn};
 
-use crate::engine::router::Router;
+use super::dataplane::Dataplane;
 
 /// Name of the socket in the data directory.
 pub const SOCKET: &str = "agent.sock";
@@ -77,7 +77,7 @@ pub struct PeerLine {
 /// Serves status snapshots on `<data_dir>/agent.sock` in the background.
 pub fn start(
     data_dir: &Path,
-    router: Arc<Router>,
+    dp: Arc<Dataplane>,
     info: Arc<Mutex<AgentInfo>>,
 ) -> anyhow::Result<PathBuf> {
     let path = data_dir.join(SOCKET);
@@ -91,7 +91,7 @@ pub fn start(
             let Ok((mut conn, _)) = listener.accept().await else {
                 continue;
             };
-            let status = snapshot(&router, &info);
+            let status = snapshot(&dp, &info);
             let body = serde_json::to_vec(&status).unwrap_or_default();
             if let Err(error) = conn.write_all(&body).await {
                 debug!(%error, "status client went away");
@@ -101,28 +101,28 @@ pub fn start(
     Ok(path)
 }
 
-fn snapshot(router: &Router, info: &Mutex<AgentInfo>) -> Status {
+fn snapshot(dp: &Dataplane, info: &Mutex<AgentInfo>) -> Status {
     let agent = info.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Status {
         agent,
-        peers: router
-            .status(Instant::now())
+        peers: dp
+            .peers(Instant::now())
             .into_iter()
             .map(|p| PeerLine {
                 node_id: p.node_id,
                 overlay_ip: p.overlay_ip.to_string(),
-                mode: p.mode.to_owned(),
+                mode: format!("{}, {}", p.mode, p.engine),
                 endpoint: p.endpoint.map(|e| e.to_string()),
                 handshake_age_secs: p.handshake_age_secs,
                 rx_bytes: p.traffic.rx_bytes,
                 tx_bytes: p.traffic.tx_bytes,
             })
             .collect(),
-        drops: router
+        drops: dp
             .drops()
-            .snapshot()
             .into_iter()
-            .map(|(r, n)| (r.name().to_owned(), n))
+            .filter(|(_, _, n)| *n > 0)
+            .map(|(engine, r, n)| (format!("{engine} {r}"), n))
             .collect(),
     }
 }

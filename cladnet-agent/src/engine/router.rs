@@ -114,6 +114,9 @@ pub struct PeerStatus {
     pub handshake_age_secs: Option<u64>,
     /// Traffic.
     pub traffic: PeerTraffic,
+    /// Which engine carries the peer's packets: `userspace`, or `ebpf` when the daemon finds
+    /// the kernel carrying it.
+    pub engine: &'static str,
 }
 
 struct Entry {
@@ -537,6 +540,7 @@ impl Router {
                         .and_then(|s| s.last_handshake)
                         .map(|t| now.saturating_duration_since(t).as_secs()),
                     traffic: e.counters.snapshot(),
+                    engine: "userspace",
                 }
             })
             .collect();

@@ -165,7 +165,8 @@ impl Controller {
         })
     }
 
-    /// Applies an agent's report: state, endpoint, facts, dataplane, test results.
+    /// Applies an agent's report: state, endpoint, facts, dataplane, test results, traffic
+    /// statistics (stored apart from the watched keys, see `service/stats.rs`).
     pub async fn report(&self, bearer: &str, req: pb::ReportRequest) -> Result<pb::ReportResponse> {
         validate::network_id("cladnetId", &req.cladnet_id)?;
         validate::host_id("hostId", &req.host_id)?;
@@ -186,14 +187,21 @@ impl Controller {
             self.store_results(net, node, &req.test_id, &req.test_results)
                 .await?;
         }
+        let stats_revision = if req.peer_stats.is_empty() {
+            None
+        } else {
+            Some(self.store_stats(net, node, &req.peer_stats).await?)
+        };
         let changes_peer = state.is_some()
             || public_endpoint.is_some()
             || interfaces.is_some()
             || !req.dataplane.is_empty();
         if !changes_peer {
-            return Ok(pb::ReportResponse {
-                revision: self.store.range(&keys::session(net, node)).await?.revision,
-            });
+            let revision = match stats_revision {
+                Some(r) => r,
+                None => self.store.range(&keys::session(net, node)).await?.revision,
+            };
+            return Ok(pb::ReportResponse { revision });
         }
         let revision = self
             .update_peer("report", net, node, |peer| {

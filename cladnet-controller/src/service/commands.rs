@@ -120,6 +120,31 @@ impl Controller {
                 ))
             })?;
         let record: TestRecord = model::decode(&kv)?;
+        self.test_with_results(net, record).await
+    }
+
+    /// The connectivity test of a network started last (the one whose record the store
+    /// created last), with the results reported so far.
+    pub async fn latest_connectivity_test(&self, net: &str) -> Result<pb::ConnectivityTest> {
+        validate::network_id("cladnetId", net)?;
+        self.network(net).await?;
+        let tests = self.store.range(&keys::tests(net)).await?;
+        let kv = tests
+            .kvs
+            .iter()
+            .max_by_key(|kv| kv.create_revision)
+            .ok_or_else(|| {
+                ControllerError::not_found(format!("connectivity test of network {net:?}"))
+            })?;
+        self.test_with_results(net, model::decode(kv)?).await
+    }
+
+    async fn test_with_results(
+        &self,
+        net: &str,
+        record: TestRecord,
+    ) -> Result<pb::ConnectivityTest> {
+        let test_id = record.id.as_str();
         let results = self.store.range(&keys::results(net, test_id)).await?;
         let results = results
             .kvs

@@ -10,6 +10,7 @@ mod external;
 mod hub;
 mod networks;
 mod peers;
+mod stats;
 mod tokens;
 mod watch;
 
@@ -41,6 +42,8 @@ pub struct Controller {
     alloc_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// One shared store watch per network with open Watch streams.
     hubs: Arc<hub::Hubs>,
+    /// The lease agents' traffic statistics are written with (see [`stats`]).
+    stats_lease: stats::StatsLease,
 }
 
 impl Controller {
@@ -51,6 +54,7 @@ impl Controller {
             admin,
             alloc_locks: Mutex::default(),
             hubs: Arc::default(),
+            stats_lease: stats::StatsLease::default(),
         }
     }
 

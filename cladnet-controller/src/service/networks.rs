@@ -165,7 +165,8 @@ impl Controller {
         Ok(record.to_proto(res.revision))
     }
 
-    /// Deletes a network with everything under it (peers, addresses, tokens, tests).
+    /// Deletes a network with everything under it (peers, addresses, tokens, tests) and its
+    /// traffic statistics.
     pub async fn delete_network(&self, net: &str) -> Result<pb::DeleteNetworkResponse> {
         validate::network_id("cladnetId", net)?;
         let (record, kv) = self.network(net).await?;
@@ -182,6 +183,7 @@ impl Controller {
                     .and_then([
                         TxnOp::delete(keys::network(net)),
                         TxnOp::delete_prefix(keys::network_dir(net)),
+                        TxnOp::delete_prefix(keys::stats(net)),
                     ]),
             )
             .await?;

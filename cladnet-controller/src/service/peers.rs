@@ -54,7 +54,7 @@ impl Controller {
         self.get_peer(net, node).await
     }
 
-    /// Removes a peer and frees its address, session and pending command.
+    /// Removes a peer and frees its address, session, pending command and statistics.
     pub async fn delete_peer(&self, net: &str, node: &str) -> Result<pb::DeletePeerResponse> {
         validate::network_id("cladnetId", net)?;
         validate::host_id("hostId", node)?;
@@ -73,6 +73,7 @@ impl Controller {
                         TxnOp::delete(keys::ipam_addr(net, peer.overlay_ip)),
                         TxnOp::delete(keys::session(net, node)),
                         TxnOp::delete(keys::command(net, node)),
+                        TxnOp::delete(keys::node_stats(net, node)),
                     ]),
             )
             .await?;

@@ -1,0 +1,72 @@
+//! The node's dataplane as one thing: the userspace engine (always there: it seals SEALED
+//! links and carries everything when the kernel path is off) and, when attached, the eBPF
+//! engine carrying PLAIN links. Both get every command; metrics, status and the stats report
+//! read peers and drops from here.
+
+use std::{net::Ipv4Addr, sync::Arc, time::Instant};
+
+use cladnet_core::table::Command;
+use tracing::warn;
+
+use super::kernel::Kernel;
+use crate::engine::router::{PeerStatus, Router};
+
+/// The engines of this node.
+#[derive(Debug)]
+pub struct Dataplane {
+    /// The userspace engine's packet logic.
+    pub router: Arc<Router>,
+    /// The kernel path, when attached.
+    pub kernel: Option<Kernel>,
+    /// `ebpf` or `userspace`: what carries PLAIN links.
+    pub engine: &'static str,
+    /// Why this engine (the attach mode, or why the kernel path is off).
+    pub reason: String,
+}
+
+impl Dataplane {
+    /// Applies a peer-table command to both engines. A kernel map update that fails leaves
+    /// the peer to the userspace engine (its packets then reach the TUN reader).
+    pub fn apply(&self, cmd: &Command, local_index: u32, underlay_ip: Option<Ipv4Addr>) {
+        self.router.apply(Instant::now(), local_index, cmd);
+        if let Some(k) = &self.kernel
+            && let Err(error) = k.apply(cmd, local_index, underlay_ip)
+        {
+            warn!(%error, ?cmd, "eBPF map update failed; the userspace engine carries the peer");
+        }
+    }
+
+    /// Every peer with its traffic; peers the kernel carries show the kernel's counters
+    /// added to what the userspace engine saw (packets in flight while a peer was installed).
+    pub fn peers(&self, now: Instant) -> Vec<PeerStatus> {
+        let mut peers = self.router.status(now);
+        if let Some(k) = &self.kernel {
+            let counters = k.counters();
+            for p in &mut peers {
+                if let Some(c) = counters.get(&p.overlay_ip) {
+                    p.engine = "ebpf";
+                    p.traffic.tx_packets += c.tx_packets;
+                    p.traffic.tx_bytes += c.tx_bytes;
+                    p.traffic.rx_packets += c.rx_packets;
+                    p.traffic.rx_bytes += c.rx_bytes;
+                }
+            }
+        }
+        peers
+    }
+
+    /// Drop counters of both engines: (engine, reason, count), zeros included.
+    pub fn drops(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out: Vec<_> = self
+            .router
+            .drops()
+            .all()
+            .into_iter()
+            .map(|(r, n)| ("userspace", r.name(), n))
+            .collect();
+        if let Some(k) = &self.kernel {
+            out.extend(k.drops().into_iter().map(|(r, n)| ("ebpf", r, n)));
+        }
+        out
+    }
+}

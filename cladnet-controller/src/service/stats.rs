@@ -1,0 +1,266 @@
+//! Agents' traffic statistics (per-peer bytes, packets, handshake age), for the web console.
+//!
+//! Each agent reports its per-peer counters every 10 s. The controller keeps the last report of
+//! each node under `/cladnet/v1/stats/{net}/{node}`: in the store, so every controller of an HA
+//! group serves the same numbers whichever one the agent reports to, but *outside*
+//! `/cladnet/v1/networks/{net}`, the prefix the watch hub follows; otherwise every report would
+//! be fanned out to every agent's Watch stream (n agents × n streams). The keys are attached
+//! to a lease, so a node that stops reporting (crashed, released, deleted) disappears 20-30 s
+//! later without anyone cleaning up.
+//!
+//! One lease per controller serves all nodes: granted with a 30 s TTL and replaced by a fresh
+//! one every 10 s, so a key written with it lives at least 20 s (two report intervals) and at
+//! most 30 s after its last write, at the cost of one lease grant per 10 s per controller, not
+//! one per report, and no keep-alives.
+
+use std::time::{Duration, Instant};
+
+use cladnet_proto::v1 as pb;
+use cladnet_store::{Error as StoreError, LeaseId};
+use serde::{Deserialize, Serialize};
+
+use super::Controller;
+use crate::{
+    error::{ControllerError, Result},
+    keys,
+    model::{self, SCHEMA, Versioned},
+    validate,
+};
+
+/// How long a report outlives its lease's grant.
+const STATS_TTL: Duration = Duration::from_secs(30);
+/// A fresh lease is granted this often: reports written with it live `STATS_TTL` minus this,
+/// at least.
+const LEASE_ROTATION: Duration = Duration::from_secs(10);
+/// More peers than this in one report is refused.
+const MAX_PEER_STATS: usize = 4096;
+
+/// The shared lease of this controller's statistics keys and when it was granted.
+pub(super) type StatsLease = tokio::sync::Mutex<Option<(LeaseId, Instant)>>;
+
+/// A node's last report, as stored.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct StatsRecord {
+    schema: u32,
+    node_id: String,
+    /// Unix milliseconds (controller clock) of the report.
+    reported_at_ms: i64,
+    peers: Vec<PeerStatsRecord>,
+}
+
+impl Versioned for StatsRecord {
+    fn schema(&self) -> u32 {
+        self.schema
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct PeerStatsRecord {
+    node_id: String,
+    mode: String,
+    endpoint: String,
+    tx_bytes: u64,
+    rx_bytes: u64,
+    tx_packets: u64,
+    rx_packets: u64,
+    /// As reported (at `reported_at_ms`); -1 = none.
+    handshake_age_secs: i64,
+    /// As reported; -1 = none.
+    last_rx_age_secs: i64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// An age reported at `reported_at_ms`, as of `now_ms` (-1 stays -1).
+fn aged(age_secs: i64, reported_at_ms: i64, now_ms: i64) -> i64 {
+    if age_secs < 0 {
+        -1
+    } else {
+        age_secs.saturating_add((now_ms - reported_at_ms).max(0) / 1000)
+    }
+}
+
+fn validate_peer(i: usize, p: &pb::PeerStats) -> Result<PeerStatsRecord> {
+    let field = |name: &str| format!("peerStats[{i}].{name}");
+    validate::host_id(&field("hostId"), &p.host_id)?;
+    if !matches!(p.mode.as_str(), "" | "plain" | "sealed") {
+        return Err(ControllerError::invalid(
+            field("mode"),
+            format!("{:?} is not plain or sealed", p.mode),
+        ));
+    }
+    if !p.endpoint.is_empty() && p.endpoint.parse::<std::net::SocketAddr>().is_err() {
+        return Err(ControllerError::invalid(
+            field("endpoint"),
+            format!("{:?} is not an ip:port", p.endpoint),
+        ));
+    }
+    for (name, age) in [
+        ("handshakeAgeSeconds", p.handshake_age_seconds),
+        ("lastRxAgeSeconds", p.last_rx_age_seconds),
+    ] {
+        if age < -1 {
+            return Err(ControllerError::invalid(
+                field(name),
+                "must be -1 (none) or a number of seconds",
+            ));
+        }
+    }
+    Ok(PeerStatsRecord {
+        node_id: p.host_id.clone(),
+        mode: p.mode.clone(),
+        endpoint: p.endpoint.clone(),
+        tx_bytes: p.tx_bytes,
+        rx_bytes: p.rx_bytes,
+        tx_packets: p.tx_packets,
+        rx_packets: p.rx_packets,
+        handshake_age_secs: p.handshake_age_seconds,
+        last_rx_age_secs: p.last_rx_age_seconds,
+    })
+}
+
+impl Controller {
+    /// Stores node `node`'s per-peer statistics (its session was checked). Returns the store
+    /// revision of the write.
+    pub(super) async fn store_stats(
+        &self,
+        net: &str,
+        node: &str,
+        stats: &[pb::PeerStats],
+    ) -> Result<i64> {
+        if stats.len() > MAX_PEER_STATS {
+            return Err(ControllerError::invalid(
+                "peerStats",
+                format!("more than {MAX_PEER_STATS} entries"),
+            ));
+        }
+        let record = StatsRecord {
+            schema: SCHEMA,
+            node_id: node.to_owned(),
+            reported_at_ms: now_ms(),
+            peers: stats
+                .iter()
+                .enumerate()
+                .map(|(i, p)| validate_peer(i, p))
+                .collect::<Result<_>>()?,
+        };
+        let key = keys::node_stats(net, node);
+        let value = model::encode(&record);
+        // A lease can vanish under us (etcd lost it, the store was restored): one retry with a
+        // fresh one.
+        let lease = self.stats_lease(false).await?;
+        match self.store.put(&key, value.clone(), Some(lease)).await {
+            Err(StoreError::LeaseNotFound { .. }) => {
+                let lease = self.stats_lease(true).await?;
+                Ok(self.store.put(&key, value, Some(lease)).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// The lease statistics keys are written with: the current one while it is younger than
+    /// [`LEASE_ROTATION`] (unless `fresh`), else a newly granted one.
+    async fn stats_lease(&self, fresh: bool) -> Result<LeaseId> {
+        let mut held = self.stats_lease.lock().await;
+        if let Some((id, granted)) = *held
+            && !fresh
+            && granted.elapsed() < LEASE_ROTATION
+        {
+            return Ok(id);
+        }
+        let id = self.store.lease_grant(STATS_TTL).await?;
+        *held = Some((id, Instant::now()));
+        Ok(id)
+    }
+
+    /// The last statistics of every node of a network that reported in the last 20-30 s,
+    /// sorted by node id; ages are as of now.
+    pub async fn network_stats(&self, net: &str) -> Result<pb::NetworkStats> {
+        validate::network_id("cladnetId", net)?;
+        self.network(net).await?;
+        let range = self.store.range(&keys::stats(net)).await?;
+        let now = now_ms();
+        let nodes = range
+            .kvs
+            .iter()
+            .map(|kv| {
+                let r: StatsRecord = model::decode(kv)?;
+                Ok(pb::NodeStats {
+                    host_id: r.node_id,
+                    reported_at: r.reported_at_ms / 1000,
+                    peers: r
+                        .peers
+                        .into_iter()
+                        .map(|p| pb::PeerStats {
+                            host_id: p.node_id,
+                            mode: p.mode,
+                            endpoint: p.endpoint,
+                            tx_bytes: p.tx_bytes,
+                            rx_bytes: p.rx_bytes,
+                            tx_packets: p.tx_packets,
+                            rx_packets: p.rx_packets,
+                            handshake_age_seconds: aged(
+                                p.handshake_age_secs,
+                                r.reported_at_ms,
+                                now,
+                            ),
+                            last_rx_age_seconds: aged(p.last_rx_age_secs, r.reported_at_ms, now),
+                        })
+                        .collect(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(pb::NetworkStats {
+            cladnet_id: net.to_owned(),
+            nodes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_grow_with_the_time_since_the_report() {
+        assert_eq!(aged(-1, 0, 50_000), -1);
+        assert_eq!(aged(3, 10_000, 10_999), 3);
+        assert_eq!(aged(3, 10_000, 15_000), 8);
+        // A clock that stepped back does not make ages negative or smaller.
+        assert_eq!(aged(3, 10_000, 9_000), 3);
+    }
+
+    #[test]
+    fn bad_entries_name_their_field() {
+        let ok = pb::PeerStats {
+            host_id: "node-b".into(),
+            mode: "sealed".into(),
+            endpoint: "198.51.100.2:8055".into(),
+            handshake_age_seconds: 4,
+            last_rx_age_seconds: -1,
+            ..Default::default()
+        };
+        assert!(validate_peer(0, &ok).is_ok());
+        let bad_mode = pb::PeerStats {
+            mode: "clear".into(),
+            ..ok.clone()
+        };
+        let e = validate_peer(2, &bad_mode).unwrap_err().to_string();
+        assert!(e.starts_with("peerStats[2].mode: "), "{e}");
+        let bad_age = pb::PeerStats {
+            handshake_age_seconds: -5,
+            ..ok.clone()
+        };
+        let e = validate_peer(0, &bad_age).unwrap_err().to_string();
+        assert!(e.starts_with("peerStats[0].handshakeAgeSeconds: "), "{e}");
+        let bad_id = pb::PeerStats {
+            host_id: "a/b".into(),
+            ..ok
+        };
+        assert!(validate_peer(0, &bad_id).is_err());
+    }
+}
