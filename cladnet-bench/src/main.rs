@@ -40,8 +40,8 @@ enum Scenario {
     /// change fan-out latency (p50/p99/max) and the controller's peak RSS.
     Control(ControlArgs),
     /// Dataplane: two hosts in network namespaces over one veth pair; single-stream TCP,
-    /// 64-byte UDP rate, ping RTT and CPU with no tunnel, wireguard-go, boringtun and CLADNet
-    /// (SEALED and PLAIN). Needs root.
+    /// 64-byte UDP rate, ping RTT and CPU with no tunnel, kernel VXLAN, wireguard-go, boringtun
+    /// and CLADNet (SEALED; PLAIN on the userspace and the eBPF engine). Needs root.
     Dataplane(DataplaneArgs),
 }
 
@@ -118,8 +118,8 @@ struct DataplaneArgs {
     /// Runs of every configuration (interleaved); the table shows their median.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     runs: u32,
-    /// Only these configurations (comma-separated): raw, wireguard-go, boringtun,
-    /// cladnet-sealed, cladnet-plain.
+    /// Only these configurations (comma-separated): raw, vxlan, wireguard-go, boringtun,
+    /// cladnet-sealed, cladnet-plain, cladnet-ebpf-plain, cladnet-ebpf-plain-tc.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Config>,
     /// Pings per run (20 ms apart).

@@ -86,7 +86,10 @@ pub(crate) fn try_decap(start: usize, end: usize, frame_len: usize) -> Result<De
         .get_ptr(EndpointKey::from_wire(dg.src_ip, dg.src_port))
         // SAFETY: the pointer comes from the map and is read at once, as a copy.
         .map(|p| unsafe { *p })
-        .ok_or(Pass::Drop(DropReason::UnknownPeer.into(), None))?;
+        // Not a known endpoint: maybe a peer whose NAT gave this flow another port. The agent
+        // checks the address and node id, learns the port (or drops and counts it), and
+        // writes the new endpoint into ENDPOINTS; nothing here decides on partial knowledge.
+        .ok_or(Pass::ToSocket)?;
     let slot = Some(peer.slot);
     if header.node_id() != peer.node_index {
         return Err(Pass::Drop(DropReason::WrongNode.into(), slot));

@@ -8,7 +8,10 @@ use std::process::Command;
 
 use clap::Subcommand;
 
-use crate::util::{cargo, run, target_dir};
+use crate::{
+    ebpf,
+    util::{cargo, run, target_dir},
+};
 
 /// A benchmark scenario.
 #[derive(Subcommand)]
@@ -24,9 +27,11 @@ pub(crate) enum Scenario {
         args: Vec<String>,
     },
     /// Dataplane: two hosts in network namespaces over one veth pair; single-stream TCP,
-    /// 64-byte UDP rate, ping RTT and CPU with no tunnel, wireguard-go, boringtun, CLADNet
-    /// SEALED and PLAIN. Needs root. Arguments go to `cladnet-bench dataplane` (see `cargo
-    /// xtask bench dataplane --help`), e.g. `--secs 5 --runs 3 --only raw,cladnet-sealed`.
+    /// 64-byte UDP rate, ping RTT and CPU with no tunnel, kernel VXLAN, wireguard-go,
+    /// boringtun, CLADNet SEALED, PLAIN on the userspace engine and PLAIN on the eBPF engine.
+    /// Needs root. Builds the eBPF object first (the release agent embeds it). Arguments go
+    /// to `cladnet-bench dataplane` (see `cargo xtask bench dataplane --help`), e.g. `--secs 5
+    /// --runs 3 --only raw,vxlan,cladnet-ebpf-plain`.
     #[command(disable_help_flag = true)]
     Dataplane {
         /// Arguments for `cladnet-bench dataplane`.
@@ -68,9 +73,12 @@ fn control(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// The dataplane benchmark: the release controller, CLI and agent, started in namespaces by
-/// `cladnet-bench`, which finds them next to itself. Writes `<target>/bench/dataplane.json`
-/// unless `--out` says otherwise.
+/// `cladnet-bench`, which finds them next to itself. The eBPF object is built first
+/// (`cargo xtask build-ebpf`): `cladnet-agent/build.rs` embeds it into the release agent,
+/// which cannot load the eBPF rows' programs without it. Writes
+/// `<target>/bench/dataplane.json` unless `--out` says otherwise.
 fn dataplane(args: &[String]) -> anyhow::Result<()> {
+    ebpf::build()?;
     build_release(&[
         "cladnet-controller",
         "cladnet-cli",

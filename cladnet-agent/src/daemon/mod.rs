@@ -429,7 +429,10 @@ impl Agent {
                 }
                 _ = report_tick.tick() => self.flush_report().await,
                 _ = stats_tick.tick() => self.report_stats().await,
-                Some(ev) = peer_events.recv() => on_peer_event(&ev),
+                Some(ev) = peer_events.recv() => {
+                    on_peer_event(&ev);
+                    self.follow_learned_endpoint(&ev);
+                }
                 Some((test_id, results)) = self.tests.1.recv() => {
                     let req = self.report(|r| {
                         r.test_id = test_id;
@@ -486,6 +489,24 @@ impl Agent {
         match self.client.report(&self.session, req).await {
             Ok(_) => self.pending = None,
             Err(e) => debug!(error = %e, "report pending"),
+        }
+    }
+
+    /// A PLAIN peer's port learnt from its packets (see `Router::learn_plain_port`) goes into
+    /// the kernel maps too, so the kernel sends there and accepts from there.
+    fn follow_learned_endpoint(&self, ev: &PeerEvent) {
+        let PeerEvent::EndpointChanged { node_id, .. } = ev else {
+            return;
+        };
+        if let Some(config) = self.dp.router.peer_config(node_id)
+            && config.mode == cladnet_core::policy::LinkMode::Plain
+            && let Some(k) = &self.dp.kernel
+        {
+            let underlay_ip = self.facts.private_cidr.map(|(ip, _)| ip);
+            if let Err(error) = k.apply(&Command::UpsertPeer(config), self.local_index, underlay_ip)
+            {
+                warn!(%error, node_id, "updating the kernel with a learnt endpoint failed");
+            }
         }
     }
 

@@ -84,7 +84,8 @@ pub enum PeerEvent {
         /// Node id.
         node_id: String,
     },
-    /// A SEALED peer was heard from a new underlay address (roaming).
+    /// A SEALED peer was heard from a new underlay address (roaming), or a PLAIN peer from a
+    /// new port of its address (see [`Router::learn_plain_port`]).
     EndpointChanged {
         /// Node id.
         node_id: String,
@@ -179,6 +180,8 @@ pub struct Router {
     peers: RwLock<Peers>,
     wg: Mutex<Device>,
     drops: DropCounters,
+    /// PLAIN endpoint changes learnt from packets, reported with the next timer events.
+    learned: Mutex<Vec<PeerEvent>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -217,6 +220,7 @@ impl Router {
                 WallClock::new(now, SystemTime::now()),
             )),
             drops: DropCounters::default(),
+            learned: Mutex::default(),
         }
     }
 
@@ -401,14 +405,19 @@ impl Router {
     }
 
     fn inbound_plain<'a>(&self, from: SocketAddr, datagram: &'a [u8]) -> Inbound<'a> {
-        // Probes carry nothing to deliver; they only keep NAT mappings warm.
-        if CladHeader::decode(datagram).is_ok_and(|h| h.ty() == Some(CladType::Probe)) {
+        let SocketAddr::V4(from) = from else {
+            return self.drop_in(Drop::Plain(plain::DropReason::UnknownPeer));
+        };
+        let header = CladHeader::decode(datagram).ok();
+        // The read guard must be gone before learning takes the write lock.
+        let known_here = self.read_peers().plain_by_endpoint.get(&from).cloned();
+        let entry =
+            known_here.or_else(|| self.learn_plain_port(from, header.map(|h| h.node_id())?));
+        // Probes carry nothing to deliver; they keep NAT mappings warm (and may have taught us
+        // the peer's port, above).
+        if header.is_some_and(|h| h.ty() == Some(CladType::Probe)) {
             return Inbound::Nothing;
         }
-        let entry = match from {
-            SocketAddr::V4(v4) => self.read_peers().plain_by_endpoint.get(&v4).cloned(),
-            SocketAddr::V6(_) => None,
-        };
         let known = entry.as_ref().map(|e| KnownPeer {
             node_index: e.config.node_index,
             overlay_ip: e.config.overlay_ip.octets(),
@@ -422,6 +431,43 @@ impl Router {
             }
             Err(reason) => self.drop_in(Drop::Plain(reason)),
         }
+    }
+
+    /// A PLAIN datagram from an unknown endpoint whose *address* is a PLAIN peer's and whose
+    /// header names that peer: its NAT gave this flow another public port than the reflector
+    /// saw (a port-translating NAT picks another port when the one it prefers is taken). The
+    /// peer's endpoint moves to that port, so replies get through the NAT. Only the port can
+    /// move this way: a new address comes from the controller, as PLAIN is unauthenticated.
+    fn learn_plain_port(&self, from: SocketAddrV4, node_index: u32) -> Option<Arc<Entry>> {
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        let old = peers
+            .by_id
+            .values()
+            .find(|e| {
+                e.config.mode == LinkMode::Plain
+                    && e.config.node_index == node_index
+                    && e.config.endpoint.is_some_and(|ep| ep.ip() == from.ip())
+            })?
+            .clone();
+        let mut config = old.config.clone();
+        config.endpoint = Some(from);
+        let entry = Arc::new(Entry {
+            config,
+            wg: None,
+            counters: old.counters.clone(),
+        });
+        peers.remove(&old.config.node_id);
+        peers.insert(entry.clone());
+        drop(peers);
+        info!(node_id = old.config.node_id, endpoint = %from, "PLAIN peer seen on another port of its address; following it");
+        self.learned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(PeerEvent::EndpointChanged {
+                node_id: old.config.node_id.clone(),
+                endpoint: SocketAddr::V4(from),
+            });
+        Some(entry)
     }
 
     fn inbound_sealed<'a>(
@@ -470,7 +516,8 @@ impl Router {
                 }
             }
         }
-        let mut events = Vec::new();
+        let mut events =
+            std::mem::take(&mut *self.learned.lock().unwrap_or_else(|e| e.into_inner()));
         while let Some((id, event)) = dev.poll_event() {
             let Some(node_id) = self
                 .read_peers()
@@ -518,6 +565,14 @@ impl Router {
         for id in sealed {
             dev.request_keepalive(id);
         }
+    }
+
+    /// The configuration a peer is installed with now (with any endpoint learnt from packets).
+    pub fn peer_config(&self, node_id: &str) -> Option<PeerConfig> {
+        self.read_peers()
+            .by_id
+            .get(node_id)
+            .map(|e| e.config.clone())
     }
 
     /// The peers, sorted by overlay address.

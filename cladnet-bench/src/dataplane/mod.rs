@@ -1,6 +1,8 @@
 //! The dataplane scenario: two hosts in network namespaces joined by one veth pair (the
-//! underlay, MTU 1500), and for each configuration — no tunnel, wireguard-go, boringtun,
-//! CLADNet SEALED, CLADNet PLAIN — set up and torn down in turn:
+//! underlay, MTU 1500), and for each configuration — no tunnel, kernel VXLAN, wireguard-go,
+//! boringtun, CLADNet SEALED, CLADNet PLAIN on the userspace engine, CLADNet PLAIN on the
+//! eBPF engine (the hook the agent picks, and TC ingress forced) — set up and torn down in
+//! turn:
 //!
 //! * single-stream TCP throughput and retransmits (`iperf3 -J`, A → B), with the busy CPU of
 //!   the whole machine over the test (`/proc/stat`);
@@ -33,8 +35,9 @@ use anyhow::{bail, ensure};
 use serde::Serialize;
 
 pub use measure::{Background, Rtt, SmallPackets, Tcp};
-pub use report::{DataplaneDocument, RunMetrics};
+pub use report::{DataplaneDocument, RunDataplane, RunMetrics};
 use testbed::{Testbed, which};
+pub use tunnel::{AgentDataplane, KernelCounter, KernelCounters};
 
 /// One configuration (a row of the table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -42,40 +45,90 @@ use testbed::{Testbed, which};
 pub enum Config {
     /// Directly on the underlay addresses.
     Raw,
+    /// The kernel's VXLAN on the underlay veth (the kernel baseline for a plain overlay).
+    Vxlan,
     /// Debian's `wireguard-go` on both hosts, configured with `wg`.
     WireguardGo,
     /// Cloudflare's `boringtun-cli` on both hosts, configured with `wg`.
     Boringtun,
-    /// CLADNet agents on a network with `--encryption always` (WireGuard links).
+    /// CLADNet agents on a network with `--encryption always` (WireGuard links), userspace
+    /// engine.
     CladnetSealed,
-    /// CLADNet agents on a network with `--encryption never` (PLAIN links).
+    /// CLADNet agents on a network with `--encryption never` (PLAIN links), userspace engine
+    /// (`--dataplane userspace`).
     CladnetPlain,
+    /// PLAIN links on the eBPF engine (`--dataplane ebpf`), on the receive hook the agent
+    /// picks itself (XDP driver → XDP generic → TC ingress).
+    CladnetEbpfPlain,
+    /// PLAIN links on the eBPF engine with the receive hook forced to TC ingress: the receive
+    /// program is attached with `cladnet-agent dataplane attach --xdp-mode tc` into the
+    /// agent's pin directory before the agent starts, and the agent takes it over in place
+    /// (a take-over keeps the pinned hook when `auto` allows it).
+    CladnetEbpfPlainTc,
+}
+
+/// How a CLADNet configuration runs its agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CladnetSetup {
+    /// `cladnet network create --encryption`.
+    pub(crate) encryption: &'static str,
+    /// `cladnet-agent run --dataplane`, and the engine the agents must then report.
+    pub(crate) dataplane: &'static str,
+    /// The receive hook to pre-attach (`dataplane attach --xdp-mode`) and to require.
+    pub(crate) forced_hook: Option<&'static str>,
 }
 
 impl Config {
     /// Every configuration, in table order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 8] = [
         Self::Raw,
+        Self::Vxlan,
         Self::WireguardGo,
         Self::Boringtun,
         Self::CladnetSealed,
         Self::CladnetPlain,
+        Self::CladnetEbpfPlain,
+        Self::CladnetEbpfPlainTc,
     ];
 
     /// The row's name.
     pub fn name(self) -> &'static str {
         match self {
             Self::Raw => "raw",
+            Self::Vxlan => "vxlan",
             Self::WireguardGo => "wireguard-go",
             Self::Boringtun => "boringtun",
             Self::CladnetSealed => "cladnet-sealed",
             Self::CladnetPlain => "cladnet-plain",
+            Self::CladnetEbpfPlain => "cladnet-ebpf-plain",
+            Self::CladnetEbpfPlainTc => "cladnet-ebpf-plain-tc",
         }
     }
 
     /// Whether this is one of the standard WireGuard implementations CLADNet is compared with.
     pub fn is_wireguard(self) -> bool {
         matches!(self, Self::WireguardGo | Self::Boringtun)
+    }
+
+    /// Whether this row runs PLAIN links on the eBPF engine.
+    pub fn is_ebpf(self) -> bool {
+        matches!(self, Self::CladnetEbpfPlain | Self::CladnetEbpfPlainTc)
+    }
+
+    /// How the agents run, for the CLADNet rows.
+    pub(crate) fn cladnet(self) -> Option<CladnetSetup> {
+        let (encryption, dataplane, forced_hook) = match self {
+            Self::CladnetSealed => ("always", "userspace", None),
+            Self::CladnetPlain => ("never", "userspace", None),
+            Self::CladnetEbpfPlain => ("never", "ebpf", None),
+            Self::CladnetEbpfPlainTc => ("never", "ebpf", Some("tc")),
+            _ => return None,
+        };
+        Some(CladnetSetup {
+            encryption,
+            dataplane,
+            forced_hook,
+        })
     }
 }
 
@@ -157,7 +210,7 @@ impl Binaries {
             )
         };
         match config {
-            Config::Raw => None,
+            Config::Raw | Config::Vxlan => None,
             Config::WireguardGo | Config::Boringtun if missing(&self.wg) => {
                 Some("wg not installed (cargo xtask setup)".into())
             }
@@ -165,12 +218,13 @@ impl Binaries {
                 .then(|| "wireguard-go not installed (cargo xtask setup)".into()),
             Config::Boringtun => missing(&self.boringtun)
                 .then(|| "boringtun-cli not installed (cargo xtask setup)".into()),
-            Config::CladnetSealed | Config::CladnetPlain => {
-                [&self.controller, &self.cli, &self.agent]
-                    .into_iter()
-                    .find(|p| !p.is_file())
-                    .map(|p| release(p))
-            }
+            Config::CladnetSealed
+            | Config::CladnetPlain
+            | Config::CladnetEbpfPlain
+            | Config::CladnetEbpfPlainTc => [&self.controller, &self.cli, &self.agent]
+                .into_iter()
+                .find(|p| !p.is_file())
+                .map(|p| release(p)),
         }
     }
 }
@@ -244,9 +298,16 @@ pub fn run_dataplane_bench(
             }
             eprintln!("dataplane: run {run}/{}: {config} ...", opts.runs);
             match measure_once(config, &tb, opts) {
-                Ok(m) => {
+                Ok((m, dataplane)) => {
                     eprintln!("  {}", m.summary());
-                    doc.row_mut(config).runs.push(m);
+                    for d in &dataplane.agents {
+                        eprintln!("  agent {}: {} ({})", d.host, d.engine, d.reason);
+                    }
+                    let row = doc.row_mut(config);
+                    row.runs.push(m);
+                    if config.cladnet().is_some() {
+                        row.dataplane.push(RunDataplane { run, ..dataplane });
+                    }
                 }
                 Err(e) => {
                     let e = format!("run {run}: {e:#}");
@@ -261,14 +322,17 @@ pub fn run_dataplane_bench(
     Ok(doc)
 }
 
-/// Sets `config` up, measures it once and tears it down.
+/// Sets `config` up, measures it once and tears it down; for the CLADNet rows also what the
+/// agents report about their dataplane and, for the eBPF rows, the kernel counters.
 fn measure_once(
     config: Config,
     tb: &Testbed,
     opts: &DataplaneOptions,
-) -> anyhow::Result<RunMetrics> {
+) -> anyhow::Result<(RunMetrics, RunDataplane)> {
     let dir = testbed::temp_dir(config.name())?;
     let result = (|| {
+        // An eBPF row's XDP program left on the veth would slow down every other row.
+        tb.ensure_no_xdp()?;
         let tunnel = tunnel::setup(config, tb, &opts.bins, dir.path())?;
         std::thread::sleep(SETTLE);
         let background = measure::wait_for_quiet(opts.quiet_cpu_percent, opts.quiet_patience)?;
@@ -277,7 +341,23 @@ fn measure_once(
         let tcp = measure::tcp(tb, tunnel.dst, opts.secs, dir.path())?;
         std::thread::sleep(SETTLE);
         let udp = measure::small_packets(tb, tunnel.dst, opts.secs, dir.path())?;
-        Ok(RunMetrics::new(tunnel.mtu, background, tcp, udp, rtt))
+        let kernel = if config.is_ebpf() {
+            tunnel.kernel_counters(tb, &opts.bins).unwrap_or_else(|e| {
+                eprintln!("  could not read the eBPF counters: {e:#}");
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
+        let dataplane = RunDataplane {
+            run: 0,
+            agents: tunnel.dataplane.clone(),
+            kernel,
+        };
+        Ok((
+            RunMetrics::new(tunnel.mtu, background, tcp, udp, rtt),
+            dataplane,
+        ))
     })();
     if opts.keep_temp || result.is_err() {
         let kept = testbed::keep(dir);

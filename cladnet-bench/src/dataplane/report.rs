@@ -9,6 +9,7 @@ use super::{
     Config, DataplaneOptions,
     measure::{Background, Rtt, SmallPackets, Tcp},
     testbed::{UNDERLAY_A, UNDERLAY_B, UNDERLAY_MTU},
+    tunnel::{AgentDataplane, KernelCounters},
 };
 use crate::{
     report::{Machine, align, write_json},
@@ -18,6 +19,44 @@ use crate::{
 /// The issue's goal: CLADNet SEALED single-stream TCP at least this many times the faster of
 /// wireguard-go and boringtun, in the same run.
 pub const SEALED_VS_WIREGUARD_TARGET: f64 = 3.0;
+/// The issue's goals for PLAIN on the eBPF engine, in the same run: single-stream TCP at
+/// least this many times kernel VXLAN's ...
+pub const EBPF_VS_VXLAN_TARGET: f64 = 1.0;
+/// ... and at least this many times raw veth's ...
+pub const EBPF_VS_RAW_TARGET: f64 = 0.8;
+/// ... with less CPU per Gbit/s than PLAIN on the userspace engine (`cladnet-plain`): the
+/// ratio of the two must be below this.
+pub const EBPF_CPU_PER_GBPS_VS_USERSPACE_TARGET: f64 = 1.0;
+
+/// What a CLADNet row's agents reported in one run, and the eBPF engine's counters after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunDataplane {
+    /// The run (1-based).
+    pub run: u32,
+    /// Host A's and host B's agent, from `cladnet --json peers`.
+    pub agents: Vec<AgentDataplane>,
+    /// `cladnet-agent dataplane stats` of both hosts after the tests (eBPF rows only).
+    pub kernel: Vec<KernelCounters>,
+}
+
+/// One of the eBPF PLAIN targets for one row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetCheck {
+    /// The row it is about.
+    pub config: Config,
+    /// What is compared, e.g. `TCP vs vxlan`.
+    pub metric: &'static str,
+    /// The measured ratio (medians).
+    pub value: Option<f64>,
+    /// `>=` or `<`.
+    pub op: &'static str,
+    /// The goal for `value`.
+    pub goal: f64,
+    /// Whether it was met (unknown when a row is missing).
+    pub met: Option<bool>,
+    /// `PASS`, `MISS` or `not measured`.
+    pub verdict: &'static str,
+}
 
 /// The numbers of one run of one configuration (or their median, minimum or maximum over
 /// runs, each field on its own).
@@ -147,6 +186,13 @@ pub struct RowResult {
     pub tcp_vs_raw: Option<f64>,
     /// Median TCP throughput over the faster WireGuard implementation's median.
     pub tcp_vs_best_wireguard: Option<f64>,
+    /// Median TCP throughput over kernel VXLAN's median.
+    pub tcp_vs_vxlan: Option<f64>,
+    /// Median CPU %/Gbit/s over `cladnet-plain`'s (PLAIN on the userspace engine); below 1
+    /// is cheaper.
+    pub cpu_per_gbps_vs_userspace_plain: Option<f64>,
+    /// CLADNet rows: the dataplane the agents reported, per successful run.
+    pub dataplane: Vec<RunDataplane>,
 }
 
 impl RowResult {
@@ -161,11 +207,34 @@ impl RowResult {
             max: None,
             tcp_vs_raw: None,
             tcp_vs_best_wireguard: None,
+            tcp_vs_vxlan: None,
+            cpu_per_gbps_vs_userspace_plain: None,
+            dataplane: Vec::new(),
         }
     }
 
     fn tcp_median(&self) -> Option<f64> {
         self.median.map(|m| m.tcp_gbps)
+    }
+
+    /// The engines (and eBPF receive hooks) the agents reported over all runs, e.g.
+    /// `ebpf/tc` or `userspace`; `-` for the other rows.
+    pub fn dataplane_label(&self) -> String {
+        let mut labels: Vec<String> = Vec::new();
+        for a in self.dataplane.iter().flat_map(|d| &d.agents) {
+            let label = match &a.hook {
+                Some(h) => format!("{}/{h}", a.engine),
+                None => a.engine.clone(),
+            };
+            if !labels.contains(&label) {
+                labels.push(label);
+            }
+        }
+        if labels.is_empty() {
+            "-".into()
+        } else {
+            labels.join(", ")
+        }
     }
 }
 
@@ -207,6 +276,10 @@ pub struct DataplaneDocument {
     pub best_wireguard: Option<Config>,
     /// Whether `cladnet-sealed` met the goal (unknown when a row is missing).
     pub target_met: Option<bool>,
+    /// The eBPF PLAIN targets (TCP vs vxlan and vs raw, CPU per Gbit/s vs the userspace
+    /// engine) for `cladnet-ebpf-plain` (the hook the agent picks) and
+    /// `cladnet-ebpf-plain-tc` (TC ingress forced).
+    pub ebpf_targets: Vec<TargetCheck>,
 }
 
 impl DataplaneDocument {
@@ -232,6 +305,7 @@ impl DataplaneDocument {
             rows: opts.configs.iter().map(|&c| RowResult::new(c)).collect(),
             best_wireguard: None,
             target_met: None,
+            ebpf_targets: Vec::new(),
         }
     }
 
@@ -260,6 +334,13 @@ impl DataplaneDocument {
             .filter_map(|r| Some((r.config, r.tcp_median()?)))
             .collect();
         let raw = tcp.get(&Config::Raw).copied();
+        let vxlan = tcp.get(&Config::Vxlan).copied();
+        let userspace_cpu = self
+            .rows
+            .iter()
+            .find(|r| r.config == Config::CladnetPlain)
+            .and_then(|r| r.median)
+            .map(|m| m.cpu_percent_per_gbps);
         let best = tcp
             .iter()
             .filter(|(c, _)| c.is_wireguard())
@@ -271,8 +352,45 @@ impl DataplaneDocument {
             if let Some(g) = row.tcp_median() {
                 row.tcp_vs_raw = ratio(g, raw);
                 row.tcp_vs_best_wireguard = ratio(g, best.map(|b| b.1));
+                row.tcp_vs_vxlan = ratio(g, vxlan);
+            }
+            if let Some(m) = row.median {
+                row.cpu_per_gbps_vs_userspace_plain = ratio(m.cpu_percent_per_gbps, userspace_cpu);
             }
         }
+        self.ebpf_targets = self
+            .rows
+            .iter()
+            .filter(|r| r.config.is_ebpf())
+            .flat_map(|r| {
+                [
+                    ("TCP vs vxlan", r.tcp_vs_vxlan, ">=", EBPF_VS_VXLAN_TARGET),
+                    ("TCP vs raw", r.tcp_vs_raw, ">=", EBPF_VS_RAW_TARGET),
+                    (
+                        "CPU %/Gbit/s vs cladnet-plain (userspace)",
+                        r.cpu_per_gbps_vs_userspace_plain,
+                        "<",
+                        EBPF_CPU_PER_GBPS_VS_USERSPACE_TARGET,
+                    ),
+                ]
+                .map(|(metric, value, op, goal)| {
+                    let met = value.map(|v| if op == "<" { v < goal } else { v >= goal });
+                    TargetCheck {
+                        config: r.config,
+                        metric,
+                        value,
+                        op,
+                        goal,
+                        met,
+                        verdict: match met {
+                            Some(true) => "PASS",
+                            Some(false) => "MISS",
+                            None => "not measured",
+                        },
+                    }
+                })
+            })
+            .collect();
         self.target_met = self
             .rows
             .iter()
@@ -320,11 +438,13 @@ impl DataplaneDocument {
         let mut rows = vec![
             [
                 "config",
+                "dataplane",
                 "MTU A/B",
                 "TCP Gbit/s",
                 "(min-max)",
                 "retr",
                 "x raw",
+                "x vxlan",
                 "x best WG",
                 "64 B UDP kpps",
                 "loss %",
@@ -345,7 +465,12 @@ impl DataplaneDocument {
                         format!("{} failed run(s), errors below", r.errors.len()),
                     ),
                 };
-                let mut row = vec![r.config.to_string(), "-".into(), what.into()];
+                let mut row = vec![
+                    r.config.to_string(),
+                    r.dataplane_label(),
+                    "-".into(),
+                    what.into(),
+                ];
                 row.resize(rows[0].len(), "-".into());
                 rows.push(row);
                 let _ = writeln!(notes, "{}: {what}: {why}", r.config);
@@ -359,11 +484,13 @@ impl DataplaneDocument {
             };
             rows.push(vec![
                 format!("{}{ok}", r.config),
+                r.dataplane_label(),
                 format!("{:.0}/{:.0}", med.overlay_mtu_a, med.overlay_mtu_b),
                 gbps(med.tcp_gbps),
                 format!("{}-{}", gbps(lo.tcp_gbps), gbps(hi.tcp_gbps)),
                 format!("{:.0}", med.tcp_retransmits),
                 times(r.tcp_vs_raw),
+                times(r.tcp_vs_vxlan),
                 times(r.tcp_vs_best_wireguard),
                 format!("{:.1}", med.udp_kpps),
                 format!("{:.1}", med.udp_loss_percent),
@@ -432,9 +559,78 @@ impl DataplaneDocument {
             }
             _ => out.push_str(": not measured (needs cladnet-sealed and a WireGuard row)\n"),
         }
+        out.push_str(&self.ebpf_section());
         for r in &self.rows {
             for e in &r.errors {
                 let _ = writeln!(out, "\n{} {e}", r.config);
+            }
+        }
+        out
+    }
+}
+
+impl DataplaneDocument {
+    /// The eBPF PLAIN targets with PASS/MISS, then what the CLADNet agents reported about
+    /// their dataplane and the eBPF engine's counters per run.
+    fn ebpf_section(&self) -> String {
+        let mut out = String::new();
+        for t in &self.ebpf_targets {
+            let label = match t.config {
+                Config::CladnetEbpfPlainTc => "TC ingress forced",
+                _ => "the hook the agent picks",
+            };
+            let hook = self
+                .rows
+                .iter()
+                .find(|r| r.config == t.config)
+                .map_or_else(|| "-".into(), RowResult::dataplane_label);
+            let value = t.value.map_or("-".into(), |v| format!("{v:.2}x"));
+            let _ = writeln!(
+                out,
+                "Target: {} ({label}, {hook}) {} {} {:.1}x: {value} {}",
+                t.config, t.metric, t.op, t.goal, t.verdict
+            );
+        }
+        let cladnet: Vec<&RowResult> = self
+            .rows
+            .iter()
+            .filter(|r| !r.dataplane.is_empty())
+            .collect();
+        if cladnet.is_empty() {
+            return out;
+        }
+        out.push_str(
+            "\nDataplane the agents reported (cladnet --json peers: dataplane, the hook from \
+             capabilities, dataplaneReason):\n",
+        );
+        for r in cladnet {
+            let mut seen: Vec<&AgentDataplane> = Vec::new();
+            for a in r.dataplane.iter().flat_map(|d| &d.agents) {
+                if !seen.contains(&a) {
+                    seen.push(a);
+                    let hook = a.hook.as_deref().map_or(String::new(), |h| format!("/{h}"));
+                    let _ = writeln!(
+                        out,
+                        "  {} host {}: {}{hook}: {}",
+                        r.config, a.host, a.engine, a.reason
+                    );
+                }
+            }
+            for d in &r.dataplane {
+                for k in &d.kernel {
+                    let _ = writeln!(
+                        out,
+                        "  {} run {} host {}: eBPF counters rx_tunnel {} pkts (to socket {}), \
+                         tx_to_userspace {}, drops {}",
+                        r.config,
+                        d.run,
+                        k.host,
+                        k.packets("rx_tunnel"),
+                        k.packets("rx_to_socket"),
+                        k.packets("tx_to_userspace"),
+                        k.drops()
+                    );
+                }
             }
         }
         out
@@ -452,9 +648,9 @@ fn gbps(v: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Config, DataplaneDocument, RunMetrics};
+    use super::{Config, DataplaneDocument, RunDataplane, RunMetrics};
     use crate::dataplane::{
-        Binaries, DataplaneOptions,
+        AgentDataplane, Binaries, DataplaneOptions, KernelCounter, KernelCounters,
         measure::{Background, Rtt, SmallPackets, Tcp},
     };
 
@@ -508,7 +704,7 @@ mod tests {
         d.row_mut(Config::CladnetSealed).errors = vec!["run 3: boom".into()];
         d.row_mut(Config::CladnetPlain).errors = vec!["run 1: boom".into()];
         d.finish();
-        let sealed = &d.rows[3];
+        let sealed = &d.rows[4];
         assert_eq!(sealed.median.unwrap().tcp_gbps, 1.2);
         assert_eq!(sealed.min.unwrap().tcp_gbps, 1.0);
         assert_eq!(sealed.max.unwrap().tcp_gbps, 1.4);
@@ -530,9 +726,94 @@ mod tests {
             assert!(table.contains(want), "{want:?} not in\n{table}");
         }
         let json = serde_json::to_value(&d).unwrap();
-        assert_eq!(json["rows"][1]["config"], "wireguard-go");
+        assert_eq!(json["rows"][2]["config"], "wireguard-go");
         assert_eq!(json["best_wireguard"], "wireguard-go");
         assert_eq!(json["rows"][0]["runs"].as_array().unwrap().len(), 3);
+    }
+
+    fn agents(engine: &str, hook: Option<&str>) -> Vec<AgentDataplane> {
+        ["a", "b"]
+            .map(|host| AgentDataplane {
+                host: host.into(),
+                engine: engine.into(),
+                hook: hook.map(str::to_owned),
+                reason: format!("{engine} because"),
+            })
+            .to_vec()
+    }
+
+    #[test]
+    fn ebpf_targets_pass_and_miss() {
+        let mut d = doc();
+        d.row_mut(Config::Raw).runs = vec![metrics(20.0)];
+        d.row_mut(Config::Vxlan).runs = vec![metrics(10.0)];
+        // userspace PLAIN: 100 % CPU at 5 Gbit/s = 20 %/Gbit/s.
+        d.row_mut(Config::CladnetPlain).runs = vec![metrics(5.0)];
+        d.row_mut(Config::CladnetPlain).dataplane = vec![RunDataplane {
+            run: 1,
+            agents: agents("userspace", None),
+            kernel: Vec::new(),
+        }];
+        // XDP driver: 4 Gbit/s: below vxlan and raw, 25 %/Gbit/s: more CPU per Gbit/s.
+        d.row_mut(Config::CladnetEbpfPlain).runs = vec![metrics(4.0)];
+        d.row_mut(Config::CladnetEbpfPlain).dataplane = vec![RunDataplane {
+            run: 1,
+            agents: agents("ebpf", Some("xdp-driver")),
+            kernel: vec![KernelCounters {
+                host: "b".into(),
+                counters: vec![KernelCounter {
+                    slot: "rx_tunnel".into(),
+                    packets: 1234,
+                    bytes: 99,
+                }],
+            }],
+        }];
+        // TC ingress: 17 Gbit/s: 1.7x vxlan, 0.85x raw, 5.9 %/Gbit/s.
+        d.row_mut(Config::CladnetEbpfPlainTc).runs = vec![metrics(17.0)];
+        d.row_mut(Config::CladnetEbpfPlainTc).dataplane = vec![RunDataplane {
+            run: 1,
+            agents: agents("ebpf", Some("tc")),
+            kernel: Vec::new(),
+        }];
+        d.finish();
+        let verdicts: Vec<(Config, &str, &str)> = d
+            .ebpf_targets
+            .iter()
+            .map(|t| (t.config, t.metric, t.verdict))
+            .collect();
+        assert_eq!(verdicts.len(), 6, "{verdicts:?}");
+        for (config, _, verdict) in &verdicts {
+            let want = if *config == Config::CladnetEbpfPlainTc {
+                "PASS"
+            } else {
+                "MISS"
+            };
+            assert_eq!(*verdict, want, "{verdicts:?}");
+        }
+        let tc = d
+            .rows
+            .iter()
+            .find(|r| r.config == Config::CladnetEbpfPlainTc);
+        let tc = tc.unwrap();
+        assert!((tc.tcp_vs_vxlan.unwrap() - 1.7).abs() < 1e-9);
+        assert!((tc.cpu_per_gbps_vs_userspace_plain.unwrap() - 5.0 / 17.0).abs() < 1e-9);
+        assert_eq!(tc.dataplane_label(), "ebpf/tc");
+        let table = d.table();
+        for want in [
+            "cladnet-ebpf-plain-tc (TC ingress forced, ebpf/tc) TCP vs vxlan >= 1.0x: 1.70x PASS",
+            "cladnet-ebpf-plain (the hook the agent picks, ebpf/xdp-driver) TCP vs raw >= 0.8x: \
+             0.20x MISS",
+            "CPU %/Gbit/s vs cladnet-plain (userspace) < 1.0x: 1.25x MISS",
+            "cladnet-plain host a: userspace: userspace because",
+            "cladnet-ebpf-plain host b: ebpf/xdp-driver: ebpf because",
+            "run 1 host b: eBPF counters rx_tunnel 1234 pkts (to socket 0)",
+        ] {
+            assert!(table.contains(want), "{want:?} not in\n{table}");
+        }
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["ebpf_targets"][0]["verdict"], "MISS");
+        assert_eq!(json["ebpf_targets"][3]["config"], "cladnet-ebpf-plain-tc");
+        assert_eq!(json["rows"][7]["dataplane"][0]["agents"][1]["hook"], "tc");
     }
 
     #[test]
@@ -542,6 +823,8 @@ mod tests {
         d.finish();
         assert_eq!(d.target_met, None);
         assert!(d.table().contains("not measured"), "{}", d.table());
+        assert!(d.ebpf_targets.iter().all(|t| t.met.is_none()));
+        assert_eq!(d.ebpf_targets.len(), 6);
         assert!(!d.any_failed());
     }
 }

@@ -2,8 +2,8 @@
 //! (the underlay), and running commands inside them.
 //!
 //! Every name this benchmark creates outside its namespaces starts with `cnb-<pid>-`: the
-//! namespaces, the WireGuard UAPI sockets in `/var/run/wireguard` and the temporary
-//! directories. A name whose process no longer exists is stale: [`sweep_stale`] removes it
+//! namespaces, the WireGuard UAPI sockets in `/var/run/wireguard`, the eBPF engine's pin
+//! directories in `/sys/fs/bpf` and the temporary directories. A name whose process no longer exists is stale: [`sweep_stale`] removes it
 //! (killing every process left in such a namespace) at the start of a run, and
 //! [`remove_own`] removes this process's names after a Ctrl-C. The namespaces are also
 //! removed when the [`Testbed`] is dropped (on errors and on panics, which unwind).
@@ -25,6 +25,8 @@ use anyhow::{Context as _, bail};
 const NETNS_DIR: &str = "/run/netns";
 /// Where wireguard-go and boringtun put their UAPI sockets (`<interface>.sock`).
 pub(crate) const WG_SOCKET_DIR: &str = "/var/run/wireguard";
+/// The bpffs where the eBPF rows' agents pin their programs and maps (one directory each).
+pub(crate) const BPF_PIN_ROOT: &str = "/sys/fs/bpf";
 /// The first part of every name.
 const PREFIX: &str = "cnb-";
 
@@ -37,7 +39,7 @@ const UNDERLAY_PREFIX: u8 = 24;
 /// MTU of the veth pair.
 pub(crate) const UNDERLAY_MTU: u32 = 1500;
 /// The veth end's name in each namespace.
-const UNDERLAY_IFACE: &str = "underlay";
+pub(crate) const UNDERLAY_IFACE: &str = "underlay";
 
 /// Limit for short administrative commands (`ip`, `wg`, `cladnet`).
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,6 +75,11 @@ fn sweep(what: &str, remove: impl Fn(u32) -> bool) {
     }
     for name in entries(Path::new(WG_SOCKET_DIR)).filter(|n| ours(n)) {
         let _ = std::fs::remove_file(Path::new(WG_SOCKET_DIR).join(name));
+    }
+    // Unpinning the links of an agent that is gone detaches its programs.
+    for name in entries(Path::new(BPF_PIN_ROOT)).filter(|n| ours(n)) {
+        eprintln!("dataplane: removing {what}eBPF pins {BPF_PIN_ROOT}/{name}");
+        let _ = std::fs::remove_dir_all(Path::new(BPF_PIN_ROOT).join(name));
     }
     let tmp = std::env::temp_dir();
     for name in entries(&tmp).filter(|n| ours(n)) {
@@ -196,6 +203,15 @@ impl Netns {
             .is_ok_and(|out| !out.trim().is_empty())
     }
 
+    /// The XDP program attached to `iface` in the namespace, if any (`ip -j link`'s `xdp`
+    /// object, as text).
+    pub(crate) fn xdp(&self, iface: &str) -> anyhow::Result<Option<String>> {
+        let out = self.run(&["ip", "-j", "link", "show", "dev", iface])?;
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .with_context(|| format!("parsing `ip -j link show dev {iface}`: {out}"))?;
+        Ok(v[0].get("xdp").map(ToString::to_string))
+    }
+
     /// The MTU of `iface` in the namespace.
     pub(crate) fn mtu(&self, iface: &str) -> anyhow::Result<u32> {
         let out = self.run(&["ip", "-j", "link", "show", "dev", iface])?;
@@ -260,6 +276,26 @@ impl Testbed {
             || tb.a.pings(UNDERLAY_B),
         )?;
         Ok(tb)
+    }
+
+    /// Fails when an XDP program is still attached to either end of the underlay (left by an
+    /// eBPF row: driver-mode XDP on a veth also turns off GSO on its peer, which would slow
+    /// down every later row).
+    /// The kernel releases an unpinned link asynchronously, so this waits up to 3 s.
+    pub(crate) fn ensure_no_xdp(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for ns in [&self.a, &self.b] {
+            while let Some(xdp) = ns.xdp(UNDERLAY_IFACE)? {
+                if Instant::now() > deadline {
+                    bail!(
+                        "an XDP program is still attached to {UNDERLAY_IFACE} in {}: {xdp}",
+                        ns.name()
+                    );
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
     }
 
     /// Polls `ok` every 100 ms until it holds; fails naming `what` after `within`.

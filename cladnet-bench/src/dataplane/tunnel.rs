@@ -1,19 +1,23 @@
 //! Setting up (and, on drop, tearing down) the overlay of one configuration between the two
-//! hosts: none (`raw`), a standard userspace WireGuard (wireguard-go or boringtun, configured
-//! with `wg`), or CLADNet (a controller on host A and an agent on each host).
+//! hosts: none (`raw`), kernel VXLAN, a standard userspace WireGuard (wireguard-go or
+//! boringtun, configured with `wg`), or CLADNet (a controller on host A and an agent on each
+//! host, on the userspace or the eBPF engine).
 
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    time::Duration,
+    process::Command,
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
+use serde::Serialize;
 
 use super::{
-    Binaries, Config,
+    Binaries, CladnetSetup, Config,
     testbed::{
-        Netns, Testbed, UNDERLAY_A, UNDERLAY_B, UNDERLAY_MTU, WG_SOCKET_DIR, process_prefix,
+        BPF_PIN_ROOT, COMMAND_TIMEOUT, Netns, Testbed, UNDERLAY_A, UNDERLAY_B, UNDERLAY_IFACE,
+        UNDERLAY_MTU, WG_SOCKET_DIR, process_prefix,
     },
 };
 use crate::procs::ChildGuard;
@@ -25,6 +29,14 @@ const WG_MTU: u32 = 1420;
 /// The WireGuard rows' overlay addresses (A, B) and prefix length.
 const WG_OVERLAY: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 201, 0, 1), Ipv4Addr::new(10, 201, 0, 2)];
 const WG_PREFIX: u8 = 24;
+/// The VXLAN row's device, VNI, UDP port and MTU (1500 − 50 bytes of outer headers).
+const VXLAN_IFACE: &str = "vx0";
+const VXLAN_ID: &str = "42";
+const VXLAN_PORT: &str = "4789";
+const VXLAN_MTU: u32 = 1450;
+/// The VXLAN row's overlay addresses (A, B) and prefix length.
+const VXLAN_OVERLAY: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 203, 0, 1), Ipv4Addr::new(10, 203, 0, 2)];
+const VXLAN_PREFIX: u8 = 24;
 /// The controller's port (gRPC, REST and the UDP reflector), on host A's underlay address.
 const CONTROLLER_PORT: u16 = 8053;
 /// The CLADNet rows' network.
@@ -32,8 +44,66 @@ const NETWORK: &str = "bench";
 const NETWORK_CIDR: &str = "10.202.0.0/24";
 /// The agents' overlay interface (the default; each lives in its own namespace).
 const AGENT_IFACE: &str = "cladnet0";
+/// The agents' tunnel port (their default), also given to `dataplane attach`.
+const AGENT_PORT: &str = "8055";
 /// Limit for a tunnel to come up (processes ready, peers up, first ping answered).
 const UP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an agent gets to release and detach after SIGTERM before it is killed.
+const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The dataplane one agent reports in `cladnet --json peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentDataplane {
+    /// `a` or `b`.
+    pub host: String,
+    /// `dataplane`: `ebpf` or `userspace`.
+    pub engine: String,
+    /// The receive hook of the eBPF engine (`xdp-driver`, `xdp-generic`, `tc`: the first of
+    /// the agent's reported capabilities), when it runs.
+    pub hook: Option<String>,
+    /// `dataplaneReason`, verbatim.
+    pub reason: String,
+}
+
+/// One counter of `cladnet-agent dataplane stats --json` (the eBPF engine's `STATS` and
+/// `DROPS` maps, summed over CPUs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct KernelCounter {
+    /// `rx_tunnel`, `rx_other`, `rx_to_socket`, `tx_to_userspace` or `drop_<reason>`.
+    pub slot: String,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (0 for drops).
+    pub bytes: u64,
+}
+
+/// The eBPF engine's counters of one host at the end of a run (ping, TCP and UDP tests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KernelCounters {
+    /// `a` or `b`.
+    pub host: String,
+    /// Every counter.
+    pub counters: Vec<KernelCounter>,
+}
+
+impl KernelCounters {
+    /// Packets of `slot` (0 when absent).
+    pub fn packets(&self, slot: &str) -> u64 {
+        self.counters
+            .iter()
+            .find(|c| c.slot == slot)
+            .map_or(0, |c| c.packets)
+    }
+
+    /// Packets of every `drop_*` counter.
+    pub fn drops(&self) -> u64 {
+        self.counters
+            .iter()
+            .filter(|c| c.slot.starts_with("drop_"))
+            .map(|c| c.packets)
+            .sum()
+    }
+}
 
 /// A configured overlay between A and B. Dropping it stops its processes and removes what
 /// they left.
@@ -43,20 +113,111 @@ pub(crate) struct Tunnel {
     pub(crate) dst: Ipv4Addr,
     /// The MTUs of host A's and host B's overlay interfaces.
     pub(crate) mtu: [u32; 2],
+    /// What the CLADNet agents report (A, B), for the CLADNet rows.
+    pub(crate) dataplane: Vec<AgentDataplane>,
     /// Agents and WireGuard daemons first, the controller last.
     procs: Vec<ChildGuard>,
+    /// How many of `procs` (from the start) are agents, stopped with SIGTERM first so that
+    /// they release and detach their eBPF programs.
+    agents: usize,
     /// UAPI sockets to remove after the daemons are gone.
     sockets: Vec<PathBuf>,
+    /// bpffs pin directories (host A, B) of the eBPF rows, removed after the agents are gone:
+    /// removing the pinned links detaches the programs even after a SIGKILL.
+    pin_dirs: Vec<PathBuf>,
+    /// Devices `(namespace, name)` to delete.
+    links: Vec<(String, String)>,
+}
+
+impl Tunnel {
+    fn new(dst: Ipv4Addr) -> Self {
+        Self {
+            dst,
+            mtu: [0; 2],
+            dataplane: Vec::new(),
+            procs: Vec::new(),
+            agents: 0,
+            sockets: Vec::new(),
+            pin_dirs: Vec::new(),
+            links: Vec::new(),
+        }
+    }
+
+    /// The eBPF engine's counters on both hosts (`cladnet-agent dataplane stats`), for the
+    /// eBPF rows; empty for the others.
+    pub(crate) fn kernel_counters(
+        &self,
+        tb: &Testbed,
+        bins: &Binaries,
+    ) -> anyhow::Result<Vec<KernelCounters>> {
+        let agent = bins.agent.to_string_lossy().into_owned();
+        let mut all = Vec::new();
+        for ((ns, host), dir) in [(&tb.a, "a"), (&tb.b, "b")].into_iter().zip(&self.pin_dirs) {
+            let out = ns.run(&[
+                agent.as_str(),
+                "dataplane",
+                "stats",
+                "--json",
+                "--pin-dir",
+                &dir.to_string_lossy(),
+            ])?;
+            let counters = serde_json::from_str(&out).with_context(|| {
+                format!("parsing `cladnet-agent dataplane stats --json`: {out}")
+            })?;
+            all.push(KernelCounters {
+                host: host.into(),
+                counters,
+            });
+        }
+        Ok(all)
+    }
 }
 
 impl Drop for Tunnel {
     fn drop(&mut self) {
+        for p in &mut self.procs[..self.agents] {
+            terminate(p, AGENT_STOP_TIMEOUT);
+        }
         for p in &mut self.procs {
             p.stop();
         }
         for s in &self.sockets {
             let _ = std::fs::remove_file(s);
         }
+        for d in &self.pin_dirs {
+            remove_pin_dir(d);
+        }
+        for (ns, dev) in &self.links {
+            let _ = Command::new("ip")
+                .args(["-n", ns, "link", "del", dev])
+                .output();
+        }
+    }
+}
+
+/// Sends SIGTERM to `child` and waits up to `within` for it to exit (it is reaped by
+/// [`ChildGuard::stop`] afterwards).
+fn terminate(child: &mut ChildGuard, within: Duration) {
+    let pid = child.pid();
+    if pid == 0 || child.ensure_running().is_err() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .output();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline && child.ensure_running().is_ok() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Removes a bpffs pin directory and everything pinned in it (unpinning a link whose
+/// process is gone detaches its program).
+pub(crate) fn remove_pin_dir(dir: &Path) {
+    if dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(dir)
+    {
+        eprintln!("  could not remove {}: {e}", dir.display());
     }
 }
 
@@ -68,16 +229,73 @@ pub(crate) fn setup(
     dir: &Path,
 ) -> anyhow::Result<Tunnel> {
     match config {
-        Config::Raw => Ok(Tunnel {
-            dst: UNDERLAY_B,
-            mtu: [UNDERLAY_MTU; 2],
-            procs: Vec::new(),
-            sockets: Vec::new(),
-        }),
+        Config::Raw => {
+            let mut t = Tunnel::new(UNDERLAY_B);
+            t.mtu = [UNDERLAY_MTU; 2];
+            Ok(t)
+        }
+        Config::Vxlan => vxlan(tb),
         Config::WireguardGo | Config::Boringtun => wireguard(config, tb, bins, dir),
-        Config::CladnetSealed => cladnet(tb, bins, dir, "always"),
-        Config::CladnetPlain => cladnet(tb, bins, dir, "never"),
+        Config::CladnetSealed
+        | Config::CladnetPlain
+        | Config::CladnetEbpfPlain
+        | Config::CladnetEbpfPlainTc => {
+            let setup = config
+                .cladnet()
+                .with_context(|| format!("no CLADNet setup for {config}"))?;
+            cladnet(config, setup, tb, bins, dir)
+        }
     }
+}
+
+/// Kernel VXLAN on the underlay veth: `vx0` (VNI 42, UDP 4789, the other host as the only
+/// remote), overlay `10.203.0.{1,2}/24`, MTU 1450.
+fn vxlan(tb: &Testbed) -> anyhow::Result<Tunnel> {
+    let mut tunnel = Tunnel::new(VXLAN_OVERLAY[1]);
+    let underlay = [UNDERLAY_A, UNDERLAY_B];
+    for (i, ns) in [&tb.a, &tb.b].into_iter().enumerate() {
+        ns.run(&[
+            "ip",
+            "link",
+            "add",
+            VXLAN_IFACE,
+            "type",
+            "vxlan",
+            "id",
+            VXLAN_ID,
+            "local",
+            &underlay[i].to_string(),
+            "remote",
+            &underlay[1 - i].to_string(),
+            "dstport",
+            VXLAN_PORT,
+            "dev",
+            UNDERLAY_IFACE,
+        ])?;
+        tunnel
+            .links
+            .push((ns.name().to_owned(), VXLAN_IFACE.to_owned()));
+        ns.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/{VXLAN_PREFIX}", VXLAN_OVERLAY[i]),
+            "dev",
+            VXLAN_IFACE,
+        ])?;
+        ns.run(&[
+            "ip",
+            "link",
+            "set",
+            VXLAN_IFACE,
+            "mtu",
+            &VXLAN_MTU.to_string(),
+            "up",
+        ])?;
+    }
+    tunnel.mtu = [tb.a.mtu(VXLAN_IFACE)?, tb.b.mtu(VXLAN_IFACE)?];
+    wait_for_ping(tb, &mut tunnel)?;
+    Ok(tunnel)
 }
 
 /// A userspace WireGuard daemon on each host, configured with `wg set` like `wg-quick` would.
@@ -88,12 +306,7 @@ fn wireguard(config: Config, tb: &Testbed, bins: &Binaries, dir: &Path) -> anyho
     let wg = bins.wg.to_string_lossy().into_owned();
     let hosts = [(&tb.a, "a"), (&tb.b, "b")];
     let underlay = [UNDERLAY_A, UNDERLAY_B];
-    let mut tunnel = Tunnel {
-        dst: WG_OVERLAY[1],
-        mtu: [0; 2],
-        procs: Vec::new(),
-        sockets: Vec::new(),
-    };
+    let mut tunnel = Tunnel::new(WG_OVERLAY[1]);
     let mut public = Vec::new();
     for (ns, side) in hosts {
         let iface = wg_iface(side);
@@ -198,18 +411,28 @@ fn pubkey(ns: &Netns, wg: &str, private: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// A `cladnet-controller` on host A (embedded store in `dir`), network `bench` with the given
-/// encryption, and `cladnet-agent run` on both hosts; ready when both peers are `up` and A
-/// pings B over the overlay.
-fn cladnet(tb: &Testbed, bins: &Binaries, dir: &Path, encryption: &str) -> anyhow::Result<Tunnel> {
+/// A `cladnet-controller` on host A (embedded store in `dir`), network `bench` with the
+/// setup's encryption, and `cladnet-agent run --dataplane <engine>` on both hosts; ready when
+/// both peers are `up` in `cladnet --json peers` with a reported dataplane, every agent runs
+/// the requested engine (and hook), and A pings B over the overlay.
+fn cladnet(
+    config: Config,
+    setup: CladnetSetup,
+    tb: &Testbed,
+    bins: &Binaries,
+    dir: &Path,
+) -> anyhow::Result<Tunnel> {
     let admin_token = crate::control::random_token()?;
     let url = format!("http://{UNDERLAY_A}:{CONTROLLER_PORT}");
-    let mut tunnel = Tunnel {
-        dst: UNDERLAY_B,
-        mtu: [0; 2],
-        procs: Vec::new(),
-        sockets: Vec::new(),
-    };
+    let mut tunnel = Tunnel::new(UNDERLAY_B);
+    let ebpf = setup.dataplane == "ebpf";
+    if ebpf {
+        for side in ["a", "b"] {
+            let pin_dir = Path::new(BPF_PIN_ROOT).join(format!("{}{side}", process_prefix()));
+            remove_pin_dir(&pin_dir);
+            tunnel.pin_dirs.push(pin_dir);
+        }
+    }
     let mut ctl = tb.a.command(&bins.controller);
     ctl.args(["--listen", &format!("{UNDERLAY_A}:{CONTROLLER_PORT}")])
         .arg("--store")
@@ -237,7 +460,7 @@ fn cladnet(tb: &Testbed, bins: &Binaries, dir: &Path, encryption: &str) -> anyho
             .env("CLADNET_TOKEN", &admin_token)
             .env_remove("CLADNET_TOKEN_FILE")
             .env_remove("CLADNET_CA_CERT");
-        super::testbed::run(&mut cmd, super::testbed::COMMAND_TIMEOUT)
+        super::testbed::run(&mut cmd, COMMAND_TIMEOUT)
     };
     wait_until(&mut controller, "the controller's health check", || {
         cli(&["health"]).is_ok()
@@ -251,7 +474,7 @@ fn cladnet(tb: &Testbed, bins: &Binaries, dir: &Path, encryption: &str) -> anyho
         "--cidr",
         NETWORK_CIDR,
         "--encryption",
-        encryption,
+        setup.encryption,
     ])?;
     let token: serde_json::Value =
         serde_json::from_str(&cli(&["--json", "token", "create", NETWORK])?)
@@ -260,25 +483,37 @@ fn cladnet(tb: &Testbed, bins: &Binaries, dir: &Path, encryption: &str) -> anyho
         .as_str()
         .context("no token in `cladnet --json token create`")?
         .to_owned();
-    for (ns, side) in [(&tb.a, "a"), (&tb.b, "b")] {
+    let hosts = [(&tb.a, "a"), (&tb.b, "b")];
+    if let Some(hook) = setup.forced_hook {
+        for ((ns, _), pin_dir) in hosts.into_iter().zip(&tunnel.pin_dirs) {
+            pre_attach(ns, bins, pin_dir, hook)?;
+        }
+    }
+    for (i, (ns, side)) in hosts.into_iter().enumerate() {
         let mut cmd = ns.command(&bins.agent);
         cmd.args(["run", "--controller", &url, "--network", NETWORK])
             .args(["--metrics-listen", "off", "--host-name", side])
+            .args(["--dataplane", setup.dataplane])
             .arg("--data-dir")
             .arg(dir.join(side))
             .env("CLADNET_JOIN_TOKEN", &token)
             .env("RUST_LOG", "info");
+        if let Some(pin_dir) = tunnel.pin_dirs.get(i) {
+            cmd.arg("--bpf-pin-dir").arg(pin_dir);
+        }
         let log = dir.join(format!("agent-{side}.log"));
         tunnel.procs.push(ChildGuard::spawn(
             &format!("cladnet-agent ({side})"),
             cmd,
             log,
         )?);
+        tunnel.agents += 1;
     }
     // The controller goes last: agents stop first.
     tunnel.procs.push(controller);
     let mut overlay = [None, None];
-    let up = |overlay: &mut [Option<Ipv4Addr>; 2]| -> bool {
+    let mut reported: [Option<AgentDataplane>; 2] = [None, None];
+    let mut up = || -> bool {
         let Ok(out) = cli(&["--json", "peers", NETWORK]) else {
             return false;
         };
@@ -286,22 +521,103 @@ fn cladnet(tb: &Testbed, bins: &Binaries, dir: &Path, encryption: &str) -> anyho
             return false;
         };
         for (i, side) in ["a", "b"].into_iter().enumerate() {
-            overlay[i] = v["peers"].as_array().into_iter().flatten().find_map(|p| {
-                (p["hostName"].as_str() == Some(side) && p["state"].as_str() == Some("up"))
-                    .then(|| p["ip"].as_str()?.parse().ok())?
+            let peer = v["peers"].as_array().into_iter().flatten().find(|p| {
+                p["hostName"].as_str() == Some(side) && p["state"].as_str() == Some("up")
             });
+            overlay[i] = peer.and_then(|p| p["ip"].as_str()?.parse().ok());
+            reported[i] = peer.and_then(|p| agent_dataplane(side, p));
         }
-        overlay.iter().all(Option::is_some)
+        overlay.iter().all(Option::is_some) && reported.iter().all(Option::is_some)
     };
     wait_all(
         &mut tunnel.procs,
-        "both agents `up` in `cladnet peers`",
-        || up(&mut overlay),
+        "both agents `up` with their dataplane in `cladnet peers`",
+        &mut up,
     )?;
     tunnel.dst = overlay[1].context("B's overlay address")?;
+    tunnel.dataplane = reported.into_iter().flatten().collect();
+    for d in &tunnel.dataplane {
+        ensure!(
+            d.engine == setup.dataplane,
+            "{config}: agent {} reports dataplane {:?} ({}), not {:?}",
+            d.host,
+            d.engine,
+            d.reason,
+            setup.dataplane
+        );
+        if ebpf {
+            ensure!(
+                d.hook.is_some(),
+                "{config}: agent {} runs the eBPF engine but reports no receive hook in its \
+                 capabilities ({})",
+                d.host,
+                d.reason
+            );
+        }
+        if let Some(hook) = setup.forced_hook {
+            ensure!(
+                d.hook.as_deref() == Some(hook),
+                "{config}: agent {} took over the pinned {hook} hook but reports {:?} ({})",
+                d.host,
+                d.hook,
+                d.reason
+            );
+        }
+    }
     tunnel.mtu = [tb.a.mtu(AGENT_IFACE)?, tb.b.mtu(AGENT_IFACE)?];
-    wait_for_ping(tb, &mut tunnel)?;
+    if let Err(e) = wait_for_ping(tb, &mut tunnel) {
+        let peers = cli(&["--json", "peers", NETWORK]).unwrap_or_else(|e| format!("{e:#}"));
+        return Err(e.context(format!("`cladnet --json peers {NETWORK}`: {peers}")));
+    }
     Ok(tunnel)
+}
+
+/// The dataplane of one peer of `cladnet --json peers`, once the agent reported it.
+fn agent_dataplane(host: &str, peer: &serde_json::Value) -> Option<AgentDataplane> {
+    let engine = peer["dataplane"].as_str().filter(|e| !e.is_empty())?;
+    let hook = peer["capabilities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .find(|c| matches!(*c, "xdp-driver" | "xdp-generic" | "tc"))
+        .map(str::to_owned);
+    Some(AgentDataplane {
+        host: host.to_owned(),
+        engine: engine.to_owned(),
+        hook: if engine == "ebpf" { hook } else { None },
+        reason: peer["dataplaneReason"].as_str().unwrap_or("").to_owned(),
+    })
+}
+
+/// Attaches the receive program on `hook` to the underlay into `pin_dir` with
+/// `cladnet-agent dataplane attach`, for the agent to take over: the agent's `auto` keeps a
+/// pinned hook it finds on the same device (swapping its own program into the link), which
+/// forces the hook without an agent option for it.
+fn pre_attach(ns: &Netns, bins: &Binaries, pin_dir: &Path, hook: &str) -> anyhow::Result<()> {
+    let agent = bins.agent.to_string_lossy().into_owned();
+    let out = ns.run(&[
+        agent.as_str(),
+        "dataplane",
+        "attach",
+        "--iface",
+        UNDERLAY_IFACE,
+        "--xdp-mode",
+        hook,
+        "--pin-dir",
+        &pin_dir.to_string_lossy(),
+        "--tunnel-port",
+        AGENT_PORT,
+        "--json",
+    ])?;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .with_context(|| format!("parsing `cladnet-agent dataplane attach --json`: {out}"))?;
+    ensure!(
+        v["xdp_mode"].as_str() == Some(hook),
+        "`cladnet-agent dataplane attach --xdp-mode {hook}` in {} attached {out}",
+        ns.name()
+    );
+    Ok(())
 }
 
 /// Waits until A pings B over the tunnel (the first ping may start a handshake).
@@ -327,7 +643,7 @@ fn wait_all(
     what: &str,
     mut ok: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + UP_TIMEOUT;
+    let deadline = Instant::now() + UP_TIMEOUT;
     loop {
         for c in children.iter_mut() {
             c.ensure_running()
@@ -336,7 +652,7 @@ fn wait_all(
         if ok() {
             return Ok(());
         }
-        if std::time::Instant::now() > deadline {
+        if Instant::now() > deadline {
             let logs: Vec<String> = children
                 .iter()
                 .map(|c| c.failure("still running").to_string())

@@ -312,3 +312,44 @@ fn punch_sends_plain_probes_and_wireguard_keepalives() {
     assert_eq!(probes.len(), 1);
     assert_eq!((probes[0].0[0], probes[0].1), (0x13, ep(B_EP)));
 }
+
+#[test]
+fn a_plain_peer_seen_on_another_port_of_its_address_is_followed() {
+    let (a, b) = pair(LinkMode::Plain);
+    let p = packet(a.ip, b.ip, b"nat");
+    let d = send(&a, &p);
+    // a's NAT gave this flow port 40000 instead of 8055.
+    assert_eq!(receive(&b, "192.0.2.1:40000", &d).unwrap(), p);
+    let mut out = vec![0; 256];
+    let events = b.router.timers(Instant::now(), &mut out, |_, _| {});
+    assert_eq!(
+        events,
+        vec![PeerEvent::EndpointChanged {
+            node_id: "node-1".into(),
+            endpoint: ep("192.0.2.1:40000")
+        }]
+    );
+    // Replies go to the port that works.
+    let reply = packet(b.ip, a.ip, b"back");
+    let mut out = vec![0; 256];
+    match b.router.outbound(Instant::now(), &reply, &mut out) {
+        Outbound::Send { to, .. } => assert_eq!(to, ep("192.0.2.1:40000")),
+        other => panic!("{other:?}"),
+    }
+    // A datagram with another node id from that address teaches nothing.
+    let mut wrong = d.clone();
+    wrong[4] ^= 1;
+    assert_eq!(
+        receive(&b, "192.0.2.1:40001", &wrong),
+        Err(Inbound::Dropped(Drop::Plain(
+            plain::DropReason::UnknownPeer
+        )))
+    );
+    // Another address never moves a PLAIN peer, whatever the header says.
+    assert_eq!(
+        receive(&b, "203.0.113.7:40000", &d),
+        Err(Inbound::Dropped(Drop::Plain(
+            plain::DropReason::UnknownPeer
+        )))
+    );
+}
