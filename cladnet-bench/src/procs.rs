@@ -388,6 +388,8 @@ impl ControllerProc {
             // Not read while CLADNET_ADMIN_TOKEN is set; keeps the default path untouched.
             .arg("--admin-token-file")
             .arg(dir.join("admin.token"))
+            // Several controllers share the loopback interface here.
+            .args(["--metrics-listen", "off"])
             .env("CLADNET_ADMIN_TOKEN", admin_token)
             .env("RUST_LOG", "info");
         for var in [

@@ -15,6 +15,7 @@ pub mod error;
 pub mod grpc;
 pub mod ipam;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod recommend;
 pub mod reflector;

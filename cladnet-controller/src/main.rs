@@ -54,6 +54,10 @@ struct Cli {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "CLADNET_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Address of the Prometheus /metrics endpoint (unauthenticated: keep it on a private
+    /// address), or "off".
+    #[arg(long, env = "CLADNET_METRICS_LISTEN", default_value = "127.0.0.1:9413")]
+    metrics_listen: String,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -82,7 +86,19 @@ async fn main() -> anyhow::Result<()> {
     let store = cladnet_store::connect(&cli.store)
         .await
         .with_context(|| format!("opening store {}", cli.store))?;
+    let metrics_addr: Option<SocketAddr> =
+        match cli.metrics_listen.as_str() {
+            "off" | "" => None,
+            s => Some(s.parse().map_err(|_| {
+                anyhow::anyhow!("--metrics-listen: {s:?} is not ip:port or \"off\"")
+            })?),
+        };
     let ctl = Arc::new(Controller::new(store, admin));
+    if let Some(addr) = metrics_addr {
+        cladnet_controller::metrics::start(addr, ctl.metrics().clone())
+            .await
+            .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+    }
     let listener = TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;

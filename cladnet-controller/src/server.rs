@@ -13,14 +13,20 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use crate::{console, grpc::Grpc, rest, service::Controller};
+use crate::{console, grpc::Grpc, metrics, rest, service::Controller};
 
 /// The whole HTTP surface: REST routes, the web console's static files and both gRPC
 /// services. HTTP/1.1 requests and HTTP/2 (gRPC) are told apart per connection.
 pub fn app(ctl: Arc<Controller>) -> Router {
+    let metrics = ctl.metrics().clone();
     rest::router(ctl.clone())
         .merge(console::router())
         .merge(Grpc::new(ctl).routes().into_axum_router())
+        // After routing, so REST requests are labelled with their route template.
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
 }
 
 /// Serves `app(ctl)` on an already bound listener until `shutdown` completes.

@@ -327,6 +327,40 @@ fn connectivity_test_matrix_and_remote_up_down() {
         assert!(0.0 < min && min <= avg && avg <= max && max < 1000.0, "{p}");
     }
 
+    // The controller's metrics moved with real work: three connected agents, events sent,
+    // Join calls by gRPC code, store latency observed.
+    let metrics = mesh
+        .topo
+        .host("ctl")
+        .exec(["curl", "-sf", "http://127.0.0.1:9413/metrics"])
+        .expect("controller metrics");
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        value("cladnet_controller_connected_agents "),
+        3.0,
+        "{metrics}"
+    );
+    assert!(
+        value("cladnet_controller_watch_events_sent_total") >= 6.0,
+        "{metrics}"
+    );
+    assert!(
+        value(
+            "cladnet_controller_api_requests_total{method=\"/cladnet.v1.AgentService/Join\",code=\"0\"}"
+        ) >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        value("cladnet_controller_store_latency_seconds_count") > 0.0,
+        "{metrics}"
+    );
+
     // `cladnet-agent status` shows the interface and its peers like `wg show`.
     let status = mesh
         .topo

@@ -171,10 +171,13 @@ fn grafana_dashboard_queries_only_exported_metrics() {
         &std::fs::read_to_string(deploy("grafana/cladnet-dashboard.json")).unwrap(),
     )
     .expect("dashboard JSON");
-    let exported = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../cladnet-agent/src/daemon/metrics.rs"),
-    )
-    .unwrap();
+    // Metric names as the agent and the controller declare them.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let agent = std::fs::read_to_string(root.join("cladnet-agent/src/daemon/metrics.rs")).unwrap();
+    let controller = std::fs::read_to_string(root.join("cladnet-controller/src/metrics.rs"))
+        .unwrap()
+        .replace("\"", "\"cladnet_controller_");
+    let exported = agent + &controller;
     let mut names = Vec::new();
     for panel in dash["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().into_iter().flatten() {
@@ -188,8 +191,17 @@ fn grafana_dashboard_queries_only_exported_metrics() {
     }
     assert!(names.len() >= 8, "{names:?}");
     for name in names {
-        // Counters are declared without the `_total` suffix the exposition adds.
-        let declared = name.strip_suffix("_total").unwrap_or(&name);
+        // Counters are declared without the `_total` suffix the exposition adds, histograms
+        // without their unit and series suffixes.
+        let declared = [
+            "_total",
+            "_seconds_bucket",
+            "_seconds_count",
+            "_seconds_sum",
+        ]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(&name);
         assert!(
             exported.contains(&format!("\"{declared}\"")),
             "dashboard uses {name}, which the agent does not export"

@@ -44,18 +44,27 @@ pub struct Controller {
     hubs: Arc<hub::Hubs>,
     /// The lease agents' traffic statistics are written with (see [`stats`]).
     stats_lease: stats::StatsLease,
+    /// Prometheus metrics (the store is timed through them).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Controller {
     /// A controller on `store`, accepting `admin` for admin calls.
     pub fn new(store: Arc<dyn Store>, admin: AdminAuth) -> Self {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         Self {
-            store,
+            store: Arc::new(crate::metrics::TimedStore::new(store, metrics.clone())),
+            metrics,
             admin,
             alloc_locks: Mutex::default(),
             hubs: Arc::default(),
             stats_lease: stats::StatsLease::default(),
         }
+    }
+
+    /// The controller's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// The store.

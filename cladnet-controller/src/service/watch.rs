@@ -51,6 +51,8 @@ impl Controller {
             net: req.cladnet_id,
             node: req.host_id,
             tx,
+            metrics: self.metrics().clone(),
+            _connected: self.metrics().stream_opened(),
         };
         if req.from_revision == 0 {
             let changes = self.hubs.subscribe(&self.store, &forwarder.net).await?;
@@ -95,9 +97,25 @@ struct Forwarder {
     net: String,
     node: String,
     tx: mpsc::Sender<Result<pb::WatchEvent>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Counts this stream as a connected agent while it lives.
+    _connected: crate::metrics::StreamGuard,
 }
 
 impl Forwarder {
+    /// Sends one item to the agent's stream (counted when it is an event).
+    async fn emit(
+        &self,
+        item: Result<pb::WatchEvent>,
+    ) -> std::result::Result<(), mpsc::error::SendError<Result<pb::WatchEvent>>> {
+        let event = item.is_ok();
+        self.tx.send(item).await?;
+        if event {
+            self.metrics.event_sent();
+        }
+        Ok(())
+    }
+
     /// Snapshot, then the shared hub's changes after it.
     async fn run_shared(
         self,
@@ -105,7 +123,7 @@ impl Forwarder {
         first: (pb::WatchEvent, NetworkRecord),
     ) {
         let mut floor = first.0.revision;
-        if self.tx.send(Ok(first.0)).await.is_err() {
+        if self.emit(Ok(first.0)).await.is_err() {
             return;
         }
         loop {
@@ -115,11 +133,11 @@ impl Forwarder {
                         let e = ControllerError::Aborted(format!(
                             "watch interrupted ({reason}); reconnect"
                         ));
-                        let _ = self.tx.send(Err(e)).await;
+                        let _ = self.emit(Err(e)).await;
                         return;
                     }
                     if let Some((event, last)) = change.for_node(&self.node, floor)
-                        && (self.tx.send(Ok(event)).await.is_err() || last)
+                        && (self.emit(Ok(event)).await.is_err() || last)
                     {
                         return;
                     }
@@ -129,12 +147,12 @@ impl Forwarder {
                     match snapshot(self.store.as_ref(), &self.net).await {
                         Ok((event, _)) => {
                             floor = event.revision;
-                            if self.tx.send(Ok(event)).await.is_err() {
+                            if self.emit(Ok(event)).await.is_err() {
                                 return;
                             }
                         }
                         Err(e) => {
-                            let _ = self.tx.send(Err(e)).await;
+                            let _ = self.emit(Err(e)).await;
                             return;
                         }
                     }
@@ -155,19 +173,19 @@ impl Forwarder {
                         Ok((event, n)) => {
                             next = event.revision + 1;
                             network = n;
-                            if self.tx.send(Ok(event)).await.is_err() {
+                            if self.emit(Ok(event)).await.is_err() {
                                 return;
                             }
                         }
                         Err(e) => {
-                            let _ = self.tx.send(Err(e)).await;
+                            let _ = self.emit(Err(e)).await;
                             return;
                         }
                     }
                 }
                 Err(e) => {
                     warn!(network = %self.net, node = %self.node, error = %e, "watch failed");
-                    let _ = self.tx.send(Err(e.into())).await;
+                    let _ = self.emit(Err(e.into())).await;
                     return;
                 }
             }
@@ -191,12 +209,12 @@ impl Forwarder {
                 Ok(Some(change)) => change,
                 Ok(None) => continue,
                 Err(e) => {
-                    let _ = self.tx.send(Err(e)).await;
+                    let _ = self.emit(Err(e)).await;
                     return Ok(());
                 }
             };
             if let Some((event, last)) = change.for_node(&self.node, next - 1)
-                && (self.tx.send(Ok(event)).await.is_err() || last)
+                && (self.emit(Ok(event)).await.is_err() || last)
             {
                 return Ok(());
             }
