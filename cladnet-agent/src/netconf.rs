@@ -21,7 +21,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
         address::{AddressAttribute, AddressMessage},
-        link::{LinkAttribute, LinkFlags, LinkMessage},
+        link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
         route::{
             RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
             RouteType,
@@ -182,6 +182,20 @@ async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<LinkMessage
             format!("index {index}"),
         )(e)),
     }
+}
+
+/// The kind of interface `name` (`veth`, `bridge`, `tun`, ...; `None` for a physical or
+/// paravirtual NIC, which has no kind).
+pub async fn link_kind(name: &str) -> Result<Option<String>, NetconfError> {
+    let handle = connect()?;
+    let link = link_by_name(&handle, name).await?;
+    Ok(link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(kind) => Some(kind.to_string()),
+            _ => None,
+        }),
+        _ => None,
+    }))
 }
 
 fn link_name(link: &LinkMessage) -> Option<&str> {

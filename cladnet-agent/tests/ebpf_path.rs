@@ -171,7 +171,7 @@ impl Pair {
         let want = match mode {
             AttachMode::Auto | AttachMode::Driver => RxHook::XdpDriver,
             AttachMode::Generic => RxHook::XdpGeneric,
-            AttachMode::Tc => RxHook::TcIngress,
+            AttachMode::Tc | AttachMode::AutoTcFirst => RxHook::TcIngress,
         };
         assert!(reports.iter().all(|r| r.mode == want), "{reports:?}");
         Some(Self {

@@ -110,6 +110,10 @@ pub struct Settings {
     /// bpffs directory for the eBPF engine's pinned programs and maps (one per agent).
     #[arg(long)]
     pub bpf_pin_dir: Option<PathBuf>,
+    /// Where the eBPF receive program runs: auto (XDP driver, else XDP generic, else TC
+    /// ingress; TC first on veth devices), xdp-driver, xdp-generic or tc.
+    #[arg(long)]
+    pub rx_hook: Option<String>,
     /// Site: cloud provider.
     #[arg(long = "provider")]
     #[serde(skip)]
@@ -167,6 +171,22 @@ pub struct AgentConfig {
     pub dataplane: DataplaneChoice,
     /// bpffs pin directory of the eBPF engine.
     pub bpf_pin_dir: PathBuf,
+    /// Receive hook choice of the eBPF engine.
+    pub rx_hook: RxHookChoice,
+}
+
+/// Where the eBPF receive program runs.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum RxHookChoice {
+    /// XDP driver → XDP generic → TC ingress, or TC first on veth devices.
+    #[default]
+    Auto,
+    /// XDP in driver mode only.
+    XdpDriver,
+    /// XDP in generic mode only.
+    XdpGeneric,
+    /// TC ingress only.
+    Tc,
 }
 
 /// Which dataplane engine to run.
@@ -219,6 +239,7 @@ impl Settings {
             host_name: over.host_name.or(self.host_name),
             dataplane: over.dataplane.or(self.dataplane),
             bpf_pin_dir: over.bpf_pin_dir.or(self.bpf_pin_dir),
+            rx_hook: over.rx_hook.or(self.rx_hook),
             provider: None,
             region: None,
             zone: None,
@@ -332,7 +353,20 @@ impl Settings {
                 format!("{} is not an absolute path", bpf_pin_dir.display()),
             ));
         }
+        let rx_hook = match self.rx_hook.as_deref().unwrap_or("auto") {
+            "auto" => RxHookChoice::Auto,
+            "xdp-driver" => RxHookChoice::XdpDriver,
+            "xdp-generic" => RxHookChoice::XdpGeneric,
+            "tc" => RxHookChoice::Tc,
+            other => {
+                return Err(bad(
+                    "rx_hook",
+                    format!("{other:?} is not one of auto, xdp-driver, xdp-generic, tc"),
+                ));
+            }
+        };
         Ok(AgentConfig {
+            rx_hook,
             bpf_pin_dir,
             dataplane,
             controllers: self.controllers,
@@ -502,6 +536,13 @@ mod tests {
                 ..base()
             }),
             "dataplane"
+        );
+        assert_eq!(
+            err(Settings {
+                rx_hook: Some("xdp".into()),
+                ..base()
+            }),
+            "rx_hook"
         );
         let unknown = toml::from_str::<Settings>("netwrok = \"x\"").unwrap_err();
         assert!(unknown.to_string().contains("netwrok"), "{unknown}");

@@ -98,7 +98,13 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         underlay_mtu = facts.underlay_mtu,
         "host facts"
     );
-    let dp = Arc::new(select_engine(&cfg, &facts, engine.router().clone())?);
+    let rx_mode = rx_attach_mode(cfg.rx_hook, facts.underlay_iface.as_deref()).await;
+    let dp = Arc::new(select_engine(
+        &cfg,
+        &facts,
+        rx_mode,
+        engine.router().clone(),
+    )?);
     info!(engine = dp.engine, reason = dp.reason, "dataplane");
     if let Some(addr) = cfg.metrics_listen {
         let id = metrics::Identity {
@@ -158,6 +164,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
 fn select_engine(
     cfg: &AgentConfig,
     facts: &HostFacts,
+    rx_mode: AttachMode,
     router: Arc<Router>,
 ) -> anyhow::Result<Dataplane> {
     let userspace = |reason: String| Dataplane {
@@ -177,7 +184,7 @@ fn select_engine(
             underlay,
             &cfg.interface,
             &cfg.bpf_pin_dir,
-            AttachMode::Auto,
+            rx_mode,
             cfg.listen_port,
             facts.private_cidr.map(|(ip, _)| ip),
         )
@@ -208,6 +215,27 @@ fn select_engine(
             Ok(userspace(format!("eBPF unavailable: {error:#}")))
         }
         Err(error) => Err(error.context("dataplane = ebpf")),
+    }
+}
+
+/// The receive hook order for the configured choice; `auto` puts TC ingress first on veth
+/// devices (see [`AttachMode::AutoTcFirst`]).
+async fn rx_attach_mode(choice: config::RxHookChoice, underlay: Option<&str>) -> AttachMode {
+    match choice {
+        config::RxHookChoice::XdpDriver => AttachMode::Driver,
+        config::RxHookChoice::XdpGeneric => AttachMode::Generic,
+        config::RxHookChoice::Tc => AttachMode::Tc,
+        config::RxHookChoice::Auto => match underlay {
+            Some(iface) => match netconf::link_kind(iface).await {
+                Ok(Some(kind)) if kind == "veth" => AttachMode::AutoTcFirst,
+                Ok(_) => AttachMode::Auto,
+                Err(error) => {
+                    debug!(%error, iface, "link kind unknown; XDP first");
+                    AttachMode::Auto
+                }
+            },
+            None => AttachMode::Auto,
+        },
     }
 }
 
