@@ -300,7 +300,11 @@ fn connectivity_test_matrix_and_remote_up_down() {
     require_netns!();
     let mut mesh = Mesh::start(clouds(&["a1"]), "ctl", "10.82.0.0/24", &[]);
     let hosts = ["a1", "g1", "z1"];
-    mesh.start_agent("a1", site("aws", "vpc-a"), &[]);
+    mesh.start_agent(
+        "a1",
+        site("aws", "vpc-a"),
+        &["--metrics-listen", "127.0.0.1:9412"],
+    );
     mesh.start_agent("g1", site("gcp", "vpc-g"), &[]);
     mesh.start_agent("z1", site("azure", "vpc-z"), &[]);
     mesh.wait_mesh(&hosts, UP);
@@ -326,6 +330,21 @@ fn connectivity_test_matrix_and_remote_up_down() {
         );
         assert!(0.0 < min && min <= avg && avg <= max && max < 1000.0, "{p}");
     }
+
+    // a1 exports the RTT it measured to each peer, and its state.
+    let agent_metrics = mesh
+        .topo
+        .host("a1")
+        .exec(["curl", "-sf", "http://127.0.0.1:9412/metrics"])
+        .expect("agent metrics");
+    let rtts: Vec<f64> = agent_metrics
+        .lines()
+        .filter(|l| l.starts_with("cladnet_peer_rtt_seconds{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(rtts.len(), 2, "{agent_metrics}");
+    assert!(rtts.iter().all(|r| *r > 0.0 && *r < 1.0), "{rtts:?}");
+    assert!(agent_metrics.contains("state=\"up\""), "{agent_metrics}");
 
     // The controller's metrics moved with real work: three connected agents, events sent,
     // Join calls by gRPC code, store latency observed.

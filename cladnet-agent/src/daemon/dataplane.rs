@@ -5,6 +5,8 @@
 
 use std::{net::Ipv4Addr, sync::Arc, time::Instant};
 
+use cladnet_proto::v1 as pb;
+
 use cladnet_core::table::Command;
 use tracing::warn;
 
@@ -22,6 +24,8 @@ pub struct Dataplane {
     pub engine: &'static str,
     /// Why this engine (the attach mode, or why the kernel path is off).
     pub reason: String,
+    /// Average RTT to each peer (by node id) from the last connectivity test, in seconds.
+    pub rtt: std::sync::Mutex<std::collections::HashMap<String, f64>>,
 }
 
 impl Dataplane {
@@ -53,6 +57,28 @@ impl Dataplane {
             }
         }
         peers
+    }
+
+    /// Remembers the RTTs a connectivity test measured (peers that answered nothing are
+    /// forgotten rather than shown with a stale value).
+    pub fn record_rtts(&self, results: &[pb::PairResult]) {
+        let mut rtt = self.rtt.lock().unwrap_or_else(|e| e.into_inner());
+        for r in results {
+            if r.packets_received > 0 {
+                rtt.insert(r.destination_host_id.clone(), r.avg_rtt_ms / 1000.0);
+            } else {
+                rtt.remove(&r.destination_host_id);
+            }
+        }
+    }
+
+    /// The last measured RTT to `node_id`, in seconds.
+    pub fn rtt(&self, node_id: &str) -> Option<f64> {
+        self.rtt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_id)
+            .copied()
     }
 
     /// Drop counters of both engines: (engine, reason, count), zeros included.

@@ -3,7 +3,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -16,32 +16,22 @@ use prometheus_client::{
 };
 use tracing::{info, warn};
 
-use super::dataplane::Dataplane;
+use super::{dataplane::Dataplane, status::AgentInfo};
 use crate::engine::router::PeerStatus;
-
-/// What the metrics describe besides the counters.
-#[derive(Clone, Debug)]
-pub struct Identity {
-    /// Network id.
-    pub network: String,
-    /// Node id.
-    pub node_id: String,
-    /// Dataplane engine.
-    pub engine: &'static str,
-}
 
 #[derive(Debug)]
 struct EngineCollector {
     dp: Arc<Dataplane>,
-    id: Identity,
+    /// The agent's network, node id and state, as `cladnet-agent status` shows them.
+    info: Arc<Mutex<AgentInfo>>,
 }
 
 type Labels = Vec<(&'static str, String)>;
 
 impl EngineCollector {
-    fn peer_labels(&self, p: &PeerStatus) -> Labels {
+    fn peer_labels(&self, network: &str, p: &PeerStatus) -> Labels {
         vec![
-            ("network", self.id.network.clone()),
+            ("network", network.to_owned()),
             ("peer", p.node_id.clone()),
             ("overlay_ip", p.overlay_ip.to_string()),
             ("mode", p.mode.to_owned()),
@@ -67,10 +57,12 @@ fn family<T: prometheus_client::encoding::EncodeMetric>(
 impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let peers = self.dp.peers(Instant::now());
+        let info = self.info.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let net = info.network.as_str();
         let counter = |f: fn(&PeerStatus) -> u64| {
             peers
                 .iter()
-                .map(move |p| (self.peer_labels(p), ConstCounter::new(f(p))))
+                .map(move |p| (self.peer_labels(net, p), ConstCounter::new(f(p))))
                 .collect::<Vec<_>>()
         };
         let e = &mut encoder;
@@ -109,7 +101,7 @@ impl Collector for EngineCollector {
             MetricType::Gauge,
             peers.iter().filter_map(|p| {
                 Some((
-                    self.peer_labels(p),
+                    self.peer_labels(net, p),
                     ConstGauge::new(i64::try_from(p.handshake_age_secs?).unwrap_or(i64::MAX)),
                 ))
             }),
@@ -124,7 +116,7 @@ impl Collector for EngineCollector {
             MetricType::Gauge,
             peers.iter().filter(|p| p.traffic.last_rx_ms > 0).map(|p| {
                 let age = now_ms.saturating_sub(u128::from(p.traffic.last_rx_ms)) as f64 / 1000.0;
-                (self.peer_labels(p), ConstGauge::new(age))
+                (self.peer_labels(net, p), ConstGauge::new(age))
             }),
         )?;
         family(
@@ -141,14 +133,27 @@ impl Collector for EngineCollector {
         )?;
         family(
             e,
+            "cladnet_peer_rtt_seconds",
+            "Average round-trip time to the peer over the overlay, from the last connectivity test.",
+            MetricType::Gauge,
+            peers.iter().filter_map(|p| {
+                Some((
+                    self.peer_labels(net, p),
+                    ConstGauge::new(self.dp.rtt(&p.node_id)?),
+                ))
+            }),
+        )?;
+        family(
+            e,
             "cladnet_agent_info",
-            "The agent's network, node id and dataplane engine (value 1).",
+            "The agent's network, node id, state and dataplane engine (value 1).",
             MetricType::Gauge,
             [(
                 vec![
-                    ("network", self.id.network.clone()),
-                    ("node_id", self.id.node_id.clone()),
-                    ("engine", self.id.engine.to_owned()),
+                    ("network", info.network.clone()),
+                    ("node_id", info.node_id.clone()),
+                    ("state", info.state.clone()),
+                    ("engine", self.dp.engine.to_owned()),
                 ],
                 ConstGauge::new(1_i64),
             )],
@@ -168,9 +173,13 @@ impl Collector for EngineCollector {
 
 /// Binds `addr` (a taken port is a start-up error, not a silent gap in monitoring) and
 /// serves `/metrics` there in the background.
-pub async fn start(addr: SocketAddr, dp: Arc<Dataplane>, id: Identity) -> anyhow::Result<()> {
+pub async fn start(
+    addr: SocketAddr,
+    dp: Arc<Dataplane>,
+    info: Arc<Mutex<AgentInfo>>,
+) -> anyhow::Result<()> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(EngineCollector { dp, id }));
+    registry.register_collector(Box::new(EngineCollector { dp, info }));
     let registry = Arc::new(registry);
     let app = Http::new().route(
         "/metrics",

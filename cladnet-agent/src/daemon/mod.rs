@@ -106,14 +106,6 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         engine.router().clone(),
     )?);
     info!(engine = dp.engine, reason = dp.reason, "dataplane");
-    if let Some(addr) = cfg.metrics_listen {
-        let id = metrics::Identity {
-            network: cfg.network.clone(),
-            node_id: identity.node_id.clone(),
-            engine: dp.engine,
-        };
-        metrics::start(addr, dp.clone(), id).await?;
-    }
     let info = Arc::new(std::sync::Mutex::new(status::AgentInfo {
         network: cfg.network.clone(),
         node_id: identity.node_id.clone(),
@@ -124,6 +116,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         state: "joining".into(),
         ..status::AgentInfo::default()
     }));
+    if let Some(addr) = cfg.metrics_listen {
+        metrics::start(addr, dp.clone(), info.clone()).await?;
+    }
     status::start(&cfg.data_dir, dp.clone(), info.clone())?;
     let public = match engine.probe(reflector, 3, Duration::from_secs(1)).await {
         Ok(seen) => Some(seen),
@@ -172,6 +167,7 @@ fn select_engine(
         kernel: None,
         engine: "userspace",
         reason,
+        rtt: std::sync::Mutex::default(),
     };
     if cfg.dataplane == DataplaneChoice::Userspace {
         return Ok(userspace("configured: dataplane = userspace".into()));
@@ -208,6 +204,7 @@ fn select_engine(
                 kernel: Some(k),
                 engine: "ebpf",
                 reason,
+                rtt: std::sync::Mutex::default(),
             })
         }
         Err(error) if cfg.dataplane == DataplaneChoice::Auto => {
@@ -462,6 +459,7 @@ impl Agent {
                     self.follow_learned_endpoint(&ev);
                 }
                 Some((test_id, results)) = self.tests.1.recv() => {
+                    self.dp.record_rtts(&results);
                     let req = self.report(|r| {
                         r.test_id = test_id;
                         r.test_results = results;
