@@ -8,10 +8,18 @@ use std::{net::Ipv4Addr, sync::Arc, time::Instant};
 use cladnet_proto::v1 as pb;
 
 use cladnet_core::table::Command;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use super::kernel::Kernel;
-use crate::engine::router::{PeerStatus, Router};
+use super::{
+    config::{self, AgentConfig, DataplaneChoice},
+    host::HostFacts,
+    kernel::Kernel,
+};
+use crate::{
+    ebpf::AttachMode,
+    engine::router::{PeerStatus, Router},
+    netconf,
+};
 
 /// The engines of this node.
 #[derive(Debug)]
@@ -94,5 +102,91 @@ impl Dataplane {
             out.extend(k.drops().into_iter().map(|(r, n)| ("ebpf", r, n)));
         }
         out
+    }
+}
+
+/// Chooses the engine for PLAIN links: the kernel path where it attaches (unless configured
+/// off), else userspace. `--dataplane ebpf` makes a failed attach fatal; `auto` falls back and
+/// says why.
+pub(super) fn select_engine(
+    cfg: &AgentConfig,
+    facts: &HostFacts,
+    rx_mode: AttachMode,
+    router: Arc<Router>,
+) -> anyhow::Result<Dataplane> {
+    let userspace = |reason: String| Dataplane {
+        router: router.clone(),
+        kernel: None,
+        engine: "userspace",
+        reason,
+        rtt: std::sync::Mutex::default(),
+    };
+    if cfg.dataplane == DataplaneChoice::Userspace {
+        return Ok(userspace("configured: dataplane = userspace".into()));
+    }
+    let attempt = match &facts.underlay_iface {
+        None => Err(anyhow::anyhow!(
+            "no underlay interface (no route towards the controller)"
+        )),
+        Some(underlay) => Kernel::attach(
+            underlay,
+            &cfg.interface,
+            &cfg.bpf_pin_dir,
+            rx_mode,
+            cfg.listen_port,
+            facts.private_cidr.map(|(ip, _)| ip),
+        )
+        .map_err(anyhow::Error::from),
+    };
+    match attempt {
+        Ok(k) => {
+            let reason = format!(
+                "PLAIN links in the kernel: {} on {} ({}), TC egress on {}; SEALED links in userspace",
+                match k.report.mode.name() {
+                    "tc" => "TC ingress",
+                    "driver" => "XDP driver mode",
+                    _ => "XDP generic mode",
+                },
+                k.report.underlay,
+                k.report.reason,
+                cfg.interface
+            );
+            Ok(Dataplane {
+                router,
+                kernel: Some(k),
+                engine: "ebpf",
+                reason,
+                rtt: std::sync::Mutex::default(),
+            })
+        }
+        Err(error) if cfg.dataplane == DataplaneChoice::Auto => {
+            warn!(%error, "eBPF dataplane unavailable; using the userspace engine");
+            Ok(userspace(format!("eBPF unavailable: {error:#}")))
+        }
+        Err(error) => Err(error.context("dataplane = ebpf")),
+    }
+}
+
+/// The receive hook order for the configured choice; `auto` puts TC ingress first on veth
+/// devices (see [`AttachMode::AutoTcFirst`]).
+pub(super) async fn rx_attach_mode(
+    choice: config::RxHookChoice,
+    underlay: Option<&str>,
+) -> AttachMode {
+    match choice {
+        config::RxHookChoice::XdpDriver => AttachMode::Driver,
+        config::RxHookChoice::XdpGeneric => AttachMode::Generic,
+        config::RxHookChoice::Tc => AttachMode::Tc,
+        config::RxHookChoice::Auto => match underlay {
+            Some(iface) => match netconf::link_kind(iface).await {
+                Ok(Some(kind)) if kind == "veth" => AttachMode::AutoTcFirst,
+                Ok(_) => AttachMode::Auto,
+                Err(error) => {
+                    debug!(%error, iface, "link kind unknown; XDP first");
+                    AttachMode::Auto
+                }
+            },
+            None => AttachMode::Auto,
+        },
     }
 }

@@ -17,6 +17,7 @@ pub mod dataplane;
 pub mod host;
 pub mod kernel;
 pub mod metrics;
+mod remote;
 pub mod status;
 
 use std::{net::SocketAddrV4, sync::Arc, time::Duration};
@@ -30,7 +31,6 @@ use tracing::{debug, info, warn};
 
 use crate::{
     control::{ControlClient, ControlError},
-    ebpf::AttachMode,
     engine::{
         router::{PeerEvent, Router},
         userspace::Userspace,
@@ -98,8 +98,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         underlay_mtu = facts.underlay_mtu,
         "host facts"
     );
-    let rx_mode = rx_attach_mode(cfg.rx_hook, facts.underlay_iface.as_deref()).await;
-    let dp = Arc::new(select_engine(
+    let rx_mode = dataplane::rx_attach_mode(cfg.rx_hook, facts.underlay_iface.as_deref()).await;
+    let dp = Arc::new(dataplane::select_engine(
         &cfg,
         &facts,
         rx_mode,
@@ -151,89 +151,6 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     }
     agent.join().await?;
     agent.serve(peer_events, shutdown).await
-}
-
-/// Chooses the engine for PLAIN links: the kernel path where it attaches (unless configured
-/// off), else userspace. `--dataplane ebpf` makes a failed attach fatal; `auto` falls back and
-/// says why.
-fn select_engine(
-    cfg: &AgentConfig,
-    facts: &HostFacts,
-    rx_mode: AttachMode,
-    router: Arc<Router>,
-) -> anyhow::Result<Dataplane> {
-    let userspace = |reason: String| Dataplane {
-        router: router.clone(),
-        kernel: None,
-        engine: "userspace",
-        reason,
-        rtt: std::sync::Mutex::default(),
-    };
-    if cfg.dataplane == DataplaneChoice::Userspace {
-        return Ok(userspace("configured: dataplane = userspace".into()));
-    }
-    let attempt = match &facts.underlay_iface {
-        None => Err(anyhow::anyhow!(
-            "no underlay interface (no route towards the controller)"
-        )),
-        Some(underlay) => kernel::Kernel::attach(
-            underlay,
-            &cfg.interface,
-            &cfg.bpf_pin_dir,
-            rx_mode,
-            cfg.listen_port,
-            facts.private_cidr.map(|(ip, _)| ip),
-        )
-        .map_err(anyhow::Error::from),
-    };
-    match attempt {
-        Ok(k) => {
-            let reason = format!(
-                "PLAIN links in the kernel: {} on {} ({}), TC egress on {}; SEALED links in userspace",
-                match k.report.mode.name() {
-                    "tc" => "TC ingress",
-                    "driver" => "XDP driver mode",
-                    _ => "XDP generic mode",
-                },
-                k.report.underlay,
-                k.report.reason,
-                cfg.interface
-            );
-            Ok(Dataplane {
-                router,
-                kernel: Some(k),
-                engine: "ebpf",
-                reason,
-                rtt: std::sync::Mutex::default(),
-            })
-        }
-        Err(error) if cfg.dataplane == DataplaneChoice::Auto => {
-            warn!(%error, "eBPF dataplane unavailable; using the userspace engine");
-            Ok(userspace(format!("eBPF unavailable: {error:#}")))
-        }
-        Err(error) => Err(error.context("dataplane = ebpf")),
-    }
-}
-
-/// The receive hook order for the configured choice; `auto` puts TC ingress first on veth
-/// devices (see [`AttachMode::AutoTcFirst`]).
-async fn rx_attach_mode(choice: config::RxHookChoice, underlay: Option<&str>) -> AttachMode {
-    match choice {
-        config::RxHookChoice::XdpDriver => AttachMode::Driver,
-        config::RxHookChoice::XdpGeneric => AttachMode::Generic,
-        config::RxHookChoice::Tc => AttachMode::Tc,
-        config::RxHookChoice::Auto => match underlay {
-            Some(iface) => match netconf::link_kind(iface).await {
-                Ok(Some(kind)) if kind == "veth" => AttachMode::AutoTcFirst,
-                Ok(_) => AttachMode::Auto,
-                Err(error) => {
-                    debug!(%error, iface, "link kind unknown; XDP first");
-                    AttachMode::Auto
-                }
-            },
-            None => AttachMode::Auto,
-        },
-    }
 }
 
 /// A connectivity test id and this node's results.
@@ -518,58 +435,6 @@ impl Agent {
         }
     }
 
-    /// A PLAIN peer's port learnt from its packets (see `Router::learn_plain_port`) goes into
-    /// the kernel maps too, so the kernel sends there and accepts from there.
-    fn follow_learned_endpoint(&self, ev: &PeerEvent) {
-        let PeerEvent::EndpointChanged { node_id, .. } = ev else {
-            return;
-        };
-        if let Some(config) = self.dp.router.peer_config(node_id)
-            && config.mode == cladnet_core::policy::LinkMode::Plain
-            && let Some(k) = &self.dp.kernel
-        {
-            let underlay_ip = self.facts.private_cidr.map(|(ip, _)| ip);
-            if let Err(error) = k.apply(&Command::UpsertPeer(config), self.local_index, underlay_ip)
-            {
-                warn!(%error, node_id, "updating the kernel with a learnt endpoint failed");
-            }
-        }
-    }
-
-    /// Sends the per-peer traffic counters (best effort: the next round replaces a lost one).
-    async fn report_stats(&mut self) {
-        let peers = self.dp.peers(std::time::Instant::now());
-        if peers.is_empty() {
-            return;
-        }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let peer_stats = peers
-            .into_iter()
-            .map(|p| pb::PeerStats {
-                host_id: p.node_id,
-                mode: p.mode.into(),
-                endpoint: p.endpoint.map(|e| e.to_string()).unwrap_or_default(),
-                tx_bytes: p.traffic.tx_bytes,
-                rx_bytes: p.traffic.rx_bytes,
-                tx_packets: p.traffic.tx_packets,
-                rx_packets: p.traffic.rx_packets,
-                handshake_age_seconds: p
-                    .handshake_age_secs
-                    .map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)),
-                last_rx_age_seconds: match p.traffic.last_rx_ms {
-                    0 => -1,
-                    at => i64::try_from(now_ms.saturating_sub(at) / 1000).unwrap_or(i64::MAX),
-                },
-            })
-            .collect();
-        let req = self.report(|r| r.peer_stats = peer_stats);
-        if let Err(error) = self.client.report(&self.session, req).await {
-            debug!(%error, "traffic statistics not delivered");
-        }
-    }
-
     async fn probe(&mut self) {
         match self
             .engine
@@ -666,71 +531,6 @@ impl Agent {
             None => Vec::new(),
         };
         self.apply(cmds).await
-    }
-}
-
-impl Agent {
-    /// Remote commands (cb-network's): `down` withdraws every peer from the dataplane (the
-    /// interface keeps its address) and reports `down`; `up` restores them. Encryption is a
-    /// network policy both ends of a link must agree on, so the per-node encryption commands
-    /// are refused with a pointer to the policy.
-    fn on_command(&mut self, c: &pb::Command) -> Vec<Command> {
-        info!(
-            command = c.command_type,
-            id = c.command_id,
-            "remote command"
-        );
-        match c.command_type.as_str() {
-            "down" | "up" => {
-                let down = c.command_type == "down";
-                self.update_info(|i| i.state.clone_from(&c.command_type));
-                self.pending = Some(self.report(|r| {
-                    r.state = c.command_type.clone();
-                }));
-                self.table.set_suspended(down)
-            }
-            other => {
-                warn!(
-                    command = other,
-                    "encryption is the network's policy (cladnet network update --encryption); ignoring"
-                );
-                Vec::new()
-            }
-        }
-    }
-
-    /// Runs a connectivity test this node is part of, in the background; the results come
-    /// back through `tests` and are reported from the main loop.
-    fn start_test(&mut self, t: pb::ConnectivityTest) {
-        let me = self.identity.node_id.clone();
-        if !t.host_ids.contains(&me) {
-            return;
-        }
-        let Some(source) = self.overlay_ip else {
-            return;
-        };
-        let targets: Vec<conntest::Target> = t
-            .host_ids
-            .iter()
-            .filter(|h| **h != me)
-            .filter_map(|h| {
-                Some(conntest::Target {
-                    host_id: h.clone(),
-                    ip: self.table.peer(h)?.overlay_ip,
-                })
-            })
-            .collect();
-        info!(
-            test_id = t.test_id,
-            peers = targets.len(),
-            trials = t.trial_count,
-            "connectivity test"
-        );
-        let tx = self.tests.0.clone();
-        tokio::spawn(async move {
-            let results = conntest::run(&me, source, targets, t.trial_count.max(1)).await;
-            let _ = tx.send((t.test_id, results));
-        });
     }
 }
 
