@@ -8,7 +8,7 @@
 //! `CI=true`, where they fail. The tests take a lock so their throughput numbers do not
 //! disturb each other on small machines; run with `--nocapture` to see them.
 
-mod ebpf_support;
+mod support;
 
 use std::{
     io::Write as _,
@@ -27,7 +27,7 @@ use cladnet_core::{
     policy::LinkMode,
     table::{PeerConfig, overlay_mtu},
 };
-use ebpf_support::{NamedNetns, NetnsThread, PinDir, may_run, privilege_problem};
+use support::{NamedNetns, NetnsThread, PinDir, may_run, privilege_problem};
 
 /// One test at a time: the throughput numbers are only meaningful alone on the machine.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -679,8 +679,8 @@ fn failed_attach_rolls_back_and_auto_falls_back() {
     let (p1, p2) = (first.0.clone(), second.0.clone());
     let thread = NetnsThread::spawn(None, || ());
     thread.run(move |()| {
-        ebpf_support::ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
-        ebpf_support::ip(&["link", "set", "ul0", "up"]);
+        support::ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
+        support::ip(&["link", "set", "ul0", "up"]);
         let cfg = |dir: &std::path::Path, mode, overlay: Option<&str>| AttachConfig {
             pin_dir: dir.to_owned(),
             mode,
@@ -725,7 +725,7 @@ fn failed_attach_rolls_back_and_auto_falls_back() {
         dp2.detach().unwrap();
         dp1.detach().unwrap();
         assert!(!p1.exists() && !p2.exists());
-        let link = ebpf_support::ip(&["link", "show", "ul0"]);
+        let link = support::ip(&["link", "show", "ul0"]);
         assert!(!link.contains("xdp"), "{link}");
     });
 }

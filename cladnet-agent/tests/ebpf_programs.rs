@@ -5,7 +5,7 @@
 //!
 //! Needs root; without it the tests print why and pass, unless `CI=true`, where they fail.
 
-mod ebpf_support;
+mod support;
 
 use std::{
     collections::BTreeMap,
@@ -22,9 +22,7 @@ use cladnet_common::{
     wire::{CladHeader, CladType},
 };
 use cladnet_core::{policy::LinkMode, table::PeerConfig};
-use ebpf_support::{
-    NetnsThread, checksum, eth, icmp_echo, ip, ipv4, may_run, privilege_problem, udp,
-};
+use support::{NetnsThread, checksum, eth, icmp_echo, ip, ipv4, may_run, privilege_problem, udp};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

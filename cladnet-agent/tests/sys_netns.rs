@@ -9,7 +9,7 @@
 
 use std::{
     future::Future,
-    io::{IoSlice, Write as _},
+    io::IoSlice,
     net::Ipv4Addr,
     process::Command,
     time::{Duration, Instant},
@@ -22,32 +22,17 @@ use cladnet_agent::{
         tun::{Offload, Tun, TunOptions, TunQueue, VNET_HDR_LEN, VirtioNetHdr},
     },
 };
+use cladnet_core::offload;
 use ipnet::Ipv4Net;
 use serde_json::Value;
+
+mod support;
+use support::{may_run, privilege_problem};
 
 const TUN: &str = "cnt0";
 const TUN_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 const WAIT: Duration = Duration::from_secs(5);
-
-/// Whether the test may run; panics under CI=true when it may not.
-fn may_run(test: &str, why_not: Option<String>) -> bool {
-    let Some(why) = why_not else {
-        return true;
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: {why} (CI=true: not skipping)");
-    }
-    // Straight to stderr: libtest captures eprintln! of passing tests.
-    let _ = writeln!(std::io::stderr(), "skipping {test}: {why}");
-    false
-}
-
-fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
 
 /// Runs `body` on a dedicated thread that first moves into a new, empty network namespace,
 /// with a current-thread Tokio runtime (so every socket it opens lives in that namespace).
@@ -56,13 +41,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    let not_root = match effective_uid() {
-        Some(0) => None,
-        uid => Some(format!(
-            "needs root for network namespaces and TUN devices (euid {uid:?})"
-        )),
-    };
-    if !may_run(test, not_root) {
+    if !may_run(test, privilege_problem()) {
         return;
     }
     let thread = std::thread::Builder::new()
@@ -343,7 +322,7 @@ fn vnet_hdr_mode_reads_and_writes_the_header() {
 
         // A plain header: no offload, complete checksums.
         let request = echo_request(PEER_IP, TUN_IP, 7, 1, true);
-        let hdr = VirtioNetHdr::default().to_bytes();
+        let hdr = VirtioNetHdr::NONE.encode();
         let n = q
             .writev(&[IoSlice::new(&hdr), IoSlice::new(&request)])
             .unwrap();
@@ -352,18 +331,18 @@ fn vnet_hdr_mode_reads_and_writes_the_header() {
             p.len() > VNET_HDR_LEN && is_echo_reply(&p[VNET_HDR_LEN..], TUN_IP, PEER_IP, 7, 1)
         });
         let got = VirtioNetHdr::parse(&reply).unwrap();
-        assert_eq!(got.gso_type, VirtioNetHdr::GSO_NONE, "{got:?}");
+        assert_eq!(got.gso_type, offload::VIRTIO_NET_HDR_GSO_NONE, "{got:?}");
 
         // NEEDS_CSUM with the ICMP checksum left zero: only a kernel that honours the header
         // accepts the packet (it is then trusted as checksum-offloaded) and answers it.
         let request = echo_request(PEER_IP, TUN_IP, 7, 2, false);
         let hdr = VirtioNetHdr {
-            flags: VirtioNetHdr::F_NEEDS_CSUM,
+            flags: offload::VIRTIO_NET_HDR_F_NEEDS_CSUM,
             csum_start: 20,
             csum_offset: 2,
-            ..VirtioNetHdr::default()
+            ..VirtioNetHdr::NONE
         };
-        let mut packet = hdr.to_bytes().to_vec();
+        let mut packet = hdr.encode().to_vec();
         packet.extend_from_slice(&request);
         q.write(&packet).unwrap();
         read_matching(tun.queues(), |p| {
@@ -372,12 +351,12 @@ fn vnet_hdr_mode_reads_and_writes_the_header() {
 
         // The header is rejected when inconsistent (checksum offset past the packet).
         let bad = VirtioNetHdr {
-            flags: VirtioNetHdr::F_NEEDS_CSUM,
+            flags: offload::VIRTIO_NET_HDR_F_NEEDS_CSUM,
             csum_start: 2000,
             csum_offset: 2,
-            ..VirtioNetHdr::default()
+            ..VirtioNetHdr::NONE
         };
-        let mut packet = bad.to_bytes().to_vec();
+        let mut packet = bad.encode().to_vec();
         packet.extend_from_slice(&request);
         assert!(
             q.write(&packet).is_err(),

@@ -247,6 +247,29 @@ impl Device {
             .flatten()
     }
 
+    /// What a peer call needs from the device, next to the peer table and the timer cursor
+    /// (borrowed apart, so a peer can be used with the context at once).
+    fn split(&mut self) -> (Ctx<'_>, &mut [Slot], &mut usize) {
+        let Self {
+            local,
+            params,
+            rng,
+            wall,
+            mtu,
+            slots,
+            timer_cursor,
+            ..
+        } = self;
+        let ctx = Ctx {
+            params,
+            local,
+            rng: &mut **rng,
+            wall: *wall,
+            mtu: *mtu,
+        };
+        (ctx, slots, timer_cursor)
+    }
+
     fn peer_mut(&mut self, id: PeerId) -> Option<&mut PeerCore> {
         let slot = self.slots.get_mut(id.slot as usize)?;
         if slot.generation != id.generation {
@@ -295,28 +318,13 @@ impl Device {
         packet: &[u8],
         out: &'a mut [u8],
     ) -> Action<'a> {
-        let Self {
-            local,
-            params,
-            rng,
-            wall,
-            mtu,
-            slots,
-            ..
-        } = self;
+        let (mut ctx, slots, _) = self.split();
         let Some(peer) = slots
             .get_mut(id.slot as usize)
             .filter(|s| s.generation == id.generation)
             .and_then(|s| s.peer.as_mut())
         else {
             return Action::Err(Error::NoSuchPeer);
-        };
-        let mut ctx = Ctx {
-            params,
-            local,
-            rng: &mut **rng,
-            wall: *wall,
-            mtu: *mtu,
         };
         peer.encapsulate(&mut ctx, now, packet, out)
             .into_action(out)
@@ -371,24 +379,9 @@ impl Device {
                 let Some(id) = self.peer_for_index(handshake::response_receiver(msg)) else {
                     return (None, Error::UnknownReceiverIndex.into());
                 };
-                let Self {
-                    local,
-                    params,
-                    rng,
-                    wall,
-                    mtu,
-                    slots,
-                    ..
-                } = self;
+                let (mut ctx, slots, _) = self.split();
                 let Some(peer) = slots[id.slot as usize].peer.as_mut() else {
                     return (None, Error::UnknownReceiverIndex.into());
-                };
-                let mut ctx = Ctx {
-                    params,
-                    local,
-                    rng: &mut **rng,
-                    wall: *wall,
-                    mtu: *mtu,
                 };
                 (Some(id), peer.on_response(&mut ctx, now, src, msg, out))
             }
@@ -477,16 +470,7 @@ impl Device {
         now: Instant,
         out: &'a mut [u8],
     ) -> (Option<PeerId>, Action<'a>) {
-        let Self {
-            local,
-            params,
-            rng,
-            wall,
-            mtu,
-            slots,
-            timer_cursor,
-            ..
-        } = self;
+        let (mut ctx, slots, timer_cursor) = self.split();
         let count = slots.len();
         for step in 0..count {
             let index = (*timer_cursor + step) % count;
@@ -497,13 +481,6 @@ impl Device {
             if peer.poll_timeout().is_none_or(|at| at > now) {
                 continue;
             }
-            let mut ctx = Ctx {
-                params,
-                local,
-                rng: &mut **rng,
-                wall: *wall,
-                mtu: *mtu,
-            };
             let outcome = peer.update_timers(&mut ctx, now, out);
             if outcome != Outcome::Done {
                 *timer_cursor = index;

@@ -22,7 +22,10 @@ mod privilege;
 mod topology;
 
 pub use cleanup::{leftovers, sweep_stale};
-pub use mesh::{ADMIN_TOKEN as MESH_ADMIN_TOKEN, CONTROLLER_PORT, Mesh, SiteLabels, test_script};
+pub use mesh::{
+    ADMIN_TOKEN as MESH_ADMIN_TOKEN, CONTROLLER_PORT, Mesh, SiteLabels, metric_sum, site,
+    standard_clouds, test_script,
+};
 pub use netns::{Netns, Process, run_checked};
 pub use privilege::{netns_unavailable, skip_or_fail};
 pub use topology::{CloudSpec, Host, Nat, Topology, TopologyBuilder, TopologyError};

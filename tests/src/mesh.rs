@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Host, Process, Topology, bin_path};
+use crate::{Host, Nat, Process, Topology, TopologyBuilder, bin_path};
 
 /// The admin token of mesh controllers.
 pub const ADMIN_TOKEN: &str = "mesh-test-admin-token-0123456789";
@@ -25,6 +25,28 @@ pub struct SiteLabels<'a> {
     pub provider: &'a str,
     /// VPC.
     pub vpc: &'a str,
+}
+
+/// Site labels with provider `provider` and VPC `vpc`.
+pub const fn site(provider: &'static str, vpc: &'static str) -> SiteLabels<'static> {
+    SiteLabels { provider, vpc }
+}
+
+/// The clouds the agent tests share: aws (masquerade NAT, 192.168.1.0/24) with `aws_hosts`,
+/// gcp (1:1 NAT, the same 192.168.1.0/24) with `g1`, azure (1:1, 10.0.0.0/24) with `z1`, and
+/// ops (1:1, 172.16.0.0/24) with the controller host `ctl`. Add clouds or set the MTU, then
+/// build.
+pub fn standard_clouds(aws_hosts: &[&str]) -> TopologyBuilder {
+    let mut b = Topology::builder().cloud("aws", "192.168.1.0/24", Nat::Masquerade);
+    for h in aws_hosts {
+        b = b.host("aws", h);
+    }
+    b.cloud("gcp", "192.168.1.0/24", Nat::OneToOne)
+        .host("gcp", "g1")
+        .cloud("azure", "10.0.0.0/24", Nat::OneToOne)
+        .host("azure", "z1")
+        .cloud("ops", "172.16.0.0/24", Nat::OneToOne)
+        .host("ops", "ctl")
 }
 
 /// Controller + agents in a topology.
@@ -216,6 +238,14 @@ impl Mesh {
         }
     }
 
+    /// The `/metrics` text served on `127.0.0.1:port` inside `host`.
+    pub fn scrape(&self, host: &str, port: u16) -> String {
+        self.topo
+            .host(host)
+            .exec(["curl", "-sf", &format!("http://127.0.0.1:{port}/metrics")])
+            .unwrap_or_else(|e| panic!("scraping {host}:{port}: {e}"))
+    }
+
     /// The peers as the controller lists them.
     pub fn peers(&self) -> Vec<serde_json::Value> {
         let v: serde_json::Value =
@@ -376,6 +406,19 @@ impl Mesh {
 
 fn script_path() -> PathBuf {
     test_script("tcp_verify.py")
+}
+
+/// Sum of the samples of `metric` in a Prometheus text exposition whose labels contain every
+/// one of `labels` (e.g. `engine="ebpf"`).
+pub fn metric_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Path of a helper script in tests/scripts.

@@ -31,11 +31,7 @@ fn hex(b: &[u8]) -> String {
 
 /// The drop counters of the agent listening for metrics on 127.0.0.1:9412 in `host`.
 fn drops(mesh: &Mesh, host: &str) -> BTreeMap<String, u64> {
-    let text = mesh
-        .topo
-        .host(host)
-        .exec(["curl", "-sf", "http://127.0.0.1:9412/metrics"])
-        .expect("scrape metrics");
+    let text = mesh.scrape(host, 9412);
     // Summed over engines: PLAIN datagrams are judged by the XDP program when the kernel path
     // is attached, WireGuard ones by the userspace engine; both use the same reason names.
     let mut out = BTreeMap::new();

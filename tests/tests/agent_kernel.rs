@@ -8,29 +8,10 @@ use std::{
     time::Duration,
 };
 
-use cladnet_tests::{Mesh, Nat, Process, SiteLabels, Topology, require_netns};
+use cladnet_tests::{Mesh, Process, metric_sum, require_netns, site, standard_clouds};
 
 const UP: Duration = Duration::from_secs(30);
 const METRICS: [&str; 2] = ["--metrics-listen", "127.0.0.1:9412"];
-
-fn site(provider: &'static str, vpc: &'static str) -> SiteLabels<'static> {
-    SiteLabels { provider, vpc }
-}
-
-fn clouds(mtu: u32) -> Topology {
-    Topology::builder()
-        .mtu(mtu)
-        .cloud("aws", "192.168.1.0/24", Nat::Masquerade)
-        .host("aws", "a1")
-        .cloud("gcp", "192.168.1.0/24", Nat::OneToOne)
-        .host("gcp", "g1")
-        .cloud("azure", "10.0.0.0/24", Nat::OneToOne)
-        .host("azure", "z1")
-        .cloud("ops", "172.16.0.0/24", Nat::OneToOne)
-        .host("ops", "ctl")
-        .build()
-        .expect("topology")
-}
 
 fn dataplane(mesh: &Mesh, host: &str) -> String {
     mesh.peer(host).expect("peer")["dataplane"]
@@ -42,19 +23,7 @@ fn dataplane(mesh: &Mesh, host: &str) -> String {
 /// Sum of `metric` over the lines of the agent's /metrics (127.0.0.1:9412 in `host`) whose
 /// labels contain every one of `labels`.
 fn metric(mesh: &Mesh, host: &str, metric: &str, labels: &[&str]) -> u64 {
-    let text = mesh
-        .topo
-        .host(host)
-        .exec(["curl", "-sf", "http://127.0.0.1:9412/metrics"])
-        .expect("scrape");
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(metric)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-        })
-        .filter(|l| labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    metric_sum(&mesh.scrape(host, 9412), metric, labels) as u64
 }
 
 /// An iperf3 run from `from` to `to`'s overlay address: (server, client) still running.
@@ -97,7 +66,15 @@ fn finish_iperf(mesh: &Mesh, client: Child) -> (f64, u64) {
 /// Three clouds, PLAIN links everywhere (`encryption = never`), a1 and g1 on the eBPF engine and
 /// z1 on `z1_engine`: every pair moves verified bytes, and a1's kernel counters saw them.
 fn plain_fleet(cidr: &str, z1_engine: &str) {
-    let mut mesh = Mesh::start(clouds(1500), "ctl", cidr, &["--encryption", "never"]);
+    let mut mesh = Mesh::start(
+        standard_clouds(&["a1"])
+            .mtu(1500)
+            .build()
+            .expect("topology"),
+        "ctl",
+        cidr,
+        &["--encryption", "never"],
+    );
     let hosts = ["a1", "g1", "z1"];
     let ebpf = ["--dataplane", "ebpf", METRICS[0], METRICS[1]];
     mesh.start_agent("a1", site("aws", "vpc-a"), &ebpf);
@@ -148,7 +125,10 @@ fn mixed_fleet_ebpf_and_userspace_exchange_plain_packets() {
 fn tcp_stream_survives_an_agent_crash_and_restart_on_the_kernel_path() {
     require_netns!();
     let mut mesh = Mesh::start(
-        clouds(1500),
+        standard_clouds(&["a1"])
+            .mtu(1500)
+            .build()
+            .expect("topology"),
         "ctl",
         "10.85.0.0/24",
         &["--encryption", "never"],
@@ -174,7 +154,10 @@ fn tcp_stream_survives_an_agent_crash_and_restart_on_the_kernel_path() {
 fn full_size_tcp_at_underlay_mtu_1400_and_removed_peers_stop() {
     require_netns!();
     let mut mesh = Mesh::start(
-        clouds(1400),
+        standard_clouds(&["a1"])
+            .mtu(1400)
+            .build()
+            .expect("topology"),
         "ctl",
         "10.86.0.0/24",
         &["--encryption", "never"],

@@ -3,31 +3,10 @@
 
 use std::time::Duration;
 
-use cladnet_tests::{Mesh, Nat, SiteLabels, Topology, leftovers, require_netns};
+use cladnet_tests::{Mesh, leftovers, require_netns, site, standard_clouds};
 
 const UP: Duration = Duration::from_secs(30);
 const TRANSFER: usize = 4 << 20;
-
-fn site(provider: &'static str, vpc: &'static str) -> SiteLabels<'static> {
-    SiteLabels { provider, vpc }
-}
-
-/// aws (masquerade NAT) with `aws_hosts`, gcp and azure (1:1 NAT) with one host each, and the
-/// controller in a cloud of its own.
-fn clouds(aws_hosts: &[&str]) -> Topology {
-    let mut b = Topology::builder().cloud("aws", "192.168.1.0/24", Nat::Masquerade);
-    for h in aws_hosts {
-        b = b.host("aws", h);
-    }
-    b.cloud("gcp", "192.168.1.0/24", Nat::OneToOne)
-        .host("gcp", "g1")
-        .cloud("azure", "10.0.0.0/24", Nat::OneToOne)
-        .host("azure", "z1")
-        .cloud("ops", "172.16.0.0/24", Nat::OneToOne)
-        .host("ops", "ctl")
-        .build()
-        .expect("topology")
-}
 
 /// Counts, on the wire, tunnel-port datagrams delivered to `host` by their first payload
 /// byte: PLAIN (CLAD v1 data, 0x11) and WireGuard transport data (4). The counters sit on the
@@ -73,7 +52,12 @@ fn link_modes(mesh: &Mesh, host: &str) -> (u64, u64) {
 #[test]
 fn encryption_always_every_pair_pings_and_moves_verified_bytes() {
     require_netns!();
-    let mut mesh = Mesh::start(clouds(&["a1"]), "ctl", "10.77.0.0/24", &[]);
+    let mut mesh = Mesh::start(
+        standard_clouds(&["a1"]).build().expect("topology"),
+        "ctl",
+        "10.77.0.0/24",
+        &[],
+    );
     let prefix = mesh.topo.prefix().to_owned();
     let hosts = ["a1", "g1", "z1"];
     mesh.start_agent("a1", site("aws", "vpc-a"), &[]);
@@ -105,7 +89,7 @@ fn encryption_always_every_pair_pings_and_moves_verified_bytes() {
 fn inter_site_is_plain_inside_a_site_and_sealed_across() {
     require_netns!();
     let mut mesh = Mesh::start(
-        clouds(&["a1", "a2"]),
+        standard_clouds(&["a1", "a2"]).build().expect("topology"),
         "ctl",
         "10.78.0.0/24",
         &[
@@ -165,7 +149,12 @@ fn inter_site_is_plain_inside_a_site_and_sealed_across() {
 #[test]
 fn agents_survive_crashes_and_controller_outages() {
     require_netns!();
-    let mut mesh = Mesh::start(clouds(&["a1"]), "ctl", "10.79.0.0/24", &[]);
+    let mut mesh = Mesh::start(
+        standard_clouds(&["a1"]).build().expect("topology"),
+        "ctl",
+        "10.79.0.0/24",
+        &[],
+    );
     let hosts = ["a1", "g1", "z1"];
     mesh.start_agent("a1", site("aws", "vpc-a"), &[]);
     mesh.start_agent("g1", site("gcp", "vpc-g"), &[]);
@@ -255,7 +244,7 @@ fn a_peer_whose_public_address_changes_is_reachable_again_within_5s() {
     require_netns!();
     for encryption in ["always", "never"] {
         let mut mesh = Mesh::start(
-            clouds(&["a1"]),
+            standard_clouds(&["a1"]).build().expect("topology"),
             "ctl",
             "10.80.0.0/24",
             &["--encryption", encryption],
@@ -298,7 +287,12 @@ fn a_peer_whose_public_address_changes_is_reachable_again_within_5s() {
 #[test]
 fn connectivity_test_matrix_and_remote_up_down() {
     require_netns!();
-    let mut mesh = Mesh::start(clouds(&["a1"]), "ctl", "10.82.0.0/24", &[]);
+    let mut mesh = Mesh::start(
+        standard_clouds(&["a1"]).build().expect("topology"),
+        "ctl",
+        "10.82.0.0/24",
+        &[],
+    );
     let hosts = ["a1", "g1", "z1"];
     mesh.start_agent(
         "a1",
@@ -332,11 +326,7 @@ fn connectivity_test_matrix_and_remote_up_down() {
     }
 
     // a1 exports the RTT it measured to each peer, and its state.
-    let agent_metrics = mesh
-        .topo
-        .host("a1")
-        .exec(["curl", "-sf", "http://127.0.0.1:9412/metrics"])
-        .expect("agent metrics");
+    let agent_metrics = mesh.scrape("a1", 9412);
     let rtts: Vec<f64> = agent_metrics
         .lines()
         .filter(|l| l.starts_with("cladnet_peer_rtt_seconds{"))
@@ -348,11 +338,7 @@ fn connectivity_test_matrix_and_remote_up_down() {
 
     // The controller's metrics moved with real work: three connected agents, events sent,
     // Join calls by gRPC code, store latency observed.
-    let metrics = mesh
-        .topo
-        .host("ctl")
-        .exec(["curl", "-sf", "http://127.0.0.1:9413/metrics"])
-        .expect("controller metrics");
+    let metrics = mesh.scrape("ctl", 9413);
     let value = |prefix: &str| -> f64 {
         metrics
             .lines()

@@ -29,9 +29,9 @@ use std::{
 use base64::Engine as _;
 use cladnet_proto::v1 as pb;
 use cladnet_tests::{
-    MESH_ADMIN_TOKEN, Mesh, Nat, Process, SiteLabels, Topology, api_checks,
+    MESH_ADMIN_TOKEN, Mesh, Nat, Process, Topology, api_checks,
     controller::{ADMIN_TOKEN, TestController},
-    require_netns, skip_or_fail,
+    require_netns, site, skip_or_fail,
 };
 use serde_json::{Value, json};
 
@@ -1007,10 +1007,6 @@ async fn console_over_tls_signs_in_and_shows_reported_peers() {
 }
 
 // ---- A real mesh ------------------------------------------------------------------------------------
-
-fn site(provider: &'static str, vpc: &'static str) -> SiteLabels<'static> {
-    SiteLabels { provider, vpc }
-}
 
 /// REST on the controller, from its own host (curl inside its namespace).
 fn rest(mesh: &Mesh, path: &str) -> Value {

@@ -28,7 +28,9 @@ const APT_PACKAGES: &[&str] = &[
     "procps",     // sysctl
     "chromium",   // the web console's browser tests (headless)
     "chromium-driver",
-    "curl", // WebDriver and REST calls from the console tests
+    "curl",    // WebDriver and REST calls from the console tests
+    "python3", // tests/scripts: verified TCP transfers, hostile datagrams
+    "systemd", // systemd-analyze verify/security for the packaged units
 ];
 
 /// bpf-linker release built against LLVM 22.

@@ -16,9 +16,9 @@ use std::{
 
 use super::{SysError, cvt};
 
-/// Length of the `struct virtio_net_hdr` that precedes every packet in vnet_hdr mode (no
-/// `num_buffers` field).
-pub const VNET_HDR_LEN: usize = 10;
+/// The `struct virtio_net_hdr` that precedes every packet in vnet_hdr mode (10 bytes, no
+/// `num_buffers` field); the userspace engine's offload code owns its layout.
+pub use cladnet_core::offload::{VNET_HDR_LEN, VirtioNetHdr};
 
 const TUN_PATH: &str = "/dev/net/tun";
 
@@ -459,70 +459,6 @@ impl fmt::Display for Offload {
     }
 }
 
-/// `struct virtio_net_hdr` (10 bytes, native byte order as the TUN driver uses by default on
-/// little-endian hosts), the prefix of every packet in vnet_hdr mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct VirtioNetHdr {
-    /// `VIRTIO_NET_HDR_F_*`.
-    pub flags: u8,
-    /// `VIRTIO_NET_HDR_GSO_*`.
-    pub gso_type: u8,
-    /// Length of the headers (IP + transport) to repeat in every segment.
-    pub hdr_len: u16,
-    /// Payload bytes per segment.
-    pub gso_size: u16,
-    /// Where checksumming starts (offset from the IP header).
-    pub csum_start: u16,
-    /// Where, from `csum_start`, the checksum is stored.
-    pub csum_offset: u16,
-}
-
-impl VirtioNetHdr {
-    /// The checksum from `csum_start` on still needs to be computed.
-    pub const F_NEEDS_CSUM: u8 = 1;
-    /// The checksum has been validated.
-    pub const F_DATA_VALID: u8 = 2;
-    /// Not a GSO packet.
-    pub const GSO_NONE: u8 = 0;
-    /// TCP over IPv4 to segment.
-    pub const GSO_TCPV4: u8 = 1;
-    /// UDP fragmentation (legacy UFO).
-    pub const GSO_UDP: u8 = 3;
-    /// TCP over IPv6 to segment.
-    pub const GSO_TCPV6: u8 = 4;
-    /// UDP segmentation (USO).
-    pub const GSO_UDP_L4: u8 = 5;
-    /// Flag bit: the TCP segments carry ECN CWR.
-    pub const GSO_ECN: u8 = 0x80;
-
-    /// Parses the header at the start of `buf`; `None` if `buf` is shorter than
-    /// [`VNET_HDR_LEN`].
-    pub fn parse(buf: &[u8]) -> Option<Self> {
-        let b: &[u8; VNET_HDR_LEN] = buf.get(..VNET_HDR_LEN)?.try_into().ok()?;
-        let u16_at = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
-        Some(Self {
-            flags: b[0],
-            gso_type: b[1],
-            hdr_len: u16_at(2),
-            gso_size: u16_at(4),
-            csum_start: u16_at(6),
-            csum_offset: u16_at(8),
-        })
-    }
-
-    /// The header's wire form.
-    pub fn to_bytes(&self) -> [u8; VNET_HDR_LEN] {
-        let mut b = [0u8; VNET_HDR_LEN];
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
-        b
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,22 +532,5 @@ mod tests {
             Offload::TCP
         );
         assert_eq!(Offload::TCP.bits(), 0x07);
-    }
-
-    #[test]
-    fn virtio_net_hdr_round_trips() {
-        let hdr = VirtioNetHdr {
-            flags: VirtioNetHdr::F_NEEDS_CSUM,
-            gso_type: VirtioNetHdr::GSO_TCPV4,
-            hdr_len: 52,
-            gso_size: 1400,
-            csum_start: 20,
-            csum_offset: 16,
-        };
-        let bytes = hdr.to_bytes();
-        assert_eq!(bytes.len(), VNET_HDR_LEN);
-        assert_eq!(VirtioNetHdr::parse(&bytes), Some(hdr));
-        assert_eq!(VirtioNetHdr::parse(&bytes[..9]), None);
-        assert_eq!(VirtioNetHdr::parse(&[0; 10]), Some(VirtioNetHdr::default()));
     }
 }

@@ -1,4 +1,4 @@
-//! Shared by the eBPF dataplane tests: privilege checks, namespace threads and packet
+//! Shared by the agent's integration tests (eBPF and sys): privilege checks, namespace threads and packet
 //! builders. Every namespace is the tests' own (unshared, or created under a unique name and
 //! deleted by a guard), so nothing touches the machine's interfaces.
 #![allow(
