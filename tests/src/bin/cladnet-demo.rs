@@ -193,9 +193,9 @@ fn demo(once: bool, trials: u32) {
     let z1 = mesh.overlay_ip("z1");
     println!("      metrics:  ip netns exec {a1} curl -s 127.0.0.1:9412/metrics");
     println!("      traffic:  ip netns exec {a1} ping {z1}");
-    let ctl = mesh.topo.host("ctl").netns().name().to_owned();
+    // The controller is reachable from this machine through the console's forward.
     println!(
-        "      CLI:      ip netns exec {ctl} {} --controller http://127.0.0.1:8053 --token {} peers demo",
+        "      CLI:      {} --controller http://{console} --token {} peers demo",
         cladnet_tests::bin_path("cladnet").display(),
         cladnet_tests::MESH_ADMIN_TOKEN
     );
