@@ -544,7 +544,25 @@ async fn show_create_update_and_recommend() {
     assert_ok(&o);
     let n: Network = serde_json::from_slice(&o.stdout).expect("decodes");
     assert_eq!(n.ipv4_address_space, "10.0.0.0/24");
-    assert_eq!(n.cladnet_id, "gen-1");
+    assert_eq!(n.cladnet_id, "new", "a valid name is the default id");
+
+    // A name that is no id: the controller generates one, and the output says to use it.
+    let o = admin_cli(&url, &["network", "create", "Web Tier", "--cidr", "auto"]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).starts_with(
+            "Created network gen-1 (name \"Web Tier\"); other commands take the id: cladnet peers gen-1\nID:             gen-1\n"
+        ),
+        "{}",
+        stdout(&o)
+    );
+    let o = admin_cli(&url, &["network", "create", "new", "--cidr", "auto"]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).starts_with("Created network new.\nID:             new\n"),
+        "{}",
+        stdout(&o)
+    );
 
     // Update sends the revision it read; the fake rejects any other.
     let o = admin_cli(

@@ -181,6 +181,18 @@ impl Mesh {
 
     /// Starts the agent on `host` with extra flags.
     pub fn start_agent(&mut self, host: &str, site: SiteLabels<'_>, extra: &[&str]) {
+        self.start_agent_with(host, site, extra, Host::command);
+    }
+
+    /// Starts the agent on `host` with extra flags, launched by `launch(host, program)` (e.g.
+    /// through `ip netns exec` instead of the harness's `nsenter --net`).
+    pub fn start_agent_with(
+        &mut self,
+        host: &str,
+        site: SiteLabels<'_>,
+        extra: &[&str],
+        launch: impl FnOnce(&Host, &str) -> Command,
+    ) {
         let url = self.controller_url();
         let data_dir = self.data_dir(host);
         // One pin directory per agent (they share the machine's bpffs); the topology removes
@@ -188,7 +200,7 @@ impl Mesh {
         let pins = self.topo.bpf_pin_dir(host);
         let log = self.log(&format!("agent-{host}"));
         let h = self.topo.host(host);
-        let mut cmd = h.command(bin_path("cladnet-agent").to_str().unwrap());
+        let mut cmd = launch(h, bin_path("cladnet-agent").to_str().unwrap());
         cmd.args(["run", "--controller", &url, "--network", &self.net])
             .args([
                 "--host-name",

@@ -215,6 +215,7 @@ impl KernelDataplane {
         }
         let pin_dir = cfg.pin_dir.as_path();
         bpffs::ensure_mounted(pin_dir)?;
+        bpffs::warn_if_private(pin_dir);
         let mut config = Config::new(cfg.tunnel_port);
         config.underlay_ifindex = underlay_ifindex;
         config.overlay_ifindex = overlay_ifindex.unwrap_or(0);
