@@ -20,15 +20,66 @@ pub async fn all(ctl: &TestController) {
     rest_paths(ctl).await;
     commands_and_tests(ctl).await;
     external_peers(ctl).await;
+    join_identity(ctl).await;
 }
 
-/// A base64 X25519-sized public key derived from `seed`.
-pub fn public_key(seed: &str) -> String {
+/// A test X25519 private key derived from `seed` (not secret: tests only).
+pub fn private_key(seed: &str) -> [u8; 32] {
     let mut key = [0u8; 32];
     for (i, b) in seed.bytes().enumerate() {
         key[i % 32] ^= b.wrapping_add(i as u8);
     }
-    base64::engine::general_purpose::STANDARD.encode(key)
+    key[31] |= 0x40;
+    key
+}
+
+/// The base64 public key of [`private_key`]`(seed)`.
+pub fn public_key(seed: &str) -> String {
+    base64::engine::general_purpose::STANDARD
+        .encode(cladnet_proto::join::public_key(&private_key(seed)))
+}
+
+/// Fills in `req`'s nonce and proof from a fresh JoinChallenge, proving with `private`.
+pub async fn prove_with(
+    agent: &mut AgentClient,
+    mut req: pb::JoinRequest,
+    private: &[u8; 32],
+) -> pb::JoinRequest {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let challenge = agent
+        .join_challenge(pb::JoinChallengeRequest {})
+        .await
+        .expect("join challenge")
+        .into_inner();
+    let controller: [u8; 32] = b64
+        .decode(&challenge.controller_public_key)
+        .expect("base64 controller key")
+        .try_into()
+        .expect("32-byte controller key");
+    let nonce = b64.decode(&challenge.nonce).expect("base64 nonce");
+    let proof = cladnet_proto::join::proof(
+        private,
+        &controller,
+        &nonce,
+        &req.cladnet_id,
+        &req.host_id,
+        &req.public_key,
+    )
+    .expect("contributory controller key");
+    req.nonce = challenge.nonce;
+    req.proof = b64.encode(proof);
+    req
+}
+
+/// Joins with `req`, proving the key of `private_key(req.host_id)` (what [`join_request`]
+/// registers).
+pub async fn join_signed(
+    agent: &mut AgentClient,
+    req: pb::JoinRequest,
+) -> Result<tonic::Response<pb::JoinResponse>, tonic::Status> {
+    let private = private_key(&req.host_id);
+    let req = prove_with(agent, req, &private).await;
+    agent.join(req).await
 }
 
 /// Creates a network.
@@ -87,8 +138,7 @@ pub fn join_request(net: &str, node: &str) -> pb::JoinRequest {
 /// Joins `node` and returns the response.
 pub async fn join(ctl: &TestController, token: &str, net: &str, node: &str) -> pb::JoinResponse {
     let mut agent = ctl.agent(token).await;
-    agent
-        .join(join_request(net, node))
+    join_signed(&mut agent, join_request(net, node))
         .await
         .unwrap_or_else(|e| panic!("join {node}: {e}"))
         .into_inner()
@@ -136,15 +186,12 @@ pub async fn auth_is_enforced(ctl: &TestController) {
 
     let mut bad = ctl.agent("cnj.nope.secret").await;
     assert_code(
-        bad.join(join_request(&net, "a")).await,
+        join_signed(&mut bad, join_request(&net, "a")).await,
         Code::Unauthenticated,
         "unknown join token",
     );
     assert_code(
-        ctl.agent(ADMIN_TOKEN)
-            .await
-            .join(join_request(&net, "a"))
-            .await,
+        join_signed(&mut ctl.agent(ADMIN_TOKEN).await, join_request(&net, "a")).await,
         Code::Unauthenticated,
         "admin token on join",
     );
@@ -192,7 +239,7 @@ pub async fn auth_is_enforced(ctl: &TestController) {
         "revoke twice",
     );
     assert_code(
-        ctl.agent(&token).await.join(join_request(&net, "c")).await,
+        join_signed(&mut ctl.agent(&token).await, join_request(&net, "c")).await,
         Code::Unauthenticated,
         "revoked token",
     );
@@ -343,7 +390,7 @@ pub async fn join_allocates_stable_addresses(ctl: &TestController) {
     assert!(msg.starts_with("publicKey"), "{msg}");
     let mut req = join_request(&net, "n4");
     req.facts.as_mut().unwrap().interfaces[0].ipv4_cidrs[0] = "300.1.1.1/24".into();
-    let msg = assert_code(agent.join(req).await, Code::InvalidArgument, "bad cidr");
+    let msg = assert_code(join_signed(&mut agent, req).await, Code::InvalidArgument, "bad cidr");
     assert!(msg.starts_with("facts.interfaces[0].ipv4Cidrs[0]"), "{msg}");
 
     let mut admin = ctl.admin(ADMIN_TOKEN).await;
@@ -380,7 +427,7 @@ pub async fn exhaustion_and_reuse(ctl: &TestController) {
         );
     }
     let msg = assert_code(
-        ctl.agent(&token).await.join(join_request(&net, "s5")).await,
+        join_signed(&mut ctl.agent(&token).await, join_request(&net, "s5")).await,
         Code::FailedPrecondition,
         "full",
     );
@@ -760,9 +807,7 @@ pub async fn external_peers(ctl: &TestController) {
     let ec = join(ctl, &token, &net, "ec").await;
     let mut no_endpoint = join_request(&net, "ed");
     no_endpoint.public_endpoint = String::new();
-    ctl.agent(&token)
-        .await
-        .join(no_endpoint)
+    join_signed(&mut ctl.agent(&token).await, no_endpoint)
         .await
         .expect("join ed");
     ctl.agent(&eb.session_token)
@@ -1041,10 +1086,7 @@ pub async fn external_peers(ctl: &TestController) {
 
     // Agents cannot take an external peer's host id.
     let msg = assert_code(
-        ctl.agent(&token)
-            .await
-            .join(join_request(&net, "ext-laptop"))
-            .await,
+        join_signed(&mut ctl.agent(&token).await, join_request(&net, "ext-laptop")).await,
         Code::InvalidArgument,
         "join as ext-",
     );
@@ -1102,4 +1144,77 @@ pub async fn external_peers(ctl: &TestController) {
         .into_inner()
         .peers;
     assert!(!peers.iter().any(|p| p.host_id == "ext-laptop"));
+}
+
+/// A host id is bound to its first key, a key to one host id, and a Join proves possession of
+/// the private key it registers (docs/security.md, "Join and node identity").
+pub async fn join_identity(ctl: &TestController) {
+    let net = network(ctl, "identity", "10.69.0.0/24").await;
+    let token = join_token(ctl, &net).await;
+    let mut agent = ctl.agent(&token).await;
+    let first = join(ctl, &token, &net, "victim").await.peer.unwrap();
+
+    // Takeover: same host id, the attacker's own key (proven).
+    let mut takeover = join_request(&net, "victim");
+    takeover.public_key = public_key("attacker");
+    let req = prove_with(&mut agent, takeover, &private_key("attacker")).await;
+    let msg = assert_code(agent.join(req).await, Code::PermissionDenied, "takeover");
+    assert!(msg.contains("hostId"), "{msg}");
+
+    // Squatting the victim's key without its private key: the proof fails.
+    let mut squat = join_request(&net, "squatter");
+    squat.public_key = public_key("victim");
+    let req = prove_with(&mut agent, squat.clone(), &private_key("squatter")).await;
+    let msg = assert_code(agent.join(req).await, Code::PermissionDenied, "unproven key");
+    assert!(msg.contains("proof"), "{msg}");
+    // ... and even with it, a key belongs to one host id.
+    let req = prove_with(&mut agent, squat, &private_key("victim")).await;
+    let msg = assert_code(agent.join(req).await, Code::PermissionDenied, "key squat");
+    assert!(msg.contains("publicKey"), "{msg}");
+
+    // No proof, a proof moved to another host id, a forged nonce.
+    let msg = assert_code(
+        agent.join(join_request(&net, "plain")).await,
+        Code::InvalidArgument,
+        "no proof",
+    );
+    assert!(msg.starts_with("nonce"), "{msg}");
+    let mut moved = prove_with(&mut agent, join_request(&net, "x1"), &private_key("x1")).await;
+    moved.host_id = "x2".into();
+    moved.public_key = public_key("x1");
+    let msg = assert_code(agent.join(moved).await, Code::PermissionDenied, "moved proof");
+    assert!(msg.contains("proof"), "{msg}");
+    let mut forged = prove_with(&mut agent, join_request(&net, "x3"), &private_key("x3")).await;
+    let mut nonce = base64::engine::general_purpose::STANDARD
+        .decode(&forged.nonce)
+        .unwrap();
+    nonce[0] ^= 1;
+    forged.nonce = base64::engine::general_purpose::STANDARD.encode(nonce);
+    let msg = assert_code(agent.join(forged).await, Code::PermissionDenied, "forged nonce");
+    assert!(msg.starts_with("permission denied: nonce"), "{msg}");
+
+    // The victim itself re-joins: same address; the attempts changed nothing.
+    let again = join(ctl, &token, &net, "victim").await.peer.unwrap();
+    assert_eq!(again.ip, first.ip);
+    assert_eq!(again.public_key, public_key("victim"));
+
+    // The admin path: delete the peer, then the host joins with its new key, and the old key
+    // is free again.
+    ctl.admin(ADMIN_TOKEN)
+        .await
+        .delete_peer(pb::GetPeerRequest {
+            cladnet_id: net.clone(),
+            host_id: "victim".into(),
+        })
+        .await
+        .expect("delete victim");
+    let mut rekeyed = join_request(&net, "victim");
+    rekeyed.public_key = public_key("victim-new");
+    let req = prove_with(&mut agent, rekeyed, &private_key("victim-new")).await;
+    let peer = agent.join(req).await.expect("join after delete").into_inner();
+    assert_eq!(peer.peer.unwrap().public_key, public_key("victim-new"));
+    let mut reuse = join_request(&net, "other");
+    reuse.public_key = public_key("victim");
+    let req = prove_with(&mut agent, reuse, &private_key("victim")).await;
+    agent.join(req).await.expect("a freed key can be used again");
 }

@@ -224,10 +224,18 @@ impl Agent {
                 .private_cidr
                 .map(|(a, l)| format!("{a}/{l}"))
                 .unwrap_or_default(),
+            // Filled in by the client from a fresh JoinChallenge.
+            nonce: String::new(),
+            proof: String::new(),
         };
         let mut backoff = BACKOFF_MIN;
         let resp = loop {
-            match self.client.join(&self.cfg.join_token, req.clone()).await {
+            let private = self.identity.private_key_bytes();
+            match self
+                .client
+                .join(&self.cfg.join_token, &private, req.clone())
+                .await
+            {
                 Ok(resp) => break resp,
                 Err(ControlError::Unreachable { last, .. }) => {
                     warn!(error = %last, retry_in = ?backoff, "join: no controller reachable");

@@ -81,7 +81,7 @@ impl Controller {
         if req.listen_port == 0 || req.listen_port > u32::from(u16::MAX) {
             return Err(ControllerError::invalid("listenPort", "must be 1..=65535"));
         }
-        let facts = req.facts.unwrap_or_default();
+        let facts = req.facts.clone().unwrap_or_default();
         validate::text("facts.hostName", &facts.host_name, 253)?;
         let interfaces = interfaces(&facts)?;
         let host_private_cidr = match req.host_private_ipv4_cidr.as_str() {
@@ -90,11 +90,14 @@ impl Controller {
         };
         let private_endpoint = host_private_cidr
             .map(|c| std::net::SocketAddrV4::new(c.addr(), req.listen_port as u16));
-        let site = SiteRecord::from_proto(&req.details.unwrap_or_default());
+        let site = SiteRecord::from_proto(&req.details.clone().unwrap_or_default());
         validate::site("details", &site)?;
         let net = req.cladnet_id.as_str();
         let node = req.host_id.as_str();
         self.check_join_token(net, bearer).await?;
+        // After the token: strangers do not get to make the controller compute X25519.
+        self.check_join_proof(&req).await?;
+        let key_index = keys::pubkey(net, &req.public_key);
 
         let lock = self.alloc_lock(net).await;
         let _serialized = lock.lock().await;
@@ -108,6 +111,24 @@ impl Controller {
                 let now = now_unix();
                 let previous: Option<PeerRecord> =
                     existing.as_ref().map(model::decode).transpose()?;
+                // A host id is bound to the key it first joined with: another key is a
+                // takeover attempt (or a reinstalled host, which an admin deletes first).
+                if let Some(p) = &previous
+                    && p.public_key != req.public_key
+                {
+                    return Err(ControllerError::PermissionDenied(format!(
+                        "hostId: {node:?} is registered with another public key; an admin must \
+                         delete the peer (`cladnet peer delete`) before it can join with a new key"
+                    )));
+                }
+                let holder = self.store.get(&key_index).await?;
+                if let Some(kv) = &holder
+                    && kv.value != node.as_bytes()
+                {
+                    return Err(ControllerError::PermissionDenied(
+                        "publicKey: registered to another peer of this network".into(),
+                    ));
+                }
                 let record = PeerRecord {
                     schema: SCHEMA,
                     node_id: node.to_owned(),
@@ -144,10 +165,18 @@ impl Controller {
                         existing.as_ref().map_or(0, |kv: &KeyValue| kv.mod_revision),
                     ),
                 ];
+                compares.push(Compare::mod_revision(
+                    &key_index,
+                    CompareOp::Equal,
+                    holder.as_ref().map_or(0, |kv| kv.mod_revision),
+                ));
                 let mut ops = vec![
                     TxnOp::put(keys::peer(net, node), model::encode(&record)),
                     TxnOp::put(keys::session(net, node), session_hash.clone().into_bytes()),
                 ];
+                if holder.is_none() {
+                    ops.push(TxnOp::put(&key_index, node.as_bytes().to_vec()));
+                }
                 compares.extend(reservation.compares);
                 ops.extend(reservation.ops);
                 let res = self
