@@ -52,6 +52,14 @@ pub enum ControlError {
     },
 }
 
+impl ControlError {
+    /// The controller refused the credentials: the session was revoked (peer deleted) or
+    /// replaced (the node joined again elsewhere). The remedy is to join again.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(self, Self::Refused { status, .. } if status.code() == Code::Unauthenticated)
+    }
+}
+
 /// A client over several controller endpoints.
 #[derive(Debug)]
 pub struct ControlClient {

@@ -21,6 +21,7 @@ pub async fn all(ctl: &TestController) {
     commands_and_tests(ctl).await;
     external_peers(ctl).await;
     join_identity(ctl).await;
+    sessions_end_with_credentials(ctl).await;
 }
 
 /// A test X25519 private key derived from `seed` (not secret: tests only).
@@ -113,14 +114,28 @@ pub async fn join_token(ctl: &TestController, net: &str) -> String {
         .token
 }
 
+/// `node`'s tunnel port in [`join_request`]: distinct per node (endpoints are unique in a
+/// network), all behind one public address as with a masquerading NAT.
+pub fn port(node: &str) -> u16 {
+    let h = node
+        .bytes()
+        .fold(2_166_136_261u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16_777_619));
+    10_000 + (h % 50_000) as u16
+}
+
+/// `node`'s public endpoint in [`join_request`].
+pub fn endpoint(node: &str) -> String {
+    format!("198.18.1.2:{}", port(node))
+}
+
 /// A join request for `node`.
 pub fn join_request(net: &str, node: &str) -> pb::JoinRequest {
     pb::JoinRequest {
         cladnet_id: net.into(),
         host_id: node.into(),
         public_key: public_key(node),
-        listen_port: 8055,
-        public_endpoint: "198.18.1.2:8055".into(),
+        listen_port: u32::from(port(node)),
+        public_endpoint: endpoint(node),
         host_private_ipv4_cidr: "192.168.1.10/24".into(),
         facts: Some(pb::HostFacts {
             host_name: format!("{node}.example"),
@@ -406,7 +421,7 @@ pub async fn join_allocates_stable_addresses(ctl: &TestController) {
     assert!(
         peer.links
             .iter()
-            .all(|l| l.mode == "sealed" && l.selected_endpoint == "198.18.1.2:8055"),
+            .all(|l| l.mode == "sealed" && l.selected_endpoint == endpoint(&l.host_id)),
         "{:?}",
         peer.links
     );
@@ -999,15 +1014,14 @@ pub async fn external_peers(ctl: &TestController) {
     assert!(config.contains("\nAddress = 10.71.0.6/24\n"), "{config}");
     assert_eq!(config.matches("[Peer]").count(), 2, "ea and eb: {config}");
     let (ip_a, ip_b) = (ea.peer.unwrap().ip, eb.peer.unwrap().ip);
-    let section = |key: &str, ip: &str| {
+    let section = |node: &str, ip: &str| {
         format!(
-            "[Peer]\nPublicKey = {key}\nEndpoint = 198.18.1.2:8055\nAllowedIPs = {ip}/32\nPersistentKeepalive = 25\n"
+            "[Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = {ip}/32\nPersistentKeepalive = 25\n",
+            public_key(node),
+            endpoint(node)
         )
     };
-    let (at_a, at_b) = (
-        config.find(&section(&public_key("ea"), &ip_a)),
-        config.find(&section(&public_key("eb"), &ip_b)),
-    );
+    let (at_a, at_b) = (config.find(&section("ea", &ip_a)), config.find(&section("eb", &ip_b)));
     assert!(
         matches!((at_a, at_b), (Some(x), Some(y)) if x < y),
         "{config}"
@@ -1217,4 +1231,89 @@ pub async fn join_identity(ctl: &TestController) {
     reuse.public_key = public_key("victim");
     let req = prove_with(&mut agent, reuse, &private_key("victim")).await;
     agent.join(req).await.expect("a freed key can be used again");
+}
+
+/// Waits for `stream` to end with an error, skipping events; returns its code and how long it
+/// took.
+async fn stream_end(stream: &mut tonic::Streaming<pb::WatchEvent>) -> (Code, Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(s))) => return (s.code(), started.elapsed()),
+            Ok(None) => panic!("stream ended without an error"),
+            Err(_) => panic!("stream still open after 5 s"),
+        }
+    }
+}
+
+/// A re-join or a deleted peer ends that node's open Watch streams (shared and resumed) as
+/// Unauthenticated within a second, and its old session no longer reports; other nodes'
+/// streams go on. `fromRevision` beyond the store is refused, naming the field.
+pub async fn sessions_end_with_credentials(ctl: &TestController) {
+    let net = network(ctl, "revoke", "10.72.0.0/24").await;
+    let token = join_token(ctl, &net).await;
+    let a = join(ctl, &token, &net, "ra").await;
+    let b = join(ctl, &token, &net, "rb").await;
+    let mut as_a = ctl.agent(&a.session_token).await;
+    let mut stream = watch(&mut as_a, &net, "ra", 0).await;
+    let snap = next_event(&mut stream).await;
+    let mut resumed = watch(&mut as_a, &net, "ra", snap.revision).await;
+    let mut as_b = ctl.agent(&b.session_token).await;
+    let mut b_stream = watch(&mut as_b, &net, "rb", 0).await;
+    next_event(&mut b_stream).await;
+
+    // ra joins again (a reinstalled agent, or someone holding its key): the old session's
+    // streams end.
+    let again = join(ctl, &token, &net, "ra").await;
+    for s in [&mut stream, &mut resumed] {
+        let (code, took) = stream_end(s).await;
+        assert_eq!(code, Code::Unauthenticated);
+        assert!(took < Duration::from_secs(1), "stream ended after {took:?}");
+    }
+    assert_code(
+        as_a.report(report(&net, "ra")).await,
+        Code::Unauthenticated,
+        "old session after re-join",
+    );
+    // rb's stream is untouched: it sees ra's new record.
+    let ev = next_event(&mut b_stream).await;
+    assert!(
+        matches!(&ev.event, Some(Event::PeerUpserted(p)) if p.host_id == "ra"),
+        "{ev:?}"
+    );
+
+    // Deleting the peer ends the new session's streams too.
+    let mut as_a = ctl.agent(&again.session_token).await;
+    let mut stream = watch(&mut as_a, &net, "ra", 0).await;
+    let snap = next_event(&mut stream).await;
+    let mut resumed = watch(&mut as_a, &net, "ra", snap.revision).await;
+    ctl.admin(ADMIN_TOKEN)
+        .await
+        .delete_peer(pb::GetPeerRequest {
+            cladnet_id: net.clone(),
+            host_id: "ra".into(),
+        })
+        .await
+        .expect("delete ra");
+    for s in [&mut stream, &mut resumed] {
+        let (code, took) = stream_end(s).await;
+        assert_eq!(code, Code::Unauthenticated);
+        assert!(took < Duration::from_secs(1), "stream ended after {took:?}");
+    }
+
+    // fromRevision past the store, up to i64::MAX.
+    for from in [snap.revision + 1_000_000, i64::MAX] {
+        let req = pb::WatchRequest {
+            cladnet_id: net.clone(),
+            host_id: "rb".into(),
+            from_revision: from,
+        };
+        let msg = assert_code(
+            as_b.watch(req).await.map(|_| ()),
+            Code::InvalidArgument,
+            "fromRevision",
+        );
+        assert!(msg.starts_with("fromRevision"), "{msg}");
+    }
 }

@@ -83,13 +83,17 @@ impl Controller {
         }
         let facts = req.facts.clone().unwrap_or_default();
         validate::text("facts.hostName", &facts.host_name, 253)?;
+        validate::capabilities("facts.capabilities", &facts.capabilities)?;
         let interfaces = interfaces(&facts)?;
         let host_private_cidr = match req.host_private_ipv4_cidr.as_str() {
             "" => None,
-            s => Some(validate::host_cidr("hostPrivateIpv4Cidr", s)?),
+            s => Some(validate::reported_cidr("hostPrivateIpv4Cidr", s)?),
         };
         let private_endpoint = host_private_cidr
             .map(|c| std::net::SocketAddrV4::new(c.addr(), req.listen_port as u16));
+        if let Some(e) = private_endpoint {
+            validate::unicast("hostPrivateIpv4Cidr", e)?;
+        }
         let site = SiteRecord::from_proto(&req.details.clone().unwrap_or_default());
         validate::site("details", &site)?;
         let net = req.cladnet_id.as_str();
@@ -97,6 +101,8 @@ impl Controller {
         self.check_join_token(net, bearer).await?;
         // After the token: strangers do not get to make the controller compute X25519.
         self.check_join_proof(&req).await?;
+        self.check_endpoints(net, node, &site, public_endpoint, private_endpoint)
+            .await?;
         let key_index = keys::pubkey(net, &req.public_key);
 
         let lock = self.alloc_lock(net).await;
@@ -210,6 +216,14 @@ impl Controller {
         };
         let public_endpoint = validate::endpoint("publicEndpoint", &req.public_endpoint)?;
         let interfaces = req.facts.as_ref().map(interfaces).transpose()?;
+        if let Some(f) = &req.facts {
+            validate::capabilities("facts.capabilities", &f.capabilities)?;
+        }
+        if public_endpoint.is_some() {
+            let (me, _) = self.peer(net, node).await?;
+            self.check_endpoints(net, node, &me.site, public_endpoint, None)
+                .await?;
+        }
         validate::text("dataplane", &req.dataplane, 64)?;
         validate::text("dataplaneReason", &req.dataplane_reason, 512)?;
         if !req.test_id.is_empty() {
@@ -255,6 +269,54 @@ impl Controller {
         Ok(pb::ReportResponse { revision })
     }
 
+    /// Refuses endpoints another peer of the network already has (they would take over that
+    /// peer's PLAIN links on every node) or inside the overlay. Private endpoints only clash
+    /// within one site: other sites' private addresses are not reachable anyway, and clouds
+    /// hand out the same private addresses in every VPC.
+    async fn check_endpoints(
+        &self,
+        net: &str,
+        node: &str,
+        site: &SiteRecord,
+        public: Option<std::net::SocketAddrV4>,
+        private: Option<std::net::SocketAddrV4>,
+    ) -> Result<()> {
+        if public.is_none() && private.is_none() {
+            return Ok(());
+        }
+        let (network, _) = self.network(net).await?;
+        if let Some(e) = public {
+            validate::outside_overlay("publicEndpoint", e, network.cidr)?;
+        }
+        if let Some(e) = private {
+            validate::outside_overlay("hostPrivateIpv4Cidr", e, network.cidr)?;
+        }
+        let mine = site.to_site();
+        for (other, _) in self.peers(net).await? {
+            if other.node_id == node {
+                continue;
+            }
+            if let Some(e) = public
+                && other.public_endpoint == Some(e)
+            {
+                return Err(ControllerError::invalid(
+                    "publicEndpoint",
+                    format!("{e} is another peer's endpoint"),
+                ));
+            }
+            if private.is_some()
+                && other.private_endpoint == private
+                && other.site.to_site().same_as(&mine)
+            {
+                return Err(ControllerError::invalid(
+                    "hostPrivateIpv4Cidr",
+                    "with listenPort, another peer's private endpoint in the same site",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn store_results(
         &self,
         net: &str,
@@ -274,11 +336,20 @@ impl Controller {
                 "peer {node:?} is not part of test {test_id:?}"
             )));
         }
-        if results.len() > 4096 {
+        // One result per other participant, each from the reporter: a peer cannot speak for
+        // pairs it is not in.
+        if results.len() >= test.host_ids.len().max(1) {
             return Err(ControllerError::invalid(
                 "testResults",
-                "more than 4096 entries",
+                format!(
+                    "{} entries for a test of {} peers (one per other peer at most)",
+                    results.len(),
+                    test.host_ids.len()
+                ),
             ));
+        }
+        for (i, r) in results.iter().enumerate() {
+            pair_result(i, r, node, &test.host_ids)?;
         }
         let record = ResultRecord {
             schema: SCHEMA,
@@ -296,6 +367,49 @@ impl Controller {
     }
 }
 
+/// Addresses one reported interface may carry.
+const MAX_IFACE_CIDRS: usize = 32;
+
+/// Checks result `i` of a connectivity test reported by `node`: from `node`, to another
+/// participant, with plausible numbers.
+fn pair_result(i: usize, r: &pb::PairResult, node: &str, hosts: &[String]) -> Result<()> {
+    let field = |f: &str| format!("testResults[{i}].{f}");
+    if r.source_host_id != node {
+        return Err(ControllerError::invalid(
+            field("sourceHostId"),
+            format!("must be the reporting peer {node:?}"),
+        ));
+    }
+    if r.destination_host_id == node || !hosts.contains(&r.destination_host_id) {
+        return Err(ControllerError::invalid(
+            field("destinationHostId"),
+            "not another peer of this test",
+        ));
+    }
+    validate::optional_ipv4(&field("sourceIp"), &r.source_ip)?;
+    validate::optional_ipv4(&field("destinationIp"), &r.destination_ip)?;
+    for (name, v) in [
+        ("minRttMs", r.min_rtt_ms),
+        ("avgRttMs", r.avg_rtt_ms),
+        ("maxRttMs", r.max_rtt_ms),
+        ("stddevRttMs", r.stddev_rtt_ms),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            return Err(ControllerError::invalid(field(name), "must be a non-negative number"));
+        }
+    }
+    if !(0.0..=1.0).contains(&r.packet_loss) {
+        return Err(ControllerError::invalid(field("packetLoss"), "must be 0..=1"));
+    }
+    if r.packets_received > r.packets_sent || r.packets_sent > 100 {
+        return Err(ControllerError::invalid(
+            field("packetsReceived"),
+            "at most packetsSent, which is at most 100",
+        ));
+    }
+    Ok(())
+}
+
 /// Validated interfaces from host facts.
 fn interfaces(facts: &pb::HostFacts) -> Result<Vec<InterfaceRecord>> {
     if facts.interfaces.len() > 64 {
@@ -310,12 +424,18 @@ fn interfaces(facts: &pb::HostFacts) -> Result<Vec<InterfaceRecord>> {
         .enumerate()
         .map(|(i, iface)| {
             validate::text(&format!("facts.interfaces[{i}].name"), &iface.name, 64)?;
+            if iface.ipv4_cidrs.len() > MAX_IFACE_CIDRS {
+                return Err(ControllerError::invalid(
+                    format!("facts.interfaces[{i}].ipv4Cidrs"),
+                    format!("more than {MAX_IFACE_CIDRS} addresses"),
+                ));
+            }
             let cidrs = iface
                 .ipv4_cidrs
                 .iter()
                 .enumerate()
                 .map(|(j, c)| {
-                    validate::host_cidr(&format!("facts.interfaces[{i}].ipv4Cidrs[{j}]"), c)
+                    validate::reported_cidr(&format!("facts.interfaces[{i}].ipv4Cidrs[{j}]"), c)
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(InterfaceRecord {
