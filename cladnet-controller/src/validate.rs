@@ -65,9 +65,7 @@ pub fn text(field: &str, s: &str, max: usize) -> Result<()> {
             format!("longer than {max} bytes"),
         ));
     }
-    let invisible = |c: char| {
-        matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-    };
+    let invisible = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
     if s.chars().any(|c| c.is_control() || invisible(c)) {
         return Err(ControllerError::invalid(
             field,
@@ -400,12 +398,19 @@ mod tests {
             "224.0.0.1:51820",
             "255.255.255.255:51820",
         ] {
-            assert_eq!(field_of(endpoint("publicEndpoint", bad).unwrap_err()), "publicEndpoint", "{bad}");
+            assert_eq!(
+                field_of(endpoint("publicEndpoint", bad).unwrap_err()),
+                "publicEndpoint",
+                "{bad}"
+            );
         }
         endpoint("publicEndpoint", "100.64.0.1:8056").unwrap();
         let overlay: Ipv4Net = "10.77.0.0/24".parse().unwrap();
         let inside = endpoint("e", "10.77.0.9:8055").unwrap().unwrap();
-        assert_eq!(field_of(outside_overlay("publicEndpoint", inside, overlay).unwrap_err()), "publicEndpoint");
+        assert_eq!(
+            field_of(outside_overlay("publicEndpoint", inside, overlay).unwrap_err()),
+            "publicEndpoint"
+        );
         let outside = endpoint("e", "10.78.0.9:8055").unwrap().unwrap();
         outside_overlay("publicEndpoint", outside, overlay).unwrap();
         for bad in ["0.0.0.0/0", "10.0.0.0/7", "224.0.0.1/24", "0.0.0.0/8"] {
@@ -415,7 +420,9 @@ mod tests {
         reported_cidr("c", "10.0.0.1/8").unwrap();
         capabilities("facts.capabilities", &["tc".into(), "userspace".into()]).unwrap();
         assert_eq!(
-            field_of(capabilities("facts.capabilities", &["tc".into(), "rm -rf".into()]).unwrap_err()),
+            field_of(
+                capabilities("facts.capabilities", &["tc".into(), "rm -rf".into()]).unwrap_err()
+            ),
             "facts.capabilities[1]"
         );
         assert!(capabilities("f", &["tc".into(), "tc".into()]).is_err());

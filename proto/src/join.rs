@@ -107,12 +107,14 @@ fn proof_mac(
     host_id: &str,
     public_key: &str,
 ) -> Blake2sMac256 {
-    let mut kdf = <Blake2sMac256 as KeyInit>::new_from_slice(shared).expect("32 bytes is a valid BLAKE2s key");
+    let mut kdf = <Blake2sMac256 as KeyInit>::new_from_slice(shared)
+        .expect("32 bytes is a valid BLAKE2s key");
     for field in [KEY_LABEL, controller_public, agent_public] {
         framed(&mut kdf, field);
     }
     let k = kdf.finalize_fixed();
-    let mut mac = <Blake2sMac256 as KeyInit>::new_from_slice(&k).expect("32 bytes is a valid BLAKE2s key");
+    let mut mac =
+        <Blake2sMac256 as KeyInit>::new_from_slice(&k).expect("32 bytes is a valid BLAKE2s key");
     for field in [
         PROOF_LABEL,
         nonce,
@@ -195,6 +197,14 @@ mod tests {
     #[test]
     fn low_order_keys_give_no_proof() {
         assert!(proof(&AGENT, &[0; LEN], b"n", "a", "b", "c").is_none());
-        assert!(!verify(&CONTROLLER, &[0; LEN], b"n", "a", "b", "c", &[0; LEN]));
+        assert!(!verify(
+            &CONTROLLER,
+            &[0; LEN],
+            b"n",
+            "a",
+            "b",
+            "c",
+            &[0; LEN]
+        ));
     }
 }

@@ -117,9 +117,9 @@ pub async fn join_token(ctl: &TestController, net: &str) -> String {
 /// `node`'s tunnel port in [`join_request`]: distinct per node (endpoints are unique in a
 /// network), all behind one public address as with a masquerading NAT.
 pub fn port(node: &str) -> u16 {
-    let h = node
-        .bytes()
-        .fold(2_166_136_261u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16_777_619));
+    let h = node.bytes().fold(2_166_136_261u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(16_777_619)
+    });
     10_000 + (h % 50_000) as u16
 }
 
@@ -405,7 +405,11 @@ pub async fn join_allocates_stable_addresses(ctl: &TestController) {
     assert!(msg.starts_with("publicKey"), "{msg}");
     let mut req = join_request(&net, "n4");
     req.facts.as_mut().unwrap().interfaces[0].ipv4_cidrs[0] = "300.1.1.1/24".into();
-    let msg = assert_code(join_signed(&mut agent, req).await, Code::InvalidArgument, "bad cidr");
+    let msg = assert_code(
+        join_signed(&mut agent, req).await,
+        Code::InvalidArgument,
+        "bad cidr",
+    );
     assert!(msg.starts_with("facts.interfaces[0].ipv4Cidrs[0]"), "{msg}");
 
     let mut admin = ctl.admin(ADMIN_TOKEN).await;
@@ -1021,7 +1025,10 @@ pub async fn external_peers(ctl: &TestController) {
             endpoint(node)
         )
     };
-    let (at_a, at_b) = (config.find(&section("ea", &ip_a)), config.find(&section("eb", &ip_b)));
+    let (at_a, at_b) = (
+        config.find(&section("ea", &ip_a)),
+        config.find(&section("eb", &ip_b)),
+    );
     assert!(
         matches!((at_a, at_b), (Some(x), Some(y)) if x < y),
         "{config}"
@@ -1100,7 +1107,11 @@ pub async fn external_peers(ctl: &TestController) {
 
     // Agents cannot take an external peer's host id.
     let msg = assert_code(
-        join_signed(&mut ctl.agent(&token).await, join_request(&net, "ext-laptop")).await,
+        join_signed(
+            &mut ctl.agent(&token).await,
+            join_request(&net, "ext-laptop"),
+        )
+        .await,
         Code::InvalidArgument,
         "join as ext-",
     );
@@ -1179,7 +1190,11 @@ pub async fn join_identity(ctl: &TestController) {
     let mut squat = join_request(&net, "squatter");
     squat.public_key = public_key("victim");
     let req = prove_with(&mut agent, squat.clone(), &private_key("squatter")).await;
-    let msg = assert_code(agent.join(req).await, Code::PermissionDenied, "unproven key");
+    let msg = assert_code(
+        agent.join(req).await,
+        Code::PermissionDenied,
+        "unproven key",
+    );
     assert!(msg.contains("proof"), "{msg}");
     // ... and even with it, a key belongs to one host id.
     let req = prove_with(&mut agent, squat, &private_key("victim")).await;
@@ -1196,7 +1211,11 @@ pub async fn join_identity(ctl: &TestController) {
     let mut moved = prove_with(&mut agent, join_request(&net, "x1"), &private_key("x1")).await;
     moved.host_id = "x2".into();
     moved.public_key = public_key("x1");
-    let msg = assert_code(agent.join(moved).await, Code::PermissionDenied, "moved proof");
+    let msg = assert_code(
+        agent.join(moved).await,
+        Code::PermissionDenied,
+        "moved proof",
+    );
     assert!(msg.contains("proof"), "{msg}");
     let mut forged = prove_with(&mut agent, join_request(&net, "x3"), &private_key("x3")).await;
     let mut nonce = base64::engine::general_purpose::STANDARD
@@ -1204,7 +1223,11 @@ pub async fn join_identity(ctl: &TestController) {
         .unwrap();
     nonce[0] ^= 1;
     forged.nonce = base64::engine::general_purpose::STANDARD.encode(nonce);
-    let msg = assert_code(agent.join(forged).await, Code::PermissionDenied, "forged nonce");
+    let msg = assert_code(
+        agent.join(forged).await,
+        Code::PermissionDenied,
+        "forged nonce",
+    );
     assert!(msg.starts_with("permission denied: nonce"), "{msg}");
 
     // The victim itself re-joins: same address; the attempts changed nothing.
@@ -1225,12 +1248,19 @@ pub async fn join_identity(ctl: &TestController) {
     let mut rekeyed = join_request(&net, "victim");
     rekeyed.public_key = public_key("victim-new");
     let req = prove_with(&mut agent, rekeyed, &private_key("victim-new")).await;
-    let peer = agent.join(req).await.expect("join after delete").into_inner();
+    let peer = agent
+        .join(req)
+        .await
+        .expect("join after delete")
+        .into_inner();
     assert_eq!(peer.peer.unwrap().public_key, public_key("victim-new"));
     let mut reuse = join_request(&net, "other");
     reuse.public_key = public_key("victim");
     let req = prove_with(&mut agent, reuse, &private_key("victim")).await;
-    agent.join(req).await.expect("a freed key can be used again");
+    agent
+        .join(req)
+        .await
+        .expect("a freed key can be used again");
 }
 
 /// Waits for `stream` to end with an error, skipping events; returns its code and how long it

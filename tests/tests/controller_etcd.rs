@@ -36,9 +36,12 @@ async fn two_controllers_fifty_concurrent_joins_no_duplicate_address() {
         let mut agent = ctl.agent(&token).await;
         let net = net.clone();
         joins.push(tokio::spawn(async move {
-            api_checks::join_signed(&mut agent, api_checks::join_request(&net, &format!("node-{i}")))
-                .await
-                .map(|r| r.into_inner())
+            api_checks::join_signed(
+                &mut agent,
+                api_checks::join_request(&net, &format!("node-{i}")),
+            )
+            .await
+            .map(|r| r.into_inner())
         }));
     }
     let mut ips = HashSet::new();

@@ -395,11 +395,17 @@ fn pair_result(i: usize, r: &pb::PairResult, node: &str, hosts: &[String]) -> Re
         ("stddevRttMs", r.stddev_rtt_ms),
     ] {
         if !v.is_finite() || v < 0.0 {
-            return Err(ControllerError::invalid(field(name), "must be a non-negative number"));
+            return Err(ControllerError::invalid(
+                field(name),
+                "must be a non-negative number",
+            ));
         }
     }
     if !(0.0..=1.0).contains(&r.packet_loss) {
-        return Err(ControllerError::invalid(field("packetLoss"), "must be 0..=1"));
+        return Err(ControllerError::invalid(
+            field("packetLoss"),
+            "must be 0..=1",
+        ));
     }
     if r.packets_received > r.packets_sent || r.packets_sent > 100 {
         return Err(ControllerError::invalid(

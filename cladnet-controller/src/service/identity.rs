@@ -184,7 +184,11 @@ impl Controller {
     pub(super) async fn check_join_proof(&self, req: &pb::JoinRequest) -> Result<()> {
         if req.nonce.is_empty() || req.proof.is_empty() {
             return Err(ControllerError::invalid(
-                if req.nonce.is_empty() { "nonce" } else { "proof" },
+                if req.nonce.is_empty() {
+                    "nonce"
+                } else {
+                    "proof"
+                },
                 "is required: call JoinChallenge and prove the key (agent too old?)",
             ));
         }

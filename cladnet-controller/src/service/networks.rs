@@ -305,8 +305,7 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use cladnet_store::{
-        DeleteResult, KeyValue, LeaseId, RangeResult, Revision, Store, Txn, TxnResult,
-        WatchStream,
+        DeleteResult, KeyValue, LeaseId, RangeResult, Revision, Store, Txn, TxnResult, WatchStream,
     };
 
     use crate::{auth::AdminAuth, service::Controller};
