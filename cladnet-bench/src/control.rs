@@ -719,9 +719,9 @@ async fn connect(controller: &ControllerProc, count: usize) -> Result<Vec<Channe
 
 /// Agent `i`'s X25519 private key (distinct per agent; a benchmark needs no secrecy).
 fn private_key(i: usize) -> [u8; 32] {
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    key[8..].fill(0x5a);
+    // Bytes 8..16 carry the index: X25519 clamping clears bits of bytes 0 and 31 only.
+    let mut key = [0x5a_u8; 32];
+    key[8..16].copy_from_slice(&(i as u64).to_le_bytes());
     key
 }
 
