@@ -32,6 +32,14 @@ pub enum ControlError {
         /// The last error.
         last: String,
     },
+    /// A controller's JoinChallenge answer is unusable.
+    #[error("JoinChallenge answer of {endpoint}: {reason}")]
+    BadChallenge {
+        /// Which controller.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A controller answered with an error (not a reachability problem).
     #[error("{call} refused by {endpoint}: {status}")]
     Refused {
@@ -42,6 +50,14 @@ pub enum ControlError {
         /// Its answer.
         status: Status,
     },
+}
+
+impl ControlError {
+    /// The controller refused the credentials: the session was revoked (peer deleted) or
+    /// replaced (the node joined again elsewhere). The remedy is to join again.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(self, Self::Refused { status, .. } if status.code() == Code::Unauthenticated)
+    }
 }
 
 /// A client over several controller endpoints.
@@ -81,12 +97,44 @@ impl ControlClient {
         &self.endpoints[self.current]
     }
 
-    /// Joins with a join token.
+    /// Joins with a join token, proving possession of `private_key` (the key of
+    /// `req.public_key`) against a fresh JoinChallenge (`cladnet_proto::join`).
     pub async fn join(
         &mut self,
         join_token: &str,
-        req: pb::JoinRequest,
+        private_key: &[u8; 32],
+        mut req: pb::JoinRequest,
     ) -> Result<pb::JoinResponse, ControlError> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let challenge = self
+            .call("JoinChallenge", join_token, pb::JoinChallengeRequest {}, |mut c, r| async move {
+                c.join_challenge(r).await.map(tonic::Response::into_inner)
+            })
+            .await?;
+        let bad = |reason: &str| ControlError::BadChallenge {
+            endpoint: self.current().to_owned(),
+            reason: reason.to_owned(),
+        };
+        let controller: [u8; 32] = b64
+            .decode(&challenge.controller_public_key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| bad("controller key is not 32 bytes of base64"))?;
+        let nonce = b64
+            .decode(&challenge.nonce)
+            .map_err(|_| bad("nonce is not base64"))?;
+        let proof = cladnet_proto::join::proof(
+            private_key,
+            &controller,
+            &nonce,
+            &req.cladnet_id,
+            &req.host_id,
+            &req.public_key,
+        )
+        .ok_or_else(|| bad("controller key is a low-order point"))?;
+        req.nonce = challenge.nonce;
+        req.proof = b64.encode(proof);
         self.call("Join", join_token, req, |mut c, r| async move {
             c.join(r).await.map(tonic::Response::into_inner)
         })

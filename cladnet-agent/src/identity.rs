@@ -75,6 +75,20 @@ impl Identity {
         self.private_key.public_key()
     }
 
+    /// The raw private key bytes, for the Join proof (zeroed on drop).
+    pub fn private_key_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        use base64::Engine as _;
+        let text = self.private_key.to_base64();
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        let bytes = zeroize::Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(text.as_bytes())
+                .expect("a PrivateKey's base64 form decodes"),
+        );
+        out.copy_from_slice(&bytes);
+        out
+    }
+
     /// Loads the identity from `dir`, creating the directory and files on first start.
     pub fn load_or_create(dir: &Path) -> Result<Self, IdentityError> {
         fs::DirBuilder::new()

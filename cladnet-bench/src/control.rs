@@ -717,11 +717,18 @@ async fn connect(controller: &ControllerProc, count: usize) -> Result<Vec<Channe
     Ok(channels)
 }
 
-/// Agent `i`'s Join request: realistic facts, a fresh key, a unique endpoint.
+/// Agent `i`'s X25519 private key (distinct per agent; a benchmark needs no secrecy).
+fn private_key(i: usize) -> [u8; 32] {
+    // Bytes 8..16 carry the index: X25519 clamping clears bits of bytes 0 and 31 only.
+    let mut key = [0x5a_u8; 32];
+    key[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+    key
+}
+
+/// Agent `i`'s Join request: realistic facts, a fresh key, a unique endpoint. The nonce and
+/// proof are filled in from a JoinChallenge by [`prove`].
 fn join_request(i: usize) -> JoinRequest {
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    key[8..].fill(0x5a);
+    let key = cladnet_proto::join::public_key(&private_key(i));
     let private = offset(Ipv4Addr::new(172, 16, 0, 10), i);
     JoinRequest {
         cladnet_id: NETWORK_ID.into(),
@@ -744,7 +751,43 @@ fn join_request(i: usize) -> JoinRequest {
         public_endpoint: join_endpoint(i),
         listen_port: LISTEN_PORT,
         host_private_ipv4_cidr: format!("{private}/12"),
+        nonce: String::new(),
+        proof: String::new(),
     }
+}
+
+/// Proves agent `i`'s key for `req` against a fresh JoinChallenge, as the agent does.
+async fn prove(
+    client: &mut AgentServiceClient<Channel>,
+    i: usize,
+    mut req: JoinRequest,
+) -> std::result::Result<JoinRequest, String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let challenge = client
+        .join_challenge(cladnet_proto::v1::JoinChallengeRequest {})
+        .await
+        .map_err(|s| format!("JoinChallenge: {s}"))?
+        .into_inner();
+    let controller: [u8; 32] = b64
+        .decode(&challenge.controller_public_key)
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or("JoinChallenge: controller key is not 32 bytes")?;
+    let nonce = b64
+        .decode(&challenge.nonce)
+        .map_err(|e| format!("JoinChallenge: nonce: {e}"))?;
+    let proof = cladnet_proto::join::proof(
+        &private_key(i),
+        &controller,
+        &nonce,
+        &req.cladnet_id,
+        &req.host_id,
+        &req.public_key,
+    )
+    .ok_or("JoinChallenge: low-order controller key")?;
+    req.nonce = challenge.nonce;
+    req.proof = b64.encode(proof);
+    Ok(req)
 }
 
 /// One simulated agent; reports a failure to the coordinator and ends.
@@ -772,8 +815,9 @@ async fn agent_run(
         .await
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
+    let req = prove(&mut client, i, join_request(i)).await?;
     let joined = client
-        .join(authed(join_request(i), &shared.join_credential))
+        .join(authed(req, &shared.join_credential))
         .await
         .map_err(|s| format!("Join: {s}"))?
         .into_inner();

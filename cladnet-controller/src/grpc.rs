@@ -171,6 +171,13 @@ pub type WatchResponseStream =
 
 #[tonic::async_trait]
 impl AgentService for Grpc {
+    async fn join_challenge(
+        &self,
+        _req: Request<pb::JoinChallengeRequest>,
+    ) -> Reply<pb::JoinChallengeResponse> {
+        Ok(Response::new(self.ctl.join_challenge().await?))
+    }
+
     async fn join(&self, req: Request<pb::JoinRequest>) -> Reply<pb::JoinResponse> {
         let bearer = bearer_grpc(req.metadata())?.to_owned();
         Ok(Response::new(

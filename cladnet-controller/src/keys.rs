@@ -6,11 +6,13 @@
 //! /cladnet/v1/networks/{net}/ipam/{ip}               node id holding the overlay address
 //! /cladnet/v1/networks/{net}/ipam-generation         bumped by every allocation
 //! /cladnet/v1/networks/{net}/sessions/{node}         SHA-256 of the node's session token
+//! /cladnet/v1/networks/{net}/pubkeys/{key hex}       node id holding the public key
 //! /cladnet/v1/networks/{net}/tokens/{token_id}       Join token record (secret hashed)
 //! /cladnet/v1/networks/{net}/commands/{node}         last remote command for the node
 //! /cladnet/v1/networks/{net}/tests/{id}              connectivity test request
 //! /cladnet/v1/networks/{net}/results/{id}/{node}     one node's results of a test
 //! /cladnet/v1/stats/{net}/{node}                     a node's last traffic report (leased)
+//! /cladnet/v1/controller/join-key                    the controllers' X25519 join key
 //! ```
 //!
 //! Everything of one network that agents follow sits under `/cladnet/v1/networks/{net}/`, so
@@ -65,6 +67,24 @@ pub fn alloc_generation(net: &str) -> String {
 /// A node's session token hash.
 pub fn session(net: &str, node: &str) -> String {
     format!("{ROOT}{net}/sessions/{node}")
+}
+
+/// The public key index: which node holds public key `key` (base64) in network `net`. The
+/// key is hex encoded (base64 has '/').
+pub fn pubkey(net: &str, key: &str) -> String {
+    use base64::Engine as _;
+    let hex: String = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .unwrap_or_else(|_| key.as_bytes().to_vec())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{ROOT}{net}/pubkeys/{hex}")
+}
+
+/// The controllers' join key (X25519 key pair and nonce secret), shared through the store.
+pub fn join_key() -> &'static str {
+    "/cladnet/v1/controller/join-key"
 }
 
 /// Prefix of a network's join tokens.
@@ -123,7 +143,9 @@ pub enum KeyKind<'a> {
     Command(&'a str),
     /// A test request.
     Test(&'a str),
-    /// Anything else (addresses, sessions, tokens, results).
+    /// A node's session token hash.
+    Session(&'a str),
+    /// Anything else (addresses, tokens, results, key index).
     Other,
 }
 
@@ -139,6 +161,7 @@ pub fn classify<'a>(net: &str, key: &'a str) -> Option<KeyKind<'a>> {
         "peers" => KeyKind::Peer(name),
         "commands" => KeyKind::Command(name),
         "tests" => KeyKind::Test(name),
+        "sessions" => KeyKind::Session(name),
         _ => KeyKind::Other,
     })
 }

@@ -149,7 +149,7 @@ impl SiteRecord {
         }
     }
 
-    fn to_site(&self) -> Site {
+    pub(crate) fn to_site(&self) -> Site {
         Site {
             provider: self.provider.clone(),
             region: self.region.clone(),

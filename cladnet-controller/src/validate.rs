@@ -55,7 +55,9 @@ pub fn host_id(field: &str, s: &str) -> Result<()> {
     }
 }
 
-/// Free text of at most `max` bytes without control characters.
+/// Free text of at most `max` bytes without control characters (C0, DEL, C1) or the
+/// invisible direction and zero-width marks that make a terminal show something else than what
+/// is stored.
 pub fn text(field: &str, s: &str, max: usize) -> Result<()> {
     if s.len() > max {
         return Err(ControllerError::invalid(
@@ -63,7 +65,8 @@ pub fn text(field: &str, s: &str, max: usize) -> Result<()> {
             format!("longer than {max} bytes"),
         ));
     }
-    if s.chars().any(char::is_control) {
+    let invisible = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
+    if s.chars().any(|c| c.is_control() || invisible(c)) {
         return Err(ControllerError::invalid(
             field,
             "contains control characters",
@@ -103,6 +106,59 @@ pub fn overlay_cidr(field: &str, s: &str) -> Result<Ipv4Net> {
     Ok(net)
 }
 
+/// Shortest prefix a host's own subnet may have: anything larger (0.0.0.0/0, 10.0.0.0/4, ...)
+/// is not a subnet a host sits in, and would leave the recommender no room.
+pub const MIN_HOST_PREFIX_LEN: u8 = 8;
+
+/// A host CIDR an agent reports (host bits allowed): a real host subnet, /8 or smaller, not
+/// unspecified, loopback or multicast.
+pub fn reported_cidr(field: &str, s: &str) -> Result<Ipv4Net> {
+    let net = host_cidr(field, s)?;
+    if net.prefix_len() < MIN_HOST_PREFIX_LEN {
+        return Err(ControllerError::invalid(
+            field,
+            format!("{net} is too large for a host subnet (/{MIN_HOST_PREFIX_LEN} at most)"),
+        ));
+    }
+    let ip = net.addr();
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(ControllerError::invalid(
+            field,
+            format!("{net} is not a host address"),
+        ));
+    }
+    Ok(net)
+}
+
+/// Dataplane capabilities an agent may report.
+pub const CAPABILITIES: [&str; 4] = ["xdp-driver", "xdp-generic", "tc", "userspace"];
+
+/// Reported capabilities: known values, no repeats.
+pub fn capabilities(field: &str, caps: &[String]) -> Result<()> {
+    if caps.len() > CAPABILITIES.len() {
+        return Err(ControllerError::invalid(
+            field,
+            format!("more than {} entries", CAPABILITIES.len()),
+        ));
+    }
+    for (i, c) in caps.iter().enumerate() {
+        if !CAPABILITIES.contains(&c.as_str()) {
+            let shown: String = c.chars().take(32).collect();
+            return Err(ControllerError::invalid(
+                format!("{field}[{i}]"),
+                format!("{shown:?} is not one of {}", CAPABILITIES.join(" ")),
+            ));
+        }
+        if caps[..i].contains(c) {
+            return Err(ControllerError::invalid(
+                format!("{field}[{i}]"),
+                format!("{c:?} repeated"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A host CIDR as reported or given to the recommender (host bits allowed).
 pub fn host_cidr(field: &str, s: &str) -> Result<Ipv4Net> {
     s.parse().map_err(|_| {
@@ -133,13 +189,42 @@ pub fn endpoint(field: &str, s: &str) -> Result<Option<SocketAddrV4>> {
     let e: SocketAddrV4 = s
         .parse()
         .map_err(|_| ControllerError::invalid(field, format!("{s:?} is not an IPv4 ip:port")))?;
-    if e.port() == 0 || e.ip().is_unspecified() || e.ip().is_broadcast() || e.ip().is_multicast() {
+    unicast(field, e)?;
+    Ok(Some(e))
+}
+
+/// An endpoint a peer can be reached at: a port, and no loopback, link-local, unspecified
+/// ("this network"), multicast or broadcast address.
+pub fn unicast(field: &str, e: SocketAddrV4) -> Result<()> {
+    let ip = e.ip();
+    if e.port() == 0
+        || ip.octets()[0] == 0
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_loopback()
+        || ip.is_link_local()
+    {
         return Err(ControllerError::invalid(
             field,
-            format!("{e} is not a usable unicast endpoint"),
+            format!(
+                "{e} is not a usable unicast endpoint (loopback, link-local, unspecified, \
+                 multicast and broadcast addresses are refused)"
+            ),
         ));
     }
-    Ok(Some(e))
+    Ok(())
+}
+
+/// An agent's endpoint must not sit inside the network's overlay: packets to it would be
+/// routed into the tunnel they are supposed to carry.
+pub fn outside_overlay(field: &str, e: SocketAddrV4, overlay: Ipv4Net) -> Result<()> {
+    if overlay.contains(e.ip()) {
+        return Err(ControllerError::invalid(
+            field,
+            format!("{e} is inside the network's address space {overlay}"),
+        ));
+    }
+    Ok(())
 }
 
 /// An optional IPv4 address: empty means none.
@@ -298,5 +383,49 @@ mod tests {
         assert!(host_id("hostId", "node-1.a_b").is_ok());
         assert!(host_id("hostId", "a/b").is_err());
         assert!(text("name", "a\nb", 10).is_err());
+        assert!(text("name", "a\u{1b}[2Jb", 10).is_err());
+        assert!(text("name", "evil\u{202E}txt", 20).is_err());
+        assert!(text("name", "\u{9b}31m", 10).is_err());
+        text("name", "host-1.example ü", 30).unwrap();
+    }
+
+    #[test]
+    fn agent_reported_facts() {
+        for bad in [
+            "127.0.0.1:51820",
+            "169.254.1.1:51820",
+            "0.1.2.3:51820",
+            "224.0.0.1:51820",
+            "255.255.255.255:51820",
+        ] {
+            assert_eq!(
+                field_of(endpoint("publicEndpoint", bad).unwrap_err()),
+                "publicEndpoint",
+                "{bad}"
+            );
+        }
+        endpoint("publicEndpoint", "100.64.0.1:8056").unwrap();
+        let overlay: Ipv4Net = "10.77.0.0/24".parse().unwrap();
+        let inside = endpoint("e", "10.77.0.9:8055").unwrap().unwrap();
+        assert_eq!(
+            field_of(outside_overlay("publicEndpoint", inside, overlay).unwrap_err()),
+            "publicEndpoint"
+        );
+        let outside = endpoint("e", "10.78.0.9:8055").unwrap().unwrap();
+        outside_overlay("publicEndpoint", outside, overlay).unwrap();
+        for bad in ["0.0.0.0/0", "10.0.0.0/7", "224.0.0.1/24", "0.0.0.0/8"] {
+            assert_eq!(field_of(reported_cidr("c", bad).unwrap_err()), "c", "{bad}");
+        }
+        reported_cidr("c", "192.168.1.10/24").unwrap();
+        reported_cidr("c", "10.0.0.1/8").unwrap();
+        capabilities("facts.capabilities", &["tc".into(), "userspace".into()]).unwrap();
+        assert_eq!(
+            field_of(
+                capabilities("facts.capabilities", &["tc".into(), "rm -rf".into()]).unwrap_err()
+            ),
+            "facts.capabilities[1]"
+        );
+        assert!(capabilities("f", &["tc".into(), "tc".into()]).is_err());
+        assert!(capabilities("f", &vec!["tc".to_string(); 5]).is_err());
     }
 }

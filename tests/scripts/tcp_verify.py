@@ -1,10 +1,12 @@
 #!/usr/bin/python3
 """A TCP transfer whose bytes are checked: `server PORT` receives one connection and prints
-"<bytes> <sha256>"; `client HOST PORT BYTES` sends BYTES deterministic bytes and prints the same.
+"<bytes> <sha256>"; `client HOST PORT BYTES [RATE]` sends BYTES deterministic bytes (at most RATE
+bytes per second if given, so a transfer can span a whole test) and prints the same.
 Used by the overlay tests to prove that what arrives is exactly what left."""
 import hashlib
 import socket
 import sys
+import time
 
 
 def stream(n):
@@ -37,8 +39,14 @@ def main():
             total += len(data)
     else:
         host, port, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+        rate = int(sys.argv[5]) if len(sys.argv) > 5 else 0
         conn = socket.create_connection((host, port), timeout=30)
+        start = time.monotonic()
         for chunk in stream(n):
+            if rate:
+                ahead = total / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
             conn.sendall(chunk)
             digest.update(chunk)
             total += len(chunk)

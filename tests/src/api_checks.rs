@@ -20,15 +20,68 @@ pub async fn all(ctl: &TestController) {
     rest_paths(ctl).await;
     commands_and_tests(ctl).await;
     external_peers(ctl).await;
+    join_identity(ctl).await;
+    sessions_end_with_credentials(ctl).await;
 }
 
-/// A base64 X25519-sized public key derived from `seed`.
-pub fn public_key(seed: &str) -> String {
+/// A test X25519 private key derived from `seed` (not secret: tests only).
+pub fn private_key(seed: &str) -> [u8; 32] {
+    // Bytes 1..=30 only: X25519 clamping changes bits of bytes 0 and 31, which would make
+    // seeds differing there share a key.
     let mut key = [0u8; 32];
     for (i, b) in seed.bytes().enumerate() {
-        key[i % 32] ^= b.wrapping_add(i as u8);
+        key[1 + i % 30] ^= b.wrapping_add(i as u8);
     }
-    base64::engine::general_purpose::STANDARD.encode(key)
+    key
+}
+
+/// The base64 public key of [`private_key`]`(seed)`.
+pub fn public_key(seed: &str) -> String {
+    base64::engine::general_purpose::STANDARD
+        .encode(cladnet_proto::join::public_key(&private_key(seed)))
+}
+
+/// Fills in `req`'s nonce and proof from a fresh JoinChallenge, proving with `private`.
+pub async fn prove_with(
+    agent: &mut AgentClient,
+    mut req: pb::JoinRequest,
+    private: &[u8; 32],
+) -> pb::JoinRequest {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let challenge = agent
+        .join_challenge(pb::JoinChallengeRequest {})
+        .await
+        .expect("join challenge")
+        .into_inner();
+    let controller: [u8; 32] = b64
+        .decode(&challenge.controller_public_key)
+        .expect("base64 controller key")
+        .try_into()
+        .expect("32-byte controller key");
+    let nonce = b64.decode(&challenge.nonce).expect("base64 nonce");
+    let proof = cladnet_proto::join::proof(
+        private,
+        &controller,
+        &nonce,
+        &req.cladnet_id,
+        &req.host_id,
+        &req.public_key,
+    )
+    .expect("contributory controller key");
+    req.nonce = challenge.nonce;
+    req.proof = b64.encode(proof);
+    req
+}
+
+/// Joins with `req`, proving the key of `private_key(req.host_id)` (what [`join_request`]
+/// registers).
+pub async fn join_signed(
+    agent: &mut AgentClient,
+    req: pb::JoinRequest,
+) -> Result<tonic::Response<pb::JoinResponse>, tonic::Status> {
+    let private = private_key(&req.host_id);
+    let req = prove_with(agent, req, &private).await;
+    agent.join(req).await
 }
 
 /// Creates a network.
@@ -62,14 +115,28 @@ pub async fn join_token(ctl: &TestController, net: &str) -> String {
         .token
 }
 
+/// `node`'s tunnel port in [`join_request`]: distinct per node (endpoints are unique in a
+/// network), all behind one public address as with a masquerading NAT.
+pub fn port(node: &str) -> u16 {
+    let h = node.bytes().fold(2_166_136_261u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(16_777_619)
+    });
+    10_000 + (h % 50_000) as u16
+}
+
+/// `node`'s public endpoint in [`join_request`].
+pub fn endpoint(node: &str) -> String {
+    format!("198.18.1.2:{}", port(node))
+}
+
 /// A join request for `node`.
 pub fn join_request(net: &str, node: &str) -> pb::JoinRequest {
     pb::JoinRequest {
         cladnet_id: net.into(),
         host_id: node.into(),
         public_key: public_key(node),
-        listen_port: 8055,
-        public_endpoint: "198.18.1.2:8055".into(),
+        listen_port: u32::from(port(node)),
+        public_endpoint: endpoint(node),
         host_private_ipv4_cidr: "192.168.1.10/24".into(),
         facts: Some(pb::HostFacts {
             host_name: format!("{node}.example"),
@@ -87,8 +154,7 @@ pub fn join_request(net: &str, node: &str) -> pb::JoinRequest {
 /// Joins `node` and returns the response.
 pub async fn join(ctl: &TestController, token: &str, net: &str, node: &str) -> pb::JoinResponse {
     let mut agent = ctl.agent(token).await;
-    agent
-        .join(join_request(net, node))
+    join_signed(&mut agent, join_request(net, node))
         .await
         .unwrap_or_else(|e| panic!("join {node}: {e}"))
         .into_inner()
@@ -136,15 +202,12 @@ pub async fn auth_is_enforced(ctl: &TestController) {
 
     let mut bad = ctl.agent("cnj.nope.secret").await;
     assert_code(
-        bad.join(join_request(&net, "a")).await,
+        join_signed(&mut bad, join_request(&net, "a")).await,
         Code::Unauthenticated,
         "unknown join token",
     );
     assert_code(
-        ctl.agent(ADMIN_TOKEN)
-            .await
-            .join(join_request(&net, "a"))
-            .await,
+        join_signed(&mut ctl.agent(ADMIN_TOKEN).await, join_request(&net, "a")).await,
         Code::Unauthenticated,
         "admin token on join",
     );
@@ -192,7 +255,7 @@ pub async fn auth_is_enforced(ctl: &TestController) {
         "revoke twice",
     );
     assert_code(
-        ctl.agent(&token).await.join(join_request(&net, "c")).await,
+        join_signed(&mut ctl.agent(&token).await, join_request(&net, "c")).await,
         Code::Unauthenticated,
         "revoked token",
     );
@@ -343,7 +406,11 @@ pub async fn join_allocates_stable_addresses(ctl: &TestController) {
     assert!(msg.starts_with("publicKey"), "{msg}");
     let mut req = join_request(&net, "n4");
     req.facts.as_mut().unwrap().interfaces[0].ipv4_cidrs[0] = "300.1.1.1/24".into();
-    let msg = assert_code(agent.join(req).await, Code::InvalidArgument, "bad cidr");
+    let msg = assert_code(
+        join_signed(&mut agent, req).await,
+        Code::InvalidArgument,
+        "bad cidr",
+    );
     assert!(msg.starts_with("facts.interfaces[0].ipv4Cidrs[0]"), "{msg}");
 
     let mut admin = ctl.admin(ADMIN_TOKEN).await;
@@ -359,7 +426,7 @@ pub async fn join_allocates_stable_addresses(ctl: &TestController) {
     assert!(
         peer.links
             .iter()
-            .all(|l| l.mode == "sealed" && l.selected_endpoint == "198.18.1.2:8055"),
+            .all(|l| l.mode == "sealed" && l.selected_endpoint == endpoint(&l.host_id)),
         "{:?}",
         peer.links
     );
@@ -380,7 +447,7 @@ pub async fn exhaustion_and_reuse(ctl: &TestController) {
         );
     }
     let msg = assert_code(
-        ctl.agent(&token).await.join(join_request(&net, "s5")).await,
+        join_signed(&mut ctl.agent(&token).await, join_request(&net, "s5")).await,
         Code::FailedPrecondition,
         "full",
     );
@@ -778,9 +845,7 @@ pub async fn external_peers(ctl: &TestController) {
     let ec = join(ctl, &token, &net, "ec").await;
     let mut no_endpoint = join_request(&net, "ed");
     no_endpoint.public_endpoint = String::new();
-    ctl.agent(&token)
-        .await
-        .join(no_endpoint)
+    join_signed(&mut ctl.agent(&token).await, no_endpoint)
         .await
         .expect("join ed");
     ctl.agent(&eb.session_token)
@@ -972,14 +1037,16 @@ pub async fn external_peers(ctl: &TestController) {
     assert!(config.contains("\nAddress = 10.71.0.6/24\n"), "{config}");
     assert_eq!(config.matches("[Peer]").count(), 2, "ea and eb: {config}");
     let (ip_a, ip_b) = (ea.peer.unwrap().ip, eb.peer.unwrap().ip);
-    let section = |key: &str, ip: &str| {
+    let section = |node: &str, ip: &str| {
         format!(
-            "[Peer]\nPublicKey = {key}\nEndpoint = 198.18.1.2:8055\nAllowedIPs = {ip}/32\nPersistentKeepalive = 25\n"
+            "[Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = {ip}/32\nPersistentKeepalive = 25\n",
+            public_key(node),
+            endpoint(node)
         )
     };
     let (at_a, at_b) = (
-        config.find(&section(&public_key("ea"), &ip_a)),
-        config.find(&section(&public_key("eb"), &ip_b)),
+        config.find(&section("ea", &ip_a)),
+        config.find(&section("eb", &ip_b)),
     );
     assert!(
         matches!((at_a, at_b), (Some(x), Some(y)) if x < y),
@@ -1059,10 +1126,11 @@ pub async fn external_peers(ctl: &TestController) {
 
     // Agents cannot take an external peer's host id.
     let msg = assert_code(
-        ctl.agent(&token)
-            .await
-            .join(join_request(&net, "ext-laptop"))
-            .await,
+        join_signed(
+            &mut ctl.agent(&token).await,
+            join_request(&net, "ext-laptop"),
+        )
+        .await,
         Code::InvalidArgument,
         "join as ext-",
     );
@@ -1120,4 +1188,181 @@ pub async fn external_peers(ctl: &TestController) {
         .into_inner()
         .peers;
     assert!(!peers.iter().any(|p| p.host_id == "ext-laptop"));
+}
+
+/// A host id is bound to its first key, a key to one host id, and a Join proves possession of
+/// the private key it registers (docs/security.md, "Join and node identity").
+pub async fn join_identity(ctl: &TestController) {
+    let net = network(ctl, "identity", "10.69.0.0/24").await;
+    let token = join_token(ctl, &net).await;
+    let mut agent = ctl.agent(&token).await;
+    let first = join(ctl, &token, &net, "victim").await.peer.unwrap();
+
+    // Takeover: same host id, the attacker's own key (proven).
+    let mut takeover = join_request(&net, "victim");
+    takeover.public_key = public_key("attacker");
+    let req = prove_with(&mut agent, takeover, &private_key("attacker")).await;
+    let msg = assert_code(agent.join(req).await, Code::PermissionDenied, "takeover");
+    assert!(msg.contains("hostId"), "{msg}");
+
+    // Squatting the victim's key without its private key: the proof fails.
+    let mut squat = join_request(&net, "squatter");
+    squat.public_key = public_key("victim");
+    let req = prove_with(&mut agent, squat.clone(), &private_key("squatter")).await;
+    let msg = assert_code(
+        agent.join(req).await,
+        Code::PermissionDenied,
+        "unproven key",
+    );
+    assert!(msg.contains("proof"), "{msg}");
+    // ... and even with it, a key belongs to one host id.
+    let req = prove_with(&mut agent, squat, &private_key("victim")).await;
+    let msg = assert_code(agent.join(req).await, Code::PermissionDenied, "key squat");
+    assert!(msg.contains("publicKey"), "{msg}");
+
+    // No proof, a proof moved to another host id, a forged nonce.
+    let msg = assert_code(
+        agent.join(join_request(&net, "plain")).await,
+        Code::InvalidArgument,
+        "no proof",
+    );
+    assert!(msg.starts_with("nonce"), "{msg}");
+    let mut moved = prove_with(&mut agent, join_request(&net, "x1"), &private_key("x1")).await;
+    moved.host_id = "x2".into();
+    moved.public_key = public_key("x1");
+    let msg = assert_code(
+        agent.join(moved).await,
+        Code::PermissionDenied,
+        "moved proof",
+    );
+    assert!(msg.contains("proof"), "{msg}");
+    let mut forged = prove_with(&mut agent, join_request(&net, "x3"), &private_key("x3")).await;
+    let mut nonce = base64::engine::general_purpose::STANDARD
+        .decode(&forged.nonce)
+        .unwrap();
+    nonce[0] ^= 1;
+    forged.nonce = base64::engine::general_purpose::STANDARD.encode(nonce);
+    let msg = assert_code(
+        agent.join(forged).await,
+        Code::PermissionDenied,
+        "forged nonce",
+    );
+    assert!(msg.starts_with("permission denied: nonce"), "{msg}");
+
+    // The victim itself re-joins: same address; the attempts changed nothing.
+    let again = join(ctl, &token, &net, "victim").await.peer.unwrap();
+    assert_eq!(again.ip, first.ip);
+    assert_eq!(again.public_key, public_key("victim"));
+
+    // The admin path: delete the peer, then the host joins with its new key, and the old key
+    // is free again.
+    ctl.admin(ADMIN_TOKEN)
+        .await
+        .delete_peer(pb::GetPeerRequest {
+            cladnet_id: net.clone(),
+            host_id: "victim".into(),
+        })
+        .await
+        .expect("delete victim");
+    let mut rekeyed = join_request(&net, "victim");
+    rekeyed.public_key = public_key("victim-new");
+    let req = prove_with(&mut agent, rekeyed, &private_key("victim-new")).await;
+    let peer = agent
+        .join(req)
+        .await
+        .expect("join after delete")
+        .into_inner();
+    assert_eq!(peer.peer.unwrap().public_key, public_key("victim-new"));
+    let mut reuse = join_request(&net, "other");
+    reuse.public_key = public_key("victim");
+    let req = prove_with(&mut agent, reuse, &private_key("victim")).await;
+    agent
+        .join(req)
+        .await
+        .expect("a freed key can be used again");
+}
+
+/// Waits for `stream` to end with an error, skipping events; returns its code and how long it
+/// took.
+async fn stream_end(stream: &mut tonic::Streaming<pb::WatchEvent>) -> (Code, Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(s))) => return (s.code(), started.elapsed()),
+            Ok(None) => panic!("stream ended without an error"),
+            Err(_) => panic!("stream still open after 5 s"),
+        }
+    }
+}
+
+/// A re-join or a deleted peer ends that node's open Watch streams (shared and resumed) as
+/// Unauthenticated within a second, and its old session no longer reports; other nodes'
+/// streams go on. `fromRevision` beyond the store is refused, naming the field.
+pub async fn sessions_end_with_credentials(ctl: &TestController) {
+    let net = network(ctl, "revoke", "10.72.0.0/24").await;
+    let token = join_token(ctl, &net).await;
+    let a = join(ctl, &token, &net, "ra").await;
+    let b = join(ctl, &token, &net, "rb").await;
+    let mut as_a = ctl.agent(&a.session_token).await;
+    let mut stream = watch(&mut as_a, &net, "ra", 0).await;
+    let snap = next_event(&mut stream).await;
+    let mut resumed = watch(&mut as_a, &net, "ra", snap.revision).await;
+    let mut as_b = ctl.agent(&b.session_token).await;
+    let mut b_stream = watch(&mut as_b, &net, "rb", 0).await;
+    next_event(&mut b_stream).await;
+
+    // ra joins again (a reinstalled agent, or someone holding its key): the old session's
+    // streams end.
+    let again = join(ctl, &token, &net, "ra").await;
+    for s in [&mut stream, &mut resumed] {
+        let (code, took) = stream_end(s).await;
+        assert_eq!(code, Code::Unauthenticated);
+        assert!(took < Duration::from_secs(1), "stream ended after {took:?}");
+    }
+    assert_code(
+        as_a.report(report(&net, "ra")).await,
+        Code::Unauthenticated,
+        "old session after re-join",
+    );
+    // rb's stream is untouched: it sees ra's new record.
+    let ev = next_event(&mut b_stream).await;
+    assert!(
+        matches!(&ev.event, Some(Event::PeerUpserted(p)) if p.host_id == "ra"),
+        "{ev:?}"
+    );
+
+    // Deleting the peer ends the new session's streams too.
+    let mut as_a = ctl.agent(&again.session_token).await;
+    let mut stream = watch(&mut as_a, &net, "ra", 0).await;
+    let snap = next_event(&mut stream).await;
+    let mut resumed = watch(&mut as_a, &net, "ra", snap.revision).await;
+    ctl.admin(ADMIN_TOKEN)
+        .await
+        .delete_peer(pb::GetPeerRequest {
+            cladnet_id: net.clone(),
+            host_id: "ra".into(),
+        })
+        .await
+        .expect("delete ra");
+    for s in [&mut stream, &mut resumed] {
+        let (code, took) = stream_end(s).await;
+        assert_eq!(code, Code::Unauthenticated);
+        assert!(took < Duration::from_secs(1), "stream ended after {took:?}");
+    }
+
+    // fromRevision past the store, up to i64::MAX.
+    for from in [snap.revision + 1_000_000, i64::MAX] {
+        let req = pb::WatchRequest {
+            cladnet_id: net.clone(),
+            host_id: "rb".into(),
+            from_revision: from,
+        };
+        let msg = assert_code(
+            as_b.watch(req).await.map(|_| ()),
+            Code::InvalidArgument,
+            "fromRevision",
+        );
+        assert!(msg.starts_with("fromRevision"), "{msg}");
+    }
 }

@@ -102,6 +102,11 @@ impl Mesh {
         self.net = id.to_owned();
     }
 
+    /// The join token of the current network (what every VM holds).
+    pub fn join_token(&self) -> &str {
+        &self.token
+    }
+
     /// Where the controller's and agents' logs are.
     pub fn log_dir(&self) -> &Path {
         self.dir.path()

@@ -712,9 +712,7 @@ async fn join_at(
         }),
         ..api_checks::join_request(net, node)
     };
-    ctl.agent(token)
-        .await
-        .join(req)
+    api_checks::join_signed(&mut ctl.agent(token).await, req)
         .await
         .expect("join")
         .into_inner()

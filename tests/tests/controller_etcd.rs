@@ -36,10 +36,12 @@ async fn two_controllers_fifty_concurrent_joins_no_duplicate_address() {
         let mut agent = ctl.agent(&token).await;
         let net = net.clone();
         joins.push(tokio::spawn(async move {
-            agent
-                .join(api_checks::join_request(&net, &format!("node-{i}")))
-                .await
-                .map(|r| r.into_inner())
+            api_checks::join_signed(
+                &mut agent,
+                api_checks::join_request(&net, &format!("node-{i}")),
+            )
+            .await
+            .map(|r| r.into_inner())
         }));
     }
     let mut ips = HashSet::new();
@@ -85,8 +87,7 @@ async fn api_survives_losing_an_etcd_member() {
     let mut joined = false;
     for _ in 0..40 {
         let mut agent = ctl.agent(&token).await;
-        if agent
-            .join(api_checks::join_request(&net, "after"))
+        if api_checks::join_signed(&mut agent, api_checks::join_request(&net, "after"))
             .await
             .is_ok()
         {

@@ -22,7 +22,11 @@ async fn agent_fails_over_between_controllers() {
     drop(dead);
     let mut client = ControlClient::new(vec![dead_url, first.url(), second.url()]).unwrap();
     let joined = client
-        .join(&token, api_checks::join_request(&net, "roamer"))
+        .join(
+            &token,
+            &api_checks::private_key("roamer"),
+            api_checks::join_request(&net, "roamer"),
+        )
         .await
         .expect("join via a live controller");
     assert_eq!(client.current(), first.url());

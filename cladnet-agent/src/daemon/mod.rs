@@ -49,6 +49,8 @@ const STATS_INTERVAL: Duration = Duration::from_secs(10);
 /// Backoff bounds for reconnecting to the controllers.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A re-join this long after the previous one starts again from the shortest backoff.
+const REJOIN_CALM: Duration = Duration::from_secs(60);
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -138,6 +140,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         table: PeerTable::default(),
         local_index: 0,
         session: String::new(),
+        session_lost: false,
         revision: 0,
         pending: None,
         overlay_ip: None,
@@ -168,6 +171,9 @@ struct Agent {
     table: PeerTable,
     local_index: u32,
     session: String,
+    /// A Watch or Report was refused as Unauthenticated: the session is gone (revoked or
+    /// replaced) and the agent joins again with its identity.
+    session_lost: bool,
     revision: i64,
     /// A report the controller has not acknowledged yet (sent again until it is).
     pending: Option<pb::ReportRequest>,
@@ -224,10 +230,18 @@ impl Agent {
                 .private_cidr
                 .map(|(a, l)| format!("{a}/{l}"))
                 .unwrap_or_default(),
+            // Filled in by the client from a fresh JoinChallenge.
+            nonce: String::new(),
+            proof: String::new(),
         };
         let mut backoff = BACKOFF_MIN;
         let resp = loop {
-            match self.client.join(&self.cfg.join_token, req.clone()).await {
+            let private = self.identity.private_key_bytes();
+            match self
+                .client
+                .join(&self.cfg.join_token, &private, req.clone())
+                .await
+            {
                 Ok(resp) => break resp,
                 Err(ControlError::Unreachable { last, .. }) => {
                     warn!(error = %last, retry_in = ?backoff, "join: no controller reachable");
@@ -311,11 +325,7 @@ impl Agent {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         self.update_info(|i| i.state = "up".into());
-        self.pending = Some(self.report(|r| {
-            r.state = "up".into();
-            r.dataplane = self.dp.engine.into();
-            r.dataplane_reason.clone_from(&self.dp.reason);
-        }));
+        self.pending = Some(self.up_report());
         let mut probe_tick = interval(self.cfg.probe_interval);
         probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut report_tick = interval(Duration::from_secs(1));
@@ -328,13 +338,37 @@ impl Agent {
         let mut watch = None;
         let mut backoff = BACKOFF_MIN;
         let mut retry_watch_at = Instant::now();
+        // Re-joins are spaced out (doubling up to BACKOFF_MAX), so two hosts sharing one
+        // identity by mistake do not take the session from each other in a tight loop.
+        let mut rejoin_at = Instant::now();
+        let mut rejoin_backoff = BACKOFF_MIN;
         tokio::pin!(shutdown);
         loop {
+            if self.session_lost && Instant::now() >= rejoin_at {
+                warn!(
+                    node_id = self.identity.node_id,
+                    "session no longer valid (revoked or replaced); joining again with this node's identity"
+                );
+                self.session_lost = false;
+                self.join().await?;
+                self.pending = Some(self.up_report());
+                watch = None;
+                retry_watch_at = Instant::now();
+                backoff = BACKOFF_MIN;
+                rejoin_at = Instant::now() + rejoin_backoff;
+                rejoin_backoff = (rejoin_backoff * 2).min(BACKOFF_MAX);
+            } else if !self.session_lost && Instant::now() >= rejoin_at + REJOIN_CALM {
+                rejoin_backoff = BACKOFF_MIN;
+            }
             if watch.is_none() && Instant::now() >= retry_watch_at {
                 match self.open_watch().await {
                     Ok(stream) => {
                         watch = Some(stream);
                         backoff = BACKOFF_MIN;
+                    }
+                    Err(e) if e.is_unauthenticated() => {
+                        warn!(error = %e, "watch refused: session no longer valid");
+                        self.session_lost = true;
                     }
                     Err(e) => {
                         warn!(error = %e, retry_in = ?backoff, "watch: controller unavailable; forwarding continues");
@@ -343,7 +377,13 @@ impl Agent {
                     }
                 }
             }
-            let retry_at = watch.is_none().then_some(retry_watch_at);
+            let retry_at = [
+                watch.is_none().then_some(retry_watch_at),
+                self.session_lost.then_some(rejoin_at),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             tokio::select! {
                 () = &mut shutdown => break,
                 msg = next_event(&mut watch) => match msg {
@@ -351,8 +391,8 @@ impl Agent {
                     Ok(None) | Err(_) => {
                         if let Err(status) = msg {
                             if status.code() == Code::Unauthenticated {
-                                warn!(%status, "session no longer valid; joining again");
-                                self.join().await?;
+                                warn!(%status, "watch ended: session no longer valid");
+                                self.session_lost = true;
                             } else {
                                 warn!(%status, "watch stream broken; resuming");
                             }
@@ -383,6 +423,7 @@ impl Agent {
                     });
                     if let Err(error) = self.client.report(&self.session, req).await {
                         warn!(%error, "could not report connectivity test results");
+                        self.session_lost |= error.is_unauthenticated();
                     }
                 }
             }
@@ -431,8 +472,21 @@ impl Agent {
         };
         match self.client.report(&self.session, req).await {
             Ok(_) => self.pending = None,
+            Err(e) if e.is_unauthenticated() => {
+                warn!(error = %e, "report refused: session no longer valid");
+                self.session_lost = true;
+            }
             Err(e) => debug!(error = %e, "report pending"),
         }
+    }
+
+    /// The report that says this node is up, with its dataplane (after every join).
+    fn up_report(&self) -> pb::ReportRequest {
+        self.report(|r| {
+            r.state = "up".into();
+            r.dataplane = self.dp.engine.into();
+            r.dataplane_reason.clone_from(&self.dp.reason);
+        })
     }
 
     async fn probe(&mut self) {

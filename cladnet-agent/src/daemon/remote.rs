@@ -59,6 +59,7 @@ impl Agent {
         let req = self.report(|r| r.peer_stats = peer_stats);
         if let Err(error) = self.client.report(&self.session, req).await {
             debug!(%error, "traffic statistics not delivered");
+            self.session_lost |= error.is_unauthenticated();
         }
     }
 

@@ -81,20 +81,29 @@ impl Controller {
         if req.listen_port == 0 || req.listen_port > u32::from(u16::MAX) {
             return Err(ControllerError::invalid("listenPort", "must be 1..=65535"));
         }
-        let facts = req.facts.unwrap_or_default();
+        let facts = req.facts.clone().unwrap_or_default();
         validate::text("facts.hostName", &facts.host_name, 253)?;
+        validate::capabilities("facts.capabilities", &facts.capabilities)?;
         let interfaces = interfaces(&facts)?;
         let host_private_cidr = match req.host_private_ipv4_cidr.as_str() {
             "" => None,
-            s => Some(validate::host_cidr("hostPrivateIpv4Cidr", s)?),
+            s => Some(validate::reported_cidr("hostPrivateIpv4Cidr", s)?),
         };
         let private_endpoint = host_private_cidr
             .map(|c| std::net::SocketAddrV4::new(c.addr(), req.listen_port as u16));
-        let site = SiteRecord::from_proto(&req.details.unwrap_or_default());
+        if let Some(e) = private_endpoint {
+            validate::unicast("hostPrivateIpv4Cidr", e)?;
+        }
+        let site = SiteRecord::from_proto(&req.details.clone().unwrap_or_default());
         validate::site("details", &site)?;
         let net = req.cladnet_id.as_str();
         let node = req.host_id.as_str();
         self.check_join_token(net, bearer).await?;
+        // After the token: strangers do not get to make the controller compute X25519.
+        self.check_join_proof(&req).await?;
+        self.check_endpoints(net, node, &site, public_endpoint, private_endpoint)
+            .await?;
+        let key_index = keys::pubkey(net, &req.public_key);
 
         let lock = self.alloc_lock(net).await;
         let _serialized = lock.lock().await;
@@ -108,6 +117,24 @@ impl Controller {
                 let now = now_unix();
                 let previous: Option<PeerRecord> =
                     existing.as_ref().map(model::decode).transpose()?;
+                // A host id is bound to the key it first joined with: another key is a
+                // takeover attempt (or a reinstalled host, which an admin deletes first).
+                if let Some(p) = &previous
+                    && p.public_key != req.public_key
+                {
+                    return Err(ControllerError::PermissionDenied(format!(
+                        "hostId: {node:?} is registered with another public key; an admin must \
+                         delete the peer (`cladnet peer delete`) before it can join with a new key"
+                    )));
+                }
+                let holder = self.store.get(&key_index).await?;
+                if let Some(kv) = &holder
+                    && kv.value != node.as_bytes()
+                {
+                    return Err(ControllerError::PermissionDenied(
+                        "publicKey: registered to another peer of this network".into(),
+                    ));
+                }
                 let record = PeerRecord {
                     schema: SCHEMA,
                     node_id: node.to_owned(),
@@ -144,10 +171,18 @@ impl Controller {
                         existing.as_ref().map_or(0, |kv: &KeyValue| kv.mod_revision),
                     ),
                 ];
+                compares.push(Compare::mod_revision(
+                    &key_index,
+                    CompareOp::Equal,
+                    holder.as_ref().map_or(0, |kv| kv.mod_revision),
+                ));
                 let mut ops = vec![
                     TxnOp::put(keys::peer(net, node), model::encode(&record)),
                     TxnOp::put(keys::session(net, node), session_hash.clone().into_bytes()),
                 ];
+                if holder.is_none() {
+                    ops.push(TxnOp::put(&key_index, node.as_bytes().to_vec()));
+                }
                 compares.extend(reservation.compares);
                 ops.extend(reservation.ops);
                 let res = self
@@ -181,6 +216,14 @@ impl Controller {
         };
         let public_endpoint = validate::endpoint("publicEndpoint", &req.public_endpoint)?;
         let interfaces = req.facts.as_ref().map(interfaces).transpose()?;
+        if let Some(f) = &req.facts {
+            validate::capabilities("facts.capabilities", &f.capabilities)?;
+        }
+        if public_endpoint.is_some() {
+            let (me, _) = self.peer(net, node).await?;
+            self.check_endpoints(net, node, &me.site, public_endpoint, None)
+                .await?;
+        }
         validate::text("dataplane", &req.dataplane, 64)?;
         validate::text("dataplaneReason", &req.dataplane_reason, 512)?;
         if !req.test_id.is_empty() {
@@ -226,6 +269,54 @@ impl Controller {
         Ok(pb::ReportResponse { revision })
     }
 
+    /// Refuses endpoints another peer of the network already has (they would take over that
+    /// peer's PLAIN links on every node) or inside the overlay. Private endpoints only clash
+    /// within one site: other sites' private addresses are not reachable anyway, and clouds
+    /// hand out the same private addresses in every VPC.
+    async fn check_endpoints(
+        &self,
+        net: &str,
+        node: &str,
+        site: &SiteRecord,
+        public: Option<std::net::SocketAddrV4>,
+        private: Option<std::net::SocketAddrV4>,
+    ) -> Result<()> {
+        if public.is_none() && private.is_none() {
+            return Ok(());
+        }
+        let (network, _) = self.network(net).await?;
+        if let Some(e) = public {
+            validate::outside_overlay("publicEndpoint", e, network.cidr)?;
+        }
+        if let Some(e) = private {
+            validate::outside_overlay("hostPrivateIpv4Cidr", e, network.cidr)?;
+        }
+        let mine = site.to_site();
+        for (other, _) in self.peers(net).await? {
+            if other.node_id == node {
+                continue;
+            }
+            if let Some(e) = public
+                && other.public_endpoint == Some(e)
+            {
+                return Err(ControllerError::invalid(
+                    "publicEndpoint",
+                    format!("{e} is another peer's endpoint"),
+                ));
+            }
+            if private.is_some()
+                && other.private_endpoint == private
+                && other.site.to_site().same_as(&mine)
+            {
+                return Err(ControllerError::invalid(
+                    "hostPrivateIpv4Cidr",
+                    "with listenPort, another peer's private endpoint in the same site",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn store_results(
         &self,
         net: &str,
@@ -245,11 +336,20 @@ impl Controller {
                 "peer {node:?} is not part of test {test_id:?}"
             )));
         }
-        if results.len() > 4096 {
+        // One result per other participant, each from the reporter: a peer cannot speak for
+        // pairs it is not in.
+        if results.len() >= test.host_ids.len().max(1) {
             return Err(ControllerError::invalid(
                 "testResults",
-                "more than 4096 entries",
+                format!(
+                    "{} entries for a test of {} peers (one per other peer at most)",
+                    results.len(),
+                    test.host_ids.len()
+                ),
             ));
+        }
+        for (i, r) in results.iter().enumerate() {
+            pair_result(i, r, node, &test.host_ids)?;
         }
         let record = ResultRecord {
             schema: SCHEMA,
@@ -267,6 +367,55 @@ impl Controller {
     }
 }
 
+/// Addresses one reported interface may carry.
+const MAX_IFACE_CIDRS: usize = 32;
+
+/// Checks result `i` of a connectivity test reported by `node`: from `node`, to another
+/// participant, with plausible numbers.
+fn pair_result(i: usize, r: &pb::PairResult, node: &str, hosts: &[String]) -> Result<()> {
+    let field = |f: &str| format!("testResults[{i}].{f}");
+    if r.source_host_id != node {
+        return Err(ControllerError::invalid(
+            field("sourceHostId"),
+            format!("must be the reporting peer {node:?}"),
+        ));
+    }
+    if r.destination_host_id == node || !hosts.contains(&r.destination_host_id) {
+        return Err(ControllerError::invalid(
+            field("destinationHostId"),
+            "not another peer of this test",
+        ));
+    }
+    validate::optional_ipv4(&field("sourceIp"), &r.source_ip)?;
+    validate::optional_ipv4(&field("destinationIp"), &r.destination_ip)?;
+    for (name, v) in [
+        ("minRttMs", r.min_rtt_ms),
+        ("avgRttMs", r.avg_rtt_ms),
+        ("maxRttMs", r.max_rtt_ms),
+        ("stddevRttMs", r.stddev_rtt_ms),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            return Err(ControllerError::invalid(
+                field(name),
+                "must be a non-negative number",
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&r.packet_loss) {
+        return Err(ControllerError::invalid(
+            field("packetLoss"),
+            "must be 0..=1",
+        ));
+    }
+    if r.packets_received > r.packets_sent || r.packets_sent > 100 {
+        return Err(ControllerError::invalid(
+            field("packetsReceived"),
+            "at most packetsSent, which is at most 100",
+        ));
+    }
+    Ok(())
+}
+
 /// Validated interfaces from host facts.
 fn interfaces(facts: &pb::HostFacts) -> Result<Vec<InterfaceRecord>> {
     if facts.interfaces.len() > 64 {
@@ -281,12 +430,18 @@ fn interfaces(facts: &pb::HostFacts) -> Result<Vec<InterfaceRecord>> {
         .enumerate()
         .map(|(i, iface)| {
             validate::text(&format!("facts.interfaces[{i}].name"), &iface.name, 64)?;
+            if iface.ipv4_cidrs.len() > MAX_IFACE_CIDRS {
+                return Err(ControllerError::invalid(
+                    format!("facts.interfaces[{i}].ipv4Cidrs"),
+                    format!("more than {MAX_IFACE_CIDRS} addresses"),
+                ));
+            }
             let cidrs = iface
                 .ipv4_cidrs
                 .iter()
                 .enumerate()
                 .map(|(j, c)| {
-                    validate::host_cidr(&format!("facts.interfaces[{i}].ipv4Cidrs[{j}]"), c)
+                    validate::reported_cidr(&format!("facts.interfaces[{i}].ipv4Cidrs[{j}]"), c)
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(InterfaceRecord {

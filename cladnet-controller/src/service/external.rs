@@ -88,9 +88,13 @@ impl Controller {
                         net_kv.mod_revision,
                     ),
                     Compare::absent(&key),
+                    Compare::absent(keys::pubkey(net, &req.public_key)),
                 ];
                 compares.extend(reservation.compares);
-                let mut ops = vec![TxnOp::put(&key, model::encode(&record))];
+                let mut ops = vec![
+                    TxnOp::put(&key, model::encode(&record)),
+                    TxnOp::put(keys::pubkey(net, &req.public_key), node.as_bytes().to_vec()),
+                ];
                 ops.extend(reservation.ops);
                 let res = self
                     .store

@@ -39,6 +39,16 @@ pub(super) enum HubEvent {
         /// The network is gone: streams end after this.
         last: bool,
     },
+    /// A node's session was replaced (it joined again) or removed (peer deleted): that
+    /// node's open streams with another session end as Unauthenticated.
+    Session {
+        /// Store revision.
+        revision: Revision,
+        /// The node.
+        node: String,
+        /// SHA-256 (hex) of the node's session token now; `None` when removed.
+        hash: Option<Vec<u8>>,
+    },
     /// The store watch failed: streams end with an error and agents reconnect.
     Failed(String),
 }
@@ -164,7 +174,20 @@ impl HubEvent {
                     *last,
                 ))
             }
-            Self::Failed(_) => None,
+            Self::Session { .. } | Self::Failed(_) => None,
+        }
+    }
+
+    /// Whether this change revokes the session with hash `session` of node `node`, for a
+    /// stream that has seen everything up to revision `floor`.
+    pub(super) fn revokes(&self, node: &str, session: &[u8], floor: Revision) -> bool {
+        match self {
+            Self::Session {
+                revision,
+                node: n,
+                hash,
+            } => *revision > floor && n == node && hash.as_deref() != Some(session),
+            _ => false,
         }
     }
 }
@@ -216,6 +239,16 @@ pub(super) fn map(
             };
             change(Event::Command(command), Some(node.to_owned()), false)
         }
+        (Some(KeyKind::Session(node)), WatchEvent::Put(kv), _) => Some(HubEvent::Session {
+            revision,
+            node: node.to_owned(),
+            hash: Some(kv.value.clone()),
+        }),
+        (Some(KeyKind::Session(node)), WatchEvent::Delete { .. }, _) => Some(HubEvent::Session {
+            revision,
+            node: node.to_owned(),
+            hash: None,
+        }),
         (Some(KeyKind::Test(_)), WatchEvent::Put(kv), _) => {
             change(Event::TestRequested(test(net, kv)?), None, false)
         }

@@ -8,6 +8,7 @@ mod alloc;
 mod commands;
 mod external;
 mod hub;
+mod identity;
 mod networks;
 mod peers;
 mod stats;
@@ -46,6 +47,8 @@ pub struct Controller {
     stats_lease: stats::StatsLease,
     /// Prometheus metrics (the store is timed through them).
     metrics: Arc<crate::metrics::Metrics>,
+    /// The join key, loaded from (or created in) the store on first use.
+    join_key: tokio::sync::OnceCell<identity::JoinKey>,
 }
 
 impl Controller {
@@ -59,6 +62,7 @@ impl Controller {
             alloc_locks: Mutex::default(),
             hubs: Arc::default(),
             stats_lease: stats::StatsLease::default(),
+            join_key: tokio::sync::OnceCell::new(),
         }
     }
 

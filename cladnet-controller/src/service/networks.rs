@@ -2,7 +2,7 @@
 
 use cladnet_proto::v1 as pb;
 use cladnet_store::{Compare, CompareOp, Txn, TxnOp};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Controller;
 use crate::{
@@ -275,21 +275,106 @@ impl Controller {
     }
 }
 
+/// The answer when the store fails. Health needs no credentials, so the store's error (etcd
+/// addresses, file paths) goes to the log only.
 fn unhealthy(e: &cladnet_store::Error) -> pb::HealthResponse {
+    warn!(error = %e, "health check: store unavailable");
     pb::HealthResponse {
         status: "unhealthy".into(),
         store: "error".into(),
         revision: 0,
-        message: e.to_string(),
+        message: "store unavailable".into(),
     }
 }
 
 /// Every interface CIDR of the given peers, deduplicated.
+/// CIDRs too large to be a host subnet (stored before reports were validated) are left out:
+/// one `0.0.0.0/0` would leave the recommender no room in any network.
 fn host_cidrs<'a>(peers: impl Iterator<Item = &'a PeerRecord>) -> Vec<ipnet::Ipv4Net> {
     let mut cidrs: Vec<_> = peers
         .flat_map(|p| p.interfaces.iter().flat_map(|i| i.cidrs.iter().copied()))
+        .filter(|c| c.prefix_len() >= validate::MIN_HOST_PREFIX_LEN)
         .collect();
     cidrs.sort();
     cidrs.dedup();
     cidrs
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use cladnet_store::{
+        DeleteResult, KeyValue, LeaseId, RangeResult, Revision, Store, Txn, TxnResult, WatchStream,
+    };
+
+    use crate::{auth::AdminAuth, service::Controller};
+
+    /// A store whose every call fails with an error naming an etcd member, as a real
+    /// outage does.
+    #[derive(Debug)]
+    struct DownStore;
+
+    fn down<T>() -> cladnet_store::Result<T> {
+        Err(cladnet_store::Error::Unavailable {
+            op: cladnet_store::Op::Range,
+            target: "/cladnet/v1/health/".into(),
+            endpoints: "http://10.1.2.3:2379".into(),
+            source: "connection refused".into(),
+        })
+    }
+
+    #[async_trait::async_trait]
+    impl Store for DownStore {
+        async fn get(&self, _: &str) -> cladnet_store::Result<Option<KeyValue>> {
+            down()
+        }
+        async fn range(&self, _: &str) -> cladnet_store::Result<RangeResult> {
+            down()
+        }
+        async fn put(
+            &self,
+            _: &str,
+            _: Vec<u8>,
+            _: Option<LeaseId>,
+        ) -> cladnet_store::Result<Revision> {
+            down()
+        }
+        async fn delete(&self, _: &str) -> cladnet_store::Result<DeleteResult> {
+            down()
+        }
+        async fn delete_prefix(&self, _: &str) -> cladnet_store::Result<DeleteResult> {
+            down()
+        }
+        async fn txn(&self, _: Txn) -> cladnet_store::Result<TxnResult> {
+            down()
+        }
+        async fn watch(&self, _: &str, _: Option<Revision>) -> cladnet_store::Result<WatchStream> {
+            down()
+        }
+        async fn compact(&self, _: Revision) -> cladnet_store::Result<()> {
+            down()
+        }
+        async fn lease_grant(&self, _: Duration) -> cladnet_store::Result<LeaseId> {
+            down()
+        }
+        async fn lease_keep_alive(&self, _: LeaseId) -> cladnet_store::Result<Duration> {
+            down()
+        }
+        async fn lease_revoke(&self, _: LeaseId) -> cladnet_store::Result<()> {
+            down()
+        }
+    }
+
+    #[tokio::test]
+    async fn health_does_not_leak_store_errors() {
+        let ctl = Controller::new(
+            Arc::new(DownStore),
+            AdminAuth::new("0123456789abcdef").unwrap(),
+        );
+        let h = ctl.health().await;
+        assert_eq!(h.status, "unhealthy");
+        assert_eq!(h.message, "store unavailable");
+        assert!(!format!("{h:?}").contains("10.1.2.3"), "{h:?}");
+    }
 }

@@ -72,6 +72,7 @@ impl Controller {
                         TxnOp::delete(keys::peer(net, node)),
                         TxnOp::delete(keys::ipam_addr(net, peer.overlay_ip)),
                         TxnOp::delete(keys::session(net, node)),
+                        TxnOp::delete(keys::pubkey(net, &peer.public_key)),
                         TxnOp::delete(keys::command(net, node)),
                         TxnOp::delete(keys::node_stats(net, node)),
                     ]),

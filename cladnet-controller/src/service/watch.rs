@@ -20,6 +20,7 @@ use super::{
     hub::{self, HubEvent},
 };
 use crate::{
+    auth::sha256_hex,
     error::{ControllerError, Result},
     keys,
     model::{self, NetworkRecord, PeerRecord},
@@ -43,11 +44,20 @@ impl Controller {
                 "must not be negative",
             ));
         }
+        // Resuming starts at fromRevision + 1: refuse what cannot be resumed from rather
+        // than overflow.
+        if req.from_revision == i64::MAX {
+            return Err(ControllerError::invalid(
+                "fromRevision",
+                "too large: no store revision is that high",
+            ));
+        }
         self.check_session(&req.cladnet_id, &req.host_id, bearer)
             .await?;
         let (tx, rx) = mpsc::channel(BUFFER);
         let forwarder = Forwarder {
             store: self.store.clone(),
+            session: sha256_hex(bearer).into_bytes(),
             net: req.cladnet_id,
             node: req.host_id,
             tx,
@@ -56,9 +66,27 @@ impl Controller {
         };
         if req.from_revision == 0 {
             let changes = self.hubs.subscribe(&self.store, &forwarder.net).await?;
+            // Checked again now that the hub delivers session changes to this stream: a
+            // re-join or delete between the first check and the subscription is caught here.
+            self.check_session(&forwarder.net, &forwarder.node, bearer)
+                .await?;
             let first = snapshot(self.store.as_ref(), &forwarder.net).await?;
             tokio::spawn(forwarder.run_shared(changes, first));
         } else {
+            let current = self
+                .store
+                .range(&keys::session(&forwarder.net, &forwarder.node))
+                .await?
+                .revision;
+            if req.from_revision > current {
+                return Err(ControllerError::invalid(
+                    "fromRevision",
+                    format!(
+                        "{} is ahead of the store (revision {current}); start from 0",
+                        req.from_revision
+                    ),
+                ));
+            }
             let network = self.network(&forwarder.net).await?.0;
             tokio::spawn(forwarder.run_resumed(network, req.from_revision + 1));
         }
@@ -94,6 +122,8 @@ async fn snapshot(store: &dyn Store, net: &str) -> Result<(pb::WatchEvent, Netwo
 /// Moves events to one agent's stream.
 struct Forwarder {
     store: Arc<dyn Store>,
+    /// SHA-256 (hex) of the session token the stream was opened with.
+    session: Vec<u8>,
     net: String,
     node: String,
     tx: mpsc::Sender<Result<pb::WatchEvent>>,
@@ -116,6 +146,16 @@ impl Forwarder {
         Ok(())
     }
 
+    /// Ends the stream: its session was replaced or removed.
+    async fn revoked(&self) {
+        debug!(network = %self.net, node = %self.node, "session revoked: ending its watch");
+        let e = ControllerError::Unauthenticated(format!(
+            "session of peer {:?} was revoked or replaced; join again",
+            self.node
+        ));
+        let _ = self.emit(Err(e)).await;
+    }
+
     /// Snapshot, then the shared hub's changes after it.
     async fn run_shared(
         self,
@@ -135,6 +175,9 @@ impl Forwarder {
                         ));
                         let _ = self.emit(Err(e)).await;
                         return;
+                    }
+                    if change.revokes(&self.node, &self.session, floor) {
+                        return self.revoked().await;
                     }
                     if let Some((event, last)) = change.for_node(&self.node, floor)
                         && (self.emit(Ok(event)).await.is_err() || last)
@@ -213,6 +256,10 @@ impl Forwarder {
                     return Ok(());
                 }
             };
+            if change.revokes(&self.node, &self.session, next - 1) {
+                self.revoked().await;
+                return Ok(());
+            }
             if let Some((event, last)) = change.for_node(&self.node, next - 1)
                 && (self.emit(Ok(event)).await.is_err() || last)
             {
