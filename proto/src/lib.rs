@@ -18,3 +18,5 @@ pub mod v1 {
     tonic::include_proto!("cladnet.v1");
     include!(concat!(env!("OUT_DIR"), "/cladnet.v1.serde.rs"));
 }
+
+pub mod tls;

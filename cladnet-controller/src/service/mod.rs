@@ -46,6 +46,8 @@ pub struct Controller {
     stats_lease: stats::StatsLease,
     /// Prometheus metrics (the store is timed through them).
     metrics: Arc<crate::metrics::Metrics>,
+    /// The pin of the certificate this controller serves (put into the join tokens it mints).
+    tls_pin: Option<cladnet_proto::tls::Pin>,
 }
 
 impl Controller {
@@ -59,7 +61,21 @@ impl Controller {
             alloc_locks: Mutex::default(),
             hubs: Arc::default(),
             stats_lease: stats::StatsLease::default(),
+            tls_pin: None,
         }
+    }
+
+    /// Sets the pin of the certificate this controller serves: join tokens carry it, so an
+    /// agent holding one trusts exactly this key.
+    #[must_use]
+    pub fn with_tls_pin(mut self, pin: Option<cladnet_proto::tls::Pin>) -> Self {
+        self.tls_pin = pin;
+        self
+    }
+
+    /// The pin of the served certificate, if the controller serves TLS.
+    pub fn tls_pin(&self) -> Option<cladnet_proto::tls::Pin> {
+        self.tls_pin
     }
 
     /// The controller's metrics.
