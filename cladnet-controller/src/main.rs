@@ -60,8 +60,7 @@ struct Cli {
     #[arg(
         long,
         env = "CLADNET_TLS_DIR",
-        default_value = "/var/lib/cladnet/tls",
-        global = true
+        default_value = "/var/lib/cladnet/tls"
     )]
     tls_dir: PathBuf,
     /// Extra names (DNS names or IP addresses) the `--tls auto` certificate lists, besides
@@ -75,8 +74,7 @@ struct Cli {
         long,
         env = "CLADNET_TLS_CERT",
         requires = "tls_key",
-        conflicts_with = "tls",
-        global = true
+        conflicts_with = "tls"
     )]
     tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.

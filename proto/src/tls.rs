@@ -38,6 +38,10 @@ use tokio::{
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// The text after the URL of [`ConnectError::TlsOnPlainUrl`]; h2 passes the error on to the
+/// failed call as (kind, text) only, so it is recognised by this text.
+const TLS_ON_PLAIN_URL: &str = ": the controller answered with TLS; use https:// instead of http://";
+
 /// Prefix of join tokens (`cnj.<id>.<secret>[.<pin>]`).
 pub const JOIN_PREFIX: &str = "cnj.";
 
@@ -371,7 +375,7 @@ pub enum ConnectError {
         reason: String,
     },
     /// `http://` to a port that speaks TLS.
-    #[error("{url}: the controller answered with TLS; use https:// instead of http://")]
+    #[error("{url}{TLS_ON_PLAIN_URL}")]
     TlsOnPlainUrl {
         /// The URL.
         url: String,
@@ -403,6 +407,20 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// Whether the controller was reached but could not be trusted or spoke the other
+    /// protocol (a configuration problem, unlike an unreachable host).
+    pub fn is_tls_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::WrongPin { .. }
+                | Self::UnknownCa { .. }
+                | Self::BadCertificate { .. }
+                | Self::NotTls { .. }
+                | Self::TlsOnPlainUrl { .. }
+                | Self::Tls { .. }
+        )
+    }
+
     /// A copy (an `io::Error` source becomes its kind and text).
     fn clone_lossy(&self) -> Self {
         match self {
@@ -426,21 +444,12 @@ impl ConnectError {
 /// source chain (also inside an `io::Error`), else the innermost error's text (e.g.
 /// `Connection refused (os error 111)` rather than `transport error`).
 pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    if let Some(c) = find_connect_error(err) {
+        return c.to_string();
+    }
     let mut last = err;
-    while let Some(e) = cur {
-        if let Some(c) = e.downcast_ref::<ConnectError>() {
-            return c.to_string();
-        }
-        if let Some(inner) = e
-            .downcast_ref::<io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|i| i.downcast_ref::<ConnectError>())
-        {
-            return inner.to_string();
-        }
+    while let Some(e) = last.source() {
         last = e;
-        cur = e.source();
     }
     last.to_string()
 }
@@ -503,12 +512,26 @@ pub fn connect_lazy(
     Ok(endpoint.connect_with_connector_lazy(Connector(target)))
 }
 
-/// Takes the [`ConnectError`] out of a chain (rebuilt: the chain only lends it).
-fn find_connect_error(err: &(dyn std::error::Error + 'static)) -> Option<ConnectError> {
+/// The [`ConnectError`] in an error's source chain, also inside an `io::Error` (a copy: the
+/// chain only lends it). For a failed call, pass `std::error::Error::source(&status)`.
+pub fn find_connect_error(err: &(dyn std::error::Error + 'static)) -> Option<ConnectError> {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if let Some(c) = e.downcast_ref::<ConnectError>() {
             return Some(c.clone_lossy());
+        }
+        // `io::Error` and h2's I/O errors skip themselves in `source()`: look inside.
+        let io = e
+            .downcast_ref::<io::Error>()
+            .or_else(|| e.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
+        if let Some(c) = io
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<ConnectError>())
+        {
+            return Some(c.clone_lossy());
+        }
+        if let Some(url) = io.and_then(|io| io.to_string().strip_suffix(TLS_ON_PLAIN_URL).map(str::to_owned)) {
+            return Some(ConnectError::TlsOnPlainUrl { url });
         }
         cur = e.source();
     }
@@ -808,5 +831,28 @@ mod tests {
         assert!(check_url("http://[::1]:8053").is_ok());
         let err = check_url("ftp://x").unwrap_err().to_string();
         assert!(err.contains("http:// or https://"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] io::Error);
+
+    #[test]
+    fn tls_answer_is_found_by_its_text_after_h2_copies_it() {
+        let copied = io::Error::new(
+            io::ErrorKind::Other,
+            ConnectError::TlsOnPlainUrl {
+                url: "http://h:1".into(),
+            }
+            .to_string(),
+        );
+        let outer = Outer(copied);
+        let found = find_connect_error(&outer).expect("found");
+        assert!(matches!(found, ConnectError::TlsOnPlainUrl { ref url } if url == "http://h:1"));
     }
 }
