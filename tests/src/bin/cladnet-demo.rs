@@ -90,9 +90,15 @@ fn demo(once: bool, trials: u32) {
     }
     let topo = b.build().expect("build the topology");
 
-    step(2, "starting the controller on the embedded store");
-    let mut mesh = Mesh::with_controller(topo, "ctl");
-    println!("      controller at {}", mesh.controller_url());
+    step(
+        2,
+        "starting the controller on the embedded store, TLS with its own certificate",
+    );
+    let mut mesh = Mesh::with_tls_controller(topo, "ctl");
+    println!(
+        "      controller at {} (--tls auto; agents trust the pin in their join token)",
+        mesh.controller_url()
+    );
 
     step(
         3,
@@ -175,8 +181,9 @@ fn demo(once: bool, trials: u32) {
     println!("      traffic:  ip netns exec {a1} ping {z1}");
     let ctl = mesh.topo.host("ctl").netns().name().to_owned();
     println!(
-        "      CLI:      ip netns exec {ctl} {} --controller http://127.0.0.1:8053 --token {} peers demo",
+        "      CLI:      ip netns exec {ctl} {} --controller https://127.0.0.1:8053 --ca-cert {} --token {} peers demo",
         cladnet_tests::bin_path("cladnet").display(),
+        mesh.tls_dir().join("controller.crt").display(),
         cladnet_tests::MESH_ADMIN_TOKEN
     );
     println!("      logs:     {}", mesh.log_dir().display());
