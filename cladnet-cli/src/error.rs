@@ -133,9 +133,7 @@ impl CliError {
     pub(crate) fn class(&self) -> ExitClass {
         match self {
             Self::Call { code, .. } => ExitClass::of_code(*code),
-            Self::Connect { .. } | Self::Tls(_) | Self::Unhealthy { .. } => {
-                ExitClass::Unavailable
-            }
+            Self::Connect { .. } | Self::Tls(_) | Self::Unhealthy { .. } => ExitClass::Unavailable,
             Self::NoToken | Self::TokenFile { .. } => ExitClass::Auth,
             Self::Usage(_) => ExitClass::Usage,
             Self::NotSucceeded { .. } => ExitClass::Other,

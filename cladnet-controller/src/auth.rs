@@ -137,9 +137,7 @@ pub fn parse_join_token(token: &str) -> Result<(&str, &str)> {
     cladnet_proto::tls::parse_join_token(token)
         .map(|p| (p.id, p.secret))
         .ok_or_else(|| {
-            ControllerError::Unauthenticated(
-                "not a join token (cnj.<id>.<secret>[.<pin>])".into(),
-            )
+            ControllerError::Unauthenticated("not a join token (cnj.<id>.<secret>[.<pin>])".into())
         })
 }
 

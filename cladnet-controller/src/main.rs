@@ -57,11 +57,7 @@ struct Cli {
     tls: TlsMode,
     /// Directory of the `--tls auto` certificate and key (`controller.crt`, `controller.key`,
     /// mode 0600). Controllers sharing one etcd behind one address should share these files.
-    #[arg(
-        long,
-        env = "CLADNET_TLS_DIR",
-        default_value = "/var/lib/cladnet/tls"
-    )]
+    #[arg(long, env = "CLADNET_TLS_DIR", default_value = "/var/lib/cladnet/tls")]
     tls_dir: PathBuf,
     /// Extra names (DNS names or IP addresses) the `--tls auto` certificate lists, besides
     /// localhost, 127.0.0.1, ::1, the host name and the --listen address. Comma separated or
@@ -141,7 +137,10 @@ async fn main() -> anyhow::Result<()> {
                 extra.push(cli.listen.ip().to_string());
             }
             let auto = selfsigned::ensure(&cli.tls_dir, &selfsigned::default_names(&extra))?;
-            (Some(server::tls_config(&auto.cert, &auto.key)?), Some(auto.pin))
+            (
+                Some(server::tls_config(&auto.cert, &auto.key)?),
+                Some(auto.pin),
+            )
         }
         _ => (None, None),
     };

@@ -68,8 +68,12 @@ pub fn default_names(extra: &[String]) -> Vec<String> {
 /// addresses).
 pub fn ensure(dir: &Path, names: &[String]) -> Result<AutoCert, AutoTlsError> {
     for n in names {
-        ServerName::try_from(n.clone())
-            .map_err(|_| err(dir, format!("--tls-san {n:?} is not a DNS name or IP address")))?;
+        ServerName::try_from(n.clone()).map_err(|_| {
+            err(
+                dir,
+                format!("--tls-san {n:?} is not a DNS name or IP address"),
+            )
+        })?;
     }
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
@@ -176,7 +180,9 @@ mod tests {
         assert_eq!(reissued.pin, first.pin);
         assert_ne!(std::fs::read(&reissued.cert).unwrap(), cert_pem);
 
-        let bad = ensure(&tls, &["not a name".into()]).unwrap_err().to_string();
+        let bad = ensure(&tls, &["not a name".into()])
+            .unwrap_err()
+            .to_string();
         assert!(bad.contains("--tls-san"), "{bad}");
     }
 }

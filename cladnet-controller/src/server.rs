@@ -132,20 +132,20 @@ async fn accept_loop(
             let result = match tls {
                 None => serve_connection(HeadDeadline::new(tcp), service).await,
                 Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                            .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                debug!(%peer, "TLS handshake timed out; connection dropped");
-                                return;
-                            }
-                        };
+                    let handshake = acceptor.accept(tcp).into_fallible();
+                    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err((e, tcp))) => {
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                            linger(tcp).await;
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "TLS handshake timed out; connection dropped");
+                            return;
+                        }
+                    };
                     serve_connection(HeadDeadline::new(stream), service).await
                 }
             };
@@ -154,6 +154,27 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// Closes a connection whose TLS handshake failed without resetting it: the alert already
+/// sent is followed by a FIN, and what the client still sends (e.g. the HTTP/2 preface of an
+/// `http://` client) is read and dropped for a moment. Closing with unread data would send a
+/// RST, which can reach the client before it reads the alert, so it would report a broken
+/// pipe instead of "the controller answered with TLS".
+async fn linger(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = tcp.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
 }
 
 type AppService = TowerToHyperService<Router>;

@@ -40,7 +40,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 /// The text after the URL of [`ConnectError::TlsOnPlainUrl`]; h2 passes the error on to the
 /// failed call as (kind, text) only, so it is recognised by this text.
-const TLS_ON_PLAIN_URL: &str = ": the controller answered with TLS; use https:// instead of http://";
+const TLS_ON_PLAIN_URL: &str =
+    ": the controller answered with TLS; use https:// instead of http://";
 
 /// Prefix of join tokens (`cnj.<id>.<secret>[.<pin>]`).
 pub const JOIN_PREFIX: &str = "cnj.";
@@ -205,9 +206,7 @@ impl ClientTls {
                 Some((_, roots)) => roots.clone(),
                 None => Arc::new(system_roots()?),
             };
-            builder
-                .with_root_certificates(roots)
-                .with_no_client_auth()
+            builder.with_root_certificates(roots).with_no_client_auth()
         };
         // gRPC is HTTP/2 only.
         config.alpn_protocols = vec![b"h2".to_vec()];
@@ -272,9 +271,8 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = Pin::of_certificate(end_entity).map_err(|_| {
-            rustls::Error::InvalidCertificate(CertificateError::BadEncoding)
-        })?;
+        let got = Pin::of_certificate(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if got == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
@@ -428,14 +426,35 @@ impl ConnectError {
                 url: url.clone(),
                 source: io::Error::new(source.kind(), source.to_string()),
             },
-            Self::BadUrl { url, reason } => Self::BadUrl { url: url.clone(), reason: reason.clone() },
-            Self::WrongPin { url, detail } => Self::WrongPin { url: url.clone(), detail: detail.clone() },
-            Self::UnknownCa { url, trusted } => Self::UnknownCa { url: url.clone(), trusted: trusted.clone() },
-            Self::BadCertificate { url, reason } => Self::BadCertificate { url: url.clone(), reason: reason.clone() },
-            Self::NotTls { url, reason } => Self::NotTls { url: url.clone(), reason: reason.clone() },
+            Self::BadUrl { url, reason } => Self::BadUrl {
+                url: url.clone(),
+                reason: reason.clone(),
+            },
+            Self::WrongPin { url, detail } => Self::WrongPin {
+                url: url.clone(),
+                detail: detail.clone(),
+            },
+            Self::UnknownCa { url, trusted } => Self::UnknownCa {
+                url: url.clone(),
+                trusted: trusted.clone(),
+            },
+            Self::BadCertificate { url, reason } => Self::BadCertificate {
+                url: url.clone(),
+                reason: reason.clone(),
+            },
+            Self::NotTls { url, reason } => Self::NotTls {
+                url: url.clone(),
+                reason: reason.clone(),
+            },
             Self::TlsOnPlainUrl { url } => Self::TlsOnPlainUrl { url: url.clone() },
-            Self::Tls { url, reason } => Self::Tls { url: url.clone(), reason: reason.clone() },
-            Self::Other { url, reason } => Self::Other { url: url.clone(), reason: reason.clone() },
+            Self::Tls { url, reason } => Self::Tls {
+                url: url.clone(),
+                reason: reason.clone(),
+            },
+            Self::Other { url, reason } => Self::Other {
+                url: url.clone(),
+                reason: reason.clone(),
+            },
         }
     }
 }
@@ -530,7 +549,11 @@ pub fn find_connect_error(err: &(dyn std::error::Error + 'static)) -> Option<Con
         {
             return Some(c.clone_lossy());
         }
-        if let Some(url) = io.and_then(|io| io.to_string().strip_suffix(TLS_ON_PLAIN_URL).map(str::to_owned)) {
+        if let Some(url) = io.and_then(|io| {
+            io.to_string()
+                .strip_suffix(TLS_ON_PLAIN_URL)
+                .map(str::to_owned)
+        }) {
             return Some(ConnectError::TlsOnPlainUrl { url });
         }
         cur = e.source();
@@ -555,7 +578,10 @@ fn parse_url(url: &str) -> Result<(bool, String, u16), ConnectError> {
         _ => return Err(bad("must start with http:// or https://")),
     };
     let host = uri.host().ok_or_else(|| bad("has no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     Ok((https, host, port))
 }
@@ -676,12 +702,10 @@ fn classify(url: &str, trusted: &str, e: io::Error) -> ConnectError {
             url,
             reason: format!("{c:?}"),
         },
-        rustls::Error::InvalidMessage(_) => {
-            ConnectError::NotTls {
-                url,
-                reason: tls.to_string(),
-            }
-        }
+        rustls::Error::InvalidMessage(_) => ConnectError::NotTls {
+            url,
+            reason: tls.to_string(),
+        },
         other => ConnectError::Tls {
             url,
             reason: other.to_string(),
@@ -761,7 +785,22 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Tls(s) => StdPin::new(s.as_mut()).poll_write(cx, buf),
-            Self::Plain(s) => StdPin::new(&mut s.tcp).poll_write(cx, buf),
+            Self::Plain(s) => match StdPin::new(&mut s.tcp).poll_write(cx, buf) {
+                // A TLS server may answer the HTTP/2 preface with an alert and a reset before
+                // the client reads: the write fails first. The alert may still be queued.
+                Poll::Ready(Err(e)) if s.first => {
+                    let mut head = [0u8; 5];
+                    match s.tcp.try_read(&mut head) {
+                        Ok(n) if looks_like_tls(&head[..n]) => {
+                            Poll::Ready(Err(io::Error::other(ConnectError::TlsOnPlainUrl {
+                                url: s.url.clone(),
+                            })))
+                        }
+                        _ => Poll::Ready(Err(e)),
+                    }
+                }
+                other => other,
+            },
         }
     }
 

@@ -199,8 +199,7 @@ impl Mesh {
                 &format!("http://127.0.0.1:{CONTROLLER_PORT}"),
             ]);
         }
-        cmd.args(args)
-        .env("CLADNET_TOKEN", ADMIN_TOKEN);
+        cmd.args(args).env("CLADNET_TOKEN", ADMIN_TOKEN);
         crate::run_checked(&mut cmd)
     }
 
@@ -267,7 +266,11 @@ impl Mesh {
 
     /// Waits up to `within` for `host`'s agent to exit by itself; its exit status, or `None`
     /// if it is still running.
-    pub fn wait_agent_exit(&mut self, host: &str, within: Duration) -> Option<std::process::ExitStatus> {
+    pub fn wait_agent_exit(
+        &mut self,
+        host: &str,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         let p = self.agents.get_mut(host).expect("agent started");
         loop {

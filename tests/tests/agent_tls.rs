@@ -73,9 +73,18 @@ fn agents_join_a_tls_auto_controller_with_only_the_token() {
     mesh.start_agent_with("a3", site("aws", "vpc-a"), &plain_url, &without_pin, &[]);
     mesh.start_agent_with("z1", site("azure", "vnet-z"), &url, &without_pin, &[]);
     for (host, says) in [
-        ("a2", format!("wrong pin: the controller's certificate key is {pin}, not the pinned {wrong}")),
-        ("a3", "the controller answered with TLS; use https:// instead of http://".to_owned()),
-        ("z1", "the controller's certificate is not signed by a trusted CA".to_owned()),
+        (
+            "a2",
+            format!("wrong pin: the controller's certificate key is {pin}, not the pinned {wrong}"),
+        ),
+        (
+            "a3",
+            "the controller answered with TLS; use https:// instead of http://".to_owned(),
+        ),
+        (
+            "z1",
+            "the controller's certificate is not signed by a trusted CA".to_owned(),
+        ),
     ] {
         let status = mesh
             .wait_agent_exit(host, EXIT)

@@ -23,7 +23,11 @@ async fn agent_fails_over_between_controllers() {
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let mut client = ControlClient::new(vec![dead_url, first.url(), second.url()], ClientTls::new(None, None).unwrap()).unwrap();
+    let mut client = ControlClient::new(
+        vec![dead_url, first.url(), second.url()],
+        ClientTls::new(None, None).unwrap(),
+    )
+    .unwrap();
     let joined = client
         .join(&token, api_checks::join_request(&net, "roamer"))
         .await
@@ -94,5 +98,11 @@ async fn agent_fails_over_between_controllers() {
         "{err:?}"
     );
     assert!(ControlClient::new(vec![], ClientTls::new(None, None).unwrap()).is_err());
-    assert!(ControlClient::new(vec!["not a url".into()], ClientTls::new(None, None).unwrap()).is_err());
+    assert!(
+        ControlClient::new(
+            vec!["not a url".into()],
+            ClientTls::new(None, None).unwrap()
+        )
+        .is_err()
+    );
 }

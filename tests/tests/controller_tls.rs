@@ -131,7 +131,12 @@ impl AutoTlsController {
             .unwrap();
         let child = Command::new(cladnet_tests::bin_path("cladnet-controller"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--reflector-listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .args([
+                "--reflector-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "off",
+            ])
             .arg("--store")
             .arg(format!("embedded:{}", dir.join("s.redb").display()))
             .args(["--tls", "auto", "--tls-dir"])
@@ -211,15 +216,34 @@ fn tls_auto_keeps_its_key_shows_its_pin_and_explains_failures() {
     let pin = show_pin(dir.path());
     assert!(pin.starts_with("sha256:") && pin.len() == 7 + 64, "{pin}");
     let key = dir.path().join("tls/controller.key");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "key mode {mode:o}");
     let cert_before = std::fs::read(dir.path().join("tls/controller.crt")).unwrap();
 
     // The CLI with the pin: works; the token it mints carries the pin (REST and gRPC share
     // the response message, so `--json` is the REST body too).
-    let out = cli(&ctl.url, &["--pin", &pin, "network", "create", "t", "--id", "t", "--cidr", "10.9.0.0/24"]);
+    let out = cli(
+        &ctl.url,
+        &[
+            "--pin",
+            &pin,
+            "network",
+            "create",
+            "t",
+            "--id",
+            "t",
+            "--cidr",
+            "10.9.0.0/24",
+        ],
+    );
     assert!(out.status.success(), "{out:?}");
-    let out = cli(&ctl.url, &["--pin", &pin, "--json", "token", "create", "t", "--uses", "1"]);
+    let out = cli(
+        &ctl.url,
+        &[
+            "--pin", &pin, "--json", "token", "create", "t", "--uses", "1",
+        ],
+    );
     assert!(out.status.success(), "{out:?}");
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(created["controllerPin"], pin.as_str());
@@ -236,7 +260,12 @@ fn tls_auto_keeps_its_key_shows_its_pin_and_explains_failures() {
     let out = cli(&ctl.url, &["--pin", &wrong, "health"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{err}");
-    assert!(err.contains(&format!("wrong pin: the controller's certificate key is {pin}, not the pinned {wrong}")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "wrong pin: the controller's certificate key is {pin}, not the pinned {wrong}"
+        )),
+        "{err}"
+    );
     let out = cli(&ctl.url, &["health"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not signed by a trusted CA"), "{err}");
@@ -260,7 +289,10 @@ fn tls_auto_keeps_its_key_shows_its_pin_and_explains_failures() {
     drop(ctl);
     let ctl = AutoTlsController::start(dir.path(), port);
     assert_eq!(show_pin(dir.path()), pin);
-    assert_eq!(std::fs::read(dir.path().join("tls/controller.crt")).unwrap(), cert_before);
+    assert_eq!(
+        std::fs::read(dir.path().join("tls/controller.crt")).unwrap(),
+        cert_before
+    );
     let out = cli(&ctl.url, &["--pin", &pin, "health"]);
     assert!(out.status.success(), "{out:?}");
 }
@@ -294,7 +326,9 @@ async fn plain_listener_drops_connections_that_send_no_request() {
         start.elapsed().as_secs_f64()
     });
     let url = format!("http://127.0.0.1:{port}");
-    let out = tokio::task::spawn_blocking(move || cli(&url, &["health"])).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || cli(&url, &["health"]))
+        .await
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let limit = server::HEADER_READ_TIMEOUT.as_secs_f64();
     for h in idle {
@@ -344,7 +378,9 @@ async fn single_use_join_tokens() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(
-        refused.message().contains(&format!("join token {id} is used up (1 of 1 joins)")),
+        refused
+            .message()
+            .contains(&format!("join token {id} is used up (1 of 1 joins)")),
         "{refused:?}"
     );
     // node-a under another key is a new registration: it would need a use too.

@@ -435,14 +435,16 @@ fn client_tls(
         ),
         None => token_pin,
     };
-    let tls = ClientTls::new(pin, ca_cert)
-        .map_err(|e| bad("ca_cert", e.to_string()))?;
+    let tls = ClientTls::new(pin, ca_cert).map_err(|e| bad("ca_cert", e.to_string()))?;
     if let Some(plain) = controllers.iter().find(|c| c.starts_with("http://"))
         && (pin.is_some() || ca_cert.is_some())
     {
         let (field, what) = match (&controller_pin, token_pin, &ca_cert) {
             (Some(_), _, _) => ("controller_pin", "controller_pin is set"),
-            (None, Some(_), _) => ("controllers", "the join token pins the controller's TLS key"),
+            (None, Some(_), _) => (
+                "controllers",
+                "the join token pins the controller's TLS key",
+            ),
             _ => ("ca_cert", "ca_cert is set"),
         };
         return Err(bad(
@@ -575,7 +577,10 @@ mod tests {
             ca_cert: Some(missing),
             ..base()
         });
-        assert!(e.starts_with("config ca_cert:") && e.contains("missing.pem"), "{e}");
+        assert!(
+            e.starts_with("config ca_cert:") && e.contains("missing.pem"),
+            "{e}"
+        );
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").unwrap();
         let e = err(Settings {

@@ -220,7 +220,10 @@ t2        -            2023-11-14T22:13:20Z  never                 unlimited
         };
         let out = render_created(&pinned);
         assert!(
-            out.contains(&format!("TLS pin:      sha256:{} (in the token)\n", "ab".repeat(32))),
+            out.contains(&format!(
+                "TLS pin:      sha256:{} (in the token)\n",
+                "ab".repeat(32)
+            )),
             "{out}"
         );
     }
