@@ -320,8 +320,11 @@ impl NetworkService for Fake {
                 description: r.description,
                 created_at,
                 expires_at: if ttl == 0 { 0 } else { created_at + ttl },
+                max_uses: r.max_uses,
+                uses: 0,
             }),
             token: "cnj.tok1.s3cr3t".into(),
+            controller_pin: String::new(),
         }))
     }
 
@@ -779,5 +782,34 @@ async fn https_with_ca_cert() {
     let plain = format!("http://{addr}");
     let o = cladnet(&["--controller", &plain, "--ca-cert", ca_path, "health"]).await;
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    // The pin of the certificate's key is enough; a wrong one fails saying so.
+    let pin = cladnet_proto::tls::Pin::of_certificate(certified.cert.der()).unwrap();
+    let o = cladnet(&["--controller", &url, "--pin", &pin.to_string(), "health"]).await;
+    assert_ok(&o);
+    let wrong = format!("sha256:{}", "00".repeat(32));
+    let o = cladnet(&["--controller", &url, "--pin", &wrong, "health"]).await;
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("wrong pin") && err.contains(&pin.to_string()) && err.contains(&wrong),
+        "{err}"
+    );
+    // Neither pin nor CA: the system roots do not know this certificate.
+    let o = cladnet(&["--controller", &url, "health"]).await;
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("not signed by a trusted CA"), "{err}");
+    // http:// to the TLS port.
+    let o = cladnet(&["--controller", &plain, "health"]).await;
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("answered with TLS; use https://"), "{err}");
+    // https:// to a plain port.
+    let plain_fake = start_fake().await.replace("http://", "https://");
+    let o = cladnet(&["--controller", &plain_fake, "--pin", &wrong, "health"]).await;
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("did not answer with TLS"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

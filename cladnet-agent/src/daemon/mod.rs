@@ -130,7 +130,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         }
     };
     let mut agent = Agent {
-        client: ControlClient::new(cfg.controllers.clone())?,
+        client: ControlClient::new(cfg.controllers.clone(), cfg.tls.clone())?,
         cfg,
         identity,
         engine,

@@ -103,9 +103,15 @@ fn demo(once: bool, trials: u32) {
     }
     let topo = b.build().expect("build the topology");
 
-    step(2, "starting the controller on the embedded store");
-    let mut mesh = Mesh::with_controller(topo, "ctl");
-    println!("      controller at {}", mesh.controller_url());
+    step(
+        2,
+        "starting the controller on the embedded store, TLS with its own certificate",
+    );
+    let mut mesh = Mesh::with_tls_controller(topo, "ctl");
+    println!(
+        "      controller at {} (--tls auto; agents trust the pin in their join token)",
+        mesh.controller_url()
+    );
     if cfg!(debug_assertions) {
         println!(
             "      (debug binaries: overlay RTTs are about 10x those of release builds, which \
@@ -195,12 +201,13 @@ fn demo(once: bool, trials: u32) {
     println!("      traffic:  ip netns exec {a1} ping {z1}");
     // The controller is reachable from this machine through the console's forward.
     println!(
-        "      CLI:      {} --controller http://{console} --token {} peers demo",
+        "      CLI:      {} --controller https://{console} --ca-cert {} --token {} peers demo",
         cladnet_tests::bin_path("cladnet").display(),
+        mesh.tls_dir().join("controller.crt").display(),
         cladnet_tests::MESH_ADMIN_TOKEN
     );
     println!(
-        "      console:  http://{console}/console/#token={}&net=demo",
+        "      console:  https://{console}/console/#token={}&net=demo (self-signed: the browser asks to accept it)",
         cladnet_tests::MESH_ADMIN_TOKEN
     );
     println!("      logs:     {}", mesh.log_dir().display());
@@ -240,7 +247,7 @@ fn forward_console(mesh: &Mesh) -> (Process, SocketAddr) {
         .stdin(Stdio::from(OwnedFd::from(listener)))
         .stdout(Stdio::null());
     let forwarder = Process::spawn(&mut cmd).expect("start the console forwarder");
-    let status = http_status(addr, "/console/");
+    let status = https_status(addr, "/console/", &mesh.tls_dir().join("controller.crt"));
     assert_eq!(
         status.as_deref(),
         Some("200"),
@@ -249,18 +256,17 @@ fn forward_console(mesh: &Mesh) -> (Process, SocketAddr) {
     (forwarder, addr)
 }
 
-/// The status code of `GET path` on `addr`.
-fn http_status(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0; 12];
-    s.read_exact(&mut head).ok()?;
-    Some(String::from_utf8_lossy(&head[9..12]).into_owned())
+/// The status code of `GET path` on `addr` over TLS, trusting the controller's own
+/// certificate (it names 127.0.0.1), as a browser that accepted it would.
+fn https_status(addr: SocketAddr, path: &str, ca: &std::path::Path) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .arg("--cacert")
+        .arg(ca)
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The forwarder (in the controller's namespace): every connection accepted on the inherited
