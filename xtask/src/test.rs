@@ -90,8 +90,8 @@ pub(crate) fn smoke() -> anyhow::Result<()> {
     run(&mut cmd)
 }
 
-/// What `cargo xtask demo` builds: release binaries (debug ones make overlay RTTs about ten
-/// times longer), the demo among them, so it starts its siblings in `target/release`.
+/// What `cargo xtask demo` builds: release binaries (debug ones make the RTTs across clouds
+/// several times longer), the demo among them, so it starts its siblings in `target/release`.
 const DEMO_BUILD: [&str; 12] = [
     "build",
     "--release",

@@ -232,16 +232,16 @@ async fn create(args: CreateArgs, ctx: &mut Ctx) -> anyhow::Result<()> {
         .into_inner();
     ctx.emit(&created, |n| {
         // Every other command takes the id, not the name: say which one to use.
-        let mut s = format!("Created network {}.\n", n.cladnet_id);
-        if n.cladnet_id != n.name {
-            s = format!(
-                "Created network {id} (name {name:?}); other commands take the id: cladnet peers {id}\n",
-                id = n.cladnet_id,
-                name = n.name
-            );
-        }
-        s.push_str(&render_network(n));
-        s
+        let id = &n.cladnet_id;
+        let first = if *id == n.name {
+            format!("Created network {id}.\n")
+        } else {
+            format!(
+                "Created network {id} (name {:?}); other commands take the id: cladnet peers {id}\n",
+                n.name
+            )
+        };
+        first + &render_network(n)
     })
 }
 

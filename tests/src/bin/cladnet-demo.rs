@@ -114,8 +114,8 @@ fn demo(once: bool, trials: u32) {
     );
     if cfg!(debug_assertions) {
         println!(
-            "      (debug binaries: overlay RTTs are about 10x those of release builds, which \
-             `cargo xtask demo` runs)"
+            "      (debug binaries: RTTs across clouds are several times those of the release \
+             build `cargo xtask demo` runs)"
         );
     }
     let (_forwarder, console) = forward_console(&mesh);
