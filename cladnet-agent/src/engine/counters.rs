@@ -35,11 +35,14 @@ pub enum Drop {
     WgNoSession,
     /// The TUN device handed over a packet its offload metadata does not describe.
     BadTunPacket,
+    /// A reflector answer from another address than the probed reflector, or with the nonce
+    /// of no probe in flight.
+    UnsolicitedReflector,
 }
 
 impl Drop {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::Plain(plain::DropReason::Truncated),
         Self::Plain(plain::DropReason::BadVersion),
         Self::Plain(plain::DropReason::BadHeader),
@@ -59,6 +62,7 @@ impl Drop {
         Self::NotIpv4,
         Self::WgNoSession,
         Self::BadTunPacket,
+        Self::UnsolicitedReflector,
     ];
 
     /// Counter slot.
@@ -77,6 +81,7 @@ impl Drop {
             Self::NotIpv4 => 16,
             Self::WgNoSession => 17,
             Self::BadTunPacket => 18,
+            Self::UnsolicitedReflector => 19,
         }
     }
 
@@ -104,6 +109,7 @@ impl Drop {
             Self::NotIpv4 => "not_ipv4",
             Self::WgNoSession => "wg_no_session",
             Self::BadTunPacket => "bad_tun_packet",
+            Self::UnsolicitedReflector => "reflector_unsolicited",
         }
     }
 

@@ -53,7 +53,39 @@ pub trait TunIo: Send + Sync + 'static {
     fn write(&self, buf: &[u8]) -> io::Result<usize>;
 }
 
-type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<SocketAddrV4>>>>;
+/// Reflector probes waiting for their answers, by nonce.
+type Waiters = Arc<Mutex<HashMap<u64, Waiter>>>;
+
+/// How long an unanswered keepalive probe's nonce is remembered.
+const WAITER_TTL: Duration = Duration::from_secs(10);
+
+/// A reflector probe in flight.
+#[derive(Debug)]
+struct Waiter {
+    /// Where it went: only an answer from that address counts.
+    reflector: SocketAddr,
+    /// When it was sent.
+    sent: Instant,
+    /// Where the answer goes.
+    reply: Reply,
+}
+
+#[derive(Debug)]
+enum Reply {
+    /// [`Userspace::probe`] waits for this one.
+    Once(oneshot::Sender<SocketAddrV4>),
+    /// A [`Userspace::keepalive`] probe.
+    Keepalive(mpsc::UnboundedSender<Reflection>),
+}
+
+/// The answer to a keepalive probe of the reflector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reflection {
+    /// When the probe was sent (answers may arrive out of order; the newest probe wins).
+    pub sent: Instant,
+    /// This node's endpoint as the reflector saw it.
+    pub seen: SocketAddrV4,
+}
 
 /// A running userspace engine.
 #[derive(Debug)]
@@ -143,7 +175,14 @@ impl Userspace {
             getrandom::fill(&mut nonce).expect("the OS random source works");
             let nonce = u64::from_be_bytes(nonce);
             let (tx, rx) = oneshot::channel();
-            self.lock_waiters().insert(nonce, tx);
+            self.lock_waiters().insert(
+                nonce,
+                Waiter {
+                    reflector,
+                    sent: Instant::now(),
+                    reply: Reply::Once(tx),
+                },
+            );
             let sent = self.socket.send_to(&reflector::request(nonce), reflector);
             let answer = match sent {
                 Ok(_) => tokio::time::timeout(wait, rx)
@@ -166,10 +205,69 @@ impl Userspace {
         })
     }
 
-    fn lock_waiters(
+    /// Sends one probe to `reflector` without waiting for it: the answer, if one comes from
+    /// that address with the probe's nonce, arrives on `answers`. Cheap enough to run several
+    /// times a second, so an idle host notices at once that its public address moved.
+    pub fn keepalive(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<SocketAddrV4>>> {
+        reflector: SocketAddr,
+        answers: &mpsc::UnboundedSender<Reflection>,
+    ) -> Result<(), ProbeError> {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).expect("the OS random source works");
+        let nonce = u64::from_be_bytes(nonce);
+        let now = Instant::now();
+        {
+            let mut waiters = self.lock_waiters();
+            // Unanswered probes (lost on the way) are forgotten after a while.
+            waiters.retain(|_, w| now.saturating_duration_since(w.sent) < WAITER_TTL);
+            waiters.insert(
+                nonce,
+                Waiter {
+                    reflector,
+                    sent: now,
+                    reply: Reply::Keepalive(answers.clone()),
+                },
+            );
+        }
+        if let Err(source) = self.socket.send_to(&reflector::request(nonce), reflector) {
+            self.lock_waiters().remove(&nonce);
+            return Err(ProbeError::Io { reflector, source });
+        }
+        Ok(())
+    }
+
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Hands a reflector answer from `from` to the probe it answers. Answers from anywhere but
+/// the reflector that probe went to, or with a nonce no probe in flight carries, are dropped
+/// and counted: anyone can send this node a datagram claiming to be the reflector.
+fn deliver_reflection(
+    router: &Router,
+    waiters: &Waiters,
+    from: SocketAddr,
+    nonce: u64,
+    seen: SocketAddrV4,
+) {
+    let mut waiters = waiters.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(waiter) = waiters.get(&nonce).filter(|w| w.reflector == from) else {
+        drop(waiters);
+        router.drops().add(Drop::UnsolicitedReflector);
+        debug!(%from, "reflector answer from an unexpected source or with an unknown nonce");
+        return;
+    };
+    let sent = waiter.sent;
+    match waiters.remove(&nonce).map(|w| w.reply) {
+        Some(Reply::Once(tx)) => {
+            let _ = tx.send(seen);
+        }
+        Some(Reply::Keepalive(tx)) => {
+            let _ = tx.send(Reflection { sent, seen });
+        }
+        None => {}
     }
 }
 
@@ -434,13 +532,7 @@ fn udp_to_tun(
                     Inbound::Deliver(packet) => writer.push(packet),
                     Inbound::Reply { datagram, to } => tx.push(datagram, to),
                     Inbound::Reflected { nonce, seen } => {
-                        let waiter = waiters
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&nonce);
-                        if let Some(w) = waiter {
-                            let _ = w.send(seen);
-                        }
+                        deliver_reflection(router, waiters, meta.addr, nonce, seen);
                     }
                     Inbound::Nothing | Inbound::Dropped(_) => {}
                 }
