@@ -392,7 +392,10 @@ pub struct Config {
     /// Where the receive program runs (`RX_HOOK_*`), for an agent that takes over pinned
     /// programs; the programs ignore it.
     pub rx_hook: u32,
-    _reserved: u32,
+    /// The underlay device's own `rp_filter` before the agent loosened it, plus one (0 = the
+    /// agent changed nothing): detach restores it, also when another agent process took the
+    /// pins over in between. The programs ignore it.
+    pub rp_filter_saved: u32,
 }
 
 const _: () = assert!(size_of::<Config>() == 32);
@@ -424,7 +427,7 @@ impl Config {
             underlay_ifindex: 0,
             overlay_ifindex: 0,
             rx_hook: Self::RX_HOOK_NONE,
-            _reserved: 0,
+            rp_filter_saved: 0,
         }
     }
 
