@@ -230,7 +230,7 @@ impl KernelDataplane {
         if let Some(was) = sysctl::loosen_rp_filter(&cfg.underlay)? {
             // Saved in the pinned configuration, so whichever process detaches restores it.
             let mut c = tables.config()?;
-            c.rp_filter_saved = u32::from(was) + 1;
+            c.rp_filter_saved = was.saturating_add(1);
             tables.set_config(c)?;
             rp_filter_changed.push(format!("net.ipv4.conf.{}.rp_filter", cfg.underlay));
         }
@@ -318,6 +318,13 @@ impl KernelDataplane {
         Ok(cfg)
     }
 
+    /// Sets this node's overlay address: receive decapsulates only inner packets to it (others
+    /// are dropped as `plain_wrong_destination`).
+    pub fn set_local_overlay(&mut self, overlay_ip: Ipv4Addr) -> Result<(), EbpfError> {
+        self.update_config(|c| c.set_local_overlay_ip(overlay_ip.octets()))?;
+        Ok(())
+    }
+
     /// Sets this node's index (CLAD header sender id) and underlay address (outer source;
     /// receive accepts only datagrams to it). Call before installing peers, and again when the
     /// underlay address changes.
@@ -391,8 +398,7 @@ impl KernelDataplane {
         if let Some(c) = saved
             && let Some(underlay) = crate::sys::interface_name(c.underlay_ifindex)
         {
-            let was = u8::try_from(c.rp_filter_saved - 1).unwrap_or(0);
-            sysctl::restore_rp_filter(&underlay, was);
+            sysctl::restore_rp_filter(&underlay, c.rp_filter_saved - 1);
         }
         Ok(())
     }
@@ -570,6 +576,7 @@ fn take_over(
     }
     config.rx_hook = old.rx_hook;
     config.rp_filter_saved = old.rp_filter_saved;
+    config.set_local_overlay_ip(old.local_overlay_ip());
     tables.set_config(config)?;
     let mut ebpf = load_object(Some(pin_dir))?;
     let (mode, reason) = replace_underlay(&mut ebpf, cfg, &old, config.underlay_ifindex)?;

@@ -569,3 +569,74 @@ impl TunIo for sys::tun::TunQueue {
         Self::write(self, buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TUN stand-in that never produces a packet.
+    struct Idle;
+
+    impl TunIo for Idle {
+        fn read(&self, _: &mut [u8]) -> io::Result<usize> {
+            loop {
+                thread::park();
+            }
+        }
+
+        fn write(&self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+    }
+
+    /// Loopback only: the engine's tunnel socket, a reflector and a forger.
+    #[tokio::test]
+    async fn reflector_answers_count_only_from_the_probed_reflector_with_its_nonce() {
+        let router = Arc::new(Router::new(cladnet_wg::PrivateKey::from_bytes([3; 32])));
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (engine, _events) =
+            Userspace::start(router.clone(), Arc::new(Idle), false, socket).unwrap();
+        let reflector = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let reflector_addr = reflector.local_addr().unwrap();
+        let genuine: SocketAddrV4 = "198.18.1.10:8055".parse().unwrap();
+        let forged: SocketAddrV4 = "203.0.113.66:6666".parse().unwrap();
+        let (answers_tx, mut answers) = mpsc::unbounded_channel();
+        let server = thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            for _ in 0..2 {
+                let (n, agent) = reflector.recv_from(&mut buf).unwrap();
+                let nonce = reflector::parse_request(&buf[..n]).unwrap();
+                // Another source with the right nonce (an on-path observer) and with a wrong
+                // one, then the reflector itself with a wrong nonce: all three refused.
+                forger
+                    .send_to(&reflector::response(nonce, forged), agent)
+                    .unwrap();
+                forger
+                    .send_to(&reflector::response(nonce ^ 1, forged), agent)
+                    .unwrap();
+                reflector
+                    .send_to(&reflector::response(nonce ^ 1, forged), agent)
+                    .unwrap();
+                reflector
+                    .send_to(&reflector::response(nonce, genuine), agent)
+                    .unwrap();
+            }
+        });
+        let seen = engine
+            .probe(reflector_addr, 1, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(seen, genuine);
+        engine.keepalive(reflector_addr, &answers_tx).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), answers.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.seen, genuine);
+        server.join().unwrap();
+        assert_eq!(router.drops().get(Drop::UnsolicitedReflector), 6);
+        // Nothing else arrived on the keepalive channel.
+        assert!(answers.try_recv().is_err());
+    }
+}
