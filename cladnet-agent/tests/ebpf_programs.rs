@@ -810,8 +810,5 @@ fn peer_updates_keep_the_maps_consistent() {
 
 #[test]
 fn reflector_magic_matches_the_controller() {
-    assert_eq!(
-        cladnet_common::rx::REFLECTOR_MAGIC,
-        cladnet_core::reflector::MAGIC
-    );
+    assert_eq!(rx::REFLECTOR_MAGIC, cladnet_core::reflector::MAGIC);
 }
