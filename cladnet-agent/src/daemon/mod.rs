@@ -660,3 +660,21 @@ fn on_peer_event(ev: &PeerEvent) {
         PeerEvent::HandshakeTimedOut { node_id } => warn!(node_id, "handshake timed out"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wall_clock_ahead_of_the_monotonic_one_is_a_resume() {
+        let mut clocks = Clocks::now();
+        assert!(!clocks.resumed(), "no time passed");
+        // As after 10 s of suspend: the wall clock moved on, the monotonic one did not.
+        clocks.wall -= Duration::from_secs(10);
+        assert!(clocks.resumed());
+        assert!(!clocks.resumed(), "reported once");
+        // A wall clock stepped back is no resume.
+        clocks.wall += Duration::from_secs(3600);
+        assert!(!clocks.resumed());
+    }
+}
