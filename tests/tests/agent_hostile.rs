@@ -249,9 +249,8 @@ fn hostile_datagrams_are_dropped_and_counted() {
     // Someone sharing a1's address flaps a1's port at a2: the first datagram moves a1 (a
     // NAT port change looks the same), the next 50 within the second are dropped and
     // counted, and a1's own traffic takes its port back a second later.
-    let limited = |d: &BTreeMap<String, u64>| {
-        d.get("plain_port_change_limited").copied().unwrap_or(0)
-    };
+    let limited =
+        |d: &BTreeMap<String, u64>| d.get("plain_port_change_limited").copied().unwrap_or(0);
     let flap_before = limited(&drops(&mesh, "a2"));
     a1.exec([
         "python3",
