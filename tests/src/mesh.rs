@@ -264,7 +264,6 @@ impl Mesh {
                 "--vpc",
                 site.vpc,
             ])
-            .args(["--probe-interval-secs", "1"])
             .args(if extra.contains(&"--metrics-listen") {
                 &[][..]
             } else {
