@@ -883,8 +883,7 @@ mod chain_tests {
 
     #[test]
     fn tls_answer_is_found_by_its_text_after_h2_copies_it() {
-        let copied = io::Error::new(
-            io::ErrorKind::Other,
+        let copied = io::Error::other(
             ConnectError::TlsOnPlainUrl {
                 url: "http://h:1".into(),
             }
