@@ -146,9 +146,10 @@ fn main() -> anyhow::Result<()> {
                 .overridden_by(*settings)
                 .resolve()?;
             println!(
-                "ok: network {} via {} as {} on udp/{}; data in {}; dataplane {:?}; metrics {}",
+                "ok: network {} via {} (https trusts {}) as {} on udp/{}; data in {}; dataplane {:?}; metrics {}",
                 cfg.network,
                 cfg.controllers.join(", "),
+                cfg.tls.trusted(),
                 cfg.interface,
                 cfg.listen_port,
                 cfg.data_dir.display(),

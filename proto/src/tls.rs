@@ -183,7 +183,9 @@ impl ClientTls {
         self.pin
     }
 
-    fn what_is_trusted(&self) -> String {
+    /// What an `https://` controller is trusted by, in words (`the pin sha256:…`, `the CA file
+    /// …`, `the system's root CAs`).
+    pub fn trusted(&self) -> String {
         match (&self.pin, &self.ca) {
             (Some(p), _) => format!("the pin {p}"),
             (None, Some((path, _))) => format!("the CA file {}", path.display()),
@@ -617,7 +619,7 @@ fn endpoint(
             url: url.to_owned(),
             reason: "host is not a valid TLS server name".into(),
         })?;
-        Some((Arc::new(config), name, tls.what_is_trusted()))
+        Some((Arc::new(config), name, tls.trusted()))
     } else {
         None
     };
@@ -883,8 +885,7 @@ mod chain_tests {
 
     #[test]
     fn tls_answer_is_found_by_its_text_after_h2_copies_it() {
-        let copied = io::Error::new(
-            io::ErrorKind::Other,
+        let copied = io::Error::other(
             ConnectError::TlsOnPlainUrl {
                 url: "http://h:1".into(),
             }
