@@ -4,10 +4,19 @@
 //! `Unavailable`), the client moves to the next endpoint and retries, once around the list.
 //! Controllers are stateless over a shared store, so any of them can serve any call; a Watch
 //! resumed on another controller with `fromRevision` continues exactly where it stopped.
+//!
+//! `https://` controllers are trusted by the pin of the join token, a CA file or the system
+//! roots (see `cladnet_proto::tls`). A controller that answers but cannot be trusted (wrong
+//! pin, unknown CA, TLS against plain HTTP or the reverse) is a configuration error: when no
+//! endpoint works and one failed that way, the call fails with [`ControlError::Tls`] instead
+//! of being retried as unreachable.
 
 use std::time::Duration;
 
-use cladnet_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
+use cladnet_proto::{
+    tls::{self, ClientTls, ConnectError},
+    v1::{self as pb, agent_service_client::AgentServiceClient},
+};
 use tonic::{Code, Request, Status, Streaming, transport::Channel};
 use tracing::{info, warn};
 
@@ -40,6 +49,14 @@ pub enum ControlError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A controller was reached but could not be trusted, or speaks the other protocol.
+    #[error("{call}: {reason}")]
+    Tls {
+        /// The call.
+        call: &'static str,
+        /// What is wrong, naming the endpoint.
+        reason: String,
+    },
     /// A controller answered with an error (not a reachability problem).
     #[error("{call} refused by {endpoint}: {status}")]
     Refused {
@@ -67,11 +84,13 @@ pub struct ControlClient {
     current: usize,
     channel: Option<Channel>,
     connect_timeout: Duration,
+    tls: ClientTls,
 }
 
 impl ControlClient {
-    /// A client for `endpoints` (`http://` or `https://` URLs), tried in order.
-    pub fn new(endpoints: Vec<String>) -> Result<Self, ControlError> {
+    /// A client for `endpoints` (`http://` or `https://` URLs), tried in order; `tls` says
+    /// how an `https://` controller is trusted.
+    pub fn new(endpoints: Vec<String>, tls: ClientTls) -> Result<Self, ControlError> {
         if endpoints.is_empty() {
             return Err(ControlError::BadEndpoint {
                 endpoint: String::new(),
@@ -79,7 +98,7 @@ impl ControlClient {
             });
         }
         for e in &endpoints {
-            Channel::from_shared(e.clone()).map_err(|err| ControlError::BadEndpoint {
+            tls::check_url(e).map_err(|err| ControlError::BadEndpoint {
                 endpoint: e.clone(),
                 reason: err.to_string(),
             })?;
@@ -89,6 +108,7 @@ impl ControlClient {
             current: 0,
             channel: None,
             connect_timeout: Duration::from_secs(3),
+            tls,
         })
     }
 
@@ -185,6 +205,7 @@ impl ControlClient {
                 reason: "token is not ASCII".into(),
             })?;
         let mut last = String::new();
+        let mut tls_failure = None;
         for _ in 0..self.endpoints.len() {
             let result = match self.channel().await {
                 Ok(channel) => {
@@ -193,12 +214,24 @@ impl ControlClient {
                     f(AgentServiceClient::new(channel), req).await.map_err(Some)
                 }
                 Err(e) => {
-                    last = e;
+                    if e.is_tls_failure() {
+                        tls_failure = Some(e.to_string());
+                    }
+                    last = e.to_string();
                     Err(None)
                 }
             };
             match result {
                 Ok(v) => return Ok(v),
+                // `http://` to a TLS port connects, then the first call fails on the answer.
+                Err(Some(status))
+                    if let Some(e) = std::error::Error::source(&status)
+                        .and_then(tls::find_connect_error)
+                        .filter(ConnectError::is_tls_failure) =>
+                {
+                    last = e.to_string();
+                    tls_failure = Some(last.clone());
+                }
                 Err(Some(status)) if status.code() != Code::Unavailable => {
                     return Err(ControlError::Refused {
                         call: name,
@@ -206,11 +239,14 @@ impl ControlClient {
                         status,
                     });
                 }
-                Err(Some(status)) => last = status.to_string(),
+                Err(Some(status)) => last = tls::describe_status(&status),
                 Err(None) => {}
             }
             warn!(call = name, endpoint = self.current(), error = %last, "controller unreachable, failing over");
             self.fail_over();
+        }
+        if let Some(reason) = tls_failure {
+            return Err(ControlError::Tls { call: name, reason });
         }
         Err(ControlError::Unreachable {
             call: name,
@@ -219,17 +255,11 @@ impl ControlClient {
         })
     }
 
-    async fn channel(&mut self) -> Result<Channel, String> {
+    async fn channel(&mut self) -> Result<Channel, ConnectError> {
         if let Some(c) = &self.channel {
             return Ok(c.clone());
         }
-        let endpoint = Channel::from_shared(self.current().to_owned())
-            .map_err(|e| e.to_string())?
-            .connect_timeout(self.connect_timeout);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("connecting to {}: {e}", self.current()))?;
+        let channel = tls::connect(self.current(), &self.tls, self.connect_timeout, None).await?;
         info!(endpoint = self.current(), "connected to controller");
         self.channel = Some(channel.clone());
         Ok(channel)

@@ -133,10 +133,12 @@ impl Pair {
             ]);
             ns.exec(&["ip", "link", "set", "ul0", "mtu", &mtu, "up"]);
         }
-        // Trap 2: strict reverse-path filtering on B drops decapsulated packets unless the
-        // attach loosens it.
-        ns_b.exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"]);
-        ns_b.exec(&["sysctl", "-qw", "net.ipv4.conf.ul0.rp_filter=1"]);
+        // Trap 2: strict reverse-path filtering drops decapsulated packets unless the attach
+        // loosens it; host-wide (`all`) strictness must stay as it is.
+        for ns in [&ns_a, &ns_b] {
+            ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"]);
+            ns.exec(&["sysctl", "-qw", "net.ipv4.conf.ul0.rp_filter=1"]);
+        }
 
         let pins_a = PinDir::new(&format!("{tag}-a"));
         let pins_b = PinDir::new(&format!("{tag}-b"));
@@ -161,13 +163,18 @@ impl Pair {
             let report = attached?;
             reports.push(report);
         }
-        let rb = &reports[1];
-        assert_eq!(
-            rb.rp_filter_changed,
-            ["net.ipv4.conf.all.rp_filter", "net.ipv4.conf.ul0.rp_filter"],
-            "{rb:?}"
-        );
-        assert_eq!(b.run(|_| sysctl::rp_filter("ul0").unwrap()), [2, 2]);
+        for (r, thread) in reports.iter().zip([&a, &b]) {
+            assert_eq!(
+                r.rp_filter_changed,
+                ["net.ipv4.conf.ul0.rp_filter"],
+                "{r:?}"
+            );
+            assert_eq!(
+                thread.run(|_| sysctl::rp_filter("ul0").unwrap()),
+                [1, 2],
+                "only the underlay's own rp_filter is loosened; `all` stays strict"
+            );
+        }
         let want = match mode {
             AttachMode::Auto | AttachMode::Driver => RxHook::XdpDriver,
             AttachMode::Generic => RxHook::XdpGeneric,
@@ -616,6 +623,12 @@ fn lifecycle(p: Pair, underlay_mtu: u32) {
     for (thread, ns, dir) in [(&p.a, &p.ns_a, pin_dir), (&p.b, &p.ns_b, pins_b)] {
         thread.run(|s| s.dp.take().unwrap().detach().unwrap());
         assert!(!dir.exists(), "{} still exists", dir.display());
+        // A (taken over twice since its attach) and B both restore what they loosened.
+        assert_eq!(
+            thread.run(|_| sysctl::rp_filter("ul0").unwrap()),
+            [1, 1],
+            "detach restores the underlay's rp_filter"
+        );
         let link = ns.exec(&["ip", "link", "show", "ul0"]);
         assert!(!link.contains("xdp"), "XDP still attached: {link}");
         let net = ns.exec(&["bpftool", "net", "show"]);

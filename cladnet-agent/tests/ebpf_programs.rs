@@ -18,7 +18,7 @@ use cladnet_agent::ebpf::{
 };
 use cladnet_common::{
     maps::{Config, MAX_PEERS},
-    plain,
+    plain, rx,
     wire::{CladHeader, CladType},
 };
 use cladnet_core::{policy::LinkMode, table::PeerConfig};
@@ -84,6 +84,7 @@ fn with_tester(test: &'static str, body: impl FnOnce(&mut ProgramTester) + Send 
         let mut config = Config::new(PORT);
         config.local_node_index = LOCAL_NODE;
         config.set_local_underlay_ip(LOCAL_UL);
+        config.set_local_overlay_ip(LOCAL_OVERLAY);
         config.underlay_ifindex = ul0;
         let mut tester = match ProgramTester::load(config) {
             Ok(t) => t,
@@ -403,6 +404,30 @@ fn rx_rows() -> Vec<RxRow> {
             want: Rx::Drop("plain_spoofed_source", true),
         },
         RxRow {
+            name: "inner destination: another overlay node",
+            frame: from_b(&clad(
+                B_NODE,
+                &ipv4(B_OVERLAY, [10, 77, 0, 9], 1, &icmp_echo(7, 1, 56)),
+            )),
+            want: Rx::Drop("plain_wrong_destination", true),
+        },
+        RxRow {
+            name: "inner destination: a host on the underlay",
+            frame: from_b(&clad(
+                B_NODE,
+                &ipv4(B_OVERLAY, [192, 168, 1, 1], 1, &icmp_echo(7, 1, 56)),
+            )),
+            want: Rx::Drop("plain_wrong_destination", true),
+        },
+        RxRow {
+            name: "inner destination: broadcast",
+            frame: from_b(&clad(
+                B_NODE,
+                &ipv4(B_OVERLAY, [255, 255, 255, 255], 1, &icmp_echo(7, 1, 56)),
+            )),
+            want: Rx::Drop("plain_wrong_destination", true),
+        },
+        RxRow {
             name: "inner not IPv4",
             frame: from_b(&with(&|p| p[8] = 0x60)),
             want: Rx::Drop("plain_bad_inner", true),
@@ -440,7 +465,12 @@ fn rx_rows() -> Vec<RxRow> {
                 node_index: B_NODE,
                 overlay_ip: B_OVERLAY,
             };
-            let got = plain::decapsulate(payload, Some(known)).unwrap_err();
+            let got = plain::decapsulate(payload, Some(known))
+                .and_then(|inner| {
+                    let hdr = inner.first_chunk().expect("a whole IPv4 header");
+                    rx::check_destination(hdr, LOCAL_OVERLAY)
+                })
+                .unwrap_err();
             assert_eq!(got.name(), name, "{}: userspace says {got:?}", r.name);
         }
     }
@@ -780,8 +810,5 @@ fn peer_updates_keep_the_maps_consistent() {
 
 #[test]
 fn reflector_magic_matches_the_controller() {
-    assert_eq!(
-        cladnet_common::rx::REFLECTOR_MAGIC,
-        cladnet_core::reflector::MAGIC
-    );
+    assert_eq!(rx::REFLECTOR_MAGIC, cladnet_core::reflector::MAGIC);
 }

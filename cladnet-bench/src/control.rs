@@ -681,6 +681,7 @@ impl<'a> Scenario<'a> {
                     cladnet_id: NETWORK_ID.into(),
                     description: "cladnet-bench".into(),
                     ttl_seconds: 0,
+                    max_uses: 0,
                 },
                 &self.admin,
             ))

@@ -5,13 +5,15 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
-use cladnet_proto::v1::network_service_client::NetworkServiceClient;
+use cladnet_proto::{
+    tls::{self, ClientTls, ConnectError, Pin},
+    v1::network_service_client::NetworkServiceClient,
+};
 use tonic::{
     Request, Status,
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+    transport::Channel,
 };
 
 use crate::error::CliError;
@@ -33,6 +35,8 @@ pub(crate) struct Settings {
     pub(crate) controller: String,
     /// CA certificate (PEM) to trust instead of the system roots for `https://`.
     pub(crate) ca_cert: Option<PathBuf>,
+    /// Pin of the controller's key for `https://` (accepts exactly that key).
+    pub(crate) pin: Option<Pin>,
     /// The admin token given inline.
     pub(crate) token: Option<String>,
     /// A file holding the admin token (used when no inline token is given).
@@ -84,32 +88,35 @@ impl Client {
                 None => None,
             };
         let url = settings.controller.clone();
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| CliError::Usage(format!("invalid --controller URL {url}: {e}")))?
-            .connect_timeout(settings.timeout)
-            .timeout(settings.timeout);
-        if url.starts_with("https://") {
-            let tls = match &settings.ca_cert {
-                Some(path) => {
-                    let pem = std::fs::read(path)
-                        .with_context(|| format!("reading --ca-cert {}", path.display()))?;
-                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+        if !url.starts_with("https://") {
+            for (set, flag) in [
+                (settings.ca_cert.is_some(), "--ca-cert"),
+                (settings.pin.is_some(), "--pin"),
+            ] {
+                if set {
+                    return Err(CliError::Usage(format!(
+                        "{flag} needs an https:// controller URL, not {url}"
+                    ))
+                    .into());
                 }
-                None => ClientTlsConfig::new().with_native_roots(),
-            };
-            endpoint = endpoint
-                .tls_config(tls)
-                .with_context(|| format!("setting up TLS for {url}"))?;
-        } else if settings.ca_cert.is_some() {
-            return Err(CliError::Usage(format!(
-                "--ca-cert needs an https:// controller URL, not {url}"
-            ))
-            .into());
+            }
         }
-        let channel = endpoint.connect().await.map_err(|e| CliError::Connect {
-            url: url.clone(),
-            reason: innermost(&e),
-        })?;
+        let tls = ClientTls::new(settings.pin, settings.ca_cert.as_deref())
+            .map_err(|e| CliError::Usage(format!("--ca-cert: {e}")))?;
+        let channel = tls::connect(&url, &tls, settings.timeout, Some(settings.timeout))
+            .await
+            .map_err(|e| match e {
+                e if e.is_tls_failure() => CliError::Tls(e.to_string()),
+                ConnectError::BadUrl { .. } => CliError::Usage(e.to_string()),
+                ConnectError::Io { source, .. } => CliError::Connect {
+                    url: url.clone(),
+                    reason: source.to_string(),
+                },
+                e => CliError::Connect {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                },
+            })?;
         Ok(Self {
             api: NetworkServiceClient::with_interceptor(channel, BearerAuth(auth)),
             url,
@@ -148,16 +155,6 @@ pub(crate) fn resolve_token(
         return Err(file_error("is empty".into()));
     }
     Ok(Some(t.to_owned()))
-}
-
-/// The message of the innermost error of a chain (e.g. `Connection refused (os error 111)`
-/// rather than `transport error`).
-fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = err;
-    while let Some(source) = last.source() {
-        last = source;
-    }
-    last.to_string()
 }
 
 #[cfg(test)]

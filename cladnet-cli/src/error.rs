@@ -63,6 +63,10 @@ pub(crate) enum CliError {
         /// The innermost transport error, e.g. `Connection refused (os error 111)`.
         reason: String,
     },
+    /// The controller answered but could not be trusted (wrong pin, unknown CA) or speaks
+    /// the other protocol (`http://` to a TLS port or the reverse).
+    #[error("{0}")]
+    Tls(String),
     /// An admin call was attempted without credentials.
     #[error(
         "no admin token: pass --token or --token-file (or set CLADNET_TOKEN / \
@@ -103,6 +107,13 @@ impl CliError {
     /// could not be reached.
     pub(crate) fn call(action: impl Into<String>, status: &tonic::Status, url: &str) -> Self {
         let code = status.code();
+        // `http://` to a TLS port connects; the first call then fails on the TLS answer.
+        if let Some(e) = std::error::Error::source(status)
+            .and_then(cladnet_proto::tls::find_connect_error)
+            .filter(cladnet_proto::tls::ConnectError::is_tls_failure)
+        {
+            return Self::Tls(e.to_string());
+        }
         let mut message = if status.message().is_empty() {
             code.description().to_owned()
         } else {
@@ -122,7 +133,7 @@ impl CliError {
     pub(crate) fn class(&self) -> ExitClass {
         match self {
             Self::Call { code, .. } => ExitClass::of_code(*code),
-            Self::Connect { .. } | Self::Unhealthy { .. } => ExitClass::Unavailable,
+            Self::Connect { .. } | Self::Tls(_) | Self::Unhealthy { .. } => ExitClass::Unavailable,
             Self::NoToken | Self::TokenFile { .. } => ExitClass::Auth,
             Self::Usage(_) => ExitClass::Usage,
             Self::NotSucceeded { .. } => ExitClass::Other,

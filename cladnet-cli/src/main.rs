@@ -46,7 +46,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 pub(crate) struct GlobalArgs {
-    /// Controller URL; https:// uses TLS (system roots, or --ca-cert).
+    /// Controller URL; https:// uses TLS (system roots, --ca-cert or --pin).
     #[arg(
         long,
         global = true,
@@ -59,6 +59,16 @@ pub(crate) struct GlobalArgs {
     /// CA certificate (PEM) to trust for an https:// controller instead of the system roots.
     #[arg(long, global = true, env = "CLADNET_CA_CERT", value_name = "PATH")]
     ca_cert: Option<PathBuf>,
+    /// Pin of an https:// controller's key (`sha256:<hex>`, from `cladnet-controller
+    /// show-pin` or `cladnet token create`): exactly that key is trusted, no CA needed.
+    #[arg(
+        long,
+        global = true,
+        env = "CLADNET_CONTROLLER_PIN",
+        value_name = "PIN",
+        value_parser = parse::pin
+    )]
+    pin: Option<cladnet_proto::tls::Pin>,
     /// Admin token (prefer --token-file or the environment: arguments are visible to other
     /// users of the machine).
     #[arg(
@@ -121,6 +131,7 @@ impl Cli {
         Settings {
             controller: self.global.controller.clone(),
             ca_cert: self.global.ca_cert.clone(),
+            pin: self.global.pin,
             token: self.global.token.clone(),
             token_file: self.global.token_file.clone(),
             timeout: Duration::from_secs(self.global.timeout),

@@ -135,6 +135,13 @@ pub(crate) fn controller_url(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// A controller pin: `sha256:<64 hex digits>` (or the bare hex).
+pub(crate) fn pin(s: &str) -> Result<cladnet_proto::tls::Pin, String> {
+    s.trim()
+        .parse()
+        .map_err(|e: cladnet_proto::tls::PinError| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

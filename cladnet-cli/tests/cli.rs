@@ -320,8 +320,11 @@ impl NetworkService for Fake {
                 description: r.description,
                 created_at,
                 expires_at: if ttl == 0 { 0 } else { created_at + ttl },
+                max_uses: r.max_uses,
+                uses: 0,
             }),
             token: "cnj.tok1.s3cr3t".into(),
+            controller_pin: String::new(),
         }))
     }
 
@@ -544,7 +547,25 @@ async fn show_create_update_and_recommend() {
     assert_ok(&o);
     let n: Network = serde_json::from_slice(&o.stdout).expect("decodes");
     assert_eq!(n.ipv4_address_space, "10.0.0.0/24");
-    assert_eq!(n.cladnet_id, "gen-1");
+    assert_eq!(n.cladnet_id, "new", "a valid name is the default id");
+
+    // A name that is no id: the controller generates one, and the output says to use it.
+    let o = admin_cli(&url, &["network", "create", "Web Tier", "--cidr", "auto"]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).starts_with(
+            "Created network gen-1 (name \"Web Tier\"); other commands take the id: cladnet peers gen-1\nID:             gen-1\n"
+        ),
+        "{}",
+        stdout(&o)
+    );
+    let o = admin_cli(&url, &["network", "create", "new", "--cidr", "auto"]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).starts_with("Created network new.\nID:             new\n"),
+        "{}",
+        stdout(&o)
+    );
 
     // Update sends the revision it read; the fake rejects any other.
     let o = admin_cli(
@@ -761,5 +782,34 @@ async fn https_with_ca_cert() {
     let plain = format!("http://{addr}");
     let o = cladnet(&["--controller", &plain, "--ca-cert", ca_path, "health"]).await;
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    // The pin of the certificate's key is enough; a wrong one fails saying so.
+    let pin = cladnet_proto::tls::Pin::of_certificate(certified.cert.der()).unwrap();
+    let o = cladnet(&["--controller", &url, "--pin", &pin.to_string(), "health"]).await;
+    assert_ok(&o);
+    let wrong = format!("sha256:{}", "00".repeat(32));
+    let o = cladnet(&["--controller", &url, "--pin", &wrong, "health"]).await;
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("wrong pin") && err.contains(&pin.to_string()) && err.contains(&wrong),
+        "{err}"
+    );
+    // Neither pin nor CA: the system roots do not know this certificate.
+    let o = cladnet(&["--controller", &url, "health"]).await;
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("not signed by a trusted CA"), "{err}");
+    // http:// to the TLS port.
+    let o = cladnet(&["--controller", &plain, "health"]).await;
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("answered with TLS; use https://"), "{err}");
+    // https:// to a plain port.
+    let plain_fake = start_fake().await.replace("http://", "https://");
+    let o = cladnet(&["--controller", &plain_fake, "--pin", &wrong, "health"]).await;
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("did not answer with TLS"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -143,17 +143,19 @@ pub enum KernelDrop {
     SpoofedSource = DropReason::SpoofedSource as u32,
     /// See [`DropReason::BadInner`].
     BadInner = DropReason::BadInner as u32,
+    /// See [`DropReason::WrongDestination`].
+    WrongDestination = DropReason::WrongDestination as u32,
     /// A datagram at the tunnel port that is neither WireGuard, CLAD nor a reflector answer.
-    UnknownMessage = 7,
+    UnknownMessage = 8,
     /// TX: the encapsulated packet (or one of its GSO segments) exceeds the underlay MTU.
-    Oversize = 8,
+    Oversize = 9,
     /// TX: a helper failed after the packet was already modified.
-    EncapFailed = 9,
+    EncapFailed = 10,
 }
 
 impl KernelDrop {
     /// Number of reasons, the size of [`MAP_DROPS`].
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     /// All reasons in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::Truncated,
@@ -163,6 +165,7 @@ impl KernelDrop {
         Self::WrongNode,
         Self::SpoofedSource,
         Self::BadInner,
+        Self::WrongDestination,
         Self::UnknownMessage,
         Self::Oversize,
         Self::EncapFailed,
@@ -179,6 +182,7 @@ impl KernelDrop {
             Self::WrongNode => "plain_wrong_node",
             Self::SpoofedSource => "plain_spoofed_source",
             Self::BadInner => "plain_bad_inner",
+            Self::WrongDestination => "plain_wrong_destination",
             Self::UnknownMessage => "unknown_message",
             Self::Oversize => "oversize",
             Self::EncapFailed => "encap_failed",
@@ -197,6 +201,7 @@ impl From<DropReason> for KernelDrop {
             DropReason::WrongNode => Self::WrongNode,
             DropReason::SpoofedSource => Self::SpoofedSource,
             DropReason::BadInner => Self::BadInner,
+            DropReason::WrongDestination => Self::WrongDestination,
         }
     }
 }
@@ -379,7 +384,11 @@ impl PeerCounters {
 #[repr(C)]
 pub struct Config {
     tunnel_port: [u8; 2],
-    _pad: [u8; 2],
+    /// The underlay device's own `rp_filter` before the agent loosened it, plus one (0 = the
+    /// agent changed nothing): detach restores it, also when another agent process took the
+    /// pins over in between. The programs ignore it.
+    pub rp_filter_saved: u8,
+    _pad: u8,
     /// `FLAG_*` bits.
     pub flags: u32,
     /// This node's index (CLAD header sender id), host order.
@@ -392,7 +401,9 @@ pub struct Config {
     /// Where the receive program runs (`RX_HOOK_*`), for an agent that takes over pinned
     /// programs; the programs ignore it.
     pub rx_hook: u32,
-    _reserved: u32,
+    /// This node's overlay address: RX decapsulates only inner packets addressed to it
+    /// (unless it is 0.0.0.0, not configured yet), network order.
+    local_overlay_ip: [u8; 4],
 }
 
 const _: () = assert!(size_of::<Config>() == 32);
@@ -417,14 +428,15 @@ impl Config {
     pub const fn new(tunnel_port: u16) -> Self {
         Self {
             tunnel_port: tunnel_port.to_be_bytes(),
-            _pad: [0; 2],
+            rp_filter_saved: 0,
+            _pad: 0,
             flags: 0,
             local_node_index: 0,
             local_underlay_ip: [0; 4],
             underlay_ifindex: 0,
             overlay_ifindex: 0,
             rx_hook: Self::RX_HOOK_NONE,
-            _reserved: 0,
+            local_overlay_ip: [0; 4],
         }
     }
 
@@ -454,6 +466,18 @@ impl Config {
     /// Sets the local underlay address (network order).
     pub const fn set_local_underlay_ip(&mut self, ip: [u8; 4]) {
         self.local_underlay_ip = ip;
+    }
+
+    /// This node's overlay address (the only inner destination RX decapsulates for, unless it
+    /// is 0.0.0.0), network order.
+    #[inline(always)]
+    pub const fn local_overlay_ip(&self) -> [u8; 4] {
+        self.local_overlay_ip
+    }
+
+    /// Sets this node's overlay address (network order).
+    pub const fn set_local_overlay_ip(&mut self, ip: [u8; 4]) {
+        self.local_overlay_ip = ip;
     }
 }
 
@@ -536,6 +560,7 @@ mod tests {
             DropReason::WrongNode,
             DropReason::SpoofedSource,
             DropReason::BadInner,
+            DropReason::WrongDestination,
         ];
         assert_eq!(plain.len(), DropReason::COUNT as usize);
         for r in plain {

@@ -22,11 +22,14 @@ pub enum DropReason {
     SpoofedSource = 5,
     /// The inner packet is not IPv4, or its length field disagrees with the datagram.
     BadInner = 6,
+    /// The inner destination is not this node's overlay address: a PLAIN peer (or whoever
+    /// shares its address) may not use this node to reach anything else.
+    WrongDestination = 7,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 
     /// Stable snake_case name (metrics label).
     pub const fn name(self) -> &'static str {
@@ -38,6 +41,7 @@ impl DropReason {
             Self::WrongNode => "wrong_node",
             Self::SpoofedSource => "spoofed_source",
             Self::BadInner => "bad_inner",
+            Self::WrongDestination => "wrong_destination",
         }
     }
 }
@@ -181,6 +185,7 @@ mod tests {
             DropReason::WrongNode.name(),
             DropReason::SpoofedSource.name(),
             DropReason::BadInner.name(),
+            DropReason::WrongDestination.name(),
         ];
         assert!(
             names

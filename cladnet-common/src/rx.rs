@@ -97,6 +97,20 @@ pub fn check_inner(
     Ok(InnerFit::Exact)
 }
 
+/// Checks that a decapsulated inner packet (`hdr`: its first `min(len, 20)` bytes, already
+/// accepted by [`check_inner`] or [`plain::decapsulate`](crate::plain::decapsulate)) is
+/// addressed to `local`, this node's overlay address (network order). PLAIN is
+/// unauthenticated: without this, a datagram naming a peer could make this node forward the
+/// inner packet anywhere its routing table reaches. `local` 0.0.0.0 means not configured yet
+/// (nothing is installed then), and checks nothing.
+#[inline(always)]
+pub fn check_destination(hdr: &[u8; INNER_HDR_LEN], local: [u8; 4]) -> Result<(), DropReason> {
+    if local != [0; 4] && [hdr[16], hdr[17], hdr[18], hdr[19]] != local {
+        return Err(DropReason::WrongDestination);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +120,8 @@ mod tests {
         node_index: 0x0a4d_0003,
         overlay_ip: [10, 77, 0, 3],
     };
+    /// The receiver's overlay address.
+    const LOCAL: [u8; 4] = [10, 77, 0, 2];
 
     /// The kernel's decision built from the two functions above, on a whole datagram.
     fn kernel(d: &[u8], from: Option<KnownPeer>) -> Result<InnerFit, Reject> {
@@ -121,7 +137,11 @@ mod tests {
         let mut hdr = [0u8; INNER_HDR_LEN];
         let m = inner.len().min(INNER_HDR_LEN);
         hdr[..m].copy_from_slice(&inner[..m]);
-        check_inner(&hdr, inner.len(), &peer).map_err(Reject::Drop)
+        let fit = check_inner(&hdr, inner.len(), &peer).map_err(Reject::Drop)?;
+        if fit == InnerFit::Exact {
+            check_destination(&hdr, LOCAL).map_err(Reject::Drop)?;
+        }
+        Ok(fit)
     }
 
     /// The userspace engine's decision (router::inbound, minus the WireGuard machinery).
@@ -137,9 +157,11 @@ mod tests {
         if CladHeader::decode(d).is_ok_and(|h| h.ty() == Some(CladType::Probe)) {
             return Err(Reject::ToSocket);
         }
-        plain::decapsulate(d, from)
-            .map(|_| InnerFit::Exact)
-            .map_err(Reject::Drop)
+        let inner = plain::decapsulate(d, from).map_err(Reject::Drop)?;
+        let mut hdr = [0u8; INNER_HDR_LEN];
+        hdr.copy_from_slice(&inner[..INNER_HDR_LEN]);
+        check_destination(&hdr, LOCAL).map_err(Reject::Drop)?;
+        Ok(InnerFit::Exact)
     }
 
     fn agree(d: &[u8], from: Option<KnownPeer>) {
@@ -158,6 +180,7 @@ mod tests {
         inner[2..4].copy_from_slice(&total.to_be_bytes());
         inner[9] = 17;
         inner[12..16].copy_from_slice(&src);
+        inner[16..20].copy_from_slice(&LOCAL);
         let mut out = [0u8; 96];
         let n = plain::encapsulate(node, &inner[..20 + payload], &mut out).unwrap();
         (out, n)
@@ -170,6 +193,26 @@ mod tests {
         agree(&d[..n], Some(PEER));
         // One extra byte: the kernel hands it to the socket.
         assert_eq!(kernel(&d[..n + 1], Some(PEER)), Ok(InnerFit::Coalesced));
+    }
+
+    #[test]
+    fn only_packets_for_this_node_decapsulate() {
+        let (mut d, n) = datagram(PEER.node_index, PEER.overlay_ip, 8);
+        // Inner destination (CLAD 8 + IPv4 offset 16): another overlay node, a host on the
+        // underlay, broadcast.
+        for dst in [[10, 77, 0, 9], [192, 168, 1, 1], [255, 255, 255, 255]] {
+            d[24..28].copy_from_slice(&dst);
+            let want = Err(Reject::Drop(DropReason::WrongDestination));
+            assert_eq!(kernel(&d[..n], Some(PEER)), want, "{dst:?}");
+            assert_eq!(userspace(&d[..n], Some(PEER)), want, "{dst:?}");
+        }
+        let mut hdr = [0u8; INNER_HDR_LEN];
+        hdr[16..20].copy_from_slice(&[10, 77, 0, 9]);
+        assert_eq!(
+            check_destination(&hdr, [0; 4]),
+            Ok(()),
+            "not configured yet"
+        );
     }
 
     #[test]

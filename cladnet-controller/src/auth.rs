@@ -5,9 +5,12 @@
 //! PermissionDenied rather than looked up.
 //!
 //! - admin:   any string of 16+ characters, from the admin token file
-//! - join:    `cnj.<id>.<secret>` — `id` names the stored record, `secret` is checked
+//! - join:    `cnj.<id>.<secret>[.<pin>]` — `id` names the stored record, `secret` is
+//!   checked; `pin` (64 hex digits, when the controller serves TLS) is the SHA-256 of the
+//!   controller certificate's public key, for the agent (see `cladnet_proto::tls`)
 //! - session: `cns.<secret>` — issued by Join, checked against the node's stored hash
 
+use cladnet_proto::tls::Pin;
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
@@ -109,30 +112,32 @@ pub struct NewJoinToken {
     pub secret_sha256: String,
 }
 
-/// Mints a join token.
-pub fn new_join_token() -> NewJoinToken {
+/// Mints a join token; with `pin`, the token carries the controller certificate's pin.
+pub fn new_join_token(pin: Option<Pin>) -> NewJoinToken {
     let id = random_hex(6);
     let secret = random_hex(24);
+    let token = match pin {
+        Some(p) => format!("{JOIN_PREFIX}{id}.{secret}.{}", p.hex()),
+        None => format!("{JOIN_PREFIX}{id}.{secret}"),
+    };
     NewJoinToken {
-        token: format!("{JOIN_PREFIX}{id}.{secret}"),
+        token,
         secret_sha256: sha256_hex(&secret),
         id,
     }
 }
 
-/// Splits a join token into (id, secret).
+/// Splits a join token into (id, secret); the pin, if any, is the agent's business.
 pub fn parse_join_token(token: &str) -> Result<(&str, &str)> {
     if token.starts_with(SESSION_PREFIX) {
         return Err(ControllerError::PermissionDenied(
             "session tokens cannot join; use a join token".into(),
         ));
     }
-    token
-        .strip_prefix(JOIN_PREFIX)
-        .and_then(|rest| rest.split_once('.'))
-        .filter(|(id, secret)| !id.is_empty() && !secret.is_empty())
+    cladnet_proto::tls::parse_join_token(token)
+        .map(|p| (p.id, p.secret))
         .ok_or_else(|| {
-            ControllerError::Unauthenticated("not a join token (cnj.<id>.<secret>)".into())
+            ControllerError::Unauthenticated("not a join token (cnj.<id>.<secret>[.<pin>])".into())
         })
 }
 
@@ -181,10 +186,21 @@ mod tests {
 
     #[test]
     fn join_tokens_round_trip() {
-        let t = new_join_token();
+        let t = new_join_token(None);
         let (id, secret) = parse_join_token(&t.token).unwrap();
         assert_eq!(id, t.id);
         assert_eq!(sha256_hex(secret), t.secret_sha256);
+        // With a pin: a fourth field, ignored by the controller, read by the agent.
+        let pin = Pin::of_spki(b"spki");
+        let t = new_join_token(Some(pin));
+        let (id, secret) = parse_join_token(&t.token).unwrap();
+        assert_eq!(id, t.id);
+        assert_eq!(sha256_hex(secret), t.secret_sha256);
+        assert_eq!(
+            cladnet_proto::tls::parse_join_token(&t.token).unwrap().pin,
+            Some(pin)
+        );
+        assert!(t.token.ends_with(&pin.hex()));
         assert!(parse_join_token("cnj.nodot").is_err());
         assert!(matches!(
             parse_join_token("cns.x"),

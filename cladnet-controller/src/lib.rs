@@ -6,6 +6,7 @@
 //! * [`ipam`] and [`recommend`]: pure address logic (see `docs/addressing.md`).
 //! * [`keys`]: the store key layout (see `docs/store.md`).
 //! * [`wgconfig`]: the wg-quick configuration of external WireGuard peers.
+//! * [`selfsigned`]: `--tls auto`, the controller's own certificate and its pin.
 //! * [`console`]: the web console (static HTML/JS/CSS at `/console/` over the REST API).
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod model;
 pub mod recommend;
 pub mod reflector;
 pub mod rest;
+pub mod selfsigned;
 pub mod server;
 pub mod service;
 pub mod validate;

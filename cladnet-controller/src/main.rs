@@ -13,9 +13,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use cladnet_controller::{
     auth::{AdminAuth, random_hex},
-    server,
+    selfsigned, server,
     service::Controller,
 };
+use cladnet_proto::tls::Pin;
 use cladnet_store::StoreUrl;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -48,8 +49,29 @@ struct Cli {
         default_value = "/var/lib/cladnet/admin.token"
     )]
     admin_token_file: PathBuf,
+    /// TLS: `auto` serves with a self-signed certificate created on first start in --tls-dir
+    /// and kept (join tokens then carry its pin, so agents need nothing else); `off` serves
+    /// plain HTTP (only for a controller reachable on one host or a trusted network). Giving
+    /// --tls-cert and --tls-key serves with those instead.
+    #[arg(long, env = "CLADNET_TLS", value_enum, default_value = "off")]
+    tls: TlsMode,
+    /// Directory of the `--tls auto` certificate and key (`controller.crt`, `controller.key`,
+    /// mode 0600). Controllers sharing one etcd behind one address should share these files.
+    #[arg(long, env = "CLADNET_TLS_DIR", default_value = "/var/lib/cladnet/tls")]
+    tls_dir: PathBuf,
+    /// Extra names (DNS names or IP addresses) the `--tls auto` certificate lists, besides
+    /// localhost, 127.0.0.1, ::1, the host name and the --listen address. Comma separated or
+    /// repeated. Only clients trusting the certificate as a CA check names; pinned clients
+    /// (agents with a token) do not.
+    #[arg(long, env = "CLADNET_TLS_SAN", value_delimiter = ',')]
+    tls_san: Vec<String>,
     /// PEM certificate chain: serve gRPC and REST over TLS (needs --tls-key).
-    #[arg(long, env = "CLADNET_TLS_CERT", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "CLADNET_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "tls"
+    )]
     tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
     #[arg(long, env = "CLADNET_TLS_KEY", requires = "tls_cert")]
@@ -61,6 +83,21 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print the pin (`sha256:<hex>` of the certificate's public key) of --tls-cert, or of the
+    /// `--tls auto` certificate in --tls-dir, and exit.
+    ShowPin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TlsMode {
+    Off,
+    Auto,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -72,12 +109,50 @@ enum LogFormat {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::ShowPin) = cli.command {
+        let cert = cli
+            .tls_cert
+            .clone()
+            .unwrap_or_else(|| cli.tls_dir.join(selfsigned::CERT_FILE));
+        let pin = Pin::of_pem_file(&cert).with_context(|| {
+            format!(
+                "reading the controller certificate {} (start the controller with --tls auto \
+                 once, or give --tls-cert)",
+                cert.display()
+            )
+        })?;
+        println!("{pin}");
+        return Ok(());
+    }
     init_tracing(cli.log_format);
     let admin = admin_auth(&cli.admin_token_file)?;
-    let tls = match (&cli.tls_cert, &cli.tls_key) {
-        (Some(cert), Some(key)) => Some(server::tls_config(cert, key)?),
-        _ => None,
+    let (tls, pin) = match (&cli.tls_cert, &cli.tls_key, cli.tls) {
+        (Some(cert), Some(key), _) => (
+            Some(server::tls_config(cert, key)?),
+            Some(Pin::of_pem_file(cert).context("--tls-cert")?),
+        ),
+        (_, _, TlsMode::Auto) => {
+            let mut extra = cli.tls_san.clone();
+            if !cli.listen.ip().is_unspecified() {
+                extra.push(cli.listen.ip().to_string());
+            }
+            let auto = selfsigned::ensure(&cli.tls_dir, &selfsigned::default_names(&extra))?;
+            (
+                Some(server::tls_config(&auto.cert, &auto.key)?),
+                Some(auto.pin),
+            )
+        }
+        _ => (None, None),
     };
+    match pin {
+        Some(pin) => info!(%pin, "serving TLS; join tokens carry this pin"),
+        None if !cli.listen.ip().is_loopback() => warn!(
+            listen = %cli.listen,
+            "serving plain HTTP on a non-loopback address: join and session tokens travel in \
+             clear; use --tls auto"
+        ),
+        None => {}
+    }
     if let StoreUrl::Embedded { path } = &cli.store
         && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
     {
@@ -93,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::anyhow!("--metrics-listen: {s:?} is not ip:port or \"off\"")
             })?),
         };
-    let ctl = Arc::new(Controller::new(store, admin));
+    let ctl = Arc::new(Controller::new(store, admin).with_tls_pin(pin));
     if let Some(addr) = metrics_addr {
         cladnet_controller::metrics::start(addr, ctl.metrics().clone())
             .await

@@ -306,6 +306,12 @@ pub struct TokenRecord {
     pub created_at: i64,
     /// Unix seconds; 0 = never.
     pub expires_at: i64,
+    /// Joins admitted; 0 = unlimited (records from before use limits have none).
+    #[serde(default)]
+    pub max_uses: u32,
+    /// Joins used so far (counted when `max_uses` is set).
+    #[serde(default)]
+    pub uses: u32,
 }
 
 impl TokenRecord {
@@ -317,6 +323,8 @@ impl TokenRecord {
             description: self.description.clone(),
             created_at: self.created_at,
             expires_at: self.expires_at,
+            max_uses: self.max_uses,
+            uses: self.uses,
         }
     }
 }

@@ -923,6 +923,8 @@ fn join_token() -> pb::JoinToken {
         description: "ci".into(),
         created_at: 1_700_000_000,
         expires_at: 1_700_003_600,
+        max_uses: 1,
+        uses: 1,
     }
 }
 
@@ -1065,6 +1067,7 @@ fn schemas_match_the_proto_json() {
             cladnet_id: String::new(), // from the path
             description: "ci".into(),
             ttl_seconds: 3600,
+            max_uses: 1,
         },
     );
     check_message(d, "JoinToken", &join_token());
@@ -1074,6 +1077,7 @@ fn schemas_match_the_proto_json() {
         &pb::CreateJoinTokenResponse {
             info: Some(join_token()),
             token: "cnj.t1.secret".into(),
+            controller_pin: "sha256:00".into(),
         },
     );
     check_message(

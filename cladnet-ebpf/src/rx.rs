@@ -5,7 +5,7 @@
 use cladnet_common::{
     maps::{EndpointKey, KernelDrop, StatSlot},
     plain::{DropReason, KnownPeer},
-    rx::{INNER_HDR_LEN, InnerFit, Reject, check_inner, classify},
+    rx::{INNER_HDR_LEN, InnerFit, Reject, check_destination, check_inner, classify},
     wire::{CLAD_HDR_LEN, PLAIN_OVERHEAD_V4},
 };
 
@@ -114,12 +114,16 @@ pub(crate) fn try_decap(start: usize, end: usize, frame_len: usize) -> Result<De
         overlay_ip: peer.overlay_ip,
     };
     match check_inner(&hdr, inner_len, &known) {
-        Ok(InnerFit::Exact) => Ok(Decap {
+        Ok(InnerFit::Exact) => {
+            check_destination(&hdr, cfg.local_overlay_ip())
+                .map_err(|reason| Pass::Drop(reason.into(), slot))?;
+            Ok(Decap {
             slot: peer.slot,
             inner_len,
             inner_ihl: usize::from(hdr[0] & 0x0f) * 4,
             inner_proto: hdr[9],
-        }),
+            })
+        }
         Ok(InnerFit::Coalesced) => Err(Pass::ToSocket),
         Err(reason) => Err(Pass::Drop(reason.into(), slot)),
     }

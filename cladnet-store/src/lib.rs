@@ -92,7 +92,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn txn(&self, txn: Txn) -> Result<TxnResult>;
 
     /// Streams, in revision order, every change of a key under `prefix`: from `start_revision`
-    /// (inclusive) if given, else from the next revision on.
+    /// (inclusive) if given, else from the revision after the one current when this call
+    /// returns: a write committed after `watch` returns is always delivered, however late the
+    /// stream is first polled.
     ///
     /// Events of one revision are delivered together, in the order they were made. If
     /// `start_revision` is older than the compacted history, the stream yields one

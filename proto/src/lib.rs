@@ -20,3 +20,4 @@ pub mod v1 {
 }
 
 pub mod join;
+pub mod tls;

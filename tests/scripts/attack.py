@@ -3,7 +3,8 @@
 
 Raw IPv4 sockets let the test pick any source address and port, as an attacker on the path
 could. Usage:
-  attack.py raw SRC SPORT DST DPORT HEX        one datagram with payload HEX
+  attack.py raw SRC SPORT DST DPORT HEX [N]    one datagram with payload HEX (N datagrams
+                                                from ports SPORT, SPORT+1, ...)
   attack.py capture IFACE SRC DPORT             wait for one WireGuard data message from SRC
                                                 to port DPORT on IFACE; print "SPORT HEX"
 """
@@ -57,7 +58,9 @@ def main():
     mode = sys.argv[1]
     if mode == "raw":
         src, sport, dst, dport, hexdata = sys.argv[2:7]
-        send(src, int(sport), dst, int(dport), bytes.fromhex(hexdata))
+        count = int(sys.argv[7]) if len(sys.argv) > 7 else 1
+        for i in range(count):
+            send(src, int(sport) + i, dst, int(dport), bytes.fromhex(hexdata))
     elif mode == "capture":
         iface, src, dport = sys.argv[2:5]
         sport, payload = capture_wg_data(iface, src, int(dport))

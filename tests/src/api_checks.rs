@@ -701,11 +701,29 @@ pub async fn commands_and_tests(ctl: &TestController) {
         host_id: String::new(),
         command_type: "enable-encryption".into(),
     };
-    admin.send_command(cmd).await.unwrap();
+    // Encryption is the network's policy: the command switches it, and every agent hears of
+    // it as a network update (a got no `down`: that was b's).
+    let resp = admin.send_command(cmd).await.unwrap().into_inner();
+    assert_eq!(resp.host_ids, ["ca", "cb"]);
+    assert!(resp.message.contains("-> always"), "{}", resp.message);
     let ev = next_event(&mut stream_a).await;
     assert!(
-        matches!(&ev.event, Some(Event::Command(c)) if c.command_type == "enable-encryption"),
-        "a got only its own: {ev:?}"
+        matches!(&ev.event, Some(Event::NetworkUpdated(n)) if n.encryption == "always"),
+        "a got only the policy change: {ev:?}"
+    );
+    let one = pb::SendCommandRequest {
+        cladnet_id: net.clone(),
+        host_id: "cb".into(),
+        command_type: "disable-encryption".into(),
+    };
+    let msg = assert_code(
+        admin.send_command(one).await,
+        Code::InvalidArgument,
+        "encryption for one host",
+    );
+    assert!(
+        msg.starts_with("hostId") && msg.contains("--encryption"),
+        "{msg}"
     );
     let bad = pb::SendCommandRequest {
         cladnet_id: net.clone(),

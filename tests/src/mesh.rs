@@ -62,6 +62,9 @@ pub struct Mesh {
     /// The network id.
     pub net: String,
     token: String,
+    /// Serve the controller with `--tls auto` (agents trust the pin in their join token; the
+    /// CLI trusts the certificate file as its CA).
+    tls: bool,
     /// Overlay addresses seen so far (they are stable; tests use them with the controller down).
     overlay: std::cell::RefCell<BTreeMap<String, Ipv4Addr>>,
 }
@@ -76,6 +79,15 @@ impl Mesh {
 
     /// Starts the controller on `ctl_host`, with no network yet.
     pub fn with_controller(topo: Topology, ctl_host: &str) -> Self {
+        Self::new(topo, ctl_host, false)
+    }
+
+    /// Starts the controller on `ctl_host` with `--tls auto`, with no network yet.
+    pub fn with_tls_controller(topo: Topology, ctl_host: &str) -> Self {
+        Self::new(topo, ctl_host, true)
+    }
+
+    fn new(topo: Topology, ctl_host: &str, tls: bool) -> Self {
         let mut mesh = Self {
             agents: BTreeMap::new(),
             controller: None,
@@ -84,6 +96,7 @@ impl Mesh {
             dir: tempfile::tempdir().expect("temp dir"),
             net: String::new(),
             token: String::new(),
+            tls,
             overlay: std::cell::RefCell::default(),
         };
         mesh.start_controller();
@@ -102,11 +115,6 @@ impl Mesh {
         self.net = id.to_owned();
     }
 
-    /// The join token of the current network (what every VM holds).
-    pub fn join_token(&self) -> &str {
-        &self.token
-    }
-
     /// Where the controller's and agents' logs are.
     pub fn log_dir(&self) -> &Path {
         self.dir.path()
@@ -118,7 +126,18 @@ impl Mesh {
 
     /// The controller's URL as agents see it.
     pub fn controller_url(&self) -> String {
-        format!("http://{}:{CONTROLLER_PORT}", self.ctl().public_ip())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}:{CONTROLLER_PORT}", self.ctl().public_ip())
+    }
+
+    /// The join token agents are started with (it carries the pin with TLS).
+    pub fn join_token(&self) -> &str {
+        &self.token
+    }
+
+    /// The `--tls auto` directory of the controller (certificate and key).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("ctl-tls")
     }
 
     /// Starts (or restarts) the controller on its durable store.
@@ -137,6 +156,9 @@ impl Mesh {
         .env("CLADNET_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::null())
         .stderr(log);
+        if self.tls {
+            cmd.args(["--tls", "auto", "--tls-dir"]).arg(self.tls_dir());
+        }
         self.controller = Some(Process::spawn(&mut cmd).expect("start controller"));
         self.wait("controller healthy", Duration::from_secs(20), |m| {
             m.try_cli(&["health"]).is_ok()
@@ -164,12 +186,20 @@ impl Mesh {
     /// Runs the `cladnet` CLI on the controller's host.
     pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
         let mut cmd = self.ctl().command(bin_path("cladnet").to_str().unwrap());
-        cmd.args([
-            "--controller",
-            &format!("http://127.0.0.1:{CONTROLLER_PORT}"),
-        ])
-        .args(args)
-        .env("CLADNET_TOKEN", ADMIN_TOKEN);
+        if self.tls {
+            cmd.args([
+                "--controller",
+                &format!("https://127.0.0.1:{CONTROLLER_PORT}"),
+                "--ca-cert",
+            ])
+            .arg(self.tls_dir().join("controller.crt"));
+        } else {
+            cmd.args([
+                "--controller",
+                &format!("http://127.0.0.1:{CONTROLLER_PORT}"),
+            ]);
+        }
+        cmd.args(args).env("CLADNET_TOKEN", ADMIN_TOKEN);
         crate::run_checked(&mut cmd)
     }
 
@@ -186,15 +216,41 @@ impl Mesh {
 
     /// Starts the agent on `host` with extra flags.
     pub fn start_agent(&mut self, host: &str, site: SiteLabels<'_>, extra: &[&str]) {
-        let url = self.controller_url();
+        let (url, token) = (self.controller_url(), self.token.clone());
+        self.start_agent_with(host, site, &url, &token, extra);
+    }
+
+    /// Starts the agent on `host` against controller `url` with join token `token`.
+    pub fn start_agent_with(
+        &mut self,
+        host: &str,
+        site: SiteLabels<'_>,
+        url: &str,
+        token: &str,
+        extra: &[&str],
+    ) {
+        self.start_agent_launched(host, site, url, token, extra, Host::command);
+    }
+
+    /// Starts the agent like [`Mesh::start_agent_with`], launched by `launch(host, program)`
+    /// (e.g. through `ip netns exec` instead of the harness's `nsenter --net`).
+    pub fn start_agent_launched(
+        &mut self,
+        host: &str,
+        site: SiteLabels<'_>,
+        url: &str,
+        token: &str,
+        extra: &[&str],
+        launch: impl FnOnce(&Host, &str) -> Command,
+    ) {
         let data_dir = self.data_dir(host);
         // One pin directory per agent (they share the machine's bpffs); the topology removes
         // it on teardown.
         let pins = self.topo.bpf_pin_dir(host);
         let log = self.log(&format!("agent-{host}"));
         let h = self.topo.host(host);
-        let mut cmd = h.command(bin_path("cladnet-agent").to_str().unwrap());
-        cmd.args(["run", "--controller", &url, "--network", &self.net])
+        let mut cmd = launch(h, bin_path("cladnet-agent").to_str().unwrap());
+        cmd.args(["run", "--controller", url, "--network", &self.net])
             .args([
                 "--host-name",
                 host,
@@ -203,7 +259,6 @@ impl Mesh {
                 "--vpc",
                 site.vpc,
             ])
-            .args(["--probe-interval-secs", "1"])
             .args(if extra.contains(&"--metrics-listen") {
                 &[][..]
             } else {
@@ -214,12 +269,37 @@ impl Mesh {
             .arg("--bpf-pin-dir")
             .arg(&pins)
             .args(extra)
-            .env("CLADNET_JOIN_TOKEN", &self.token)
+            .env("CLADNET_JOIN_TOKEN", token)
             .env("RUST_LOG", "info,cladnet_agent=debug")
             .stdout(Stdio::null())
             .stderr(log);
         let p = Process::spawn(&mut cmd).expect("start agent");
         self.agents.insert(host.to_owned(), p);
+    }
+
+    /// Waits up to `within` for `host`'s agent to exit by itself; its exit status, or `None`
+    /// if it is still running.
+    pub fn wait_agent_exit(
+        &mut self,
+        host: &str,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let p = self.agents.get_mut(host).expect("agent started");
+        loop {
+            if let Some(status) = p.0.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The log of `host`'s agent.
+    pub fn agent_log(&self, host: &str) -> String {
+        fs::read_to_string(self.log_path(&format!("agent-{host}"))).unwrap_or_default()
     }
 
     /// Sends `signal` to `host`'s agent and waits for it to exit (SIGKILL for a crash).

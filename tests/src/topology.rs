@@ -356,6 +356,49 @@ impl Topology {
         Ok(new)
     }
 
+    /// Moves the 1:1 public address of `host` to a fresh one at its gateway (as when a cloud
+    /// re-associates an elastic IP, or a suspended VM comes back with another): nothing on the
+    /// host changes, so it cannot see the move. The translation becomes stateless (`notrack`
+    /// and address rewrites, as a cloud's 1:1 NAT is), so no connection-tracking entry of
+    /// the old mapping survives; traffic to every earlier address of the host is dropped.
+    /// Returns the new address. Can be called again (each move takes another address).
+    ///
+    /// # Panics
+    /// If `host` is not behind 1:1 NAT.
+    pub fn move_public_ip(&mut self, host: &str) -> Result<Ipv4Addr, String> {
+        let h = self.host(host);
+        let (old, private, cloud) = (h.public_ip, h.private_ip, h.cloud.clone());
+        let [a, b, c, d] = old.octets();
+        assert!(d >= 10 && d != 2, "move_public_ip needs a 1:1 NAT host");
+        // Hosts own .10+k; moved addresses live at .110 and up (never an earlier one).
+        let new = Ipv4Addr::new(a, b, c, if d < 110 { d + 100 } else { d + 1 });
+        // The address the host started with: `.10+k` for private address `<cidr>+10+k`.
+        let offset = u32::from(private) & (u32::MAX >> h.prefix_len);
+        let original = Ipv4Addr::new(a, b, c, u8::try_from(offset).expect("host offset < 256"));
+        let gw = self.gateway(&cloud);
+        let table = format!("move_{host}");
+        let rules = format!(
+            "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n \
+             chain pre {{ type filter hook prerouting priority raw;\n  \
+             iifname \"wan\" ip daddr {{ {original}, {a}.{b}.{c}.110-{a}.{b}.{c}.255 }} ip daddr != {new} drop\n  \
+             iifname \"wan\" ip daddr {new} notrack ip daddr set {private}\n  \
+             iifname \"br0\" ip saddr {private} notrack\n }}\n \
+             chain post {{ type filter hook postrouting priority srcnat;\n  \
+             oifname \"wan\" ip saddr {private} ip saddr set {new}\n }}\n}}\n"
+        );
+        // The new address answers ARP before anything is sent from it (as a cloud routes it
+        // at once); the rules then switch both directions in one transaction.
+        gw.exec(["ip", "addr", "add", &format!("{new}/32"), "dev", "wan"])?;
+        gw.load_nft(&rules)?;
+        gw.exec(["ip", "addr", "del", &format!("{old}/32"), "dev", "wan"])?;
+        self.hosts
+            .iter_mut()
+            .find(|h| h.name == host)
+            .expect("host exists")
+            .public_ip = new;
+        Ok(new)
+    }
+
     /// A bpffs directory (not yet created) for `host`'s pins, removed when the topology drops.
     pub fn bpf_pin_dir(&mut self, host: &str) -> PathBuf {
         let dir = PathBuf::from(format!("/sys/fs/bpf/{}{host}", self.prefix));

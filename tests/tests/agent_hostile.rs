@@ -90,7 +90,12 @@ fn hostile_datagrams_are_dropped_and_counted() {
         &[],
     );
     mesh.wait_mesh(&["a1", "a2", "g1"], UP);
-    let (a1_ip, a2_ip) = (mesh.overlay_ip("a1"), mesh.overlay_ip("a2"));
+    let (a1_ip, a2_ip, g1_ip) = (
+        mesh.overlay_ip("a1"),
+        mesh.overlay_ip("a2"),
+        mesh.overlay_ip("g1"),
+    );
+    let ctl_public = mesh.topo.host("ctl").public_ip().to_string();
     let a1_index = u32::from(a1_ip);
     let (a1, a2, g1) = (
         mesh.topo.host("a1"),
@@ -139,6 +144,21 @@ fn hostile_datagrams_are_dropped_and_counted() {
     // An inner packet that is not IPv4.
     attack(&a1_priv, 8055, &plain(a1_index, &inner(a1_ip, a2_ip, 6)));
     expect("plain_bad_inner");
+    // A valid PLAIN datagram from a1 whose inner packet is for another node (or a host on
+    // a2's underlay): a2 is no relay.
+    for dst in [g1_ip, Ipv4Addr::new(192, 168, 1, 1)] {
+        attack(&a1_priv, 8055, &plain(a1_index, &inner(a1_ip, dst, 4)));
+        expect("plain_wrong_destination");
+    }
+    // Forged reflector answers claiming a2 is at 203.0.113.66:6666: from the reflector's own
+    // address with a nonce no probe of a2 carries, and from elsewhere.
+    let mut forged = b"CLADRFL1".to_vec();
+    forged.extend_from_slice(&0x5eed_u64.to_be_bytes());
+    forged.extend_from_slice(&[203, 0, 113, 66, 0x1a, 0x0a]);
+    attack(&ctl_public, 8053, &forged);
+    expect("reflector_unsolicited");
+    attack(&a1_priv, 8053, &forged);
+    expect("reflector_unsolicited");
     // WireGuard transport data for a session that does not exist.
     let mut transport = vec![4, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef];
     transport.extend_from_slice(&[0; 8 + 32]);
@@ -217,6 +237,47 @@ fn hostile_datagrams_are_dropped_and_counted() {
     for reason in expected.keys() {
         assert!(after.contains_key(*reason), "metric for {reason} exported");
     }
+    let endpoint = mesh.peer("a2").expect("a2")["publicEndpoint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        !endpoint.starts_with("203.0.113.66"),
+        "a forged reflector answer moved a2: {endpoint}"
+    );
+
+    // Someone sharing a1's address flaps a1's port at a2: the first datagram moves a1 (a
+    // NAT port change looks the same), the next 50 within the second are dropped and
+    // counted, and a1's own traffic takes its port back a second later.
+    let limited =
+        |d: &BTreeMap<String, u64>| d.get("plain_port_change_limited").copied().unwrap_or(0);
+    let flap_before = limited(&drops(&mesh, "a2"));
+    a1.exec([
+        "python3",
+        test_script("attack.py").to_str().unwrap(),
+        "raw",
+        &a1_priv,
+        "40000",
+        &a2_priv,
+        "8055",
+        &hex(&plain(a1_index, &good)),
+        "51",
+    ])
+    .expect("send the port flap");
+    let mut flapped = 0;
+    for _ in 0..20 {
+        flapped = limited(&drops(&mesh, "a2")) - flap_before;
+        if flapped >= 50 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // a1's own keepalive probe may fall into the same second (one more).
+    assert!(
+        (50..=51).contains(&flapped),
+        "port changes within a second dropped: {flapped} of 50"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
     // Nothing crashed, nothing stopped working.
     assert!(mesh.topo.host("a1").pings(a2_ip, 2), "a1 -> a2 still works");
     assert!(mesh.topo.host("g1").pings(a2_ip, 2), "g1 -> a2 still works");

@@ -144,6 +144,44 @@ fn inter_site_is_plain_inside_a_site_and_sealed_across() {
         plain_now - plain < 5000,
         "PLAIN kept flowing after encryption=always: {plain} -> {plain_now}"
     );
+
+    // cb-network's remote commands switch the same policy, for the whole network only.
+    let a2_id = mesh.peer("a2").unwrap()["hostId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refused = mesh
+        .try_cli(&["command", "mesh", "disable-encryption", "--host", &a2_id])
+        .expect_err("encryption for one host is refused");
+    assert!(
+        refused.contains("hostId") && refused.contains("network update mesh --encryption"),
+        "{refused}"
+    );
+    let out = mesh.cli(&["command", "mesh", "disable-encryption"]);
+    assert!(out.contains("encryption always -> never"), "{out}");
+    let (plain, sealed) = link_modes(&mesh, "a2");
+    mesh.wait("g1 -> a2 plain after disable-encryption", UP, |m| {
+        m.topo.host("g1").pings(m.overlay_ip("a2"), 1) && link_modes(m, "a2").0 > plain
+    });
+    mesh.verified_transfer("g1", "a2", 5306, TRANSFER);
+    let (plain_now, sealed_now) = link_modes(&mesh, "a2");
+    assert!(
+        plain_now - plain > TRANSFER as u64 && sealed_now - sealed < 5000,
+        "g1 -> a2 after disable-encryption: plain {plain} -> {plain_now}, sealed {sealed} -> {sealed_now}"
+    );
+    mesh.cli(&["command", "mesh", "enable-encryption"]);
+    mesh.wait("g1 -> a2 sealed after enable-encryption", UP, |m| {
+        m.topo.host("g1").pings(m.overlay_ip("a2"), 1) && link_modes(m, "a2").1 > sealed_now
+    });
+    mesh.verified_transfer("g1", "a2", 5307, TRANSFER);
+    let (plain_end, sealed_end) = link_modes(&mesh, "a2");
+    assert!(
+        sealed_end - sealed_now > TRANSFER as u64 && plain_end - plain_now < 5000,
+        "g1 -> a2 after enable-encryption: plain {plain_now} -> {plain_end}, sealed {sealed_now} -> {sealed_end}"
+    );
+    let policy: serde_json::Value =
+        serde_json::from_str(&mesh.cli(&["--json", "network", "show", "mesh"])).unwrap();
+    assert_eq!(policy["encryption"], "always");
 }
 
 #[test]
@@ -381,6 +419,30 @@ fn connectivity_test_matrix_and_remote_up_down() {
     assert_eq!(status.matches("\npeer: ").count(), 2, "{status}");
     assert!(status.contains("latest handshake"), "{status}");
     assert!(status.contains("state: up"), "{status}");
+    assert!(status.contains(", sealed, userspace engine)"), "{status}");
+    // `--json`: each peer's link mode and engine are separate fields, like the metrics' labels
+    // (encryption=always: every link sealed, carried by the userspace engine).
+    let json = mesh
+        .topo
+        .host("a1")
+        .exec([
+            cladnet_tests::bin_path("cladnet-agent").to_str().unwrap(),
+            "status",
+            "--json",
+            "--data-dir",
+            mesh.data_dir("a1").to_str().unwrap(),
+        ])
+        .expect("status --json");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("status JSON");
+    let peers = json["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 2, "{json}");
+    for p in peers {
+        assert_eq!(
+            (&p["mode"], &p["engine"]),
+            (&"sealed".into(), &"userspace".into()),
+            "{json}"
+        );
+    }
 
     // `down` withdraws g1's peers (it stays joined, state down); `up` brings them back.
     let g1_id = mesh.peer("g1").unwrap()["hostId"]

@@ -157,6 +157,40 @@ async fn cli_manages_networks_peers_and_tokens() {
     .await;
     assert_eq!(out.status.code(), Some(6), "a key already used conflicts");
 
+    // Without --id a network whose name is a valid id gets it as its id, so commands taking
+    // the id work with the name.
+    let out = stdout(
+        &cli(
+            &ctl,
+            ADMIN_TOKEN,
+            &["network", "create", "stage", "--cidr", "10.91.0.0/24"],
+        )
+        .await,
+    );
+    assert!(out.starts_with("Created network stage.\n"), "{out}");
+    let out = stdout(&cli(&ctl, ADMIN_TOKEN, &["peers", "stage"]).await);
+    assert!(out.starts_with("HOST ID"), "an empty listing: {out}");
+    // A name that is no id gets a generated one, printed.
+    let out = stdout(
+        &cli(
+            &ctl,
+            ADMIN_TOKEN,
+            &[
+                "--json",
+                "network",
+                "create",
+                "Web Tier",
+                "--cidr",
+                "10.92.0.0/24",
+            ],
+        )
+        .await,
+    );
+    let json: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let generated = json["cladnetId"].as_str().expect("id").to_owned();
+    assert!(generated.starts_with("cn-"), "{out}");
+    stdout(&cli(&ctl, ADMIN_TOKEN, &["peers", &generated]).await);
+
     let out = cli(&ctl, "wrong-token-wrong-token", &["network", "list"]).await;
     assert_eq!(out.status.code(), Some(4), "auth failures exit 4");
     let out = cli(&ctl, ADMIN_TOKEN, &["network", "show", "nope"]).await;

@@ -2,7 +2,10 @@
 //! one is down, and a Watch resumed there continues without loss.
 
 use cladnet_agent::control::ControlClient;
-use cladnet_proto::v1::{self as pb, watch_event::Event};
+use cladnet_proto::{
+    tls::ClientTls,
+    v1::{self as pb, watch_event::Event},
+};
 use cladnet_tests::{api_checks, controller::TestController, etcd::Etcd};
 use futures::StreamExt as _;
 
@@ -20,7 +23,11 @@ async fn agent_fails_over_between_controllers() {
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let mut client = ControlClient::new(vec![dead_url, first.url(), second.url()]).unwrap();
+    let mut client = ControlClient::new(
+        vec![dead_url, first.url(), second.url()],
+        ClientTls::new(None, None).unwrap(),
+    )
+    .unwrap();
     let joined = client
         .join(
             &token,
@@ -94,6 +101,12 @@ async fn agent_fails_over_between_controllers() {
         ),
         "{err:?}"
     );
-    assert!(ControlClient::new(vec![]).is_err());
-    assert!(ControlClient::new(vec!["not a url".into()]).is_err());
+    assert!(ControlClient::new(vec![], ClientTls::new(None, None).unwrap()).is_err());
+    assert!(
+        ControlClient::new(
+            vec!["not a url".into()],
+            ClientTls::new(None, None).unwrap()
+        )
+        .is_err()
+    );
 }

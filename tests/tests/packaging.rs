@@ -131,6 +131,68 @@ fn install_script_writes_a_private_working_configuration() {
         check.status.success() && text.contains("network prod"),
         "{text}"
     );
+    // A CA file and a pin end up in the configuration the agent accepts; a pinned token
+    // with an http:// controller is refused by the agent's own check.
+    let ca = dir.path().join("ca.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=ctl", "-keyout"])
+        .arg(dir.path().join("ca.key"))
+        .arg("-out")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let tls_root = dir.path().join("tls-root");
+    let pin = format!("sha256:{}", "ab".repeat(32));
+    let out = install(
+        &tls_root,
+        &token,
+        &["--ca-cert", ca.to_str().unwrap(), "--controller-pin", &pin],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(tls_root.join("etc/cladnet/agent.toml")).unwrap();
+    assert!(
+        written.contains(&format!("controller_pin = \"{pin}\"")),
+        "{written}"
+    );
+    assert!(written.contains("ca_cert = "), "{written}");
+    let pinned = dir.path().join("pinned-token");
+    std::fs::write(&pinned, format!("cnj.abc.def.{}\n", "ab".repeat(32))).unwrap();
+    let out = Command::new("sh")
+        .arg(deploy("install-agent.sh"))
+        .args([
+            "--controller",
+            "http://ctl.example.internal:8053",
+            "--network",
+            "prod",
+        ])
+        .arg("--join-token-file")
+        .arg(&pinned)
+        .arg("--binary")
+        .arg(bin_path("cladnet-agent"))
+        .arg("--prefix")
+        .arg(dir.path().join("plain-root"))
+        .arg("--no-start")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("warning: http://") && err.contains("use https://"),
+        "{err}"
+    );
     // No silent overwrite; --force replaces.
     let again = install(&root, &token, &[]);
     assert_eq!(again.status.code(), Some(2));

@@ -22,6 +22,7 @@ use std::{
 };
 
 use cladnet_common::wire::TUNNEL_PORT;
+use cladnet_proto::tls::{ClientTls, Pin};
 use serde::Deserialize;
 
 /// A configuration value that cannot be used.
@@ -79,6 +80,14 @@ pub struct Settings {
     /// File holding the join token.
     #[arg(long)]
     pub join_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) an `https://` controller's certificate must chain to, instead of
+    /// the system roots. Not needed when the join token carries a pin.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Pin (`sha256:<hex>`, from `cladnet-controller show-pin`) of the controller's key, for a
+    /// join token without one; overrides the token's.
+    #[arg(long)]
+    pub controller_pin: Option<String>,
     /// Overlay interface name.
     #[arg(long)]
     pub interface: Option<String>,
@@ -149,6 +158,8 @@ pub struct AgentConfig {
     pub network: String,
     /// Join token.
     pub join_token: String,
+    /// How `https://` controllers are trusted (pin, CA file or system roots).
+    pub tls: ClientTls,
     /// Overlay interface name.
     pub interface: String,
     /// Tunnel UDP port.
@@ -229,6 +240,8 @@ impl Settings {
             network: over.network.or(self.network),
             join_token: over.join_token.or(self.join_token),
             join_token_file: over.join_token_file.or(self.join_token_file),
+            ca_cert: over.ca_cert.or(self.ca_cert),
+            controller_pin: over.controller_pin.or(self.controller_pin),
             interface: over.interface.or(self.interface),
             listen_port: over.listen_port.or(self.listen_port),
             data_dir: over.data_dir.or(self.data_dir),
@@ -293,6 +306,12 @@ impl Settings {
         if join_token.is_empty() {
             return Err(bad("join_token", "is empty"));
         }
+        let tls = client_tls(
+            &self.controllers,
+            self.controller_pin.as_deref(),
+            self.ca_cert.as_deref(),
+            &join_token,
+        )?;
         let interface = self
             .interface
             .unwrap_or_else(|| DEFAULT_INTERFACE.to_owned());
@@ -372,6 +391,7 @@ impl Settings {
             controllers: self.controllers,
             network,
             join_token,
+            tls,
             interface,
             listen_port,
             data_dir: self
@@ -385,6 +405,54 @@ impl Settings {
             site: self.site,
         })
     }
+}
+
+/// The trust for `https://` controllers: `controller_pin`, else the join token's pin, else
+/// `ca_cert`, else the system roots. A pin or CA file with an `http://` controller is refused:
+/// it says the controller serves TLS, so the URL is wrong.
+fn client_tls(
+    controllers: &[String],
+    controller_pin: Option<&str>,
+    ca_cert: Option<&Path>,
+    join_token: &str,
+) -> Result<ClientTls, ConfigError> {
+    // Other shapes are left to the controller to refuse; only a pin field that is not a
+    // pin is caught here, as it would otherwise silently fall back to the system roots.
+    let token_pin = match cladnet_proto::tls::parse_join_token(join_token) {
+        Some(parts) => parts.pin,
+        None if join_token.split('.').count() == 4 => {
+            return Err(bad(
+                "join_token",
+                "its fourth field is not a pin (cnj.<id>.<secret>.<64 hex digits>)",
+            ));
+        }
+        None => None,
+    };
+    let pin = match &controller_pin {
+        Some(p) => Some(
+            p.parse::<Pin>()
+                .map_err(|e| bad("controller_pin", e.to_string()))?,
+        ),
+        None => token_pin,
+    };
+    let tls = ClientTls::new(pin, ca_cert).map_err(|e| bad("ca_cert", e.to_string()))?;
+    if let Some(plain) = controllers.iter().find(|c| c.starts_with("http://"))
+        && (pin.is_some() || ca_cert.is_some())
+    {
+        let (field, what) = match (&controller_pin, token_pin, &ca_cert) {
+            (Some(_), _, _) => ("controller_pin", "controller_pin is set"),
+            (None, Some(_), _) => (
+                "controllers",
+                "the join token pins the controller's TLS key",
+            ),
+            _ => ("ca_cert", "ca_cert is set"),
+        };
+        return Err(bad(
+            field,
+            format!("{what}, but {plain} is not TLS; use https://"),
+        ));
+    }
+    Ok(tls)
 }
 
 /// `host:port` of a URL.
@@ -462,6 +530,65 @@ mod tests {
             (c.site.provider.as_str(), c.site.vpc.as_str()),
             ("aws", "vpc-2")
         );
+    }
+
+    #[test]
+    fn trust_comes_from_the_token_pin_the_flag_or_a_ca_file() {
+        let hex = "ab".repeat(32);
+        let https = vec!["https://192.0.2.1:8053".to_owned()];
+        let pinned = Settings {
+            controllers: https.clone(),
+            join_token: Some(format!("cnj.a.b.{hex}")),
+            ..base()
+        };
+        let c = pinned.clone().resolve().unwrap();
+        assert_eq!(c.tls.pin().unwrap().hex(), hex);
+        // The flag overrides the token's pin.
+        let other = "cd".repeat(32);
+        let c = Settings {
+            controller_pin: Some(format!("sha256:{other}")),
+            ..pinned.clone()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.tls.pin().unwrap().hex(), other);
+        let err = |s: Settings| s.resolve().unwrap_err().to_string();
+        let e = err(Settings {
+            controller_pin: Some("sha256:zz".into()),
+            ..pinned.clone()
+        });
+        assert!(e.starts_with("config controller_pin:"), "{e}");
+        let e = err(Settings {
+            join_token: Some("cnj.a.b.nothex".into()),
+            ..pinned.clone()
+        });
+        assert!(e.starts_with("config join_token:"), "{e}");
+        // A pinned token with an http:// controller: the URL is wrong.
+        let e = err(Settings {
+            controllers: vec!["http://192.0.2.1:8053".into()],
+            ..pinned.clone()
+        });
+        assert!(e.contains("use https://"), "{e}");
+        // The CA file is read at config check.
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = err(Settings {
+            controllers: https.clone(),
+            ca_cert: Some(missing),
+            ..base()
+        });
+        assert!(
+            e.starts_with("config ca_cert:") && e.contains("missing.pem"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let e = err(Settings {
+            controllers: https,
+            ca_cert: Some(empty),
+            ..base()
+        });
+        assert!(e.contains("no PEM certificate"), "{e}");
     }
 
     #[test]

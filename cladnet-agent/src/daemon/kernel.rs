@@ -112,7 +112,8 @@ impl Kernel {
         underlay_ip: Option<Ipv4Addr>,
     ) -> Result<(), EbpfError> {
         match cmd {
-            Command::SetInterface { .. } => {
+            Command::SetInterface { ip: overlay, .. } => {
+                self.with(|dp| dp.set_local_overlay(*overlay))?;
                 if let Some(ip) = underlay_ip {
                     self.with(|dp| dp.set_local(local_index, ip))?;
                 }

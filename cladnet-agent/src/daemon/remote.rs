@@ -65,8 +65,9 @@ impl Agent {
 
     /// Remote commands (cb-network's): `down` withdraws every peer from the dataplane (the
     /// interface keeps its address) and reports `down`; `up` restores them. Encryption is a
-    /// network policy both ends of a link must agree on, so the per-node encryption commands
-    /// are refused with a pointer to the policy.
+    /// network policy both ends of a link must agree on: the controller turns the encryption
+    /// commands into a policy change and never sends them; should one arrive it is refused
+    /// with a pointer to the policy.
     pub(super) fn on_command(&mut self, c: &pb::Command) -> Vec<Command> {
         info!(
             command = c.command_type,

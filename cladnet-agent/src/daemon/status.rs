@@ -51,8 +51,19 @@ pub struct Status {
     pub agent: AgentInfo,
     /// Its peers.
     pub peers: Vec<PeerLine>,
-    /// Non-zero drop counters by reason.
-    pub drops: Vec<(String, u64)>,
+    /// Non-zero drop counters by engine and reason.
+    pub drops: Vec<DropLine>,
+}
+
+/// A non-zero drop counter, labelled like `cladnet_drops_total`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct DropLine {
+    /// `ebpf` or `userspace`.
+    pub engine: String,
+    /// Why the packets were dropped, e.g. `wg_replay`.
+    pub reason: String,
+    /// Packets dropped.
+    pub count: u64,
 }
 
 /// One peer (a serializable copy of [`crate::engine::router::PeerStatus`]).
@@ -62,8 +73,10 @@ pub struct PeerLine {
     pub node_id: String,
     /// Overlay address.
     pub overlay_ip: String,
-    /// plain / sealed.
+    /// `plain` or `sealed` (the metrics' `mode` label).
     pub mode: String,
+    /// The engine carrying the link, `ebpf` or `userspace` (the metrics' `engine` label).
+    pub engine: String,
     /// Current endpoint.
     pub endpoint: Option<String>,
     /// Seconds since the last handshake.
@@ -111,7 +124,8 @@ fn snapshot(dp: &Dataplane, info: &Mutex<AgentInfo>) -> Status {
             .map(|p| PeerLine {
                 node_id: p.node_id,
                 overlay_ip: p.overlay_ip.to_string(),
-                mode: format!("{}, {}", p.mode, p.engine),
+                mode: p.mode.to_owned(),
+                engine: p.engine.to_owned(),
                 endpoint: p.endpoint.map(|e| e.to_string()),
                 handshake_age_secs: p.handshake_age_secs,
                 rx_bytes: p.traffic.rx_bytes,
@@ -122,7 +136,11 @@ fn snapshot(dp: &Dataplane, info: &Mutex<AgentInfo>) -> Status {
             .drops()
             .into_iter()
             .filter(|(_, _, n)| *n > 0)
-            .map(|(engine, r, n)| (format!("{engine} {r}"), n))
+            .map(|(engine, reason, count)| DropLine {
+                engine: engine.to_owned(),
+                reason: reason.to_owned(),
+                count,
+            })
             .collect(),
     }
 }
@@ -179,7 +197,11 @@ pub fn render(s: &Status) -> String {
     }
     let _ = writeln!(out, "  listening port: {}", a.listen_port);
     for p in &s.peers {
-        let _ = writeln!(out, "\npeer: {} ({}, {})", p.node_id, p.overlay_ip, p.mode);
+        let _ = writeln!(
+            out,
+            "\npeer: {} ({}, {}, {} engine)",
+            p.node_id, p.overlay_ip, p.mode, p.engine
+        );
         let _ = writeln!(
             out,
             "  endpoint: {}",
@@ -197,8 +219,8 @@ pub fn render(s: &Status) -> String {
     }
     if !s.drops.is_empty() {
         let _ = writeln!(out, "\ndrops:");
-        for (r, n) in &s.drops {
-            let _ = writeln!(out, "  {r}: {n}");
+        for d in &s.drops {
+            let _ = writeln!(out, "  {} ({}): {}", d.reason, d.engine, d.count);
         }
     }
     out
@@ -221,18 +243,31 @@ mod tests {
                 node_id: "n1".into(),
                 overlay_ip: "10.0.0.2".into(),
                 mode: "sealed".into(),
+                engine: "userspace".into(),
                 endpoint: Some("192.0.2.1:8055".into()),
                 handshake_age_secs: Some(3),
                 rx_bytes: 1536,
                 tx_bytes: 10,
             }],
-            drops: vec![("wg_replay".into(), 2)],
+            drops: vec![DropLine {
+                engine: "userspace".into(),
+                reason: "wg_replay".into(),
+                count: 2,
+            }],
         };
         let text = render(&s);
         assert!(text.contains("interface: cladnet0 (userspace)"), "{text}");
-        assert!(text.contains("peer: n1 (10.0.0.2, sealed)"), "{text}");
+        assert!(
+            text.contains("peer: n1 (10.0.0.2, sealed, userspace engine)"),
+            "{text}"
+        );
         assert!(text.contains("latest handshake: 3 seconds ago"), "{text}");
         assert!(text.contains("1.50 KiB received, 10 B sent"), "{text}");
-        assert!(text.contains("wg_replay: 2"), "{text}");
+        assert!(text.contains("wg_replay (userspace): 2"), "{text}");
+        // --json: mode and engine are separate fields, as in the metrics' labels.
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["peers"][0]["mode"], "sealed");
+        assert_eq!(json["peers"][0]["engine"], "userspace");
+        assert_eq!(json["drops"][0]["reason"], "wg_replay");
     }
 }

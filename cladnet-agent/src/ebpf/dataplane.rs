@@ -165,7 +165,7 @@ pub struct AttachReport {
     pub mode: RxHook,
     /// Why that hook: the first choice, or what failed before it.
     pub reason: String,
-    /// Sysctls changed (`rp_filter` from strict to loose).
+    /// Sysctls changed (the underlay's own `rp_filter`, from strict to loose until detach).
     pub rp_filter_changed: Vec<String>,
     /// The pin directory.
     pub pin_dir: PathBuf,
@@ -215,18 +215,26 @@ impl KernelDataplane {
         }
         let pin_dir = cfg.pin_dir.as_path();
         bpffs::ensure_mounted(pin_dir)?;
+        bpffs::warn_if_private(pin_dir);
         let mut config = Config::new(cfg.tunnel_port);
         config.underlay_ifindex = underlay_ifindex;
         config.overlay_ifindex = overlay_ifindex.unwrap_or(0);
         if let Some(ip) = cfg.local_underlay_ip {
             config.set_local_underlay_ip(ip.octets());
         }
-        let (tables, mode, reason) = if is_attached(pin_dir) {
+        let (mut tables, mode, reason) = if is_attached(pin_dir) {
             take_over(cfg, config)?
         } else {
             attach_fresh(cfg, config)?
         };
-        let rp_filter_changed = sysctl::loosen_rp_filter(&cfg.underlay)?;
+        let mut rp_filter_changed = Vec::new();
+        if let Some(was) = sysctl::loosen_rp_filter(&cfg.underlay)? {
+            // Saved in the pinned configuration, so whichever process detaches restores it.
+            let mut c = tables.config()?;
+            c.rp_filter_saved = was.saturating_add(1);
+            tables.set_config(c)?;
+            rp_filter_changed.push(format!("net.ipv4.conf.{}.rp_filter", cfg.underlay));
+        }
         info!(
             underlay = %cfg.underlay,
             overlay = ?cfg.overlay,
@@ -311,6 +319,13 @@ impl KernelDataplane {
         Ok(cfg)
     }
 
+    /// Sets this node's overlay address: receive decapsulates only inner packets to it (others
+    /// are dropped as `plain_wrong_destination`).
+    pub fn set_local_overlay(&mut self, overlay_ip: Ipv4Addr) -> Result<(), EbpfError> {
+        self.update_config(|c| c.set_local_overlay_ip(overlay_ip.octets()))?;
+        Ok(())
+    }
+
     /// Sets this node's index (CLAD header sender id) and underlay address (outer source;
     /// receive accepts only datagrams to it). Call before installing peers, and again when the
     /// underlay address changes.
@@ -375,9 +390,16 @@ impl KernelDataplane {
     /// Detaches the programs and removes every pin and the pin directory.
     pub fn detach(self) -> Result<(), EbpfError> {
         let Self { pin_dir, tables } = self;
+        let saved = tables.config().ok().filter(|c| c.rp_filter_saved != 0);
         drop(tables);
         if let Some(dir) = pin_dir {
             remove_pins(&dir)?;
+        }
+        // The underlay's reverse-path filter goes back to what it was before attach.
+        if let Some(c) = saved
+            && let Some(underlay) = crate::sys::interface_name(c.underlay_ifindex)
+        {
+            sysctl::restore_rp_filter(&underlay, c.rp_filter_saved - 1);
         }
         Ok(())
     }
@@ -554,6 +576,8 @@ fn take_over(
         config.set_local_underlay_ip(old.local_underlay_ip());
     }
     config.rx_hook = old.rx_hook;
+    config.rp_filter_saved = old.rp_filter_saved;
+    config.set_local_overlay_ip(old.local_overlay_ip());
     tables.set_config(config)?;
     let mut ebpf = load_object(Some(pin_dir))?;
     let (mode, reason) = replace_underlay(&mut ebpf, cfg, &old, config.underlay_ifindex)?;

@@ -35,11 +35,17 @@ pub enum Drop {
     WgNoSession,
     /// The TUN device handed over a packet its offload metadata does not describe.
     BadTunPacket,
+    /// A reflector answer from another address than the probed reflector, or with the nonce
+    /// of no probe in flight.
+    UnsolicitedReflector,
+    /// A PLAIN peer seen on yet another port of its address within a second of the last
+    /// change (see `Router::learn_plain_port`).
+    PlainPortChangeLimited,
 }
 
 impl Drop {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 22] = [
         Self::Plain(plain::DropReason::Truncated),
         Self::Plain(plain::DropReason::BadVersion),
         Self::Plain(plain::DropReason::BadHeader),
@@ -47,6 +53,7 @@ impl Drop {
         Self::Plain(plain::DropReason::WrongNode),
         Self::Plain(plain::DropReason::SpoofedSource),
         Self::Plain(plain::DropReason::BadInner),
+        Self::Plain(plain::DropReason::WrongDestination),
         Self::WgInvalid,
         Self::WgDecrypt,
         Self::WgReplay,
@@ -59,24 +66,28 @@ impl Drop {
         Self::NotIpv4,
         Self::WgNoSession,
         Self::BadTunPacket,
+        Self::UnsolicitedReflector,
+        Self::PlainPortChangeLimited,
     ];
 
     /// Counter slot.
     fn index(self) -> usize {
         match self {
             Self::Plain(r) => r as usize,
-            Self::WgInvalid => 7,
-            Self::WgDecrypt => 8,
-            Self::WgReplay => 9,
-            Self::WgHandshake => 10,
-            Self::WgSpoofedSource => 11,
-            Self::WgBadInner => 12,
-            Self::UnknownMessage => 13,
-            Self::NoRoute => 14,
-            Self::NoEndpoint => 15,
-            Self::NotIpv4 => 16,
-            Self::WgNoSession => 17,
-            Self::BadTunPacket => 18,
+            Self::WgInvalid => 8,
+            Self::WgDecrypt => 9,
+            Self::WgReplay => 10,
+            Self::WgHandshake => 11,
+            Self::WgSpoofedSource => 12,
+            Self::WgBadInner => 13,
+            Self::UnknownMessage => 14,
+            Self::NoRoute => 15,
+            Self::NoEndpoint => 16,
+            Self::NotIpv4 => 17,
+            Self::WgNoSession => 18,
+            Self::BadTunPacket => 19,
+            Self::UnsolicitedReflector => 20,
+            Self::PlainPortChangeLimited => 21,
         }
     }
 
@@ -91,6 +102,7 @@ impl Drop {
                 plain::DropReason::WrongNode => "plain_wrong_node",
                 plain::DropReason::SpoofedSource => "plain_spoofed_source",
                 plain::DropReason::BadInner => "plain_bad_inner",
+                plain::DropReason::WrongDestination => "plain_wrong_destination",
             },
             Self::WgInvalid => "wg_invalid",
             Self::WgDecrypt => "wg_decrypt_failed",
@@ -104,6 +116,8 @@ impl Drop {
             Self::NotIpv4 => "not_ipv4",
             Self::WgNoSession => "wg_no_session",
             Self::BadTunPacket => "bad_tun_packet",
+            Self::UnsolicitedReflector => "reflector_unsolicited",
+            Self::PlainPortChangeLimited => "plain_port_change_limited",
         }
     }
 

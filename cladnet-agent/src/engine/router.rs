@@ -20,6 +20,7 @@ use std::{
 
 use cladnet_common::{
     plain::{self, KnownPeer},
+    rx,
     wire::{self, CladHeader, CladType, Demux},
 };
 use cladnet_core::{
@@ -34,6 +35,15 @@ use super::counters::{Drop, DropCounters, PeerCounters, PeerTraffic};
 
 /// Keepalive interval for SEALED peers: keeps NAT mappings open in both directions.
 pub const PERSISTENT_KEEPALIVE: Duration = Duration::from_secs(25);
+
+/// A PLAIN peer's endpoint follows a new port of its address at most this often: anyone who
+/// shares the address can send datagrams naming the peer, and each change takes the write
+/// lock and makes an event.
+pub const PORT_CHANGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Learnt endpoint changes kept for the timer thread to collect (a backstop: the rate limit
+/// above already bounds them by the number of peers).
+const MAX_LEARNED_EVENTS: usize = 1024;
 
 /// What to do with a packet read from the TUN device.
 #[derive(Debug, PartialEq, Eq)]
@@ -124,6 +134,8 @@ struct Entry {
     config: PeerConfig,
     wg: Option<PeerId>,
     counters: Arc<PeerCounters>,
+    /// When a PLAIN datagram last moved this peer to another port ([`PORT_CHANGE_INTERVAL`]).
+    port_learned_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -177,6 +189,9 @@ impl Peers {
 pub struct Router {
     /// This node's index, written into PLAIN headers.
     local_index: AtomicU32,
+    /// This node's overlay address (0.0.0.0 until the interface is configured): the only
+    /// inner destination PLAIN datagrams are decapsulated for.
+    local_ip: AtomicU32,
     peers: RwLock<Peers>,
     wg: Mutex<Device>,
     drops: DropCounters,
@@ -213,6 +228,7 @@ impl Router {
         let now = Instant::now();
         Self {
             local_index: AtomicU32::new(0),
+            local_ip: AtomicU32::new(0),
             peers: RwLock::default(),
             wg: Mutex::new(Device::new(
                 key,
@@ -243,8 +259,9 @@ impl Router {
     /// MTU (it caps WireGuard padding) here; the driver configures the device itself.
     pub fn apply(&self, now: Instant, local_index: u32, cmd: &Command) {
         match cmd {
-            Command::SetInterface { mtu, .. } => {
+            Command::SetInterface { mtu, ip, .. } => {
                 self.local_index.store(local_index, Relaxed);
+                self.local_ip.store(u32::from(*ip), Relaxed);
                 self.device().set_tunnel_mtu(usize::try_from(*mtu).ok());
             }
             Command::UpsertPeer(config) => self.upsert(now, config),
@@ -285,6 +302,7 @@ impl Router {
             config: config.clone(),
             wg,
             counters,
+            port_learned_at: None,
         });
         // Install under the write lock in one step: readers see the old entry or the new
         // one, never a half-built peer.
@@ -399,20 +417,26 @@ impl Router {
         }
         match wire::demux(datagram) {
             Demux::WireGuard(_) => self.inbound_sealed(now, from, datagram, out),
-            Demux::Clad => self.inbound_plain(from, datagram),
+            Demux::Clad => self.inbound_plain(now, from, datagram),
             Demux::Unknown => self.drop_in(Drop::UnknownMessage),
         }
     }
 
-    fn inbound_plain<'a>(&self, from: SocketAddr, datagram: &'a [u8]) -> Inbound<'a> {
+    fn inbound_plain<'a>(&self, now: Instant, from: SocketAddr, datagram: &'a [u8]) -> Inbound<'a> {
         let SocketAddr::V4(from) = from else {
             return self.drop_in(Drop::Plain(plain::DropReason::UnknownPeer));
         };
         let header = CladHeader::decode(datagram).ok();
         // The read guard must be gone before learning takes the write lock.
         let known_here = self.read_peers().plain_by_endpoint.get(&from).cloned();
-        let entry =
-            known_here.or_else(|| self.learn_plain_port(from, header.map(|h| h.node_id())?));
+        let entry = match (known_here, header) {
+            (Some(e), _) => Some(e),
+            (None, Some(h)) => match self.learn_plain_port(now, from, h.node_id()) {
+                Ok(e) => e,
+                Err(limited) => return self.drop_in(limited),
+            },
+            (None, None) => None,
+        };
         // Probes carry nothing to deliver; they keep NAT mappings warm (and may have taught us
         // the peer's port, above).
         if header.is_some_and(|h| h.ty() == Some(CladType::Probe)) {
@@ -422,7 +446,12 @@ impl Router {
             node_index: e.config.node_index,
             overlay_ip: e.config.overlay_ip.octets(),
         });
-        match plain::decapsulate(datagram, known) {
+        let local = Ipv4Addr::from(self.local_ip.load(Relaxed)).octets();
+        let checked = plain::decapsulate(datagram, known).and_then(|inner| {
+            let hdr = inner.first_chunk().expect("decapsulate checked 20 bytes");
+            rx::check_destination(hdr, local).map(|()| inner)
+        });
+        match checked {
             Ok(inner) => {
                 if let Some(e) = entry {
                     e.counters.received(inner.len(), unix_ms());
@@ -438,38 +467,69 @@ impl Router {
     /// saw (a port-translating NAT picks another port when the one it prefers is taken). The
     /// peer's endpoint moves to that port, so replies get through the NAT. Only the port can
     /// move this way: a new address comes from the controller, as PLAIN is unauthenticated.
-    fn learn_plain_port(&self, from: SocketAddrV4, node_index: u32) -> Option<Arc<Entry>> {
+    ///
+    /// A peer moves at most once per [`PORT_CHANGE_INTERVAL`]; datagrams that would move it
+    /// again sooner are dropped and counted (`Err`) without taking the write lock, so whoever
+    /// shares the address cannot flap it at line rate.
+    fn learn_plain_port(
+        &self,
+        now: Instant,
+        from: SocketAddrV4,
+        node_index: u32,
+    ) -> Result<Option<Arc<Entry>>, Drop> {
+        let candidate = |peers: &Peers| {
+            peers
+                .by_id
+                .values()
+                .find(|e| {
+                    e.config.mode == LinkMode::Plain
+                        && e.config.node_index == node_index
+                        && e.config.endpoint.is_some_and(|ep| ep.ip() == from.ip())
+                })
+                .cloned()
+        };
+        let limited = |e: &Entry| {
+            e.port_learned_at
+                .is_some_and(|at| now.saturating_duration_since(at) < PORT_CHANGE_INTERVAL)
+        };
+        match candidate(&self.read_peers()) {
+            None => return Ok(None),
+            Some(e) if limited(&e) => {
+                debug!(node_id = e.config.node_id, endpoint = %from, "PLAIN peer port changed again within a second; dropped");
+                return Err(Drop::PlainPortChangeLimited);
+            }
+            Some(_) => {}
+        }
         let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
-        let old = peers
-            .by_id
-            .values()
-            .find(|e| {
-                e.config.mode == LinkMode::Plain
-                    && e.config.node_index == node_index
-                    && e.config.endpoint.is_some_and(|ep| ep.ip() == from.ip())
-            })?
-            .clone();
+        // Looked up again: the peer may have changed between the two locks.
+        let Some(old) = candidate(&peers) else {
+            return Ok(None);
+        };
+        if limited(&old) {
+            return Err(Drop::PlainPortChangeLimited);
+        }
         let mut config = old.config.clone();
         config.endpoint = Some(from);
         let entry = Arc::new(Entry {
             config,
             wg: None,
             counters: old.counters.clone(),
+            port_learned_at: Some(now),
         });
         peers.remove(&old.config.node_id);
         peers.insert(entry.clone());
         drop(peers);
-        // Debug only: whoever shares the peer's address can trigger this at packet rate; the
-        // daemon logs the resulting endpoint change.
+        // Debug only: the daemon logs the resulting endpoint change (at most once a second per
+        // peer).
         debug!(node_id = old.config.node_id, endpoint = %from, "PLAIN peer seen on another port of its address; following it");
-        self.learned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(PeerEvent::EndpointChanged {
+        let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        if learned.len() < MAX_LEARNED_EVENTS {
+            learned.push(PeerEvent::EndpointChanged {
                 node_id: old.config.node_id.clone(),
                 endpoint: SocketAddr::V4(from),
             });
-        Some(entry)
+        }
+        Ok(Some(entry))
     }
 
     fn inbound_sealed<'a>(

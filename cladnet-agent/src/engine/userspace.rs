@@ -53,7 +53,39 @@ pub trait TunIo: Send + Sync + 'static {
     fn write(&self, buf: &[u8]) -> io::Result<usize>;
 }
 
-type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<SocketAddrV4>>>>;
+/// Reflector probes waiting for their answers, by nonce.
+type Waiters = Arc<Mutex<HashMap<u64, Waiter>>>;
+
+/// How long an unanswered keepalive probe's nonce is remembered.
+const WAITER_TTL: Duration = Duration::from_secs(10);
+
+/// A reflector probe in flight.
+#[derive(Debug)]
+struct Waiter {
+    /// Where it went: only an answer from that address counts.
+    reflector: SocketAddr,
+    /// When it was sent.
+    sent: Instant,
+    /// Where the answer goes.
+    reply: Reply,
+}
+
+#[derive(Debug)]
+enum Reply {
+    /// [`Userspace::probe`] waits for this one.
+    Once(oneshot::Sender<SocketAddrV4>),
+    /// A [`Userspace::keepalive`] probe.
+    Keepalive(mpsc::UnboundedSender<Reflection>),
+}
+
+/// The answer to a keepalive probe of the reflector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reflection {
+    /// When the probe was sent (answers may arrive out of order; the newest probe wins).
+    pub sent: Instant,
+    /// This node's endpoint as the reflector saw it.
+    pub seen: SocketAddrV4,
+}
 
 /// A running userspace engine.
 #[derive(Debug)]
@@ -143,7 +175,14 @@ impl Userspace {
             getrandom::fill(&mut nonce).expect("the OS random source works");
             let nonce = u64::from_be_bytes(nonce);
             let (tx, rx) = oneshot::channel();
-            self.lock_waiters().insert(nonce, tx);
+            self.lock_waiters().insert(
+                nonce,
+                Waiter {
+                    reflector,
+                    sent: Instant::now(),
+                    reply: Reply::Once(tx),
+                },
+            );
             let sent = self.socket.send_to(&reflector::request(nonce), reflector);
             let answer = match sent {
                 Ok(_) => tokio::time::timeout(wait, rx)
@@ -166,10 +205,69 @@ impl Userspace {
         })
     }
 
-    fn lock_waiters(
+    /// Sends one probe to `reflector` without waiting for it: the answer, if one comes from
+    /// that address with the probe's nonce, arrives on `answers`. Cheap enough to run several
+    /// times a second, so an idle host notices at once that its public address moved.
+    pub fn keepalive(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<SocketAddrV4>>> {
+        reflector: SocketAddr,
+        answers: &mpsc::UnboundedSender<Reflection>,
+    ) -> Result<(), ProbeError> {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).expect("the OS random source works");
+        let nonce = u64::from_be_bytes(nonce);
+        let now = Instant::now();
+        {
+            let mut waiters = self.lock_waiters();
+            // Unanswered probes (lost on the way) are forgotten after a while.
+            waiters.retain(|_, w| now.saturating_duration_since(w.sent) < WAITER_TTL);
+            waiters.insert(
+                nonce,
+                Waiter {
+                    reflector,
+                    sent: now,
+                    reply: Reply::Keepalive(answers.clone()),
+                },
+            );
+        }
+        if let Err(source) = self.socket.send_to(&reflector::request(nonce), reflector) {
+            self.lock_waiters().remove(&nonce);
+            return Err(ProbeError::Io { reflector, source });
+        }
+        Ok(())
+    }
+
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Hands a reflector answer from `from` to the probe it answers. Answers from anywhere but
+/// the reflector that probe went to, or with a nonce no probe in flight carries, are dropped
+/// and counted: anyone can send this node a datagram claiming to be the reflector.
+fn deliver_reflection(
+    router: &Router,
+    waiters: &Waiters,
+    from: SocketAddr,
+    nonce: u64,
+    seen: SocketAddrV4,
+) {
+    let mut waiters = waiters.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(waiter) = waiters.get(&nonce).filter(|w| w.reflector == from) else {
+        drop(waiters);
+        router.drops().add(Drop::UnsolicitedReflector);
+        debug!(%from, "reflector answer from an unexpected source or with an unknown nonce");
+        return;
+    };
+    let sent = waiter.sent;
+    match waiters.remove(&nonce).map(|w| w.reply) {
+        Some(Reply::Once(tx)) => {
+            let _ = tx.send(seen);
+        }
+        Some(Reply::Keepalive(tx)) => {
+            let _ = tx.send(Reflection { sent, seen });
+        }
+        None => {}
     }
 }
 
@@ -434,13 +532,7 @@ fn udp_to_tun(
                     Inbound::Deliver(packet) => writer.push(packet),
                     Inbound::Reply { datagram, to } => tx.push(datagram, to),
                     Inbound::Reflected { nonce, seen } => {
-                        let waiter = waiters
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&nonce);
-                        if let Some(w) = waiter {
-                            let _ = w.send(seen);
-                        }
+                        deliver_reflection(router, waiters, meta.addr, nonce, seen);
                     }
                     Inbound::Nothing | Inbound::Dropped(_) => {}
                 }
@@ -475,5 +567,76 @@ impl TunIo for sys::tun::TunQueue {
 
     fn write(&self, buf: &[u8]) -> io::Result<usize> {
         Self::write(self, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TUN stand-in that never produces a packet.
+    struct Idle;
+
+    impl TunIo for Idle {
+        fn read(&self, _: &mut [u8]) -> io::Result<usize> {
+            loop {
+                thread::park();
+            }
+        }
+
+        fn write(&self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+    }
+
+    /// Loopback only: the engine's tunnel socket, a reflector and a forger.
+    #[tokio::test]
+    async fn reflector_answers_count_only_from_the_probed_reflector_with_its_nonce() {
+        let router = Arc::new(Router::new(cladnet_wg::PrivateKey::from_bytes([3; 32])));
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (engine, _events) =
+            Userspace::start(router.clone(), Arc::new(Idle), false, socket).unwrap();
+        let reflector = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let reflector_addr = reflector.local_addr().unwrap();
+        let genuine: SocketAddrV4 = "198.18.1.10:8055".parse().unwrap();
+        let forged: SocketAddrV4 = "203.0.113.66:6666".parse().unwrap();
+        let (answers_tx, mut answers) = mpsc::unbounded_channel();
+        let server = thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            for _ in 0..2 {
+                let (n, agent) = reflector.recv_from(&mut buf).unwrap();
+                let nonce = reflector::parse_request(&buf[..n]).unwrap();
+                // Another source with the right nonce (an on-path observer) and with a wrong
+                // one, then the reflector itself with a wrong nonce: all three refused.
+                forger
+                    .send_to(&reflector::response(nonce, forged), agent)
+                    .unwrap();
+                forger
+                    .send_to(&reflector::response(nonce ^ 1, forged), agent)
+                    .unwrap();
+                reflector
+                    .send_to(&reflector::response(nonce ^ 1, forged), agent)
+                    .unwrap();
+                reflector
+                    .send_to(&reflector::response(nonce, genuine), agent)
+                    .unwrap();
+            }
+        });
+        let seen = engine
+            .probe(reflector_addr, 1, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(seen, genuine);
+        engine.keepalive(reflector_addr, &answers_tx).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), answers.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.seen, genuine);
+        server.join().unwrap();
+        assert_eq!(router.drops().get(Drop::UnsolicitedReflector), 6);
+        // Nothing else arrived on the keepalive channel.
+        assert!(answers.try_recv().is_err());
     }
 }

@@ -111,6 +111,21 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// The name of the interface with `index` in the calling thread's network namespace, `None` if
+/// there is none.
+pub fn interface_name(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes (NUL included) into `buf`, which
+    // lives until the CStr built from it is copied out.
+    let ret = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if ret.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// The index of interface `name` in the calling thread's network namespace, `None` if there is
 /// no such interface.
 pub fn interface_index(name: &str) -> Result<Option<u32>, SysError> {

@@ -63,7 +63,8 @@ pub(crate) struct CreateArgs {
     /// controller recommend one.
     #[arg(long, value_name = "CIDR|auto", value_parser = parse::address_space)]
     cidr: String,
-    /// Network id (a-z, 0-9, -; 1..=63 characters). Generated when omitted.
+    /// Network id (a-z, 0-9, -; 1..=63 characters). Defaults to NAME when NAME is a valid id,
+    /// else the controller generates one.
     #[arg(long, value_name = "ID", value_parser = parse::network_id)]
     id: Option<String>,
     /// Free-text description.
@@ -203,7 +204,10 @@ async fn recommend(args: RecommendArgs, ctx: &mut Ctx) -> anyhow::Result<()> {
 async fn create(args: CreateArgs, ctx: &mut Ctx) -> anyhow::Result<()> {
     let fail = ctx.client.fail(format!("creating network {:?}", args.name));
     let network = Network {
-        cladnet_id: args.id.unwrap_or_default(),
+        cladnet_id: args
+            .id
+            .or_else(|| default_id(&args.name))
+            .unwrap_or_default(),
         name: args.name,
         ipv4_address_space: args.cidr,
         description: args.description.unwrap_or_default(),
@@ -226,7 +230,27 @@ async fn create(args: CreateArgs, ctx: &mut Ctx) -> anyhow::Result<()> {
         .await
         .map_err(fail)?
         .into_inner();
-    ctx.emit(&created, render_network)
+    ctx.emit(&created, |n| {
+        // Every other command takes the id, not the name: say which one to use.
+        let id = &n.cladnet_id;
+        let first = if *id == n.name {
+            format!("Created network {id}.\n")
+        } else {
+            format!(
+                "Created network {id} (name {:?}); other commands take the id: cladnet peers {id}\n",
+                n.name
+            )
+        };
+        first + &render_network(n)
+    })
+}
+
+/// The id a network created without `--id` gets: its name when that is a valid id (so
+/// `cladnet peers NAME` works), else none and the controller generates one.
+fn default_id(name: &str) -> Option<String> {
+    // A network id follows the rules of an external peer's name (a DNS label), which the
+    // controller checks too.
+    parse::peer_name(name).ok()
 }
 
 /// Reads one network.
@@ -354,6 +378,15 @@ net-1  prod         10.77.0.0/24      basic             always      -
 lab    lab network  192.168.200.0/24  cost-prioritized  inter-site  tests
 "
         );
+    }
+
+    #[test]
+    fn the_name_is_the_default_id_when_valid() {
+        assert_eq!(default_id("prod").as_deref(), Some("prod"));
+        assert_eq!(default_id("web-2").as_deref(), Some("web-2"));
+        for not_an_id in ["Prod", "web tier", "-x", "x-", "", &"n".repeat(64)] {
+            assert_eq!(default_id(not_an_id), None, "{not_an_id:?}");
+        }
     }
 
     #[test]

@@ -26,9 +26,11 @@ pub(crate) enum RemoteCommand {
     Up,
     /// Bring the overlay interface down.
     Down,
-    /// Seal links (WireGuard).
+    /// Seal every link of the network (WireGuard): sets its encryption policy to `always`.
+    /// Whole network only (--host is refused).
     EnableEncryption,
-    /// Send links in plain CLAD encapsulation.
+    /// Send every link of the network in plain CLAD encapsulation: sets its encryption policy
+    /// to `never`. Whole network only (--host is refused).
     DisableEncryption,
 }
 

@@ -26,6 +26,10 @@ pub(crate) enum TokenCmd {
         /// omitted.
         #[arg(long, value_name = "DURATION", value_parser = parse::duration_secs)]
         ttl: Option<u64>,
+        /// Joins the token admits (a node re-joining with its own key uses none up); 0 or
+        /// omitted = unlimited. Give each VM its own `--uses 1` token where you can.
+        #[arg(long, value_name = "N")]
+        uses: Option<u32>,
     },
     /// List a network's join tokens (ids and expiry; never the secrets).
     #[command(visible_alias = "ls")]
@@ -49,6 +53,7 @@ pub(crate) async fn run(cmd: TokenCmd, ctx: &mut Ctx) -> anyhow::Result<()> {
             network,
             description,
             ttl,
+            uses,
         } => {
             let fail = ctx
                 .client
@@ -60,6 +65,7 @@ pub(crate) async fn run(cmd: TokenCmd, ctx: &mut Ctx) -> anyhow::Result<()> {
                     cladnet_id: network,
                     description: description.unwrap_or_default(),
                     ttl_seconds: ttl.unwrap_or(0),
+                    max_uses: uses.unwrap_or(0),
                 })
                 .await
                 .map_err(fail)?
@@ -110,8 +116,25 @@ pub(crate) async fn run(cmd: TokenCmd, ctx: &mut Ctx) -> anyhow::Result<()> {
 pub(crate) fn render_created(r: &CreateJoinTokenResponse) -> String {
     let info = r.info.clone().unwrap_or_default();
     let mut pairs = info_pairs(&info);
+    pairs.push((
+        "TLS pin",
+        if r.controller_pin.is_empty() {
+            "none (the controller serves plain HTTP)".into()
+        } else {
+            format!("{} (in the token)", r.controller_pin)
+        },
+    ));
     pairs.push(("Token", r.token.clone()));
     key_values(&pairs)
+}
+
+/// `used/max`, or `unlimited`.
+fn uses(t: &JoinToken) -> String {
+    if t.max_uses == 0 {
+        "unlimited".into()
+    } else {
+        format!("{}/{}", t.uses, t.max_uses)
+    }
 }
 
 fn info_pairs(t: &JoinToken) -> Vec<(&'static str, String)> {
@@ -121,18 +144,20 @@ fn info_pairs(t: &JoinToken) -> Vec<(&'static str, String)> {
         ("Description", t.description.clone()),
         ("Created", unix_time(t.created_at, "-")),
         ("Expires", unix_time(t.expires_at, "never")),
+        ("Uses", uses(t)),
     ]
 }
 
 /// Join tokens as a table.
 pub(crate) fn render_list(r: &ListJoinTokensResponse) -> String {
-    let mut t = Table::new(["TOKEN ID", "DESCRIPTION", "CREATED", "EXPIRES"]);
+    let mut t = Table::new(["TOKEN ID", "DESCRIPTION", "CREATED", "EXPIRES", "USES"]);
     for tok in &r.tokens {
         t.row([
             tok.token_id.clone(),
             tok.description.clone(),
             unix_time(tok.created_at, "-"),
             unix_time(tok.expires_at, "never"),
+            uses(tok),
         ]);
     }
     t.render()
@@ -152,6 +177,8 @@ mod tests {
                     description: "ci runners".into(),
                     created_at: 1_700_000_000,
                     expires_at: 1_700_003_600,
+                    max_uses: 1,
+                    uses: 1,
                 },
                 JoinToken {
                     token_id: "t2".into(),
@@ -163,9 +190,9 @@ mod tests {
         assert_eq!(
             render_list(&r),
             "\
-TOKEN ID  DESCRIPTION  CREATED               EXPIRES
-t1        ci runners   2023-11-14T22:13:20Z  2023-11-14T23:13:20Z
-t2        -            2023-11-14T22:13:20Z  never
+TOKEN ID  DESCRIPTION  CREATED               EXPIRES               USES
+t1        ci runners   2023-11-14T22:13:20Z  2023-11-14T23:13:20Z  1/1
+t2        -            2023-11-14T22:13:20Z  never                 unlimited
 "
         );
     }
@@ -179,10 +206,25 @@ t2        -            2023-11-14T22:13:20Z  never
                 ..Default::default()
             }),
             token: "cnj.t1.s3cret".into(),
+            controller_pin: String::new(),
         };
         let out = render_created(&r);
         assert!(out.contains("Token ID:     t1\n"), "{out}");
         assert!(out.contains("Expires:      never\n"));
+        assert!(out.contains("Uses:         unlimited\n"), "{out}");
+        assert!(out.contains("TLS pin:      none"), "{out}");
         assert!(out.ends_with("Token:        cnj.t1.s3cret\n"));
+        let pinned = CreateJoinTokenResponse {
+            controller_pin: format!("sha256:{}", "ab".repeat(32)),
+            ..r
+        };
+        let out = render_created(&pinned);
+        assert!(
+            out.contains(&format!(
+                "TLS pin:      sha256:{} (in the token)\n",
+                "ab".repeat(32)
+            )),
+            "{out}"
+        );
     }
 }

@@ -6,41 +6,22 @@ use tracing::info;
 
 use super::Controller;
 use crate::{
-    auth::{self, new_session_token, parse_join_token, sha256_hex},
+    auth::{self, new_session_token, sha256_hex},
     error::{ControllerError, Result},
     keys,
     model::{
         self, EXTERNAL_HOST_PREFIX, InterfaceRecord, PairRecord, PeerRecord, PeerState,
-        ResultRecord, SCHEMA, SiteRecord, TestRecord, TokenRecord, now_unix,
+        ResultRecord, SCHEMA, SiteRecord, TestRecord, now_unix,
     },
     validate,
 };
 
 impl Controller {
-    /// Checks a join token of network `net`.
+    /// Authenticates a join token of network `net` (it exists and its secret matches);
+    /// expiry and use limits are checked in the Join transaction (`join_token_use`), where a
+    /// re-join of an already bound node is told apart.
     pub async fn check_join_token(&self, net: &str, bearer: &str) -> Result<()> {
-        let (id, secret) = parse_join_token(bearer)?;
-        let kv = self
-            .store
-            .get(&keys::token(net, id))
-            .await?
-            .ok_or_else(|| {
-                ControllerError::Unauthenticated(format!(
-                    "unknown or revoked join token for network {net:?}"
-                ))
-            })?;
-        let token: TokenRecord = model::decode(&kv)?;
-        if sha256_hex(secret) != token.secret_sha256 {
-            return Err(ControllerError::Unauthenticated(
-                "invalid join token".into(),
-            ));
-        }
-        if token.expires_at != 0 && token.expires_at <= now_unix() {
-            return Err(ControllerError::PermissionDenied(format!(
-                "join token {id} expired"
-            )));
-        }
-        Ok(())
+        self.join_token_use(net, bearer, true).await.map(|_| ())
     }
 
     /// Checks the session token of node `node` in network `net`; returns the store revision
@@ -136,6 +117,12 @@ impl Controller {
                         "publicKey: registered to another peer of this network".into(),
                     ));
                 }
+                // A restarted node (same host id, same key) re-joins without using up the
+                // token; anything else counts one use, in this transaction.
+                let rejoin = previous
+                    .as_ref()
+                    .is_some_and(|p| p.public_key == req.public_key);
+                let token_use = self.join_token_use(net, bearer, rejoin).await?;
                 let record = PeerRecord {
                     schema: SCHEMA,
                     node_id: node.to_owned(),
@@ -186,6 +173,8 @@ impl Controller {
                 }
                 compares.extend(reservation.compares);
                 ops.extend(reservation.ops);
+                compares.extend(token_use.compares);
+                ops.extend(token_use.ops);
                 let res = self
                     .store
                     .txn(Txn::new().when(compares).and_then(ops))

@@ -17,6 +17,10 @@ impl Controller {
     /// Sends a command to one agent or to every agent of a network (external WireGuard peers
     /// have no agent to obey it). Each target's command key is written; its agent receives it
     /// on its Watch stream.
+    ///
+    /// `enable-encryption` / `disable-encryption` (cb-network's) switch the network's encryption
+    /// policy to `always` / `never` instead: both ends of a link must agree on its mode, so
+    /// encryption cannot be a per-agent setting, and a command for one `hostId` is refused.
     pub async fn send_command(
         &self,
         req: pb::SendCommandRequest,
@@ -25,6 +29,24 @@ impl Controller {
         let command_type = validate::command_type("commandType", &req.command_type)?;
         let net = req.cladnet_id.as_str();
         self.network(net).await?;
+        let encryption = match command_type.as_str() {
+            "enable-encryption" => Some("always"),
+            "disable-encryption" => Some("never"),
+            _ => None,
+        };
+        if let Some(encryption) = encryption {
+            if !req.host_id.is_empty() {
+                return Err(ControllerError::invalid(
+                    "hostId",
+                    format!(
+                        "{command_type} applies to the whole network: both ends of a link must \
+                         agree on encryption, so it is the network's policy; omit hostId, or use \
+                         `cladnet network update {net} --encryption always|inter-site|never`"
+                    ),
+                ));
+            }
+            return self.switch_encryption(net, encryption).await;
+        }
         let targets: Vec<String> = if req.host_id.is_empty() {
             self.peers(net)
                 .await?
@@ -59,6 +81,37 @@ impl Controller {
             is_succeeded: true,
             message: format!("{command_type} sent to {} peer(s)", targets.len()),
             host_ids: targets,
+        })
+    }
+
+    /// Sets the network's encryption policy (checked against the revision read, like an
+    /// update); every agent applies it from its Watch stream and re-derives its links.
+    async fn switch_encryption(
+        &self,
+        net: &str,
+        encryption: &str,
+    ) -> Result<pb::SendCommandResponse> {
+        let current = self.get_network(net).await?;
+        let was = current.encryption.clone();
+        self.update_network(pb::Network {
+            encryption: encryption.to_owned(),
+            ..current
+        })
+        .await?;
+        let agents: Vec<String> = self
+            .peers(net)
+            .await?
+            .into_iter()
+            .filter(|(p, _)| !p.external)
+            .map(|(p, _)| p.node_id)
+            .collect();
+        info!(network = %net, from = %was, to = %encryption, "encryption policy switched by command");
+        Ok(pb::SendCommandResponse {
+            is_succeeded: true,
+            message: format!(
+                "network {net}: encryption {was} -> {encryption}; its agents re-derive their links"
+            ),
+            host_ids: agents,
         })
     }
 

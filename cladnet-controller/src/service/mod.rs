@@ -49,6 +49,8 @@ pub struct Controller {
     metrics: Arc<crate::metrics::Metrics>,
     /// The join key, loaded from (or created in) the store on first use.
     join_key: tokio::sync::OnceCell<identity::JoinKey>,
+    /// The pin of the certificate this controller serves (put into the join tokens it mints).
+    tls_pin: Option<cladnet_proto::tls::Pin>,
 }
 
 impl Controller {
@@ -63,7 +65,21 @@ impl Controller {
             hubs: Arc::default(),
             stats_lease: stats::StatsLease::default(),
             join_key: tokio::sync::OnceCell::new(),
+            tls_pin: None,
         }
+    }
+
+    /// Sets the pin of the certificate this controller serves: join tokens carry it, so an
+    /// agent holding one trusts exactly this key.
+    #[must_use]
+    pub fn with_tls_pin(mut self, pin: Option<cladnet_proto::tls::Pin>) -> Self {
+        self.tls_pin = pin;
+        self
+    }
+
+    /// The pin of the served certificate, if the controller serves TLS.
+    pub fn tls_pin(&self) -> Option<cladnet_proto::tls::Pin> {
+        self.tls_pin
     }
 
     /// The controller's metrics.

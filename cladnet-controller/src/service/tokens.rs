@@ -1,17 +1,27 @@
 //! Join tokens: minted per network, stored hashed, listed, revoked.
 
 use cladnet_proto::v1 as pb;
-use cladnet_store::{Compare, Txn, TxnOp};
+use cladnet_store::{Compare, CompareOp, Txn, TxnOp};
 use tracing::info;
 
 use super::Controller;
 use crate::{
-    auth::new_join_token,
+    auth::{new_join_token, parse_join_token, sha256_hex},
     error::{ControllerError, Result},
     keys,
     model::{self, SCHEMA, TokenRecord, now_unix},
     validate,
 };
+
+/// What a Join's transaction adds to count a join token's use: a compare that the token
+/// record is unchanged since it was checked, and the record with one more use.
+#[derive(Debug, Default)]
+pub(crate) struct TokenUse {
+    /// Compares to add to the Join's transaction.
+    pub(crate) compares: Vec<Compare>,
+    /// Operations to add to it.
+    pub(crate) ops: Vec<TxnOp>,
+}
 
 /// Longest join-token lifetime accepted: ten years.
 const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
@@ -32,7 +42,7 @@ impl Controller {
         }
         let net = req.cladnet_id.as_str();
         let (_, net_kv) = self.network(net).await?;
-        let minted = new_join_token();
+        let minted = new_join_token(self.tls_pin);
         let now = now_unix();
         let record = TokenRecord {
             schema: SCHEMA,
@@ -45,6 +55,8 @@ impl Controller {
             } else {
                 now + req.ttl_seconds as i64
             },
+            max_uses: req.max_uses,
+            uses: 0,
         };
         let res = self
             .store
@@ -53,7 +65,7 @@ impl Controller {
                     .when([
                         Compare::mod_revision(
                             keys::network(net),
-                            cladnet_store::CompareOp::Equal,
+                            CompareOp::Equal,
                             net_kv.mod_revision,
                         ),
                         Compare::absent(keys::token(net, &minted.id)),
@@ -69,10 +81,70 @@ impl Controller {
                 "network {net:?} changed while minting a token; retry"
             )));
         }
-        info!(network = %net, token_id = %minted.id, "join token created");
+        info!(network = %net, token_id = %minted.id, max_uses = record.max_uses, "join token created");
         Ok(pb::CreateJoinTokenResponse {
             info: Some(record.to_proto(net)),
             token: minted.token,
+            controller_pin: self.tls_pin.map(|p| p.to_string()).unwrap_or_default(),
+        })
+    }
+
+    /// Checks join token `bearer` of network `net` for a Join and returns what the Join's
+    /// store transaction must add so the token's use is counted atomically with the join.
+    ///
+    /// `rejoin`: the joining host id is already bound to the very public key it presents (a
+    /// restarted agent). A re-join uses up nothing and is admitted by an expired or used-up
+    /// token (but not a revoked one or a wrong secret): expiry and use limits bound how many
+    /// *new* nodes a token admits, as Tailscale's auth keys do; a node keeps its identity.
+    ///
+    /// Call it inside the Join's retry loop (each attempt reads the token afresh) and add the
+    /// returned compares and ops to the same transaction; a lost race retries.
+    pub(crate) async fn join_token_use(
+        &self,
+        net: &str,
+        bearer: &str,
+        rejoin: bool,
+    ) -> Result<TokenUse> {
+        let (id, secret) = parse_join_token(bearer)?;
+        let key = keys::token(net, id);
+        let kv = self.store.get(&key).await?.ok_or_else(|| {
+            ControllerError::Unauthenticated(format!(
+                "unknown or revoked join token for network {net:?}"
+            ))
+        })?;
+        let mut token: TokenRecord = model::decode(&kv)?;
+        if sha256_hex(secret) != token.secret_sha256 {
+            return Err(ControllerError::Unauthenticated(
+                "invalid join token".into(),
+            ));
+        }
+        if rejoin {
+            return Ok(TokenUse::default());
+        }
+        if token.expires_at != 0 && token.expires_at <= now_unix() {
+            return Err(ControllerError::PermissionDenied(format!(
+                "join token {id} expired"
+            )));
+        }
+        if token.max_uses == 0 {
+            // Unlimited tokens are not counted: a write per join would make every concurrent
+            // join with one token race on one record.
+            return Ok(TokenUse::default());
+        }
+        if token.uses >= token.max_uses {
+            return Err(ControllerError::PermissionDenied(format!(
+                "join token {id} is used up ({} of {} joins); create a new one",
+                token.uses, token.max_uses
+            )));
+        }
+        token.uses += 1;
+        Ok(TokenUse {
+            compares: vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                kv.mod_revision,
+            )],
+            ops: vec![TxnOp::put(key, model::encode(&token))],
         })
     }
 

@@ -337,7 +337,21 @@ impl Store for EmbeddedStore {
 
     async fn watch(&self, prefix: &str, start_revision: Option<Revision>) -> Result<WatchStream> {
         check_start_revision(prefix, start_revision)?;
-        Ok(watch::spawn(&self.inner, prefix.to_owned(), start_revision))
+        // "From now" must mean the revision current when this call returns, not when the
+        // watch task first runs: resolve it here, so that a commit made right after `watch`
+        // returns (between a caller's snapshot read and the task's subscription) is replayed
+        // from the history instead of being skipped.
+        let start = match start_revision {
+            Some(rev) => rev,
+            None => {
+                let p = prefix.to_owned();
+                self.run(Op::Watch, prefix_target(prefix), move |inner| {
+                    engine::history(&inner.db, &p, None, 0).map(|chunk| chunk.next)
+                })
+                .await?
+            }
+        };
+        Ok(watch::spawn(&self.inner, prefix.to_owned(), Some(start)))
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {

@@ -510,6 +510,47 @@ pub(crate) async fn watch_ordering(fixture: &impl Fixture) {
     assert_quiet(&mut w, Duration::from_millis(200)).await;
 }
 
+/// A watch "from now" covers every commit made after `watch` returned, even one made before
+/// the watch's own machinery (a task, a stream) first runs: the race a Watch handler meets
+/// between its snapshot read and the stream's first event.
+pub(crate) async fn watch_from_now_sees_next_write(fixture: &impl Fixture) {
+    const ROUNDS: usize = 10;
+    let s = fixture.connect().await;
+    let writer = fixture.connect().await;
+    let main = tokio::runtime::Handle::current();
+    let worst_case = tokio::task::spawn_blocking(move || {
+        // The watch is created on a runtime of its own that is not driven again until the
+        // write has committed: nothing the watch spawned can run before the commit, the worst
+        // case of a busy controller's scheduling.
+        let paused = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        for round in 0..ROUNDS {
+            let prefix = format!("/now{round}/");
+            let key = format!("{prefix}k");
+            let mut stream = paused.block_on(s.watch(&prefix, None)).unwrap();
+            let rev = main
+                .block_on(writer.put(&key, b"v".to_vec(), None))
+                .unwrap();
+            let event = paused.block_on(async {
+                match timeout(Duration::from_secs(2), stream.next()).await {
+                    Ok(Some(Ok(event))) => event,
+                    Ok(Some(Err(e))) => panic!("round {round}: watch failed: {e}"),
+                    Ok(None) => panic!("round {round}: watch ended"),
+                    Err(_) => panic!(
+                        "round {round}: the put at revision {rev} made right after \
+                         watch(None) returned never reached the watch"
+                    ),
+                }
+            });
+            assert_eq!(event.key(), key, "round {round}");
+            assert_eq!(event.revision(), rev, "round {round}");
+        }
+    });
+    worst_case.await.expect("watch-from-now rounds");
+}
+
 /// A watch started in the past while writes go on: history replay hands over to live events
 /// without gap or duplicate.
 pub(crate) async fn watch_from_revision_during_writes(fixture: &impl Fixture) {

@@ -47,6 +47,7 @@ mod conformance {
         cas_race_single_winner,
         cas_counter_increments,
         watch_ordering,
+        watch_from_now_sees_next_write,
         watch_from_revision_during_writes,
         watch_resume_after_reconnect,
         watch_compacted,

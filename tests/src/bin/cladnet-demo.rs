@@ -5,15 +5,25 @@
 //! created, everyone joins, and a connectivity test prints the latency matrix. Then it keeps
 //! running until Ctrl-C (or exits at once with `--once`) and removes everything it created.
 //!
-//! Usage: `cladnet-demo [--once] [--trials N]` (root; `cargo xtask demo` builds and runs it).
+//! The web console is forwarded from the machine's loopback (127.0.0.1:8053, else a free port)
+//! into the controller's namespace, and its URL printed.
+//!
+//! Usage: `cladnet-demo [--once] [--trials N]` (root; `cargo xtask demo` builds it in release
+//! mode and runs it).
 
 use std::{
     io::Write as _,
-    process::ExitCode,
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsFd as _, OwnedFd},
+    process::{ExitCode, Stdio},
     time::{Duration, Instant},
 };
 
-use cladnet_tests::{Mesh, Nat, SiteLabels, Topology, netns_unavailable};
+use cladnet_tests::{CONTROLLER_PORT, Mesh, Nat, Process, SiteLabels, Topology, netns_unavailable};
+
+/// Internal mode: `cladnet-demo __forward-console`, started inside the controller's namespace
+/// with a listening socket of the host's loopback as stdin (see [`forward_console`]).
+const FORWARD: &str = "__forward-console";
 
 const CLOUDS: [(&str, &str, Nat, &[&str]); 4] = [
     ("aws", "192.168.1.0/24", Nat::Masquerade, &["a1", "a2"]),
@@ -29,6 +39,9 @@ fn step(n: u32, text: &str) {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(FORWARD) {
+        return forward();
+    }
     let once = args.iter().any(|a| a == "--once");
     let trials = match args.iter().position(|a| a == "--trials") {
         Some(i) => match args.get(i + 1).and_then(|t| t.parse::<u32>().ok()) {
@@ -90,9 +103,22 @@ fn demo(once: bool, trials: u32) {
     }
     let topo = b.build().expect("build the topology");
 
-    step(2, "starting the controller on the embedded store");
-    let mut mesh = Mesh::with_controller(topo, "ctl");
-    println!("      controller at {}", mesh.controller_url());
+    step(
+        2,
+        "starting the controller on the embedded store, TLS with its own certificate",
+    );
+    let mut mesh = Mesh::with_tls_controller(topo, "ctl");
+    println!(
+        "      controller at {} (--tls auto; agents trust the pin in their join token)",
+        mesh.controller_url()
+    );
+    if cfg!(debug_assertions) {
+        println!(
+            "      (debug binaries: RTTs across clouds are several times those of the release \
+             build `cargo xtask demo` runs)"
+        );
+    }
+    let (_forwarder, console) = forward_console(&mesh);
 
     step(
         3,
@@ -173,10 +199,15 @@ fn demo(once: bool, trials: u32) {
     let z1 = mesh.overlay_ip("z1");
     println!("      metrics:  ip netns exec {a1} curl -s 127.0.0.1:9412/metrics");
     println!("      traffic:  ip netns exec {a1} ping {z1}");
-    let ctl = mesh.topo.host("ctl").netns().name().to_owned();
+    // The controller is reachable from this machine through the console's forward.
     println!(
-        "      CLI:      ip netns exec {ctl} {} --controller http://127.0.0.1:8053 --token {} peers demo",
+        "      CLI:      {} --controller https://{console} --ca-cert {} --token {} peers demo",
         cladnet_tests::bin_path("cladnet").display(),
+        mesh.tls_dir().join("controller.crt").display(),
+        cladnet_tests::MESH_ADMIN_TOKEN
+    );
+    println!(
+        "      console:  https://{console}/console/#token={}&net=demo (self-signed: the browser asks to accept it)",
         cladnet_tests::MESH_ADMIN_TOKEN
     );
     println!("      logs:     {}", mesh.log_dir().display());
@@ -194,4 +225,84 @@ fn demo(once: bool, trials: u32) {
     }
     drop(mesh);
     println!("cleaned up.");
+}
+
+/// Makes the controller's port reachable from this machine: binds 127.0.0.1:8053 (else a free
+/// loopback port) here, in the machine's namespace, and hands the listening socket as stdin to
+/// a copy of this program started in the controller's namespace (`nsenter --net`), which
+/// accepts on it and connects to the controller on its own loopback. A socket stays in the
+/// namespace it was made in, so no interface of the machine is touched, no unsafe `setns` is
+/// needed, and the forwarder dies with the namespace. Checks the console answers through it.
+fn forward_console(mesh: &Mesh) -> (Process, SocketAddr) {
+    let listener = TcpListener::bind(("127.0.0.1", CONTROLLER_PORT))
+        .or_else(|_| TcpListener::bind("127.0.0.1:0"))
+        .expect("a loopback port for the console");
+    let addr = listener.local_addr().expect("the console's address");
+    let me = std::env::current_exe().expect("the demo's path");
+    let mut cmd = mesh
+        .topo
+        .host("ctl")
+        .command(me.to_str().expect("a UTF-8 path"));
+    cmd.arg(FORWARD)
+        .stdin(Stdio::from(OwnedFd::from(listener)))
+        .stdout(Stdio::null());
+    let forwarder = Process::spawn(&mut cmd).expect("start the console forwarder");
+    let status = https_status(addr, "/console/", &mesh.tls_dir().join("controller.crt"));
+    assert_eq!(
+        status.as_deref(),
+        Some("200"),
+        "the console through {addr}: {status:?}"
+    );
+    (forwarder, addr)
+}
+
+/// The status code of `GET path` on `addr` over TLS, trusting the controller's own
+/// certificate (it names 127.0.0.1), as a browser that accepted it would.
+fn https_status(addr: SocketAddr, path: &str, ca: &std::path::Path) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .arg("--cacert")
+        .arg(ca)
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The forwarder (in the controller's namespace): every connection accepted on the inherited
+/// listener is joined to a new connection to the controller's port on this namespace's
+/// loopback, one thread per direction.
+fn forward() -> ExitCode {
+    let listener = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => TcpListener::from(fd),
+        Err(e) => {
+            eprintln!("error: no listening socket on stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for client in listener.incoming() {
+        let Ok(client) = client else { continue };
+        std::thread::spawn(
+            move || match TcpStream::connect(("127.0.0.1", CONTROLLER_PORT)) {
+                Ok(server) => pump(client, server),
+                Err(e) => eprintln!("console forwarder: controller unreachable: {e}"),
+            },
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// Copies both ways until each side has finished sending.
+fn pump(client: TcpStream, server: TcpStream) {
+    let (Ok(mut client_rx), Ok(mut server_tx)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_rx, &mut server_tx);
+        let _ = server_tx.shutdown(Shutdown::Write);
+    });
+    let (mut server_rx, mut client_tx) = (server, client);
+    let _ = std::io::copy(&mut server_rx, &mut client_tx);
+    let _ = client_tx.shutdown(Shutdown::Write);
+    let _ = up.join();
 }

@@ -353,3 +353,69 @@ fn a_plain_peer_seen_on_another_port_of_its_address_is_followed() {
         )))
     );
 }
+
+#[test]
+fn plain_port_learning_is_rate_limited_per_peer() {
+    let (a, b) = pair(LinkMode::Plain);
+    let d = send(&a, &packet(a.ip, b.ip, b"flap"));
+    let at = |now: Instant, port: u16| {
+        let mut out = vec![0; out_len(d.len())];
+        let from = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), port));
+        matches!(
+            b.router.inbound(now, from, &d, &mut out),
+            Inbound::Deliver(_)
+        )
+    };
+    let t0 = Instant::now();
+    assert!(at(t0, 40000), "the first change is followed");
+    // Someone sharing a's address flaps the port at line rate: nothing moves for a second.
+    for i in 0..1000u16 {
+        assert!(!at(t0 + Duration::from_micros(u64::from(i)), 40001 + i % 2));
+    }
+    assert_eq!(b.router.drops().get(Drop::PlainPortChangeLimited), 1000);
+    // The port that was learnt keeps working meanwhile.
+    assert!(at(t0 + Duration::from_millis(500), 40000));
+    let mut out = vec![0; 256];
+    let events = b.router.timers(Instant::now(), &mut out, |_, _| {});
+    assert_eq!(events.len(), 1, "one event for one change: {events:?}");
+    assert_eq!(
+        b.router.peer_config("node-1").unwrap().endpoint,
+        Some("192.0.2.1:40000".parse().unwrap())
+    );
+    // A second later the peer may move again.
+    assert!(at(t0 + PORT_CHANGE_INTERVAL, 40002));
+    assert_eq!(
+        b.router.peer_config("node-1").unwrap().endpoint,
+        Some("192.0.2.1:40002".parse().unwrap())
+    );
+}
+
+#[test]
+fn plain_packets_for_another_destination_are_dropped_and_counted() {
+    let (a, b) = pair(LinkMode::Plain);
+    // a's packets may only be for b: not for another overlay node, an underlay host, or
+    // broadcast (b would forward them, with a's overlay source, wherever its routes reach).
+    for dst in [
+        Ipv4Addr::new(10, 77, 0, 9),
+        Ipv4Addr::new(192, 168, 1, 1),
+        Ipv4Addr::BROADCAST,
+    ] {
+        let mut d = send(&a, &packet(a.ip, b.ip, b"relay"));
+        d[wire::CLAD_HDR_LEN + 16..wire::CLAD_HDR_LEN + 20].copy_from_slice(&dst.octets());
+        assert_eq!(
+            receive(&b, A_EP, &d),
+            Err(Inbound::Dropped(Drop::Plain(
+                plain::DropReason::WrongDestination
+            ))),
+            "{dst}"
+        );
+    }
+    assert_eq!(
+        b.router
+            .drops()
+            .get(Drop::Plain(plain::DropReason::WrongDestination)),
+        3
+    );
+    let p = packet(a.ip, b.ip, b"for b");
+    assert_eq!(receive(&b, A_EP, &send(&a, &p)).unwrap(), p);
+}
