@@ -115,6 +115,12 @@ impl Mesh {
         self.net = id.to_owned();
     }
 
+    /// The join token of the current network (what every VM holds; with TLS it carries the
+    /// controller's pin).
+    pub fn join_token(&self) -> &str {
+        &self.token
+    }
+
     /// Where the controller's and agents' logs are.
     pub fn log_dir(&self) -> &Path {
         self.dir.path()
@@ -128,11 +134,6 @@ impl Mesh {
     pub fn controller_url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}:{CONTROLLER_PORT}", self.ctl().public_ip())
-    }
-
-    /// The join token agents are started with (it carries the pin with TLS).
-    pub fn join_token(&self) -> &str {
-        &self.token
     }
 
     /// The `--tls auto` directory of the controller (certificate and key).

@@ -27,7 +27,14 @@ fn an_agent_under_ip_netns_exec_warns_that_its_pins_are_private() {
     );
     let ebpf = ["--dataplane", "ebpf"];
     let (url, token) = (mesh.controller_url(), mesh.join_token().to_owned());
-    mesh.start_agent_launched("a1", site("aws", "vpc-a"), &url, &token, &ebpf, ip_netns_exec);
+    mesh.start_agent_launched(
+        "a1",
+        site("aws", "vpc-a"),
+        &url,
+        &token,
+        &ebpf,
+        ip_netns_exec,
+    );
     mesh.start_agent("g1", site("gcp", "vpc-g"), &ebpf);
     // Both work: the warning is about restarts, not about forwarding.
     mesh.wait_mesh(&["a1", "g1"], UP);

@@ -260,7 +260,15 @@ fn forward_console(mesh: &Mesh) -> (Process, SocketAddr) {
 /// certificate (it names 127.0.0.1), as a browser that accepted it would.
 fn https_status(addr: SocketAddr, path: &str, ca: &std::path::Path) -> Option<String> {
     let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
         .arg("--cacert")
         .arg(ca)
         .arg(format!("https://{addr}{path}"))
