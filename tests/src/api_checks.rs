@@ -1332,8 +1332,22 @@ pub async fn sessions_end_with_credentials(ctl: &TestController) {
         "{ev:?}"
     );
 
+    // A stream resumed from before two re-joins replays the older session change, which does
+    // not revoke the newest session.
+    let third = join(ctl, &token, &net, "ra").await;
+    drop(again);
+    let mut as_a = ctl.agent(&third.session_token).await;
+    let mut replay = watch(&mut as_a, &net, "ra", snap.revision).await;
+    for _ in 0..2 {
+        let ev = next_event(&mut replay).await;
+        assert!(
+            matches!(&ev.event, Some(Event::PeerUpserted(p)) if p.host_id == "ra"),
+            "{ev:?}"
+        );
+    }
+    drop(replay);
+
     // Deleting the peer ends the new session's streams too.
-    let mut as_a = ctl.agent(&again.session_token).await;
     let mut stream = watch(&mut as_a, &net, "ra", 0).await;
     let snap = next_event(&mut stream).await;
     let mut resumed = watch(&mut as_a, &net, "ra", snap.revision).await;

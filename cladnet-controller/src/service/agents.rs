@@ -24,8 +24,9 @@ impl Controller {
         self.join_token_use(net, bearer, true).await.map(|_| ())
     }
 
-    /// Checks the session token of node `node` in network `net`.
-    pub async fn check_session(&self, net: &str, node: &str, bearer: &str) -> Result<()> {
+    /// Checks the session token of node `node` in network `net`; returns the store revision
+    /// the session was written at (only later session changes can revoke it).
+    pub async fn check_session(&self, net: &str, node: &str, bearer: &str) -> Result<i64> {
         if !bearer.starts_with(auth::SESSION_PREFIX) {
             return Err(ControllerError::PermissionDenied(
                 "Watch and Report need the session token Join returned".into(),
@@ -33,7 +34,7 @@ impl Controller {
         }
         let stored = self.store.get(&keys::session(net, node)).await?;
         match stored {
-            Some(kv) if kv.value == sha256_hex(bearer).as_bytes() => Ok(()),
+            Some(kv) if kv.value == sha256_hex(bearer).as_bytes() => Ok(kv.mod_revision),
             Some(_) => Err(ControllerError::Unauthenticated(format!(
                 "invalid session token for peer {node:?}; join again"
             ))),

@@ -52,12 +52,14 @@ impl Controller {
                 "too large: no store revision is that high",
             ));
         }
-        self.check_session(&req.cladnet_id, &req.host_id, bearer)
+        let session_revision = self
+            .check_session(&req.cladnet_id, &req.host_id, bearer)
             .await?;
         let (tx, rx) = mpsc::channel(BUFFER);
         let forwarder = Forwarder {
             store: self.store.clone(),
             session: sha256_hex(bearer).into_bytes(),
+            session_revision,
             net: req.cladnet_id,
             node: req.host_id,
             tx,
@@ -124,6 +126,9 @@ struct Forwarder {
     store: Arc<dyn Store>,
     /// SHA-256 (hex) of the session token the stream was opened with.
     session: Vec<u8>,
+    /// Store revision the session was written at: only later session changes revoke it (a
+    /// resumed stream replays older ones).
+    session_revision: Revision,
     net: String,
     node: String,
     tx: mpsc::Sender<Result<pb::WatchEvent>>,
@@ -176,7 +181,7 @@ impl Forwarder {
                         let _ = self.emit(Err(e)).await;
                         return;
                     }
-                    if change.revokes(&self.node, &self.session, floor) {
+                    if change.revokes(&self.node, &self.session, floor.max(self.session_revision)) {
                         return self.revoked().await;
                     }
                     if let Some((event, last)) = change.for_node(&self.node, floor)
@@ -256,7 +261,11 @@ impl Forwarder {
                     return Ok(());
                 }
             };
-            if change.revokes(&self.node, &self.session, next - 1) {
+            if change.revokes(
+                &self.node,
+                &self.session,
+                (next - 1).max(self.session_revision),
+            ) {
                 self.revoked().await;
                 return Ok(());
             }
