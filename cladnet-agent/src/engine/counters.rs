@@ -1,7 +1,7 @@
 //! Userspace dataplane counters: per peer and per drop reason, updated lock-free from the
 //! packet threads and read by the metrics endpoint and `cladnet-agent status`.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use cladnet_common::plain;
 use cladnet_wg::Error as WgError;
@@ -35,11 +35,14 @@ pub enum Drop {
     WgNoSession,
     /// The TUN device handed over a packet its offload metadata does not describe.
     BadTunPacket,
+    /// An outgoing packet is larger than its peer's path carries (a DF packet is answered
+    /// with ICMP "fragmentation needed").
+    TooBig,
 }
 
 impl Drop {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::Plain(plain::DropReason::Truncated),
         Self::Plain(plain::DropReason::BadVersion),
         Self::Plain(plain::DropReason::BadHeader),
@@ -59,6 +62,7 @@ impl Drop {
         Self::NotIpv4,
         Self::WgNoSession,
         Self::BadTunPacket,
+        Self::TooBig,
     ];
 
     /// Counter slot.
@@ -77,6 +81,7 @@ impl Drop {
             Self::NotIpv4 => 16,
             Self::WgNoSession => 17,
             Self::BadTunPacket => 18,
+            Self::TooBig => 19,
         }
     }
 
@@ -104,6 +109,7 @@ impl Drop {
             Self::NotIpv4 => "not_ipv4",
             Self::WgNoSession => "wg_no_session",
             Self::BadTunPacket => "bad_tun_packet",
+            Self::TooBig => "too_big",
         }
     }
 
@@ -168,6 +174,8 @@ pub struct PeerCounters {
     rx_bytes: AtomicU64,
     /// Unix milliseconds of the last packet received; 0 = never.
     last_rx_ms: AtomicU64,
+    /// Largest inner packet the peer's path carries (its route MTU); 0 = not known.
+    mtu_limit: AtomicU32,
 }
 
 /// A copy of one peer's counters.
@@ -197,6 +205,16 @@ impl PeerCounters {
         self.rx_packets.fetch_add(1, Relaxed);
         self.rx_bytes.fetch_add(bytes as u64, Relaxed);
         self.last_rx_ms.store(now_ms, Relaxed);
+    }
+
+    /// Records the largest inner packet the peer's path carries (path MTU discovery).
+    pub fn set_mtu_limit(&self, mtu: u32) {
+        self.mtu_limit.store(mtu, Relaxed);
+    }
+
+    /// The largest inner packet the peer's path carries; 0 = not known.
+    pub fn mtu_limit(&self) -> u32 {
+        self.mtu_limit.load(Relaxed)
     }
 
     /// A copy of the counters.
