@@ -46,7 +46,7 @@ impl Default for Timing {
         Self {
             probe_timeout_min: Duration::from_millis(150),
             probe_timeout_max: Duration::from_millis(1000),
-            confirm_busy: Duration::from_millis(500),
+            confirm_busy: Duration::from_millis(300),
             confirm_idle: Duration::from_secs(10),
             raise_interval: Duration::from_secs(15),
         }
