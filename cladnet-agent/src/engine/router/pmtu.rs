@@ -437,3 +437,221 @@ fn internet_checksum(data: &[u8]) -> [u8; 2] {
     }
     (!(sum as u16)).to_be_bytes()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A_EP: &str = "192.0.2.1:8055";
+    const B_EP: &str = "198.51.100.2:8055";
+
+    fn router(last: u8, seed: u8) -> (Router, PeerConfig) {
+        let key = PrivateKey::from_bytes([seed; 32]);
+        let public = key.public_key();
+        let ip = Ipv4Addr::new(10, 77, 0, last);
+        let r = Router::new(key);
+        r.apply(
+            Instant::now(),
+            u32::from(ip),
+            &Command::SetInterface {
+                ip,
+                prefix_len: 24,
+                mtu: 1440,
+            },
+        );
+        r.set_first_hop_mtu(1500);
+        let config = PeerConfig {
+            node_id: format!("node-{last}"),
+            node_index: u32::from(ip),
+            overlay_ip: ip,
+            public_key: *public.as_bytes(),
+            endpoint: None,
+            mode: LinkMode::Plain,
+        };
+        (r, config)
+    }
+
+    /// a and b know each other as `mode` peers at A_EP / B_EP.
+    fn pair(mode: LinkMode) -> (Router, Router) {
+        let (a, mut ca) = router(1, 7);
+        let (b, mut cb) = router(2, 9);
+        ca.endpoint = Some(A_EP.parse().unwrap());
+        cb.endpoint = Some(B_EP.parse().unwrap());
+        ca.mode = mode;
+        cb.mode = mode;
+        let now = Instant::now();
+        a.apply(now, ca.node_index, &Command::UpsertPeer(cb));
+        b.apply(now, cb_index(), &Command::UpsertPeer(ca));
+        (a, b)
+    }
+
+    fn cb_index() -> u32 {
+        u32::from(Ipv4Addr::new(10, 77, 0, 2))
+    }
+
+    /// Runs a's probes over a path carrying `path_mtu` bytes to b and back, for `steps` ticks
+    /// of 10 ms.
+    fn run(a: &Router, b: &Router, path_mtu: usize, start: Instant, steps: u32) -> Instant {
+        let mut now = start;
+        let mut buf = vec![0u8; 2000];
+        let mut out = vec![0u8; 2000];
+        let mut out2 = vec![0u8; 2000];
+        for _ in 0..steps {
+            let mut sent = Vec::new();
+            a.path_mtu_tick(now, &mut buf, |d, to| {
+                sent.push((d.to_vec(), to));
+                Ok(())
+            });
+            for (d, to) in sent {
+                assert_eq!(to, B_EP.parse().unwrap());
+                if d.len() + PROBE_IP_OVERHEAD > path_mtu {
+                    continue;
+                }
+                let Inbound::Reply { datagram, to } =
+                    b.inbound(now, A_EP.parse().unwrap(), &d, &mut out)
+                else {
+                    panic!("probe not answered");
+                };
+                assert_eq!(to, A_EP.parse().unwrap());
+                assert!(datagram.len() <= d.len(), "amplification");
+                let ack = datagram.to_vec();
+                assert_eq!(
+                    a.inbound(now, B_EP.parse().unwrap(), &ack, &mut out2),
+                    Inbound::Nothing
+                );
+            }
+            now += Duration::from_millis(10);
+        }
+        now
+    }
+
+    #[test]
+    fn plain_and_sealed_links_find_the_path_and_emit_routes() {
+        for (mode, route) in [(LinkMode::Plain, 1364), (LinkMode::Sealed, 1328)] {
+            let (a, b) = pair(mode);
+            let now = run(&a, &b, 1400, Instant::now(), 300);
+            let st = a.path_mtu("node-2").unwrap();
+            assert_eq!(
+                (st.path_mtu, st.state),
+                (1400, "search_complete"),
+                "{mode:?}"
+            );
+            assert_eq!(st.route_mtu, Some(route));
+            let changes = a.path_mtu_changes();
+            assert_eq!(
+                changes.last().map(|c| (c.overlay_ip, c.route_mtu)),
+                Some((Ipv4Addr::new(10, 77, 0, 2), Some(route)))
+            );
+            // A full path is capped at the device MTU.
+            run(&a, &b, 1500, now, 1700);
+            let st = a.path_mtu("node-2").unwrap();
+            assert_eq!((st.path_mtu, st.route_mtu), (1500, Some(1440)), "{mode:?}");
+            // The peer goes: so does its route.
+            a.apply(
+                now,
+                1,
+                &Command::RemovePeer {
+                    node_id: "node-2".into(),
+                    overlay_ip: Ipv4Addr::new(10, 77, 0, 2),
+                },
+            );
+            let _ = a.path_mtu_changes();
+            run(&a, &b, 1500, now, 1);
+            assert_eq!(a.path_mtu_changes().last().map(|c| c.route_mtu), Some(None));
+        }
+    }
+
+    #[test]
+    fn strangers_get_no_answer() {
+        let (_a, b) = pair(LinkMode::Plain);
+        let mut buf = [0u8; 100];
+        let mut out = [0u8; 100];
+        // The right node id from the wrong address, and a stranger's id from a peer's address.
+        let probe = frame::probe(u32::from(Ipv4Addr::new(10, 77, 0, 1)), 5, 64, &mut buf)
+            .unwrap()
+            .to_vec();
+        assert_eq!(
+            b.inbound(
+                Instant::now(),
+                "203.0.113.9:8055".parse().unwrap(),
+                &probe,
+                &mut out
+            ),
+            Inbound::Dropped(Drop::Plain(plain::DropReason::UnknownPeer))
+        );
+        let probe = frame::probe(99, 5, 64, &mut buf).unwrap().to_vec();
+        assert_eq!(
+            b.inbound(Instant::now(), A_EP.parse().unwrap(), &probe, &mut out),
+            Inbound::Dropped(Drop::Plain(plain::DropReason::UnknownPeer))
+        );
+        // A truncated probe.
+        assert_eq!(
+            b.inbound(
+                Instant::now(),
+                A_EP.parse().unwrap(),
+                &probe[..12],
+                &mut out
+            ),
+            Inbound::Dropped(Drop::Plain(plain::DropReason::BadHeader))
+        );
+    }
+
+    fn tcp(len: usize, df: bool) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[6] = if df { 0x40 } else { 0 };
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 77, 0, 1]);
+        p[16..20].copy_from_slice(&[10, 77, 0, 2]);
+        p
+    }
+
+    #[test]
+    fn df_packets_too_big_for_the_path_get_frag_needed() {
+        let (a, b) = pair(LinkMode::Plain);
+        run(&a, &b, 1400, Instant::now(), 300);
+        let mut out = vec![0u8; 4000];
+        // Fits: sent.
+        let ok = tcp(1364, true);
+        assert!(matches!(
+            a.outbound(Instant::now(), &ok, &mut out),
+            Outbound::Send { .. }
+        ));
+        // One byte more with DF: ICMP back to the sender.
+        let big = tcp(1365, true);
+        let Outbound::ToTun(icmp) = a.outbound(Instant::now(), &big, &mut out) else {
+            panic!("no ICMP");
+        };
+        let icmp = icmp.to_vec();
+        assert_eq!(icmp.len(), 20 + 8 + 28);
+        assert_eq!(&icmp[12..16], &[10, 77, 0, 2], "from the peer's address");
+        assert_eq!(&icmp[16..20], &[10, 77, 0, 1], "to the sender");
+        let hdr: [u8; 20] = icmp[..20].try_into().unwrap();
+        assert_eq!(cladnet_common::encap::ipv4_checksum(&hdr), [0, 0]);
+        assert_eq!((icmp[20], icmp[21]), (3, 4));
+        assert_eq!(u16::from_be_bytes([icmp[26], icmp[27]]), 1364);
+        assert_eq!(internet_checksum(&icmp[20..]), [0, 0]);
+        assert_eq!(&icmp[28..], &big[..28]);
+        // Without DF: dropped and counted, no ICMP.
+        assert_eq!(
+            a.outbound(Instant::now(), &tcp(1365, false), &mut out),
+            Outbound::Dropped(Drop::TooBig)
+        );
+        assert_eq!(a.drops().get(Drop::TooBig), 2);
+    }
+
+    #[test]
+    fn no_icmp_error_about_an_icmp_error() {
+        let mut p = tcp(1400, true);
+        p[9] = 1;
+        p[20] = 3;
+        assert_eq!(
+            frag_needed(&p, 1300, Ipv4Addr::LOCALHOST, &mut [0u8; 100]),
+            None
+        );
+        p[20] = 8; // echo request: answered
+        assert!(frag_needed(&p, 1300, Ipv4Addr::LOCALHOST, &mut [0u8; 100]).is_some());
+    }
+}
