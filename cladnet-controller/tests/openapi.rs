@@ -913,6 +913,7 @@ fn peer_stats() -> pb::PeerStats {
         rx_packets: 1_000,
         handshake_age_seconds: 12,
         last_rx_age_seconds: -1,
+        path_mtu: 1400,
     }
 }
 
