@@ -879,6 +879,7 @@ fn peer() -> pb::Peer {
             mode: "sealed".into(),
             peer_scope: "inter".into(),
             state: "joining".into(),
+            path_mtu: 1400,
         }],
         revision: 7,
         node_index: 4_000_000_000,

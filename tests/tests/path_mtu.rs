@@ -14,13 +14,17 @@ use std::{
 };
 
 use cladnet_tests::{
-    Mesh, Process, bin_path, leftovers, require_netns, site, standard_clouds, test_script,
+    Mesh, Process, bin_path, leftovers, metric_sum, require_netns, site, standard_clouds,
+    test_script,
 };
 
 const UP: Duration = Duration::from_secs(30);
 const TRANSFER: usize = 8 << 20;
 /// The mid-path hop's MTU.
 const HOP: u32 = 1400;
+
+/// Where a1's agent serves metrics (inside its namespace).
+const METRICS: &str = "127.0.0.1:9464";
 
 const PLAIN: &[&str] = &["--encryption", "never"];
 const SEALED: &[&str] = &["--encryption", "always"];
@@ -35,7 +39,11 @@ fn mesh(cidr: &str, policy: &[&str], engine: &str, hop: Option<u32>, filtered: b
         topo.filter_frag_needed("azure").expect("ICMP filter");
     }
     let mut mesh = Mesh::start(topo, "ctl", cidr, policy);
-    mesh.start_agent("a1", site("aws", "vpc-a"), &["--dataplane", engine]);
+    mesh.start_agent(
+        "a1",
+        site("aws", "vpc-a"),
+        &["--dataplane", engine, "--metrics-listen", METRICS],
+    );
     mesh.start_agent("z1", site("azure", "vpc-z"), &["--dataplane", engine]);
     mesh.wait_mesh(&["a1", "z1"], UP);
     mesh
@@ -126,6 +134,36 @@ fn full_size_tcp_both_ways(cidr: &str, policy: &[&str], engine: &str, filtered: 
         err.contains(&format!("mtu={mtu}")) || err.contains(&format!("mtu = {mtu}")),
         "{err}"
     );
+    // The metric, and the controller (from the agents' statistics reports, every 10 s).
+    let metrics = mesh.scrape("a1", 9464);
+    assert_eq!(
+        metric_sum(&metrics, "cladnet_peer_path_mtu", &[]),
+        f64::from(HOP),
+        "{metrics}"
+    );
+    let a1 = mesh.peer("a1").expect("a1")["hostId"]
+        .as_str()
+        .expect("host id")
+        .to_owned();
+    let z1 = mesh.peer("z1").expect("z1")["hostId"]
+        .as_str()
+        .expect("host id")
+        .to_owned();
+    mesh.wait(
+        "peer show: a1's link to z1 has path MTU 1400",
+        Duration::from_secs(25),
+        |m| {
+            let shown: serde_json::Value =
+                serde_json::from_str(&m.cli(&["--json", "peer", "show", &m.net, &a1]))
+                    .expect("peer JSON");
+            shown["links"]
+                .as_array()
+                .and_then(|ls| ls.iter().find(|l| l["hostId"] == z1.as_str()))
+                .is_some_and(|l| l["pathMtu"].as_u64() == Some(u64::from(HOP)))
+        },
+    );
+    let table = mesh.cli(&["peer", "show", &mesh.net, &a1]);
+    assert!(table.contains("PATH MTU"), "{table}");
     drop(mesh);
     assert_eq!(leftovers(&prefix), Vec::<String>::new());
 }

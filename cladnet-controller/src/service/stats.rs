@@ -175,6 +175,27 @@ impl Controller {
         }
     }
 
+    /// The path MTU towards each peer (by node id) in node `node`'s last statistics report;
+    /// empty when there is none (statistics are best effort, so a read error is no error).
+    pub(super) async fn reported_path_mtus(
+        &self,
+        net: &str,
+        node: &str,
+    ) -> std::collections::HashMap<String, u32> {
+        let Ok(Some(kv)) = self.store.get(&keys::node_stats(net, node)).await else {
+            return Default::default();
+        };
+        let Ok(record) = model::decode::<StatsRecord>(&kv) else {
+            return Default::default();
+        };
+        record
+            .peers
+            .into_iter()
+            .filter(|p| p.path_mtu > 0)
+            .map(|p| (p.node_id, p.path_mtu))
+            .collect()
+    }
+
     /// The lease statistics keys are written with: the current one while it is younger than
     /// [`LEASE_ROTATION`] (unless `fresh`), else a newly granted one.
     async fn stats_lease(&self, fresh: bool) -> Result<LeaseId> {
