@@ -121,6 +121,10 @@ pub struct PathMtu {
     /// Not before this instant is the next probe sent (Error backoff).
     hold_until: Instant,
     srtt: Option<Duration>,
+    /// A search completed once. Until then a size lost once counts as too big: the link runs
+    /// at the optimistic first-hop size meanwhile, so a quick first answer matters more than
+    /// one probe lost to congestion (the periodic raise corrects a size found too low).
+    completed: bool,
 }
 
 impl PathMtu {
@@ -142,6 +146,7 @@ impl PathMtu {
             raised_at: now,
             hold_until: now,
             srtt: None,
+            completed: false,
         }
     }
 
@@ -263,6 +268,7 @@ impl PathMtu {
     }
 
     fn complete(&mut self, now: Instant) {
+        self.completed = true;
         self.state = State::SearchComplete;
         self.plpmtu = self.lo;
         self.confirmed_at = now;
@@ -271,7 +277,8 @@ impl PathMtu {
 
     fn on_loss(&mut self, now: Instant, size: u32) {
         self.losses += 1;
-        if self.losses < MAX_PROBES {
+        let first_search = !self.completed && self.state == State::Searching;
+        if self.losses < MAX_PROBES && !first_search {
             return;
         }
         self.losses = 0;
@@ -382,6 +389,7 @@ mod tests {
         pm: PathMtu,
         nonce: u64,
         sent: Vec<u32>,
+        pending: Option<(Instant, u64, u32)>,
     }
 
     impl Sim {
@@ -392,25 +400,25 @@ mod tests {
                 pm: PathMtu::new(now, max, Timing::default()),
                 nonce: 0,
                 sent: Vec::new(),
+                pending: None,
             }
         }
 
         /// Runs until `until` (relative), stepping 10 ms, over `path`.
         fn run(&mut self, path: &Path, busy: bool, until: Duration) {
             let end = self.now + until;
-            let mut pending: Option<(Instant, u64, u32)> = None;
             while self.now < end {
-                if let Some((at, nonce, size)) = pending
+                if let Some((at, nonce, size)) = self.pending
                     && self.now >= at
                 {
                     self.pm.on_ack(self.now, nonce, size);
-                    pending = None;
+                    self.pending = None;
                 }
                 self.nonce += 1;
                 if let Some(p) = self.pm.poll(self.now, busy, self.nonce) {
                     self.sent.push(p.size);
                     if p.size <= path.mtu {
-                        pending = Some((self.now + path.rtt, p.nonce, p.size));
+                        self.pending = Some((self.now + path.rtt, p.nonce, p.size));
                     }
                 }
                 self.now += Duration::from_millis(10);
@@ -452,6 +460,25 @@ mod tests {
         assert_eq!(s.pm.mtu(), 1400);
         // Never a size above the first hop.
         assert!(s.sent.iter().all(|&p| p <= 1500), "{:?}", s.sent);
+    }
+
+    #[test]
+    fn first_search_takes_under_a_second_over_a_smaller_hop() {
+        let mut s = Sim::new(1500);
+        let path = Path {
+            mtu: 1400,
+            rtt: LAN,
+        };
+        let start = s.now;
+        while s.pm.state() != State::SearchComplete && s.now - start < Duration::from_secs(5) {
+            s.run(&path, false, Duration::from_millis(10));
+        }
+        assert_eq!(s.pm.mtu(), 1400);
+        assert!(
+            s.now - start < Duration::from_secs(1),
+            "{:?}",
+            s.now - start
+        );
     }
 
     #[test]
