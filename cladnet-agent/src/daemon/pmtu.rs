@@ -22,8 +22,11 @@ use crate::netconf;
 
 /// How often route changes are applied (the searches run on the engine's 50 ms timer).
 const APPLY_EVERY: Duration = Duration::from_millis(50);
-/// How often the kernel's route cache and the eBPF counters are read.
-const HINT_EVERY: Duration = Duration::from_millis(250);
+/// How often the eBPF counters are read (which peers carry traffic in the kernel path).
+const BUSY_EVERY: Duration = Duration::from_millis(250);
+/// How often the kernel's route cache is read for ICMP-learnt path MTUs (one route lookup per
+/// peer address: cheap, but not free with many peers).
+const HINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts the task; it runs as long as the process.
 pub(super) fn start(dp: Arc<Dataplane>, interface: String, first_hop_mtu: u32) {
@@ -33,14 +36,14 @@ pub(super) fn start(dp: Arc<Dataplane>, interface: String, first_hop_mtu: u32) {
         apply.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut hints = interval(HINT_EVERY);
         hints.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut busy = interval(BUSY_EVERY);
+        busy.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut kernel_tx: HashMap<std::net::Ipv4Addr, u64> = HashMap::new();
         loop {
             tokio::select! {
                 _ = apply.tick() => apply_changes(&dp, &interface).await,
-                _ = hints.tick() => {
-                    read_hints(&dp).await;
-                    mark_kernel_busy(&dp, &mut kernel_tx);
-                }
+                _ = hints.tick() => read_hints(&dp).await,
+                _ = busy.tick() => mark_kernel_busy(&dp, &mut kernel_tx),
             }
         }
     });
@@ -70,17 +73,23 @@ async fn apply_changes(dp: &Dataplane, interface: &str) {
 /// The kernel's route towards a peer's underlay address carries the path MTU an ICMP
 /// "fragmentation needed" taught it (a cached exception); the search takes it as a hint.
 async fn read_hints(dp: &Dataplane) {
+    // One lookup per underlay address (peers behind one NAT share it).
+    let mut by_ip: HashMap<std::net::Ipv4Addr, Vec<String>> = HashMap::new();
     for (node_id, endpoint) in dp.router.path_mtu_endpoints() {
-        let SocketAddr::V4(ep) = endpoint else {
-            continue;
-        };
-        match netconf::route_interface(*ep.ip()).await {
+        if let SocketAddr::V4(ep) = endpoint {
+            by_ip.entry(*ep.ip()).or_default().push(node_id);
+        }
+    }
+    for (ip, nodes) in by_ip {
+        match netconf::route_interface(ip).await {
             Ok(Some(route)) if route.mtu > 0 => {
-                dp.router
-                    .path_mtu_hint(std::time::Instant::now(), &node_id, route.mtu);
+                for node_id in nodes {
+                    dp.router
+                        .path_mtu_hint(std::time::Instant::now(), &node_id, route.mtu);
+                }
             }
             Ok(_) => {}
-            Err(error) => debug!(%error, peer = %IpAddr::V4(*ep.ip()), "route lookup failed"),
+            Err(error) => debug!(%error, peer = %IpAddr::V4(ip), "route lookup failed"),
         }
     }
 }
