@@ -10,6 +10,7 @@
 pub mod encap;
 pub mod maps;
 pub mod plain;
+pub mod pmtu;
 pub mod rx;
 pub mod wire;
 

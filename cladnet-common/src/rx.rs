@@ -17,7 +17,8 @@ pub const INNER_HDR_LEN: usize = 20;
 /// Why a datagram at the tunnel port is not decapsulated in the kernel.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum Reject {
-    /// For the agent's socket: WireGuard, a reflector answer, a CLAD probe, or (see
+    /// For the agent's socket: WireGuard, a reflector answer, a CLAD keepalive probe, a path
+    /// MTU probe or acknowledgement (see [`crate::pmtu`]), or (see
     /// [`InnerFit::Coalesced`]) several datagrams merged by GRO.
     ToSocket,
     /// Neither WireGuard, CLAD nor a reflector answer.
@@ -47,7 +48,8 @@ pub fn classify(head: &[u8; 8], len: usize) -> Result<CladHeader, Reject> {
         Demux::Clad => match CladHeader::decode(head) {
             Err(e) => Err(Reject::Drop(e.into())),
             Ok(h) if h.ty() == Some(CladType::DataPlain) => Ok(h),
-            // Probes keep NAT mappings warm; the socket ignores them.
+            // Keepalive probes keep NAT mappings warm (the socket ignores them); path MTU
+            // probes and acknowledgements are answered and counted by the agent.
             Ok(_) => Err(Reject::ToSocket),
         },
     }
@@ -154,7 +156,12 @@ mod tests {
             Demux::Unknown => return Err(Reject::Unknown),
             Demux::Clad => {}
         }
-        if CladHeader::decode(d).is_ok_and(|h| h.ty() == Some(CladType::Probe)) {
+        if CladHeader::decode(d).is_ok_and(|h| {
+            matches!(
+                h.ty(),
+                Some(CladType::Probe | CladType::MtuProbe | CladType::MtuAck)
+            )
+        }) {
             return Err(Reject::ToSocket);
         }
         let inner = plain::decapsulate(d, from).map_err(Reject::Drop)?;
@@ -225,7 +232,9 @@ mod tests {
         }
         // Flip every byte of the CLAD header and inner header through interesting values.
         for i in 0..28 {
-            for v in [0x00, 0x01, 0x04, 0x10, 0x11, 0x13, 0x21, 0x45, 0x46, 0xff] {
+            for v in [
+                0x00, 0x01, 0x04, 0x10, 0x11, 0x13, 0x14, 0x15, 0x16, 0x21, 0x45, 0x46, 0xff,
+            ] {
                 let mut m = d;
                 m[i] = v;
                 agree(&m[..n], Some(PEER));
@@ -241,6 +250,14 @@ mod tests {
         assert_eq!(classify(&REFLECTOR_MAGIC, 22), Err(Reject::ToSocket));
         let probe = CladHeader::new(CladType::Probe, 0, 7).to_bytes();
         assert_eq!(classify(&probe, 8), Err(Reject::ToSocket));
+        // Path MTU probes (any size) and acknowledgements go to the agent.
+        let mut buf = [0u8; 1400];
+        let mtu_probe = crate::pmtu::probe(7, 1, 1400, &mut buf).unwrap();
+        let head: [u8; 8] = mtu_probe[..8].try_into().unwrap();
+        assert_eq!(classify(&head, 1400), Err(Reject::ToSocket));
+        let ack = crate::pmtu::ack(7, 1, 1400);
+        let head: [u8; 8] = ack[..8].try_into().unwrap();
+        assert_eq!(classify(&head, ack.len()), Err(Reject::ToSocket));
         assert_eq!(classify(b"cladnet-", 22), Err(Reject::Unknown));
         assert_eq!(classify(&[0; 8], 0), Err(Reject::Unknown));
         assert_eq!(

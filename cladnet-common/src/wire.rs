@@ -42,6 +42,10 @@ pub enum CladType {
     DataPlain = 1,
     /// Keepalive / reachability probe; nothing follows.
     Probe = 3,
+    /// Path MTU probe: a nonce and padding follow (see [`crate::pmtu`]).
+    MtuProbe = 4,
+    /// Path MTU probe acknowledgement: the probe's nonce and received size follow.
+    MtuAck = 5,
 }
 
 impl CladType {
@@ -50,6 +54,8 @@ impl CladType {
         match n {
             1 => Some(Self::DataPlain),
             3 => Some(Self::Probe),
+            4 => Some(Self::MtuProbe),
+            5 => Some(Self::MtuAck),
             _ => None,
         }
     }
@@ -191,6 +197,10 @@ mod tests {
         assert_eq!(
             CladHeader::decode(&[0x12, 0, 0, 0, 0, 0, 0, 1]),
             Err(WireError::BadType(2))
+        );
+        assert_eq!(
+            CladHeader::decode(&[0x16, 0, 0, 0, 0, 0, 0, 1]),
+            Err(WireError::BadType(6))
         );
         assert_eq!(
             CladHeader::decode(&[0x11, 0, 0, 1, 0, 0, 0, 1]),

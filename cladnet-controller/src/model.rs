@@ -284,6 +284,8 @@ impl PeerRecord {
                     mode: link.mode.as_str().to_owned(),
                     peer_scope: link.scope.as_str().to_owned(),
                     state: o.state.as_str().to_owned(),
+                    // Filled by GetPeer from the agent's last statistics report.
+                    path_mtu: 0,
                 }
             })
             .collect();

@@ -879,6 +879,7 @@ fn peer() -> pb::Peer {
             mode: "sealed".into(),
             peer_scope: "inter".into(),
             state: "joining".into(),
+            path_mtu: 1400,
         }],
         revision: 7,
         node_index: 4_000_000_000,
@@ -913,6 +914,7 @@ fn peer_stats() -> pb::PeerStats {
         rx_packets: 1_000,
         handshake_age_seconds: 12,
         last_rx_age_seconds: -1,
+        path_mtu: 1400,
     }
 }
 

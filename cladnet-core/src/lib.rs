@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod offload;
+pub mod pmtu;
 pub mod policy;
 pub mod reflector;
 pub mod table;

@@ -399,6 +399,32 @@ impl Topology {
         Ok(new)
     }
 
+    /// Sets the MTU of `cloud`'s internet link (its gateway's WAN side and the internet
+    /// router's side): a hop in the middle of every path into or out of the cloud, beyond the
+    /// hosts' own links (whose MTU the agents see).
+    pub fn set_wan_mtu(&self, cloud: &str, mtu: u32) -> Result<(), String> {
+        let mtu = mtu.to_string();
+        self.gateway(cloud)
+            .exec(["ip", "link", "set", "wan", "mtu", &mtu])?;
+        self.internet()
+            .exec(["ip", "link", "set", &format!("c-{cloud}"), "mtu", &mtu])?;
+        Ok(())
+    }
+
+    /// Makes `cloud`'s gateway and the internet router drop every ICMP "fragmentation needed"
+    /// they send or forward, as firewalls on real paths do: a packet too big for
+    /// [`Topology::set_wan_mtu`]'s hop then vanishes without a word.
+    pub fn filter_frag_needed(&self, cloud: &str) -> Result<(), String> {
+        let rules = "table ip no_frag_needed {\n\
+                     chain output { type filter hook output priority 0;\n\
+                      icmp type destination-unreachable icmp code frag-needed drop\n }\n\
+                     chain forward { type filter hook forward priority 0;\n\
+                      icmp type destination-unreachable icmp code frag-needed drop\n }\n}\n";
+        self.gateway(cloud).load_nft(rules)?;
+        self.internet().load_nft(rules)?;
+        Ok(())
+    }
+
     /// A bpffs directory (not yet created) for `host`'s pins, removed when the topology drops.
     pub fn bpf_pin_dir(&mut self, host: &str) -> PathBuf {
         let dir = PathBuf::from(format!("/sys/fs/bpf/{}{host}", self.prefix));

@@ -471,6 +471,7 @@ fn peer_stats(host_id: &str, mode: &str, tx: u64, rx: u64, handshake: i64) -> pb
         rx_packets: rx / 1000,
         handshake_age_seconds: handshake,
         last_rx_age_seconds: 1,
+        path_mtu: 1400,
     }
 }
 
@@ -597,6 +598,7 @@ async fn console_assets_headers_and_stats_api() {
     assert_eq!((p.host_id.as_str(), p.mode.as_str()), ("b", "sealed"));
     assert_eq!((p.tx_bytes, p.rx_bytes), (5 << 20, 1234));
     assert!((3..60).contains(&p.handshake_age_seconds), "{p:?}");
+    assert_eq!(p.path_mtu, 1400, "the reported path MTU is served");
     let keys = ctl
         .controller()
         .store()

@@ -106,6 +106,18 @@ impl Collector for EngineCollector {
                 ))
             }),
         )?;
+        family(
+            e,
+            "cladnet_peer_path_mtu",
+            "Largest outer IPv4 packet the path to the peer carries, as path MTU discovery found it.",
+            MetricType::Gauge,
+            peers.iter().filter_map(|p| {
+                Some((
+                    self.peer_labels(net, p),
+                    ConstGauge::new(i64::from(p.path_mtu?.path_mtu)),
+                ))
+            }),
+        )?;
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());

@@ -17,6 +17,7 @@ pub mod dataplane;
 pub mod host;
 pub mod kernel;
 pub mod metrics;
+mod pmtu;
 mod remote;
 pub mod status;
 
@@ -119,6 +120,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         engine.router().clone(),
     )?);
     info!(engine = dp.engine, reason = dp.reason, "dataplane");
+    pmtu::start(dp.clone(), cfg.interface.clone(), facts.underlay_mtu);
     let info = Arc::new(std::sync::Mutex::new(status::AgentInfo {
         network: cfg.network.clone(),
         node_id: identity.node_id.clone(),

@@ -54,6 +54,7 @@ impl Agent {
                     0 => -1,
                     at => i64::try_from(now_ms.saturating_sub(at) / 1000).unwrap_or(i64::MAX),
                 },
+                path_mtu: p.path_mtu.map_or(0, |m| m.path_mtu),
             })
             .collect();
         let req = self.report(|r| r.peer_stats = peer_stats);

@@ -85,6 +85,17 @@ pub struct PeerLine {
     pub rx_bytes: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
+    /// Path MTU towards the peer (largest outer IPv4 packet known to get through), once
+    /// path MTU discovery probed it.
+    #[serde(default)]
+    pub path_mtu: Option<u32>,
+    /// Route MTU on the overlay device for the peer (largest inner packet), once a search
+    /// completed.
+    #[serde(default)]
+    pub route_mtu: Option<u32>,
+    /// Path MTU search state (base, searching, search_complete, error).
+    #[serde(default)]
+    pub path_mtu_state: Option<String>,
 }
 
 /// Serves status snapshots on `<data_dir>/agent.sock` in the background.
@@ -130,6 +141,9 @@ fn snapshot(dp: &Dataplane, info: &Mutex<AgentInfo>) -> Status {
                 handshake_age_secs: p.handshake_age_secs,
                 rx_bytes: p.traffic.rx_bytes,
                 tx_bytes: p.traffic.tx_bytes,
+                path_mtu: p.path_mtu.map(|m| m.path_mtu),
+                route_mtu: p.path_mtu.and_then(|m| m.route_mtu),
+                path_mtu_state: p.path_mtu.map(|m| m.state.to_owned()),
             })
             .collect(),
         drops: dp
@@ -216,6 +230,14 @@ pub fn render(s: &Status) -> String {
             bytes(p.rx_bytes),
             bytes(p.tx_bytes)
         );
+        if let Some(mtu) = p.path_mtu {
+            let route = p.route_mtu.map_or("-".to_owned(), |r| r.to_string());
+            let _ = writeln!(
+                out,
+                "  path MTU: {mtu} (inner {route}, {})",
+                p.path_mtu_state.as_deref().unwrap_or("-")
+            );
+        }
     }
     if !s.drops.is_empty() {
         let _ = writeln!(out, "\ndrops:");
@@ -248,6 +270,9 @@ mod tests {
                 handshake_age_secs: Some(3),
                 rx_bytes: 1536,
                 tx_bytes: 10,
+                path_mtu: Some(1400),
+                route_mtu: Some(1328),
+                path_mtu_state: Some("search_complete".into()),
             }],
             drops: vec![DropLine {
                 engine: "userspace".into(),
@@ -269,5 +294,9 @@ mod tests {
         assert_eq!(json["peers"][0]["mode"], "sealed");
         assert_eq!(json["peers"][0]["engine"], "userspace");
         assert_eq!(json["drops"][0]["reason"], "wg_replay");
+        assert!(
+            text.contains("path MTU: 1400 (inner 1328, search_complete)"),
+            "{text}"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Userspace dataplane counters: per peer and per drop reason, updated lock-free from the
 //! packet threads and read by the metrics endpoint and `cladnet-agent status`.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use cladnet_common::plain;
 use cladnet_wg::Error as WgError;
@@ -41,11 +41,14 @@ pub enum Drop {
     /// A PLAIN peer seen on yet another port of its address within a second of the last
     /// change (see `Router::learn_plain_port`).
     PlainPortChangeLimited,
+    /// An outgoing packet is larger than its peer's path carries (a DF packet is answered
+    /// with ICMP "fragmentation needed").
+    TooBig,
 }
 
 impl Drop {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 23] = [
         Self::Plain(plain::DropReason::Truncated),
         Self::Plain(plain::DropReason::BadVersion),
         Self::Plain(plain::DropReason::BadHeader),
@@ -68,6 +71,7 @@ impl Drop {
         Self::BadTunPacket,
         Self::UnsolicitedReflector,
         Self::PlainPortChangeLimited,
+        Self::TooBig,
     ];
 
     /// Counter slot.
@@ -88,6 +92,7 @@ impl Drop {
             Self::BadTunPacket => 19,
             Self::UnsolicitedReflector => 20,
             Self::PlainPortChangeLimited => 21,
+            Self::TooBig => 22,
         }
     }
 
@@ -118,6 +123,7 @@ impl Drop {
             Self::BadTunPacket => "bad_tun_packet",
             Self::UnsolicitedReflector => "reflector_unsolicited",
             Self::PlainPortChangeLimited => "plain_port_change_limited",
+            Self::TooBig => "too_big",
         }
     }
 
@@ -182,6 +188,8 @@ pub struct PeerCounters {
     rx_bytes: AtomicU64,
     /// Unix milliseconds of the last packet received; 0 = never.
     last_rx_ms: AtomicU64,
+    /// Largest inner packet the peer's path carries (its route MTU); 0 = not known.
+    mtu_limit: AtomicU32,
 }
 
 /// A copy of one peer's counters.
@@ -211,6 +219,16 @@ impl PeerCounters {
         self.rx_packets.fetch_add(1, Relaxed);
         self.rx_bytes.fetch_add(bytes as u64, Relaxed);
         self.last_rx_ms.store(now_ms, Relaxed);
+    }
+
+    /// Records the largest inner packet the peer's path carries (path MTU discovery).
+    pub fn set_mtu_limit(&self, mtu: u32) {
+        self.mtu_limit.store(mtu, Relaxed);
+    }
+
+    /// The largest inner packet the peer's path carries; 0 = not known.
+    pub fn mtu_limit(&self) -> u32 {
+        self.mtu_limit.load(Relaxed)
     }
 
     /// A copy of the counters.

@@ -57,6 +57,9 @@ pub enum Outbound<'a> {
     },
     /// Held for a handshake (SEALED), nothing to send now beyond what timers produce.
     Queued,
+    /// Too big for the peer's path: write this ICMP "fragmentation needed" to the TUN device
+    /// (counted as a `too_big` drop).
+    ToTun(&'a [u8]),
     /// Dropped (and counted).
     Dropped(Drop),
 }
@@ -128,6 +131,8 @@ pub struct PeerStatus {
     /// Which engine carries the peer's packets: `userspace`, or `ebpf` when the daemon finds
     /// the kernel carrying it.
     pub engine: &'static str,
+    /// The path MTU towards the peer (path MTU discovery).
+    pub path_mtu: Option<PathMtuStatus>,
 }
 
 struct Entry {
@@ -197,6 +202,8 @@ pub struct Router {
     drops: DropCounters,
     /// PLAIN endpoint changes learnt from packets, reported with the next timer events.
     learned: Mutex<Vec<PeerEvent>>,
+    /// Path MTU discovery towards every peer.
+    pmtu: pmtu::PathMtus,
 }
 
 impl std::fmt::Debug for Router {
@@ -237,6 +244,7 @@ impl Router {
             )),
             drops: DropCounters::default(),
             learned: Mutex::default(),
+            pmtu: pmtu::PathMtus::default(),
         }
     }
 
@@ -262,6 +270,7 @@ impl Router {
             Command::SetInterface { mtu, ip, .. } => {
                 self.local_index.store(local_index, Relaxed);
                 self.local_ip.store(u32::from(*ip), Relaxed);
+                self.pmtu.set_overlay(*mtu, *ip);
                 self.device().set_tunnel_mtu(usize::try_from(*mtu).ok());
             }
             Command::UpsertPeer(config) => self.upsert(now, config),
@@ -360,6 +369,16 @@ impl Router {
         let Some(entry) = self.read_peers().by_ip.get(&dst).cloned() else {
             return self.drop_out(Drop::NoRoute);
         };
+        // Larger than the peer's path carries (the route MTU was not applied yet, or the
+        // packet bypassed it): tell a DF sender rather than losing it on the way.
+        let limit = entry.counters.mtu_limit() as usize;
+        if limit != 0 && packet.len() > limit {
+            self.drops.add(Drop::TooBig);
+            return match frag_needed(packet, limit as u32, dst, out) {
+                Some(n) => Outbound::ToTun(&out[..n]),
+                None => Outbound::Dropped(Drop::TooBig),
+            };
+        }
         match entry.config.mode {
             LinkMode::Plain => {
                 let Some(to) = entry.config.endpoint else {
@@ -417,6 +436,7 @@ impl Router {
         }
         match wire::demux(datagram) {
             Demux::WireGuard(_) => self.inbound_sealed(now, from, datagram, out),
+            Demux::Clad if is_path_mtu(datagram) => self.inbound_mtu(now, from, datagram, out),
             Demux::Clad => self.inbound_plain(now, from, datagram),
             Demux::Unknown => self.drop_in(Drop::UnknownMessage),
         }
@@ -658,12 +678,23 @@ impl Router {
                         .map(|t| now.saturating_duration_since(t).as_secs()),
                     traffic: e.counters.snapshot(),
                     engine: "userspace",
+                    path_mtu: None,
                 }
             })
             .collect();
+        drop(dev);
+        for p in &mut out {
+            p.path_mtu = self.path_mtu(&p.node_id);
+        }
         out.sort_by_key(|p| p.overlay_ip);
         out
     }
+}
+
+/// A CLAD path MTU probe or acknowledgement (whatever the link mode).
+fn is_path_mtu(datagram: &[u8]) -> bool {
+    CladHeader::decode(datagram)
+        .is_ok_and(|h| matches!(h.ty(), Some(CladType::MtuProbe | CladType::MtuAck)))
 }
 
 /// Output buffer size for a packet of `len` bytes: room for the larger encapsulation.
@@ -709,6 +740,9 @@ fn ipv4_dst(packet: &[u8]) -> Option<Ipv4Addr> {
         _ => None,
     }
 }
+
+mod pmtu;
+pub use pmtu::{PathMtuChange, PathMtuStatus, frag_needed, route_mtu};
 
 #[cfg(test)]
 mod tests;

@@ -375,10 +375,10 @@ fn tun_to_udp(
             }
         };
         let now = Instant::now();
-        let mut route = |packet: &[u8]| {
-            if let Outbound::Send { datagram, to } = router.outbound(now, packet, &mut out) {
-                tx.push(datagram, to);
-            }
+        let mut route = |packet: &[u8]| match router.outbound(now, packet, &mut out) {
+            Outbound::Send { datagram, to } => tx.push(datagram, to),
+            Outbound::ToTun(icmp) => write_unoffloaded(tun, vnet, icmp),
+            Outbound::Queued | Outbound::Dropped(_) => {}
         };
         if !vnet {
             route(&buf[..len]);
@@ -387,6 +387,18 @@ fn tun_to_udp(
             debug!(%error, "unusable packet from the TUN device");
         }
         tx.flush();
+    }
+}
+
+/// Writes one packet the engine made itself (an ICMP error) to the TUN device.
+fn write_unoffloaded(tun: &dyn TunIo, vnet: bool, packet: &[u8]) {
+    let mut buf = Vec::with_capacity(VNET_HDR_LEN + packet.len());
+    if vnet {
+        buf.extend_from_slice(&VirtioNetHdr::NONE.encode());
+    }
+    buf.extend_from_slice(packet);
+    if let Err(error) = tun.write(&buf) {
+        debug!(%error, "writing an ICMP error to the TUN device failed");
     }
 }
 
@@ -552,6 +564,9 @@ fn timers(router: &Router, socket: &UdpSocket, events: &mpsc::UnboundedSender<Pe
             router.probe_plain_peers(|d, to| send(socket, d, to));
             next_probe = Instant::now() + PLAIN_KEEPALIVE;
         }
+        router.path_mtu_tick(Instant::now(), &mut out, |d, to| {
+            socket.send_to(d, to).map(|_| ())
+        });
         for event in router.timers(Instant::now(), &mut out, |d, to| send(socket, d, to)) {
             if events.send(event).is_err() {
                 return;

@@ -251,9 +251,13 @@ pub(crate) fn render_peer(p: &Peer) -> String {
     }
     out.push_str("Links:\n");
     let mut t = Table::new([
-        "HOST ID", "NAME", "PEER IP", "ENDPOINT", "MODE", "SCOPE", "STATE",
+        "HOST ID", "NAME", "PEER IP", "ENDPOINT", "MODE", "SCOPE", "STATE", "PATH MTU",
     ]);
     for l in &p.links {
+        let mtu = match l.path_mtu {
+            0 => "-".to_owned(),
+            m => m.to_string(),
+        };
         t.row([
             l.host_id.as_str(),
             &l.host_name,
@@ -262,6 +266,7 @@ pub(crate) fn render_peer(p: &Peer) -> String {
             &l.mode,
             &l.peer_scope,
             &l.state,
+            &mtu,
         ]);
     }
     for line in t.render().lines() {
@@ -330,6 +335,7 @@ ext-laptop  laptop          10.77.0.9   up       -                 -            
             mode: "sealed".into(),
             peer_scope: "inter".into(),
             state: "up".into(),
+            path_mtu: 1400,
         }];
         let out = render_peer(&p);
         assert!(
@@ -341,8 +347,8 @@ ext-laptop  laptop          10.77.0.9   up       -                 -            
         assert!(out.contains("Cloud:             aws / us-east-1\n"));
         assert!(out.ends_with(
             "Links:\n\
-             \x20 HOST ID  NAME  PEER IP    ENDPOINT           MODE    SCOPE  STATE\n\
-             \x20 h-b      vm-b  10.77.0.2  198.51.100.7:8055  sealed  inter  up\n"
+             \x20 HOST ID  NAME  PEER IP    ENDPOINT           MODE    SCOPE  STATE  PATH MTU\n\
+             \x20 h-b      vm-b  10.77.0.2  198.51.100.7:8055  sealed  inter  up     1400\n"
         ));
         assert!(render_peer(&peer("x", "", "", "")).ends_with("Links: none\n"));
         let mut ext = peer("ext-x", "x", "10.77.0.9", "up");

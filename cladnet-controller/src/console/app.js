@@ -383,6 +383,7 @@
             el('td', { class: 'num rx', 'data-bytes': ps ? num(ps.rxBytes) : null, text: ps ? bytes(ps.rxBytes) : '\u2014' }),
             el('td', { class: 'handshake', text: ps ? age(ps.handshakeAgeSeconds) : '\u2014' }),
             el('td', { text: ps ? age(ps.lastRxAgeSeconds) : '\u2014' }),
+            el('td', { class: 'num path-mtu', text: ps && num(ps.pathMtu) > 0 ? String(num(ps.pathMtu)) : '\u2014' }),
           ),
         );
       }

@@ -34,7 +34,12 @@ impl Controller {
         let (network, _) = self.network(net).await?;
         let (peer, kv) = self.peer(net, node).await?;
         let others: Vec<PeerRecord> = self.peers(net).await?.into_iter().map(|(p, _)| p).collect();
-        Ok(peer.to_proto_with_links(&network, kv.mod_revision, &others))
+        let mut peer = peer.to_proto_with_links(&network, kv.mod_revision, &others);
+        let mtus = self.reported_path_mtus(net, node).await;
+        for l in &mut peer.links {
+            l.path_mtu = mtus.get(&l.host_id).copied().unwrap_or(0);
+        }
+        Ok(peer)
     }
 
     /// Sets a peer's cloud details (site labels), as cb-network's UpdateDetailsOfPeer.

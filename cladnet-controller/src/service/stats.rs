@@ -67,6 +67,9 @@ struct PeerStatsRecord {
     handshake_age_secs: i64,
     /// As reported; -1 = none.
     last_rx_age_secs: i64,
+    /// Path MTU towards the peer; 0 = not known (and in records from older agents).
+    #[serde(default)]
+    path_mtu: u32,
 }
 
 fn now_ms() -> i64 {
@@ -110,6 +113,15 @@ fn validate_peer(i: usize, p: &pb::PeerStats) -> Result<PeerStatsRecord> {
             ));
         }
     }
+    if p.path_mtu != 0 && !(68..=65_535).contains(&p.path_mtu) {
+        return Err(ControllerError::invalid(
+            field("pathMtu"),
+            format!(
+                "{} is not 0 (unknown) or an IPv4 MTU (68..=65535)",
+                p.path_mtu
+            ),
+        ));
+    }
     Ok(PeerStatsRecord {
         node_id: p.host_id.clone(),
         mode: p.mode.clone(),
@@ -120,6 +132,7 @@ fn validate_peer(i: usize, p: &pb::PeerStats) -> Result<PeerStatsRecord> {
         rx_packets: p.rx_packets,
         handshake_age_secs: p.handshake_age_seconds,
         last_rx_age_secs: p.last_rx_age_seconds,
+        path_mtu: p.path_mtu,
     })
 }
 
@@ -160,6 +173,27 @@ impl Controller {
             }
             other => Ok(other?),
         }
+    }
+
+    /// The path MTU towards each peer (by node id) in node `node`'s last statistics report;
+    /// empty when there is none (statistics are best effort, so a read error is no error).
+    pub(super) async fn reported_path_mtus(
+        &self,
+        net: &str,
+        node: &str,
+    ) -> std::collections::HashMap<String, u32> {
+        let Ok(Some(kv)) = self.store.get(&keys::node_stats(net, node)).await else {
+            return Default::default();
+        };
+        let Ok(record) = model::decode::<StatsRecord>(&kv) else {
+            return Default::default();
+        };
+        record
+            .peers
+            .into_iter()
+            .filter(|p| p.path_mtu > 0)
+            .map(|p| (p.node_id, p.path_mtu))
+            .collect()
     }
 
     /// The lease statistics keys are written with: the current one while it is younger than
@@ -209,6 +243,7 @@ impl Controller {
                                 now,
                             ),
                             last_rx_age_seconds: aged(p.last_rx_age_secs, r.reported_at_ms, now),
+                            path_mtu: p.path_mtu,
                         })
                         .collect(),
                 })
@@ -257,6 +292,17 @@ mod tests {
         };
         let e = validate_peer(0, &bad_age).unwrap_err().to_string();
         assert!(e.starts_with("peerStats[0].handshakeAgeSeconds: "), "{e}");
+        let mtu = pb::PeerStats {
+            path_mtu: 1400,
+            ..ok.clone()
+        };
+        assert_eq!(validate_peer(0, &mtu).unwrap().path_mtu, 1400);
+        let bad_mtu = pb::PeerStats {
+            path_mtu: 40,
+            ..ok.clone()
+        };
+        let e = validate_peer(1, &bad_mtu).unwrap_err().to_string();
+        assert!(e.starts_with("peerStats[1].pathMtu: "), "{e}");
         let bad_id = pb::PeerStats {
             host_id: "a/b".into(),
             ..ok
