@@ -372,8 +372,7 @@ async fn single_use_join_tokens() {
     // A restart of node-a (same host id, same key) uses nothing up.
     api_checks::join(&ctl, &once.token, &net, "node-a").await;
     let mut agent = ctl.agent(&once.token).await;
-    let refused = agent
-        .join(api_checks::join_request(&net, "node-b"))
+    let refused = api_checks::join_signed(&mut agent, api_checks::join_request(&net, "node-b"))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
@@ -386,6 +385,12 @@ async fn single_use_join_tokens() {
     // node-a under another key is a new registration: it would need a use too.
     let mut other_key = api_checks::join_request(&net, "node-a");
     other_key.public_key = api_checks::public_key("someone-else");
+    let other_key = api_checks::prove_with(
+        &mut agent,
+        other_key,
+        &api_checks::private_key("someone-else"),
+    )
+    .await;
     let refused = agent.join(other_key).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 
@@ -393,8 +398,8 @@ async fn single_use_join_tokens() {
     let once = mint(1).await;
     let (mut c1, mut c2) = (ctl.agent(&once.token).await, ctl.agent(&once.token).await);
     let (r1, r2) = tokio::join!(
-        c1.join(api_checks::join_request(&net, "node-c")),
-        c2.join(api_checks::join_request(&net, "node-d")),
+        api_checks::join_signed(&mut c1, api_checks::join_request(&net, "node-c")),
+        api_checks::join_signed(&mut c2, api_checks::join_request(&net, "node-d")),
     );
     assert_eq!(
         [r1.is_ok(), r2.is_ok()].iter().filter(|ok| **ok).count(),

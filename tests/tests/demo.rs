@@ -22,7 +22,7 @@ fn demo_runs_end_to_end_and_cleans_up() {
         "Average RTT (ms)",
         "cleaned up.",
         // Checked by the demo through the forward before it prints it.
-        "console:  http://127.0.0.1:",
+        "console:  https://127.0.0.1:",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
