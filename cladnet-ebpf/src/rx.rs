@@ -118,10 +118,10 @@ pub(crate) fn try_decap(start: usize, end: usize, frame_len: usize) -> Result<De
             check_destination(&hdr, cfg.local_overlay_ip())
                 .map_err(|reason| Pass::Drop(reason.into(), slot))?;
             Ok(Decap {
-            slot: peer.slot,
-            inner_len,
-            inner_ihl: usize::from(hdr[0] & 0x0f) * 4,
-            inner_proto: hdr[9],
+                slot: peer.slot,
+                inner_len,
+                inner_ihl: usize::from(hdr[0] & 0x0f) * 4,
+                inner_proto: hdr[9],
             })
         }
         Ok(InnerFit::Coalesced) => Err(Pass::ToSocket),
