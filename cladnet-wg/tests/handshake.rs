@@ -324,6 +324,162 @@ fn simultaneous_initiations_converge() {
     assert_eq!((net.a.tun.len(), net.b.tun.len()), (2, 2));
 }
 
+/// Two devices that both know each other's endpoint and both start a handshake at the same
+/// instant (data queued on each side); returns the net with the two crossing initiations on
+/// the wire, A's first.
+fn crossing_initiations(seed: u64) -> Net {
+    let mut net = Net::with(Options {
+        seed,
+        b_knows_a: true,
+        ..Options::default()
+    });
+    net.send(
+        Side::A,
+        &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"from a"),
+    );
+    net.send(
+        Side::B,
+        &ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], b"from b"),
+    );
+    let kinds: Vec<_> = net.wire.iter().map(|d| message_type(&d.bytes)).collect();
+    assert_eq!(
+        kinds,
+        vec![Some(MessageType::Initiation), Some(MessageType::Initiation)]
+    );
+    net
+}
+
+/// Delivers `datagrams` in the given order, then everything they cause, without moving the
+/// clock; returns every datagram that went over the wire.
+fn exchange(net: &mut Net, datagrams: Vec<common::Datagram>) -> Vec<common::Datagram> {
+    let mut seen = datagrams.clone();
+    for d in &datagrams {
+        net.deliver(d);
+    }
+    while !net.wire.is_empty() {
+        let d = net.wire.remove(0);
+        seen.push(d.clone());
+        net.deliver(&d);
+    }
+    seen
+}
+
+/// After a crossing, both sides send at once on a usable session, and nothing more is
+/// negotiated.
+fn assert_both_ways_at_once(net: &mut Net, seen: &[common::Datagram]) {
+    assert_eq!(net.now, net.start, "no time passed");
+    assert_eq!(
+        net.b.tun,
+        vec![ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"from a")],
+        "A's queued packet reached B within one round trip"
+    );
+    assert_eq!(
+        net.a.tun,
+        vec![ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], b"from b")],
+        "B's queued packet reached A within one round trip"
+    );
+    let initiations = seen
+        .iter()
+        .filter(|d| message_type(&d.bytes) == Some(MessageType::Initiation))
+        .count();
+    assert_eq!(initiations, 2, "no handshake beyond the two crossing ones");
+    assert!(net.a.errors.is_empty(), "A: {:?}", net.a.errors);
+    assert!(net.b.errors.is_empty(), "B: {:?}", net.b.errors);
+    // Both keep sending on what they have, without a new handshake or a retry later.
+    for i in 0..3 {
+        net.send(Side::A, &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], &[i; 4]));
+        net.send(Side::B, &ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], &[i; 4]));
+        assert!(
+            net.wire
+                .iter()
+                .all(|d| message_type(&d.bytes) == Some(MessageType::Transport)),
+            "only transport data on the wire"
+        );
+        net.deliver_all();
+    }
+    assert_eq!((net.a.tun.len(), net.b.tun.len()), (4, 4));
+    let before = (net.a.events.len(), net.b.events.len());
+    net.advance(Duration::from_secs(9));
+    let handshakes = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::HandshakeCompleted { .. }))
+            .count()
+    };
+    assert_eq!(
+        (
+            handshakes(&net.a.events[before.0..]),
+            handshakes(&net.b.events[before.1..])
+        ),
+        (0, 0),
+        "no retransmission or new handshake after the crossing"
+    );
+}
+
+#[test]
+fn crossing_initiations_give_a_session_at_once_a_first() {
+    let mut net = crossing_initiations(41);
+    let wire = net.take_wire();
+    let seen = exchange(&mut net, wire);
+    assert_both_ways_at_once(&mut net, &seen);
+}
+
+#[test]
+fn crossing_initiations_give_a_session_at_once_b_first() {
+    let mut net = crossing_initiations(42);
+    let mut wire = net.take_wire();
+    wire.reverse();
+    let seen = exchange(&mut net, wire);
+    assert_both_ways_at_once(&mut net, &seen);
+}
+
+#[test]
+fn crossing_initiations_with_a_response_overtaking_the_initiation() {
+    // B answers A's initiation, and that response reaches A before B's own initiation does.
+    let mut net = crossing_initiations(43);
+    let mut wire = net.take_wire();
+    let init_b = wire.pop().unwrap();
+    let init_a = wire.pop().unwrap();
+    let Delivery::Network(_) = net.deliver(&init_a) else {
+        panic!("B answers A's initiation")
+    };
+    let response = net.wire.remove(0);
+    assert_eq!(message_type(&response.bytes), Some(MessageType::Response));
+    let mut seen = vec![init_a, response.clone()];
+    seen.extend(exchange(&mut net, vec![response, init_b]));
+    assert_both_ways_at_once(&mut net, &seen);
+}
+
+#[test]
+fn keepalives_requested_at_the_same_instant_bring_the_link_up_in_one_exchange() {
+    // The agent asks both ends for a keepalive the moment they install each other.
+    let mut net = Net::with(Options {
+        seed: 44,
+        b_knows_a: true,
+        ..Options::default()
+    });
+    for side in [Side::A, Side::B] {
+        let node = net.node(side);
+        assert!(node.device.request_keepalive(node.peer));
+    }
+    net.drain_timers(Side::A);
+    net.drain_timers(Side::B);
+    let wire = net.take_wire();
+    assert_eq!(wire.len(), 2, "two crossing initiations");
+    exchange(&mut net, wire);
+    net.send(Side::A, &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"a"));
+    net.send(Side::B, &ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], b"b"));
+    assert!(
+        net.wire
+            .iter()
+            .all(|d| message_type(&d.bytes) == Some(MessageType::Transport)),
+        "both send data at once, no handshake pending"
+    );
+    net.deliver_all();
+    assert_eq!((net.a.tun.len(), net.b.tun.len()), (1, 1));
+    assert_eq!(net.now, net.start);
+}
+
 #[test]
 fn responder_without_endpoint_queues_until_the_peer_calls() {
     let mut net = Net::new();

@@ -179,8 +179,22 @@ impl Mesh {
         self.dir.path().join(format!("agent-{host}"))
     }
 
-    /// Starts the agent on `host` with extra flags.
+    /// Starts the agent on `host` with extra flags (and a 1 s reflector probe interval, so
+    /// that address changes are seen quickly).
     pub fn start_agent(&mut self, host: &str, site: SiteLabels<'_>, extra: &[&str]) {
+        self.spawn_agent(
+            host,
+            site,
+            &[&["--probe-interval-secs", "1"][..], extra].concat(),
+        );
+    }
+
+    /// Starts the agent on `host` with extra flags and otherwise default settings.
+    pub fn start_agent_with_defaults(&mut self, host: &str, site: SiteLabels<'_>, extra: &[&str]) {
+        self.spawn_agent(host, site, extra);
+    }
+
+    fn spawn_agent(&mut self, host: &str, site: SiteLabels<'_>, extra: &[&str]) {
         let url = self.controller_url();
         let data_dir = self.data_dir(host);
         // One pin directory per agent (they share the machine's bpffs); the topology removes
@@ -198,7 +212,6 @@ impl Mesh {
                 "--vpc",
                 site.vpc,
             ])
-            .args(["--probe-interval-secs", "1"])
             .args(if extra.contains(&"--metrics-listen") {
                 &[][..]
             } else {
@@ -215,6 +228,30 @@ impl Mesh {
             .stderr(log);
         let p = Process::spawn(&mut cmd).expect("start agent");
         self.agents.insert(host.to_owned(), p);
+    }
+
+    /// Sends `signal` to the agents of all `hosts` at once, then waits for each to exit.
+    pub fn signal_agents(&mut self, hosts: &[&str], signal: &str) {
+        let pids: Vec<String> = hosts
+            .iter()
+            .map(|h| self.agents[*h].0.id().to_string())
+            .collect();
+        Command::new("kill")
+            .args(["-s", signal])
+            .args(&pids)
+            .status()
+            .expect("kill");
+        for host in hosts {
+            let mut p = self.agents.remove(*host).expect("agent running");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while p.0.try_wait().expect("wait").is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "agent on {host} ignored {signal}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 
     /// Sends `signal` to `host`'s agent and waits for it to exit (SIGKILL for a crash).
