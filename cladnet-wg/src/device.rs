@@ -9,12 +9,12 @@ use std::time::Instant;
 use snow::params::NoiseParams;
 
 use crate::action::{Action, Event, Outcome};
-use crate::cookie::CookieChecker;
 use crate::error::{ConfigError, Error};
 use crate::handshake;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::messages::{self, HandshakeMessage, Message};
 use crate::peer::{Ctx, PeerConfig, PeerCore, PeerStats};
+use crate::ratelimit::MacCheck;
 use crate::rng::CryptoRandom;
 use crate::time::WallClock;
 
@@ -66,7 +66,7 @@ pub struct Device {
     local: PrivateKey,
     local_public: PublicKey,
     params: NoiseParams,
-    checker: CookieChecker,
+    macs: MacCheck,
     rng: Box<dyn CryptoRandom>,
     wall: WallClock,
     under_load: bool,
@@ -97,7 +97,7 @@ impl Device {
     ) -> Self {
         let local_public = local_key.public_key();
         Self {
-            checker: CookieChecker::new(&local_public),
+            macs: MacCheck::new(&local_public),
             local: local_key,
             local_public,
             params: handshake::noise_params(),
@@ -221,8 +221,10 @@ impl Device {
 
     /// Tells whether we are under load. While it is set, handshake messages without a valid
     /// mac2 are answered with a cookie reply instead of being processed, which costs the sender
-    /// a round trip and proves it owns its source address. The kernel sets this when its
-    /// handshake queue is more than 1/8 full; the caller decides here.
+    /// a round trip and proves it owns its source address; those with a valid mac2 are limited
+    /// per source address (20 per second, bursts of 5; [`Error::RateLimited`] beyond). The
+    /// kernel sets this when its handshake queue is more than 1/8 full; the caller decides
+    /// here, for instance with a [`crate::LoadTracker`] over its own queue.
     pub fn set_under_load(&mut self, under_load: bool) {
         self.under_load = under_load;
     }
@@ -413,25 +415,8 @@ impl Device {
         msg: HandshakeMessage<'_>,
         out: &mut [u8],
     ) -> Option<Outcome> {
-        if !self.checker.mac1_valid(msg.mac1_input(), msg.mac1()) {
-            return Some(Error::InvalidMac.into());
-        }
-        if !self.under_load
-            || self
-                .checker
-                .mac2_valid(now, &mut *self.rng, src, msg.mac2_input(), msg.mac2())
-        {
-            return None;
-        }
-        Some(
-            match self
-                .checker
-                .write_reply(now, &mut *self.rng, src, msg.sender(), msg.mac1(), out)
-            {
-                Ok(len) => Outcome::Network { len, to: src },
-                Err(error) => error.into(),
-            },
-        )
+        self.macs
+            .check(now, &mut *self.rng, self.under_load, src, msg, out)
     }
 
     fn receive_initiation(

@@ -35,11 +35,16 @@ pub enum Drop {
     WgNoSession,
     /// The TUN device handed over a packet its offload metadata does not describe.
     BadTunPacket,
+    /// Under load, a handshake message with a valid cookie came from a source address over
+    /// its rate (20 per second, bursts of 5).
+    WgRateLimited,
+    /// The queue of handshake messages waiting for the handshake thread was full.
+    WgHandshakeQueueFull,
 }
 
 impl Drop {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 21] = [
         Self::Plain(plain::DropReason::Truncated),
         Self::Plain(plain::DropReason::BadVersion),
         Self::Plain(plain::DropReason::BadHeader),
@@ -59,6 +64,8 @@ impl Drop {
         Self::NotIpv4,
         Self::WgNoSession,
         Self::BadTunPacket,
+        Self::WgRateLimited,
+        Self::WgHandshakeQueueFull,
     ];
 
     /// Counter slot.
@@ -77,6 +84,8 @@ impl Drop {
             Self::NotIpv4 => 16,
             Self::WgNoSession => 17,
             Self::BadTunPacket => 18,
+            Self::WgRateLimited => 19,
+            Self::WgHandshakeQueueFull => 20,
         }
     }
 
@@ -104,6 +113,8 @@ impl Drop {
             Self::NotIpv4 => "not_ipv4",
             Self::WgNoSession => "wg_no_session",
             Self::BadTunPacket => "bad_tun_packet",
+            Self::WgRateLimited => "wg_rate_limited",
+            Self::WgHandshakeQueueFull => "wg_handshake_queue_full",
         }
     }
 
@@ -119,6 +130,7 @@ impl Drop {
             WgError::TimestampReplay | WgError::InitiationFlood | WgError::InvalidCookieReply => {
                 Self::WgHandshake
             }
+            WgError::RateLimited => Self::WgRateLimited,
             WgError::DecryptionFailed => Self::WgDecrypt,
             WgError::Replay => Self::WgReplay,
             WgError::InvalidInnerPacket => Self::WgBadInner,
