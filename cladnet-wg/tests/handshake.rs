@@ -560,3 +560,80 @@ fn standalone_peers_talk() {
     assert_eq!(b.remote_public_key(), key_a.public_key());
     assert!(b.poll_timeout().is_some(), "passive keepalive armed");
 }
+
+/// An initiation that arrives just before the responder adds its peer (both ends configured
+/// at nearly the same moment) is answered as soon as the peer is added, to the address it came
+/// from, instead of being lost until the retransmission 5 s later.
+#[test]
+fn an_initiation_arriving_just_before_its_peer_is_added_is_answered_then() {
+    use cladnet_wg::{Action, Device, PeerConfig, PrivateKey, WallClock};
+    use rand::SeedableRng as _;
+    use rand::rngs::ChaCha20Rng;
+
+    let now = std::time::Instant::now();
+    let clock = WallClock::new(now, std::time::SystemTime::now());
+    let (key_a, key_b) = (
+        PrivateKey::from_bytes([0x51; 32]),
+        PrivateKey::from_bytes([0x52; 32]),
+    );
+    let mut a = Device::new(key_a.clone(), ChaCha20Rng::seed_from_u64(1), clock);
+    let mut b = Device::new(key_b.clone(), ChaCha20Rng::seed_from_u64(2), clock);
+    // A's NAT gave this flow a port of its own: B's configuration names another one.
+    let a_seen: std::net::SocketAddr = "198.51.100.1:40001".parse().unwrap();
+    let mut to_b = PeerConfig::new(key_b.public_key());
+    to_b.endpoint = Some(common::addr_b());
+    let b_on_a = a.add_peer(now, to_b).unwrap();
+    let packet = ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"early");
+    let (mut buf_a, mut buf_b) = ([0_u8; 2048], [0_u8; 2048]);
+    let Action::WriteToNetwork { datagram, .. } = a.encapsulate(now, b_on_a, &packet, &mut buf_a)
+    else {
+        panic!("initiation")
+    };
+    let initiation = datagram.to_vec();
+    assert_eq!(
+        b.decapsulate(now, a_seen, &initiation, &mut buf_b).1,
+        Action::Err(Error::UnknownPeer),
+        "B does not know A yet"
+    );
+    assert_eq!(b.poll_timeout(), None);
+
+    // 30 ms later B learns about A (with the endpoint the controller saw) and answers at once.
+    let later = now + Duration::from_millis(30);
+    let mut to_a = PeerConfig::new(key_a.public_key());
+    to_a.endpoint = Some(common::addr_a());
+    let a_on_b = b.add_peer(later, to_a).unwrap();
+    assert!(b.poll_timeout().is_some_and(|at| at <= later));
+    let (peer, Action::WriteToNetwork { datagram, to }) = b.update_timers(later, &mut buf_b) else {
+        panic!("B answers the early initiation")
+    };
+    assert_eq!((peer, to), (Some(a_on_b), a_seen));
+    assert_eq!(message_type(datagram), Some(MessageType::Response));
+    let response = datagram.to_vec();
+    let (_, Action::WriteToNetwork { datagram, .. }) =
+        a.decapsulate(later, common::addr_b(), &response, &mut buf_a)
+    else {
+        panic!("A completes and sends its queued packet")
+    };
+    let data = datagram.to_vec();
+    let (_, Action::WriteToTunnel { packet: inner, .. }) =
+        b.decapsulate(later, a_seen, &data, &mut buf_b)
+    else {
+        panic!("B gets the packet")
+    };
+    assert_eq!(inner, &packet[..]);
+    assert_eq!(
+        b.endpoint(a_on_b),
+        Some(a_seen),
+        "B follows A to where it really is"
+    );
+
+    // Too old an initiation (over REKEY_TIMEOUT) is not answered: the initiator retries anyway.
+    let mut c = Device::new(key_b, ChaCha20Rng::seed_from_u64(3), clock);
+    let _ = c.decapsulate(now, a_seen, &initiation, &mut buf_b);
+    c.add_peer(
+        now + Duration::from_secs(6),
+        PeerConfig::new(key_a.public_key()),
+    )
+    .unwrap();
+    assert_eq!(c.poll_timeout(), None);
+}

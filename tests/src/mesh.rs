@@ -223,7 +223,11 @@ impl Mesh {
             .arg(&pins)
             .args(extra)
             .env("CLADNET_JOIN_TOKEN", &self.token)
-            .env("RUST_LOG", "info,cladnet_agent=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("CLADNET_TEST_AGENT_LOG")
+                    .unwrap_or_else(|_| "info,cladnet_agent=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log);
         let p = Process::spawn(&mut cmd).expect("start agent");
