@@ -44,6 +44,17 @@ pub const COOKIE_SECRET_LATENCY: Duration = Duration::from_secs(5);
 /// Initiations accepted per second and per peer (the kernel's `INITIATIONS_PER_SECOND`):
 /// an initiation arriving less than `1 s / 50` after the last accepted one is dropped.
 pub const INITIATIONS_PER_SECOND: u32 = 50;
+/// Capacity of the queue of incoming handshake messages in the kernel module
+/// (`MAX_QUEUED_INCOMING_HANDSHAKES`); a receiver counts itself under load while an eighth of
+/// it is used (see [`crate::LoadTracker`]).
+pub const MAX_QUEUED_INCOMING_HANDSHAKES: usize = 4096;
+/// How long a receiver stays under load after its handshake queue was last over the threshold.
+pub const UNDER_LOAD_LINGER: Duration = Duration::from_secs(1);
+/// Under load, handshake messages with a valid mac2 accepted per second from one source
+/// address (the kernel's ratelimiter: `PACKETS_PER_SECOND`).
+pub const HANDSHAKES_PER_SECOND_PER_SOURCE: u64 = 20;
+/// Burst of such messages accepted from one source address (`PACKETS_BURST`).
+pub const HANDSHAKE_BURST_PER_SOURCE: u64 = 5;
 /// Maximum number of packets queued per peer while waiting for a handshake (the kernel's
 /// `MAX_STAGED_PACKETS`); the oldest packet is dropped when the queue is full.
 pub const MAX_QUEUED_PACKETS: usize = 128;

@@ -9,17 +9,34 @@ use std::time::Instant;
 use snow::params::NoiseParams;
 
 use crate::action::{Action, Event, Outcome};
-use crate::cookie::CookieChecker;
+use crate::constants::{INITIATION_LEN, REKEY_TIMEOUT};
 use crate::error::{ConfigError, Error};
 use crate::handshake;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::messages::{self, HandshakeMessage, Message};
 use crate::peer::{Ctx, PeerConfig, PeerCore, PeerStats};
+use crate::ratelimit::MacCheck;
 use crate::rng::CryptoRandom;
 use crate::time::WallClock;
 
 /// Local indexes are `slot << 8 | rolling byte`, so a device holds at most 2^24 peers.
 const MAX_SLOTS: usize = 1 << 24;
+
+/// Initiations from static keys that are not (yet) peers, kept at most.
+const MAX_EARLY_INITIATIONS: usize = 64;
+
+/// An authenticated initiation from a static key that was no peer when it arrived. When both
+/// ends of a new link are configured at nearly the same moment, one end's initiation can
+/// arrive just before the other end knows it; if that end adds the peer within
+/// `REKEY_TIMEOUT`, the initiation is answered then instead of being lost until the
+/// retransmission 5 s later. (Behind a NAT that maps each destination to its own port, that
+/// initiation's source is also the only address where the peer can be reached.)
+struct EarlyInitiation {
+    key: PublicKey,
+    src: SocketAddr,
+    at: Instant,
+    bytes: [u8; INITIATION_LEN],
+}
 
 /// Handle of a peer inside a [`Device`]. Stays unique: a removed peer's id never names a later
 /// peer.
@@ -66,7 +83,7 @@ pub struct Device {
     local: PrivateKey,
     local_public: PublicKey,
     params: NoiseParams,
-    checker: CookieChecker,
+    macs: MacCheck,
     rng: Box<dyn CryptoRandom>,
     wall: WallClock,
     under_load: bool,
@@ -74,6 +91,10 @@ pub struct Device {
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     by_key: HashMap<PublicKey, PeerId>,
+    /// Recent initiations from unknown static keys (see [`EarlyInitiation`]).
+    early: std::collections::VecDeque<EarlyInitiation>,
+    /// Early initiations of peers added since, to answer at the next `update_timers`.
+    replay: Vec<EarlyInitiation>,
     timer_cursor: usize,
     event_cursor: usize,
 }
@@ -97,7 +118,7 @@ impl Device {
     ) -> Self {
         let local_public = local_key.public_key();
         Self {
-            checker: CookieChecker::new(&local_public),
+            macs: MacCheck::new(&local_public),
             local: local_key,
             local_public,
             params: handshake::noise_params(),
@@ -108,6 +129,8 @@ impl Device {
             slots: Vec::new(),
             free_slots: Vec::new(),
             by_key: HashMap::new(),
+            early: std::collections::VecDeque::new(),
+            replay: Vec::new(),
             timer_cursor: 0,
             event_cursor: 0,
         }
@@ -154,6 +177,12 @@ impl Device {
             generation: entry.generation,
         };
         self.by_key.insert(config.public_key, id);
+        if let Some(at) = self.early.iter().position(|e| e.key == config.public_key)
+            && let Some(early) = self.early.remove(at)
+            && now.saturating_duration_since(early.at) < REKEY_TIMEOUT
+        {
+            self.replay.push(EarlyInitiation { at: now, ..early });
+        }
         Ok(id)
     }
 
@@ -221,8 +250,10 @@ impl Device {
 
     /// Tells whether we are under load. While it is set, handshake messages without a valid
     /// mac2 are answered with a cookie reply instead of being processed, which costs the sender
-    /// a round trip and proves it owns its source address. The kernel sets this when its
-    /// handshake queue is more than 1/8 full; the caller decides here.
+    /// a round trip and proves it owns its source address; those with a valid mac2 are limited
+    /// per source address (20 per second, bursts of 5; [`Error::RateLimited`] beyond). The
+    /// kernel sets this when its handshake queue is more than 1/8 full; the caller decides
+    /// here, for instance with a [`crate::LoadTracker`] over its own queue.
     pub fn set_under_load(&mut self, under_load: bool) {
         self.under_load = under_load;
     }
@@ -413,25 +444,8 @@ impl Device {
         msg: HandshakeMessage<'_>,
         out: &mut [u8],
     ) -> Option<Outcome> {
-        if !self.checker.mac1_valid(msg.mac1_input(), msg.mac1()) {
-            return Some(Error::InvalidMac.into());
-        }
-        if !self.under_load
-            || self
-                .checker
-                .mac2_valid(now, &mut *self.rng, src, msg.mac2_input(), msg.mac2())
-        {
-            return None;
-        }
-        Some(
-            match self
-                .checker
-                .write_reply(now, &mut *self.rng, src, msg.sender(), msg.mac1(), out)
-            {
-                Ok(len) => Outcome::Network { len, to: src },
-                Err(error) => error.into(),
-            },
-        )
+        self.macs
+            .check(now, &mut *self.rng, self.under_load, src, msg, out)
     }
 
     fn receive_initiation(
@@ -451,6 +465,19 @@ impl Device {
             };
         let Some(id) = self.peer_by_key(&consumed.initiator_static) else {
             tracing::debug!(%src, key = %consumed.initiator_static, "initiation from unknown static key");
+            if let Ok(bytes) = <[u8; INITIATION_LEN]>::try_from(msg.bytes) {
+                let key = consumed.initiator_static;
+                self.early.retain(|e| e.key != key);
+                if self.early.len() >= MAX_EARLY_INITIATIONS {
+                    self.early.pop_front();
+                }
+                self.early.push_back(EarlyInitiation {
+                    key,
+                    src,
+                    at: now,
+                    bytes,
+                });
+            }
             return (None, Error::UnknownPeer.into());
         };
         let outcome = self.peer_mut(id).map_or(Error::UnknownPeer.into(), |peer| {
@@ -470,6 +497,13 @@ impl Device {
         now: Instant,
         out: &'a mut [u8],
     ) -> (Option<PeerId>, Action<'a>) {
+        while let Some(early) = self.replay.pop() {
+            let (peer, outcome) = self.receive(now, early.src, &early.bytes, out);
+            if matches!(outcome, Outcome::Network { .. }) {
+                tracing::debug!(src = %early.src, "answered an initiation that arrived before its peer was added");
+                return (peer, outcome.into_action(out));
+            }
+        }
         let (mut ctx, slots, timer_cursor) = self.split();
         let count = slots.len();
         for step in 0..count {
@@ -502,6 +536,7 @@ impl Device {
         self.slots
             .iter()
             .filter_map(|s| s.peer.as_ref()?.poll_timeout())
+            .chain(self.replay.iter().map(|e| e.at))
             .min()
     }
 

@@ -30,6 +30,10 @@ pub enum Error {
     /// Initiations from this peer arrive faster than `INITIATIONS_PER_SECOND`.
     #[error("initiations from this peer arrive too fast")]
     InitiationFlood,
+    /// Under load, a handshake message with a valid cookie came from a source address that
+    /// already sent more than its share (20 per second, bursts of 5).
+    #[error("handshake messages from this source arrive too fast while under load")]
+    RateLimited,
     /// A cookie reply did not decrypt or was not expected.
     #[error("invalid or unexpected cookie reply")]
     InvalidCookieReply,

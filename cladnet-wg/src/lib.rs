@@ -59,6 +59,7 @@ mod handshake;
 mod keys;
 mod messages;
 mod peer;
+mod ratelimit;
 mod replay;
 mod rng;
 mod session;
@@ -76,6 +77,7 @@ pub use error::{ConfigError, Error};
 pub use keys::{KEY_LEN, KeyParseError, PresharedKey, PrivateKey, PublicKey};
 pub use messages::{MessageType, message_type};
 pub use peer::{Peer, PeerConfig, PeerStats};
+pub use ratelimit::{GateVerdict, HandshakeGate, LoadTracker};
 pub use rng::CryptoRandom;
 pub use time::WallClock;
 

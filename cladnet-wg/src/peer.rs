@@ -426,8 +426,14 @@ impl PeerCore {
         self.cookie.stamp(now, &mut out[..RESPONSE_LEN]);
         self.last_timestamp = Some(consumed.timestamp);
         self.last_initiation_consumed = Some(now);
-        // A simultaneous initiation of ours is superseded, as in the kernel.
-        self.pending = None;
+        // A pending initiation of ours stays pending: when both sides initiate at once, their
+        // initiations cross, and each side answers the other's. Were our own handshake dropped
+        // here (the kernel keeps one handshake state per peer, which the peer's initiation
+        // overwrites), the peer's response to it would find nothing, both sides would hold
+        // only an unconfirmed responder keypair, and the pair would stay dark until a
+        // retransmission 5 s later. Kept, that response completes our handshake as initiator;
+        // the peer's keypair for its own handshake moves to `previous`, where it still
+        // decrypts what the peer sends on it. Data flows after one round trip.
         self.keypairs.insert(Keypair::new(
             &keys,
             local_index,

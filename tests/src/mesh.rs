@@ -215,7 +215,7 @@ impl Mesh {
         self.dir.path().join(format!("agent-{host}"))
     }
 
-    /// Starts the agent on `host` with extra flags.
+    /// Starts the agent on `host` with extra flags and otherwise default settings.
     pub fn start_agent(&mut self, host: &str, site: SiteLabels<'_>, extra: &[&str]) {
         let (url, token) = (self.controller_url(), self.token.clone());
         self.start_agent_with(host, site, &url, &token, extra);
@@ -271,7 +271,11 @@ impl Mesh {
             .arg(&pins)
             .args(extra)
             .env("CLADNET_JOIN_TOKEN", token)
-            .env("RUST_LOG", "info,cladnet_agent=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("CLADNET_TEST_AGENT_LOG")
+                    .unwrap_or_else(|_| "info,cladnet_agent=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log);
         let p = Process::spawn(&mut cmd).expect("start agent");
@@ -301,6 +305,30 @@ impl Mesh {
     /// The log of `host`'s agent.
     pub fn agent_log(&self, host: &str) -> String {
         fs::read_to_string(self.log_path(&format!("agent-{host}"))).unwrap_or_default()
+    }
+
+    /// Sends `signal` to the agents of all `hosts` at once, then waits for each to exit.
+    pub fn signal_agents(&mut self, hosts: &[&str], signal: &str) {
+        let pids: Vec<String> = hosts
+            .iter()
+            .map(|h| self.agents[*h].0.id().to_string())
+            .collect();
+        Command::new("kill")
+            .args(["-s", signal])
+            .args(&pids)
+            .status()
+            .expect("kill");
+        for host in hosts {
+            let mut p = self.agents.remove(*host).expect("agent running");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while p.0.try_wait().expect("wait").is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "agent on {host} ignored {signal}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 
     /// Sends `signal` to `host`'s agent and waits for it to exit (SIGKILL for a crash).

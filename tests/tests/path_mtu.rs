@@ -78,7 +78,11 @@ fn path_mtu(mesh: &Mesh, from: &str, to: &str) -> (Option<u64>, Option<u64>, Str
     (
         p["path_mtu"].as_u64(),
         p["route_mtu"].as_u64(),
-        p["mode"].as_str().unwrap_or_default().to_owned(),
+        format!(
+            "{}, {}",
+            p["mode"].as_str().unwrap_or_default(),
+            p["engine"].as_str().unwrap_or_default()
+        ),
     )
 }
 

@@ -44,11 +44,16 @@ pub enum Drop {
     /// An outgoing packet is larger than its peer's path carries (a DF packet is answered
     /// with ICMP "fragmentation needed").
     TooBig,
+    /// Under load, a handshake message with a valid cookie came from a source address over
+    /// its rate (20 per second, bursts of 5).
+    WgRateLimited,
+    /// The queue of handshake messages waiting for the handshake thread was full.
+    WgHandshakeQueueFull,
 }
 
 impl Drop {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 25] = [
         Self::Plain(plain::DropReason::Truncated),
         Self::Plain(plain::DropReason::BadVersion),
         Self::Plain(plain::DropReason::BadHeader),
@@ -72,6 +77,8 @@ impl Drop {
         Self::UnsolicitedReflector,
         Self::PlainPortChangeLimited,
         Self::TooBig,
+        Self::WgRateLimited,
+        Self::WgHandshakeQueueFull,
     ];
 
     /// Counter slot.
@@ -93,6 +100,8 @@ impl Drop {
             Self::UnsolicitedReflector => 20,
             Self::PlainPortChangeLimited => 21,
             Self::TooBig => 22,
+            Self::WgRateLimited => 23,
+            Self::WgHandshakeQueueFull => 24,
         }
     }
 
@@ -124,6 +133,8 @@ impl Drop {
             Self::UnsolicitedReflector => "reflector_unsolicited",
             Self::PlainPortChangeLimited => "plain_port_change_limited",
             Self::TooBig => "too_big",
+            Self::WgRateLimited => "wg_rate_limited",
+            Self::WgHandshakeQueueFull => "wg_handshake_queue_full",
         }
     }
 
@@ -139,6 +150,7 @@ impl Drop {
             WgError::TimestampReplay | WgError::InitiationFlood | WgError::InvalidCookieReply => {
                 Self::WgHandshake
             }
+            WgError::RateLimited => Self::WgRateLimited,
             WgError::DecryptionFailed => Self::WgDecrypt,
             WgError::Replay => Self::WgReplay,
             WgError::InvalidInnerPacket => Self::WgBadInner,

@@ -6,7 +6,10 @@
 //! only through [`Router::apply`], with the same [`Command`]s the eBPF engine consumes.
 //!
 //! Locking: lookups take a read lock on the peer maps (PLAIN traffic never contends);
-//! WireGuard state sits behind one mutex, held only for the seal/open of one packet.
+//! WireGuard state sits behind one mutex, held only for the seal/open of one packet or the
+//! processing of one handshake message. Handshake messages (the only ones costing
+//! Diffie-Hellman) are not handled on the packet threads: the driver queues them for a thread
+//! of their own ([`Router::handshake`]), which also decides when we are under load.
 
 use std::{
     collections::HashMap,
@@ -28,7 +31,10 @@ use cladnet_core::{
     reflector,
     table::{Command, PeerConfig},
 };
-use cladnet_wg::{Action, Device, Event, PeerId, PrivateKey, PublicKey, WallClock};
+use cladnet_wg::{
+    Action, Device, Event, GateVerdict, HandshakeGate, MessageType, PeerId, PrivateKey, PublicKey,
+    WallClock,
+};
 use tracing::{debug, info, warn};
 
 use super::counters::{Drop, DropCounters, PeerCounters, PeerTraffic};
@@ -550,6 +556,46 @@ impl Router {
             });
         }
         Ok(Some(entry))
+    }
+
+    /// Whether `datagram` is a WireGuard handshake message (initiation, response or cookie
+    /// reply): the driver hands those to [`Router::handshake`] on a thread of their own.
+    pub fn is_handshake(datagram: &[u8]) -> bool {
+        !reflector::is_reflector(datagram)
+            && matches!(wire::demux(datagram), Demux::WireGuard(_))
+            && matches!(
+                cladnet_wg::message_type(datagram),
+                Some(MessageType::Initiation | MessageType::Response | MessageType::CookieReply)
+            )
+    }
+
+    /// A gate for the handshake thread: the checks made before any Diffie-Hellman (mac1;
+    /// under load, cookies and per-source limits), run without the WireGuard lock.
+    pub fn handshake_gate(&self) -> HandshakeGate {
+        HandshakeGate::new(&self.device().public_key(), OsRandom)
+    }
+
+    /// Handles a WireGuard handshake message taken from the driver's handshake queue, after
+    /// `gate` (see [`Router::handshake_gate`]) let it through or answered it: only messages
+    /// that passed take the WireGuard lock for their Diffie-Hellman.
+    pub fn handshake<'a>(
+        &self,
+        now: Instant,
+        gate: &mut HandshakeGate,
+        under_load: bool,
+        from: SocketAddr,
+        datagram: &'a [u8],
+        out: &'a mut [u8],
+    ) -> Inbound<'a> {
+        match gate.check(now, under_load, from, datagram, out) {
+            GateVerdict::Pass => self.inbound_sealed(now, from, datagram, out),
+            GateVerdict::CookieReply(len) => Inbound::Reply {
+                datagram: &out[..len],
+                to: from,
+            },
+            GateVerdict::Drop(e) => self.drop_in(Drop::from_wg(e).unwrap_or(Drop::WgInvalid)),
+            _ => self.drop_in(Drop::WgInvalid),
+        }
     }
 
     fn inbound_sealed<'a>(

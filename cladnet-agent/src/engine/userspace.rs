@@ -4,6 +4,9 @@
 //! - `tun→udp`: reads inner packets from the TUN device, routes and seals/frames them.
 //! - `udp→tun`: reads datagrams from the tunnel port (WireGuard, CLAD and reflector answers
 //!   share it, demultiplexed by the first byte) and delivers inner packets.
+//! - `wg-handshake`: WireGuard handshake messages, which `udp→tun` only queues (bounded): the
+//!   Diffie-Hellman they cost never runs on the transport path, and the queue's length tells
+//!   when we are under load (cookie replies and per-source rate limits, as the Linux module).
 //! - `timers`: WireGuard handshakes, keepalives and rekeys; peer events for the control loop.
 //!
 //! Probes of the controller's reflector go out of the tunnel socket itself, so the public
@@ -14,7 +17,11 @@ use std::{
     io::{self, IoSliceMut},
     net::{SocketAddr, SocketAddrV4, UdpSocket},
     os::fd::AsFd as _,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -41,6 +48,9 @@ const PLAIN_KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// Largest packet read from the TUN device or the socket.
 const MAX_PACKET: usize = 65_535;
+
+/// How much lower than the packet threads the handshake thread runs (nice increment).
+const HANDSHAKE_NICENESS: i32 = 10;
 
 /// Decrypted packets gathered before a GRO pass over them.
 const GRO_BATCH: usize = 64;
@@ -125,11 +135,20 @@ impl Userspace {
                 .name("tun->udp".into())
                 .spawn(move || tun_to_udp(&router, &*tun, &socket, &state, vnet))?;
         }
+        let (handshakes, queued) = HandshakeQueue::new();
         {
             let (router, socket, waiters) = (router.clone(), socket.clone(), waiters.clone());
             thread::Builder::new()
                 .name("udp->tun".into())
-                .spawn(move || udp_to_tun(&router, &*tun, &socket, &state, vnet, &waiters))?;
+                .spawn(move || {
+                    udp_to_tun(&router, &*tun, &socket, &state, vnet, &waiters, &handshakes);
+                })?;
+        }
+        {
+            let (router, socket) = (router.clone(), socket.clone());
+            thread::Builder::new()
+                .name("wg-handshake".into())
+                .spawn(move || handshake_worker(&router, &socket, queued))?;
         }
         {
             let (router, socket) = (router.clone(), socket.clone());
@@ -495,6 +514,85 @@ impl<'t> TunWriter<'t> {
     }
 }
 
+/// Handshake messages between the `udp→tun` thread and the handshake thread. Bounded like the
+/// kernel's queue (`MAX_QUEUED_INCOMING_HANDSHAKES`): when it is full, messages are dropped,
+/// never blocking the transport path.
+struct HandshakeQueue {
+    tx: SyncSender<(SocketAddr, Vec<u8>)>,
+    len: Arc<AtomicUsize>,
+}
+
+/// The handshake thread's end of the queue.
+struct QueuedHandshakes {
+    rx: Receiver<(SocketAddr, Vec<u8>)>,
+    len: Arc<AtomicUsize>,
+}
+
+impl HandshakeQueue {
+    fn new() -> (Self, QueuedHandshakes) {
+        let (tx, rx) = sync_channel(cladnet_wg::constants::MAX_QUEUED_INCOMING_HANDSHAKES);
+        let len = Arc::new(AtomicUsize::new(0));
+        (
+            Self {
+                tx,
+                len: len.clone(),
+            },
+            QueuedHandshakes { rx, len },
+        )
+    }
+
+    /// Queues a copy of `datagram`; returns `false` when the queue is full.
+    fn push(&self, from: SocketAddr, datagram: &[u8]) -> bool {
+        // Full: refuse before copying anything (a flood must cost as little as possible here).
+        // Counted before sending so the worker never sees the length below zero.
+        if self.len.fetch_add(1, Ordering::Relaxed)
+            >= cladnet_wg::constants::MAX_QUEUED_INCOMING_HANDSHAKES
+        {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        match self.tx.try_send((from, datagram.to_vec())) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
+/// Processes queued handshake messages one by one, deciding from the queue's length whether
+/// we are under load (see [`cladnet_wg::LoadTracker`]).
+fn handshake_worker(router: &Router, socket: &UdpSocket, queue: QueuedHandshakes) {
+    // Under a flood this thread could use a core answering it; transport packets go first.
+    if let Err(error) = sys::lower_thread_priority(HANDSHAKE_NICENESS) {
+        debug!(%error, "cannot lower the handshake thread's priority");
+    }
+    let mut load = cladnet_wg::LoadTracker::default();
+    let mut gate = router.handshake_gate();
+    let mut out = vec![0u8; out_len(MAX_PACKET)];
+    let mut was_under_load = false;
+    while let Ok((from, datagram)) = queue.rx.recv() {
+        let waiting = queue.len.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        let now = Instant::now();
+        let under_load = load.update(now, waiting);
+        if under_load != was_under_load {
+            // At most one line per second: the state lingers a second once set.
+            info!(
+                under_load,
+                queued = waiting,
+                "WireGuard handshake load changed (under load, handshakes need a cookie)"
+            );
+            was_under_load = under_load;
+        }
+        if let Inbound::Reply { datagram, to } =
+            router.handshake(now, &mut gate, under_load, from, &datagram, &mut out)
+        {
+            send(socket, datagram, to);
+        }
+    }
+}
+
 fn udp_to_tun(
     router: &Router,
     tun: &dyn TunIo,
@@ -502,6 +600,7 @@ fn udp_to_tun(
     state: &UdpSocketState,
     vnet: bool,
     waiters: &Waiters,
+    handshakes: &HandshakeQueue,
 ) {
     let mut bufs: Vec<Vec<u8>> = (0..BATCH_SIZE).map(|_| vec![0u8; MAX_PACKET]).collect();
     let mut metas = [RecvMeta::default(); BATCH_SIZE];
@@ -540,6 +639,12 @@ fn udp_to_tun(
         for (meta, buf) in metas[..count].iter().zip(&bufs) {
             // With GRO, one buffer holds several datagrams of `stride` bytes from one sender.
             for datagram in buf[..meta.len].chunks(meta.stride.max(1)) {
+                if Router::is_handshake(datagram) {
+                    if !handshakes.push(meta.addr, datagram) {
+                        router.drops().add(Drop::WgHandshakeQueueFull);
+                    }
+                    continue;
+                }
                 match router.inbound(now, meta.addr, datagram, &mut out) {
                     Inbound::Deliver(packet) => writer.push(packet),
                     Inbound::Reply { datagram, to } => tx.push(datagram, to),

@@ -102,6 +102,27 @@ pub fn wait_ready(
     }
 }
 
+/// Lowers the scheduling priority of the calling thread by `niceness` (Linux threads have a
+/// nice value of their own). Used for work that must yield to the packet threads, such as
+/// answering a flood of handshake messages.
+pub fn lower_thread_priority(niceness: i32) -> io::Result<()> {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    let who = libc::id_t::try_from(tid).map_err(|_| io::Error::other("negative thread id"))?;
+    // SAFETY: getpriority/setpriority only read their integer arguments; errno distinguishes a
+    // legitimate -1 priority from an error, so it is cleared first.
+    let current = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, who)
+    };
+    if current == -1 && io::Error::last_os_error().raw_os_error() != Some(0) {
+        return Err(io::Error::last_os_error());
+    }
+    let target = current.saturating_add(niceness).min(19);
+    // SAFETY: as above.
+    cvt(unsafe { libc::setpriority(libc::PRIO_PROCESS, who, target) }).map(drop)
+}
+
 /// Converts a `-1`-on-error syscall return value into an `io::Result`.
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {

@@ -65,6 +65,10 @@ pub enum Config {
     /// agent's pin directory before the agent starts, and the agent takes it over in place
     /// (a take-over keeps the pinned hook when `auto` allows it).
     CladnetEbpfPlainTc,
+    /// `cladnet-sealed` while a third namespace, linked to host B only, floods B's agent with
+    /// WireGuard handshake initiations (correct mac1, random contents; `tests/scripts/attack.py
+    /// flood`) for the whole measurement. Compared with `cladnet-sealed` of the same run.
+    CladnetSealedFlood,
 }
 
 /// How a CLADNet configuration runs its agents.
@@ -80,7 +84,7 @@ pub(crate) struct CladnetSetup {
 
 impl Config {
     /// Every configuration, in table order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Raw,
         Self::Vxlan,
         Self::WireguardGo,
@@ -89,6 +93,7 @@ impl Config {
         Self::CladnetPlain,
         Self::CladnetEbpfPlain,
         Self::CladnetEbpfPlainTc,
+        Self::CladnetSealedFlood,
     ];
 
     /// The row's name.
@@ -102,6 +107,7 @@ impl Config {
             Self::CladnetPlain => "cladnet-plain",
             Self::CladnetEbpfPlain => "cladnet-ebpf-plain",
             Self::CladnetEbpfPlainTc => "cladnet-ebpf-plain-tc",
+            Self::CladnetSealedFlood => "cladnet-sealed-flood",
         }
     }
 
@@ -118,7 +124,7 @@ impl Config {
     /// How the agents run, for the CLADNet rows.
     pub(crate) fn cladnet(self) -> Option<CladnetSetup> {
         let (encryption, dataplane, forced_hook) = match self {
-            Self::CladnetSealed => ("always", "userspace", None),
+            Self::CladnetSealed | Self::CladnetSealedFlood => ("always", "userspace", None),
             Self::CladnetPlain => ("never", "userspace", None),
             Self::CladnetEbpfPlain => ("never", "ebpf", None),
             Self::CladnetEbpfPlainTc => ("never", "ebpf", Some("tc")),
@@ -218,10 +224,14 @@ impl Binaries {
                 .then(|| "wireguard-go not installed (cargo xtask setup)".into()),
             Config::Boringtun => missing(&self.boringtun)
                 .then(|| "boringtun-cli not installed (cargo xtask setup)".into()),
+            Config::CladnetSealedFlood if missing(Path::new("python3")) => {
+                Some("python3 not installed (cargo xtask setup), needed by the flooder".into())
+            }
             Config::CladnetSealed
             | Config::CladnetPlain
             | Config::CladnetEbpfPlain
-            | Config::CladnetEbpfPlainTc => [&self.controller, &self.cli, &self.agent]
+            | Config::CladnetEbpfPlainTc
+            | Config::CladnetSealedFlood => [&self.controller, &self.cli, &self.agent]
                 .into_iter()
                 .find(|p| !p.is_file())
                 .map(|p| release(p)),

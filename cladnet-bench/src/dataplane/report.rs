@@ -27,6 +27,9 @@ pub const EBPF_VS_RAW_TARGET: f64 = 0.8;
 /// ... with less CPU per Gbit/s than PLAIN on the userspace engine (`cladnet-plain`): the
 /// ratio of the two must be below this.
 pub const EBPF_CPU_PER_GBPS_VS_USERSPACE_TARGET: f64 = 1.0;
+/// Issue 11's goal for SEALED links under a handshake flood: `cladnet-sealed-flood` TCP at
+/// least this share of `cladnet-sealed` in the same run.
+pub const FLOOD_VS_SEALED_TARGET: f64 = 0.8;
 
 /// What a CLADNet row's agents reported in one run, and the eBPF engine's counters after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -280,6 +283,9 @@ pub struct DataplaneDocument {
     /// engine) for `cladnet-ebpf-plain` (the hook the agent picks) and
     /// `cladnet-ebpf-plain-tc` (TC ingress forced).
     pub ebpf_targets: Vec<TargetCheck>,
+    /// `cladnet-sealed-flood` TCP over `cladnet-sealed` TCP (medians), against
+    /// [`FLOOD_VS_SEALED_TARGET`].
+    pub flood_target: Option<TargetCheck>,
 }
 
 impl DataplaneDocument {
@@ -306,6 +312,7 @@ impl DataplaneDocument {
             best_wireguard: None,
             target_met: None,
             ebpf_targets: Vec::new(),
+            flood_target: None,
         }
     }
 
@@ -391,6 +398,31 @@ impl DataplaneDocument {
                 })
             })
             .collect();
+        let flood = ratio(
+            tcp.get(&Config::CladnetSealedFlood).copied().unwrap_or(0.0),
+            tcp.get(&Config::CladnetSealed).copied(),
+        )
+        .filter(|_| tcp.contains_key(&Config::CladnetSealedFlood));
+        self.flood_target = self
+            .rows
+            .iter()
+            .any(|r| r.config == Config::CladnetSealedFlood)
+            .then(|| {
+                let met = flood.map(|v| v >= FLOOD_VS_SEALED_TARGET);
+                TargetCheck {
+                    config: Config::CladnetSealedFlood,
+                    metric: "TCP vs cladnet-sealed",
+                    value: flood,
+                    op: ">=",
+                    goal: FLOOD_VS_SEALED_TARGET,
+                    met,
+                    verdict: match met {
+                        Some(true) => "PASS",
+                        Some(false) => "MISS",
+                        None => "not measured",
+                    },
+                }
+            });
         self.target_met = self
             .rows
             .iter()
@@ -558,6 +590,19 @@ impl DataplaneDocument {
                 );
             }
             _ => out.push_str(": not measured (needs cladnet-sealed and a WireGuard row)\n"),
+        }
+        if let Some(t) = &self.flood_target {
+            let _ = write!(
+                out,
+                "Target: {} {} {} {:.1} (handshake flood at host B)",
+                t.config, t.metric, t.op, t.goal
+            );
+            match t.value {
+                Some(v) => {
+                    let _ = writeln!(out, ": {v:.2}x {}", t.verdict);
+                }
+                None => out.push_str(": not measured (needs cladnet-sealed in the same run)\n"),
+            }
         }
         out.push_str(&self.ebpf_section());
         for r in &self.rows {

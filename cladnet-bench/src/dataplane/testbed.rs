@@ -149,7 +149,7 @@ pub(crate) struct Netns {
 }
 
 impl Netns {
-    fn create(name: &str) -> anyhow::Result<Self> {
+    pub(crate) fn create(name: &str) -> anyhow::Result<Self> {
         run(
             Command::new("ip").args(["netns", "add", name]),
             COMMAND_TIMEOUT,

@@ -127,6 +127,11 @@ pub(crate) struct Tunnel {
     pin_dirs: Vec<PathBuf>,
     /// Devices `(namespace, name)` to delete.
     links: Vec<(String, String)>,
+    /// Host B's agent's public key, for the CLADNet rows.
+    b_public_key: Option<String>,
+    /// The flooding namespace of `cladnet-sealed-flood` (deleted, with the flooder, after
+    /// everything else).
+    flooder: Option<Netns>,
 }
 
 impl Tunnel {
@@ -140,6 +145,8 @@ impl Tunnel {
             sockets: Vec::new(),
             pin_dirs: Vec::new(),
             links: Vec::new(),
+            b_public_key: None,
+            flooder: None,
         }
     }
 
@@ -245,7 +252,77 @@ pub(crate) fn setup(
                 .with_context(|| format!("no CLADNet setup for {config}"))?;
             cladnet(config, setup, tb, bins, dir)
         }
+        Config::CladnetSealedFlood => sealed_under_flood(tb, bins, dir),
     }
+}
+
+/// Host B's address on the flooder's link.
+const FLOOD_TARGET: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 2);
+/// The flooder's address.
+const FLOOD_SOURCE: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
+/// The agents' tunnel port.
+const TUNNEL_PORT: u16 = 8055;
+
+/// `cladnet-sealed`, plus a third namespace `cnb-<pid>-x` linked to host B by a veth pair of
+/// its own (`10.201.0.1` → `10.201.0.2`), from which `tests/scripts/attack.py flood` sends
+/// handshake initiations with a correct mac1 for B's key to B's tunnel port as fast as it
+/// can, until the tunnel is torn down. The link exists before the agents start, so that B's
+/// agent does not see an address change during the measurement.
+fn sealed_under_flood(tb: &Testbed, bins: &Binaries, dir: &Path) -> anyhow::Result<Tunnel> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/attack.py");
+    ensure!(
+        script.exists(),
+        "the flooder {} is missing (run from a CLADNet checkout)",
+        script.display()
+    );
+    let x = Netns::create(&format!("{}x", process_prefix()))?;
+    super::testbed::run(
+        Command::new("ip").args([
+            "link",
+            "add",
+            "name",
+            "flood",
+            "netns",
+            x.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "flood",
+            "netns",
+            tb.b.name(),
+        ]),
+        COMMAND_TIMEOUT,
+    )?;
+    for (ns, addr) in [(&x, FLOOD_SOURCE), (&tb.b, FLOOD_TARGET)] {
+        ns.run(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "flood"])?;
+        ns.run(&["ip", "link", "set", "flood", "up"])?;
+    }
+    let setup = Config::CladnetSealedFlood
+        .cladnet()
+        .context("no CLADNet setup for the flood row")?;
+    let mut tunnel = cladnet(Config::CladnetSealedFlood, setup, tb, bins, dir)?;
+    let key = tunnel
+        .b_public_key
+        .clone()
+        .context("host B's public key is not in `cladnet peers`")?;
+    let mut cmd = x.command("python3");
+    cmd.arg(&script).args([
+        "flood",
+        &FLOOD_TARGET.to_string(),
+        &TUNNEL_PORT.to_string(),
+        &key,
+        "3600",
+    ]);
+    tunnel.procs.push(ChildGuard::spawn(
+        "handshake flooder",
+        cmd,
+        dir.join("flooder.log"),
+    )?);
+    tunnel.flooder = Some(x);
+    // Let the flood reach its pace (and B its under-load state) before anything is measured.
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(tunnel)
 }
 
 /// Kernel VXLAN on the underlay veth: `vx0` (VNI 42, UDP 4789, the other host as the only
@@ -513,6 +590,7 @@ fn cladnet(
     tunnel.procs.push(controller);
     let mut overlay = [None, None];
     let mut reported: [Option<AgentDataplane>; 2] = [None, None];
+    let mut b_key = None;
     let mut up = || -> bool {
         let Ok(out) = cli(&["--json", "peers", NETWORK]) else {
             return false;
@@ -525,6 +603,9 @@ fn cladnet(
                 p["hostName"].as_str() == Some(side) && p["state"].as_str() == Some("up")
             });
             overlay[i] = peer.and_then(|p| p["ip"].as_str()?.parse().ok());
+            if side == "b" {
+                b_key = peer.and_then(|p| Some(p["publicKey"].as_str()?.to_owned()));
+            }
             reported[i] = peer.and_then(|p| agent_dataplane(side, p));
         }
         overlay.iter().all(Option::is_some) && reported.iter().all(Option::is_some)
@@ -535,6 +616,7 @@ fn cladnet(
         &mut up,
     )?;
     tunnel.dst = overlay[1].context("B's overlay address")?;
+    tunnel.b_public_key = b_key;
     tunnel.dataplane = reported.into_iter().flatten().collect();
     for d in &tunnel.dataplane {
         ensure!(
