@@ -158,6 +158,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A call that failed on the connection against an `http://` URL may have met a TLS port whose
+/// answer lost the race against its close: look once more, on a fresh connection, so that the
+/// error says to use `https://` instead of "transport error".
+async fn diagnose(result: anyhow::Result<()>, url: &str) -> anyhow::Result<()> {
+    let Err(err) = result else {
+        return Ok(());
+    };
+    let on_connection = matches!(
+        err.downcast_ref::<error::CliError>(),
+        Some(error::CliError::Call { code, .. })
+            if matches!(code, tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal)
+    );
+    if on_connection && let Some(tls) = cladnet_proto::tls::sniff_tls_on_plain_url(url).await {
+        return Err(error::CliError::Tls(tls.to_string()).into());
+    }
+    Err(err)
+}
+
 fn main() -> ExitCode {
     // Usage errors exit with 2, --help and --version with 0 (clap's convention).
     let cli = Cli::parse();
@@ -171,7 +189,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let url = cli.global.controller.clone();
+    match runtime.block_on(async {
+        let result = run(cli).await;
+        diagnose(result, &url).await
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

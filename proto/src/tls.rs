@@ -33,7 +33,7 @@ use rustls::{
 };
 use sha2::{Digest as _, Sha256};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::TcpStream,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -561,6 +561,39 @@ pub fn find_connect_error(err: &(dyn std::error::Error + 'static)) -> Option<Con
         cur = e.source();
     }
     None
+}
+
+/// Tells whether an `http://` controller URL points at a TLS port, by sending the HTTP/2
+/// preface on a fresh connection and looking at the first bytes of the answer (a TLS server
+/// answers with an alert record). For diagnosing a call that failed with a bare transport
+/// error: the TLS answer can lose the race against the server's close on the call's own
+/// connection. `None` for `https://` URLs, unreachable hosts and non-TLS answers.
+pub async fn sniff_tls_on_plain_url(url: &str) -> Option<ConnectError> {
+    let (https, host, port) = parse_url(url).ok()?;
+    if https {
+        return None;
+    }
+    let probe = async {
+        let mut tcp = TcpStream::connect((host.as_str(), port)).await.ok()?;
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 5];
+        let mut got = 0;
+        while got < 2 {
+            match tcp.read(&mut head[got..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        looks_like_tls(&head[..got]).then(|| ConnectError::TlsOnPlainUrl {
+            url: url.to_owned(),
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Checks a controller URL: `http://` or `https://` and a host.
