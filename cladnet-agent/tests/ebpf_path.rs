@@ -629,9 +629,9 @@ fn lifecycle(p: Pair, underlay_mtu: u32) {
             [1, 1],
             "detach restores the underlay's rp_filter"
         );
-        let link = ns.exec(&["ip", "link", "show", "ul0"]);
+        let link = support::until_gone("xdp", || ns.exec(&["ip", "link", "show", "ul0"]));
         assert!(!link.contains("xdp"), "XDP still attached: {link}");
-        let net = ns.exec(&["bpftool", "net", "show"]);
+        let net = support::until_gone("cladnet", || ns.exec(&["bpftool", "net", "show"]));
         assert!(!net.contains("cladnet"), "programs still attached: {net}");
     }
     assert_eq!(
@@ -738,7 +738,10 @@ fn failed_attach_rolls_back_and_auto_falls_back() {
         dp2.detach().unwrap();
         dp1.detach().unwrap();
         assert!(!p1.exists() && !p2.exists());
-        let link = support::ip(&["link", "show", "ul0"]);
-        assert!(!link.contains("xdp"), "{link}");
+        let link = support::until_gone("xdp", || support::ip(&["link", "show", "ul0"]));
+        assert!(
+            !link.contains("xdp"),
+            "XDP still attached 2 s after detach: {link}"
+        );
     });
 }

@@ -72,3 +72,32 @@ macro_rules! require_netns {
         }
     };
 }
+
+/// Longest stretch without replies in `ping -i <interval>` output (including a silent tail),
+/// in seconds.
+pub fn longest_outage(ping_output: &str, interval: f64) -> f64 {
+    let mut seqs: Vec<u64> = ping_output
+        .lines()
+        .filter_map(|l| {
+            l.split("icmp_seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let sent: u64 = ping_output
+        .lines()
+        .find_map(|l| l.split(" packets transmitted").next()?.trim().parse().ok())
+        .unwrap_or(0);
+    seqs.insert(0, 0);
+    seqs.push(sent + 1);
+    seqs.sort_unstable();
+    let gap = seqs
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .max()
+        .unwrap_or(0);
+    gap.saturating_sub(1) as f64 * interval
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cladnet_tests::{Mesh, leftovers, require_netns, site, standard_clouds};
+use cladnet_tests::{Mesh, leftovers, longest_outage, require_netns, site, standard_clouds};
 
 const UP: Duration = Duration::from_secs(30);
 const TRANSFER: usize = 4 << 20;
@@ -247,34 +247,6 @@ fn agents_survive_crashes_and_controller_outages() {
         z1.to_string(),
         "same overlay address after a release"
     );
-}
-
-/// Longest stretch without ping replies in `ping -i <interval>` output (including a silent
-/// tail), in seconds.
-fn longest_outage(ping_output: &str, interval: f64) -> f64 {
-    let mut seqs: Vec<u64> = ping_output
-        .lines()
-        .filter_map(|l| {
-            l.split("icmp_seq=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let sent: u64 = ping_output
-        .lines()
-        .find_map(|l| l.split(" packets transmitted").next()?.trim().parse().ok())
-        .unwrap_or(0);
-    seqs.insert(0, 0);
-    seqs.push(sent + 1);
-    let gap = seqs
-        .windows(2)
-        .map(|w| w[1].saturating_sub(w[0]))
-        .max()
-        .unwrap_or(0);
-    gap.saturating_sub(1) as f64 * interval
 }
 
 #[test]

@@ -4,42 +4,13 @@
 
 use std::{process::Stdio, thread, time::Duration};
 
-use cladnet_tests::{Mesh, Nat, Topology, require_netns, site};
+use cladnet_tests::{Mesh, Nat, Topology, longest_outage, require_netns, site};
 
 const UP: Duration = Duration::from_secs(30);
 /// Ping interval: the outage is measured to this resolution.
 const INTERVAL: f64 = 0.05;
 /// The outage allowed after a move (issue 10, part 3).
 const MAX_OUTAGE: f64 = 1.0;
-
-/// Longest stretch without replies in `ping -i <interval>` output (including a silent tail),
-/// in seconds.
-fn longest_outage(ping_output: &str, interval: f64) -> f64 {
-    let mut seqs: Vec<u64> = ping_output
-        .lines()
-        .filter_map(|l| {
-            l.split("icmp_seq=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let sent: u64 = ping_output
-        .lines()
-        .find_map(|l| l.split(" packets transmitted").next()?.trim().parse().ok())
-        .unwrap_or(0);
-    seqs.insert(0, 0);
-    seqs.push(sent + 1);
-    seqs.sort_unstable();
-    let gap = seqs
-        .windows(2)
-        .map(|w| w[1].saturating_sub(w[0]))
-        .max()
-        .unwrap_or(0);
-    gap.saturating_sub(1) as f64 * interval
-}
 
 /// `from` pings `to`'s overlay address every 50 ms for 8 s; `mover`'s public address moves
 /// 2 s in. Returns the longest outage and the new address.

@@ -57,6 +57,21 @@ pub fn ip(args: &[&str]) -> String {
     run(Command::new("ip").args(args))
 }
 
+/// Waits up to 2 s for `show()` (e.g. `ip link show DEV`) to stop mentioning `what`, and
+/// returns its last output. The kernel drops an XDP or TC link when its last file reference
+/// goes, which can be deferred past the `close` that releases it (delayed fput), so a check
+/// right after a detach would race it.
+pub fn until_gone(what: &str, mut show: impl FnMut() -> String) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let out = show();
+        if !out.contains(what) || std::time::Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A named network namespace (`ip netns add`), deleted on drop, pass or fail.
 pub struct NamedNetns {
     name: String,
