@@ -77,13 +77,17 @@ pub enum Config {
     /// `cladnet-ebpf-plain` on the mid-path MTU test bed (`A =1500= r1 =1400= r2 =1500= B`,
     /// see [`testbed::Testbed::create_midhop`]) with the agents' defaults: they find the
     /// 1400-byte hop themselves (per-peer path MTU discovery).
+    #[serde(rename = "cladnet-ebpf-plain-midhop1400")]
     CladnetEbpfPlainMidhop,
     /// The same link with `--underlay-mtu 1400` given to both agents by hand: the baseline
     /// [`Config::CladnetEbpfPlainMidhop`] is compared with.
+    #[serde(rename = "cladnet-ebpf-plain-midhop1400-manual")]
     CladnetEbpfPlainMidhopManual,
     /// `cladnet-sealed` on the mid-path MTU test bed, path MTU found by the agents.
+    #[serde(rename = "cladnet-sealed-midhop1400")]
     CladnetSealedMidhop,
     /// `cladnet-sealed` on the mid-path MTU test bed with `--underlay-mtu 1400` by hand.
+    #[serde(rename = "cladnet-sealed-midhop1400-manual")]
     CladnetSealedMidhopManual,
 }
 

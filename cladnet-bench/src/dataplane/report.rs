@@ -959,6 +959,11 @@ mod tests {
         ] {
             assert!(table.contains(want), "{want:?} not in\n{table}");
         }
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(
+            json["midhop_targets"][0]["config"],
+            "cladnet-ebpf-plain-midhop1400"
+        );
         let mut d = doc();
         d.row_mut(Config::CladnetSealedMidhop).runs = vec![metrics(0.8)];
         d.finish();
@@ -973,8 +978,14 @@ mod tests {
                 assert!(c.is_midhop() && b.is_midhop());
                 assert_eq!(c.cladnet().unwrap().underlay_mtu, None);
                 assert_eq!(b.cladnet().unwrap().underlay_mtu, Some(1400));
-                assert_eq!(c.cladnet().unwrap().encryption, b.cladnet().unwrap().encryption);
-                assert_eq!(c.cladnet().unwrap().dataplane, b.cladnet().unwrap().dataplane);
+                assert_eq!(
+                    c.cladnet().unwrap().encryption,
+                    b.cladnet().unwrap().encryption
+                );
+                assert_eq!(
+                    c.cladnet().unwrap().dataplane,
+                    b.cladnet().unwrap().dataplane
+                );
             }
         }
         assert!(!Config::CladnetEbpfPlain.is_midhop());

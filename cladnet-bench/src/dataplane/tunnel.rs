@@ -696,7 +696,10 @@ fn peer_route_mtu(ns: &Netns, peer: Ipv4Addr) -> Option<u32> {
         .ok()?;
     let mut words = out.split_whitespace();
     words.find(|w| *w == "mtu")?;
-    let value = words.next().filter(|w| *w != "lock").or_else(|| words.next())?;
+    let value = words
+        .next()
+        .filter(|w| *w != "lock")
+        .or_else(|| words.next())?;
     value.parse().ok()
 }
 
