@@ -10,6 +10,11 @@
 //!   server;
 //! * ping RTT (median and mean of 50 pings 20 ms apart).
 //!
+//! The `*-midhop1400` rows run on a test bed of their own, where a 1400-byte link between two
+//! routers sits in the middle of the path (`A =1500= r1 =1400= r2 =1500= B`): once with the
+//! agents finding the path MTU themselves, once with `--underlay-mtu 1400` given by hand, and
+//! the first must reach 0.9x the second's TCP throughput.
+//!
 //! Runs are interleaved (run 1 of every configuration, then run 2 ...), so that a change in
 //! the machine's background load hits every configuration alike; the report takes the median
 //! of each metric over the runs.
@@ -69,6 +74,21 @@ pub enum Config {
     /// WireGuard handshake initiations (correct mac1, random contents; `tests/scripts/attack.py
     /// flood`) for the whole measurement. Compared with `cladnet-sealed` of the same run.
     CladnetSealedFlood,
+    /// `cladnet-ebpf-plain` on the mid-path MTU test bed (`A =1500= r1 =1400= r2 =1500= B`,
+    /// see [`testbed::Testbed::create_midhop`]) with the agents' defaults: they find the
+    /// 1400-byte hop themselves (per-peer path MTU discovery).
+    #[serde(rename = "cladnet-ebpf-plain-midhop1400")]
+    CladnetEbpfPlainMidhop,
+    /// The same link with `--underlay-mtu 1400` given to both agents by hand: the baseline
+    /// [`Config::CladnetEbpfPlainMidhop`] is compared with.
+    #[serde(rename = "cladnet-ebpf-plain-midhop1400-manual")]
+    CladnetEbpfPlainMidhopManual,
+    /// `cladnet-sealed` on the mid-path MTU test bed, path MTU found by the agents.
+    #[serde(rename = "cladnet-sealed-midhop1400")]
+    CladnetSealedMidhop,
+    /// `cladnet-sealed` on the mid-path MTU test bed with `--underlay-mtu 1400` by hand.
+    #[serde(rename = "cladnet-sealed-midhop1400-manual")]
+    CladnetSealedMidhopManual,
 }
 
 /// How a CLADNet configuration runs its agents.
@@ -80,11 +100,13 @@ pub(crate) struct CladnetSetup {
     pub(crate) dataplane: &'static str,
     /// The receive hook to pre-attach (`dataplane attach --xdp-mode`) and to require.
     pub(crate) forced_hook: Option<&'static str>,
+    /// `cladnet-agent run --underlay-mtu`, when set by hand.
+    pub(crate) underlay_mtu: Option<u32>,
 }
 
 impl Config {
     /// Every configuration, in table order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 13] = [
         Self::Raw,
         Self::Vxlan,
         Self::WireguardGo,
@@ -94,6 +116,10 @@ impl Config {
         Self::CladnetEbpfPlain,
         Self::CladnetEbpfPlainTc,
         Self::CladnetSealedFlood,
+        Self::CladnetEbpfPlainMidhop,
+        Self::CladnetEbpfPlainMidhopManual,
+        Self::CladnetSealedMidhop,
+        Self::CladnetSealedMidhopManual,
     ];
 
     /// The row's name.
@@ -108,6 +134,10 @@ impl Config {
             Self::CladnetEbpfPlain => "cladnet-ebpf-plain",
             Self::CladnetEbpfPlainTc => "cladnet-ebpf-plain-tc",
             Self::CladnetSealedFlood => "cladnet-sealed-flood",
+            Self::CladnetEbpfPlainMidhop => "cladnet-ebpf-plain-midhop1400",
+            Self::CladnetEbpfPlainMidhopManual => "cladnet-ebpf-plain-midhop1400-manual",
+            Self::CladnetSealedMidhop => "cladnet-sealed-midhop1400",
+            Self::CladnetSealedMidhopManual => "cladnet-sealed-midhop1400-manual",
         }
     }
 
@@ -118,15 +148,57 @@ impl Config {
 
     /// Whether this row runs PLAIN links on the eBPF engine.
     pub fn is_ebpf(self) -> bool {
-        matches!(self, Self::CladnetEbpfPlain | Self::CladnetEbpfPlainTc)
+        matches!(
+            self,
+            Self::CladnetEbpfPlain
+                | Self::CladnetEbpfPlainTc
+                | Self::CladnetEbpfPlainMidhop
+                | Self::CladnetEbpfPlainMidhopManual
+        )
+    }
+
+    /// Whether this row runs on the mid-path MTU test bed (a 1400-byte hop between two
+    /// routers, not on either host's link).
+    pub fn is_midhop(self) -> bool {
+        self.midhop_baseline().is_some() || self.is_midhop_baseline()
+    }
+
+    /// For a mid-path row whose agents find the path MTU themselves: the row of the same link
+    /// with `--underlay-mtu 1400` by hand, which it must come close to.
+    pub fn midhop_baseline(self) -> Option<Self> {
+        match self {
+            Self::CladnetEbpfPlainMidhop => Some(Self::CladnetEbpfPlainMidhopManual),
+            Self::CladnetSealedMidhop => Some(Self::CladnetSealedMidhopManual),
+            _ => None,
+        }
+    }
+
+    /// The mid-path target's metric, named after this baseline row.
+    pub(crate) fn midhop_metric(self) -> &'static str {
+        match self {
+            Self::CladnetSealedMidhopManual => "TCP vs cladnet-sealed-midhop1400-manual",
+            _ => "TCP vs cladnet-ebpf-plain-midhop1400-manual",
+        }
+    }
+
+    fn is_midhop_baseline(self) -> bool {
+        matches!(
+            self,
+            Self::CladnetEbpfPlainMidhopManual | Self::CladnetSealedMidhopManual
+        )
     }
 
     /// How the agents run, for the CLADNet rows.
     pub(crate) fn cladnet(self) -> Option<CladnetSetup> {
         let (encryption, dataplane, forced_hook) = match self {
-            Self::CladnetSealed | Self::CladnetSealedFlood => ("always", "userspace", None),
+            Self::CladnetSealed
+            | Self::CladnetSealedFlood
+            | Self::CladnetSealedMidhop
+            | Self::CladnetSealedMidhopManual => ("always", "userspace", None),
             Self::CladnetPlain => ("never", "userspace", None),
-            Self::CladnetEbpfPlain => ("never", "ebpf", None),
+            Self::CladnetEbpfPlain
+            | Self::CladnetEbpfPlainMidhop
+            | Self::CladnetEbpfPlainMidhopManual => ("never", "ebpf", None),
             Self::CladnetEbpfPlainTc => ("never", "ebpf", Some("tc")),
             _ => return None,
         };
@@ -134,6 +206,7 @@ impl Config {
             encryption,
             dataplane,
             forced_hook,
+            underlay_mtu: self.is_midhop_baseline().then_some(testbed::MIDHOP_MTU),
         })
     }
 }
@@ -231,7 +304,11 @@ impl Binaries {
             | Config::CladnetPlain
             | Config::CladnetEbpfPlain
             | Config::CladnetEbpfPlainTc
-            | Config::CladnetSealedFlood => [&self.controller, &self.cli, &self.agent]
+            | Config::CladnetSealedFlood
+            | Config::CladnetEbpfPlainMidhop
+            | Config::CladnetEbpfPlainMidhopManual
+            | Config::CladnetSealedMidhop
+            | Config::CladnetSealedMidhopManual => [&self.controller, &self.cli, &self.agent]
                 .into_iter()
                 .find(|p| !p.is_file())
                 .map(|p| release(p)),
@@ -298,6 +375,13 @@ pub fn run_dataplane_bench(
         }
     }
     let tb = Testbed::create()?;
+    // The mid-path MTU rows' own test bed, only when one of them runs.
+    let midhop = opts
+        .configs
+        .iter()
+        .any(|&c| c.is_midhop() && doc.row_mut(c).skipped.is_none())
+        .then(Testbed::create_midhop)
+        .transpose()?;
     for run in 1..=opts.runs {
         for &config in &opts.configs {
             if doc.row_mut(config).skipped.is_some() {
@@ -307,7 +391,11 @@ pub fn run_dataplane_bench(
                 bail!("interrupted");
             }
             eprintln!("dataplane: run {run}/{}: {config} ...", opts.runs);
-            match measure_once(config, &tb, opts) {
+            let bed = match &midhop {
+                Some(m) if config.is_midhop() => m,
+                _ => &tb,
+            };
+            match measure_once(config, bed, opts) {
                 Ok((m, dataplane)) => {
                     eprintln!("  {}", m.summary());
                     for d in &dataplane.agents {
@@ -327,6 +415,7 @@ pub fn run_dataplane_bench(
             }
         }
     }
+    drop(midhop);
     drop(tb);
     doc.finish();
     Ok(doc)

@@ -31,6 +31,11 @@ pub const EBPF_CPU_PER_GBPS_VS_USERSPACE_TARGET: f64 = 1.0;
 /// least this share of `cladnet-sealed` in the same run.
 pub const FLOOD_VS_SEALED_TARGET: f64 = 0.8;
 
+/// Issue 10's goal for a 1400-byte hop in the middle of the path: TCP over the link whose
+/// agents find the path MTU themselves at least this share of the same link with
+/// `--underlay-mtu 1400` set by hand, in the same run.
+pub const MIDHOP_VS_MANUAL_TARGET: f64 = 0.9;
+
 /// What a CLADNet row's agents reported in one run, and the eBPF engine's counters after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunDataplane {
@@ -286,6 +291,9 @@ pub struct DataplaneDocument {
     /// `cladnet-sealed-flood` TCP over `cladnet-sealed` TCP (medians), against
     /// [`FLOOD_VS_SEALED_TARGET`].
     pub flood_target: Option<TargetCheck>,
+    /// Each mid-path MTU row whose agents find the path MTU, TCP over its hand-set baseline
+    /// (medians), against [`MIDHOP_VS_MANUAL_TARGET`].
+    pub midhop_targets: Vec<TargetCheck>,
 }
 
 impl DataplaneDocument {
@@ -313,6 +321,7 @@ impl DataplaneDocument {
             target_met: None,
             ebpf_targets: Vec::new(),
             flood_target: None,
+            midhop_targets: Vec::new(),
         }
     }
 
@@ -368,7 +377,7 @@ impl DataplaneDocument {
         self.ebpf_targets = self
             .rows
             .iter()
-            .filter(|r| r.config.is_ebpf())
+            .filter(|r| r.config.is_ebpf() && !r.config.is_midhop())
             .flat_map(|r| {
                 [
                     ("TCP vs vxlan", r.tcp_vs_vxlan, ">=", EBPF_VS_VXLAN_TARGET),
@@ -423,6 +432,30 @@ impl DataplaneDocument {
                     },
                 }
             });
+        self.midhop_targets = self
+            .rows
+            .iter()
+            .filter_map(|r| {
+                let baseline = r.config.midhop_baseline()?;
+                let value = tcp
+                    .get(&r.config)
+                    .and_then(|&g| ratio(g, tcp.get(&baseline).copied()));
+                let met = value.map(|v| v >= MIDHOP_VS_MANUAL_TARGET);
+                Some(TargetCheck {
+                    config: r.config,
+                    metric: baseline.midhop_metric(),
+                    value,
+                    op: ">=",
+                    goal: MIDHOP_VS_MANUAL_TARGET,
+                    met,
+                    verdict: match met {
+                        Some(true) => "PASS",
+                        Some(false) => "MISS",
+                        None => "not measured",
+                    },
+                })
+            })
+            .collect();
         self.target_met = self
             .rows
             .iter()
@@ -462,6 +495,14 @@ impl DataplaneDocument {
             "Machine: {} CPUs ({}), {} MiB, Linux {}; load average at start {}",
             m.cpus, m.cpu_model, m.memory_mib, m.kernel, self.load_average
         );
+        if self.rows.iter().any(|r| r.config.is_midhop()) {
+            let _ = writeln!(
+                out,
+                "*-midhop1400 rows: A =1500= router =1400= router =1500= B (same addresses); \
+                 MTU A/B = the agents' per-peer route MTU when they find the path MTU, the \
+                 device MTU with --underlay-mtu 1400 (-manual)"
+            );
+        }
         let _ = writeln!(
             out,
             "CPU % = busy time of the whole machine over the TCP test (100 % = all {} CPUs)\n",
@@ -603,6 +644,18 @@ impl DataplaneDocument {
                 }
                 None => out.push_str(": not measured (needs cladnet-sealed in the same run)\n"),
             }
+        }
+        for t in &self.midhop_targets {
+            let value = t.value.map_or_else(
+                || "not measured (needs both rows in the same run)".into(),
+                |v| format!("{v:.2}x"),
+            );
+            let _ = writeln!(
+                out,
+                "Target: {} (1400-byte hop mid-path, path MTU found by the agents) {} {} {:.1}x: \
+                 {value} {}",
+                t.config, t.metric, t.op, t.goal, t.verdict
+            );
         }
         out.push_str(&self.ebpf_section());
         for r in &self.rows {
@@ -871,5 +924,70 @@ mod tests {
         assert!(d.ebpf_targets.iter().all(|t| t.met.is_none()));
         assert_eq!(d.ebpf_targets.len(), 6);
         assert!(!d.any_failed());
+    }
+
+    #[test]
+    fn midhop_rows_are_compared_with_their_hand_set_baseline() {
+        let mut d = doc();
+        d.row_mut(Config::Raw).runs = vec![metrics(16.0)];
+        d.row_mut(Config::CladnetEbpfPlainMidhop).runs = vec![metrics(4.4), metrics(4.6)];
+        d.row_mut(Config::CladnetEbpfPlainMidhopManual).runs = vec![metrics(5.0)];
+        d.row_mut(Config::CladnetSealedMidhop).runs = vec![metrics(0.8)];
+        d.row_mut(Config::CladnetSealedMidhopManual).runs = vec![metrics(1.0)];
+        d.finish();
+        let got: Vec<_> = d
+            .midhop_targets
+            .iter()
+            .map(|t| (t.config, t.verdict))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Config::CladnetEbpfPlainMidhop, "PASS"),
+                (Config::CladnetSealedMidhop, "MISS"),
+            ]
+        );
+        assert!((d.midhop_targets[0].value.unwrap() - 0.9).abs() < 1e-9);
+        // The mid-path rows are not held to the eBPF rows' targets against raw and vxlan.
+        assert!(d.ebpf_targets.iter().all(|t| !t.config.is_midhop()));
+        let table = d.table();
+        for want in [
+            "cladnet-ebpf-plain-midhop1400 (1400-byte hop mid-path, path MTU found by the \
+             agents) TCP vs cladnet-ebpf-plain-midhop1400-manual >= 0.9x: 0.90x PASS",
+            "TCP vs cladnet-sealed-midhop1400-manual >= 0.9x: 0.80x MISS",
+            "A =1500= router =1400= router =1500= B",
+        ] {
+            assert!(table.contains(want), "{want:?} not in\n{table}");
+        }
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(
+            json["midhop_targets"][0]["config"],
+            "cladnet-ebpf-plain-midhop1400"
+        );
+        let mut d = doc();
+        d.row_mut(Config::CladnetSealedMidhop).runs = vec![metrics(0.8)];
+        d.finish();
+        assert_eq!(d.midhop_targets[1].verdict, "not measured");
+    }
+
+    #[test]
+    fn midhop_configs() {
+        for c in Config::ALL {
+            assert_eq!(c.name().parse::<Config>(), Ok(c));
+            if let Some(b) = c.midhop_baseline() {
+                assert!(c.is_midhop() && b.is_midhop());
+                assert_eq!(c.cladnet().unwrap().underlay_mtu, None);
+                assert_eq!(b.cladnet().unwrap().underlay_mtu, Some(1400));
+                assert_eq!(
+                    c.cladnet().unwrap().encryption,
+                    b.cladnet().unwrap().encryption
+                );
+                assert_eq!(
+                    c.cladnet().unwrap().dataplane,
+                    b.cladnet().unwrap().dataplane
+                );
+            }
+        }
+        assert!(!Config::CladnetEbpfPlain.is_midhop());
     }
 }

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 
 /// Where `ip netns` keeps its namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -237,7 +237,20 @@ pub(crate) struct Testbed {
     pub(crate) a: Netns,
     /// Host B (`UNDERLAY_B`): servers.
     pub(crate) b: Netns,
+    /// The routers between A and B, for the mid-path MTU test bed (empty for the direct
+    /// veth pair).
+    routers: Vec<Netns>,
 }
+
+/// The mid-path MTU test bed's hop: the link between its two routers.
+pub(crate) const MIDHOP_MTU: u32 = 1400;
+/// The routers' addresses: towards A (r1), towards B (r2), and on the 1400-byte link between
+/// them (r1, r2). Hosts keep `UNDERLAY_A` and `UNDERLAY_B`, so that every row reaches the
+/// other host the same way.
+const R1_TO_A: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 1);
+const R2_TO_B: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 2);
+const R1_MID: Ipv4Addr = Ipv4Addr::new(10, 200, 2, 1);
+const R2_MID: Ipv4Addr = Ipv4Addr::new(10, 200, 2, 2);
 
 impl Testbed {
     /// Creates both namespaces and the veth pair (created directly inside them, so it never
@@ -269,12 +282,104 @@ impl Testbed {
             ns.run(&["ip", "addr", "add", &cidr, "dev", UNDERLAY_IFACE])?;
             ns.run(&["ip", "link", "set", UNDERLAY_IFACE, "mtu", &mtu, "up"])?;
         }
-        let tb = Self { a, b };
+        let tb = Self {
+            a,
+            b,
+            routers: Vec::new(),
+        };
         tb.wait_for(
             &format!("underlay ping {UNDERLAY_B}"),
             Duration::from_secs(5),
             || tb.a.pings(UNDERLAY_B),
         )?;
+        Ok(tb)
+    }
+
+    /// The mid-path MTU test bed: hosts `cnb-<pid>-ma` and `cnb-<pid>-mb` (same addresses as
+    /// [`Testbed::create`]'s, on a 1500-byte link each) joined through two router namespaces
+    /// `cnb-<pid>-r1` and `cnb-<pid>-r2` whose link to each other carries only
+    /// [`MIDHOP_MTU`] bytes:
+    ///
+    /// `A =1500= r1 =1400= r2 =1500= B`
+    ///
+    /// Every link is point-to-point (`ip addr add X peer Y`); each host has a default route
+    /// via its router (so the agent's route lookup finds the 1500-byte first hop, as on a
+    /// cloud VM), and the routers forward. The small hop is on neither host's own link, so a
+    /// host learns of it only from the routers' ICMP "fragmentation needed" or by probing.
+    pub(crate) fn create_midhop() -> anyhow::Result<Self> {
+        let prefix = process_prefix();
+        let a = Netns::create(&format!("{prefix}ma"))?;
+        let b = Netns::create(&format!("{prefix}mb"))?;
+        let r1 = Netns::create(&format!("{prefix}r1"))?;
+        let r2 = Netns::create(&format!("{prefix}r2"))?;
+        // (namespace, device, address, peer address, MTU), both ends of each veth pair.
+        let links = [
+            [
+                (&a, UNDERLAY_IFACE, UNDERLAY_A, R1_TO_A, UNDERLAY_MTU),
+                (&r1, "host", R1_TO_A, UNDERLAY_A, UNDERLAY_MTU),
+            ],
+            [
+                (&r1, "mid", R1_MID, R2_MID, MIDHOP_MTU),
+                (&r2, "mid", R2_MID, R1_MID, MIDHOP_MTU),
+            ],
+            [
+                (&r2, "host", R2_TO_B, UNDERLAY_B, UNDERLAY_MTU),
+                (&b, UNDERLAY_IFACE, UNDERLAY_B, R2_TO_B, UNDERLAY_MTU),
+            ],
+        ];
+        for [x, y] in &links {
+            run(
+                Command::new("ip").args([
+                    "link",
+                    "add",
+                    x.1,
+                    "netns",
+                    x.0.name(),
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    y.1,
+                    "netns",
+                    y.0.name(),
+                ]),
+                COMMAND_TIMEOUT,
+            )?;
+            for (ns, dev, addr, peer, mtu) in [x, y] {
+                let (addr, peer, mtu) = (addr.to_string(), peer.to_string(), mtu.to_string());
+                ns.run(&["ip", "addr", "add", &addr, "peer", &peer, "dev", dev])?;
+                ns.run(&["ip", "link", "set", dev, "mtu", &mtu, "up"])?;
+            }
+        }
+        a.run(&["ip", "route", "add", "default", "via", &R1_TO_A.to_string()])?;
+        b.run(&["ip", "route", "add", "default", "via", &R2_TO_B.to_string()])?;
+        let b_addr = UNDERLAY_B.to_string();
+        r1.run(&["ip", "route", "add", &b_addr, "via", &R2_MID.to_string()])?;
+        let a_addr = UNDERLAY_A.to_string();
+        r2.run(&["ip", "route", "add", &a_addr, "via", &R1_MID.to_string()])?;
+        for r in [&r1, &r2] {
+            r.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        }
+        let tb = Self {
+            a,
+            b,
+            routers: vec![r1, r2],
+        };
+        tb.wait_for(
+            &format!("underlay ping {UNDERLAY_B} through the routers"),
+            Duration::from_secs(5),
+            || tb.a.pings(UNDERLAY_B),
+        )?;
+        // No DF ping across the hop here: it would teach host A's kernel the path MTU
+        // before the agents start, which is not what a fresh host knows.
+        for r in &tb.routers {
+            let mtu = r.mtu("mid")?;
+            ensure!(
+                mtu == MIDHOP_MTU,
+                "{}'s middle link has MTU {mtu}, not {MIDHOP_MTU}",
+                r.name()
+            );
+        }
         Ok(tb)
     }
 

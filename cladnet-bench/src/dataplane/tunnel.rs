@@ -246,7 +246,11 @@ pub(crate) fn setup(
         Config::CladnetSealed
         | Config::CladnetPlain
         | Config::CladnetEbpfPlain
-        | Config::CladnetEbpfPlainTc => {
+        | Config::CladnetEbpfPlainTc
+        | Config::CladnetEbpfPlainMidhop
+        | Config::CladnetEbpfPlainMidhopManual
+        | Config::CladnetSealedMidhop
+        | Config::CladnetSealedMidhopManual => {
             let setup = config
                 .cladnet()
                 .with_context(|| format!("no CLADNet setup for {config}"))?;
@@ -578,6 +582,9 @@ fn cladnet(
         if let Some(pin_dir) = tunnel.pin_dirs.get(i) {
             cmd.arg("--bpf-pin-dir").arg(pin_dir);
         }
+        if let Some(mtu) = setup.underlay_mtu {
+            cmd.args(["--underlay-mtu", &mtu.to_string()]);
+        }
         let log = dir.join(format!("agent-{side}.log"));
         tunnel.procs.push(ChildGuard::spawn(
             &format!("cladnet-agent ({side})"),
@@ -651,7 +658,49 @@ fn cladnet(
         let peers = cli(&["--json", "peers", NETWORK]).unwrap_or_else(|e| format!("{e:#}"));
         return Err(e.context(format!("`cladnet --json peers {NETWORK}`: {peers}")));
     }
+    if config.midhop_baseline().is_some() {
+        // The agents found the path MTU when each has its per-peer route with `mtu`; its MTU
+        // (what TCP sees towards the peer) goes in the table instead of the device's.
+        let peers = [
+            (&tb.a, overlay[1].context("B's overlay address")?),
+            (&tb.b, overlay[0].context("A's overlay address")?),
+        ];
+        let mut found = [None, None];
+        wait_all(
+            &mut tunnel.procs,
+            "the per-peer path MTU routes on both hosts",
+            || {
+                for (slot, (ns, peer)) in found.iter_mut().zip(peers) {
+                    *slot = peer_route_mtu(ns, peer);
+                }
+                found.iter().all(Option::is_some)
+            },
+        )?;
+        tunnel.mtu = found.map(|m| m.unwrap_or(0));
+    }
     Ok(tunnel)
+}
+
+/// The `mtu` of the agent's route to `peer` on the overlay device (`ip route show
+/// <peer>/32 dev cladnet0`), once path MTU discovery has set it.
+fn peer_route_mtu(ns: &Netns, peer: Ipv4Addr) -> Option<u32> {
+    let out = ns
+        .run(&[
+            "ip",
+            "route",
+            "show",
+            &format!("{peer}/32"),
+            "dev",
+            AGENT_IFACE,
+        ])
+        .ok()?;
+    let mut words = out.split_whitespace();
+    words.find(|w| *w == "mtu")?;
+    let value = words
+        .next()
+        .filter(|w| *w != "lock")
+        .or_else(|| words.next())?;
+    value.parse().ok()
 }
 
 /// The dataplane of one peer of `cladnet --json peers`, once the agent reported it.
