@@ -31,6 +31,7 @@ const APT_PACKAGES: &[&str] = &[
     "curl",    // WebDriver and REST calls from the console tests
     "python3", // tests/scripts: verified TCP transfers, hostile datagrams
     "systemd", // systemd-analyze verify/security for the packaged units
+    "openssl", // certificates for the TLS tests
 ];
 
 /// bpf-linker release built against LLVM 22.
