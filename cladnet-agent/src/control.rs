@@ -20,6 +20,12 @@ use cladnet_proto::{
 use tonic::{Code, Request, Status, Streaming, transport::Channel};
 use tracing::{info, warn};
 
+/// The largest message the agent accepts from a controller. A Watch snapshot carries every
+/// peer of the network in one message: about 620 bytes a peer with full cloud details and two
+/// routes (see the test below), so tonic's default of 4 MiB ends near 6 700 peers. 64 MiB
+/// leaves room for about 100 000.
+pub const MAX_MESSAGE: usize = 64 << 20;
+
 /// A controller call failed on every endpoint, or was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -211,7 +217,9 @@ impl ControlClient {
                 Ok(channel) => {
                     let mut req = Request::new(msg.clone());
                     req.metadata_mut().insert("authorization", bearer.clone());
-                    f(AgentServiceClient::new(channel), req).await.map_err(Some)
+                    let client =
+                        AgentServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+                    f(client, req).await.map_err(Some)
                 }
                 Err(e) => {
                     if e.is_tls_failure() {
@@ -231,6 +239,17 @@ impl ControlClient {
                 {
                     last = e.to_string();
                     tls_failure = Some(last.clone());
+                }
+                // A call that failed on the connection (not an answer of the controller): an
+                // `http://` URL for a TLS port whose alert lost the race against the close
+                // shows up as a bare "connection closed". Look once more on a fresh
+                // connection, then fail over like any other unreachable controller.
+                Err(Some(status)) if failed_on_connection(&status) => {
+                    last = tls::describe_status(&status);
+                    if let Some(e) = tls::sniff_tls_on_plain_url(self.current()).await {
+                        last = e.to_string();
+                        tls_failure = Some(last.clone());
+                    }
                 }
                 Err(Some(status)) if status.code() != Code::Unavailable => {
                     return Err(ControlError::Refused {
@@ -268,5 +287,90 @@ impl ControlClient {
     fn fail_over(&mut self) {
         self.channel = None;
         self.current = (self.current + 1) % self.endpoints.len();
+    }
+}
+
+/// Whether a call failed on its connection (tonic attaches the transport error as the
+/// status's source) rather than being answered by the controller.
+fn failed_on_connection(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
+        && matches!(
+            status.code(),
+            Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Internal
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use cladnet_proto::prost::Message as _;
+
+    use super::*;
+
+    /// A peer record as large as a real one gets: every string at a realistic length, two
+    /// endpoints, cloud details, the capabilities an agent reports, and two routes.
+    fn peer(i: u32) -> pb::Peer {
+        let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 0xff, i & 0xff);
+        pb::Peer {
+            cladnet_id: "production-multicloud".into(),
+            host_id: format!("{i:08x}-6a1f-4c3e-9a57-2b8e4f1d9c30"),
+            host_name: format!(
+                "ip-172-31-{}-{}.eu-central-1.compute.internal",
+                i >> 8,
+                i & 0xff
+            ),
+            host_private_ipv4_cidr: "172.31.255.254/20".into(),
+            host_private_ip: "172.31.255.254".into(),
+            host_public_ip: "203.255.113.254".into(),
+            ipv4_cidr: "10.0.0.0/8".into(),
+            ip,
+            state: "up".into(),
+            details: Some(pb::CloudInformation {
+                provider_name: "aws".into(),
+                region_id: "ap-southeast-2".into(),
+                availability_zone_id: "ap-southeast-2c".into(),
+                virtual_network_id: "vpc-0a1b2c3d4e5f67890".into(),
+                subnet_id: "subnet-0a1b2c3d4e5f67890".into(),
+            }),
+            public_key: "Xf1WQkvAh1Vn5IBhNZpD0dH2tx6RxgGMZbT0DvyR2Xo=".into(),
+            public_endpoint: "203.255.113.254:51820".into(),
+            private_endpoint: "172.31.255.254:51820".into(),
+            capabilities: ["xdp-driver", "tc", "userspace", "relay"]
+                .map(Into::into)
+                .into(),
+            dataplane: "xdp-driver".into(),
+            dataplane_reason: "native XDP on the underlay device".into(),
+            links: Vec::new(),
+            revision: i64::from(i) + 1_000_000,
+            node_index: i,
+            external: false,
+            routes: (0..2)
+                .map(|r| pb::Route {
+                    host_id: format!("{i:08x}-6a1f-4c3e-9a57-2b8e4f1d9c30"),
+                    prefix: format!("10.{}.{}.0/24", 200 + r, i & 0xff),
+                    state: "approved".into(),
+                    advertised_at: 1_796_000_000,
+                    decided_at: 1_796_000_001,
+                })
+                .collect(),
+        }
+    }
+
+    /// A 10 000-peer network's snapshot is above tonic's default limit (which would make every
+    /// agent of such a network fail its Watch) and well within the agent's.
+    #[test]
+    fn a_ten_thousand_peer_snapshot_fits_the_agents_message_limit() {
+        let snapshot = pb::WatchEvent {
+            revision: 1,
+            event: Some(pb::watch_event::Event::Snapshot(pb::Snapshot {
+                network: None,
+                peers: (0..10_000).map(peer).collect(),
+            })),
+        };
+        let len = snapshot.encoded_len();
+        assert!(len > 4 << 20, "{len} bytes: the default limit would do");
+        assert!(
+            len * 8 < MAX_MESSAGE,
+            "{len} bytes: too close to the agent's limit"
+        );
     }
 }

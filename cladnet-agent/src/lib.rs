@@ -9,4 +9,5 @@ pub mod engine;
 pub mod identity;
 pub mod netconf;
 pub mod probe;
+pub mod routes;
 pub mod sys;

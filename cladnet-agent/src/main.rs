@@ -94,9 +94,12 @@ enum DataplaneCommand {
         /// Underlay interface (XDP ingress and TC egress).
         #[arg(long)]
         iface: String,
-        /// XDP attach mode.
-        #[arg(long, value_enum, default_value = "auto")]
-        xdp_mode: ebpf::XdpAttach,
+        /// Receive hook: auto (XDP driver, else XDP generic, else TC ingress), xdp-driver,
+        /// xdp-generic or tc (also by the short names driver, generic).
+        // `::std::option::Option`: clap parses the whole value, `auto` being `None`.
+        #[arg(long = "rx-hook", visible_alias = "xdp-mode", default_value = "auto",
+              value_parser = ebpf::RxHook::parse_choice)]
+        rx_hook: ::std::option::Option<ebpf::RxHook>,
         /// bpffs directory for the pinned maps and links.
         #[arg(long, default_value = PIN_ROOT)]
         pin_dir: PathBuf,
@@ -206,20 +209,20 @@ fn dataplane(cmd: DataplaneCommand) -> anyhow::Result<()> {
     match cmd {
         DataplaneCommand::Attach {
             iface,
-            xdp_mode,
+            rx_hook,
             pin_dir,
             tunnel_port,
             json,
         } => {
-            let attached = ebpf::attach(&iface, xdp_mode, &pin_dir, tunnel_port)
+            let attached = ebpf::attach(&iface, rx_hook, &pin_dir, tunnel_port)
                 .with_context(|| format!("attaching the eBPF dataplane to {iface}"))?;
             if json {
                 println!("{}", serde_json::to_string(&attached)?);
             } else {
                 println!(
-                    "attached to {} (XDP {} mode: {}); pins in {}",
+                    "attached to {} ({}: {}); pins in {}",
                     attached.iface,
-                    attached.xdp_mode,
+                    attached.xdp_mode.describe(),
                     attached.xdp_reason,
                     attached.pin_dir.display()
                 );

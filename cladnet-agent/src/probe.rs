@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cladnet_core::reflector;
+use cladnet_common::reflector;
 
 /// Probing failed.
 #[derive(Debug, thiserror::Error)]

@@ -19,13 +19,13 @@ use std::{
 };
 
 use cladnet_agent::{
-    ebpf::{AttachConfig, AttachMode, EbpfError, KernelDataplane, RxHook, sysctl},
+    ebpf::{AttachConfig, EbpfError, KernelDataplane, RxHook, sysctl},
     sys::tun::{Tun, TunOptions},
 };
-use cladnet_common::maps::{KernelDrop, PeerCounters};
+use cladnet_common::maps::{DEFAULT_MAX_PEERS, KernelDrop, PeerCounters};
 use cladnet_core::{
+    node::{PeerConfig, table::overlay_mtu},
     policy::LinkMode,
-    table::{PeerConfig, overlay_mtu},
 };
 use support::{NamedNetns, NetnsThread, PinDir, may_run, privilege_problem};
 
@@ -70,6 +70,8 @@ fn peer_config(of: Addr) -> PeerConfig {
         public_key: [0; 32],
         endpoint: Some(SocketAddrV4::new(of.underlay, PORT)),
         mode: LinkMode::Plain,
+        slot: SLOT,
+        prefixes: Vec::new(),
     }
 }
 
@@ -99,12 +101,12 @@ struct Pair {
     ns_b: NamedNetns,
     report_a: String,
     hook: RxHook,
-    mode: AttachMode,
+    hooks: &'static [RxHook],
 }
 
 impl Pair {
     /// Builds the pair; `None` when the agent has no eBPF object (skip).
-    fn new(tag: &str, underlay_mtu: u32, mode: AttachMode) -> Option<Self> {
+    fn new(tag: &str, underlay_mtu: u32, hooks: &'static [RxHook]) -> Option<Self> {
         let pid = std::process::id();
         let ns_a = NamedNetns::create(&format!("cnebpf-{pid}-{tag}-a"));
         let ns_b = NamedNetns::create(&format!("cnebpf-{pid}-{tag}-b"));
@@ -149,14 +151,14 @@ impl Pair {
         for (thread, me, other, pins) in [(&a, A, B, &pins_a), (&b, B, A, &pins_b)] {
             let pin_dir = pins.0.clone();
             let attached = thread.run(move |s| {
-                let cfg = attach_config(&pin_dir, mode, me, "cladnet0");
+                let cfg = attach_config(&pin_dir, hooks, me, "cladnet0");
                 let (mut dp, report) = match KernelDataplane::attach(&cfg) {
                     Ok(r) => r,
                     Err(EbpfError::NoObject) => return None,
                     Err(e) => panic!("attach: {}", chain(&e)),
                 };
                 dp.set_local(me.node, me.underlay).unwrap();
-                dp.upsert_peer(&peer_config(other), SLOT).unwrap();
+                dp.upsert_peer(&peer_config(other)).unwrap();
                 s.dp = Some(dp);
                 Some(report)
             });
@@ -175,11 +177,8 @@ impl Pair {
                 "only the underlay's own rp_filter is loosened; `all` stays strict"
             );
         }
-        let want = match mode {
-            AttachMode::Auto | AttachMode::Driver => RxHook::XdpDriver,
-            AttachMode::Generic => RxHook::XdpGeneric,
-            AttachMode::Tc | AttachMode::AutoTcFirst => RxHook::TcIngress,
-        };
+        // Every hook works on veth: the first one tried is the one attached.
+        let want = hooks[0];
         assert!(reports.iter().all(|r| r.mode == want), "{reports:?}");
         Some(Self {
             a,
@@ -190,7 +189,7 @@ impl Pair {
             ns_b,
             report_a: format!("{} ({})", reports[0].mode.name(), reports[0].reason),
             hook: want,
-            mode,
+            hooks,
         })
     }
 
@@ -213,13 +212,13 @@ impl Pair {
 
 fn attach_config(
     pin_dir: &std::path::Path,
-    mode: AttachMode,
+    hooks: &'static [RxHook],
     me: Addr,
     overlay: &str,
 ) -> AttachConfig {
     AttachConfig {
         pin_dir: pin_dir.to_owned(),
-        mode,
+        hooks,
         tunnel_port: PORT,
         local_underlay_ip: Some(me.underlay),
         ..AttachConfig::new("ul0", Some(overlay.to_owned()))
@@ -439,12 +438,12 @@ fn baseline(p: &Pair, secs: u32) -> Iperf {
     iperf(&p.ns_a, &p.ns_b, B.underlay, secs)
 }
 
-fn path_test(test: &str, tag: &str, underlay_mtu: u32, mode: AttachMode, full: bool) {
+fn path_test(test: &str, tag: &str, underlay_mtu: u32, hooks: &'static [RxHook], full: bool) {
     if !may_run(test, skip_reason()) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(p) = Pair::new(tag, underlay_mtu, mode) else {
+    let Some(p) = Pair::new(tag, underlay_mtu, hooks) else {
         may_run(
             test,
             Some("the agent was built without the eBPF object".into()),
@@ -517,12 +516,7 @@ fn lifecycle(p: Pair, underlay_mtu: u32) {
         0,
         "no path after removal"
     );
-    p.a.run(|s| {
-        s.dp.as_mut()
-            .unwrap()
-            .upsert_peer(&peer_config(B), SLOT)
-            .unwrap()
-    });
+    p.a.run(|s| s.dp.as_mut().unwrap().upsert_peer(&peer_config(B)).unwrap());
     assert_eq!(
         ping(&p.ns_a, B.overlay, 2, 56, false),
         2,
@@ -553,6 +547,19 @@ fn lifecycle(p: Pair, underlay_mtu: u32) {
     );
     assert!(peers[0].in_kernel);
     assert_eq!(peers[0].tx_packets, counted.tx_packets + 2);
+    // A prefix the previous process installed is not carried over (it may have been withdrawn
+    // since, and nothing would withdraw it again): the take-over drops it, the /32s stay.
+    let pod = Ipv4Addr::new(10, 244, 7, 1);
+    let with_pods = PeerConfig {
+        prefixes: vec!["10.244.7.0/24".parse().unwrap()],
+        ..peer_config(B)
+    };
+    let installed = p.a.run(move |s| {
+        let dp = s.dp.as_mut().unwrap();
+        dp.upsert_peer(&with_pods).unwrap();
+        dp.peer_entry(pod).unwrap()
+    });
+    assert_eq!(installed.map(|e| e.node_index), Some(B.node));
     // A new agent attaches over the pins: the maps stay, the programs are swapped inside the
     // pinned links, and a ping flood running meanwhile loses nothing.
     let flood = ChildGuard(
@@ -565,11 +572,17 @@ fn lifecycle(p: Pair, underlay_mtu: u32) {
             .expect("ping flood"),
     );
     std::thread::sleep(Duration::from_millis(500));
-    let (mode, takeover_dir) = (p.mode, pin_dir.clone());
+    let (hooks, takeover_dir) = (p.hooks, pin_dir.clone());
     let report = p.a.run(move |s| {
+        // Set to another map size: the pinned maps keep theirs (and their peers) until the
+        // dataplane is detached.
+        let cfg = AttachConfig {
+            max_peers: 5000,
+            ..attach_config(&takeover_dir, hooks, A, "cladnet0")
+        };
         let (dp, report) =
-            KernelDataplane::attach(&attach_config(&takeover_dir, mode, A, "cladnet0"))
-                .unwrap_or_else(|e| panic!("take-over: {}", chain(&e)));
+            KernelDataplane::attach(&cfg).unwrap_or_else(|e| panic!("take-over: {}", chain(&e)));
+        assert_eq!(dp.capacity(), DEFAULT_MAX_PEERS, "the pinned maps' size");
         s.dp = Some(dp);
         report
     });
@@ -585,6 +598,15 @@ fn lifecycle(p: Pair, underlay_mtu: u32) {
     let peers = p.a.run(|s| s.dp.as_ref().unwrap().peer_counters().unwrap());
     assert_eq!(peers.len(), 1, "{peers:?}");
     assert!(peers[0].tx_packets >= counted.tx_packets + 202, "{peers:?}");
+    let (pod_entry, peer_entry) = p.a.run(move |s| {
+        let dp = s.dp.as_ref().unwrap();
+        (
+            dp.peer_entry(pod).unwrap(),
+            dp.peer_entry(B.overlay).unwrap(),
+        )
+    });
+    assert_eq!(pod_entry, None, "the old process's prefix is gone");
+    assert!(peer_entry.is_some(), "the peer stays");
 
     // A restarted agent brings a new TUN: the transmit program moves to it (a new link,
     // pinned in place of the old one).
@@ -602,7 +624,7 @@ fn lifecycle(p: Pair, underlay_mtu: u32) {
             .unwrap();
         s.tun = Some(tun);
         drop(s.dp.take());
-        let (dp, _) = KernelDataplane::attach(&attach_config(&takeover_dir, mode, A, "cladnet1"))
+        let (dp, _) = KernelDataplane::attach(&attach_config(&takeover_dir, hooks, A, "cladnet1"))
             .unwrap_or_else(|e| panic!("take-over with a new TUN: {}", chain(&e)));
         s.dp = Some(dp);
     });
@@ -647,7 +669,7 @@ fn plain_path_xdp_driver_mtu_1500() {
         "plain_path_xdp_driver_mtu_1500",
         "d15",
         1500,
-        AttachMode::Auto,
+        RxHook::order(None, false),
         true,
     );
 }
@@ -658,7 +680,7 @@ fn plain_path_xdp_driver_mtu_1400() {
         "plain_path_xdp_driver_mtu_1400",
         "d14",
         1400,
-        AttachMode::Driver,
+        RxHook::order(Some(RxHook::XdpDriver), false),
         true,
     );
 }
@@ -669,14 +691,20 @@ fn plain_path_xdp_generic() {
         "plain_path_xdp_generic",
         "gen",
         1500,
-        AttachMode::Generic,
+        RxHook::order(Some(RxHook::XdpGeneric), false),
         false,
     );
 }
 
 #[test]
 fn plain_path_tc_ingress() {
-    path_test("plain_path_tc_ingress", "tci", 1500, AttachMode::Tc, false);
+    path_test(
+        "plain_path_tc_ingress",
+        "tci",
+        1500,
+        RxHook::order(Some(RxHook::TcIngress), false),
+        false,
+    );
 }
 
 /// A failed attach leaves nothing behind, and `auto` falls back from XDP to TC ingress when
@@ -694,14 +722,15 @@ fn failed_attach_rolls_back_and_auto_falls_back() {
     thread.run(move |()| {
         support::ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
         support::ip(&["link", "set", "ul0", "up"]);
-        let cfg = |dir: &std::path::Path, mode, overlay: Option<&str>| AttachConfig {
+        let cfg = |dir: &std::path::Path, hooks, overlay: Option<&str>| AttachConfig {
             pin_dir: dir.to_owned(),
-            mode,
+            hooks,
             ..AttachConfig::new("ul0", overlay.map(str::to_owned))
         };
 
         // A missing overlay device is found before anything is created.
-        let err = KernelDataplane::attach(&cfg(&p1, AttachMode::Auto, Some("nope0"))).unwrap_err();
+        let err = KernelDataplane::attach(&cfg(&p1, RxHook::order(None, false), Some("nope0")))
+            .unwrap_err();
         match err {
             EbpfError::NoObject => {
                 may_run(
@@ -715,21 +744,28 @@ fn failed_attach_rolls_back_and_auto_falls_back() {
         }
         assert!(!p1.exists());
 
-        let (dp1, r1) = KernelDataplane::attach(&cfg(&p1, AttachMode::Driver, None)).unwrap();
+        let (dp1, r1) = KernelDataplane::attach(&cfg(
+            &p1,
+            RxHook::order(Some(RxHook::XdpDriver), false),
+            None,
+        ))
+        .unwrap();
         assert_eq!(r1.mode, RxHook::XdpDriver);
 
         // XDP is taken: driver mode alone fails, after maps were already pinned; all undone.
-        let err = KernelDataplane::attach(&cfg(&p2, AttachMode::Driver, None)).unwrap_err();
-        assert!(
-            matches!(err, EbpfError::NoAttachMode { .. }),
-            "{}",
-            chain(&err)
-        );
+        let err = KernelDataplane::attach(&cfg(
+            &p2,
+            RxHook::order(Some(RxHook::XdpDriver), false),
+            None,
+        ))
+        .unwrap_err();
+        assert!(matches!(err, EbpfError::NoRxHook { .. }), "{}", chain(&err));
         assert!(err.to_string().contains("driver mode failed"), "{err}");
         assert!(!p2.exists(), "a failed attach left {}", p2.display());
 
         // Auto: driver and generic fail, TC ingress works, and the report says why.
-        let (dp2, r2) = KernelDataplane::attach(&cfg(&p2, AttachMode::Auto, None)).unwrap();
+        let (dp2, r2) =
+            KernelDataplane::attach(&cfg(&p2, RxHook::order(None, false), None)).unwrap();
         assert_eq!(r2.mode, RxHook::TcIngress, "{r2:?}");
         assert!(
             r2.reason.contains("driver mode failed") && r2.reason.contains("generic mode failed"),

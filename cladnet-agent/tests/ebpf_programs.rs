@@ -17,12 +17,14 @@ use cladnet_agent::ebpf::{
     testrun::{Hook, ProgramTester},
 };
 use cladnet_common::{
-    maps::{Config, MAX_PEERS},
-    plain, rx,
+    maps::{Config, DEFAULT_MAX_PEERS, PeerEntry},
+    plain, relay, rx,
     wire::{CladHeader, CladType},
 };
-use cladnet_core::{policy::LinkMode, table::PeerConfig};
-use support::{NetnsThread, checksum, eth, icmp_echo, ip, ipv4, may_run, privilege_problem, udp};
+use cladnet_core::{node::PeerConfig, policy::LinkMode};
+use support::{
+    NetnsThread, checksum, eth, icmp_echo, ipv4, may_run, privilege_problem, udp, underlay_veth,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -58,14 +60,17 @@ fn peer(
     overlay: [u8; 4],
     endpoint: Option<([u8; 4], u16)>,
     mode: LinkMode,
+    slot: u32,
 ) -> PeerConfig {
     PeerConfig {
+        slot,
         node_id: format!("node-{node:x}"),
         node_index: node,
         overlay_ip: Ipv4Addr::from(overlay),
         public_key: [0; 32],
         endpoint: endpoint.map(|(ip, port)| SocketAddrV4::new(Ipv4Addr::from(ip), port)),
         mode,
+        prefixes: Vec::new(),
     }
 }
 
@@ -77,10 +82,7 @@ fn with_tester(test: &'static str, body: impl FnOnce(&mut ProgramTester) + Send 
     }
     let thread = NetnsThread::spawn(None, || ());
     thread.run(move |()| {
-        ip(&["link", "set", "lo", "up"]);
-        ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
-        ip(&["link", "set", "ul0", "mtu", "1500", "up"]);
-        let ul0 = cladnet_agent::sys::interface_index("ul0").unwrap().unwrap();
+        let ul0 = underlay_veth();
         let mut config = Config::new(PORT);
         config.local_node_index = LOCAL_NODE;
         config.set_local_underlay_ip(LOCAL_UL);
@@ -98,27 +100,31 @@ fn with_tester(test: &'static str, body: impl FnOnce(&mut ProgramTester) + Send 
             Err(e) => panic!("loading the programs: {}", chain(&e)),
         };
         let dp = tester.dataplane();
-        dp.upsert_peer(
-            &peer(B_NODE, B_OVERLAY, Some((B_UL, PORT)), LinkMode::Plain),
+        dp.upsert_peer(&peer(
+            B_NODE,
+            B_OVERLAY,
+            Some((B_UL, PORT)),
+            LinkMode::Plain,
             B_SLOT,
-        )
+        ))
         .unwrap();
-        dp.upsert_peer(
-            &peer(
-                0x0a4d_0003,
-                C_OVERLAY,
-                Some(([198, 51, 100, 3], PORT)),
-                LinkMode::Sealed,
-            ),
+        dp.upsert_peer(&peer(
+            0x0a4d_0003,
+            C_OVERLAY,
+            Some(([198, 51, 100, 3], PORT)),
+            LinkMode::Sealed,
             3,
-        )
+        ))
         .unwrap();
-        dp.upsert_peer(&peer(0x0a4d_0004, D_OVERLAY, None, LinkMode::Plain), 4)
+        dp.upsert_peer(&peer(0x0a4d_0004, D_OVERLAY, None, LinkMode::Plain, 4))
             .unwrap();
-        dp.upsert_peer(
-            &peer(E_NODE, E_OVERLAY, Some((E_UL, E_PORT)), LinkMode::Plain),
+        dp.upsert_peer(&peer(
+            E_NODE,
+            E_OVERLAY,
+            Some((E_UL, E_PORT)),
+            LinkMode::Plain,
             E_SLOT,
-        )
+        ))
         .unwrap();
         body(&mut tester);
     });
@@ -250,12 +256,24 @@ fn rx_rows() -> Vec<RxRow> {
         },
         RxRow {
             name: "reflector answer",
-            frame: from_b(&[&cladnet_core::reflector::MAGIC[..], &[9; 14]].concat()),
+            frame: from_b(&[&cladnet_common::reflector::MAGIC[..], &[9; 14]].concat()),
             want: Rx::ToSocket,
         },
         RxRow {
             name: "CLAD probe",
             frame: from_b(&CladHeader::new(CladType::Probe, 0, B_NODE).to_bytes()),
+            want: Rx::ToSocket,
+        },
+        RxRow {
+            name: "relay frame (a WireGuard message through a relay)",
+            frame: from_b(
+                &[
+                    &relay::header(relay::RelayKind::Deliver, B_NODE, LOCAL_NODE)[..],
+                    &[4u8, 0, 0, 0][..],
+                    &[0x33; 44],
+                ]
+                .concat(),
+            ),
             want: Rx::ToSocket,
         },
         RxRow {
@@ -717,7 +735,247 @@ fn tc_egress_transmit_table() {
     });
 }
 
+// ----- advertised prefixes -----
+
+/// B's podCIDR, E's, and this node's own (approved prefixes, written through the agent's
+/// dataplane API as the Node's commands do).
+const B_PODS: [u8; 4] = [10, 244, 2, 0];
+const E_PODS: [u8; 4] = [10, 244, 5, 0];
+const LOCAL_PODS: [u8; 4] = [10, 244, 1, 0];
+
+fn pod(net: [u8; 4], host: u8) -> [u8; 4] {
+    [net[0], net[1], net[2], host]
+}
+
+fn install_pod_prefixes(t: &mut ProgramTester) {
+    let net = |a: [u8; 4]| ipnet::Ipv4Net::new(Ipv4Addr::from(a), 24).unwrap();
+    let dp = t.dataplane();
+    for (mut p, pods) in [
+        (
+            peer(
+                B_NODE,
+                B_OVERLAY,
+                Some((B_UL, PORT)),
+                LinkMode::Plain,
+                B_SLOT,
+            ),
+            B_PODS,
+        ),
+        (
+            peer(
+                E_NODE,
+                E_OVERLAY,
+                Some((E_UL, E_PORT)),
+                LinkMode::Plain,
+                E_SLOT,
+            ),
+            E_PODS,
+        ),
+    ] {
+        p.prefixes = vec![net(pods)];
+        dp.upsert_peer(&p).unwrap();
+    }
+    dp.set_local_prefixes(LOCAL_NODE, &[net(LOCAL_PODS)])
+        .unwrap();
+    assert_eq!(
+        dp.peer_entry(Ipv4Addr::from(pod(LOCAL_PODS, 9))).unwrap(),
+        Some(PeerEntry::local(LOCAL_NODE))
+    );
+}
+
+/// The owner table of [`install_pod_prefixes`] plus the overlay /32s, for the userspace
+/// decision.
+fn owner(ip: [u8; 4]) -> rx::Owner {
+    match ip {
+        [10, 244, 2, _] | B_OVERLAY => rx::Owner::Peer(B_NODE),
+        [10, 244, 5, _] | E_OVERLAY => rx::Owner::Peer(E_NODE),
+        [10, 244, 1, _] => rx::Owner::Local,
+        _ => rx::Owner::Nobody,
+    }
+}
+
+/// Receive, both hooks: an inner source in B's prefix from B is delivered (to a local pod
+/// too); one in another peer's prefix, this node's, or nobody's is dropped and counted as a
+/// spoof, charged to B; a destination in another peer's prefix is refused. The userspace
+/// decision with the same table agrees on every row.
+#[test]
+fn received_prefix_traffic_follows_allowed_ips() {
+    for hook in [Hook::XdpUnderlay, Hook::TcUnderlayIngress] {
+        let (pass, drop) = match hook {
+            Hook::XdpUnderlay => (XDP_PASS, XDP_DROP),
+            _ => (TC_ACT_OK, TC_ACT_SHOT),
+        };
+        with_tester("received_prefix_traffic_follows_allowed_ips", move |t| {
+            let packet = |src: [u8; 4], dst: [u8; 4]| ipv4(src, dst, 1, &icmp_echo(7, 1, 56));
+            let b_pod = pod(B_PODS, 7);
+            // Before the prefixes are installed, B's pod address is nobody's: a spoof.
+            let rows_before = [(b_pod, pod(LOCAL_PODS, 5), Some("plain_spoofed_source"))];
+            let rows_after = [
+                (b_pod, pod(LOCAL_PODS, 5), None),
+                (b_pod, LOCAL_OVERLAY, None),
+                (B_OVERLAY, pod(LOCAL_PODS, 5), None),
+                (
+                    pod(E_PODS, 7),
+                    pod(LOCAL_PODS, 5),
+                    Some("plain_spoofed_source"),
+                ),
+                (
+                    pod(LOCAL_PODS, 7),
+                    LOCAL_OVERLAY,
+                    Some("plain_spoofed_source"),
+                ),
+                ([172, 16, 0, 1], LOCAL_OVERLAY, Some("plain_spoofed_source")),
+                (b_pod, pod(E_PODS, 9), Some("plain_wrong_destination")),
+            ];
+            let mut failures = Vec::new();
+            for (installed, rows) in [(false, &rows_before[..]), (true, &rows_after[..])] {
+                if installed {
+                    install_pod_prefixes(t);
+                }
+                for &(src, dst, want_drop) in rows {
+                    let inner = packet(src, dst);
+                    let frame = from_b(&clad(B_NODE, &inner));
+                    let len = frame.len() as u64;
+                    let before = counters(t);
+                    let got = t.run(hook, &frame).unwrap();
+                    let changed = delta(&before, &counters(t));
+                    let mut want = vec![
+                        ("rx_tunnel.packets".to_owned(), 1),
+                        ("rx_tunnel.bytes".to_owned(), len),
+                    ];
+                    let (verdict, out) = match want_drop {
+                        None => {
+                            want.push(("peer2.rx_packets".into(), 1));
+                            want.push(("peer2.rx_bytes".into(), inner.len() as u64));
+                            (pass, Some(eth(LOCAL_MAC, PEER_MAC, 0x0800, &inner)))
+                        }
+                        Some(reason) => {
+                            want.push((format!("drop_{reason}"), 1));
+                            want.push(("peer2.rx_drops".into(), 1));
+                            (drop, None)
+                        }
+                    };
+                    let name = format!("{hook:?} {src:?} -> {dst:?} (prefixes {installed})");
+                    if got.verdict != verdict {
+                        failures.push(format!("{name}: verdict {} (want {verdict})", got.verdict));
+                    }
+                    if let Some(out) = out
+                        && got.data != out
+                    {
+                        failures.push(format!("{name}: output {:02x?}", got.data));
+                    }
+                    if changed != expect(&want) {
+                        failures.push(format!("{name}: counters {changed:?}, want {want:?}"));
+                    }
+                    if installed {
+                        let known = plain::KnownPeer {
+                            node_index: B_NODE,
+                            overlay_ip: B_OVERLAY,
+                        };
+                        let userspace = plain::decapsulate_owned(&frame[42..], Some(known), owner)
+                            .and_then(|inner| {
+                                let hdr = inner.first_chunk().expect("a whole IPv4 header");
+                                rx::check_destination_in(hdr, LOCAL_OVERLAY, owner)
+                            })
+                            .err()
+                            .map(|r| format!("plain_{}", r.name()));
+                        if userspace.as_deref() != want_drop {
+                            failures.push(format!("{name}: userspace says {userspace:?}"));
+                        }
+                    }
+                }
+            }
+            assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+        });
+    }
+}
+
+/// Transmit: a packet to a pod in a peer's prefix is encapsulated in the kernel to the peer
+/// that owns it (its endpoint and port); one to this node's own prefix is left alone.
+#[test]
+fn packets_to_a_pod_prefix_go_to_its_peer() {
+    with_tester("packets_to_a_pod_prefix_go_to_its_peer", |t| {
+        install_pod_prefixes(t);
+        let from_pod = |dst: [u8; 4]| ipv4(pod(LOCAL_PODS, 5), dst, 1, &icmp_echo(9, 1, 56));
+        let mut failures = Vec::new();
+        for (dst, want) in [
+            (pod(B_PODS, 9), Some((B_UL, PORT, "2"))),
+            (pod(E_PODS, 9), Some((E_UL, E_PORT, "5"))),
+            (pod(LOCAL_PODS, 9), None),
+        ] {
+            let inner = from_pod(dst);
+            let frame = eth([0; 6], [0; 6], 0x0800, &inner);
+            let before = counters(t);
+            let got = t.run(Hook::TcOverlayEgress, &frame).unwrap();
+            let changed = delta(&before, &counters(t));
+            let (verdict, out, counts) = match want {
+                Some((ul, port, slot)) => (
+                    TC_ACT_REDIRECT,
+                    expected_outer(&inner, ul, port),
+                    vec![
+                        (format!("peer{slot}.tx_packets"), 1),
+                        (format!("peer{slot}.tx_bytes"), inner.len() as u64),
+                    ],
+                ),
+                None => (
+                    TC_ACT_OK,
+                    frame.clone(),
+                    vec![
+                        ("tx_to_userspace.packets".to_owned(), 1),
+                        ("tx_to_userspace.bytes".to_owned(), frame.len() as u64),
+                    ],
+                ),
+            };
+            if got.verdict != verdict || got.data != out || changed != expect(&counts) {
+                failures.push(format!(
+                    "to {dst:?}: verdict {} (want {verdict}), counters {changed:?} (want {counts:?}), output {:02x?}",
+                    got.verdict, got.data
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    });
+}
+
 // ----- map updates -----
+
+/// A peer's prefix entries follow its endpoint (each carries it), and a withdrawal deletes
+/// only entries that still belong to the named node: then a packet to the withdrawn prefix
+/// is no longer encapsulated.
+#[test]
+fn prefix_entries_follow_the_peer_and_go_when_withdrawn() {
+    with_tester(
+        "prefix_entries_follow_the_peer_and_go_when_withdrawn",
+        |t| {
+            install_pod_prefixes(t);
+            let b_pods = ipnet::Ipv4Net::new(Ipv4Addr::from(B_PODS), 24).unwrap();
+            let to_b_pod = Ipv4Addr::from(pod(B_PODS, 9));
+            let moved = ([198, 51, 100, 22], 8099);
+            let mut b = peer(B_NODE, B_OVERLAY, Some(moved), LinkMode::Plain, B_SLOT);
+            b.prefixes = vec![b_pods];
+            let dp = t.dataplane();
+            dp.upsert_peer(&b).unwrap();
+            let e = dp.peer_entry(to_b_pod).unwrap().expect("B's pods");
+            assert_eq!((e.underlay_ip(), e.underlay_port()), moved);
+            // Another node's withdrawal of the same prefix leaves B's entry alone.
+            dp.remove_prefixes(E_NODE, &[b_pods]).unwrap();
+            assert!(dp.peer_entry(to_b_pod).unwrap().is_some());
+            dp.remove_prefixes(B_NODE, &[b_pods]).unwrap();
+            assert_eq!(dp.peer_entry(to_b_pod).unwrap(), None);
+            assert!(
+                dp.peer_entry(Ipv4Addr::from(B_OVERLAY)).unwrap().is_some(),
+                "the peer stays"
+            );
+            let inner = ipv4(pod(LOCAL_PODS, 5), pod(B_PODS, 9), 1, &icmp_echo(9, 1, 56));
+            let frame = eth([0; 6], [0; 6], 0x0800, &inner);
+            let got = t.run(Hook::TcOverlayEgress, &frame).unwrap();
+            assert_eq!(
+                got.verdict, TC_ACT_OK,
+                "no owner: on to the userspace engine"
+            );
+        },
+    );
+}
 
 #[test]
 fn peer_updates_keep_the_maps_consistent() {
@@ -737,9 +995,10 @@ fn peer_updates_keep_the_maps_consistent() {
             B_OVERLAY,
             Some((moved.ip().octets(), moved.port())),
             LinkMode::Plain,
+            B_SLOT,
         );
         let dp = t.dataplane();
-        dp.upsert_peer(&b, B_SLOT).unwrap();
+        dp.upsert_peer(&b).unwrap();
         assert_eq!(dp.endpoint_entry(b_ep).unwrap(), None);
         let e = dp.endpoint_entry(moved).unwrap().expect("new endpoint");
         assert_eq!(
@@ -773,19 +1032,20 @@ fn peer_updates_keep_the_maps_consistent() {
         // New overlay address: the old /32 goes.
         b.overlay_ip = Ipv4Addr::new(10, 77, 0, 22);
         let dp = t.dataplane();
-        dp.upsert_peer(&b, B_SLOT).unwrap();
+        dp.upsert_peer(&b).unwrap();
         assert_eq!(dp.peer_entry(Ipv4Addr::from(B_OVERLAY)).unwrap(), None);
         assert!(dp.peer_entry(b.overlay_ip).unwrap().is_some());
 
         // PLAIN -> SEALED: no endpoint entry, and transmit passes to userspace.
         b.mode = LinkMode::Sealed;
-        dp.upsert_peer(&b, B_SLOT).unwrap();
+        dp.upsert_peer(&b).unwrap();
         assert_eq!(dp.endpoint_entry(moved).unwrap(), None);
         assert!(!dp.peer_entry(b.overlay_ip).unwrap().unwrap().is_plain());
 
         // A new slot starts from zero.
         b.mode = LinkMode::Plain;
-        dp.upsert_peer(&b, 7).unwrap();
+        b.slot = 7;
+        dp.upsert_peer(&b).unwrap();
         assert_eq!(dp.slot_counters(7).unwrap(), Default::default());
 
         // Removal: both entries go; removing again is a no-op.
@@ -802,13 +1062,9 @@ fn peer_updates_keep_the_maps_consistent() {
         assert_eq!(tx.verdict, TC_ACT_OK, "no peer: on to userspace");
 
         // Out-of-range slots are refused before anything changes.
-        let err = t.dataplane().upsert_peer(&b, MAX_PEERS).unwrap_err();
+        b.slot = DEFAULT_MAX_PEERS;
+        let err = t.dataplane().upsert_peer(&b).unwrap_err();
         assert!(err.to_string().contains("counter slot"), "{err}");
         assert_eq!(t.dataplane().peer_entry(b.overlay_ip).unwrap(), None);
     });
-}
-
-#[test]
-fn reflector_magic_matches_the_controller() {
-    assert_eq!(rx::REFLECTOR_MAGIC, cladnet_core::reflector::MAGIC);
 }

@@ -22,7 +22,7 @@ use cladnet_agent::{
         tun::{Offload, Tun, TunOptions, TunQueue, VNET_HDR_LEN, VirtioNetHdr},
     },
 };
-use cladnet_core::offload;
+use cladnet_offload as offload;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 

@@ -13,6 +13,9 @@
 //!    before the Report call to the watcher decoding the `peerUpserted` event.
 //! 4. The controller's peak RSS (`VmHWM`) and the CPU time of the controller, etcd and this
 //!    process in each phase; then everything is stopped and removed.
+//! 5. The table check ([`crate::check`]): with the controller stopped, every agent's final
+//!    table is compared with the peers in the store; a difference fails the run and names the
+//!    agents and peers (also when the run failed otherwise, e.g. never converged).
 //!
 //! The agents run in this process on the same machine as the controller (and etcd): their
 //! decoding competes for the same cores, so the CPU times are reported next to the latencies.
@@ -48,17 +51,19 @@ use tonic::{
 };
 
 use crate::{
+    check::{self, TableCheck, Tables},
+    direct,
     error::{BenchError, Result},
     procs::{ControllerProc, Etcd, EtcdCounters, ProcStats},
     stats::Summary,
 };
 
 /// The network the agents join.
-const NETWORK_ID: &str = "bench";
+pub(crate) const NETWORK_ID: &str = "bench";
 /// The agents' tunnel port.
 const LISTEN_PORT: u32 = 8055;
 /// Largest gRPC message an agent accepts (a snapshot of many peers is large).
-const MAX_MESSAGE: usize = 256 << 20;
+pub(crate) const MAX_MESSAGE: usize = 256 << 20;
 /// Most agents this scenario accepts (their endpoints come from 198.18.0.0/15).
 pub const MAX_AGENTS: usize = 100_000;
 /// Most concurrent streams per HTTP/2 connection the controller's server allows by default
@@ -71,12 +76,15 @@ const SETTLE: Duration = Duration::from_millis(500);
 
 /// Which store the controller runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum StoreKind {
     /// `embedded:<tempdir>/store.redb`.
     Embedded,
     /// A single-member etcd started for the run.
     Etcd,
+    /// No controller: the bench writes the joins to etcd itself and every agent keeps its own
+    /// etcd watch on the network's peers (the seed's design, the side-by-side anchor).
+    EtcdDirect,
 }
 
 impl fmt::Display for StoreKind {
@@ -84,6 +92,7 @@ impl fmt::Display for StoreKind {
         f.write_str(match self {
             Self::Embedded => "embedded",
             Self::Etcd => "etcd",
+            Self::EtcdDirect => "etcd-direct",
         })
     }
 }
@@ -95,7 +104,10 @@ impl FromStr for StoreKind {
         match s {
             "embedded" => Ok(Self::Embedded),
             "etcd" => Ok(Self::Etcd),
-            other => Err(format!("unknown store {other:?}: use embedded or etcd")),
+            "etcd-direct" => Ok(Self::EtcdDirect),
+            other => Err(format!(
+                "unknown store {other:?}: use embedded, etcd or etcd-direct"
+            )),
         }
     }
 }
@@ -126,6 +138,12 @@ pub struct ControlOptions {
     /// Diagnostic: agents only Join (no Watch, no changes), to measure the join pipeline
     /// alone. "Converged" then means "every Join returned".
     pub join_only: bool,
+    /// Agents keep endpoint hashes, not strings ([`crate::simtable`]): 4 bytes per peer
+    /// entry instead of ~100, for fleets whose N² table would not fit in memory.
+    pub compact_tables: bool,
+    /// Agents do not ask for batched Watch messages (as agents before batching): one change
+    /// per message, to measure what batching saves in the same binary.
+    pub unbatched: bool,
 }
 
 impl Default for ControlOptions {
@@ -142,6 +160,8 @@ impl Default for ControlOptions {
             timeout: Duration::from_secs(300),
             keep_temp: false,
             join_only: false,
+            compact_tables: false,
+            unbatched: false,
         }
     }
 }
@@ -203,6 +223,8 @@ pub struct EventCounts {
     pub peer_upserted: u64,
     /// Every other event.
     pub other: u64,
+    /// Watch messages (a batch of changes is one).
+    pub messages: u64,
 }
 
 /// The result of one run. Times in milliseconds unless named otherwise.
@@ -240,6 +262,35 @@ pub struct ControlReport {
     pub bench: ProcessUse,
     /// Events the agents received.
     pub events: EventCounts,
+    /// Peer messages (snapshot peers and `peerUpserted`) delivered until convergence.
+    pub delivered_convergence: u64,
+    /// Every agent's final table against the store (passed, or the run would have failed).
+    pub table_check: TableCheck,
+}
+
+impl ControlReport {
+    /// Controller CPU per peer message delivered in the convergence phase, microseconds.
+    pub fn controller_us_per_peer(&self) -> f64 {
+        per_peer_us(
+            self.controller.cpu_convergence_s,
+            self.delivered_convergence,
+        )
+    }
+
+    /// etcd CPU per peer message delivered in the convergence phase, microseconds.
+    pub fn etcd_us_per_peer(&self) -> Option<f64> {
+        let e = self.etcd.as_ref()?;
+        Some(per_peer_us(e.cpu_convergence_s, self.delivered_convergence))
+    }
+}
+
+/// `cpu_s` seconds spread over `messages`, in microseconds each (0 without messages).
+fn per_peer_us(cpu_s: f64, messages: u64) -> f64 {
+    if messages == 0 {
+        0.0
+    } else {
+        cpu_s * 1e6 / messages as f64
+    }
 }
 
 /// Raises this process's soft limit of open files to its hard limit (children inherit it).
@@ -266,7 +317,9 @@ pub async fn run_control_bench(opts: &ControlOptions) -> Result<ControlReport> {
 /// Everything that needs the directory; the process guards drop (kill) before it is removed.
 async fn run_in(opts: &ControlOptions, dir: &std::path::Path) -> Result<ControlReport> {
     let mut etcd = match opts.store {
-        StoreKind::Etcd => Some(Etcd::start(&opts.etcd_bin, dir, STARTUP_TIMEOUT).await?),
+        StoreKind::Etcd | StoreKind::EtcdDirect => {
+            Some(Etcd::start(&opts.etcd_bin, dir, STARTUP_TIMEOUT).await?)
+        }
         StoreKind::Embedded => None,
     };
     let store_url = match &etcd {
@@ -274,22 +327,64 @@ async fn run_in(opts: &ControlOptions, dir: &std::path::Path) -> Result<ControlR
         None => format!("embedded:{}", dir.join("store.redb").display()),
     };
     let admin_token = random_token()?;
-    let mut controller = ControllerProc::start(
-        &opts.controller_bin,
-        &store_url,
-        &admin_token,
-        dir,
-        STARTUP_TIMEOUT,
-    )
-    .await?;
+    let mut controller = match opts.store {
+        StoreKind::EtcdDirect => None,
+        StoreKind::Embedded | StoreKind::Etcd => Some(
+            ControllerProc::start(
+                &opts.controller_bin,
+                &store_url,
+                &admin_token,
+                dir,
+                STARTUP_TIMEOUT,
+            )
+            .await?,
+        ),
+    };
+    let tables = Arc::new(Tables::new(opts.agents, opts.compact_tables));
     let result = Scenario::new(opts, &admin_token)?
-        .run(&mut controller, etcd.as_ref())
+        .run(controller.as_mut(), etcd.as_ref(), Arc::clone(&tables))
         .await;
-    controller.stop();
+    // Stopped first: the store is then quiescent, and an embedded file free to open.
+    if let Some(c) = controller.as_mut() {
+        c.stop();
+    }
+    let result = if opts.join_only {
+        result
+    } else {
+        check_tables(result, &store_url, &tables).await
+    };
     if let Some(e) = etcd.as_mut() {
         e.stop();
     }
     result
+}
+
+/// Checks every agent's table against the store and folds the outcome into `result`: a
+/// difference fails a run that succeeded, and is added to the error of one that failed.
+async fn check_tables(
+    result: Result<ControlReport>,
+    store_url: &str,
+    tables: &Tables,
+) -> Result<ControlReport> {
+    let names: Vec<String> = (0..tables.len()).map(host_id).collect();
+    let check = check::read_store(store_url, NETWORK_ID)
+        .await
+        .map(|store| check::compare(&names, &tables.take(), &store));
+    match (result, check) {
+        (Ok(mut report), Ok(check)) if check.passed() => {
+            report.table_check = check;
+            Ok(report)
+        }
+        (Ok(_), Ok(check)) => Err(BenchError::TablesDiffer(check.describe())),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(e), check) => Err(BenchError::WithTables {
+            source: Box::new(e),
+            tables: match check {
+                Ok(c) => c.describe(),
+                Err(c) => c.to_string(),
+            },
+        }),
+    }
 }
 
 /// 32 random alphanumeric characters (hex of 16 random bytes).
@@ -315,34 +410,40 @@ fn overlay_cidr(n: usize) -> String {
 }
 
 /// Agent `i`'s node id.
-fn host_id(i: usize) -> String {
+pub(crate) fn host_id(i: usize) -> String {
     format!("bench-{i:05}")
 }
 
+/// The agent that makes change `k` of `changes` among `n`: spread over the fleet (and the
+/// connections).
+pub(crate) fn changer(k: usize, n: usize, changes: usize) -> usize {
+    k * n / changes % n
+}
+
 /// `base + offset` as an address (offsets stay inside the ranges used).
-fn offset(base: Ipv4Addr, offset: usize) -> Ipv4Addr {
+pub(crate) fn offset(base: Ipv4Addr, offset: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(base).wrapping_add(offset as u32))
 }
 
 /// Agent `i`'s public endpoint at join: `198.18.x.y:8055` (benchmarking range).
-fn join_endpoint(i: usize) -> String {
+pub(crate) fn join_endpoint(i: usize) -> String {
     SocketAddrV4::new(offset(Ipv4Addr::new(198, 18, 0, 1), i), 8055).to_string()
 }
 
 /// The endpoint change `k` reports: unique per change, never a join endpoint.
-fn change_endpoint(k: usize) -> String {
+pub(crate) fn change_endpoint(k: usize) -> String {
     SocketAddrV4::new(offset(Ipv4Addr::new(100, 64, 0, 1), k), 8056).to_string()
 }
 
 /// A `Bearer` credential as gRPC metadata.
-fn bearer(token: &str) -> Result<AsciiMetadataValue> {
+pub(crate) fn bearer(token: &str) -> Result<AsciiMetadataValue> {
     format!("Bearer {token}")
         .parse()
         .map_err(|_| BenchError::Options("a token is not valid ASCII metadata".into()))
 }
 
 /// `msg` with an `authorization` header.
-fn authed<T>(msg: T, credential: &AsciiMetadataValue) -> Request<T> {
+pub(crate) fn authed<T>(msg: T, credential: &AsciiMetadataValue) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut()
         .insert("authorization", credential.clone());
@@ -350,7 +451,7 @@ fn authed<T>(msg: T, credential: &AsciiMetadataValue) -> Request<T> {
 }
 
 /// What an agent tells the coordinator, time-stamped where it happened.
-enum Observation {
+pub(crate) enum Observation {
     Joined {
         agent: usize,
         at: Instant,
@@ -372,35 +473,39 @@ enum Observation {
         agent: usize,
         message: String,
     },
+    /// A Watch re-opened on another controller after its own went away (failover).
+    Resumed {
+        at: Instant,
+    },
 }
 
 /// What the convergence phase saw.
-struct Convergence {
+pub(crate) struct Convergence {
     /// Each agent's session credential.
-    sessions: Vec<Option<AsciiMetadataValue>>,
+    pub(crate) sessions: Vec<Option<AsciiMetadataValue>>,
     join_latency: Vec<Duration>,
     last_join: Instant,
     last_watch: Instant,
-    last_converged: Instant,
+    pub(crate) last_converged: Instant,
     /// Fan-out observations that arrived during convergence (none expected).
-    early: Vec<Observation>,
+    pub(crate) early: Vec<Observation>,
 }
 
 /// The changes made and when each watcher received each of them.
-struct Fanout {
+pub(crate) struct Fanout {
     /// Number of changes (K).
-    changes: usize,
+    pub(crate) changes: usize,
     /// Just before the Report of change k.
-    sent_at: Vec<Instant>,
-    report_latency: Vec<Duration>,
+    pub(crate) sent_at: Vec<Instant>,
+    pub(crate) report_latency: Vec<Duration>,
     /// Index `agent * changes + change`.
-    received_at: Vec<Option<Instant>>,
-    received: usize,
+    pub(crate) received_at: Vec<Option<Instant>>,
+    pub(crate) received: usize,
 }
 
 impl Fanout {
     /// Takes in an observation of the fan-out phase.
-    fn record(&mut self, obs: Observation) -> Result<()> {
+    pub(crate) fn record(&mut self, obs: Observation) -> Result<()> {
         match obs {
             Observation::Received { agent, change, at } => {
                 let slot = &mut self.received_at[agent * self.changes + change];
@@ -416,7 +521,7 @@ impl Fanout {
     }
 
     /// The latency of every (watcher, change) pair received.
-    fn latencies(&self) -> Vec<Duration> {
+    pub(crate) fn latencies(&self) -> Vec<Duration> {
         self.received_at
             .iter()
             .enumerate()
@@ -429,27 +534,41 @@ impl Fanout {
 }
 
 /// What every agent shares.
-struct Shared {
-    agents: usize,
-    join_only: bool,
-    join_credential: AsciiMetadataValue,
-    join_gate: Semaphore,
+pub(crate) struct Shared {
+    pub(crate) agents: usize,
+    pub(crate) join_only: bool,
+    /// The join token (`None` when the agents watch etcd directly).
+    pub(crate) join_credential: Option<AsciiMetadataValue>,
+    pub(crate) join_gate: Semaphore,
+    /// Every agent's peer table, for the check at the end.
+    pub(crate) tables: Arc<Tables>,
     /// Endpoint of change k → k.
-    changes: HashMap<String, usize>,
-    snapshots: AtomicU64,
-    snapshot_peers: AtomicU64,
-    peer_upserted: AtomicU64,
-    other: AtomicU64,
+    pub(crate) changes: HashMap<String, usize>,
+    pub(crate) snapshots: AtomicU64,
+    pub(crate) snapshot_peers: AtomicU64,
+    pub(crate) peer_upserted: AtomicU64,
+    pub(crate) other: AtomicU64,
+    /// The agents ask for batched Watch messages.
+    pub(crate) batches: bool,
+    pub(crate) messages: AtomicU64,
+}
+
+/// Where the agents learn their peers.
+enum Source {
+    /// A controller: one HTTP/2 connection per `agents_per_channel` agents.
+    Controller(Vec<Channel>),
+    /// etcd itself: one client per `agents_per_channel` agents.
+    Direct(Vec<Arc<dyn cladnet_store::Store>>),
 }
 
 /// One run's state on the coordinator's side.
-struct Scenario<'a> {
+pub(crate) struct Scenario<'a> {
     opts: &'a ControlOptions,
     admin: AsciiMetadataValue,
 }
 
 impl<'a> Scenario<'a> {
-    fn new(opts: &'a ControlOptions, admin_token: &str) -> Result<Self> {
+    pub(crate) fn new(opts: &'a ControlOptions, admin_token: &str) -> Result<Self> {
         Ok(Self {
             opts,
             admin: bearer(admin_token)?,
@@ -458,46 +577,76 @@ impl<'a> Scenario<'a> {
 
     async fn run(
         &self,
-        controller: &mut ControllerProc,
+        mut controller: Option<&mut ControllerProc>,
         etcd: Option<&Etcd>,
+        tables: Arc<Tables>,
     ) -> Result<ControlReport> {
         let opts = self.opts;
         let n = opts.agents;
-        let channels = connect(controller, n.div_ceil(opts.agents_per_channel)).await?;
-        let join_token = self.create_network(channels[0].clone()).await?;
+        let connections = n.div_ceil(opts.agents_per_channel);
+        let (source, join_credential) = match (controller.as_deref(), etcd) {
+            (Some(c), _) => {
+                let channels = connect(c, connections).await?;
+                let join_token = self.create_network(channels[0].clone()).await?;
+                (Source::Controller(channels), Some(bearer(&join_token)?))
+            }
+            (None, Some(e)) => (
+                Source::Direct(direct::connect(&e.store_url(), connections).await?),
+                None,
+            ),
+            (None, None) => return Err(BenchError::Options("no controller and no etcd".into())),
+        };
         let shared = Arc::new(Shared {
             agents: n,
             join_only: opts.join_only,
-            join_credential: bearer(&join_token)?,
+            join_credential,
             join_gate: Semaphore::new(opts.join_concurrency),
+            tables,
             changes: (0..opts.changes).map(|k| (change_endpoint(k), k)).collect(),
             snapshots: AtomicU64::new(0),
             snapshot_peers: AtomicU64::new(0),
             peer_upserted: AtomicU64::new(0),
             other: AtomicU64::new(0),
+            batches: !opts.unbatched,
+            messages: AtomicU64::new(0),
         });
         // Controller, etcd, this process.
-        let read = |c: &mut ControllerProc| -> Result<[Option<ProcStats>; 3]> {
+        let read = |c: &mut Option<&mut ControllerProc>| -> Result<[Option<ProcStats>; 3]> {
             let this =
                 ProcStats::read("self").map_err(|e| BenchError::io("reading /proc/self", e))?;
             Ok([
-                Some(c.guard().stats()?),
+                c.as_deref_mut().map(|c| c.guard().stats()).transpose()?,
                 etcd.map(|e| e.guard().stats()).transpose()?,
                 Some(this),
             ])
         };
-        let before = read(controller)?;
+        let before = read(&mut controller)?;
 
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut agents = JoinSet::new();
         let t0 = Instant::now();
         for i in 0..n {
-            let channel = channels[i / opts.agents_per_channel].clone();
-            agents.spawn(agent(Arc::clone(&shared), i, channel, tx.clone()));
+            let shared = Arc::clone(&shared);
+            let conn = i / opts.agents_per_channel;
+            match &source {
+                Source::Controller(channels) => {
+                    agents.spawn(agent(shared, i, channels[conn].clone(), tx.clone()))
+                }
+                Source::Direct(clients) => agents.spawn(direct::agent(
+                    shared,
+                    i,
+                    Arc::clone(&clients[conn]),
+                    tx.clone(),
+                )),
+            };
         }
         drop(tx);
-        let mut conv = self.converge(controller, &mut rx, t0).await?;
-        let after_convergence = read(controller)?;
+        let mut conv = self
+            .converge(controller.as_deref_mut(), &mut rx, t0)
+            .await?;
+        let after_convergence = read(&mut controller)?;
+        let delivered_convergence = shared.snapshot_peers.load(Ordering::Relaxed)
+            + shared.peer_upserted.load(Ordering::Relaxed);
 
         tokio::time::sleep(SETTLE).await;
         let changes = if opts.join_only { 0 } else { opts.changes };
@@ -508,8 +657,15 @@ impl<'a> Scenario<'a> {
             received_at: vec![None; n * changes],
             received: 0,
         };
-        self.make_changes(&channels, &conv.sessions, &mut fanout)
-            .await?;
+        match &source {
+            Source::Controller(channels) => {
+                self.make_changes(channels, &conv.sessions, &mut fanout)
+                    .await?;
+            }
+            Source::Direct(clients) => {
+                direct::make_changes(opts, &clients[0], &mut fanout).await?;
+            }
+        }
         for obs in std::mem::take(&mut conv.early) {
             fanout.record(obs)?;
         }
@@ -520,14 +676,14 @@ impl<'a> Scenario<'a> {
                 Ok(None) | Err(_) => break,
             }
         }
-        let end = read(controller)?;
+        let end = read(&mut controller)?;
         let etcd_counters = match etcd {
             Some(e) => Some(e.counters().await?),
             None => None,
         };
         agents.abort_all();
         drop(agents);
-        drop(channels);
+        drop(source);
 
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let usage = |i: usize| -> Option<ProcessUse> {
@@ -559,15 +715,18 @@ impl<'a> Scenario<'a> {
                 snapshot_peers: shared.snapshot_peers.load(Ordering::Relaxed),
                 peer_upserted: shared.peer_upserted.load(Ordering::Relaxed),
                 other: shared.other.load(Ordering::Relaxed),
+                messages: shared.messages.load(Ordering::Relaxed),
             },
+            delivered_convergence,
+            table_check: TableCheck::default(),
         })
     }
 
     /// Follows the agents until every one of them holds the full peer table (or, with
     /// `join_only`, has joined).
-    async fn converge(
+    pub(crate) async fn converge(
         &self,
-        controller: &mut ControllerProc,
+        mut controller: Option<&mut ControllerProc>,
         rx: &mut mpsc::UnboundedReceiver<Observation>,
         t0: Instant,
     ) -> Result<Convergence> {
@@ -587,7 +746,9 @@ impl<'a> Scenario<'a> {
                 Ok(Some(obs)) => obs,
                 Ok(None) => return Err(BenchError::AgentsGone),
                 Err(_) => {
-                    controller.guard().ensure_running()?;
+                    if let Some(c) = controller.as_deref_mut() {
+                        c.guard().ensure_running()?;
+                    }
                     return Err(BenchError::Timeout {
                         phase: "convergence",
                         timeout: self.opts.timeout,
@@ -618,11 +779,14 @@ impl<'a> Scenario<'a> {
                     c.last_converged = c.last_converged.max(at);
                 }
                 Observation::Failed { agent, message } => {
-                    controller.guard().ensure_running()?;
+                    if let Some(c) = controller.as_deref_mut() {
+                        c.guard().ensure_running()?;
+                    }
                     return Err(BenchError::Agent { agent, message });
                 }
                 // Cannot happen before a change is made; kept for the fan-out phase anyway.
                 received @ Observation::Received { .. } => c.early.push(received),
+                Observation::Resumed { .. } => {}
             }
         }
         Ok(c)
@@ -641,7 +805,7 @@ impl<'a> Scenario<'a> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for k in 0..fanout.changes {
             ticker.tick().await;
-            let who = k * n / fanout.changes % n;
+            let who = changer(k, n, fanout.changes);
             let session = sessions[who].as_ref().ok_or(BenchError::AgentsGone)?;
             let mut client =
                 AgentServiceClient::new(channels[who / self.opts.agents_per_channel].clone());
@@ -663,7 +827,7 @@ impl<'a> Scenario<'a> {
     }
 
     /// Creates the network and a join token; returns the token.
-    async fn create_network(&self, channel: Channel) -> Result<String> {
+    pub(crate) async fn create_network(&self, channel: Channel) -> Result<String> {
         let mut admin = NetworkServiceClient::new(channel);
         let network = Network {
             cladnet_id: NETWORK_ID.into(),
@@ -697,7 +861,7 @@ impl<'a> Scenario<'a> {
 ///
 /// Flow-control windows are raised so that agents sharing a connection are not throttled
 /// below what one connection each would give them.
-async fn connect(controller: &ControllerProc, count: usize) -> Result<Vec<Channel>> {
+pub(crate) async fn connect(controller: &ControllerProc, count: usize) -> Result<Vec<Channel>> {
     let url = format!("http://{}", controller.addr());
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| BenchError::Connect {
@@ -719,7 +883,7 @@ async fn connect(controller: &ControllerProc, count: usize) -> Result<Vec<Channe
 }
 
 /// Agent `i`'s X25519 private key (distinct per agent; a benchmark needs no secrecy).
-fn private_key(i: usize) -> [u8; 32] {
+pub(crate) fn private_key(i: usize) -> [u8; 32] {
     // Bytes 8..16 carry the index: X25519 clamping clears bits of bytes 0 and 31 only.
     let mut key = [0x5a_u8; 32];
     key[8..16].copy_from_slice(&(i as u64).to_le_bytes());
@@ -803,22 +967,27 @@ async fn agent(
     }
 }
 
-async fn agent_run(
+/// Agent `i` joins through `client` (at most `join_concurrency` at once) and tells the
+/// coordinator; returns its session credential.
+pub(crate) async fn join(
     shared: &Shared,
     i: usize,
-    channel: Channel,
+    client: &mut AgentServiceClient<Channel>,
     tx: &mpsc::UnboundedSender<Observation>,
-) -> std::result::Result<(), String> {
-    let mut client = AgentServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+) -> std::result::Result<AsciiMetadataValue, String> {
+    let credential = shared
+        .join_credential
+        .as_ref()
+        .ok_or("no join token (agents watching etcd directly do not join a controller)")?;
     let permit = shared
         .join_gate
         .acquire()
         .await
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let req = prove(&mut client, i, join_request(i)).await?;
+    let req = prove(client, i, join_request(i)).await?;
     let joined = client
-        .join(authed(req, &shared.join_credential))
+        .join(authed(req, credential))
         .await
         .map_err(|s| format!("Join: {s}"))?
         .into_inner();
@@ -831,7 +1000,19 @@ async fn agent_run(
         latency: at - started,
         session: session.clone(),
     });
+    Ok(session)
+}
+
+async fn agent_run(
+    shared: &Shared,
+    i: usize,
+    channel: Channel,
+    tx: &mpsc::UnboundedSender<Observation>,
+) -> std::result::Result<(), String> {
+    let mut client = AgentServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let session = join(shared, i, &mut client, tx).await?;
     if shared.join_only {
+        let at = Instant::now();
         let _ = tx.send(Observation::Converged { at });
         std::future::pending::<()>().await;
     }
@@ -839,6 +1020,7 @@ async fn agent_run(
         cladnet_id: NETWORK_ID.into(),
         host_id: host_id(i),
         from_revision: 0,
+        batches: shared.batches,
     };
     let mut stream = client
         .watch(authed(watch, &session))
@@ -846,8 +1028,7 @@ async fn agent_run(
         .map_err(|s| format!("Watch: {s}"))?
         .into_inner();
     let _ = tx.send(Observation::Watching { at: Instant::now() });
-    // Node id → public endpoint: the peer table an agent keeps.
-    let mut table: HashMap<String, String> = HashMap::with_capacity(shared.agents);
+    // The peer table (node id → public endpoint) lives in `shared.tables`, read at the end.
     let mut converged = false;
     loop {
         let event = match stream.message().await {
@@ -855,46 +1036,67 @@ async fn agent_run(
             Ok(None) => return Err("the Watch stream ended".into()),
             Err(s) => return Err(format!("Watch: {s}")),
         };
-        let at = Instant::now();
-        match event.event {
-            Some(Event::Snapshot(snapshot)) => {
-                shared.snapshots.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .snapshot_peers
-                    .fetch_add(snapshot.peers.len() as u64, Ordering::Relaxed);
-                table.clear();
-                table.extend(
-                    snapshot
-                        .peers
-                        .into_iter()
-                        .map(|p| (p.host_id, p.public_endpoint)),
-                );
+        shared.messages.fetch_add(1, Ordering::Relaxed);
+        apply(shared, i, event.event, tx, &mut converged)?;
+    }
+}
+
+/// Applies one Watch event to agent `i`'s table, counting it, reporting a change it carries
+/// and the moment the table is complete (once, through `converged`).
+pub(crate) fn apply(
+    shared: &Shared,
+    i: usize,
+    event: Option<Event>,
+    tx: &mpsc::UnboundedSender<Observation>,
+    converged: &mut bool,
+) -> std::result::Result<(), String> {
+    let at = Instant::now();
+    match event {
+        Some(Event::Batch(batch)) => {
+            for event in batch.events {
+                apply(shared, i, event.event, tx, converged)?;
             }
-            Some(Event::PeerUpserted(peer)) => {
-                shared.peer_upserted.fetch_add(1, Ordering::Relaxed);
-                if let Some(&change) = shared.changes.get(&peer.public_endpoint) {
-                    let _ = tx.send(Observation::Received {
-                        agent: i,
-                        change,
-                        at,
-                    });
-                }
-                table.insert(peer.host_id, peer.public_endpoint);
-            }
-            Some(Event::PeerRemoved(node)) => {
-                shared.other.fetch_add(1, Ordering::Relaxed);
-                table.remove(&node);
-            }
-            Some(Event::NetworkDeleted(_)) => return Err("the network was deleted".into()),
-            _ => {
-                shared.other.fetch_add(1, Ordering::Relaxed);
-            }
+            return Ok(());
         }
-        if !converged && table.len() == shared.agents {
-            converged = true;
-            let _ = tx.send(Observation::Converged { at });
+        Some(Event::Snapshot(snapshot)) => {
+            shared.snapshots.fetch_add(1, Ordering::Relaxed);
+            shared
+                .snapshot_peers
+                .fetch_add(snapshot.peers.len() as u64, Ordering::Relaxed);
+            shared.tables.with(i, |table| {
+                table.clear();
+                for p in snapshot.peers {
+                    table.insert(p.host_id, p.public_endpoint);
+                }
+            });
+        }
+        Some(Event::PeerUpserted(peer)) => {
+            shared.peer_upserted.fetch_add(1, Ordering::Relaxed);
+            if let Some(&change) = shared.changes.get(&peer.public_endpoint) {
+                let _ = tx.send(Observation::Received {
+                    agent: i,
+                    change,
+                    at,
+                });
+            }
+            shared
+                .tables
+                .with(i, |t| t.insert(peer.host_id, peer.public_endpoint));
+        }
+        Some(Event::PeerRemoved(node)) => {
+            shared.other.fetch_add(1, Ordering::Relaxed);
+            shared.tables.with(i, |t| t.remove(&node));
+        }
+        Some(Event::NetworkDeleted(_)) => return Err("the network was deleted".into()),
+        _ => {
+            shared.other.fetch_add(1, Ordering::Relaxed);
         }
     }
+    if !*converged && shared.tables.with(i, |t| t.len()) == shared.agents {
+        *converged = true;
+        let _ = tx.send(Observation::Converged { at });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

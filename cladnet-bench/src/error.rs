@@ -55,6 +55,20 @@ pub enum BenchError {
     /// Every agent task ended (none is left to observe).
     #[error("every simulated agent ended unexpectedly")]
     AgentsGone,
+    /// The end-of-run table check could not be made (the store could not be read).
+    #[error("checking the agents' tables against the store: {0}")]
+    Check(String),
+    /// Some agent's final peer table differs from the store.
+    #[error("the agents' peer tables differ from the store: {0}")]
+    TablesDiffer(String),
+    /// A run failed; the table check says which agents lack what.
+    #[error("{source}\ntable check: {tables}")]
+    WithTables {
+        /// Why the run failed.
+        source: Box<Self>,
+        /// What the table check found (or why it could not be made).
+        tables: String,
+    },
     /// A phase did not finish in time.
     #[error("{phase} did not finish within {timeout:?}: {progress}")]
     Timeout {

@@ -1,7 +1,8 @@
 //! `cladnet-bench`: CLADNet benchmarks from the command line.
 //!
 //! ```text
-//! cladnet-bench control [--agents N] [--changes K] [--store embedded|etcd|both] [--runs R] [--json PATH]
+//! cladnet-bench control [--agents N] [--changes K] [--store embedded,etcd,etcd-direct|both]
+//!                       [--runs R] [--baseline-controller-bin PATH] [--json PATH]
 //! cladnet-bench dataplane [--secs N] [--runs N] [--only raw,wireguard-go,...] [--out PATH]
 //! ```
 //!
@@ -43,6 +44,54 @@ enum Scenario {
     /// 64-byte UDP rate, ping RTT and CPU with no tunnel, kernel VXLAN, wireguard-go, boringtun
     /// and CLADNet (SEALED; PLAIN on the userspace and the eBPF engine). Needs root.
     Dataplane(DataplaneArgs),
+    /// The agent's peer table at N peers (its own code, no network): CPU per Watch event and
+    /// memory; `--sweep` runs several sizes (one process each) and can plot them as SVG.
+    AgentTable(AgentTableArgs),
+    /// Failover storm: three controllers on a three-member etcd, agent i on controller i % 3;
+    /// after convergence controller 0 is killed and K changes are made through the others:
+    /// time until its agents resumed, missed and out-of-order events, tables against the store.
+    Failover(FailoverArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FailoverArgs {
+    /// Simulated agents (N).
+    #[arg(long, default_value_t = 300)]
+    agents: usize,
+    /// Changes made right after the kill (K).
+    #[arg(long, default_value_t = 10)]
+    changes: usize,
+    /// Limit in seconds of the convergence and of the failover.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+    /// The controller binary [default: cladnet-controller next to this binary].
+    #[arg(long, env = "CLADNET_CONTROLLER_BIN")]
+    controller_bin: Option<PathBuf>,
+    /// The etcd binary.
+    #[arg(long, env = "CLADNET_ETCD_BIN", default_value = "etcd")]
+    etcd_bin: PathBuf,
+    /// Keep the temporary directory (controller and etcd logs).
+    #[arg(long)]
+    keep_temp: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentTableArgs {
+    /// Peers in the table.
+    #[arg(long, default_value_t = 10_000)]
+    peers: usize,
+    /// Measure these sizes instead (comma-separated), each in a process of its own.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Vec<usize>,
+    /// Write the plot of the sweep here (SVG).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Print one size's result as JSON on stdout (used by --sweep).
+    #[arg(long, hide = true)]
+    json_stdout: bool,
 }
 
 /// Which stores to run on.
@@ -50,7 +99,10 @@ enum Scenario {
 enum Stores {
     Embedded,
     Etcd,
+    /// Embedded and etcd.
     Both,
+    /// No controller: every agent on its own etcd watch (the seed's design).
+    EtcdDirect,
 }
 
 impl Stores {
@@ -59,6 +111,7 @@ impl Stores {
             Self::Embedded => vec![StoreKind::Embedded],
             Self::Etcd => vec![StoreKind::Etcd],
             Self::Both => vec![StoreKind::Embedded, StoreKind::Etcd],
+            Self::EtcdDirect => vec![StoreKind::EtcdDirect],
         }
     }
 }
@@ -74,9 +127,10 @@ struct ControlArgs {
     /// Milliseconds between two changes.
     #[arg(long, default_value_t = 100)]
     change_interval_ms: u64,
-    /// The controller's store.
-    #[arg(long, value_enum, default_value = "both")]
-    store: Stores,
+    /// The controller's stores, comma-separated; `etcd-direct` adds the seed's design (no
+    /// controller, an etcd watch per agent) and the ratios of the controller runs against it.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "both")]
+    store: Vec<Stores>,
     /// Runs per store; the table adds their median.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     runs: u32,
@@ -92,6 +146,10 @@ struct ControlArgs {
     /// The controller binary [default: cladnet-controller next to this binary].
     #[arg(long, env = "CLADNET_CONTROLLER_BIN")]
     controller_bin: Option<PathBuf>,
+    /// A second controller binary (e.g. built from an earlier commit): every run is repeated
+    /// with it, interleaved run by run, and the table adds the ratios under test ÷ baseline.
+    #[arg(long)]
+    baseline_controller_bin: Option<PathBuf>,
     /// The etcd binary.
     #[arg(long, env = "CLADNET_ETCD_BIN", default_value = "etcd")]
     etcd_bin: PathBuf,
@@ -105,6 +163,15 @@ struct ControlArgs {
     /// "converged" then means "every Join returned".
     #[arg(long)]
     join_only: bool,
+    /// Agents keep a 32-bit hash of each peer's endpoint instead of the strings (4 bytes per
+    /// peer entry instead of ~100): for 10 000 agents, whose full tables would need ~10 GB.
+    /// The end-of-run check compares the hashes.
+    #[arg(long)]
+    compact_tables: bool,
+    /// Agents do not ask for batched Watch messages (as agents before batching): one change
+    /// per message. Compare a run with and without it to see what batching saves.
+    #[arg(long)]
+    unbatched: bool,
     /// Exit with status 2 when a store's (median) result misses a target.
     #[arg(long)]
     check: bool,
@@ -160,6 +227,8 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Scenario::Dataplane(args) => dataplane(args).await?,
+        Scenario::AgentTable(args) => agent_table(args)?,
+        Scenario::Failover(args) => failover(args).await?,
     }
     Ok(())
 }
@@ -197,34 +266,88 @@ async fn control(args: ControlArgs) -> anyhow::Result<bool> {
         timeout: Duration::from_secs(args.timeout_secs),
         keep_temp: args.keep_temp,
         join_only: args.join_only,
+        compact_tables: args.compact_tables,
+        unbatched: args.unbatched,
         ..ControlOptions::default()
     };
+    if let Some(bin) = &args.baseline_controller_bin {
+        anyhow::ensure!(
+            bin.is_file(),
+            "--baseline-controller-bin: no file at {}",
+            bin.display()
+        );
+    }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut doc = ControlDocument::new(&base, command, Targets::default());
-    for store in args.store.kinds() {
-        let opts = ControlOptions {
-            store,
-            ..base.clone()
-        };
-        let mut runs = Vec::new();
-        for run in 1..=args.runs {
+    let mut stores: Vec<StoreKind> = Vec::new();
+    for kind in args.store.iter().flat_map(|s| s.kinds()) {
+        if !stores.contains(&kind) {
+            stores.push(kind);
+        }
+    }
+    // Every (store, controller) pair, run by run: run 1 of each, then run 2 of each, ... so
+    // that the machine's drift over the invocation falls on all of them alike.
+    let mut sets: Vec<(StoreKind, Option<PathBuf>)> = Vec::new();
+    for &store in &stores {
+        sets.push((store, None));
+        if store != StoreKind::EtcdDirect
+            && let Some(bin) = &args.baseline_controller_bin
+        {
+            sets.push((store, Some(bin.clone())));
+        }
+    }
+    let mut results: Vec<Vec<cladnet_bench::ControlReport>> = vec![Vec::new(); sets.len()];
+    for run in 1..=args.runs {
+        for ((store, baseline), runs) in sets.iter().zip(&mut results) {
+            let opts = ControlOptions {
+                store: *store,
+                controller_bin: baseline.clone().unwrap_or(base.controller_bin.clone()),
+                ..base.clone()
+            };
+            let who = if baseline.is_some() {
+                " (baseline)"
+            } else {
+                ""
+            };
             eprintln!(
-                "control: {store} store, run {run}/{}: {} agents, {} changes ...",
+                "control: {store} store{who}, run {run}/{}: {} agents, {} changes ...",
                 args.runs, opts.agents, opts.changes
             );
             let report = cladnet_bench::run_control_bench(&opts)
                 .await
-                .with_context(|| format!("{store} store, run {run}"))?;
+                .with_context(|| format!("{store} store{who}, run {run}"))?;
             eprintln!(
-                "  converged in {:.2} s; fan-out p99 {}",
+                "  converged in {:.2} s; fan-out p99 {}; {}",
                 report.convergence_ms / 1e3,
                 report
                     .fanout
-                    .map_or("-".into(), |f| format!("{:.1} ms", f.p99_ms))
+                    .map_or("-".into(), |f| format!("{:.1} ms", f.p99_ms)),
+                report.table_check.describe()
             );
             runs.push(report);
         }
-        doc.add_store(runs);
+    }
+    let runs_of = |store: StoreKind, baseline: bool| {
+        sets.iter()
+            .zip(&results)
+            .find(|((s, b), _)| *s == store && b.is_some() == baseline)
+            .map(|(_, r)| r.as_slice())
+    };
+    for ((store, baseline), runs) in sets.iter().zip(&results) {
+        let label = if baseline.is_some() { "baseline" } else { "" };
+        doc.add_runs(label.into(), runs.clone());
+        if baseline.is_some()
+            && let Some(under_test) = runs_of(*store, false)
+        {
+            doc.add_comparison("baseline controller", under_test, runs);
+        }
+    }
+    if let Some(direct) = runs_of(StoreKind::EtcdDirect, false) {
+        for &store in stores.iter().filter(|&&s| s != StoreKind::EtcdDirect) {
+            if let Some(under_test) = runs_of(store, false) {
+                doc.add_comparison("agents watching etcd directly", under_test, direct);
+            }
+        }
     }
     println!("{}", doc.table());
     if let Some(path) = &args.json {
@@ -300,6 +423,93 @@ async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
         !doc.any_failed(),
         "some runs failed (see the errors above; their logs were kept)"
     );
+    Ok(())
+}
+
+/// Runs the failover storm once and prints what it measured.
+async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
+    let _ = cladnet_bench::raise_fd_limit();
+    let controller_bin = match args.controller_bin {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .with_file_name("cladnet-controller"),
+    };
+    let opts = ControlOptions {
+        agents: args.agents,
+        changes: args.changes,
+        controller_bin,
+        etcd_bin: args.etcd_bin,
+        timeout: Duration::from_secs(args.timeout_secs),
+        keep_temp: args.keep_temp,
+        ..ControlOptions::default()
+    };
+    let r = cladnet_bench::failover::run_failover_bench(&opts).await?;
+    println!(
+        "Failover storm: {} agents on 3 controllers (3-member etcd), controller 0 killed with {} agents, {} changes at once",
+        r.agents, r.affected, r.changes
+    );
+    println!(
+        "  converged before the kill in {:.2} s; {}/{} agents resumed on another controller, the last {:.0} ms after the kill",
+        r.convergence_ms / 1e3,
+        r.resumed,
+        r.affected,
+        r.failover_ms
+    );
+    println!(
+        "  fan-out {}/{} received (p99 {}), out of order: {}; {}",
+        r.fanout_received,
+        r.fanout_expected,
+        r.fanout
+            .map_or("-".into(), |f| format!("{:.1} ms", f.p99_ms)),
+        r.out_of_order,
+        r.table_check.describe()
+    );
+    anyhow::ensure!(
+        r.out_of_order == 0,
+        "{} events out of order",
+        r.out_of_order
+    );
+    Ok(())
+}
+
+/// Measures the agent's peer table at one size, or at several (`--sweep`).
+fn agent_table(args: AgentTableArgs) -> anyhow::Result<()> {
+    use cladnet_bench::agent_table;
+    let costs = if args.sweep.is_empty() {
+        vec![agent_table::measure(args.peers)?]
+    } else {
+        let exe = std::env::current_exe().context("locating this binary")?;
+        agent_table::sweep(&exe, &args.sweep)?
+    };
+    if args.json_stdout {
+        println!("{}", serde_json::to_string(&costs[0])?);
+        return Ok(());
+    }
+    println!("{}", agent_table::table(&costs));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&costs)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        let machine = cladnet_bench::report::Machine::current();
+        let caption = format!(
+            "cladnet-bench agent-table --sweep {}: cladnet_core::node::table::PeerTable, thread CPU time per event (mean of {}); {} CPUs ({}), Linux {}",
+            args.sweep
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            agent_table::SAMPLES,
+            machine.cpus,
+            machine.cpu_model,
+            machine.kernel
+        );
+        std::fs::write(path, agent_table::svg(&costs, &caption))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }
 

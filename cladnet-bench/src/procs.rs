@@ -191,18 +191,96 @@ impl Etcd {
     /// Starts `bin` with its data under `dir` (which must exist) and waits until its
     /// `/health` endpoint reports healthy.
     pub async fn start(bin: &Path, dir: &Path, timeout: Duration) -> Result<Self> {
-        let client_port = free_port()?;
-        let mut peer_port = free_port()?;
-        while peer_port == client_port {
-            peer_port = free_port()?;
+        let mut members = Self::start_cluster(bin, dir, 1, timeout).await?;
+        Ok(members.remove(0))
+    }
+
+    /// Starts a cluster of `members` members (data, logs `etcd-<name>.log` under `dir`) and
+    /// waits until every member reports healthy. One member is named `bench`, as before.
+    pub async fn start_cluster(
+        bin: &Path,
+        dir: &Path,
+        members: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Self>> {
+        let mut ports: Vec<u16> = Vec::with_capacity(2 * members);
+        while ports.len() < 2 * members {
+            let p = free_port()?;
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
         }
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
+        let name = |m: usize| {
+            if members == 1 {
+                "bench".to_owned()
+            } else {
+                format!("m{m}")
+            }
+        };
+        let cluster: Vec<String> = (0..members)
+            .map(|m| format!("{}=http://127.0.0.1:{}", name(m), ports[2 * m + 1]))
+            .collect();
+        let mut started = Vec::with_capacity(members);
+        for m in 0..members {
+            let (log, data) = if members == 1 {
+                ("etcd.log".to_owned(), "etcd-data".to_owned())
+            } else {
+                (
+                    format!("etcd-{}.log", name(m)),
+                    format!("etcd-data-{}", name(m)),
+                )
+            };
+            let guard = Self::spawn_member(
+                bin,
+                &name(m),
+                &dir.join(data),
+                dir.join(log),
+                (ports[2 * m], ports[2 * m + 1]),
+                &cluster.join(","),
+            )?;
+            started.push(Self {
+                guard,
+                client_port: ports[2 * m],
+            });
+        }
+        let deadline = Instant::now() + timeout;
+        for member in &mut started {
+            loop {
+                member.guard.ensure_running()?;
+                let port = member.client_port;
+                let healthy = tokio::task::spawn_blocking(move || etcd_healthy(port))
+                    .await
+                    .unwrap_or(false);
+                if healthy {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(member
+                        .guard
+                        .failure(format!("not healthy after {timeout:?}")));
+                }
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+        }
+        Ok(started)
+    }
+
+    /// Spawns one member serving clients on `ports.0` and peers on `ports.1`.
+    fn spawn_member(
+        bin: &Path,
+        name: &str,
+        data: &Path,
+        log: PathBuf,
+        ports: (u16, u16),
+        initial_cluster: &str,
+    ) -> Result<ChildGuard> {
+        let client = format!("http://127.0.0.1:{}", ports.0);
+        let peer = format!("http://127.0.0.1:{}", ports.1);
         let mut cmd = Command::new(bin);
         cmd.arg("--name")
-            .arg("bench")
+            .arg(name)
             .arg("--data-dir")
-            .arg(dir.join("etcd-data"))
+            .arg(data)
             .arg("--listen-client-urls")
             .arg(&client)
             .arg("--advertise-client-urls")
@@ -212,7 +290,7 @@ impl Etcd {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer)
             .arg("--initial-cluster")
-            .arg(format!("bench={peer}"))
+            .arg(initial_cluster)
             .arg("--initial-cluster-state")
             .arg("new")
             .arg("--logger")
@@ -222,22 +300,12 @@ impl Etcd {
             // Per-method handling-time histograms (`grpc_server_handling_seconds`).
             .arg("--metrics")
             .arg("extensive");
-        let mut guard = ChildGuard::spawn("etcd", cmd, dir.join("etcd.log"))?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            guard.ensure_running()?;
-            let port = client_port;
-            let healthy = tokio::task::spawn_blocking(move || etcd_healthy(port))
-                .await
-                .unwrap_or(false);
-            if healthy {
-                return Ok(Self { guard, client_port });
-            }
-            if Instant::now() > deadline {
-                return Err(guard.failure(format!("not healthy after {timeout:?}")));
-            }
-            tokio::time::sleep(PROBE_INTERVAL).await;
-        }
+        ChildGuard::spawn("etcd", cmd, log)
+    }
+
+    /// The client endpoint `127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
     }
 
     /// The controller's `--store` argument for this etcd.
@@ -379,6 +447,19 @@ impl ControllerProc {
         dir: &Path,
         timeout: Duration,
     ) -> Result<Self> {
+        Self::start_named(bin, store_url, admin_token, dir, "controller", timeout).await
+    }
+
+    /// [`ControllerProc::start`] logging to `dir/<name>.log`, for several controllers in one
+    /// directory.
+    pub async fn start_named(
+        bin: &Path,
+        store_url: &str,
+        admin_token: &str,
+        dir: &Path,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Self> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         let mut cmd = Command::new(bin);
         cmd.arg("--listen")
@@ -400,7 +481,8 @@ impl ControllerProc {
         ] {
             cmd.env_remove(var);
         }
-        let mut guard = ChildGuard::spawn("cladnet-controller", cmd, dir.join("controller.log"))?;
+        let mut guard =
+            ChildGuard::spawn("cladnet-controller", cmd, dir.join(format!("{name}.log")))?;
         let deadline = Instant::now() + timeout;
         let url = format!("http://{addr}");
         let endpoint = Endpoint::from_shared(url.clone())

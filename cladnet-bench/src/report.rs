@@ -4,6 +4,7 @@ use std::{fmt::Write as _, path::Path};
 
 use serde::Serialize;
 
+pub use crate::compare::Comparison;
 use crate::{
     control::{ControlOptions, ControlReport, EventCounts, ProcessUse},
     error::{BenchError, Result},
@@ -90,6 +91,9 @@ impl Machine {
 /// The runs of one store and their median.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoreResults {
+    /// Which controller ran: empty for the one under test, `baseline` for
+    /// `--baseline-controller-bin`.
+    pub controller: String,
     /// Every run, in order.
     pub runs: Vec<ControlReport>,
     /// Per-field median of the runs (each number on its own, so it may mix runs).
@@ -119,8 +123,11 @@ pub struct ControlDocument {
     pub agents_per_channel: usize,
     /// Join calls in flight at once.
     pub join_concurrency: usize,
-    /// One entry per store.
+    /// One entry per store (and controller).
     pub stores: Vec<StoreResults>,
+    /// Ratios of the runs under test against a reference measured in the same invocation
+    /// (a baseline controller, or agents watching etcd directly).
+    pub comparisons: Vec<Comparison>,
 }
 
 impl ControlDocument {
@@ -137,14 +144,21 @@ impl ControlDocument {
             agents_per_channel: opts.agents_per_channel,
             join_concurrency: opts.join_concurrency,
             stores: Vec::new(),
+            comparisons: Vec::new(),
         }
     }
 
-    /// Adds the runs of one store (at least one).
+    /// Adds the runs of one store (at least one) of the controller under test.
     pub fn add_store(&mut self, runs: Vec<ControlReport>) {
+        self.add_runs(String::new(), runs);
+    }
+
+    /// Adds the runs of one store of the controller labelled `controller`.
+    pub fn add_runs(&mut self, controller: String, runs: Vec<ControlReport>) {
         if let Some(median) = median_report(&runs) {
             let targets_met = self.targets.met(&median);
             self.stores.push(StoreResults {
+                controller,
                 runs,
                 median,
                 targets_met,
@@ -152,9 +166,23 @@ impl ControlDocument {
         }
     }
 
-    /// Whether every store's median meets both targets.
+    /// Whether every store's median of the controller under test meets both targets.
     pub fn targets_met(&self) -> bool {
-        self.stores.iter().all(|s| s.targets_met)
+        self.stores
+            .iter()
+            .filter(|s| s.controller.is_empty())
+            .all(|s| s.targets_met)
+    }
+
+    /// Adds the ratios of `runs` against `reference` (paired run by run).
+    pub fn add_comparison(
+        &mut self,
+        against: &str,
+        runs: &[ControlReport],
+        reference: &[ControlReport],
+    ) {
+        self.comparisons
+            .push(Comparison::of(against, runs, reference));
     }
 
     /// Writes the document as pretty JSON.
@@ -210,7 +238,7 @@ impl ControlDocument {
                 let f = r.fanout;
                 let ms = |g: fn(&Summary) -> f64| f.as_ref().map_or("-".into(), |f| millis(g(f)));
                 rows.push(vec![
-                    r.store.to_string(),
+                    store_label(store, r),
                     label,
                     secs(r.all_joined_ms),
                     secs(r.convergence_ms),
@@ -220,7 +248,7 @@ impl ControlDocument {
                     verdict(t.fanout_met(r)).into(),
                     ms(|f| f.max_ms),
                     format!("{}/{}", r.fanout_received, r.fanout_expected),
-                    format!("{:.1} MiB", r.controller.peak_rss_mib),
+                    no_controller(r, format!("{:.1} MiB", r.controller.peak_rss_mib)),
                 ]);
             };
             for (i, r) in store.runs.iter().enumerate() {
@@ -242,6 +270,9 @@ impl ControlDocument {
                 "join p50/p99",
                 "snapshot peers",
                 "peerUpserted",
+                "Watch messages",
+                "ctl µs/peer",
+                "table check",
             ]
             .map(String::from)
             .to_vec(),
@@ -252,14 +283,20 @@ impl ControlDocument {
                     format!("{} / {}", millis(j.p50_ms), millis(j.p99_ms))
                 });
                 rows.push(vec![
-                    r.store.to_string(),
+                    store_label(store, r),
                     label,
-                    cpu(&r.controller),
+                    no_controller(r, cpu(&r.controller)),
                     r.etcd.as_ref().map_or("-".into(), cpu),
                     cpu(&r.bench),
                     join,
                     r.events.snapshot_peers.to_string(),
                     r.events.peer_upserted.to_string(),
+                    r.events.messages.to_string(),
+                    no_controller(r, format!("{:.2}", r.controller_us_per_peer())),
+                    format!(
+                        "{}/{} equal",
+                        r.table_check.agents_equal, r.table_check.agents
+                    ),
                 ]);
             };
             for (i, r) in store.runs.iter().enumerate() {
@@ -270,7 +307,7 @@ impl ControlDocument {
             }
         }
         out.push_str(&align(&rows));
-        let etcd: Vec<(String, &ControlReport)> = self
+        let etcd: Vec<(String, String, &ControlReport)> = self
             .stores
             .iter()
             .flat_map(|s| {
@@ -278,16 +315,18 @@ impl ControlDocument {
                     .runs
                     .iter()
                     .enumerate()
-                    .map(|(i, r)| ((i + 1).to_string(), r));
-                let median = (s.runs.len() > 1).then(|| ("median".to_owned(), &s.median));
+                    .map(move |(i, r)| (store_label(s, r), (i + 1).to_string(), r));
+                let median = (s.runs.len() > 1)
+                    .then(|| (store_label(s, &s.median), "median".to_owned(), &s.median));
                 runs.chain(median)
             })
-            .filter(|(_, r)| r.etcd_counters.is_some())
+            .filter(|(_, _, r)| r.etcd_counters.is_some())
             .collect();
         if !etcd.is_empty() {
             out.push_str("\netcd, whole run:\n");
             let mut rows = vec![
                 [
+                    "store",
                     "run",
                     "watch events sent",
                     "watch streams",
@@ -299,9 +338,10 @@ impl ControlDocument {
                 .map(String::from)
                 .to_vec(),
             ];
-            for (label, r) in etcd {
+            for (store, label, r) in etcd {
                 let Some(c) = r.etcd_counters else { continue };
                 rows.push(vec![
+                    store,
                     label,
                     format!("{:.0}", c.watch_events_sent),
                     format!("{:.0}", c.watch_streams),
@@ -313,7 +353,29 @@ impl ControlDocument {
             }
             out.push_str(&align(&rows));
         }
+        for c in &self.comparisons {
+            out.push('\n');
+            out.push_str(&c.table());
+        }
         out
+    }
+}
+
+/// `text`, or `-` for a run without a controller (`etcd-direct`).
+fn no_controller(r: &ControlReport, text: String) -> String {
+    if r.store == crate::control::StoreKind::EtcdDirect {
+        "-".into()
+    } else {
+        text
+    }
+}
+
+/// `etcd`, or `etcd (baseline)` for a labelled controller.
+fn store_label(results: &StoreResults, r: &ControlReport) -> String {
+    if results.controller.is_empty() {
+        r.store.to_string()
+    } else {
+        format!("{} ({})", r.store, results.controller)
     }
 }
 
@@ -321,7 +383,7 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "PASS" } else { "FAIL" }
 }
 
-fn secs(ms: f64) -> String {
+pub(crate) fn secs(ms: f64) -> String {
     format!("{:.2} s", ms / 1e3)
 }
 
@@ -417,7 +479,10 @@ pub fn median_report(runs: &[ControlReport]) -> Option<ControlReport> {
             snapshot_peers: med_u64(|r| r.events.snapshot_peers),
             peer_upserted: med_u64(|r| r.events.peer_upserted),
             other: med_u64(|r| r.events.other),
+            messages: med_u64(|r| r.events.messages),
         },
+        delivered_convergence: med_u64(|r| r.delivered_convergence),
+        table_check: first.table_check.clone(),
     })
 }
 
@@ -465,6 +530,8 @@ mod tests {
             etcd_counters: None,
             bench: ProcessUse::default(),
             events: EventCounts::default(),
+            delivered_convergence: 0,
+            table_check: Default::default(),
         }
     }
 

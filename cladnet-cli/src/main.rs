@@ -21,7 +21,7 @@ use crate::{
     client::{Client, DEFAULT_CONTROLLER, Settings},
     commands::{
         Ctx, conntest::TestCmd, network::NetworkCmd, peer::PeerCmd, remote::CommandArgs,
-        token::TokenCmd,
+        route::RouteCmd, token::TokenCmd,
     },
 };
 
@@ -112,6 +112,9 @@ pub(crate) enum Command {
     /// WireGuard configuration.
     #[command(subcommand)]
     Peer(PeerCmd),
+    /// Prefixes peers advertise (pod networks, subnets): list, approve, reject.
+    #[command(subcommand)]
+    Route(RouteCmd),
     /// Join tokens: create, list, revoke.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -151,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Network(cmd) => commands::network::run(cmd, &mut ctx).await,
         Command::Peers { network } => commands::peer::list_peers(network, &mut ctx).await,
         Command::Peer(cmd) => commands::peer::run(cmd, &mut ctx).await,
+        Command::Route(cmd) => commands::route::run(cmd, &mut ctx).await,
         Command::Token(cmd) => commands::token::run(cmd, &mut ctx).await,
         Command::Remote(args) => commands::remote::run(args, &mut ctx).await,
         Command::Test(cmd) => commands::conntest::run(cmd, &mut ctx).await,

@@ -8,10 +8,10 @@ use cladnet_proto::v1::{
     DeleteNetworkResponse, DeletePeerResponse, ExternalPeerConfig, GetConnectivityTestRequest,
     GetNetworkRequest, GetPeerRequest, HealthRequest, HealthResponse, JoinToken,
     ListJoinTokensResponse, ListNetworksRequest, ListNetworksResponse, ListPeersRequest,
-    ListPeersResponse, Network, PairResult, Peer, RecommendAddressSpaceRequest,
-    RecommendAddressSpaceResponse, RevokeJoinTokenRequest, RevokeJoinTokenResponse,
-    SendCommandRequest, SendCommandResponse, StartConnectivityTestRequest,
-    UpdatePeerDetailsRequest,
+    ListPeersResponse, ListRoutesRequest, ListRoutesResponse, Network, PairResult, Peer,
+    RecommendAddressSpaceRequest, RecommendAddressSpaceResponse, RevokeJoinTokenRequest,
+    RevokeJoinTokenResponse, Route, RouteDecisionRequest, SendCommandRequest, SendCommandResponse,
+    StartConnectivityTestRequest, UpdatePeerDetailsRequest,
     network_service_server::{NetworkService, NetworkServiceServer},
 };
 use tokio::net::TcpListener;
@@ -47,6 +47,8 @@ fn networks() -> Vec<Network> {
             rule_type: "basic".into(),
             encryption: "always".into(),
             revision: 7,
+            route_approval: "manual".into(),
+            exit_nodes: "deny".into(),
         },
         Network {
             cladnet_id: "lab".into(),
@@ -56,6 +58,7 @@ fn networks() -> Vec<Network> {
             rule_type: "cost-prioritized".into(),
             encryption: "inter-site".into(),
             revision: 3,
+            ..Default::default()
         },
     ]
 }
@@ -84,6 +87,43 @@ fn peers() -> Vec<Peer> {
             ..Default::default()
         },
     ]
+}
+
+fn routes() -> Vec<Route> {
+    vec![
+        Route {
+            host_id: "h-aaaa".into(),
+            prefix: "10.244.1.0/24".into(),
+            state: "approved".into(),
+            advertised_at: 1_700_000_000,
+            decided_at: 1_700_000_000,
+        },
+        Route {
+            host_id: "h-b".into(),
+            prefix: "10.244.2.0/24".into(),
+            state: "pending".into(),
+            advertised_at: 1_700_000_000,
+            decided_at: 0,
+        },
+    ]
+}
+
+/// The fake's approve/reject: the route must exist, as the controller checks.
+fn decide(r: RouteDecisionRequest, state: &str) -> Reply<Route> {
+    let route = routes()
+        .into_iter()
+        .find(|x| x.host_id == r.host_id && x.prefix == r.prefix)
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "route {} of peer {:?} not found",
+                r.prefix, r.host_id
+            ))
+        })?;
+    Ok(Response::new(Route {
+        state: state.into(),
+        decided_at: 1_700_000_060,
+        ..route
+    }))
 }
 
 fn find_network(id: &str) -> Result<Network, Status> {
@@ -249,9 +289,39 @@ impl NetworkService for Fake {
         }))
     }
 
+    async fn list_routes(&self, req: Request<ListRoutesRequest>) -> Reply<ListRoutesResponse> {
+        admin(&req)?;
+        let r = req.into_inner();
+        find_network(&r.cladnet_id)?;
+        Ok(Response::new(ListRoutesResponse {
+            routes: routes()
+                .into_iter()
+                .filter(|x| r.host_id.is_empty() || x.host_id == r.host_id)
+                .collect(),
+        }))
+    }
+
+    async fn approve_route(&self, req: Request<RouteDecisionRequest>) -> Reply<Route> {
+        admin(&req)?;
+        decide(req.into_inner(), "approved")
+    }
+
+    async fn reject_route(&self, req: Request<RouteDecisionRequest>) -> Reply<Route> {
+        admin(&req)?;
+        decide(req.into_inner(), "rejected")
+    }
+
     async fn send_command(&self, req: Request<SendCommandRequest>) -> Reply<SendCommandResponse> {
         admin(&req)?;
         let r = req.into_inner();
+        if r.command_type == "advertise-routes" {
+            // Echoes what it got, so the test sees the prefixes the CLI sent.
+            return Ok(Response::new(SendCommandResponse {
+                is_succeeded: true,
+                message: format!("routes: {}", r.routes.join(" ")),
+                host_ids: vec![r.host_id],
+            }));
+        }
         let host_ids = if r.host_id.is_empty() {
             peers().into_iter().map(|p| p.host_id).collect()
         } else {
@@ -534,7 +604,12 @@ async fn show_create_update_and_recommend() {
     let o = admin_cli(&url, &["network", "show", "net-1"]).await;
     assert_ok(&o);
     assert!(
-        stdout(&o).contains("Address space:  10.77.0.0/24\n"),
+        stdout(&o).contains("Address space:   10.77.0.0/24\n"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("Route approval:  manual\nExit nodes:      deny\n"),
         "{}",
         stdout(&o)
     );
@@ -554,7 +629,7 @@ async fn show_create_update_and_recommend() {
     assert_ok(&o);
     assert!(
         stdout(&o).starts_with(
-            "Created network gen-1 (name \"Web Tier\"); other commands take the id: cladnet peers gen-1\nID:             gen-1\n"
+            "Created network gen-1 (name \"Web Tier\"); other commands take the id: cladnet peers gen-1\nID:              gen-1\n"
         ),
         "{}",
         stdout(&o)
@@ -562,7 +637,7 @@ async fn show_create_update_and_recommend() {
     let o = admin_cli(&url, &["network", "create", "new", "--cidr", "auto"]).await;
     assert_ok(&o);
     assert!(
-        stdout(&o).starts_with("Created network new.\nID:             new\n"),
+        stdout(&o).starts_with("Created network new.\nID:              new\n"),
         "{}",
         stdout(&o)
     );
@@ -642,6 +717,77 @@ async fn token_test_command_and_health() {
     let o = cladnet(&["--controller", &url, "health"]).await;
     assert_ok(&o);
     assert!(stdout(&o).starts_with("Status:    healthy\n"));
+}
+
+#[tokio::test]
+async fn routes_list_approve_reject_and_advertise() {
+    let url = start_fake().await;
+    let o = admin_cli(&url, &["route", "list", "net-1"]).await;
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        "\
+HOST ID  PREFIX         STATE     ADVERTISED            DECIDED
+h-aaaa   10.244.1.0/24  approved  2023-11-14T22:13:20Z  2023-11-14T22:13:20Z
+h-b      10.244.2.0/24  pending   2023-11-14T22:13:20Z  -
+"
+    );
+    let o = admin_cli(&url, &["--json", "route", "list", "net-1", "--host", "h-b"]).await;
+    assert_ok(&o);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(json["routes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(json["routes"][0]["state"], "pending");
+
+    let o = admin_cli(&url, &["route", "approve", "net-1", "h-b", "10.244.2.0/24"]).await;
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "Route 10.244.2.0/24 of peer h-b is approved.\n");
+    let o = admin_cli(
+        &url,
+        &["route", "reject", "net-1", "h-aaaa", "10.244.1.0/24"],
+    )
+    .await;
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        "Route 10.244.1.0/24 of peer h-aaaa is rejected.\n"
+    );
+
+    // Unknown route: not-found exit code, with the action named.
+    let o = admin_cli(&url, &["route", "approve", "net-1", "h-b", "10.9.0.0/16"]).await;
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("error: approving route 10.9.0.0/16 of peer h-b in network net-1:"),
+        "{}",
+        stderr(&o)
+    );
+    // A malformed prefix is a usage error, before any call.
+    let o = admin_cli(&url, &["route", "reject", "net-1", "h-b", "10.9.0.0"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("expected an IPv4 CIDR"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = admin_cli(
+        &url,
+        &[
+            "command",
+            "net-1",
+            "advertise-routes",
+            "--host",
+            "h-b",
+            "--routes",
+            "10.244.2.0/24,192.168.50.0/24",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("routes: 10.244.2.0/24 192.168.50.0/24\n"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[tokio::test]

@@ -3,12 +3,12 @@
 //! IPv4) + the CLAD header of [`crate::plain::encapsulate`]. What follows them is the inner
 //! packet, unchanged, so the UDP payload is byte for byte the userspace engine's.
 
-use crate::wire::{CladHeader, CladType, IPV4_HDR_LEN, PLAIN_OVERHEAD_V4, UDP_HDR_LEN};
+use crate::wire::{
+    CladHeader, CladType, IPPROTO_UDP, IPV4_HDR_LEN, PLAIN_OVERHEAD_V4, UDP_HDR_LEN,
+};
 
 /// Time to live of outer packets.
 pub const OUTER_TTL: u8 = 64;
-/// IP protocol number of UDP.
-pub const IPPROTO_UDP: u8 = 17;
 
 /// Addresses and ports of the outer headers (addresses in network order).
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]

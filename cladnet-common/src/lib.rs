@@ -11,8 +11,23 @@ pub mod encap;
 pub mod maps;
 pub mod plain;
 pub mod pmtu;
+pub mod reflector;
+pub mod relay;
 pub mod rx;
 pub mod wire;
 
 #[cfg(feature = "user")]
 mod pod;
+
+/// A small xorshift for the decoders' randomised tests: reproducible, and no dev-dependency
+/// for a crate the eBPF build also compiles.
+#[cfg(test)]
+fn test_rng(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}

@@ -5,15 +5,25 @@
 //!
 //! | Map | Type | Key | Value |
 //! |---|---|---|---|
-//! | [`MAP_PEERS`] | LPM trie, [`MAX_PREFIXES`] | prefix length (u32, bits) + IPv4 prefix (4 bytes, network order) | [`PeerEntry`] |
-//! | [`MAP_ENDPOINTS`] | hash, [`MAX_PEERS`] | [`EndpointKey`] | [`EndpointEntry`] |
-//! | [`MAP_PEER_STATS`] | per-CPU array, [`MAX_PEERS`] | counter slot (u32) | [`PeerCounters`] |
+//! | [`MAP_PEERS`] | LPM trie, peers × [`PREFIXES_PER_PEER`] | prefix length (u32, bits) + IPv4 prefix (4 bytes, network order) | [`PeerEntry`] |
+//! | [`MAP_ENDPOINTS`] | hash, peers | [`EndpointKey`] | [`EndpointEntry`] |
+//! | [`MAP_PEER_STATS`] | per-CPU array, peers | counter slot (u32) | [`PeerCounters`] |
 //! | [`MAP_DROPS`] | per-CPU array, [`KernelDrop::COUNT`] | [`KernelDrop`] (u32) | u64 |
 //! | [`MAP_STATS`] | per-CPU array, [`StatSlot::COUNT`] | [`StatSlot`] (u32) | [`Counters`] |
 //! | [`MAP_CONFIG`] | array, 1 | 0 | [`Config`] |
 //!
+//! "peers" is the agent's `ebpf_max_peers` setting ([`DEFAULT_MAX_PEERS`] unless set), applied
+//! when the programs are loaded; the sizes compiled into the object are the defaults.
+//!
 //! Addresses and ports that are copied to or compared with packet bytes are stored in network
 //! byte order as byte arrays; everything else (node index, slot, ifindex) in host order.
+//!
+//! `PEERS` holds every remote peer's overlay `/32` and each of its approved prefixes (a pod
+//! network, a subnet behind it) with the same [`PeerEntry`], and this node's own approved
+//! prefixes as [`PeerEntry::local`]. One longest prefix match thus answers both "where does a
+//! packet to this address go" (TC egress) and "who owns this address" ([`PeerEntry::owner`]),
+//! which the receive checks use: the inner source must be owned by the sender, the inner
+//! destination be this node's address or owned by it (`cladnet_common::rx`).
 
 use crate::plain::DropReason;
 
@@ -50,10 +60,17 @@ pub const PROG_TC_UNDERLAY_INGRESS: &str = "cladnet_tc_underlay_ingress";
 /// TC egress on the overlay (TUN) device: encapsulates packets for PLAIN peers.
 pub const PROG_TC_OVERLAY_EGRESS: &str = "cladnet_tc_overlay_egress";
 
-/// Counter slots (and underlay endpoints) the maps hold: slots are `0..MAX_PEERS`.
-pub const MAX_PEERS: u32 = 4096;
-/// Overlay prefixes the [`MAP_PEERS`] trie holds.
-pub const MAX_PREFIXES: u32 = 16384;
+/// Peers the maps hold unless the agent is set otherwise (`ebpf_max_peers`): counter slots are
+/// `0..peers`, and as many underlay endpoints. 16384 covers a 10 000-peer network; the
+/// per-CPU counters cost 48 bytes per peer and possible CPU (768 KiB per CPU at the default).
+pub const DEFAULT_MAX_PEERS: u32 = 16384;
+/// Overlay prefixes the [`MAP_PEERS`] trie holds per peer it is sized for (each peer's /32
+/// plus routes behind peers).
+pub const PREFIXES_PER_PEER: u32 = 4;
+/// Overlay prefixes the [`MAP_PEERS`] trie holds at [`DEFAULT_MAX_PEERS`].
+pub const DEFAULT_MAX_PREFIXES: u32 = DEFAULT_MAX_PEERS * PREFIXES_PER_PEER;
+/// Largest `ebpf_max_peers` the agent accepts (2^20: 48 MiB of counters per CPU).
+pub const MAX_PEERS_LIMIT: u32 = 1 << 20;
 
 /// A packet and byte counter pair. Per-CPU: userspace sums the CPUs.
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
@@ -214,6 +231,9 @@ pub enum PeerMode {
     Plain = 1,
     /// Leave to the userspace engine (WireGuard): the packet goes to the TUN reader.
     Sealed = 2,
+    /// One of this node's own prefixes: received packets for it are delivered here; nothing
+    /// is sent to it through the overlay.
+    Local = 3,
 }
 
 /// Value of [`MAP_PEERS`]: where packets to an overlay prefix go.
@@ -257,6 +277,29 @@ impl PeerEntry {
         }
     }
 
+    /// This node's own prefix (node index `local_node_index`): received traffic for it is
+    /// accepted, as for the node's overlay address.
+    pub const fn local(local_node_index: u32) -> Self {
+        Self {
+            underlay_ip: [0; 4],
+            underlay_port: [0; 2],
+            mode: PeerMode::Local as u8,
+            _pad: 0,
+            node_index: local_node_index,
+            slot: 0,
+        }
+    }
+
+    /// Who owns the prefix of this entry, for the receive checks.
+    #[inline(always)]
+    pub const fn owner(&self) -> crate::rx::Owner {
+        if self.mode == PeerMode::Local as u8 {
+            crate::rx::Owner::Local
+        } else {
+            crate::rx::Owner::Peer(self.node_index)
+        }
+    }
+
     /// Whether the kernel encapsulates for this peer: PLAIN with a known endpoint.
     #[inline(always)]
     pub const fn is_plain(&self) -> bool {
@@ -268,6 +311,7 @@ impl PeerEntry {
         match self.mode {
             1 => Some(PeerMode::Plain),
             2 => Some(PeerMode::Sealed),
+            3 => Some(PeerMode::Local),
             _ => None,
         }
     }
@@ -398,8 +442,9 @@ pub struct Config {
     pub underlay_ifindex: u32,
     /// The overlay (TUN) device the TC egress program is attached to; 0 = none.
     pub overlay_ifindex: u32,
-    /// Where the receive program runs (`RX_HOOK_*`), for an agent that takes over pinned
-    /// programs; the programs ignore it.
+    /// Where the receive program runs, for an agent that takes over pinned programs; the
+    /// programs ignore it. [`Config::RX_HOOK_NONE`] or the code of the agent's `RxHook` (its
+    /// `#[repr(u32)]`: 1 XDP driver, 2 XDP generic, 3 TC ingress).
     pub rx_hook: u32,
     /// This node's overlay address: RX decapsulates only inner packets addressed to it
     /// (unless it is 0.0.0.0, not configured yet), network order.
@@ -417,12 +462,6 @@ impl Config {
 
     /// [`Config::rx_hook`]: not attached.
     pub const RX_HOOK_NONE: u32 = 0;
-    /// [`Config::rx_hook`]: XDP, driver mode.
-    pub const RX_HOOK_XDP_DRIVER: u32 = 1;
-    /// [`Config::rx_hook`]: XDP, generic mode.
-    pub const RX_HOOK_XDP_GENERIC: u32 = 2;
-    /// [`Config::rx_hook`]: TC ingress.
-    pub const RX_HOOK_TC: u32 = 3;
 
     /// A configuration for the given tunnel UDP port, nothing else set.
     pub const fn new(tunnel_port: u16) -> Self {

@@ -2,7 +2,10 @@
 //! userspace engine and (for its constants and drop reasons) the eBPF programs, so both produce
 //! and accept the same bytes.
 
-use crate::wire::{CLAD_HDR_LEN, CladHeader, CladType, WireError};
+use crate::{
+    rx::Owner,
+    wire::{CLAD_HDR_LEN, CladHeader, CladType, WireError},
+};
 
 /// Why a PLAIN datagram was dropped. The discriminants index the drop counters.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -77,8 +80,19 @@ pub fn encapsulate(node_index: u32, inner: &[u8], out: &mut [u8]) -> Option<usiz
 }
 
 /// Validates a DATA_PLAIN datagram from the peer `from` (the receiver's lookup of the outer
-/// source address; `None` when unknown) and returns the inner IPv4 packet.
+/// source address; `None` when unknown) and returns the inner IPv4 packet. The inner source
+/// must be the peer's overlay address; [`decapsulate_owned`] also accepts its prefixes.
 pub fn decapsulate(datagram: &[u8], from: Option<KnownPeer>) -> Result<&[u8], DropReason> {
+    decapsulate_owned(datagram, from, |_| Owner::Nobody)
+}
+
+/// [`decapsulate`] with advertised prefixes: the inner source may also lie in a prefix that
+/// `owner` (a longest prefix match over the peer table) says the sending peer owns.
+pub fn decapsulate_owned(
+    datagram: &[u8],
+    from: Option<KnownPeer>,
+    owner: impl FnOnce([u8; 4]) -> Owner,
+) -> Result<&[u8], DropReason> {
     let header = CladHeader::decode(datagram)?;
     if header.ty() != Some(CladType::DataPlain) {
         return Err(DropReason::BadHeader);
@@ -99,9 +113,8 @@ pub fn decapsulate(datagram: &[u8], from: Option<KnownPeer>) -> Result<&[u8], Dr
     {
         return Err(DropReason::BadInner);
     }
-    if inner[12..16] != peer.overlay_ip {
-        return Err(DropReason::SpoofedSource);
-    }
+    let src = [inner[12], inner[13], inner[14], inner[15]];
+    crate::rx::check_source(src, &peer, owner)?;
     Ok(inner)
 }
 

@@ -3,22 +3,40 @@
 //! verifier cannot follow. The decisions are those of the userspace engine
 //! (`engine::router::inbound`: reflector, then [`wire::demux`], then
 //! [`plain::decapsulate`]); the tests below check that the two agree on every input.
+//!
+//! Advertised prefixes follow WireGuard's AllowedIPs: a datagram's inner source must be the
+//! sender's overlay address or lie in a prefix the sender owns, and its inner destination must
+//! be this node's overlay address or lie in one of this node's own prefixes. Who owns an
+//! address is a longest prefix match over the peer table ([`Owner`]; in the kernel, the
+//! `PEERS` trie, whose entries carry the owner's node index).
 
 use crate::{
     plain::{DropReason, KnownPeer},
+    reflector,
     wire::{self, CLAD_HDR_LEN, CladHeader, CladType, Demux},
 };
 
-/// First bytes of the controller reflector's answers (`cladnet_core::reflector::MAGIC`).
-pub const REFLECTOR_MAGIC: [u8; 8] = *b"CLADRFL1";
-/// Bytes of the inner IPv4 header the checks read.
-pub const INNER_HDR_LEN: usize = 20;
+/// Bytes of the inner IPv4 header the checks read (the header without options).
+pub const INNER_HDR_LEN: usize = wire::IPV4_HDR_LEN;
+
+/// Who an overlay address belongs to: the longest prefix match of the address in the peer
+/// table (in the kernel: `PEERS`, see [`crate::maps::PeerEntry::owner`]).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Owner {
+    /// No entry covers the address.
+    Nobody,
+    /// A remote peer, by node index: its overlay /32 or one of its approved prefixes.
+    Peer(u32),
+    /// One of this node's own approved prefixes (a pod network or subnet behind it).
+    Local,
+}
 
 /// Why a datagram at the tunnel port is not decapsulated in the kernel.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum Reject {
     /// For the agent's socket: WireGuard, a reflector answer, a CLAD keepalive probe, a path
-    /// MTU probe or acknowledgement (see [`crate::pmtu`]), or (see
+    /// MTU probe or acknowledgement (see [`crate::pmtu`]), a relay frame (see
+    /// [`crate::relay`]), or (see
     /// [`InnerFit::Coalesced`]) several datagrams merged by GRO.
     ToSocket,
     /// Neither WireGuard, CLAD nor a reflector answer.
@@ -32,7 +50,7 @@ pub enum Reject {
 /// DATA_PLAIN datagram, which still needs the peer checks.
 #[inline(always)]
 pub fn classify(head: &[u8; 8], len: usize) -> Result<CladHeader, Reject> {
-    if len >= REFLECTOR_MAGIC.len() && *head == REFLECTOR_MAGIC {
+    if len >= reflector::MAGIC.len() && *head == reflector::MAGIC {
         return Err(Reject::ToSocket);
     }
     // demux looks at four bytes at most; a shorter payload is a shorter slice.
@@ -70,12 +88,14 @@ pub enum InnerFit {
 /// Checks the inner packet of a DATA_PLAIN datagram from `peer` whose header already matched
 /// (node index checked by the caller). `hdr` holds the first `min(inner_len, 20)` inner bytes.
 /// A [`InnerFit::Coalesced`] datagram is not source-checked here: the socket validates each
-/// datagram of it.
+/// datagram of it. The inner source must be `peer`'s overlay address or an address `owner`
+/// says `peer` owns (one of its approved prefixes); `owner` is asked only then.
 #[inline(always)]
 pub fn check_inner(
     hdr: &[u8; INNER_HDR_LEN],
     inner_len: usize,
     peer: &KnownPeer,
+    owner: impl FnOnce([u8; 4]) -> Owner,
 ) -> Result<InnerFit, DropReason> {
     if inner_len < 4 {
         return Err(DropReason::Truncated);
@@ -93,10 +113,23 @@ pub fn check_inner(
     if total != inner_len {
         return Ok(InnerFit::Coalesced);
     }
-    if [hdr[12], hdr[13], hdr[14], hdr[15]] != peer.overlay_ip {
-        return Err(DropReason::SpoofedSource);
-    }
+    check_source([hdr[12], hdr[13], hdr[14], hdr[15]], peer, owner)?;
     Ok(InnerFit::Exact)
+}
+
+/// The source rule of [`check_inner`] on its own: `src` is `peer`'s overlay address or lies in
+/// a prefix `owner` says `peer` owns (WireGuard AllowedIPs semantics).
+#[inline(always)]
+pub fn check_source(
+    src: [u8; 4],
+    peer: &KnownPeer,
+    owner: impl FnOnce([u8; 4]) -> Owner,
+) -> Result<(), DropReason> {
+    if src == peer.overlay_ip || owner(src) == Owner::Peer(peer.node_index) {
+        Ok(())
+    } else {
+        Err(DropReason::SpoofedSource)
+    }
 }
 
 /// Checks that a decapsulated inner packet (`hdr`: its first `min(len, 20)` bytes, already
@@ -107,7 +140,20 @@ pub fn check_inner(
 /// (nothing is installed then), and checks nothing.
 #[inline(always)]
 pub fn check_destination(hdr: &[u8; INNER_HDR_LEN], local: [u8; 4]) -> Result<(), DropReason> {
-    if local != [0; 4] && [hdr[16], hdr[17], hdr[18], hdr[19]] != local {
+    check_destination_in(hdr, local, |_| Owner::Nobody)
+}
+
+/// [`check_destination`], also accepting a destination in one of this node's own prefixes
+/// (`owner` answers [`Owner::Local`]; asked only when the destination is not `local`): traffic
+/// for the pods or the subnet behind this node.
+#[inline(always)]
+pub fn check_destination_in(
+    hdr: &[u8; INNER_HDR_LEN],
+    local: [u8; 4],
+    owner: impl FnOnce([u8; 4]) -> Owner,
+) -> Result<(), DropReason> {
+    let dst = [hdr[16], hdr[17], hdr[18], hdr[19]];
+    if local != [0; 4] && dst != local && owner(dst) != Owner::Local {
         return Err(DropReason::WrongDestination);
     }
     Ok(())
@@ -124,8 +170,23 @@ mod tests {
     };
     /// The receiver's overlay address.
     const LOCAL: [u8; 4] = [10, 77, 0, 2];
+    /// Another peer (node index 0x0a4d_0009).
+    const OTHER: u32 = 0x0a4d_0009;
 
-    /// The kernel's decision built from the two functions above, on a whole datagram.
+    /// The peer table both engines consult: PEER owns 10.244.3.0/24 (its podCIDR), OTHER owns
+    /// 10.244.9.0/24, this node owns 10.244.2.0/24; overlay /32s as the agent installs them.
+    fn owner(ip: [u8; 4]) -> Owner {
+        match ip {
+            [10, 244, 3, _] => Owner::Peer(PEER.node_index),
+            [10, 244, 9, _] => Owner::Peer(OTHER),
+            [10, 244, 2, _] => Owner::Local,
+            [10, 77, 0, 3] => Owner::Peer(PEER.node_index),
+            [10, 77, 0, 9] => Owner::Peer(OTHER),
+            _ => Owner::Nobody,
+        }
+    }
+
+    /// The kernel's decision built from the functions above, on a whole datagram.
     fn kernel(d: &[u8], from: Option<KnownPeer>) -> Result<InnerFit, Reject> {
         let mut head = [0u8; 8];
         let n = d.len().min(8);
@@ -139,16 +200,16 @@ mod tests {
         let mut hdr = [0u8; INNER_HDR_LEN];
         let m = inner.len().min(INNER_HDR_LEN);
         hdr[..m].copy_from_slice(&inner[..m]);
-        let fit = check_inner(&hdr, inner.len(), &peer).map_err(Reject::Drop)?;
+        let fit = check_inner(&hdr, inner.len(), &peer, owner).map_err(Reject::Drop)?;
         if fit == InnerFit::Exact {
-            check_destination(&hdr, LOCAL).map_err(Reject::Drop)?;
+            check_destination_in(&hdr, LOCAL, owner).map_err(Reject::Drop)?;
         }
         Ok(fit)
     }
 
     /// The userspace engine's decision (router::inbound, minus the WireGuard machinery).
     fn userspace(d: &[u8], from: Option<KnownPeer>) -> Result<InnerFit, Reject> {
-        if d.starts_with(&REFLECTOR_MAGIC) {
+        if reflector::is_reflector(d) {
             return Err(Reject::ToSocket);
         }
         match wire::demux(d) {
@@ -159,15 +220,15 @@ mod tests {
         if CladHeader::decode(d).is_ok_and(|h| {
             matches!(
                 h.ty(),
-                Some(CladType::Probe | CladType::MtuProbe | CladType::MtuAck)
+                Some(CladType::Probe | CladType::MtuProbe | CladType::MtuAck | CladType::Relay)
             )
         }) {
             return Err(Reject::ToSocket);
         }
-        let inner = plain::decapsulate(d, from).map_err(Reject::Drop)?;
+        let inner = plain::decapsulate_owned(d, from, owner).map_err(Reject::Drop)?;
         let mut hdr = [0u8; INNER_HDR_LEN];
         hdr.copy_from_slice(&inner[..INNER_HDR_LEN]);
-        check_destination(&hdr, LOCAL).map_err(Reject::Drop)?;
+        check_destination_in(&hdr, LOCAL, owner).map_err(Reject::Drop)?;
         Ok(InnerFit::Exact)
     }
 
@@ -200,6 +261,43 @@ mod tests {
         agree(&d[..n], Some(PEER));
         // One extra byte: the kernel hands it to the socket.
         assert_eq!(kernel(&d[..n + 1], Some(PEER)), Ok(InnerFit::Coalesced));
+    }
+
+    /// WireGuard AllowedIPs semantics: an inner source in the sender's prefixes is accepted,
+    /// one in another peer's, this node's or nobody's is a spoof; a destination in this node's
+    /// prefixes is accepted.
+    #[test]
+    fn prefixes_follow_allowed_ips() {
+        let with = |src: [u8; 4], dst: [u8; 4]| {
+            let (mut d, n) = datagram(PEER.node_index, src, 8);
+            d[24..28].copy_from_slice(&dst);
+            (d, n)
+        };
+        let spoof = Err(Reject::Drop(DropReason::SpoofedSource));
+        for (src, dst, want) in [
+            ([10, 244, 3, 7], LOCAL, Ok(InnerFit::Exact)),
+            ([10, 244, 3, 7], [10, 244, 2, 5], Ok(InnerFit::Exact)),
+            (PEER.overlay_ip, [10, 244, 2, 5], Ok(InnerFit::Exact)),
+            ([10, 244, 9, 7], LOCAL, spoof),
+            ([10, 244, 2, 7], LOCAL, spoof),
+            ([10, 77, 0, 9], LOCAL, spoof),
+            ([192, 168, 7, 7], LOCAL, spoof),
+            (
+                [10, 244, 3, 7],
+                [10, 244, 9, 5],
+                Err(Reject::Drop(DropReason::WrongDestination)),
+            ),
+        ] {
+            let (d, n) = with(src, dst);
+            assert_eq!(kernel(&d[..n], Some(PEER)), want, "{src:?} -> {dst:?}");
+            assert_eq!(userspace(&d[..n], Some(PEER)), want, "{src:?} -> {dst:?}");
+        }
+        // Without the table (the engine today), only the /32 counts.
+        let (d, n) = with([10, 244, 3, 7], LOCAL);
+        assert_eq!(
+            plain::decapsulate(&d[..n], Some(PEER)),
+            Err(DropReason::SpoofedSource)
+        );
     }
 
     #[test]
@@ -247,7 +345,7 @@ mod tests {
         let wg = [4u8, 0, 0, 0, 9, 9, 9, 9];
         assert_eq!(classify(&wg, 8), Err(Reject::ToSocket));
         assert_eq!(classify(&wg, 4), Err(Reject::ToSocket));
-        assert_eq!(classify(&REFLECTOR_MAGIC, 22), Err(Reject::ToSocket));
+        assert_eq!(classify(&reflector::MAGIC, 22), Err(Reject::ToSocket));
         let probe = CladHeader::new(CladType::Probe, 0, 7).to_bytes();
         assert_eq!(classify(&probe, 8), Err(Reject::ToSocket));
         // Path MTU probes (any size) and acknowledgements go to the agent.
@@ -258,6 +356,10 @@ mod tests {
         let ack = crate::pmtu::ack(7, 1, 1400);
         let head: [u8; 8] = ack[..8].try_into().unwrap();
         assert_eq!(classify(&head, ack.len()), Err(Reject::ToSocket));
+        // Relay frames (a WireGuard message behind a 12-byte header) go to the agent too.
+        let relay = crate::relay::header(crate::relay::RelayKind::Send, 7, 9);
+        let head: [u8; 8] = relay[..8].try_into().unwrap();
+        assert_eq!(classify(&head, 12 + 32), Err(Reject::ToSocket));
         assert_eq!(classify(b"cladnet-", 22), Err(Reject::Unknown));
         assert_eq!(classify(&[0; 8], 0), Err(Reject::Unknown));
         assert_eq!(
@@ -272,22 +374,22 @@ mod tests {
 
     #[test]
     fn pseudo_random_datagrams_agree() {
-        // A small xorshift: no dependency, reproducible.
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::test_rng(0x9e37_79b9_7f4a_7c15);
+        let sources = [
+            PEER.overlay_ip,
+            [10, 244, 3, 1],
+            [10, 244, 9, 1],
+            [10, 244, 2, 1],
+        ];
         for _ in 0..20_000 {
-            let (mut d, n) = datagram(PEER.node_index, PEER.overlay_ip, (next() % 40) as usize);
+            let src = sources[(next() % 4) as usize];
+            let (mut d, n) = datagram(PEER.node_index, src, (next() % 40) as usize);
             let flips = next() % 4;
             for _ in 0..flips {
                 let i = (next() % n as u64) as usize;
                 d[i] = next() as u8;
             }
-            let len = if next() % 4 == 0 {
+            let len = if next().is_multiple_of(4) {
                 (next() % (n as u64 + 1)) as usize
             } else {
                 n

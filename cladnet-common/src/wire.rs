@@ -28,10 +28,16 @@ pub const CLAD_HDR_LEN: usize = 8;
 pub const IPV4_HDR_LEN: usize = 20;
 /// Length of a UDP header.
 pub const UDP_HDR_LEN: usize = 8;
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP (the outer protocol of every tunnel datagram).
+pub const IPPROTO_UDP: u8 = 17;
 /// Bytes added in front of an inner packet on an IPv4 underlay: outer IPv4 + UDP + CLAD.
 pub const PLAIN_OVERHEAD_V4: usize = IPV4_HDR_LEN + UDP_HDR_LEN + CLAD_HDR_LEN;
 /// Bytes a WireGuard transport message adds on an IPv4 underlay: outer IPv4 + UDP + 16-byte
-/// transport header + 16-byte Poly1305 tag (padding to 16 bytes not counted).
+/// transport header + 16-byte Poly1305 tag (padding to 16 bytes not counted), i.e.
+/// `cladnet_wg::constants::TRANSPORT_OVERHEAD` after the outer headers (a cladnet-wg test
+/// checks that the two agree).
 pub const SEALED_OVERHEAD_V4: usize = IPV4_HDR_LEN + UDP_HDR_LEN + 16 + 16;
 
 /// Message types carried in the low nibble of the first CLAD header byte.
@@ -46,6 +52,8 @@ pub enum CladType {
     MtuProbe = 4,
     /// Path MTU probe acknowledgement: the probe's nonce and received size follow.
     MtuAck = 5,
+    /// A WireGuard message relayed through a third node (see [`crate::relay`]).
+    Relay = 6,
 }
 
 impl CladType {
@@ -56,6 +64,7 @@ impl CladType {
             3 => Some(Self::Probe),
             4 => Some(Self::MtuProbe),
             5 => Some(Self::MtuAck),
+            6 => Some(Self::Relay),
             _ => None,
         }
     }
@@ -199,8 +208,8 @@ mod tests {
             Err(WireError::BadType(2))
         );
         assert_eq!(
-            CladHeader::decode(&[0x16, 0, 0, 0, 0, 0, 0, 1]),
-            Err(WireError::BadType(6))
+            CladHeader::decode(&[0x17, 0, 0, 0, 0, 0, 0, 1]),
+            Err(WireError::BadType(7))
         );
         assert_eq!(
             CladHeader::decode(&[0x11, 0, 0, 1, 0, 0, 0, 1]),

@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{auth::bearer_grpc, service::Controller};
 
+mod watch;
+
 /// Both gRPC services over one controller.
 #[derive(Clone, Debug)]
 pub struct Grpc {
@@ -26,8 +28,9 @@ impl Grpc {
 
     /// The tonic routes of both services.
     pub fn routes(self) -> tonic::service::Routes {
-        tonic::service::Routes::new(NetworkServiceServer::new(self.clone()))
-            .add_service(AgentServiceServer::new(self))
+        let agent =
+            watch::AgentRoutes::new(self.ctl.clone(), AgentServiceServer::new(self.clone()));
+        tonic::service::Routes::new(NetworkServiceServer::new(self)).add_service(agent)
     }
 
     fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
@@ -105,6 +108,21 @@ impl NetworkService for Grpc {
         admin_call!(self, req, |m| self
             .ctl
             .external_peer_config(&m.cladnet_id, &m.host_id))
+    }
+
+    async fn list_routes(
+        &self,
+        req: Request<pb::ListRoutesRequest>,
+    ) -> Reply<pb::ListRoutesResponse> {
+        admin_call!(self, req, |m| self.ctl.list_routes(m))
+    }
+
+    async fn approve_route(&self, req: Request<pb::RouteDecisionRequest>) -> Reply<pb::Route> {
+        admin_call!(self, req, |m| self.ctl.approve_route(m))
+    }
+
+    async fn reject_route(&self, req: Request<pb::RouteDecisionRequest>) -> Reply<pb::Route> {
+        admin_call!(self, req, |m| self.ctl.reject_route(m))
     }
 
     async fn recommend_address_space(
@@ -187,12 +205,16 @@ impl AgentService for Grpc {
 
     type WatchStream = WatchResponseStream;
 
+    /// Not reached through [`Grpc::routes`] (which sends the encoded events as they are, see
+    /// [`watch::AgentRoutes`]); decodes them for other users of the generated service.
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
+        use prost::Message as _;
         let bearer = bearer_grpc(req.metadata())?.to_owned();
         let stream = self.ctl.watch(&bearer, req.into_inner()).await?;
-        Ok(Response::new(Box::pin(
-            stream.map(|item| item.map_err(Status::from)),
-        )))
+        Ok(Response::new(Box::pin(stream.map(|item| {
+            let bytes = item.map_err(Status::from)?;
+            pb::WatchEvent::decode(bytes).map_err(|e| Status::internal(e.to_string()))
+        }))))
     }
 
     async fn report(&self, req: Request<pb::ReportRequest>) -> Reply<pb::ReportResponse> {

@@ -5,6 +5,7 @@
 //! /cladnet/v1/networks/{net}/peers/{node}            Peer record
 //! /cladnet/v1/networks/{net}/ipam/{ip}               node id holding the overlay address
 //! /cladnet/v1/networks/{net}/ipam-generation         bumped by every allocation
+//! /cladnet/v1/networks/{net}/routes-generation       bumped by every change of routes
 //! /cladnet/v1/networks/{net}/sessions/{node}         SHA-256 of the node's session token
 //! /cladnet/v1/networks/{net}/pubkeys/{key hex}       node id holding the public key
 //! /cladnet/v1/networks/{net}/tokens/{token_id}       Join token record (secret hashed)
@@ -62,6 +63,13 @@ pub fn ipam_addr(net: &str, ip: std::net::Ipv4Addr) -> String {
 /// concurrent allocations with one compare.
 pub fn alloc_generation(net: &str) -> String {
     format!("{ROOT}{net}/ipam-generation")
+}
+
+/// Bumped by every change of a network's advertised prefixes (they live in the peer
+/// records), so a change that must not overlap other peers' prefixes excludes concurrent ones
+/// with one compare.
+pub fn routes_generation(net: &str) -> String {
+    format!("{ROOT}{net}/routes-generation")
 }
 
 /// A node's session token hash.

@@ -4,6 +4,8 @@
 //!   transport independent, every change a store transaction.
 //! * [`grpc`] and [`rest`]: the two transports, served on one port by [`server`].
 //! * [`ipam`] and [`recommend`]: pure address logic (see `docs/addressing.md`).
+//! * [`routes`]: advertised prefixes (pure validation and merge; `service/routes.rs` stores
+//!   them).
 //! * [`keys`]: the store key layout (see `docs/store.md`).
 //! * [`wgconfig`]: the wg-quick configuration of external WireGuard peers.
 //! * [`selfsigned`]: `--tls auto`, the controller's own certificate and its pin.
@@ -21,6 +23,7 @@ pub mod model;
 pub mod recommend;
 pub mod reflector;
 pub mod rest;
+pub mod routes;
 pub mod selfsigned;
 pub mod server;
 pub mod service;

@@ -8,7 +8,10 @@ use cladnet_store::KeyValue;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::error::{ControllerError, Result};
+use crate::{
+    error::{ControllerError, Result},
+    routes::{ExitNodes, RouteApproval, RouteRecord},
+};
 
 /// Schema version written into every record.
 pub const SCHEMA: u32 = 1;
@@ -73,6 +76,12 @@ pub struct NetworkRecord {
     pub encryption: Encryption,
     /// Unix seconds.
     pub created_at: i64,
+    /// How advertised prefixes are admitted (records from before routes: `auto`).
+    #[serde(default)]
+    pub route_approval: RouteApproval,
+    /// Whether a peer may advertise `0.0.0.0/0` (records from before routes: `deny`).
+    #[serde(default)]
+    pub exit_nodes: ExitNodes,
 }
 
 impl NetworkRecord {
@@ -94,11 +103,13 @@ impl NetworkRecord {
             rule_type: self.rule_type.to_string(),
             encryption: self.encryption.to_string(),
             revision,
+            route_approval: self.route_approval.to_string(),
+            exit_nodes: self.exit_nodes.to_string(),
         }
     }
 }
 
-pub use cladnet_core::table::PeerState;
+pub use cladnet_core::node::table::PeerState;
 
 /// A host interface as reported.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -199,6 +210,10 @@ pub struct PeerRecord {
     /// written before external peers existed lack the field: they are agents.
     #[serde(default)]
     pub external: bool,
+    /// The prefixes the peer advertises, sorted, with their approval state (see
+    /// [`crate::routes`]); records from before routes have none.
+    #[serde(default)]
+    pub routes: Vec<RouteRecord>,
 }
 
 /// Host ids of external peers start with this; agents cannot join with such an id.
@@ -258,6 +273,11 @@ impl PeerRecord {
             revision,
             node_index: self.node_index(),
             external: self.external,
+            routes: self
+                .routes
+                .iter()
+                .map(|r| r.to_proto(&self.node_id))
+                .collect(),
         }
     }
 
@@ -286,6 +306,8 @@ impl PeerRecord {
                     state: o.state.as_str().to_owned(),
                     // Filled by GetPeer from the agent's last statistics report.
                     path_mtu: 0,
+                    path: String::new(),
+                    via: String::new(),
                 }
             })
             .collect();
@@ -342,6 +364,20 @@ pub struct CommandRecord {
     pub command_id: String,
     /// Unix seconds.
     pub issued_at: i64,
+    /// The prefixes of an `advertise-routes` command.
+    #[serde(default)]
+    pub routes: Vec<Ipv4Net>,
+}
+
+impl CommandRecord {
+    /// The command as its agent receives it.
+    pub fn to_proto(&self) -> pb::Command {
+        pb::Command {
+            command_type: self.command_type.clone(),
+            command_id: self.command_id.clone(),
+            routes: self.routes.iter().map(ToString::to_string).collect(),
+        }
+    }
 }
 
 /// A connectivity test request.

@@ -3,7 +3,7 @@
 
 use std::{future::Future, net::SocketAddr};
 
-use cladnet_core::reflector::{parse_request, response};
+use cladnet_common::reflector::{parse_request, response};
 use tokio::net::UdpSocket;
 use tracing::debug;
 

@@ -54,6 +54,9 @@ pub fn router(ctl: Arc<Controller>) -> Router {
             get(external_peer_config),
         )
         .route("/v1/cladnet/{id}/externalPeer", post(add_external_peer))
+        .route("/v1/cladnet/{id}/route", get(list_routes))
+        .route("/v1/cladnet/{id}/route/approve", post(approve_route))
+        .route("/v1/cladnet/{id}/route/reject", post(reject_route))
         .route("/v1/cladnet/{id}/stats", get(network_stats))
         .route(
             "/v1/cladnet/{id}/token",
@@ -356,9 +359,72 @@ async fn revoke_token(
 }
 
 #[derive(serde::Deserialize)]
+struct RoutesQuery {
+    #[serde(rename = "hostId", default)]
+    host_id: String,
+}
+
+async fn list_routes(
+    State(ctl): Ctl,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<RoutesQuery>,
+) -> Json<pb::ListRoutesResponse> {
+    Json(
+        async {
+            admin(&ctl, &headers)?;
+            ctl.list_routes(pb::ListRoutesRequest {
+                cladnet_id: id,
+                host_id: q.host_id,
+            })
+            .await
+        }
+        .await,
+    )
+}
+
+async fn approve_route(
+    State(ctl): Ctl,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Json<pb::Route> {
+    Json(decide_route(&ctl, &headers, id, &bytes, true).await)
+}
+
+async fn reject_route(
+    State(ctl): Ctl,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Json<pb::Route> {
+    Json(decide_route(&ctl, &headers, id, &bytes, false).await)
+}
+
+async fn decide_route(
+    ctl: &Controller,
+    headers: &HeaderMap,
+    id: String,
+    bytes: &Bytes,
+    approve: bool,
+) -> Result<pb::Route> {
+    admin(ctl, headers)?;
+    let mut req: pb::RouteDecisionRequest = body(bytes)?;
+    req.cladnet_id = id;
+    if approve {
+        ctl.approve_route(req).await
+    } else {
+        ctl.reject_route(req).await
+    }
+}
+
+#[derive(serde::Deserialize)]
 struct CommandQuery {
     #[serde(rename = "hostId", default)]
     host_id: String,
+    /// `advertise-routes`: the prefixes, comma-separated.
+    #[serde(default)]
+    routes: String,
 }
 
 async fn command(
@@ -374,6 +440,13 @@ async fn command(
                 cladnet_id: id,
                 host_id: q.host_id,
                 command_type: command,
+                routes: q
+                    .routes
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
             })
             .await
         }

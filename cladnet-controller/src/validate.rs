@@ -130,8 +130,9 @@ pub fn reported_cidr(field: &str, s: &str) -> Result<Ipv4Net> {
     Ok(net)
 }
 
-/// Dataplane capabilities an agent may report.
-pub const CAPABILITIES: [&str; 4] = ["xdp-driver", "xdp-generic", "tc", "userspace"];
+/// Capabilities an agent may report: its dataplanes, and `relay` when it serves as a relay
+/// for its network (peers choose relays among the records that carry it).
+pub const CAPABILITIES: [&str; 5] = ["xdp-driver", "xdp-generic", "tc", "userspace", "relay"];
 
 /// Reported capabilities: known values, no repeats.
 pub fn capabilities(field: &str, caps: &[String]) -> Result<()> {
@@ -278,7 +279,39 @@ pub fn site(prefix: &str, site: &crate::model::SiteRecord) -> Result<()> {
 }
 
 /// Remote command names.
-pub const COMMANDS: [&str; 4] = ["up", "down", "enable-encryption", "disable-encryption"];
+pub const COMMANDS: [&str; 5] = [
+    "up",
+    "down",
+    "enable-encryption",
+    "disable-encryption",
+    "advertise-routes",
+];
+
+/// The paths an agent reports per peer (`PeerStats.path`; empty = not known).
+pub const LINK_PATHS: &[&str] = &["direct", "relay", "connecting", "unreachable"];
+
+/// A reported link path and its relay (`path` and `via` are the fields' API names): the path
+/// empty (an agent that does not report paths) or one of [`LINK_PATHS`]; `via` empty, or a
+/// host id when the path is `relay` (whether it is a member of the network is the caller's
+/// check: it needs the store).
+pub fn link_path(path_field: &str, path: &str, via_field: &str, via: &str) -> Result<()> {
+    if !path.is_empty() && !LINK_PATHS.contains(&path) {
+        return Err(ControllerError::invalid(
+            path_field,
+            format!("{path:?} is not one of {}", LINK_PATHS.join(" ")),
+        ));
+    }
+    if via.is_empty() {
+        return Ok(());
+    }
+    if path != "relay" {
+        return Err(ControllerError::invalid(
+            via_field,
+            format!("{via:?}: only a relayed path (path \"relay\") has a relay, not {path:?}"),
+        ));
+    }
+    host_id(via_field, via)
+}
 
 /// A remote command name (cb-network's upper-case names are accepted too).
 pub fn command_type(field: &str, s: &str) -> Result<String> {
@@ -301,6 +334,27 @@ mod tests {
         match e {
             ControllerError::InvalidArgument { field, .. } => field,
             other => panic!("not InvalidArgument: {other}"),
+        }
+    }
+
+    #[test]
+    fn link_paths() {
+        for p in ["", "direct", "connecting", "unreachable", "relay"] {
+            link_path("p", p, "v", "").unwrap();
+        }
+        link_path("p", "relay", "v", "node-3").unwrap();
+        for (path, via, field) in [
+            ("Direct", "", "p"),
+            ("relayed", "", "p"),
+            ("direct", "node-3", "v"),
+            ("", "node-3", "v"),
+            ("relay", "a/b", "v"),
+        ] {
+            assert_eq!(
+                field_of(link_path("p", path, "v", via).unwrap_err()),
+                field,
+                "{path:?} via {via:?}"
+            );
         }
     }
 

@@ -6,11 +6,8 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
+use cladnet_core::policy::PERSISTENT_KEEPALIVE;
 use ipnet::Ipv4Net;
-
-/// Keepalive interval asked of the client: keeps a NAT mapping in front of it open, so agents
-/// can keep sending to a client they could not reach before it sent first.
-pub const PERSISTENT_KEEPALIVE_SECS: u16 = 25;
 
 /// What goes into the `[Interface]` comment line in place of the private key.
 pub const PRIVATE_KEY_HINT: &str =
@@ -25,8 +22,10 @@ pub struct AgentPeer {
     pub public_key: String,
     /// Public underlay endpoint (the agent's tunnel UDP port).
     pub endpoint: SocketAddrV4,
-    /// Overlay address; the section routes exactly this address to the agent.
+    /// Overlay address; the section routes this address to the agent.
     pub overlay_ip: Ipv4Addr,
+    /// The agent's approved prefixes (pod networks, subnets behind it), routed to it too.
+    pub routes: Vec<Ipv4Net>,
 }
 
 /// The configuration of one external peer.
@@ -53,11 +52,18 @@ impl ExternalPeerConfig {
             self.network, self.host_id, self.address
         );
         for a in agents {
+            let mut allowed = format!("{}/32", a.overlay_ip);
+            for r in &a.routes {
+                let _ = write!(allowed, ", {r}");
+            }
             // Writing to a String cannot fail.
             let _ = write!(
                 out,
-                "\n# {}\n[Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = {}/32\nPersistentKeepalive = {PERSISTENT_KEEPALIVE_SECS}\n",
-                a.host_id, a.public_key, a.endpoint, a.overlay_ip
+                "\n# {}\n[Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = {allowed}\nPersistentKeepalive = {}\n",
+                a.host_id,
+                a.public_key,
+                a.endpoint,
+                PERSISTENT_KEEPALIVE.as_secs()
             );
         }
         out
@@ -74,6 +80,7 @@ mod tests {
             public_key: format!("{id}-key="),
             endpoint: endpoint.parse().unwrap(),
             overlay_ip: ip.parse().unwrap(),
+            routes: vec![],
         }
     }
 
@@ -110,6 +117,26 @@ Endpoint = 198.51.100.7:8055
 AllowedIPs = 10.77.0.10/32
 PersistentKeepalive = 25
 "
+        );
+    }
+
+    #[test]
+    fn approved_prefixes_join_the_agents_allowed_ips() {
+        let mut a = agent("node-a", "10.77.0.2", "203.0.113.5:8055");
+        a.routes = vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "192.168.50.0/24".parse().unwrap(),
+        ];
+        let config = ExternalPeerConfig {
+            network: "k8s".into(),
+            host_id: "ext-laptop".into(),
+            address: "10.77.0.9/24".parse().unwrap(),
+            agents: vec![a],
+        };
+        let text = config.render();
+        assert!(
+            text.contains("\nAllowedIPs = 10.77.0.2/32, 10.244.1.0/24, 192.168.50.0/24\n"),
+            "{text}"
         );
     }
 

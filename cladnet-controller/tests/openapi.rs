@@ -5,7 +5,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cladnet_controller::{error::ControllerError, model::PeerState, validate::COMMANDS};
+use cladnet_controller::{
+    error::ControllerError,
+    model::PeerState,
+    routes::{ExitNodes, RouteApproval, RouteState},
+    validate::COMMANDS,
+};
 use cladnet_core::policy::{Encryption, LinkMode, RuleType, Scope};
 use cladnet_proto::v1 as pb;
 use serde::Serialize;
@@ -83,6 +88,24 @@ const ROUTES: &[(&str, &str, Option<&str>, Option<&str>)] = &[
     ),
     (
         "get",
+        "/v1/cladnet/{cladnetId}/route",
+        None,
+        Some("ListRoutesResponse"),
+    ),
+    (
+        "post",
+        "/v1/cladnet/{cladnetId}/route/approve",
+        Some("RouteDecisionRequest"),
+        Some("Route"),
+    ),
+    (
+        "post",
+        "/v1/cladnet/{cladnetId}/route/reject",
+        Some("RouteDecisionRequest"),
+        Some("Route"),
+    ),
+    (
+        "get",
         "/v1/cladnet/{cladnetId}/stats",
         None,
         Some("NetworkStats"),
@@ -156,6 +179,9 @@ const SCHEMAS: &[&str] = &[
     "UpdatePeerDetailsRequest",
     "AddExternalPeerRequest",
     "ExternalPeerConfig",
+    "Route",
+    "ListRoutesResponse",
+    "RouteDecisionRequest",
     "RecommendAddressSpaceRequest",
     "RecommendAddressSpaceResponse",
     "SendCommandResponse",
@@ -742,6 +768,20 @@ fn enums_match_the_code() {
     });
     assert_eq!(enum_of(&link["peerScope"]), set(scopes));
 
+    let allowed = |e: cladnet_core::policy::PolicyParseError| set(e.allowed.split_whitespace());
+    assert_eq!(
+        enum_of(&network["routeApproval"]),
+        allowed("?".parse::<RouteApproval>().expect_err("not an approval"))
+    );
+    assert_eq!(
+        enum_of(&network["exitNodes"]),
+        allowed("?".parse::<ExitNodes>().expect_err("not a setting"))
+    );
+    assert_eq!(
+        enum_of(&properties(&doc, "Route")["state"]),
+        allowed("?".parse::<RouteState>().expect_err("not a state"))
+    );
+
     let command = deref(&doc, &doc["components"]["parameters"]["commandType"]);
     assert_eq!(command["name"], "commandType");
     assert_eq!(enum_of(&command["schema"]), set(COMMANDS));
@@ -840,6 +880,8 @@ fn network() -> pb::Network {
         rule_type: "cost-prioritized".into(),
         encryption: "inter-site".into(),
         revision: 42,
+        route_approval: "manual".into(),
+        exit_nodes: "allow".into(),
     }
 }
 
@@ -880,10 +922,23 @@ fn peer() -> pb::Peer {
             peer_scope: "inter".into(),
             state: "joining".into(),
             path_mtu: 1400,
+            path: "relay".into(),
+            via: "node-c".into(),
         }],
         revision: 7,
         node_index: 4_000_000_000,
         external: true,
+        routes: vec![route()],
+    }
+}
+
+fn route() -> pb::Route {
+    pb::Route {
+        host_id: "node-a".into(),
+        prefix: "10.244.3.0/24".into(),
+        state: "approved".into(),
+        advertised_at: 1_700_000_000,
+        decided_at: 1_700_000_060,
     }
 }
 
@@ -915,6 +970,8 @@ fn peer_stats() -> pb::PeerStats {
         handshake_age_seconds: 12,
         last_rx_age_seconds: -1,
         path_mtu: 1400,
+        path: "relay".into(),
+        via: "node-c".into(),
     }
 }
 
@@ -988,6 +1045,23 @@ fn schemas_match_the_proto_json() {
             public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
             endpoint: "198.51.100.20:51820".into(),
             ip: "10.77.0.50".into(),
+        },
+    );
+    check_message(d, "Route", &route());
+    check_message(
+        d,
+        "ListRoutesResponse",
+        &pb::ListRoutesResponse {
+            routes: vec![route()],
+        },
+    );
+    check_message(
+        d,
+        "RouteDecisionRequest",
+        &pb::RouteDecisionRequest {
+            cladnet_id: String::new(), // from the path
+            host_id: "node-a".into(),
+            prefix: "10.244.3.0/24".into(),
         },
     );
     check_message(

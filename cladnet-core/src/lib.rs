@@ -2,8 +2,7 @@
 //! clocks and no randomness of its own, so that every peer computes the same answer.
 #![forbid(unsafe_code)]
 
-pub mod offload;
+pub mod node;
 pub mod pmtu;
 pub mod policy;
-pub mod reflector;
-pub mod table;
+pub mod relay;

@@ -3,9 +3,14 @@
 //! Both ends of a pair compute the link from the network's policy and the two peers' site
 //! labels, so they always agree on the mode (PLAIN or SEALED) without talking to each other.
 
-use std::{fmt, net::SocketAddrV4, str::FromStr};
+use std::{net::SocketAddrV4, time::Duration};
 
 use serde::{Deserialize, Serialize};
+
+/// Keepalive interval of a SEALED (WireGuard) link, between agents and asked of external
+/// WireGuard clients alike: keeps NAT mappings open in both directions, so either end can
+/// send to a peer it could not reach before the peer sent first.
+pub const PERSISTENT_KEEPALIVE: Duration = Duration::from_secs(25);
 
 /// Which underlay endpoint of a peer to use (cb-network's rule types).
 #[derive(Clone, Copy, Debug, Default, Deserialize, Eq, PartialEq, Serialize)]
@@ -43,6 +48,10 @@ pub struct PolicyParseError {
     pub allowed: &'static str,
 }
 
+/// Implements `as_str`, `Display` and `FromStr` (with [`PolicyParseError`]) for an enum of API
+/// names: `named_enum!(Type, "fieldName", Type::A => "a", Type::B => "b")`. Exported for the
+/// controller's settings of the same kind.
+#[macro_export]
 macro_rules! named_enum {
     ($ty:ty, $field:literal, $($variant:path => $name:literal),+) => {
         impl $ty {
@@ -52,19 +61,19 @@ macro_rules! named_enum {
             }
         }
 
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::core::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl FromStr for $ty {
-            type Err = PolicyParseError;
+        impl ::core::str::FromStr for $ty {
+            type Err = $crate::policy::PolicyParseError;
 
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
+            fn from_str(s: &str) -> ::core::result::Result<Self, Self::Err> {
                 match s {
                     $($name => Ok($variant),)+
-                    _ => Err(PolicyParseError {
+                    _ => Err($crate::policy::PolicyParseError {
                         field: $field,
                         value: s.to_owned(),
                         allowed: concat!($($name, " "),+),

@@ -28,7 +28,10 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use cladnet_common::maps::{KernelDrop, StatSlot};
+use cladnet_common::{
+    maps::{KernelDrop, StatSlot},
+    wire::{IPPROTO_TCP, IPPROTO_UDP},
+};
 use maps::{count, count_drop, count_peer};
 use parse::{ETH_HDR_LEN, ETH_P_IPV4};
 use ptr::{ptr_at, read_at};
@@ -137,9 +140,6 @@ fn tc_rx_segments(ctx: &TcContext, d: &Decap) -> (u64, u64) {
     let segs = payload.div_ceil(gso_size).max(1);
     (segs as u64, (d.inner_len + (segs - 1) * hdrs) as u64)
 }
-
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 
 /// TC egress on the overlay (TUN) device: encapsulates packets for PLAIN peers.
 #[classifier]

@@ -1,27 +1,29 @@
-//! The maps (layouts and names in `cladnet_common::maps`) and the counting helpers.
+//! The maps (layouts and names in `cladnet_common::maps`) and the counting helpers. The sizes
+//! here are the defaults; the agent sets the peer maps' sizes when it loads the object.
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use cladnet_common::maps::{
-    Config, Counters, EndpointEntry, EndpointKey, KernelDrop, MAX_PEERS, MAX_PREFIXES,
-    PeerCounters, PeerEntry, StatSlot,
+    Config, Counters, DEFAULT_MAX_PEERS, DEFAULT_MAX_PREFIXES, EndpointEntry, EndpointKey,
+    KernelDrop, PeerCounters, PeerEntry, StatSlot,
 };
 
 /// Overlay prefix -> peer (TX).
 #[map(name = "PEERS")]
-pub(crate) static PEERS: LpmTrie<[u8; 4], PeerEntry> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+pub(crate) static PEERS: LpmTrie<[u8; 4], PeerEntry> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_PREFIXES, 0);
 
 /// Underlay endpoint -> peer (RX validation).
 #[map(name = "ENDPOINTS")]
 pub(crate) static ENDPOINTS: HashMap<EndpointKey, EndpointEntry> =
-    HashMap::with_max_entries(MAX_PEERS, 0);
+    HashMap::with_max_entries(DEFAULT_MAX_PEERS, 0);
 
 /// Per-peer counters by slot.
 #[map(name = "PEER_STATS")]
 pub(crate) static PEER_STATS: PerCpuArray<PeerCounters> =
-    PerCpuArray::with_max_entries(MAX_PEERS, 0);
+    PerCpuArray::with_max_entries(DEFAULT_MAX_PEERS, 0);
 
 /// Drops by reason.
 #[map(name = "DROPS")]

@@ -1,9 +1,8 @@
 //! Outer header parsing of underlay frames (Ethernet + IPv4 + UDP to the tunnel port).
 
 use cladnet_common::{
-    encap::IPPROTO_UDP,
     maps::Config,
-    wire::{IPV4_HDR_LEN, UDP_HDR_LEN},
+    wire::{IPPROTO_UDP, IPV4_HDR_LEN, UDP_HDR_LEN},
 };
 
 use crate::ptr::read_at;

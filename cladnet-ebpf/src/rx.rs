@@ -5,12 +5,14 @@
 use cladnet_common::{
     maps::{EndpointKey, KernelDrop, StatSlot},
     plain::{DropReason, KnownPeer},
-    rx::{INNER_HDR_LEN, InnerFit, Reject, check_destination, check_inner, classify},
+    rx::{INNER_HDR_LEN, InnerFit, Owner, Reject, check_destination_in, check_inner, classify},
     wire::{CLAD_HDR_LEN, PLAIN_OVERHEAD_V4},
 };
 
+use aya_ebpf::maps::lpm_trie::Key;
+
 use crate::{
-    maps::{ENDPOINTS, config, count},
+    maps::{ENDPOINTS, PEERS, config, count},
     parse::{ETH_HDR_LEN, NotTunnel, PAYLOAD_OFF, tunnel_datagram},
     ptr::read_at,
 };
@@ -46,6 +48,15 @@ pub(crate) enum Pass {
     ToSocket,
     /// Invalid: drop and count (charged to the peer at that endpoint, if any).
     Drop(KernelDrop, Option<u32>),
+}
+
+/// Who owns `ip`: the longest prefix in `PEERS` (a peer's /32 or approved prefix, or one of
+/// this node's own prefixes).
+#[inline(always)]
+fn owner(ip: [u8; 4]) -> Owner {
+    PEERS
+        .get(&Key::new(32, ip))
+        .map_or(Owner::Nobody, |e| e.owner())
 }
 
 /// Validates the frame in `[start, end)` (full length `frame_len`).
@@ -113,9 +124,9 @@ pub(crate) fn try_decap(start: usize, end: usize, frame_len: usize) -> Result<De
         node_index: peer.node_index,
         overlay_ip: peer.overlay_ip,
     };
-    match check_inner(&hdr, inner_len, &known) {
+    match check_inner(&hdr, inner_len, &known, owner) {
         Ok(InnerFit::Exact) => {
-            check_destination(&hdr, cfg.local_overlay_ip())
+            check_destination_in(&hdr, cfg.local_overlay_ip(), owner)
                 .map_err(|reason| Pass::Drop(reason.into(), slot))?;
             Ok(Decap {
                 slot: peer.slot,

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use cladnet_common::{
     encap::OuterV4,
     maps::{Config, KernelDrop},
-    wire::{IPV4_HDR_LEN, PLAIN_OVERHEAD_V4},
+    wire::{IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, PLAIN_OVERHEAD_V4},
 };
 
 use crate::{
@@ -30,9 +30,6 @@ pub(crate) enum Skip {
     /// Dropped after the packet was modified, or too big for the underlay.
     Drop(KernelDrop, u32),
 }
-
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 
 /// Encapsulates the packet for its PLAIN peer; returns the redirect verdict.
 #[inline(always)]

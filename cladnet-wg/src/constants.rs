@@ -55,6 +55,15 @@ pub const UNDER_LOAD_LINGER: Duration = Duration::from_secs(1);
 pub const HANDSHAKES_PER_SECOND_PER_SOURCE: u64 = 20;
 /// Burst of such messages accepted from one source address (`PACKETS_BURST`).
 pub const HANDSHAKE_BURST_PER_SOURCE: u64 = 5;
+/// Under load, cookie replies sent per second to one source address (not in the kernel,
+/// which answers every message without mac2; see [`crate::HandshakeGate`]).
+pub const COOKIE_REPLIES_PER_SECOND_PER_SOURCE: u64 = 20;
+/// Burst of cookie replies to one source address.
+pub const COOKIE_REPLY_BURST_PER_SOURCE: u64 = 5;
+/// Under load, cookie replies sent per second to all sources together.
+pub const COOKIE_REPLIES_PER_SECOND: u64 = 2_000;
+/// Burst of cookie replies to all sources together.
+pub const COOKIE_REPLY_BURST: u64 = 200;
 /// Maximum number of packets queued per peer while waiting for a handshake (the kernel's
 /// `MAX_STAGED_PACKETS`); the oldest packet is dropped when the queue is full.
 pub const MAX_QUEUED_PACKETS: usize = 128;
@@ -97,5 +106,22 @@ pub const fn encapsulate_buffer_len(plaintext_len: usize) -> usize {
         data
     } else {
         MIN_BUFFER_LEN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cladnet_common::wire::{IPV4_HDR_LEN, SEALED_OVERHEAD_V4, UDP_HDR_LEN};
+
+    use super::TRANSPORT_OVERHEAD;
+
+    /// `cladnet-common` (no_std, read by the eBPF programs) cannot depend on this crate, so it
+    /// spells the SEALED overhead out; this ties the two together.
+    #[test]
+    fn sealed_overhead_is_outer_headers_plus_transport_overhead() {
+        assert_eq!(
+            SEALED_OVERHEAD_V4,
+            IPV4_HDR_LEN + UDP_HDR_LEN + TRANSPORT_OVERHEAD
+        );
     }
 }

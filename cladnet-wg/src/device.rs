@@ -4,18 +4,20 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use snow::params::NoiseParams;
 
 use crate::action::{Action, Event, Outcome};
 use crate::constants::{INITIATION_LEN, REKEY_TIMEOUT};
+use crate::data::{PeerData, Transport};
 use crate::error::{ConfigError, Error};
 use crate::handshake;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::messages::{self, HandshakeMessage, Message};
 use crate::peer::{Ctx, PeerConfig, PeerCore, PeerStats};
-use crate::ratelimit::MacCheck;
+use crate::ratelimit::{MacCheck, ReadInitiation};
 use crate::rng::CryptoRandom;
 use crate::time::WallClock;
 
@@ -44,6 +46,15 @@ struct EarlyInitiation {
 pub struct PeerId {
     slot: u32,
     generation: u32,
+}
+
+impl PeerId {
+    /// The peer's slot in its device: the upper 24 bits of every receiver index its sessions
+    /// use (see [`crate::receiver_slot`]). Unique among the device's current peers.
+    #[must_use]
+    pub fn slot(self) -> u32 {
+        self.slot
+    }
 }
 
 impl fmt::Display for PeerId {
@@ -168,10 +179,18 @@ impl Device {
             }
             None => return Err(ConfigError::TooManyPeers),
         };
-        let mut seed = [0_u8; 1];
+        let mut seed = [0_u8; 9];
         self.rng.fill_bytes(&mut seed);
+        let jitter_seed = u64::from_le_bytes(seed[1..].try_into().unwrap_or_default());
         let entry = &mut self.slots[slot as usize];
-        entry.peer = Some(PeerCore::new(&config, slot << 8, seed[0], now));
+        entry.peer = Some(PeerCore::new(
+            &config,
+            slot << 8,
+            seed[0],
+            jitter_seed,
+            self.mtu,
+            now,
+        ));
         let id = PeerId {
             slot,
             generation: entry.generation,
@@ -251,8 +270,9 @@ impl Device {
     /// Tells whether we are under load. While it is set, handshake messages without a valid
     /// mac2 are answered with a cookie reply instead of being processed, which costs the sender
     /// a round trip and proves it owns its source address; those with a valid mac2 are limited
-    /// per source address (20 per second, bursts of 5; [`Error::RateLimited`] beyond). The
-    /// kernel sets this when its handshake queue is more than 1/8 full; the caller decides
+    /// per source address (20 per second, bursts of 5; [`Error::RateLimited`] beyond). Cookie
+    /// replies themselves are limited to 20 per second per source address (bursts of 5) and
+    /// 2000 per second in total ([`Error::CookieRateLimited`] beyond). The kernel sets this when its handshake queue is more than 1/8 full; the caller decides
     /// here, for instance with a [`crate::LoadTracker`] over its own queue.
     pub fn set_under_load(&mut self, under_load: bool) {
         self.under_load = under_load;
@@ -264,6 +284,16 @@ impl Device {
     /// default) always pads to 16.
     pub fn set_tunnel_mtu(&mut self, mtu: Option<usize>) {
         self.mtu = mtu;
+        for peer in self.slots.iter().filter_map(|s| s.peer.as_ref()) {
+            peer.set_mtu(mtu);
+        }
+    }
+
+    /// The data side of peer `id`: what packet threads seal and open its transport messages
+    /// with, without this device (see [`PeerData`]). The same `Arc` while the peer exists.
+    #[must_use]
+    pub fn peer_data(&self, id: PeerId) -> Option<Arc<PeerData>> {
+        self.peer(id).map(|p| p.data().clone())
     }
 
     /// Re-anchors the wall clock used for handshake timestamps.
@@ -286,7 +316,6 @@ impl Device {
             params,
             rng,
             wall,
-            mtu,
             slots,
             timer_cursor,
             ..
@@ -296,7 +325,6 @@ impl Device {
             local,
             rng: &mut **rng,
             wall: *wall,
-            mtu: *mtu,
         };
         (ctx, slots, timer_cursor)
     }
@@ -410,11 +438,10 @@ impl Device {
                 let Some(id) = self.peer_for_index(handshake::response_receiver(msg)) else {
                     return (None, Error::UnknownReceiverIndex.into());
                 };
-                let (mut ctx, slots, _) = self.split();
-                let Some(peer) = slots[id.slot as usize].peer.as_mut() else {
+                let Some(peer) = self.peer_mut(id) else {
                     return (None, Error::UnknownReceiverIndex.into());
                 };
-                (Some(id), peer.on_response(&mut ctx, now, src, msg, out))
+                (Some(id), peer.on_response(now, src, msg, out))
             }
             Message::CookieReply {
                 receiver,
@@ -428,10 +455,13 @@ impl Device {
                 counter,
                 sealed,
             } => {
-                let len = datagram.len();
-                self.with_receiver(receiver, |p| {
-                    p.on_transport(now, src, receiver, counter, sealed, len, out)
-                })
+                let message = Transport {
+                    receiver,
+                    counter,
+                    sealed,
+                    len: datagram.len(),
+                };
+                self.with_receiver(receiver, |p| p.on_transport(now, src, &message, out))
             }
         }
     }
@@ -463,21 +493,50 @@ impl Device {
                 Ok(consumed) => consumed,
                 Err(error) => return (None, error.into()),
             };
+        let Ok(bytes) = <[u8; INITIATION_LEN]>::try_from(msg.bytes) else {
+            return (None, Error::MalformedMessage.into());
+        };
+        self.initiation_read(now, src, ReadInitiation { consumed, bytes }, out)
+    }
+
+    /// Processes an initiation from `src` that a [`HandshakeGate`](crate::HandshakeGate)
+    /// checked and read (see [`crate::HandshakeGate::read_initiation`]): its initiator is
+    /// looked up among the peers, and the answer is a handshake response, as from
+    /// [`Device::decapsulate`]. The gate's key must be this device's.
+    pub fn accept_initiation<'a>(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        initiation: ReadInitiation,
+        out: &'a mut [u8],
+    ) -> (Option<PeerId>, Action<'a>) {
+        let (peer, outcome) = self.initiation_read(now, src, initiation, out);
+        if let Outcome::Err(error) = outcome {
+            tracing::trace!(%src, ?peer, %error, "dropped initiation");
+        }
+        (peer, outcome.into_action(out))
+    }
+
+    fn initiation_read(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        ReadInitiation { consumed, bytes }: ReadInitiation,
+        out: &mut [u8],
+    ) -> (Option<PeerId>, Outcome) {
         let Some(id) = self.peer_by_key(&consumed.initiator_static) else {
             tracing::debug!(%src, key = %consumed.initiator_static, "initiation from unknown static key");
-            if let Ok(bytes) = <[u8; INITIATION_LEN]>::try_from(msg.bytes) {
-                let key = consumed.initiator_static;
-                self.early.retain(|e| e.key != key);
-                if self.early.len() >= MAX_EARLY_INITIATIONS {
-                    self.early.pop_front();
-                }
-                self.early.push_back(EarlyInitiation {
-                    key,
-                    src,
-                    at: now,
-                    bytes,
-                });
+            let key = consumed.initiator_static;
+            self.early.retain(|e| e.key != key);
+            if self.early.len() >= MAX_EARLY_INITIATIONS {
+                self.early.pop_front();
             }
+            self.early.push_back(EarlyInitiation {
+                key,
+                src,
+                at: now,
+                bytes,
+            });
             return (None, Error::UnknownPeer.into());
         };
         let outcome = self.peer_mut(id).map_or(Error::UnknownPeer.into(), |peer| {

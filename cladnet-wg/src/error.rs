@@ -34,6 +34,11 @@ pub enum Error {
     /// already sent more than its share (20 per second, bursts of 5).
     #[error("handshake messages from this source arrive too fast while under load")]
     RateLimited,
+    /// Under load, a handshake message without a valid mac2 got no cookie reply: its source
+    /// address (20 per second, bursts of 5) or all sources together (2000 per second) already
+    /// got their share of cookie replies.
+    #[error("cookie replies to this source (or to all sources) are going out too fast")]
+    CookieRateLimited,
     /// A cookie reply did not decrypt or was not expected.
     #[error("invalid or unexpected cookie reply")]
     InvalidCookieReply,
@@ -51,6 +56,11 @@ pub enum Error {
     /// caller tried to encapsulate an empty packet.
     #[error("invalid inner IP packet")]
     InvalidInnerPacket,
+    /// No session can send to the peer, or packets already wait for one: returned by
+    /// [`crate::PeerData::encapsulate`] only; pass the packet to [`crate::Device::encapsulate`],
+    /// which queues it and starts a handshake.
+    #[error("no session to send on; the device must queue the packet")]
+    NoSession,
     /// The peer has no known endpoint, so nothing can be sent to it yet.
     #[error("peer has no known endpoint")]
     NoEndpoint,

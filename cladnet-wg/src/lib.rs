@@ -53,9 +53,11 @@
 mod action;
 pub mod constants;
 mod cookie;
+mod data;
 mod device;
 mod error;
 mod handshake;
+mod inner;
 mod keys;
 mod messages;
 mod peer;
@@ -63,6 +65,7 @@ mod ratelimit;
 mod replay;
 mod rng;
 mod session;
+mod single;
 mod time;
 mod timers;
 
@@ -72,13 +75,15 @@ extern crate self as cladnet_wg;
 mod tests;
 
 pub use action::{Action, Event};
+pub use data::{PeerData, receiver_slot};
 pub use device::{Device, PeerId};
 pub use error::{ConfigError, Error};
 pub use keys::{KEY_LEN, KeyParseError, PresharedKey, PrivateKey, PublicKey};
 pub use messages::{MessageType, message_type};
-pub use peer::{Peer, PeerConfig, PeerStats};
-pub use ratelimit::{GateVerdict, HandshakeGate, LoadTracker};
+pub use peer::{PeerConfig, PeerStats};
+pub use ratelimit::{GateVerdict, HandshakeGate, LoadTracker, ReadInitiation};
 pub use rng::CryptoRandom;
+pub use single::Peer;
 pub use time::WallClock;
 
 /// The agent moves devices and peers between threads.
@@ -86,4 +91,6 @@ const _: () = {
     const fn assert_send<T: Send>() {}
     assert_send::<Device>();
     assert_send::<Peer>();
+    const fn assert_sync<T: Send + Sync>() {}
+    assert_sync::<PeerData>();
 };

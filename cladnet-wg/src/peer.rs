@@ -1,26 +1,29 @@
 //! One remote peer: handshake state, keypairs, timers and the queue of packets waiting for a
-//! session. [`Peer`] is the standalone, single-peer API; a [`crate::Device`] holds many.
+//! session. A [`crate::Device`] holds many; [`crate::Peer`] (in `single.rs`) is the standalone,
+//! single-peer API built on a one-peer device.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use snow::HandshakeState;
 use snow::params::NoiseParams;
 
-use crate::action::{Action, Event, Outcome};
+use crate::action::{Event, Outcome};
 use crate::constants::{
     INITIATIONS_PER_SECOND, KEEPALIVE_TIMEOUT, MAX_QUEUED_PACKETS, MAX_TIMER_HANDSHAKES,
     REJECT_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX, RESPONSE_LEN,
 };
 use crate::cookie::PeerCookie;
-use crate::device::{Device, PeerId};
-use crate::error::{ConfigError, Error};
+use crate::data::{PeerData, Transport};
+use crate::error::Error;
 use crate::handshake::{self, ConsumedInitiation};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::messages::HandshakeMessage;
 use crate::rng::{CryptoRandom, jitter};
-use crate::session::{Keypair, Keypairs, Slot};
+use crate::session::{Keypair, Keypairs};
 use crate::time::{Tai64N, WallClock};
 use crate::timers::{Timers, expired};
 
@@ -75,8 +78,6 @@ pub(crate) struct Ctx<'a> {
     pub(crate) local: &'a PrivateKey,
     pub(crate) rng: &'a mut dyn CryptoRandom,
     pub(crate) wall: WallClock,
-    /// Tunnel MTU, capping the padding of transport messages.
-    pub(crate) mtu: Option<usize>,
 }
 
 /// Bounded FIFO of packets waiting for a session; buffers are recycled.
@@ -140,12 +141,14 @@ struct PendingInitiation {
 
 const MAX_EVENTS: usize = 64;
 
-/// The protocol state of one remote peer. Owned by a [`Device`].
+/// The protocol state of one remote peer: the control side, owned by a [`crate::Device`]. Its
+/// data side ([`PeerData`]: keypairs, endpoint, the timers packets move, counters) is shared
+/// with the packet threads; every call here first takes over what they left (`sync`).
 pub(crate) struct PeerCore {
     remote: PublicKey,
     psk: PresharedKey,
     cookie: PeerCookie,
-    endpoint: Option<SocketAddr>,
+    data: Arc<PeerData>,
     /// Upper 24 bits of every local index of this peer (the device slot).
     index_prefix: u32,
     index_low: u8,
@@ -153,7 +156,6 @@ pub(crate) struct PeerCore {
     last_timestamp: Option<Tai64N>,
     last_initiation_consumed: Option<Instant>,
     last_sent_handshake: Option<Instant>,
-    keypairs: Keypairs,
     timers: Timers,
     queue: PacketQueue,
     events: VecDeque<Event>,
@@ -161,7 +163,9 @@ pub(crate) struct PeerCore {
     want_initiation: Option<bool>,
     want_keepalive: bool,
     last_now: Instant,
-    stats: PeerStats,
+    /// When the last handshake completed.
+    last_handshake: Option<Instant>,
+    queue_dropped: u64,
 }
 
 impl PeerCore {
@@ -169,35 +173,48 @@ impl PeerCore {
         config: &PeerConfig,
         index_prefix: u32,
         index_seed: u8,
+        jitter_seed: u64,
+        mtu: Option<usize>,
         now: Instant,
     ) -> Self {
-        let timers = Timers::new(config.persistent_keepalive);
+        let interval = config.persistent_keepalive.filter(|d| !d.is_zero());
         // As `wg set ... persistent-keepalive` does, bring the tunnel up at once.
-        let want_keepalive = timers.persistent_interval.is_some() && config.endpoint.is_some();
+        let want_keepalive = interval.is_some() && config.endpoint.is_some();
         Self {
             remote: config.public_key,
             psk: config.preshared_key.clone().unwrap_or_default(),
             cookie: PeerCookie::new(&config.public_key),
-            endpoint: config.endpoint,
+            data: Arc::new(PeerData::new(
+                now,
+                config.endpoint,
+                interval,
+                jitter_seed,
+                mtu,
+            )),
             index_prefix,
             index_low: index_seed,
             pending: None,
             last_timestamp: None,
             last_initiation_consumed: None,
             last_sent_handshake: None,
-            keypairs: Keypairs::default(),
-            timers,
+            timers: Timers::default(),
             queue: PacketQueue::new(config.max_queued_packets),
             events: VecDeque::new(),
             want_initiation: None,
             want_keepalive,
             last_now: now,
-            stats: PeerStats::default(),
+            last_handshake: None,
+            queue_dropped: 0,
         }
     }
 
     pub(crate) fn public_key(&self) -> &PublicKey {
         &self.remote
+    }
+
+    /// The data side, for packet threads.
+    pub(crate) fn data(&self) -> &Arc<PeerData> {
+        &self.data
     }
 
     /// Asks for a keepalive (or, without a session, a handshake) at the next `update_timers`.
@@ -206,26 +223,49 @@ impl PeerCore {
     }
 
     pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
-        self.endpoint
+        self.data.endpoint()
     }
 
     pub(crate) fn stats(&self) -> PeerStats {
-        self.stats
+        PeerStats {
+            tx_bytes: self.data.tx_bytes.load(Relaxed),
+            rx_bytes: self.data.rx_bytes.load(Relaxed),
+            last_handshake: self.last_handshake,
+            queue_dropped: self.queue_dropped,
+        }
     }
 
     /// Sets the endpoint from configuration; queued packets get a handshake attempt.
     pub(crate) fn set_endpoint(&mut self, endpoint: SocketAddr) {
-        self.endpoint = Some(endpoint);
+        self.sync();
+        self.data.set_endpoint(endpoint);
         if !self.queue.is_empty() && self.want_initiation.is_none() {
             self.want_initiation = Some(false);
         }
     }
 
-    /// Follows the peer to the source of an authenticated packet.
-    fn roam(&mut self, src: SocketAddr) {
-        if self.endpoint != Some(src) {
-            self.endpoint = Some(src);
-            self.push_event(Event::EndpointChanged { endpoint: src });
+    pub(crate) fn set_mtu(&self, mtu: Option<usize>) {
+        self.data.set_mtu(mtu);
+    }
+
+    /// Takes over what packet threads left in the data side: events (roaming, a responder's
+    /// session confirmed by its first packet) and requests for a handshake (rekey due).
+    pub(crate) fn sync(&mut self) {
+        let mut events = Vec::new();
+        let Some((confirmed, want_initiation)) = self.data.take_for_control(&mut events) else {
+            return;
+        };
+        if let Some(at) = confirmed {
+            self.timers.handshake_complete();
+            self.data.sent_lastminute_handshake.store(false, Relaxed);
+            self.last_handshake = Some(at);
+            tracing::debug!(peer = %self.remote, "handshake completed as responder");
+        }
+        for event in events {
+            self.push_event(event);
+        }
+        if want_initiation {
+            self.request_initiation();
         }
     }
 
@@ -237,6 +277,7 @@ impl PeerCore {
     }
 
     pub(crate) fn poll_event(&mut self) -> Option<Event> {
+        self.sync();
         self.events.pop_front()
     }
 
@@ -245,7 +286,7 @@ impl PeerCore {
         self.pending
             .as_ref()
             .is_some_and(|p| p.local_index == index)
-            || self.keypairs.uses_index(index)
+            || self.data.uses_index(index)
     }
 
     fn alloc_index(&mut self) -> u32 {
@@ -258,21 +299,19 @@ impl PeerCore {
         }
     }
 
-    fn can_send(&self, now: Instant) -> bool {
-        self.keypairs
-            .current
-            .as_ref()
-            .is_some_and(|k| k.can_send(now))
-    }
-
     fn can_flush(&self, now: Instant) -> bool {
-        !self.queue.is_empty() && self.endpoint.is_some() && self.can_send(now)
+        !self.queue.is_empty() && self.data.endpoint().is_some() && self.data.can_send(now)
     }
 
     fn request_initiation(&mut self) {
         if self.want_initiation.is_none() {
             self.want_initiation = Some(false);
         }
+    }
+
+    /// Tells packet threads whether packets wait for a session (new ones queue behind them).
+    fn queue_changed(&self) {
+        self.data.queued.store(!self.queue.is_empty(), Relaxed);
     }
 
     /// Encrypts one inner packet for the peer, or queues it and starts a handshake.
@@ -283,64 +322,40 @@ impl PeerCore {
         packet: &[u8],
         out: &mut [u8],
     ) -> Outcome {
+        self.sync();
         self.last_now = now;
         if packet.is_empty() {
             return Error::InvalidInnerPacket.into();
         }
-        if self.queue.is_empty() && self.can_send(now) {
-            return self.send_packet(ctx, now, packet, out);
+        if self.queue.is_empty() && self.data.can_send(now) {
+            return self.send_packet(now, packet, out);
         }
         if self.queue.push(packet) {
-            self.stats.queue_dropped += 1;
+            self.queue_dropped += 1;
         }
+        self.queue_changed();
         if self.can_flush(now) {
-            return self.flush_one(ctx, now, out);
+            return self.flush_one(now, out);
         }
         self.initiate(ctx, now, false, out)
     }
 
     /// Seals `packet` (empty: a keepalive) with the current keypair.
-    fn send_packet(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        now: Instant,
-        packet: &[u8],
-        out: &mut [u8],
-    ) -> Outcome {
-        let Some(to) = self.endpoint else {
-            return Error::NoEndpoint.into();
+    fn send_packet(&mut self, now: Instant, packet: &[u8], out: &mut [u8]) -> Outcome {
+        let outcome = match self.data.seal(now, packet, out) {
+            Ok((len, to)) => Outcome::Network { len, to },
+            Err(error) => error.into(),
         };
-        let Some(keypair) = self
-            .keypairs
-            .current
-            .as_deref_mut()
-            .filter(|k| k.can_send(now))
-        else {
-            return Error::KeypairExpired.into();
-        };
-        let len = match keypair.seal(packet, ctx.mtu, out) {
-            Ok(len) => len,
-            Err(error) => return error.into(),
-        };
-        let rekey = keypair.wants_rekey_on_send(now);
-        self.timers.packet_traversal(now);
-        self.timers.packet_sent();
-        if !packet.is_empty() && self.timers.new_handshake.is_none() {
-            self.timers
-                .data_sent(now, jitter(ctx.rng, REKEY_TIMEOUT_JITTER_MAX));
-        }
-        if rekey {
-            self.request_initiation();
-        }
-        self.stats.tx_bytes += len as u64;
-        Outcome::Network { len, to }
+        self.sync();
+        outcome
     }
 
-    fn flush_one(&mut self, ctx: &mut Ctx<'_>, now: Instant, out: &mut [u8]) -> Outcome {
+    fn flush_one(&mut self, now: Instant, out: &mut [u8]) -> Outcome {
         let Some(packet) = self.queue.pop() else {
             return Outcome::Done;
         };
-        let outcome = self.send_packet(ctx, now, &packet, out);
+        self.queue_changed();
+        let outcome = self.send_packet(now, &packet, out);
         self.queue.recycle(packet);
         outcome
     }
@@ -362,7 +377,7 @@ impl PeerCore {
         {
             return Outcome::Done;
         }
-        let Some(to) = self.endpoint else {
+        let Some(to) = self.data.endpoint() else {
             return Error::NoEndpoint.into();
         };
         let local_index = self.alloc_index();
@@ -384,11 +399,11 @@ impl PeerCore {
         self.cookie.stamp(now, &mut out[..len]);
         self.pending = Some(PendingInitiation { state, local_index });
         self.last_sent_handshake = Some(now);
-        self.timers.packet_traversal(now);
-        self.timers.packet_sent();
+        self.data.timers.packet_traversal(now);
+        self.data.timers.packet_sent();
         self.timers
             .handshake_initiated(now, jitter(ctx.rng, REKEY_TIMEOUT_JITTER_MAX));
-        self.stats.tx_bytes += len as u64;
+        self.data.tx_bytes.fetch_add(len as u64, Relaxed);
         tracing::debug!(peer = %self.remote, retry = is_retry, "sending handshake initiation");
         Outcome::Network { len, to }
     }
@@ -401,6 +416,7 @@ impl PeerCore {
         mut consumed: ConsumedInitiation,
         out: &mut [u8],
     ) -> Outcome {
+        self.sync();
         self.last_now = now;
         if self
             .last_timestamp
@@ -434,21 +450,19 @@ impl PeerCore {
         // retransmission 5 s later. Kept, that response completes our handshake as initiator;
         // the peer's keypair for its own handshake moves to `previous`, where it still
         // decrypts what the peer sends on it. Data flows after one round trip.
-        self.keypairs.insert(Keypair::new(
-            &keys,
-            local_index,
-            consumed.sender_index,
-            now,
-            false,
-        ));
-        self.roam(src);
+        let keypair = Keypair::new(&keys, local_index, consumed.sender_index, now, false);
+        self.data.update_keypairs(|k| k.insert(keypair));
+        self.data.roam(now, src);
         self.last_sent_handshake = Some(now);
-        self.timers.packet_received();
-        self.timers.packet_traversal(now);
+        self.data.timers.packet_received();
+        self.data.timers.packet_traversal(now);
         self.timers.session_derived(now);
-        self.timers.packet_sent();
-        self.stats.rx_bytes += crate::constants::INITIATION_LEN as u64;
-        self.stats.tx_bytes += RESPONSE_LEN as u64;
+        self.data.timers.packet_sent();
+        self.data
+            .rx_bytes
+            .fetch_add(crate::constants::INITIATION_LEN as u64, Relaxed);
+        self.data.tx_bytes.fetch_add(RESPONSE_LEN as u64, Relaxed);
+        self.sync();
         tracing::debug!(peer = %self.remote, "answered handshake initiation");
         Outcome::Network {
             len: RESPONSE_LEN,
@@ -459,12 +473,12 @@ impl PeerCore {
     /// Completes our handshake with a response addressed to our pending initiation.
     pub(crate) fn on_response(
         &mut self,
-        ctx: &mut Ctx<'_>,
         now: Instant,
         src: SocketAddr,
         msg: HandshakeMessage<'_>,
         out: &mut [u8],
     ) -> Outcome {
+        self.sync();
         self.last_now = now;
         let receiver = handshake::response_receiver(msg);
         let Some(pending) = self.pending.as_mut().filter(|p| p.local_index == receiver) else {
@@ -476,22 +490,24 @@ impl PeerCore {
         };
         let local_index = pending.local_index;
         self.pending = None;
-        self.keypairs
-            .insert(Keypair::new(&keys, local_index, msg.sender(), now, true));
-        self.roam(src);
-        self.timers.packet_received();
-        self.timers.packet_traversal(now);
+        let keypair = Keypair::new(&keys, local_index, msg.sender(), now, true);
+        self.data.update_keypairs(|k| k.insert(keypair));
+        self.data.roam(now, src);
+        self.sync();
+        self.data.timers.packet_received();
+        self.data.timers.packet_traversal(now);
         self.timers.session_derived(now);
         self.timers.handshake_complete();
-        self.stats.last_handshake = Some(now);
-        self.stats.rx_bytes += RESPONSE_LEN as u64;
+        self.data.sent_lastminute_handshake.store(false, Relaxed);
+        self.last_handshake = Some(now);
+        self.data.rx_bytes.fetch_add(RESPONSE_LEN as u64, Relaxed);
         self.push_event(Event::HandshakeCompleted { initiator: true });
         tracing::debug!(peer = %self.remote, "handshake completed as initiator");
         // Confirm the session to the responder: with queued data, else a keepalive.
         if self.can_flush(now) {
-            self.flush_one(ctx, now, out)
+            self.flush_one(now, out)
         } else {
-            self.send_packet(ctx, now, &[], out)
+            self.send_packet(now, &[], out)
         }
     }
 
@@ -512,63 +528,19 @@ impl PeerCore {
         }
     }
 
-    /// Decrypts a transport message addressed to one of our keypairs.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the fields of a parsed transport message"
-    )]
+    /// Decrypts a transport message addressed to one of our keypairs (through the data side,
+    /// as a packet thread would), then takes over what it observed.
     pub(crate) fn on_transport(
         &mut self,
         now: Instant,
         src: SocketAddr,
-        receiver: u32,
-        counter: u64,
-        sealed: &[u8],
-        datagram_len: usize,
+        message: &Transport<'_>,
         out: &mut [u8],
     ) -> Outcome {
         self.last_now = now;
-        let Some((slot, keypair)) = self.keypairs.find(receiver) else {
-            return Error::UnknownReceiverIndex.into();
-        };
-        if !keypair.can_receive(now) {
-            return Error::KeypairExpired.into();
-        }
-        let len = match keypair.open(counter, sealed, out) {
-            Ok(len) => len,
-            Err(error) => return error.into(),
-        };
-        if slot == Slot::Next {
-            self.keypairs.confirm_next();
-            self.timers.handshake_complete();
-            self.stats.last_handshake = Some(now);
-            self.push_event(Event::HandshakeCompleted { initiator: false });
-            tracing::debug!(peer = %self.remote, "handshake completed as responder");
-        }
-        // The initiator renews a keypair that will soon be rejected, if traffic still flows.
-        let last_minute = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
-        if !self.timers.sent_lastminute_handshake
-            && self
-                .keypairs
-                .current
-                .as_ref()
-                .is_some_and(|k| k.initiator && k.can_send(now) && k.age(now) >= last_minute)
-        {
-            self.timers.sent_lastminute_handshake = true;
-            self.request_initiation();
-        }
-        self.timers.packet_received();
-        self.timers.packet_traversal(now);
-        self.roam(src);
-        self.stats.rx_bytes += datagram_len as u64;
-        if len == 0 {
-            return Outcome::Done;
-        }
-        self.timers.data_received(now);
-        match inner_packet(&out[..len]) {
-            Some((len, source)) => Outcome::Tunnel { len, source },
-            None => Error::InvalidInnerPacket.into(),
-        }
+        let outcome = self.data.open(now, src, message, out);
+        self.sync();
+        outcome
     }
 
     /// Runs expired timers and returns the next datagram to send, if any.
@@ -578,17 +550,21 @@ impl PeerCore {
         now: Instant,
         out: &mut [u8],
     ) -> Outcome {
+        self.sync();
         self.last_now = now;
+        let data = self.data.clone();
+        let (epoch, dt) = (data.timers.epoch, &data.timers);
         if expired(&mut self.timers.zero_key_material, now) {
-            self.keypairs.clear();
+            self.data.update_keypairs(|k| *k = Keypairs::default());
             self.pending = None;
             self.push_event(Event::KeysErased);
             tracing::debug!(peer = %self.remote, "erased session keys");
         }
         if expired(&mut self.timers.retransmit_handshake, now) {
             if self.timers.handshake_attempts > MAX_TIMER_HANDSHAKES {
-                self.timers.send_keepalive = None;
-                self.stats.queue_dropped += self.queue.clear() as u64;
+                dt.send_keepalive.set(epoch, None);
+                self.queue_dropped += self.queue.clear() as u64;
+                self.queue_changed();
                 if self.timers.zero_key_material.is_none() {
                     self.timers.zero_key_material = Some(now + REJECT_AFTER_TIME * 3);
                 }
@@ -599,17 +575,16 @@ impl PeerCore {
                 self.want_initiation = Some(true);
             }
         }
-        if expired(&mut self.timers.send_keepalive, now) {
+        if dt.send_keepalive.take_expired(epoch, now) {
             self.want_keepalive = true;
-            if self.timers.need_another_keepalive {
-                self.timers.need_another_keepalive = false;
-                self.timers.send_keepalive = Some(now + KEEPALIVE_TIMEOUT);
+            if dt.need_another_keepalive.swap(false, Relaxed) {
+                dt.send_keepalive.set(epoch, Some(now + KEEPALIVE_TIMEOUT));
             }
         }
-        if expired(&mut self.timers.new_handshake, now) {
+        if dt.new_handshake.take_expired(epoch, now) {
             self.request_initiation();
         }
-        if expired(&mut self.timers.persistent_keepalive, now) {
+        if dt.persistent_keepalive.take_expired(epoch, now) {
             self.want_keepalive = true;
         }
 
@@ -620,11 +595,11 @@ impl PeerCore {
             }
         }
         if self.can_flush(now) {
-            return self.flush_one(ctx, now, out);
+            return self.flush_one(now, out);
         }
         if std::mem::take(&mut self.want_keepalive) {
-            return if self.can_send(now) {
-                self.send_packet(ctx, now, &[], out)
+            return if self.data.can_send(now) {
+                self.send_packet(now, &[], out)
             } else {
                 self.initiate(ctx, now, false, out)
             };
@@ -632,192 +607,27 @@ impl PeerCore {
         Outcome::Done
     }
 
-    /// When `update_timers` should next be called: the last `now` seen if work is pending,
-    /// else the earliest timer.
+    /// When `update_timers` should next be called: the last `now` seen if work is pending
+    /// (here or asked for by a packet thread), else the earliest timer.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if self.want_initiation.is_some() || self.want_keepalive || self.can_flush(self.last_now) {
             Some(self.last_now)
+        } else if let Some(at) = self.data.wake_at() {
+            Some(at.min(self.last_now))
         } else {
-            self.timers.next_deadline()
+            [
+                self.timers.next_deadline(),
+                self.data.timers.next_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
         }
     }
 
     /// Test hook: the current keypair.
     #[cfg(test)]
-    pub(crate) fn current_keypair(&mut self) -> Option<&mut Keypair> {
-        self.keypairs.current.as_deref_mut()
-    }
-}
-
-/// Validates a decrypted inner packet and returns its IP length and source address.
-fn inner_packet(plain: &[u8]) -> Option<(usize, IpAddr)> {
-    match plain.first()? >> 4 {
-        4 if plain.len() >= 20 => {
-            let total = usize::from(u16::from_be_bytes([plain[2], plain[3]]));
-            let source: [u8; 4] = plain[12..16].try_into().ok()?;
-            (20..=plain.len())
-                .contains(&total)
-                .then_some((total, IpAddr::V4(Ipv4Addr::from(source))))
-        }
-        6 if plain.len() >= 40 => {
-            let total = 40 + usize::from(u16::from_be_bytes([plain[4], plain[5]]));
-            let source: [u8; 16] = plain[8..24].try_into().ok()?;
-            (total <= plain.len()).then_some((total, IpAddr::V6(Ipv6Addr::from(source))))
-        }
-        _ => None,
-    }
-}
-
-/// A WireGuard session with a single remote peer.
-///
-/// This is a [`Device`] holding exactly one peer; use [`Device`] directly to serve many peers
-/// from one socket. See the crate documentation for the driving loop.
-pub struct Peer {
-    device: Device,
-    id: PeerId,
-}
-
-impl Peer {
-    /// Creates the session state for one peer.
-    ///
-    /// # Errors
-    /// [`ConfigError`] when the peer's key is ours or a low-order point.
-    pub fn new(
-        now: Instant,
-        local_key: PrivateKey,
-        config: PeerConfig,
-        rng: impl CryptoRandom + 'static,
-        wall_clock: WallClock,
-    ) -> Result<Self, ConfigError> {
-        let mut device = Device::new(local_key, rng, wall_clock);
-        let id = device.add_peer(now, config)?;
-        Ok(Self { device, id })
-    }
-
-    /// Encrypts an inner IP packet read from the TUN device. See [`Device::encapsulate`].
-    pub fn encapsulate<'a>(
-        &mut self,
-        now: Instant,
-        packet: &[u8],
-        out: &'a mut [u8],
-    ) -> Action<'a> {
-        self.device.encapsulate(now, self.id, packet, out)
-    }
-
-    /// Processes a datagram received from `src`. See [`Device::decapsulate`].
-    pub fn decapsulate<'a>(
-        &mut self,
-        now: Instant,
-        src: SocketAddr,
-        datagram: &[u8],
-        out: &'a mut [u8],
-    ) -> Action<'a> {
-        self.device.decapsulate(now, src, datagram, out).1
-    }
-
-    /// Runs due timers; call until it returns [`Action::Done`]. See [`Device::update_timers`].
-    pub fn update_timers<'a>(&mut self, now: Instant, out: &'a mut [u8]) -> Action<'a> {
-        self.device.update_timers(now, out).1
-    }
-
-    /// When to call [`Peer::update_timers`] next.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.device.poll_timeout()
-    }
-
-    /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.device.poll_event().map(|(_, event)| event)
-    }
-
-    /// The peer's static public key.
-    #[must_use]
-    pub fn remote_public_key(&self) -> PublicKey {
-        *self
-            .device
-            .peer_public_key(self.id)
-            .unwrap_or_else(|| unreachable!("the peer exists"))
-    }
-
-    /// Our static public key.
-    #[must_use]
-    pub fn local_public_key(&self) -> PublicKey {
-        self.device.public_key()
-    }
-
-    /// The peer's current endpoint.
-    #[must_use]
-    pub fn endpoint(&self) -> Option<SocketAddr> {
-        self.device.endpoint(self.id)
-    }
-
-    /// Sets the peer's endpoint.
-    pub fn set_endpoint(&mut self, endpoint: SocketAddr) {
-        // The id is valid for the lifetime of the single-peer device.
-        let _ = self.device.set_endpoint(self.id, endpoint);
-    }
-
-    /// Traffic counters.
-    #[must_use]
-    pub fn stats(&self) -> PeerStats {
-        self.device.stats(self.id).unwrap_or_default()
-    }
-
-    /// Tells whether we are under load (see [`Device::set_under_load`]).
-    pub fn set_under_load(&mut self, under_load: bool) {
-        self.device.set_under_load(under_load);
-    }
-
-    /// Sets the tunnel MTU (see [`Device::set_tunnel_mtu`]).
-    pub fn set_tunnel_mtu(&mut self, mtu: Option<usize>) {
-        self.device.set_tunnel_mtu(mtu);
-    }
-
-    /// Re-anchors the wall clock (see [`WallClock`]).
-    pub fn set_wall_clock(&mut self, wall_clock: WallClock) {
-        self.device.set_wall_clock(wall_clock);
-    }
-}
-
-impl std::fmt::Debug for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Peer")
-            .field("remote", &self.remote_public_key())
-            .field("endpoint", &self.endpoint())
-            .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inner_packet_lengths() {
-        let mut v4 = [0_u8; 48];
-        v4[0] = 0x45;
-        v4[2..4].copy_from_slice(&40_u16.to_be_bytes());
-        v4[12..16].copy_from_slice(&[10, 0, 0, 1]);
-        assert_eq!(
-            inner_packet(&v4),
-            Some((40, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))))
-        );
-        v4[2..4].copy_from_slice(&49_u16.to_be_bytes());
-        assert_eq!(inner_packet(&v4), None);
-        v4[2..4].copy_from_slice(&19_u16.to_be_bytes());
-        assert_eq!(inner_packet(&v4), None);
-
-        let mut v6 = [0_u8; 64];
-        v6[0] = 0x60;
-        v6[4..6].copy_from_slice(&8_u16.to_be_bytes());
-        v6[23] = 1;
-        assert_eq!(
-            inner_packet(&v6),
-            Some((48, IpAddr::V6(Ipv6Addr::LOCALHOST)))
-        );
-        assert_eq!(inner_packet(&v6[..47]), None);
-        assert_eq!(inner_packet(&[0x10; 40]), None);
-        assert_eq!(inner_packet(&[]), None);
+    pub(crate) fn current_keypair(&mut self) -> Option<Arc<Keypair>> {
+        self.data.keypairs().current.clone()
     }
 }

@@ -11,19 +11,33 @@
 //! empty is dropped. Buckets idle for a second are forgotten, and the table is bounded, so the
 //! limiter itself cannot be used to exhaust memory. Outside load nothing is rate limited
 //! (beyond the per-peer initiation limit).
+//!
+//! One addition of ours: cookie replies are rate limited too, per source address (20 per
+//! second, bursts of 5) and in total (2000 per second). The kernel answers every message
+//! without mac2 under load, so a flood from one host made it send a cookie reply (a MAC, an
+//! XChaCha20-Poly1305 seal and a `sendto`) for every message its handshake thread got to;
+//! limited, such a message costs three BLAKE2s and is dropped. A legitimate peer needs one
+//! cookie per two minutes and retries every five seconds, so it never notices the limit of
+//! its own address; the total cap bounds what a flood from many (spoofed) addresses makes us
+//! send, at the price of a slower handshake for a new peer while that flood lasts.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use snow::params::NoiseParams;
+
 use crate::action::Outcome;
 use crate::constants::{
-    COOKIE_REPLY_LEN, HANDSHAKE_BURST_PER_SOURCE, HANDSHAKES_PER_SECOND_PER_SOURCE,
-    MAX_QUEUED_INCOMING_HANDSHAKES, UNDER_LOAD_LINGER,
+    COOKIE_REPLIES_PER_SECOND, COOKIE_REPLIES_PER_SECOND_PER_SOURCE, COOKIE_REPLY_BURST,
+    COOKIE_REPLY_BURST_PER_SOURCE, COOKIE_REPLY_LEN, HANDSHAKE_BURST_PER_SOURCE,
+    HANDSHAKES_PER_SECOND_PER_SOURCE, INITIATION_LEN, MAX_QUEUED_INCOMING_HANDSHAKES,
+    UNDER_LOAD_LINGER,
 };
 use crate::cookie::CookieChecker;
 use crate::error::Error;
-use crate::keys::PublicKey;
+use crate::handshake::{self, ConsumedInitiation};
+use crate::keys::{PrivateKey, PublicKey};
 use crate::messages::{self, HandshakeMessage, Message};
 use crate::rng::CryptoRandom;
 
@@ -31,9 +45,15 @@ use crate::rng::CryptoRandom;
 /// `max_entries`).
 const MAX_SOURCES: usize = 65_536;
 
-/// Tokens are nanoseconds of credit: a message costs `1 s / rate`.
-const PACKET_COST: u64 = 1_000_000_000 / HANDSHAKES_PER_SECOND_PER_SOURCE;
-const TOKEN_MAX: u64 = PACKET_COST * HANDSHAKE_BURST_PER_SOURCE;
+/// Handshake messages with a valid mac2, per source address.
+const HANDSHAKES: Rate = Rate::new(HANDSHAKES_PER_SECOND_PER_SOURCE, HANDSHAKE_BURST_PER_SOURCE);
+/// Cookie replies per source address.
+const COOKIES_PER_SOURCE: Rate = Rate::new(
+    COOKIE_REPLIES_PER_SECOND_PER_SOURCE,
+    COOKIE_REPLY_BURST_PER_SOURCE,
+);
+/// Cookie replies in total.
+const COOKIES: Rate = Rate::new(COOKIE_REPLIES_PER_SECOND, COOKIE_REPLY_BURST);
 /// How often idle buckets are swept out, and how long a bucket must be idle to go.
 const GC_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -60,21 +80,84 @@ impl From<IpAddr> for Source {
     }
 }
 
+/// A token bucket's parameters. Tokens are nanoseconds of credit: a message costs
+/// `1 s / rate`, and a full bucket holds `burst` messages.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    cost: u64,
+    max: u64,
+}
+
+impl Rate {
+    const fn new(per_second: u64, burst: u64) -> Self {
+        let cost = 1_000_000_000 / per_second;
+        Self {
+            cost,
+            max: cost * burst,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: u64,
     last: Instant,
 }
 
-/// Per-source token buckets for handshake messages.
-#[derive(Debug, Default)]
+impl Bucket {
+    /// A bucket that has just paid for one message.
+    fn charged(rate: Rate, now: Instant) -> Self {
+        Self {
+            tokens: rate.max - rate.cost,
+            last: now,
+        }
+    }
+
+    /// Earns the credit since the last call and pays for one message if it can.
+    fn take(&mut self, rate: Rate, now: Instant) -> bool {
+        let earned =
+            u64::try_from(now.saturating_duration_since(self.last).as_nanos()).unwrap_or(u64::MAX);
+        self.tokens = self.tokens.saturating_add(earned).min(rate.max);
+        self.last = now;
+        if self.tokens >= rate.cost {
+            self.tokens -= rate.cost;
+            return true;
+        }
+        false
+    }
+}
+
+/// Per-source token buckets for handshake messages (or, with [`RateLimiter::cookies`], for
+/// cookie replies).
+#[derive(Debug)]
 pub(crate) struct RateLimiter {
+    rate: Rate,
     buckets: HashMap<Source, Bucket>,
     last_gc: Option<Instant>,
 }
 
+impl Default for RateLimiter {
+    /// The kernel's limit for handshake messages: 20 per second, bursts of 5.
+    fn default() -> Self {
+        Self::new(HANDSHAKES)
+    }
+}
+
 impl RateLimiter {
-    /// Whether one more handshake message from `ip` may be processed now (and charges it).
+    fn new(rate: Rate) -> Self {
+        Self {
+            rate,
+            buckets: HashMap::new(),
+            last_gc: None,
+        }
+    }
+
+    /// The limit of cookie replies per source address.
+    pub(crate) fn cookies() -> Self {
+        Self::new(COOKIES_PER_SOURCE)
+    }
+
+    /// Whether one more message from `ip` may be processed now (and charges it).
     pub(crate) fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
         if self
             .last_gc
@@ -86,26 +169,12 @@ impl RateLimiter {
         }
         let source = Source::from(ip);
         if let Some(bucket) = self.buckets.get_mut(&source) {
-            let earned = u64::try_from(now.saturating_duration_since(bucket.last).as_nanos())
-                .unwrap_or(u64::MAX);
-            bucket.tokens = bucket.tokens.saturating_add(earned).min(TOKEN_MAX);
-            bucket.last = now;
-            if bucket.tokens >= PACKET_COST {
-                bucket.tokens -= PACKET_COST;
-                return true;
-            }
-            return false;
+            return bucket.take(self.rate, now);
         }
         if self.buckets.len() >= MAX_SOURCES {
             return false;
         }
-        self.buckets.insert(
-            source,
-            Bucket {
-                tokens: TOKEN_MAX - PACKET_COST,
-                last: now,
-            },
-        );
+        self.buckets.insert(source, Bucket::charged(self.rate, now));
         true
     }
 
@@ -144,6 +213,19 @@ impl LoadTracker {
         }
     }
 
+    /// Keeps the load state set for another [`UNDER_LOAD_LINGER`] from `now`, if it is set:
+    /// for evidence of a flood other than the queue's length. The agent calls it when a
+    /// message was refused a cookie reply because its source (or everyone) had its share of
+    /// them. Those limits make refusing a flood so cheap that the queue drains below the
+    /// threshold while the flood goes on; by the queue alone the state would end after the
+    /// linger, and until the queue filled up again every flood message would cost a
+    /// Diffie-Hellman (in the bench: ~40 ms of them every second).
+    pub fn sustain(&mut self, now: Instant) {
+        if self.last_over.is_some() {
+            self.last_over = Some(now);
+        }
+    }
+
     /// Records that `queued` handshake messages are waiting now; returns whether we are under
     /// load.
     pub fn update(&mut self, now: Instant, queued: usize) -> bool {
@@ -162,11 +244,15 @@ impl LoadTracker {
 }
 
 /// The denial-of-service checks every handshake message passes before any Diffie-Hellman:
-/// mac1 always; under load, mac2 (else a cookie reply) and the per-source rate limit.
-/// Shared by [`crate::Device`] and [`HandshakeGate`].
+/// mac1 always; under load, mac2 (else a cookie reply, within the cookie limits) and the
+/// per-source rate limit. Shared by [`crate::Device`] and [`HandshakeGate`].
 pub(crate) struct MacCheck {
     pub(crate) checker: CookieChecker,
     pub(crate) limiter: RateLimiter,
+    /// Cookie replies per source address.
+    cookie_sources: RateLimiter,
+    /// Cookie replies in total (the bucket starts full).
+    cookies: Option<Bucket>,
 }
 
 impl MacCheck {
@@ -174,6 +260,23 @@ impl MacCheck {
         Self {
             checker: CookieChecker::new(local_public),
             limiter: RateLimiter::default(),
+            cookie_sources: RateLimiter::cookies(),
+            cookies: None,
+        }
+    }
+
+    /// Whether a cookie reply may go to `src` now (and charges both limits). The source's own
+    /// bucket is asked first, so that one flooding address cannot use up the total.
+    fn allow_cookie(&mut self, now: Instant, src: SocketAddr) -> bool {
+        if !self.cookie_sources.allow(now, src.ip()) {
+            return false;
+        }
+        match &mut self.cookies {
+            Some(bucket) => bucket.take(COOKIES, now),
+            None => {
+                self.cookies = Some(Bucket::charged(COOKIES, now));
+                true
+            }
         }
     }
 
@@ -200,6 +303,9 @@ impl MacCheck {
         {
             // The sender proved it receives at `src`: charge it to that address's bucket.
             return (!self.limiter.allow(now, src.ip())).then(|| Error::RateLimited.into());
+        }
+        if !self.allow_cookie(now, src) {
+            return Some(Error::CookieRateLimited.into());
         }
         Some(
             match self
@@ -237,6 +343,23 @@ pub enum GateVerdict {
 pub struct HandshakeGate {
     check: MacCheck,
     rng: Box<dyn CryptoRandom>,
+    /// Our static key, for [`HandshakeGate::read_initiation`].
+    local: Option<(PrivateKey, NoiseParams)>,
+}
+
+/// An initiation the [`HandshakeGate`] has decrypted against our static key (its
+/// Diffie-Hellman done), for [`crate::Device::accept_initiation`].
+pub struct ReadInitiation {
+    pub(crate) consumed: ConsumedInitiation,
+    pub(crate) bytes: [u8; INITIATION_LEN],
+}
+
+impl std::fmt::Debug for ReadInitiation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadInitiation")
+            .field("initiator", &self.consumed.initiator_static)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for HandshakeGate {
@@ -252,7 +375,36 @@ impl HandshakeGate {
         Self {
             check: MacCheck::new(local_public),
             rng: Box::new(rng),
+            local: None,
         }
+    }
+
+    /// A gate that can also read initiations ([`HandshakeGate::read_initiation`]) for the
+    /// device with static key `local`.
+    pub fn with_private_key(local: &PrivateKey, rng: impl CryptoRandom + 'static) -> Self {
+        Self {
+            local: Some((local.clone(), handshake::noise_params())),
+            ..Self::new(&local.public_key(), rng)
+        }
+    }
+
+    /// Decrypts an initiation that [`HandshakeGate::check`] let pass, against our static key:
+    /// the Diffie-Hellman an initiation costs before its sender is known, done here rather
+    /// than in [`crate::Device::decapsulate`], so that a caller serving the device from
+    /// several threads does it outside the device's lock. Hand the result to
+    /// [`crate::Device::accept_initiation`]. `None` when `datagram` is no initiation or the
+    /// gate was made without the private key; an error for an initiation that does not
+    /// decrypt (a flood's random contents: [`Error::HandshakeFailed`]).
+    pub fn read_initiation(&mut self, datagram: &[u8]) -> Option<Result<ReadInitiation, Error>> {
+        let (local, params) = self.local.as_ref()?;
+        let Ok(Message::Initiation(msg)) = messages::parse(datagram) else {
+            return None;
+        };
+        let bytes = <[u8; INITIATION_LEN]>::try_from(msg.bytes).ok()?;
+        Some(
+            handshake::read_initiation(params, &mut *self.rng, local, msg)
+                .map(|consumed| ReadInitiation { consumed, bytes }),
+        )
     }
 
     /// Checks one datagram received from `src`. Initiations and responses are checked;
@@ -347,6 +499,43 @@ mod tests {
     }
 
     #[test]
+    fn cookie_replies_are_limited_per_source_then_in_total() {
+        let start = Instant::now();
+        let mut check = MacCheck::new(&PublicKey::from_bytes([7; 32]));
+        let flooder: SocketAddr = "203.0.113.66:4444".parse().unwrap();
+        let allowed = (0..1000)
+            .filter(|_| check.allow_cookie(start, flooder))
+            .count();
+        assert_eq!(allowed, 5, "one source: a burst of 5");
+        // Another port of the same address shares the bucket; another address has its own.
+        assert!(!check.allow_cookie(start, "203.0.113.66:5555".parse().unwrap()));
+        assert!(check.allow_cookie(start, "192.0.2.1:51820".parse().unwrap()));
+        // Then 20 a second.
+        let mut now = start;
+        let mut passed = 0;
+        for _ in 0..1000 {
+            now += Duration::from_millis(1);
+            passed += usize::from(check.allow_cookie(now, flooder));
+        }
+        assert!((19..=21).contains(&passed), "{passed} in one second");
+
+        // Many sources (spoofed): 200 at once, then 2000 a second.
+        let mut check = MacCheck::new(&PublicKey::from_bytes([7; 32]));
+        let source = |i: u32| SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i), 9));
+        let allowed = (0..10_000)
+            .filter(|&i| check.allow_cookie(start, source(i)))
+            .count();
+        assert_eq!(allowed, 200, "all sources: a burst of 200");
+        let mut now = start;
+        let mut passed = 0;
+        for i in 0..10_000 {
+            now += Duration::from_micros(100);
+            passed += usize::from(check.allow_cookie(now, source(10_000 + i)));
+        }
+        assert!((1990..=2010).contains(&passed), "{passed} in one second");
+    }
+
+    #[test]
     fn load_follows_the_queue_and_lingers_a_second() {
         let start = Instant::now();
         let mut load = LoadTracker::default();
@@ -356,5 +545,23 @@ mod tests {
         assert!(load.update(start + Duration::from_millis(999), 0));
         assert!(!load.update(start + Duration::from_secs(1), 0));
         assert!(!load.update(start + Duration::from_secs(2), 3));
+    }
+
+    #[test]
+    fn sustained_load_lasts_while_the_flood_does() {
+        let start = Instant::now();
+        let mut load = LoadTracker::default();
+        load.sustain(start);
+        assert!(!load.update(start, 0), "no load to sustain");
+        assert!(load.update(start, 512));
+        // The queue stays short, but the flood goes on: the state holds.
+        for ms in (100..5000).step_by(100) {
+            let now = start + Duration::from_millis(ms);
+            load.sustain(now);
+            assert!(load.update(now, 3), "at {ms} ms");
+        }
+        // A second after the flood's last sign, it ends.
+        assert!(load.update(start + Duration::from_millis(5899), 0));
+        assert!(!load.update(start + Duration::from_millis(5900), 0));
     }
 }

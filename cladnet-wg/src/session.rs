@@ -1,6 +1,14 @@
 //! Transport keypairs: encryption and decryption of type-4 messages (whitepaper 5.4.6), and the
 //! previous/current/next slots that keep in-flight packets decrypting across a rekey.
+//!
+//! A keypair is the data side of one session: it is shared (`Arc`) between the control side
+//! (the [`crate::Device`]) and any number of packet threads, which seal and open through `&self`
+//! at once. The send counter is an atomic, so concurrent senders never reuse a nonce; the replay
+//! window has a lock of its own, held only to check and record a counter (never while
+//! decrypting), as the kernel's per-keypair counter lock.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use chacha20poly1305::aead::AeadInPlace;
@@ -30,9 +38,10 @@ pub(crate) struct Keypair {
     pub(crate) local_index: u32,
     /// The peer's index, written in the receiver field of our packets.
     pub(crate) remote_index: u32,
-    /// Counter of the next message to send.
-    send_counter: u64,
-    replay: ReplayWindow,
+    /// Counter of the next message to send (may pass `REJECT_AFTER_MESSAGES`: such counters are
+    /// never used).
+    send_counter: AtomicU64,
+    replay: Mutex<ReplayWindow>,
     created: Instant,
     /// Whether we sent the initiation of the handshake that created this keypair.
     pub(crate) initiator: bool,
@@ -51,8 +60,8 @@ impl Keypair {
             receive: ChaCha20Poly1305::new((&*keys.receive).into()),
             local_index,
             remote_index,
-            send_counter: 0,
-            replay: ReplayWindow::default(),
+            send_counter: AtomicU64::new(0),
+            replay: Mutex::new(ReplayWindow::default()),
             created: now,
             initiator,
         }
@@ -66,18 +75,54 @@ impl Keypair {
     /// Whether the keypair may still encrypt: younger than `REJECT_AFTER_TIME` and with its
     /// counter below `REJECT_AFTER_MESSAGES`.
     pub(crate) fn can_send(&self, now: Instant) -> bool {
-        self.age(now) < REJECT_AFTER_TIME && self.send_counter < REJECT_AFTER_MESSAGES
+        self.age(now) < REJECT_AFTER_TIME && self.send_counter.load(Relaxed) < REJECT_AFTER_MESSAGES
+    }
+
+    /// Decrypts a transport message body (`sealed` = ciphertext and tag) into `out` and returns
+    /// the plaintext length (padding included), if the keypair may still decrypt (younger than
+    /// `REJECT_AFTER_TIME`, counter window below `REJECT_AFTER_MESSAGES`; else
+    /// `KeypairExpired`). The counter is checked against the replay window before decrypting
+    /// and recorded only once the packet authenticated: the replay lock is taken once before
+    /// and once after, never while decrypting.
+    pub(crate) fn open(
+        &self,
+        now: Instant,
+        counter: u64,
+        sealed: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
+        if self.age(now) >= REJECT_AFTER_TIME {
+            return Err(Error::KeypairExpired);
+        }
+        {
+            let window = self.replay();
+            if window.next_expected() >= REJECT_AFTER_MESSAGES {
+                return Err(Error::KeypairExpired);
+            }
+            if !window.would_accept(counter) {
+                return Err(Error::Replay);
+            }
+        }
+        self.decrypt_and_record(counter, sealed, out)
     }
 
     /// Whether the keypair may still decrypt.
+    #[cfg(test)]
     pub(crate) fn can_receive(&self, now: Instant) -> bool {
-        self.age(now) < REJECT_AFTER_TIME && self.replay.next_expected() < REJECT_AFTER_MESSAGES
+        self.age(now) < REJECT_AFTER_TIME && self.replay().next_expected() < REJECT_AFTER_MESSAGES
+    }
+
+    // A poisoned window is still a consistent one (every update completes or does nothing).
+    fn replay(&self) -> MutexGuard<'_, ReplayWindow> {
+        self.replay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether sending on this keypair should start a new handshake: too many messages, or (for
     /// the initiator only, to avoid both sides rekeying at once) too old.
     pub(crate) fn wants_rekey_on_send(&self, now: Instant) -> bool {
-        self.send_counter > REKEY_AFTER_MESSAGES
+        self.send_counter.load(Relaxed) > REKEY_AFTER_MESSAGES
             || (self.initiator && self.age(now) >= REKEY_AFTER_TIME)
     }
 
@@ -88,7 +133,7 @@ impl Keypair {
     /// [`Error::KeypairExpired`] once the counter reached `REJECT_AFTER_MESSAGES` (the caller
     /// checks the age) and with [`Error::BufferTooSmall`] without touching the counter.
     pub(crate) fn seal(
-        &mut self,
+        &self,
         plaintext: &[u8],
         mtu: Option<usize>,
         out: &mut [u8],
@@ -99,11 +144,11 @@ impl Keypair {
         }
         let total = TRANSPORT_HEADER_LEN + padded + TAG_LEN;
         let out = out.get_mut(..total).ok_or(Error::BufferTooSmall)?;
-        if self.send_counter >= REJECT_AFTER_MESSAGES {
+        // Taken atomically: concurrent senders each get their own nonce.
+        let counter = self.send_counter.fetch_add(1, Relaxed);
+        if counter >= REJECT_AFTER_MESSAGES {
             return Err(Error::KeypairExpired);
         }
-        let counter = self.send_counter;
-        self.send_counter += 1;
 
         messages::write_type(out, MessageType::Transport);
         out[4..8].copy_from_slice(&self.remote_index.to_le_bytes());
@@ -119,11 +164,9 @@ impl Keypair {
         Ok(total)
     }
 
-    /// Decrypts a transport message body (`sealed` = ciphertext and tag) into `out` and returns
-    /// the plaintext length (padding included). The counter is checked against the replay window
-    /// before decrypting and recorded only once the packet authenticated.
-    pub(crate) fn open(
-        &mut self,
+    /// Decrypts and, once authenticated, records the counter in the replay window.
+    fn decrypt_and_record(
+        &self,
         counter: u64,
         sealed: &[u8],
         out: &mut [u8],
@@ -133,15 +176,12 @@ impl Keypair {
             .checked_sub(TAG_LEN)
             .ok_or(Error::MalformedMessage)?;
         let out = out.get_mut(..len).ok_or(Error::BufferTooSmall)?;
-        if !self.replay.would_accept(counter) {
-            return Err(Error::Replay);
-        }
         let (ciphertext, tag) = sealed.split_at(len);
         out.copy_from_slice(ciphertext);
         self.receive
             .decrypt_in_place_detached(&nonce(counter), &[], out, Tag::from_slice(tag))
             .map_err(|_| Error::DecryptionFailed)?;
-        if !self.replay.accept(counter) {
+        if !self.replay().accept(counter) {
             return Err(Error::Replay);
         }
         Ok(len)
@@ -149,8 +189,8 @@ impl Keypair {
 
     /// Test hook: moves the send counter (to exercise the message limits).
     #[cfg(test)]
-    pub(crate) fn set_send_counter(&mut self, counter: u64) {
-        self.send_counter = counter;
+    pub(crate) fn set_send_counter(&self, counter: u64) {
+        self.send_counter.store(counter, Relaxed);
     }
 }
 
@@ -162,23 +202,24 @@ pub(crate) enum Slot {
     Next,
 }
 
-/// The keypairs of one peer.
+/// The keypairs of one peer: an immutable set, replaced as a whole (see `PeerData`), so a
+/// packet thread reads all three slots from one consistent snapshot.
 ///
 /// - `current` encrypts everything we send;
 /// - `previous` (the keypair `current` replaced) keeps decrypting packets still in flight;
 /// - `next` is a responder's fresh keypair, unusable for sending until the initiator proves it
 ///   derived the same keys by sending the first packet with it.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct Keypairs {
-    pub(crate) current: Option<Box<Keypair>>,
-    pub(crate) previous: Option<Box<Keypair>>,
-    pub(crate) next: Option<Box<Keypair>>,
+    pub(crate) current: Option<Arc<Keypair>>,
+    pub(crate) previous: Option<Arc<Keypair>>,
+    pub(crate) next: Option<Arc<Keypair>>,
 }
 
 impl Keypairs {
     /// Installs a keypair from a handshake we completed.
     pub(crate) fn insert(&mut self, keypair: Keypair) {
-        let keypair = Some(Box::new(keypair));
+        let keypair = Some(Arc::new(keypair));
         if keypair.as_ref().is_some_and(|k| k.initiator) {
             // The response proved the peer has the keys: use them at once. An unconfirmed
             // `next` becomes `previous` (as the kernel does), else the old current.
@@ -203,21 +244,16 @@ impl Keypairs {
         }
     }
 
-    pub(crate) fn find(&mut self, local_index: u32) -> Option<(Slot, &mut Keypair)> {
-        let Self {
-            current,
-            previous,
-            next,
-        } = self;
+    pub(crate) fn find(&self, local_index: u32) -> Option<(Slot, &Arc<Keypair>)> {
         [
-            (Slot::Current, current),
-            (Slot::Previous, previous),
-            (Slot::Next, next),
+            (Slot::Current, &self.current),
+            (Slot::Previous, &self.previous),
+            (Slot::Next, &self.next),
         ]
         .into_iter()
         .find_map(|(slot, keypair)| {
             keypair
-                .as_deref_mut()
+                .as_ref()
                 .filter(|k| k.local_index == local_index)
                 .map(|k| (slot, k))
         })
@@ -228,10 +264,6 @@ impl Keypairs {
             .into_iter()
             .flatten()
             .any(|k| k.local_index == local_index)
-    }
-
-    pub(crate) fn clear(&mut self) {
-        *self = Self::default();
     }
 }
 
@@ -258,7 +290,7 @@ mod tests {
     #[test]
     fn seal_pads_and_open_round_trips() {
         let now = Instant::now();
-        let (mut alice, mut bob) = pair(now);
+        let (alice, bob) = pair(now);
         let mut wire = [0_u8; 128];
         let n = alice.seal(b"hello", None, &mut wire).unwrap();
         assert_eq!(n, 16 + 16 + 16);
@@ -267,12 +299,15 @@ mod tests {
             &[4, 0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         );
         let mut plain = [0_u8; 128];
-        let m = bob.open(0, &wire[16..n], &mut plain).unwrap();
+        let m = bob.open(now, 0, &wire[16..n], &mut plain).unwrap();
         assert_eq!(m, 16);
         assert_eq!(&plain[..5], b"hello");
         assert_eq!(&plain[5..16], &[0; 11]);
         // Same packet again: replay.
-        assert_eq!(bob.open(0, &wire[16..n], &mut plain), Err(Error::Replay));
+        assert_eq!(
+            bob.open(now, 0, &wire[16..n], &mut plain),
+            Err(Error::Replay)
+        );
         // With a tunnel MTU, padding never goes past it.
         assert_eq!(
             alice.seal(&[0x45; 30], Some(30), &mut wire),
@@ -287,22 +322,22 @@ mod tests {
             Ok(16 + 64 + 16)
         );
         let n = alice.seal(b"x", None, &mut wire).unwrap();
-        assert!(bob.open(4, &wire[16..n], &mut plain).is_ok());
+        assert!(bob.open(now, 4, &wire[16..n], &mut plain).is_ok());
         // Tampered: authentication failure, and the window is not moved.
         let n2 = alice.seal(b"again", None, &mut wire).unwrap();
         wire[20] ^= 1;
         assert_eq!(
-            bob.open(5, &wire[16..n2], &mut plain),
+            bob.open(now, 5, &wire[16..n2], &mut plain),
             Err(Error::DecryptionFailed)
         );
         wire[20] ^= 1;
-        assert!(bob.open(5, &wire[16..n2], &mut plain).is_ok());
+        assert!(bob.open(now, 5, &wire[16..n2], &mut plain).is_ok());
     }
 
     #[test]
     fn counter_limits() {
         let now = Instant::now();
-        let (mut alice, mut bob) = pair(now);
+        let (alice, bob) = pair(now);
         let mut wire = [0_u8; 64];
         let mut plain = [0_u8; 64];
 
@@ -320,13 +355,14 @@ mod tests {
 
         // The receiver accepts the last valid counter, then nothing at or beyond the limit.
         assert_eq!(
-            bob.open(REJECT_AFTER_MESSAGES - 1, &wire[16..n], &mut plain),
+            bob.open(now, REJECT_AFTER_MESSAGES - 1, &wire[16..n], &mut plain),
             Ok(0)
         );
         assert!(!bob.can_receive(now));
+        // The window reached the limit: the keypair is done, whatever the counter.
         assert_eq!(
-            bob.open(REJECT_AFTER_MESSAGES, &wire[16..n], &mut plain),
-            Err(Error::Replay)
+            bob.open(now, REJECT_AFTER_MESSAGES, &wire[16..n], &mut plain),
+            Err(Error::KeypairExpired)
         );
     }
 

@@ -5,9 +5,9 @@
 
 use cladnet_common::{
     plain::{self, KnownPeer},
+    reflector,
     wire::{CLAD_HDR_LEN, CladHeader, Demux, demux},
 };
-use cladnet_core::reflector;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,4 +6,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| cladnet_core::offload::fuzz_offload(data));
+fuzz_target!(|data: &[u8]| cladnet_offload::fuzz_offload(data));

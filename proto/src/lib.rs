@@ -20,4 +20,6 @@ pub mod v1 {
 }
 
 pub mod join;
+/// The protobuf runtime the generated types use (for `encoded_len` and friends).
+pub use prost;
 pub mod tls;

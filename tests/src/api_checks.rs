@@ -22,6 +22,7 @@ pub async fn all(ctl: &TestController) {
     external_peers(ctl).await;
     join_identity(ctl).await;
     sessions_end_with_credentials(ctl).await;
+    crate::route_checks::routes(ctl).await;
 }
 
 /// A test X25519 private key derived from `seed` (not secret: tests only).
@@ -160,7 +161,11 @@ pub async fn join(ctl: &TestController, token: &str, net: &str, node: &str) -> p
         .into_inner()
 }
 
-fn assert_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, what: &str) -> String {
+pub(crate) fn assert_code<T: std::fmt::Debug>(
+    r: Result<T, tonic::Status>,
+    code: Code,
+    what: &str,
+) -> String {
     match r {
         Err(s) if s.code() == code => s.message().to_owned(),
         other => panic!("{what}: expected {code:?}, got {other:?}"),
@@ -218,6 +223,7 @@ pub async fn auth_is_enforced(ctl: &TestController) {
         cladnet_id: net.clone(),
         host_id: "b".into(),
         from_revision: 0,
+        batches: false,
     };
     assert_code(
         as_a.watch(watch_b).await.map(|_| ()),
@@ -464,7 +470,7 @@ pub async fn exhaustion_and_reuse(ctl: &TestController) {
     assert_eq!(reused, held[2], "the freed address is reused");
 }
 
-async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
+pub(crate) async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
     tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
         .expect("a watch event within 10 s")
@@ -472,7 +478,7 @@ async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchE
         .expect("event, not error")
 }
 
-async fn watch(
+pub(crate) async fn watch(
     agent: &mut AgentClient,
     net: &str,
     node: &str,
@@ -482,6 +488,7 @@ async fn watch(
         cladnet_id: net.into(),
         host_id: node.into(),
         from_revision: from,
+        batches: false,
     };
     agent.watch(req).await.expect("open watch").into_inner()
 }
@@ -691,6 +698,7 @@ pub async fn commands_and_tests(ctl: &TestController) {
         cladnet_id: net.clone(),
         host_id: "cb".into(),
         command_type: "DOWN".into(),
+        routes: Vec::new(),
     };
     assert_eq!(
         admin.send_command(cmd).await.unwrap().into_inner().host_ids,
@@ -700,6 +708,7 @@ pub async fn commands_and_tests(ctl: &TestController) {
         cladnet_id: net.clone(),
         host_id: String::new(),
         command_type: "enable-encryption".into(),
+        routes: Vec::new(),
     };
     // Encryption is the network's policy: the command switches it, and every agent hears of
     // it as a network update (a got no `down`: that was b's).
@@ -715,6 +724,7 @@ pub async fn commands_and_tests(ctl: &TestController) {
         cladnet_id: net.clone(),
         host_id: "cb".into(),
         command_type: "disable-encryption".into(),
+        routes: Vec::new(),
     };
     let msg = assert_code(
         admin.send_command(one).await,
@@ -729,6 +739,7 @@ pub async fn commands_and_tests(ctl: &TestController) {
         cladnet_id: net.clone(),
         host_id: String::new(),
         command_type: "reboot".into(),
+        routes: Vec::new(),
     };
     assert!(
         assert_code(
@@ -1142,6 +1153,7 @@ pub async fn external_peers(ctl: &TestController) {
             cladnet_id: net.clone(),
             host_id: "ext-phone".into(),
             command_type: "down".into(),
+            routes: Vec::new(),
         })
         .await;
     assert_code(
@@ -1371,6 +1383,7 @@ pub async fn sessions_end_with_credentials(ctl: &TestController) {
             cladnet_id: net.clone(),
             host_id: "rb".into(),
             from_revision: from,
+            batches: false,
         };
         let msg = assert_code(
             as_b.watch(req).await.map(|_| ()),

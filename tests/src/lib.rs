@@ -18,15 +18,18 @@ pub mod etcd;
 pub mod external;
 mod mesh;
 mod netns;
+mod pods;
 mod privilege;
+pub mod route_checks;
 mod topology;
 
 pub use cleanup::{leftovers, sweep_stale};
 pub use mesh::{
-    ADMIN_TOKEN as MESH_ADMIN_TOKEN, CONTROLLER_PORT, Mesh, SiteLabels, metric_sum, site,
+    ADMIN_TOKEN as MESH_ADMIN_TOKEN, CONTROLLER_PORT, Mesh, SiteLabels, Transfer, metric_sum, site,
     standard_clouds, test_script,
 };
 pub use netns::{Netns, Process, run_checked};
+pub use pods::{Pod, pod_network, verified_tcp};
 pub use privilege::{netns_unavailable, skip_or_fail};
 pub use topology::{CloudSpec, Host, Nat, Topology, TopologyBuilder, TopologyError};
 

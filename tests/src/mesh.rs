@@ -331,6 +331,12 @@ impl Mesh {
         }
     }
 
+    /// The process id of `host`'s agent (to kill it while `&self` is shared, e.g. by a
+    /// transfer running in another thread).
+    pub fn agent_pid(&self, host: &str) -> u32 {
+        self.agents[host].0.id()
+    }
+
     /// Sends `signal` to `host`'s agent and waits for it to exit (SIGKILL for a crash).
     pub fn signal_agent(&mut self, host: &str, signal: &str) -> std::process::ExitStatus {
         let mut p = self.agents.remove(host).expect("agent running");
@@ -372,6 +378,29 @@ impl Mesh {
         self.peers()
             .into_iter()
             .find(|p| p["hostName"].as_str() == Some(host))
+    }
+
+    /// `host`'s link to `peer` (both host names) as the controller shows it (`cladnet --json
+    /// peer show`: mode, endpoint, and the path, relay and path MTU from `host`'s last
+    /// statistics report).
+    pub fn link(&self, host: &str, peer: &str) -> serde_json::Value {
+        let id = |h: &str| {
+            self.peer(h).unwrap_or_else(|| panic!("no peer {h}"))["hostId"]
+                .as_str()
+                .expect("hostId")
+                .to_owned()
+        };
+        let (host_id, peer_id) = (id(host), id(peer));
+        let shown: serde_json::Value =
+            serde_json::from_str(&self.cli(&["--json", "peer", "show", &self.net, &host_id]))
+                .expect("peer JSON");
+        shown["links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["hostId"] == peer_id.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{host} has no link to {peer}: {shown}"))
     }
 
     /// The overlay address of `host` (remembered once seen, so it also answers while the
@@ -441,7 +470,12 @@ impl Mesh {
     /// Moves `bytes` over TCP from `from` to `to`'s overlay address and checks that exactly
     /// those bytes arrived. Returns the seconds it took.
     pub fn verified_transfer(&self, from: &str, to: &str, port: u16, bytes: usize) -> f64 {
-        let dst = self.overlay_ip(to);
+        self.start_transfer(from, to, port, bytes).finish(self)
+    }
+
+    /// Starts a [`Mesh::verified_transfer`] in the background (one TCP connection), for a
+    /// test that changes the network while it runs; [`Transfer::finish`] checks it.
+    pub fn start_transfer(&self, from: &str, to: &str, port: u16, bytes: usize) -> Transfer {
         let script = script_path();
         let mut server = self.topo.host(to).command("python3");
         server
@@ -450,33 +484,45 @@ impl Mesh {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut server = Process::spawn(&mut server).expect("server");
-        let mut stdout = std::io::BufReader::new(server.0.stdout.take().expect("stdout"));
+        let mut server_out = std::io::BufReader::new(server.0.stdout.take().expect("stdout"));
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut stdout, &mut line).expect("server ready");
+        std::io::BufRead::read_line(&mut server_out, &mut line).expect("server ready");
         assert_eq!(line.trim(), "listening");
-        let start = Instant::now();
-        let sent = self
-            .topo
-            .host(from)
-            .exec([
-                "python3",
-                script.to_str().unwrap(),
+        let mut client = self.topo.host(from).command("python3");
+        client
+            .arg(&script)
+            .args([
                 "client",
-                &dst.to_string(),
+                &self.overlay_ip(to).to_string(),
                 &port.to_string(),
                 &bytes.to_string(),
             ])
-            .unwrap_or_else(|e| panic!("transfer {from} -> {to}: {e}\n{}", self.logs()));
-        let secs = start.elapsed().as_secs_f64();
-        line.clear();
-        std::io::BufRead::read_line(&mut stdout, &mut line).expect("server result");
-        assert_eq!(
-            sent.trim(),
-            line.trim(),
-            "bytes received by {to} differ from those {from} sent"
-        );
-        assert!(sent.starts_with(&format!("{bytes} ")), "{sent}");
-        secs
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Transfer {
+            _server: server,
+            server_out,
+            client: Process::spawn(&mut client).expect("client"),
+            what: format!("transfer {from} -> {to}"),
+            bytes,
+            start: Instant::now(),
+        }
+    }
+
+    /// `cladnet-agent status --json` of `host`'s agent.
+    pub fn agent_status(&self, host: &str) -> serde_json::Value {
+        let out = self
+            .topo
+            .host(host)
+            .exec([
+                bin_path("cladnet-agent").to_str().unwrap(),
+                "status",
+                "--json",
+                "--data-dir",
+                self.data_dir(host).to_str().unwrap(),
+            ])
+            .expect("status --json");
+        serde_json::from_str(&out).expect("status JSON")
     }
 
     /// A log file in the mesh's directory (for processes a test starts itself, such as
@@ -520,6 +566,44 @@ impl Mesh {
 
 fn script_path() -> PathBuf {
     test_script("tcp_verify.py")
+}
+
+/// A verified TCP transfer running in the background ([`Mesh::start_transfer`]).
+#[derive(Debug)]
+pub struct Transfer {
+    _server: Process,
+    server_out: std::io::BufReader<std::process::ChildStdout>,
+    client: Process,
+    what: String,
+    bytes: usize,
+    start: Instant,
+}
+
+impl Transfer {
+    /// Waits for the transfer and checks that exactly the bytes sent arrived, on one
+    /// connection. Returns the seconds since it started.
+    pub fn finish(mut self, mesh: &Mesh) -> f64 {
+        let mut sent = String::new();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut self.client.0.stdout.take().expect("stdout"), &mut sent)
+            .expect("client output");
+        if let Some(mut e) = self.client.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        let done = self.client.0.wait().expect("client");
+        assert!(done.success(), "{}: {err}\n{}", self.what, mesh.logs());
+        let secs = self.start.elapsed().as_secs_f64();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.server_out, &mut line).expect("server result");
+        assert_eq!(
+            sent.trim(),
+            line.trim(),
+            "{}: the bytes received differ from those sent",
+            self.what
+        );
+        assert!(sent.starts_with(&format!("{} ", self.bytes)), "{sent}");
+        secs
+    }
 }
 
 /// Sum of the samples of `metric` in a Prometheus text exposition whose labels contain every

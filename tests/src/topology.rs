@@ -9,9 +9,14 @@
 //! Cloud `i` (1-based, in declaration order) reaches the internet router over the transit
 //! subnet `198.18.<i>.0/24` (RFC 2544 benchmarking space, never routed on the real internet):
 //! the router holds `.1`, the gateway's WAN side `.2`. Host `k` (0-based) of a cloud gets the
-//! private address `<cidr network> + 10 + k`. With [`Nat::Masquerade`] all hosts share the
-//! gateway's public address; with [`Nat::OneToOne`] host `k` owns the public address
-//! `198.18.<i>.<10 + k>`, mapped both ways as clouds map elastic/external IPs.
+//! private address `<cidr network> + 10 + k`. With [`Nat::OneToOne`] host `k` owns the public
+//! address `198.18.<i>.<10 + k>`, mapped both ways as clouds map elastic/external IPs; with every
+//! other [`Nat`] all hosts share the gateway's public address `198.18.<i>.2`.
+//!
+//! The NAT types follow Tailscale's natlab (`tstest/natlab/vnet`: One2One, EasyNAT, HardNAT),
+//! built from netfilter rules on the gateway, plus a cloud that blocks UDP. Each one's mapping
+//! behaviour is proven with real datagrams in `tests/tests/nat_types.rs`
+//! ([`Topology::udp_mappings`]).
 
 use std::{fmt, net::Ipv4Addr, path::PathBuf, process::Command};
 
@@ -22,14 +27,40 @@ use crate::{
     netns::Netns,
 };
 
+mod natlab;
+
 /// How a cloud's gateway translates addresses between its private subnet and the internet.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum Nat {
     /// Source NAT of every host to the gateway's one public address (like a cloud NAT
-    /// gateway); hosts cannot be reached from outside unless they sent first.
+    /// gateway); hosts cannot be reached from outside unless they sent first. Plain Linux
+    /// masquerade: it keeps a flow's source port when it can; unsolicited inbound datagrams
+    /// are tracked and answered by the gateway itself (ICMP port unreachable).
     Masquerade,
     /// Each host owns a public address, translated both ways (like an elastic/external IP).
     OneToOne,
+    /// natlab's EasyNAT: endpoint-independent, port-preserving mapping (a socket keeps its
+    /// port towards every destination, as long as no other host behind the gateway uses the
+    /// same port towards the same destination) and endpoint-dependent filtering: unsolicited
+    /// inbound datagrams are dropped silently, before connection tracking keeps them (as cloud
+    /// NAT gateways do).
+    Easy,
+    /// natlab's HardNAT: a new random public port for every destination address and port
+    /// (endpoint-dependent mapping: nftables `masquerade fully-random`, iptables
+    /// `--random-fully`), endpoint-dependent filtering. Two hosts behind such NATs can never
+    /// reach each other directly.
+    Hard,
+    /// A cloud whose firewall drops every UDP datagram except those to and from the hosts
+    /// named with [`TopologyBuilder::allow_udp_to`] (the controller, for its reflector);
+    /// otherwise [`Nat::Easy`]. TCP passes.
+    UdpBlocked,
+}
+
+impl Nat {
+    /// Whether the cloud's hosts share the gateway's public address.
+    pub fn shares_gateway_address(self) -> bool {
+        self != Self::OneToOne
+    }
 }
 
 /// One cloud: a private subnet of hosts behind a NAT gateway.
@@ -70,6 +101,7 @@ impl From<String> for TopologyError {
 pub struct TopologyBuilder {
     clouds: Vec<CloudSpec>,
     mtu: Option<u32>,
+    udp_allowed: Vec<String>,
     errors: Vec<String>,
 }
 
@@ -119,6 +151,14 @@ impl TopologyBuilder {
         self
     }
 
+    /// Lets UDP to and from `host` (declared anywhere in the topology) through the
+    /// [`Nat::UdpBlocked`] clouds' firewalls: the controller's host, whose reflector answers
+    /// on UDP while every other UDP path out of such a cloud is closed.
+    pub fn allow_udp_to(mut self, host: &str) -> Self {
+        self.udp_allowed.push(host.to_owned());
+        self
+    }
+
     /// Creates the namespaces, links, addresses, routes and NAT rules. On error everything
     /// created so far is removed.
     pub fn build(mut self) -> Result<Topology, TopologyError> {
@@ -137,12 +177,22 @@ impl TopologyBuilder {
             gateways: vec![],
             internet: None,
             pin_dirs: vec![],
+            udp_allowed: vec![],
         };
         let inet = Netns::create(&topo.ns_name("inet"))?;
         inet.sysctl("net.ipv4.ip_forward", "1")?;
         topo.internet = Some(inet);
         for (i, cloud) in self.clouds.iter().enumerate() {
             topo.add_cloud(i as u8 + 1, cloud)?;
+        }
+        topo.udp_allowed = self
+            .udp_allowed
+            .iter()
+            .map(|h| topo.host(h).public_ip)
+            .collect();
+        for cloud in self.clouds.iter().filter(|c| c.nat == Nat::UdpBlocked) {
+            topo.gateway(&cloud.name)
+                .load_nft(&natlab::block_udp_rules(&topo.udp_allowed))?;
         }
         Ok(topo)
     }
@@ -183,6 +233,11 @@ impl TopologyBuilder {
                     errors.push(format!("name {n:?} is used twice or reserved"));
                 }
                 names.push(n);
+            }
+        }
+        for h in &self.udp_allowed {
+            if !self.clouds.iter().any(|c| c.hosts.contains(h)) {
+                errors.push(format!("allow_udp_to: no host named {h:?}"));
             }
         }
         if errors.is_empty() {
@@ -274,6 +329,8 @@ pub struct Topology {
     hosts: Vec<Host>,
     gateways: Vec<(String, Netns)>,
     internet: Option<Netns>,
+    /// Public addresses [`Nat::UdpBlocked`] clouds pass UDP to and from.
+    udp_allowed: Vec<Ipv4Addr>,
 }
 
 impl Topology {
@@ -481,10 +538,7 @@ impl Topology {
         ])?;
         gw.exec(["ip", "link", "set", "br0", "up"])?;
 
-        let mut nat = String::from(
-            "table ip nat {\n chain pre { type nat hook prerouting priority dstnat;\n",
-        );
-        let mut post = String::from(" chain post { type nat hook postrouting priority srcnat;\n");
+        let mut one_to_one = vec![];
         for (k, name) in cloud.hosts.iter().enumerate() {
             let ns = Netns::create(&self.ns_name(name))?;
             let port = format!("h-{name}");
@@ -501,12 +555,11 @@ impl Topology {
             ])?;
             ns.exec(["ip", "route", "add", "default", "via", &lan_gw.to_string()])?;
             let public_ip = match cloud.nat {
-                Nat::Masquerade => transit(2),
+                Nat::Masquerade | Nat::Easy | Nat::Hard | Nat::UdpBlocked => transit(2),
                 Nat::OneToOne => {
                     let public = transit(10 + k as u8);
                     gw.exec(["ip", "addr", "add", &format!("{public}/32"), "dev", "wan"])?;
-                    nat += &format!("  iifname \"wan\" ip daddr {public} dnat to {private_ip}\n");
-                    post += &format!("  oifname \"wan\" ip saddr {private_ip} snat to {public}\n");
+                    one_to_one.push((public, private_ip));
                     public
                 }
             };
@@ -519,13 +572,7 @@ impl Topology {
                 ns,
             });
         }
-        if cloud.nat == Nat::Masquerade {
-            post += &format!("  oifname \"wan\" ip saddr {} masquerade\n", cloud.cidr);
-        }
-        nat += " }\n";
-        nat += &post;
-        nat += " }\n}\n";
-        gw.load_nft(&nat)?;
+        gw.load_nft(&natlab::nat_rules(cloud.cidr, cloud.nat, &one_to_one))?;
         self.gateways.push((cloud.name.clone(), gw));
         Ok(())
     }

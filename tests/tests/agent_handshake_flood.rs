@@ -1,8 +1,8 @@
 //! A handshake flood at an agent (issue 11, finding 3): a third namespace sends WireGuard
 //! initiations with a correct mac1 for the victim's public key and random contents as fast as
 //! it can. The victim's handshake queue fills, it declares itself under load and answers with
-//! cookie replies instead of Diffie-Hellman; a verified TCP transfer over its SEALED link to an
-//! honest peer keeps running, every byte intact.
+//! cookie replies (at most 20 a second to that source) instead of Diffie-Hellman; a verified
+//! TCP transfer over its SEALED link to an honest peer keeps running, every byte intact.
 
 use std::{process::Stdio, time::Duration};
 
@@ -46,6 +46,7 @@ fn handshake_flood_leaves_a_sealed_transfer_intact() {
         .arg(test_script("attack.py"))
         .args(["flood", &target, "8055", &key, "600"])
         .stdout(Stdio::piped());
+    let flood_start = std::time::Instant::now();
     let mut flood = Process::spawn(&mut flood).expect("flooder");
     // The flooder prints "SENT COOKIE_REPLIES" every second.
     let stdout = flood.0.stdout.take().expect("stdout");
@@ -61,6 +62,7 @@ fn handshake_flood_leaves_a_sealed_transfer_intact() {
     let from_victim = mesh.verified_transfer("g1", "z1", 5603, TRANSFER);
     let _ = flood.0.kill();
     let _ = flood.0.wait();
+    let flood_secs = flood_start.elapsed().as_secs() + 1;
     let lines = progress.join().expect("flooder output");
     let last = lines.last().cloned().unwrap_or_default();
     let counts: Vec<u64> = last
@@ -83,6 +85,12 @@ fn handshake_flood_leaves_a_sealed_transfer_intact() {
         "the victim never went under load (no cookie reply for {sent} initiations)\n{}",
         mesh.logs()
     );
+    // Cookie replies to one source are limited (20 a second after a burst of 5): the victim
+    // does not answer a flood at the rate it comes in.
+    assert!(
+        cookies <= 5 + 20 * flood_secs,
+        "{cookies} cookie replies to one source in {flood_secs} s"
+    );
     // Loose on purpose (debug binaries on a shared machine; the flooder itself takes a core):
     // without cookies every initiation costs the victim a Diffie-Hellman on its packet path
     // and the transfer crawls. `cargo xtask bench dataplane` measures the real ratio.
@@ -101,7 +109,19 @@ fn handshake_flood_leaves_a_sealed_transfer_intact() {
         "cladnet_drops_total",
         &["reason=\"wg_handshake_queue_full\""],
     );
-    eprintln!("victim drops: wg_invalid {refused}, wg_handshake_queue_full {overflow}");
+    let cookie_limited = metric_sum(
+        &metrics,
+        "cladnet_drops_total",
+        &["reason=\"wg_cookie_limited\""],
+    );
+    eprintln!(
+        "victim drops: wg_invalid {refused}, wg_handshake_queue_full {overflow}, \
+         wg_cookie_limited {cookie_limited}"
+    );
+    assert!(
+        cookie_limited > 0.0,
+        "under load, initiations beyond the cookie limit are dropped and counted"
+    );
     // The link still works and a new session can be made.
     assert!(
         mesh.topo.host("z1").pings(mesh.overlay_ip("g1"), 3),

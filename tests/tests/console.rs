@@ -472,6 +472,25 @@ fn peer_stats(host_id: &str, mode: &str, tx: u64, rx: u64, handshake: i64) -> pb
         handshake_age_seconds: handshake,
         last_rx_age_seconds: 1,
         path_mtu: 1400,
+        path: "direct".into(),
+        via: String::new(),
+    }
+}
+
+/// [`peer_stats`] of a link whose agent reports `path` (through the relay `via`).
+fn peer_stats_path(
+    host_id: &str,
+    mode: &str,
+    tx: u64,
+    rx: u64,
+    handshake: i64,
+    path: &str,
+    via: &str,
+) -> pb::PeerStats {
+    pb::PeerStats {
+        path: path.into(),
+        via: via.into(),
+        ..peer_stats(host_id, mode, tx, rx, handshake)
     }
 }
 
@@ -537,6 +556,7 @@ async fn console_assets_headers_and_stats_api() {
             cladnet_id: net.clone(),
             host_id: "b".into(),
             from_revision: 0,
+            batches: false,
         })
         .await
         .expect("watch")
@@ -599,6 +619,11 @@ async fn console_assets_headers_and_stats_api() {
     assert_eq!((p.tx_bytes, p.rx_bytes), (5 << 20, 1234));
     assert!((3..60).contains(&p.handshake_age_seconds), "{p:?}");
     assert_eq!(p.path_mtu, 1400, "the reported path MTU is served");
+    assert_eq!(
+        (p.path.as_str(), p.via.as_str()),
+        ("direct", ""),
+        "the reported path is served"
+    );
     let keys = ctl
         .controller()
         .store()
@@ -785,11 +810,11 @@ async fn console_over_tls_signs_in_and_shows_reported_peers() {
         match node {
             "a" => vec![
                 peer_stats("b", "plain", 3 << 20, 1 << 20, -1),
-                peer_stats("c", "sealed", 2 << 20, 512 << 10, 7),
+                peer_stats_path("c", "sealed", 2 << 20, 512 << 10, 7, "relay", "b"),
             ],
             "b" => vec![
                 peer_stats("a", "plain", 1 << 20, 3 << 20, -1),
-                peer_stats("c", "sealed", 4096, 2048, 30),
+                peer_stats_path("c", "sealed", 4096, 2048, 30, "unreachable", ""),
             ],
             _ => vec![
                 peer_stats("a", "sealed", 512 << 10, 2 << 20, 7),
@@ -911,6 +936,15 @@ async fn console_over_tls_signs_in_and_shows_reported_peers() {
         json!([]),
     );
     assert_eq!(links.as_array().map(Vec::len), Some(6), "{links}");
+    // The path column: as each link's agent reported it, the relay by its name.
+    let paths = browser.js(
+        "return Object.fromEntries([...document.querySelectorAll('#links tbody tr')].map(tr => [tr.dataset.from + '>' + tr.dataset.to, tr.querySelector('td.path').textContent]))",
+        json!([]),
+    );
+    assert_eq!(paths["a>c"], "relay via b.example", "{paths}");
+    assert_eq!(paths["b>c"], "unreachable", "{paths}");
+    assert_eq!(paths["a>b"], "direct", "{paths}");
+    assert_eq!(paths["c>a"], "direct", "{paths}");
 
     // Topology: two sites, three edges, one of them plain.
     let topo = browser.wait_for("the topology", UI, TOPOLOGY, json!([]));

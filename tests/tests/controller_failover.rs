@@ -42,6 +42,7 @@ async fn agent_fails_over_between_controllers() {
         cladnet_id: net.clone(),
         host_id: "roamer".into(),
         from_revision: from,
+        batches: false,
     };
     let mut stream = client
         .watch(&joined.session_token, watch(0))
@@ -109,4 +110,162 @@ async fn agent_fails_over_between_controllers() {
         )
         .is_err()
     );
+}
+
+/// A small failover storm: three controllers on one etcd, agents spread over them, one
+/// controller killed while peers keep joining. Every agent of the dead controller resumes on
+/// another with the revision it processed last (one store watch per network on each survivor),
+/// and every agent ends with exactly the store's peers, no event applied out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_storm_every_agent_resumes_and_misses_nothing() {
+    use std::{
+        collections::{BTreeMap, HashMap},
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    const AGENTS: usize = 30;
+    let Some(etcd) = Etcd::start("failover_storm", 1).await else {
+        return;
+    };
+    let mut ctls = Vec::new();
+    for _ in 0..3 {
+        ctls.push(TestController::start(etcd.client().await).await);
+    }
+    let urls: Vec<String> = ctls.iter().map(TestController::url).collect();
+    let net = api_checks::network(&ctls[0], "storm", "10.93.0.0/24").await;
+    let token = api_checks::join_token(&ctls[0], &net).await;
+
+    /// What one agent holds: host id → overlay address, the last revision, its controller.
+    #[derive(Default)]
+    struct View {
+        peers: BTreeMap<String, String>,
+        revision: i64,
+        controller: String,
+        out_of_order: Vec<String>,
+    }
+    let views: Arc<Mutex<HashMap<usize, View>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for i in 0..AGENTS {
+        let home = i % 3;
+        let node = format!("a{i}");
+        let joined = api_checks::join(&ctls[home], &token, &net, &node).await;
+        // The agent's own controller first, then the others, as an agent configured with
+        // every controller would try them.
+        let mut order = urls.clone();
+        order.rotate_left(home);
+        let mut client = ControlClient::new(order, ClientTls::new(None, None).unwrap()).unwrap();
+        let (net, views) = (net.clone(), views.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                let req = pb::WatchRequest {
+                    cladnet_id: net.clone(),
+                    host_id: node.clone(),
+                    from_revision: last,
+                    batches: true,
+                };
+                let Ok(mut stream) = client.watch(&joined.session_token, req).await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                while let Some(Ok(message)) = stream.next().await {
+                    // A batch is its changes, each at its own revision.
+                    let events = match message.event {
+                        Some(Event::Batch(batch)) => batch.events,
+                        event => vec![pb::WatchEvent { event, ..message }],
+                    };
+                    for ev in events {
+                        let mut views = views.lock().unwrap();
+                        let view = views.entry(i).or_default();
+                        view.controller = client.current().to_owned();
+                        let snapshot = matches!(ev.event, Some(Event::Snapshot(_)));
+                        if ev.revision < view.revision && !snapshot {
+                            view.out_of_order
+                                .push(format!("{} after {}", ev.revision, view.revision));
+                        }
+                        match ev.event {
+                            Some(Event::Snapshot(s)) => {
+                                view.peers =
+                                    s.peers.into_iter().map(|p| (p.host_id, p.ip)).collect();
+                            }
+                            Some(Event::PeerUpserted(p)) => {
+                                view.peers.insert(p.host_id, p.ip);
+                            }
+                            Some(Event::PeerRemoved(id)) => {
+                                view.peers.remove(&id);
+                            }
+                            _ => {}
+                        }
+                        view.revision = ev.revision;
+                        last = ev.revision;
+                    }
+                }
+                // The stream broke: back off as an agent does, so the changes made meanwhile
+                // come from the new controller's history.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
+    }
+    // Every agent has its first view before the storm.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while views.lock().unwrap().len() < AGENTS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agents never watched"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let dead = ctls.remove(0);
+    let dead_url = dead.url();
+    dead.stop().await;
+    // Peers keep joining through the survivors while the dead controller's agents resume.
+    for i in 0..10 {
+        api_checks::join(&ctls[i % 2], &token, &net, &format!("late{i}")).await;
+    }
+
+    let want: BTreeMap<String, String> = ctls[0]
+        .admin(cladnet_tests::controller::ADMIN_TOKEN)
+        .await
+        .list_peers(pb::ListPeersRequest {
+            cladnet_id: net.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .peers
+        .into_iter()
+        .map(|p| (p.host_id, p.ip))
+        .collect();
+    assert_eq!(want.len(), AGENTS + 10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let behind: Vec<usize> = {
+            let views = views.lock().unwrap();
+            views
+                .iter()
+                .filter(|(_, v)| v.peers != want || v.controller == dead_url)
+                .map(|(i, _)| *i)
+                .collect()
+        };
+        if behind.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agents {behind:?} never caught up on a live controller"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (i, view) in views.lock().unwrap().iter() {
+        assert!(
+            view.out_of_order.is_empty(),
+            "agent {i}: {:?}",
+            view.out_of_order
+        );
+    }
+    for t in tasks {
+        t.abort();
+    }
 }

@@ -145,6 +145,13 @@ fn full_size_tcp_both_ways(cidr: &str, policy: &[&str], engine: &str, filtered: 
         f64::from(HOP),
         "{metrics}"
     );
+    // The path: direct, whatever the engine (PLAIN links are never relayed; a SEALED one
+    // between two public endpoints needs no relay).
+    assert_eq!(
+        metric_sum(&metrics, "cladnet_peer_path", &["path=\"direct\""]),
+        1.0,
+        "{metrics}"
+    );
     let a1 = mesh.peer("a1").expect("a1")["hostId"]
         .as_str()
         .expect("host id")
@@ -154,7 +161,7 @@ fn full_size_tcp_both_ways(cidr: &str, policy: &[&str], engine: &str, filtered: 
         .expect("host id")
         .to_owned();
     mesh.wait(
-        "peer show: a1's link to z1 has path MTU 1400",
+        "peer show: a1's link to z1 has path MTU 1400 and goes direct",
         Duration::from_secs(25),
         |m| {
             let shown: serde_json::Value =
@@ -163,11 +170,21 @@ fn full_size_tcp_both_ways(cidr: &str, policy: &[&str], engine: &str, filtered: 
             shown["links"]
                 .as_array()
                 .and_then(|ls| ls.iter().find(|l| l["hostId"] == z1.as_str()))
-                .is_some_and(|l| l["pathMtu"].as_u64() == Some(u64::from(HOP)))
+                .is_some_and(|l| {
+                    l["pathMtu"].as_u64() == Some(u64::from(HOP))
+                        && l["path"] == "direct"
+                        && l.get("via").is_none()
+                })
         },
     );
     let table = mesh.cli(&["peer", "show", &mesh.net, &a1]);
     assert!(table.contains("PATH MTU"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.trim_start().starts_with(z1.as_str()) && l.contains(" direct ")),
+        "{table}"
+    );
     drop(mesh);
     assert_eq!(leftovers(&prefix), Vec::<String>::new());
 }

@@ -8,6 +8,12 @@
 //! listen_port = 8055
 //! data_dir = "/var/lib/cladnet-agent"
 //! metrics_listen = "127.0.0.1:9412"
+//! # Forward relayed WireGuard traffic for members that cannot reach each other directly.
+//! relay = true
+//! # Prefixes routed through this host (a pod network, a subnet behind it); the file holds
+//! # more (e.g. the Kubernetes node's podCIDR) and is re-read when it changes.
+//! advertise_routes = ["192.168.50.0/24"]
+//! advertise_routes_file = "/run/cladnet/podcidr"
 //!
 //! [site]
 //! provider = "aws"
@@ -23,6 +29,8 @@ use std::{
 
 use cladnet_common::wire::TUNNEL_PORT;
 use cladnet_proto::tls::{ClientTls, Pin};
+
+use crate::ebpf::RxHook;
 use serde::Deserialize;
 
 /// A configuration value that cannot be used.
@@ -123,6 +131,19 @@ pub struct Settings {
     /// ingress; TC first on veth devices), xdp-driver, xdp-generic or tc.
     #[arg(long)]
     pub rx_hook: Option<String>,
+    /// Peers the eBPF maps hold (default 16384; a network with more peers leaves the rest to
+    /// the userspace engine, with an error in the log). Maps pinned by an earlier agent process
+    /// keep their size until the dataplane is detached.
+    #[arg(long)]
+    pub ebpf_max_peers: Option<u32>,
+    /// Serve as a relay for this network's members that cannot reach each other directly
+    /// (give it to hosts with a public, 1:1 endpoint).
+    #[arg(long)]
+    pub relay: Option<bool>,
+    /// Packet workers of the userspace engine (each a TUN queue and a tunnel socket with a
+    /// thread per direction); default: one per core, at most 8.
+    #[arg(long)]
+    pub packet_workers: Option<usize>,
     /// Site: cloud provider.
     #[arg(long = "provider")]
     #[serde(skip)]
@@ -147,6 +168,20 @@ pub struct Settings {
     #[arg(skip)]
     #[serde(default)]
     pub site: SiteConfig,
+    /// IPv4 prefix to route through this host, e.g. a Kubernetes node's podCIDR or a subnet
+    /// behind it (comma-separated or repeated; replaces the file's list). The controller
+    /// validates and approves it.
+    #[arg(
+        long = "advertise-routes",
+        value_name = "PREFIX",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub advertise_routes: Vec<String>,
+    /// File of more prefixes to advertise (whitespace- or comma-separated, `#` comments),
+    /// re-read when it changes: e.g. the node's podCIDR written by a script (docs/kubernetes.md).
+    #[arg(long, value_name = "PATH")]
+    pub advertise_routes_file: Option<PathBuf>,
 }
 
 /// The agent's resolved configuration.
@@ -182,22 +217,19 @@ pub struct AgentConfig {
     pub dataplane: DataplaneChoice,
     /// bpffs pin directory of the eBPF engine.
     pub bpf_pin_dir: PathBuf,
-    /// Receive hook choice of the eBPF engine.
-    pub rx_hook: RxHookChoice,
-}
-
-/// Where the eBPF receive program runs.
-#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
-pub enum RxHookChoice {
-    /// XDP driver → XDP generic → TC ingress, or TC first on veth devices.
-    #[default]
-    Auto,
-    /// XDP in driver mode only.
-    XdpDriver,
-    /// XDP in generic mode only.
-    XdpGeneric,
-    /// TC ingress only.
-    Tc,
+    /// The eBPF engine's receive hook; `None` (`auto`): XDP driver → XDP generic → TC
+    /// ingress, or TC first on veth devices.
+    pub rx_hook: Option<RxHook>,
+    /// Peers the eBPF maps hold.
+    pub ebpf_max_peers: u32,
+    /// Serve as a relay for the network (`relay = true`).
+    pub relay: bool,
+    /// Packet workers of the userspace engine.
+    pub packet_workers: usize,
+    /// Prefixes to advertise (checked for shape; the controller validates them further).
+    pub advertise_routes: Vec<ipnet::Ipv4Net>,
+    /// File of more prefixes to advertise, followed while the agent runs.
+    pub advertise_routes_file: Option<PathBuf>,
 }
 
 /// Which dataplane engine to run.
@@ -211,6 +243,10 @@ pub enum DataplaneChoice {
     /// Userspace only.
     Userspace,
 }
+
+/// Most packet workers a configuration may ask for (each holds a TUN queue, a socket and two
+/// threads; the kernel allows 256 TUN queues).
+pub const MAX_PACKET_WORKERS: usize = 64;
 
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cladnet-agent";
@@ -253,6 +289,15 @@ impl Settings {
             dataplane: over.dataplane.or(self.dataplane),
             bpf_pin_dir: over.bpf_pin_dir.or(self.bpf_pin_dir),
             rx_hook: over.rx_hook.or(self.rx_hook),
+            ebpf_max_peers: over.ebpf_max_peers.or(self.ebpf_max_peers),
+            relay: over.relay.or(self.relay),
+            packet_workers: over.packet_workers.or(self.packet_workers),
+            advertise_routes: if over.advertise_routes.is_empty() {
+                self.advertise_routes
+            } else {
+                over.advertise_routes
+            },
+            advertise_routes_file: over.advertise_routes_file.or(self.advertise_routes_file),
             provider: None,
             region: None,
             zone: None,
@@ -372,20 +417,36 @@ impl Settings {
                 format!("{} is not an absolute path", bpf_pin_dir.display()),
             ));
         }
-        let rx_hook = match self.rx_hook.as_deref().unwrap_or("auto") {
-            "auto" => RxHookChoice::Auto,
-            "xdp-driver" => RxHookChoice::XdpDriver,
-            "xdp-generic" => RxHookChoice::XdpGeneric,
-            "tc" => RxHookChoice::Tc,
-            other => {
-                return Err(bad(
-                    "rx_hook",
-                    format!("{other:?} is not one of auto, xdp-driver, xdp-generic, tc"),
-                ));
-            }
-        };
+        let rx_hook = RxHook::parse_choice(self.rx_hook.as_deref().unwrap_or("auto"))
+            .map_err(|e| bad("rx_hook", e))?;
+        let ebpf_max_peers = self
+            .ebpf_max_peers
+            .unwrap_or(cladnet_common::maps::DEFAULT_MAX_PEERS);
+        let limit = cladnet_common::maps::MAX_PEERS_LIMIT;
+        if !(1..=limit).contains(&ebpf_max_peers) {
+            return Err(bad(
+                "ebpf_max_peers",
+                format!("{ebpf_max_peers} is not in 1..={limit}"),
+            ));
+        }
+        let packet_workers = self
+            .packet_workers
+            .unwrap_or_else(crate::engine::userspace::default_workers);
+        if !(1..=MAX_PACKET_WORKERS).contains(&packet_workers) {
+            return Err(bad(
+                "packet_workers",
+                format!("{packet_workers} is not in 1..={MAX_PACKET_WORKERS}"),
+            ));
+        }
+        let advertise_routes =
+            crate::routes::parse_list("advertise_routes", &self.advertise_routes)?;
         Ok(AgentConfig {
+            advertise_routes,
+            advertise_routes_file: self.advertise_routes_file,
             rx_hook,
+            ebpf_max_peers,
+            relay: self.relay.unwrap_or(false),
+            packet_workers,
             bpf_pin_dir,
             dataplane,
             controllers: self.controllers,
@@ -497,6 +558,10 @@ mod tests {
         let c = base().resolve().unwrap();
         assert_eq!(c.interface, "cladnet0");
         assert_eq!(c.listen_port, 8055);
+        assert_eq!(
+            c.packet_workers,
+            crate::engine::userspace::default_workers()
+        );
         assert_eq!(c.reflector, "192.0.2.1:8053");
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9412".parse().unwrap()));
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
@@ -529,6 +594,43 @@ mod tests {
         assert_eq!(
             (c.site.provider.as_str(), c.site.vpc.as_str()),
             ("aws", "vpc-2")
+        );
+    }
+
+    #[test]
+    fn advertised_routes_from_file_and_flags() {
+        let file: Settings = toml::from_str(
+            r#"
+            controllers = ["http://192.0.2.1:8053"]
+            network = "net"
+            join_token = "cnj.a.b"
+            advertise_routes = ["192.168.50.0/24"]
+            advertise_routes_file = "/run/cladnet/podcidr"
+            "#,
+        )
+        .unwrap();
+        let c = file.clone().resolve().unwrap();
+        assert_eq!(c.advertise_routes, vec!["192.168.50.0/24".parse().unwrap()]);
+        assert_eq!(
+            c.advertise_routes_file.as_deref(),
+            Some(Path::new("/run/cladnet/podcidr"))
+        );
+        let flags = Settings {
+            advertise_routes: vec!["10.244.3.0/24".into()],
+            ..Settings::default()
+        };
+        let c = file.overridden_by(flags).resolve().unwrap();
+        assert_eq!(c.advertise_routes, vec!["10.244.3.0/24".parse().unwrap()]);
+        let e = Settings {
+            advertise_routes: vec!["10.244.3.1/24".into()],
+            ..base()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("config advertise_routes: entry 1: ") && e.contains("did you mean"),
+            "{e}"
         );
     }
 
@@ -670,6 +772,34 @@ mod tests {
                 ..base()
             }),
             "rx_hook"
+        );
+        assert_eq!(
+            err(Settings {
+                ebpf_max_peers: Some(0),
+                ..base()
+            }),
+            "ebpf_max_peers"
+        );
+        assert_eq!(
+            err(Settings {
+                ebpf_max_peers: Some(cladnet_common::maps::MAX_PEERS_LIMIT + 1),
+                ..base()
+            }),
+            "ebpf_max_peers"
+        );
+        assert_eq!(
+            err(Settings {
+                packet_workers: Some(0),
+                ..base()
+            }),
+            "packet_workers"
+        );
+        assert_eq!(
+            err(Settings {
+                packet_workers: Some(MAX_PACKET_WORKERS + 1),
+                ..base()
+            }),
+            "packet_workers"
         );
         let unknown = toml::from_str::<Settings>("netwrok = \"x\"").unwrap_err();
         assert!(unknown.to_string().contains("netwrok"), "{unknown}");

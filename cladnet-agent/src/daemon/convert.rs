@@ -3,8 +3,11 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use cladnet_core::{
+    node::{
+        SelfRecord,
+        table::{PeerState, RemotePeer},
+    },
     policy::{Encryption, PeerView, Policy, RuleType, Site},
-    table::{PeerState, RemotePeer},
 };
 use cladnet_proto::v1 as pb;
 use cladnet_wg::PublicKey;
@@ -59,6 +62,22 @@ pub fn view(p: &pb::Peer) -> PeerView {
     }
 }
 
+/// The approved prefixes of a record (pending and rejected ones are not routed).
+fn approved_prefixes(p: &pb::Peer) -> Result<Vec<ipnet::Ipv4Net>, RecordError> {
+    p.routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.state == "approved")
+        .map(|(i, r)| {
+            r.prefix.parse::<ipnet::Ipv4Net>().map_err(|e| RecordError {
+                host_id: p.host_id.clone(),
+                field: "routes[].prefix",
+                reason: format!("routes[{i}].prefix {:?}: {e}", r.prefix),
+            })
+        })
+        .collect()
+}
+
 /// A remote peer from its record.
 pub fn remote(p: &pb::Peer) -> Result<RemotePeer, RecordError> {
     let err = |field, reason: String| RecordError {
@@ -78,6 +97,29 @@ pub fn remote(p: &pb::Peer) -> Result<RemotePeer, RecordError> {
         public_key: *key.as_bytes(),
         view: view(p),
         state: PeerState::from_api(&p.state),
+        prefixes: approved_prefixes(p)?,
+    })
+}
+
+/// This node's own record.
+pub fn self_record(p: &pb::Peer) -> Result<SelfRecord, RecordError> {
+    let me = remote(p)?;
+    let prefix_len = p
+        .ipv4_cidr
+        .split_once('/')
+        .and_then(|(_, l)| l.parse().ok())
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| RecordError {
+            host_id: p.host_id.clone(),
+            field: "ipv4Cidr",
+            reason: format!("{:?} has no prefix length", p.ipv4_cidr),
+        })?;
+    Ok(SelfRecord {
+        node_index: me.node_index,
+        overlay_ip: me.overlay_ip,
+        prefix_len,
+        view: me.view,
+        prefixes: me.prefixes,
     })
 }
 
@@ -101,6 +143,26 @@ mod tests {
         assert_eq!(r.overlay_ip, Ipv4Addr::new(10, 77, 0, 5));
         assert_eq!(r.view.public, Some("203.0.113.1:8055".parse().unwrap()));
         assert_eq!(r.state, PeerState::Up);
+        assert!(r.prefixes.is_empty());
+        let route = |prefix: &str, state: &str| pb::Route {
+            host_id: "h1".into(),
+            prefix: prefix.into(),
+            state: state.into(),
+            ..pb::Route::default()
+        };
+        p.routes = vec![
+            route("10.244.5.0/24", "approved"),
+            route("10.244.6.0/24", "pending"),
+            route("10.244.7.0/24", "rejected"),
+        ];
+        assert_eq!(
+            remote(&p).unwrap().prefixes,
+            ["10.244.5.0/24".parse::<ipnet::Ipv4Net>().unwrap()],
+            "only approved prefixes are routed"
+        );
+        p.routes.push(route("10.244.8.0/33", "approved"));
+        assert_eq!(remote(&p).unwrap_err().field, "routes[].prefix");
+        p.routes.clear();
         p.public_key = "nope".into();
         assert_eq!(remote(&p).unwrap_err().field, "publicKey");
         p.ip = "10.77.0".into();

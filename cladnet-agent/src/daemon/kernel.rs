@@ -1,60 +1,38 @@
-//! The eBPF engine as the daemon drives it: the same peer-table commands the userspace engine
-//! gets, turned into map updates, with a counter slot per peer.
+//! The eBPF engine as the daemon drives it: the Node's commands turned into map updates.
 //!
 //! PLAIN peers are carried by the kernel (TC egress on the overlay device encapsulates, XDP or
 //! TC ingress on the underlay decapsulates); SEALED peers get an entry that leaves their
-//! packets to the userspace engine, which seals them.
+//! packets to the userspace engine, which seals them. Counter slots are the Node's.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::Path,
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
 };
 
-use cladnet_common::maps::MAX_PEERS;
-use cladnet_core::table::Command;
-use tracing::{info, warn};
+use cladnet_core::node::Command;
+use tracing::{error, info, warn};
 
-use crate::ebpf::{AttachConfig, AttachMode, AttachReport, EbpfError, KernelDataplane, PeerStats};
-
-/// Counter slots: one per installed peer, reused after removal (a reused slot starts from
-/// zero, see [`KernelDataplane::upsert_peer`]).
-#[derive(Debug, Default)]
-struct Slots {
-    by_node: HashMap<String, u32>,
-    free: Vec<u32>,
-    next: u32,
-}
-
-impl Slots {
-    fn get(&mut self, node_id: &str) -> Option<u32> {
-        if let Some(s) = self.by_node.get(node_id) {
-            return Some(*s);
-        }
-        let slot = self.free.pop().or_else(|| {
-            (self.next < MAX_PEERS).then(|| {
-                self.next += 1;
-                self.next - 1
-            })
-        })?;
-        self.by_node.insert(node_id.to_owned(), slot);
-        Some(slot)
-    }
-
-    fn release(&mut self, node_id: &str) {
-        if let Some(s) = self.by_node.remove(node_id) {
-            self.free.push(s);
-        }
-    }
-}
+use crate::{
+    ebpf::{AttachConfig, AttachReport, EbpfError, KernelDataplane, PeerStats, RxHook},
+    engine::{Engine, EngineError},
+};
 
 /// The attached kernel dataplane.
 #[derive(Debug)]
 pub struct Kernel {
     /// `None` once detached.
     dp: Mutex<Option<KernelDataplane>>,
-    slots: Mutex<Slots>,
+    /// Peers the maps hold ([`KernelDataplane::capacity`]): slots at or above it stay in the
+    /// userspace engine.
+    capacity: u32,
+    /// Whether the network outgrowing the maps was logged (once per agent process).
+    full_logged: AtomicBool,
     /// Where the receive program runs and why.
     pub report: AttachReport,
 }
@@ -67,17 +45,19 @@ impl Kernel {
         underlay: &str,
         overlay: &str,
         pin_dir: &Path,
-        mode: AttachMode,
+        hooks: &'static [RxHook],
         tunnel_port: u16,
         local_underlay_ip: Option<Ipv4Addr>,
+        max_peers: u32,
     ) -> Result<Self, EbpfError> {
         let cfg = AttachConfig {
             underlay: underlay.to_owned(),
             overlay: Some(overlay.to_owned()),
             pin_dir: pin_dir.to_owned(),
-            mode,
+            hooks,
             tunnel_port,
             local_underlay_ip,
+            max_peers,
         };
         let (dp, report) = KernelDataplane::attach(&cfg)?;
         info!(
@@ -89,8 +69,9 @@ impl Kernel {
             "eBPF dataplane attached"
         );
         Ok(Self {
+            capacity: dp.capacity(),
+            full_logged: AtomicBool::new(false),
             dp: Mutex::new(Some(dp)),
-            slots: Mutex::default(),
             report,
         })
     }
@@ -102,49 +83,6 @@ impl Kernel {
     ) -> Result<Option<T>, EbpfError> {
         let mut guard = self.dp.lock().unwrap_or_else(|e| e.into_inner());
         guard.as_mut().map(f).transpose()
-    }
-
-    /// Applies one peer-table command to the maps.
-    pub fn apply(
-        &self,
-        cmd: &Command,
-        local_index: u32,
-        underlay_ip: Option<Ipv4Addr>,
-    ) -> Result<(), EbpfError> {
-        match cmd {
-            Command::SetInterface { ip: overlay, .. } => {
-                self.with(|dp| dp.set_local_overlay(*overlay))?;
-                if let Some(ip) = underlay_ip {
-                    self.with(|dp| dp.set_local(local_index, ip))?;
-                }
-            }
-            Command::UpsertPeer(peer) => {
-                let Some(slot) = self
-                    .slots
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&peer.node_id)
-                else {
-                    warn!(
-                        node_id = peer.node_id,
-                        "no free counter slot; peer left to userspace"
-                    );
-                    return Ok(());
-                };
-                self.with(|dp| dp.upsert_peer(peer, slot))?;
-            }
-            Command::RemovePeer {
-                node_id,
-                overlay_ip,
-            } => {
-                self.with(|dp| dp.remove_peer(*overlay_ip))?;
-                self.slots
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .release(node_id);
-            }
-        }
-        Ok(())
     }
 
     /// Per-peer counters by overlay address (peers the kernel carries).
@@ -186,18 +124,52 @@ impl Kernel {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Engine for Kernel {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
 
-    #[test]
-    fn slots_are_stable_and_reused() {
-        let mut s = Slots::default();
-        assert_eq!(s.get("a"), Some(0));
-        assert_eq!(s.get("b"), Some(1));
-        assert_eq!(s.get("a"), Some(0));
-        s.release("a");
-        assert_eq!(s.get("c"), Some(0));
-        assert_eq!(s.get("d"), Some(2));
+    fn apply(&self, _now: Instant, cmd: &Command) -> Result<(), EngineError> {
+        let result = match cmd {
+            Command::SetLocal(local) => self.with(|dp| {
+                dp.set_local_overlay(local.overlay_ip)?;
+                dp.set_local_prefixes(local.node_index, &local.prefixes)?;
+                match local.underlay_ip {
+                    Some(ip) => dp.set_local(local.node_index, ip),
+                    None => Ok(()),
+                }
+            }),
+            Command::UpsertPeer(peer) if peer.slot >= self.capacity => {
+                // Once: a network this large would otherwise log a line per extra peer.
+                if !self.full_logged.swap(true, Ordering::Relaxed) {
+                    error!(
+                        node_id = peer.node_id,
+                        max_peers = self.capacity,
+                        "the network has outgrown the eBPF maps ({} peers): this and further \
+                         peers stay in the userspace engine; raise the agent setting \
+                         ebpf_max_peers and restart with the dataplane detached",
+                        self.capacity
+                    );
+                }
+                Ok(None)
+            }
+            Command::UpsertPeer(peer) => self.with(|dp| dp.upsert_peer(peer)),
+            Command::RemovePrefixes {
+                node_index,
+                prefixes,
+                ..
+            } => self.with(|dp| dp.remove_prefixes(*node_index, prefixes)),
+            Command::RemovePeer { overlay_ip, .. } => {
+                self.with(|dp| dp.remove_peer(*overlay_ip).map(|_| ()))
+            }
+            // The maps are the kernel's index; the packet threads' snapshot is not for it.
+            // Route MTUs are the overlay device's (netconf): the kernel sizes packets to
+            // them before TC egress sees them.
+            Command::Publish(_) | Command::SetRouteMtu { .. } => Ok(None),
+        };
+        result.map(|_| ()).map_err(|e| EngineError {
+            engine: "ebpf",
+            source: Box::new(e),
+        })
     }
 }

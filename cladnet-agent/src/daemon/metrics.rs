@@ -143,6 +143,22 @@ impl Collector for EngineCollector {
                 )
             }),
         )?;
+        let workers = self.dp.workers.stats();
+        family(
+            e,
+            "cladnet_userspace_worker_packets",
+            "What each packet worker of the userspace engine read: TUN reads (tun, a TSO \
+             super-packet counts once) and datagrams received on its socket (udp).",
+            MetricType::Counter,
+            workers.iter().enumerate().flat_map(|(i, w)| {
+                [("tun", w.tun_reads), ("udp", w.datagrams)].map(|(from, n)| {
+                    (
+                        vec![("worker", i.to_string()), ("from", from.to_owned())],
+                        ConstCounter::new(n),
+                    )
+                })
+            }),
+        )?;
         family(
             e,
             "cladnet_peer_rtt_seconds",
@@ -169,6 +185,58 @@ impl Collector for EngineCollector {
                 ],
                 ConstGauge::new(1_i64),
             )],
+        )?;
+        family(
+            e,
+            "cladnet_agent_watch_records_rejected",
+            "Watch records the agent could not use (logged and skipped, never fatal).",
+            MetricType::Counter,
+            [(
+                vec![("network", info.network.clone())],
+                ConstCounter::new(info.rejected_watch_records),
+            )],
+        )?;
+        let relay = self.dp.router.relay();
+        family(
+            e,
+            "cladnet_peer_path",
+            "The path to each peer (value 1): direct, relay (via names the relay), \
+             connecting or unreachable; PLAIN links are always direct.",
+            MetricType::Gauge,
+            peers.iter().filter_map(|p| {
+                let labels = vec![
+                    ("network", net.to_owned()),
+                    ("peer", p.node_id.clone()),
+                    ("path", p.path.clone()?),
+                    ("via", p.via.clone().unwrap_or_default()),
+                ];
+                Some((labels, ConstGauge::new(1_i64)))
+            }),
+        )?;
+        let counters = relay.counters();
+        family(
+            e,
+            "cladnet_relay_forwarded_bytes",
+            "Bytes this node forwarded as a relay.",
+            MetricType::Counter,
+            [(Labels::new(), ConstCounter::new(counters.forwarded.1))],
+        )?;
+        family(
+            e,
+            "cladnet_relay_forwarded_frames",
+            "Frames this node forwarded as a relay.",
+            MetricType::Counter,
+            [(Labels::new(), ConstCounter::new(counters.forwarded.0))],
+        )?;
+        family(
+            e,
+            "cladnet_relay_refused",
+            "Relay frames this node refused as a relay, by reason.",
+            MetricType::Counter,
+            counters
+                .refused
+                .into_iter()
+                .map(|(reason, n)| (vec![("reason", reason)], ConstCounter::new(n))),
         )?;
         family(
             e,

@@ -1,33 +1,13 @@
 //! What the agent does on the controller's behalf besides forwarding: remote commands, the
-//! connectivity test, traffic statistics for the console, and kernel updates for endpoints
-//! learnt from packets.
+//! connectivity test and traffic statistics for the console.
 
-use cladnet_core::table::Command;
+use cladnet_core::node::WatchEvent;
 use cladnet_proto::v1 as pb;
 use tracing::{debug, info, warn};
 
 use super::{Agent, conntest};
-use crate::engine::router::PeerEvent;
 
 impl Agent {
-    /// A PLAIN peer's port learnt from its packets (see `Router::learn_plain_port`) goes into
-    /// the kernel maps too, so the kernel sends there and accepts from there.
-    pub(super) fn follow_learned_endpoint(&self, ev: &PeerEvent) {
-        let PeerEvent::EndpointChanged { node_id, .. } = ev else {
-            return;
-        };
-        if let Some(config) = self.dp.router.peer_config(node_id)
-            && config.mode == cladnet_core::policy::LinkMode::Plain
-            && let Some(k) = &self.dp.kernel
-        {
-            let underlay_ip = self.facts.private_cidr.map(|(ip, _)| ip);
-            if let Err(error) = k.apply(&Command::UpsertPeer(config), self.local_index, underlay_ip)
-            {
-                warn!(%error, node_id, "updating the kernel with a learnt endpoint failed");
-            }
-        }
-    }
-
     /// Sends the per-peer traffic counters (best effort: the next round replaces a lost one).
     pub(super) async fn report_stats(&mut self) {
         let peers = self.dp.peers(std::time::Instant::now());
@@ -42,7 +22,11 @@ impl Agent {
             .map(|p| pb::PeerStats {
                 host_id: p.node_id,
                 mode: p.mode.into(),
-                endpoint: p.endpoint.map(|e| e.to_string()).unwrap_or_default(),
+                // A relayed peer's endpoint is its relay address (240.0.0.0/4), which means
+                // nothing outside this agent: the path and `via` say where it goes.
+                endpoint: crate::engine::relay::real(p.endpoint)
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
                 tx_bytes: p.traffic.tx_bytes,
                 rx_bytes: p.traffic.rx_bytes,
                 tx_packets: p.traffic.tx_packets,
@@ -55,12 +39,13 @@ impl Agent {
                     at => i64::try_from(now_ms.saturating_sub(at) / 1000).unwrap_or(i64::MAX),
                 },
                 path_mtu: p.path_mtu.map_or(0, |m| m.path_mtu),
+                path: p.path.unwrap_or_default(),
+                via: p.via.unwrap_or_default(),
             })
             .collect();
-        let req = self.report(|r| r.peer_stats = peer_stats);
-        if let Err(error) = self.client.report(&self.session, req).await {
+        let req = self.session.report(|r| r.peer_stats = peer_stats);
+        if let Err(error) = self.session.send(req).await {
             debug!(%error, "traffic statistics not delivered");
-            self.session_lost |= error.is_unauthenticated();
         }
     }
 
@@ -69,7 +54,7 @@ impl Agent {
     /// network policy both ends of a link must agree on: the controller turns the encryption
     /// commands into a policy change and never sends them; should one arrive it is refused
     /// with a pointer to the policy.
-    pub(super) fn on_command(&mut self, c: &pb::Command) -> Vec<Command> {
+    pub(super) fn on_command(&mut self, c: &pb::Command) -> Option<WatchEvent> {
         info!(
             command = c.command_type,
             id = c.command_id,
@@ -79,17 +64,25 @@ impl Agent {
             "down" | "up" => {
                 let down = c.command_type == "down";
                 self.update_info(|i| i.state.clone_from(&c.command_type));
-                self.pending = Some(self.report(|r| {
-                    r.state = c.command_type.clone();
-                }));
-                self.table.set_suspended(down)
+                let report = self.session.report(|r| r.state.clone_from(&c.command_type));
+                self.session.set_pending(report);
+                Some(WatchEvent::Suspend(down))
+            }
+            "advertise-routes" => {
+                match self.advertiser.apply_command(c) {
+                    Ok(_) => {}
+                    Err(reason) => {
+                        warn!(id = c.command_id, %reason, "advertise-routes command refused");
+                    }
+                }
+                None
             }
             other => {
                 warn!(
                     command = other,
                     "encryption is the network's policy (cladnet network update --encryption); ignoring"
                 );
-                Vec::new()
+                None
             }
         }
     }
@@ -111,7 +104,7 @@ impl Agent {
             .filter_map(|h| {
                 Some(conntest::Target {
                     host_id: h.clone(),
-                    ip: self.table.peer(h)?.overlay_ip,
+                    ip: self.node.table().peer(h)?.overlay_ip,
                 })
             })
             .collect();

@@ -15,6 +15,7 @@ use tokio::{io::AsyncWriteExt as _, net::UnixListener};
 use tracing::{debug, warn};
 
 use super::dataplane::Dataplane;
+use crate::engine::relay::{PathStatus, RelayCounters};
 
 /// Name of the socket in the data directory.
 pub const SOCKET: &str = "agent.sock";
@@ -42,6 +43,9 @@ pub struct AgentInfo {
     pub controller: String,
     /// `up`, `down`, `joining`.
     pub state: String,
+    /// Watch records the agent could not use (logged and skipped).
+    #[serde(default)]
+    pub rejected_watch_records: u64,
 }
 
 /// What the socket returns.
@@ -53,6 +57,12 @@ pub struct Status {
     pub peers: Vec<PeerLine>,
     /// Non-zero drop counters by engine and reason.
     pub drops: Vec<DropLine>,
+    /// Every SEALED peer's path: direct, through a relay, or neither.
+    #[serde(default)]
+    pub paths: Vec<PathStatus>,
+    /// What this node did as a relay.
+    #[serde(default)]
+    pub relay: RelayCounters,
 }
 
 /// A non-zero drop counter, labelled like `cladnet_drops_total`.
@@ -96,6 +106,13 @@ pub struct PeerLine {
     /// Path MTU search state (base, searching, search_complete, error).
     #[serde(default)]
     pub path_mtu_state: Option<String>,
+    /// `direct`, `relay`, `connecting` or `unreachable` (PLAIN links: always `direct`); none
+    /// for a SEALED peer not looked at yet.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The relay's node id while relayed.
+    #[serde(default)]
+    pub via: Option<String>,
 }
 
 /// Serves status snapshots on `<data_dir>/agent.sock` in the background.
@@ -144,6 +161,8 @@ fn snapshot(dp: &Dataplane, info: &Mutex<AgentInfo>) -> Status {
                 path_mtu: p.path_mtu.map(|m| m.path_mtu),
                 route_mtu: p.path_mtu.and_then(|m| m.route_mtu),
                 path_mtu_state: p.path_mtu.map(|m| m.state.to_owned()),
+                path: p.path,
+                via: p.via,
             })
             .collect(),
         drops: dp
@@ -156,6 +175,8 @@ fn snapshot(dp: &Dataplane, info: &Mutex<AgentInfo>) -> Status {
                 count,
             })
             .collect(),
+        paths: dp.router.relay().paths(&dp.router),
+        relay: dp.router.relay().counters(),
     }
 }
 
@@ -230,6 +251,15 @@ pub fn render(s: &Status) -> String {
             bytes(p.rx_bytes),
             bytes(p.tx_bytes)
         );
+        match (&p.path, &p.via) {
+            (Some(path), Some(via)) => {
+                let _ = writeln!(out, "  path: {path} via {via}");
+            }
+            (Some(path), None) => {
+                let _ = writeln!(out, "  path: {path}");
+            }
+            (None, _) => {}
+        }
         if let Some(mtu) = p.path_mtu {
             let route = p.route_mtu.map_or("-".to_owned(), |r| r.to_string());
             let _ = writeln!(
@@ -237,6 +267,17 @@ pub fn render(s: &Status) -> String {
                 "  path MTU: {mtu} (inner {route}, {})",
                 p.path_mtu_state.as_deref().unwrap_or("-")
             );
+        }
+    }
+    if s.relay.serving {
+        let (frames, bytes_fwd) = s.relay.forwarded;
+        let _ = writeln!(
+            out,
+            "\nrelay: serving, {frames} frames ({}) forwarded",
+            bytes(bytes_fwd)
+        );
+        for (reason, n) in s.relay.refused.iter().filter(|r| r.1 > 0) {
+            let _ = writeln!(out, "  refused {reason}: {n}");
         }
     }
     if !s.drops.is_empty() {
@@ -273,12 +314,25 @@ mod tests {
                 path_mtu: Some(1400),
                 route_mtu: Some(1328),
                 path_mtu_state: Some("search_complete".into()),
+                path: Some("relay".into()),
+                via: Some("r1".into()),
             }],
             drops: vec![DropLine {
                 engine: "userspace".into(),
                 reason: "wg_replay".into(),
                 count: 2,
             }],
+            paths: vec![PathStatus {
+                node_id: "n1".into(),
+                path: "relay".into(),
+                via: Some("r1".into()),
+            }],
+            relay: RelayCounters {
+                serving: true,
+                forwarded: (3, 300),
+                refused: vec![("not_member".into(), 4), ("byte_limit".into(), 0)],
+                refused_deliveries: vec![],
+            },
         };
         let text = render(&s);
         assert!(text.contains("interface: cladnet0 (userspace)"), "{text}");
@@ -289,6 +343,13 @@ mod tests {
         assert!(text.contains("latest handshake: 3 seconds ago"), "{text}");
         assert!(text.contains("1.50 KiB received, 10 B sent"), "{text}");
         assert!(text.contains("wg_replay (userspace): 2"), "{text}");
+        assert!(text.contains("\n  path: relay via r1\n"), "{text}");
+        assert!(
+            text.contains("relay: serving, 3 frames (300 B) forwarded"),
+            "{text}"
+        );
+        assert!(text.contains("refused not_member: 4"), "{text}");
+        assert!(!text.contains("byte_limit"), "{text}");
         // --json: mode and engine are separate fields, as in the metrics' labels.
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["peers"][0]["mode"], "sealed");

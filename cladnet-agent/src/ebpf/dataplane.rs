@@ -18,10 +18,11 @@ use aya::{
     },
 };
 use cladnet_common::maps::{
-    ALL_MAPS, Config, Counters, EndpointEntry, KernelDrop, MAP_CONFIG, PROG_TC_OVERLAY_EGRESS,
-    PROG_TC_UNDERLAY_INGRESS, PROG_XDP_UNDERLAY, PeerEntry, StatSlot,
+    ALL_MAPS, Config, Counters, DEFAULT_MAX_PEERS, EndpointEntry, KernelDrop, MAP_CONFIG,
+    MAX_PEERS_LIMIT, PROG_TC_OVERLAY_EGRESS, PROG_TC_UNDERLAY_INGRESS, PROG_XDP_UNDERLAY,
+    PeerEntry, StatSlot,
 };
-use cladnet_core::table::PeerConfig;
+use cladnet_core::node::PeerConfig;
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -44,44 +45,54 @@ pub(super) fn pin_names() -> impl Iterator<Item = &'static str> {
         .chain(ALL_MAPS)
 }
 
-/// Which hook the underlay receive program may use.
-#[derive(Clone, Copy, Debug, Eq, PartialEq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// XDP in driver mode, else XDP generic mode, else TC ingress.
-    Auto,
-    /// TC ingress, else XDP driver, else XDP generic: `auto` for devices where driver-mode XDP
-    /// costs more than it saves (veth: attaching XDP turns TSO off on the peer device, so
-    /// every segment crosses on its own; TC ingress sees GRO'd super-packets — measured 3x
-    /// faster in `cargo xtask bench dataplane`).
-    #[value(skip)]
-    #[serde(rename = "auto-tc-first")]
-    AutoTcFirst,
-    /// XDP in driver (native) mode only.
-    Driver,
-    /// XDP in generic (skb) mode only.
-    Generic,
-    /// TC ingress only.
-    Tc,
-}
-
-/// The hook the underlay receive program ended up on.
+/// Where the underlay receive program runs: the one type for the hook from the configuration
+/// (`rx_hook`, `--rx-hook`; `None` is `auto`) through selection ([`RxHook::order`]), attach,
+/// the report and status, to the kernel's [`Config::rx_hook`] (its `#[repr]` is that code).
 #[derive(Clone, Copy, Debug, Eq, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[repr(u32)]
 pub enum RxHook {
     /// XDP, driver (native) mode: before the stack allocates an skb, before GRO.
     #[serde(rename = "driver")]
-    XdpDriver,
+    XdpDriver = 1,
     /// XDP, generic (skb) mode: after skb allocation and GRO.
     #[serde(rename = "generic")]
-    XdpGeneric,
+    XdpGeneric = 2,
     /// TC ingress (tcx): after GRO.
     #[serde(rename = "tc")]
-    TcIngress,
+    TcIngress = 3,
 }
 
 impl RxHook {
-    /// `driver`, `generic` or `tc`.
+    /// Every hook, in `auto`'s order.
+    pub const ALL: [Self; 3] = [Self::XdpDriver, Self::XdpGeneric, Self::TcIngress];
+
+    /// `auto` on veth devices: TC ingress first, because attaching driver-mode XDP turns TSO
+    /// off on the peer device, so every segment crosses on its own, while TC ingress sees
+    /// GRO'd super-packets (measured 3x faster in `cargo xtask bench dataplane`).
+    const VETH_ORDER: [Self; 3] = [Self::TcIngress, Self::XdpDriver, Self::XdpGeneric];
+
+    /// The name in the agent's configuration (`rx_hook`) and in the capabilities it reports:
+    /// `xdp-driver`, `xdp-generic` or `tc`.
+    pub const fn config_name(self) -> &'static str {
+        match self {
+            Self::XdpDriver => "xdp-driver",
+            Self::XdpGeneric => "xdp-generic",
+            Self::TcIngress => "tc",
+        }
+    }
+
+    /// For people: `XDP driver mode`, `XDP generic mode`, `TC ingress`.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::XdpDriver => "XDP driver mode",
+            Self::XdpGeneric => "XDP generic mode",
+            Self::TcIngress => "TC ingress",
+        }
+    }
+
+    /// `driver`, `generic` or `tc` (the `dataplane attach` command's output, and the short
+    /// names its `--xdp-mode` accepts).
     pub const fn name(self) -> &'static str {
         match self {
             Self::XdpDriver => "driver",
@@ -92,31 +103,47 @@ impl RxHook {
 
     /// The value recorded in [`Config::rx_hook`].
     pub const fn code(self) -> u32 {
-        match self {
-            Self::XdpDriver => Config::RX_HOOK_XDP_DRIVER,
-            Self::XdpGeneric => Config::RX_HOOK_XDP_GENERIC,
-            Self::TcIngress => Config::RX_HOOK_TC,
-        }
+        self as u32
     }
 
-    /// The hook a [`Config::rx_hook`] value names.
-    pub const fn from_code(code: u32) -> Option<Self> {
-        match code {
-            Config::RX_HOOK_XDP_DRIVER => Some(Self::XdpDriver),
-            Config::RX_HOOK_XDP_GENERIC => Some(Self::XdpGeneric),
-            Config::RX_HOOK_TC => Some(Self::TcIngress),
-            _ => None,
-        }
+    /// The hook a [`Config::rx_hook`] value names (`None` for [`Config::RX_HOOK_NONE`] or an
+    /// unknown value).
+    pub fn from_code(code: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| h.code() == code)
     }
 
-    fn order(mode: AttachMode) -> &'static [Self] {
-        match mode {
-            AttachMode::Auto => &[Self::XdpDriver, Self::XdpGeneric, Self::TcIngress],
-            AttachMode::AutoTcFirst => &[Self::TcIngress, Self::XdpDriver, Self::XdpGeneric],
-            AttachMode::Driver => &[Self::XdpDriver],
-            AttachMode::Generic => &[Self::XdpGeneric],
-            AttachMode::Tc => &[Self::TcIngress],
+    /// Parses a configured choice: `auto` is `None`; a hook by its [`RxHook::config_name`] or
+    /// its short [`RxHook::name`]. The error lists the accepted values.
+    pub fn parse_choice(s: &str) -> Result<Option<Self>, String> {
+        if s == "auto" {
+            return Ok(None);
         }
+        Self::ALL
+            .into_iter()
+            .find(|h| h.config_name() == s || h.name() == s)
+            .map(Some)
+            .ok_or_else(|| format!("{s:?} is not one of auto, xdp-driver, xdp-generic, tc"))
+    }
+
+    /// The hooks to try, in order: the configured one alone, else (`auto`) XDP driver → XDP
+    /// generic → TC ingress, or TC ingress first when the underlay is a veth device.
+    pub fn order(choice: Option<Self>, underlay_is_veth: bool) -> &'static [Self] {
+        match (choice, underlay_is_veth) {
+            (Some(Self::XdpDriver), _) => &[Self::XdpDriver],
+            (Some(Self::XdpGeneric), _) => &[Self::XdpGeneric],
+            (Some(Self::TcIngress), _) => &[Self::TcIngress],
+            (None, false) => &Self::ALL,
+            (None, true) => &Self::VETH_ORDER,
+        }
+    }
+}
+
+impl std::str::FromStr for RxHook {
+    type Err = String;
+
+    /// Parses a hook (not `auto`): see [`RxHook::parse_choice`].
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse_choice(s)?.ok_or_else(|| "auto names no single hook".to_owned())
     }
 }
 
@@ -129,8 +156,8 @@ pub struct AttachConfig {
     pub overlay: Option<String>,
     /// bpffs directory for the pins (default [`cladnet_common::maps::PIN_ROOT`]).
     pub pin_dir: PathBuf,
-    /// Hook choice for the receive program.
-    pub mode: AttachMode,
+    /// The hooks the receive program may use, tried in order ([`RxHook::order`]).
+    pub hooks: &'static [RxHook],
     /// UDP port of the tunnel (source port of what we send, destination of what we accept).
     pub tunnel_port: u16,
     /// Outer source address of encapsulated packets; receive accepts only datagrams to it.
@@ -138,6 +165,9 @@ pub struct AttachConfig {
     /// accepts datagrams to any address and the kernel sends nothing it would source from
     /// 0.0.0.0 — peers would reject it).
     pub local_underlay_ip: Option<Ipv4Addr>,
+    /// Peers the maps hold (agent setting `ebpf_max_peers`, 1..=[`MAX_PEERS_LIMIT`]). Maps
+    /// pinned by a previous agent process keep the size they were created with.
+    pub max_peers: u32,
 }
 
 impl AttachConfig {
@@ -147,9 +177,10 @@ impl AttachConfig {
             underlay: underlay.into(),
             overlay,
             pin_dir: PathBuf::from(cladnet_common::maps::PIN_ROOT),
-            mode: AttachMode::Auto,
+            hooks: RxHook::order(None, false),
             tunnel_port: cladnet_common::wire::TUNNEL_PORT,
             local_underlay_ip: None,
+            max_peers: DEFAULT_MAX_PEERS,
         }
     }
 }
@@ -188,7 +219,7 @@ impl std::fmt::Debug for KernelDataplane {
 
 impl KernelDataplane {
     /// Loads the programs, attaches the receive program to the underlay device (XDP driver →
-    /// XDP generic → TC ingress, as `cfg.mode` allows) and the transmit program to the overlay
+    /// XDP generic → TC ingress, as `cfg.hooks` allow) and the transmit program to the overlay
     /// device, pins maps and links in `cfg.pin_dir` (so the programs keep forwarding when
     /// this process exits), and sets `rp_filter` loose on the underlay device. Either all of
     /// it happens or nothing is left behind.
@@ -208,6 +239,7 @@ impl KernelDataplane {
                 reason: "must be 1..=65535".into(),
             });
         }
+        check_max_peers(cfg.max_peers)?;
         let underlay_ifindex = ifindex(&cfg.underlay)?;
         let overlay_ifindex = cfg.overlay.as_deref().map(ifindex).transpose()?;
         if OBJECT.is_empty() {
@@ -287,7 +319,7 @@ impl KernelDataplane {
             });
         };
         let overlay_ifindex = ifindex(overlay)?;
-        let mut ebpf = load_object(Some(&pin_dir))?;
+        let mut ebpf = load_object(Some(&pin_dir), self.tables.capacity())?;
         replace_overlay(&mut ebpf, &pin_dir, overlay, false)?;
         self.update_config(|c| c.overlay_ifindex = overlay_ifindex)?;
         info!(overlay, "transmit program attached to the overlay device");
@@ -304,6 +336,11 @@ impl KernelDataplane {
     /// The pin directory (`None` for a dataplane loaded for tests).
     pub fn pin_dir(&self) -> Option<&Path> {
         self.pin_dir.as_deref()
+    }
+
+    /// Peers the maps hold: counter slots are `0..capacity`.
+    pub fn capacity(&self) -> u32 {
+        self.tables.capacity()
     }
 
     /// The programs' configuration.
@@ -337,12 +374,32 @@ impl KernelDataplane {
         .map(drop)
     }
 
-    /// Installs or replaces a peer, with its counters in `slot` (`0..MAX_PEERS`; a slot newly
-    /// given to a peer starts from zero). PLAIN peers with an endpoint are carried by the
-    /// kernel; SEALED peers (and PLAIN ones without an endpoint) get an entry that leaves their
-    /// packets to the userspace engine.
-    pub fn upsert_peer(&mut self, peer: &PeerConfig, slot: u32) -> Result<(), EbpfError> {
-        self.tables.upsert_peer(peer, slot)
+    /// Installs or replaces a peer, with its counters in its slot (`0..capacity()`; a slot
+    /// newly given to a peer starts from zero). PLAIN peers with an endpoint are carried by
+    /// the kernel; SEALED peers (and PLAIN ones without an endpoint) get an entry that leaves
+    /// their packets to the userspace engine.
+    pub fn upsert_peer(&mut self, peer: &PeerConfig) -> Result<(), EbpfError> {
+        self.tables.upsert_peer(peer)
+    }
+
+    /// Writes this node's own prefixes as LOCAL `PEERS` entries: received traffic for them is
+    /// decapsulated and delivered here, like traffic for the overlay address.
+    pub fn set_local_prefixes(
+        &mut self,
+        node_index: u32,
+        prefixes: &[ipnet::Ipv4Net],
+    ) -> Result<(), EbpfError> {
+        self.tables.set_local_prefixes(node_index, prefixes)
+    }
+
+    /// Deletes the `PEERS` entries of `prefixes` still owned by node `node_index` (a peer's
+    /// withdrawn prefixes, or this node's own).
+    pub fn remove_prefixes(
+        &mut self,
+        node_index: u32,
+        prefixes: &[ipnet::Ipv4Net],
+    ) -> Result<(), EbpfError> {
+        self.tables.remove_prefixes(node_index, prefixes)
     }
 
     /// Removes the peer holding `overlay_ip` (stops sending before it stops accepting);
@@ -421,11 +478,28 @@ fn ifindex(name: &str) -> Result<u32, EbpfError> {
 }
 
 /// Loads the embedded object; with `reuse`, its maps are the ones pinned there.
-pub(super) fn load_object(reuse: Option<&Path>) -> Result<Ebpf, EbpfError> {
+/// `max_peers` is in range, or an error naming the setting.
+pub(super) fn check_max_peers(max_peers: u32) -> Result<(), EbpfError> {
+    if (1..=MAX_PEERS_LIMIT).contains(&max_peers) {
+        return Ok(());
+    }
+    Err(EbpfError::InvalidInput {
+        field: "ebpf_max_peers",
+        value: max_peers.to_string(),
+        reason: format!("must be 1..={MAX_PEERS_LIMIT}"),
+    })
+}
+
+/// Loads the object with the peer maps sized for `max_peers` (pinned maps in `reuse` are
+/// reused as they are: pass their capacity, so that the map handles agree with them).
+pub(super) fn load_object(reuse: Option<&Path>, max_peers: u32) -> Result<Ebpf, EbpfError> {
     if OBJECT.is_empty() {
         return Err(EbpfError::NoObject);
     }
     let mut loader = EbpfLoader::new();
+    for (name, entries) in super::tables::sizes(max_peers) {
+        loader.map_max_entries(name, entries);
+    }
     if let Some(dir) = reuse {
         for name in ALL_MAPS {
             loader.map_pin_path(name, dir.join(name));
@@ -448,15 +522,15 @@ where
         .map_err(|e| EbpfError::program("convert", name, "", e))
 }
 
-/// Tries the hooks `mode` allows in order; pins the first that attaches.
+/// Tries `hooks` in order; pins the first that attaches.
 fn attach_underlay(
     ebpf: &mut Ebpf,
     iface: &str,
-    mode: AttachMode,
+    hooks: &[RxHook],
     guard: &mut Rollback,
 ) -> Result<(RxHook, String), EbpfError> {
     let mut failures = String::new();
-    for &hook in RxHook::order(mode) {
+    for &hook in hooks {
         let attempt = match hook {
             RxHook::XdpDriver | RxHook::XdpGeneric => {
                 let xdp_mode = if hook == RxHook::XdpDriver {
@@ -481,15 +555,16 @@ fn attach_underlay(
         match attempt {
             Ok(link) => {
                 guard.pin_link(link, LINK_UNDERLAY)?;
-                let reason = match (mode, failures.is_empty()) {
-                    (AttachMode::Auto, true) => "first choice: the driver supports it".to_owned(),
-                    (AttachMode::AutoTcFirst, true) => {
-                        "first choice on a veth device: TC ingress keeps GSO (driver-mode XDP \
-                         turns TSO off on the peer)"
-                            .to_owned()
-                    }
-                    (_, true) => "requested".to_owned(),
-                    (_, false) => format!("fallback after {failures}"),
+                let reason = if !failures.is_empty() {
+                    format!("fallback after {failures}")
+                } else if hooks.len() == 1 {
+                    "requested".to_owned()
+                } else if hook == RxHook::TcIngress {
+                    "first choice on a veth device: TC ingress keeps GSO (driver-mode XDP \
+                     turns TSO off on the peer)"
+                        .to_owned()
+                } else {
+                    "first choice: the driver supports it".to_owned()
                 };
                 return Ok((hook, reason));
             }
@@ -503,7 +578,7 @@ fn attach_underlay(
             }
         }
     }
-    Err(EbpfError::NoAttachMode {
+    Err(EbpfError::NoRxHook {
         iface: iface.to_owned(),
         attempts: failures,
     })
@@ -536,7 +611,7 @@ fn attach_fresh(
 ) -> Result<(Tables, RxHook, String), EbpfError> {
     let pin_dir = cfg.pin_dir.as_path();
     let mut guard = Rollback::new(pin_dir)?;
-    let mut ebpf = load_object(None)?;
+    let mut ebpf = load_object(None, cfg.max_peers)?;
     write_config(&mut ebpf, config)?;
     for name in ALL_MAPS {
         let map = ebpf
@@ -549,14 +624,14 @@ fn attach_fresh(
         })?;
         guard.pinned.push(path);
     }
-    let (mode, reason) = attach_underlay(&mut ebpf, &cfg.underlay, cfg.mode, &mut guard)?;
+    let (mode, reason) = attach_underlay(&mut ebpf, &cfg.underlay, cfg.hooks, &mut guard)?;
     if let Some(overlay) = &cfg.overlay {
         let link = attach_overlay_link(&mut ebpf, overlay)?;
         guard.pin_link(link, LINK_OVERLAY)?;
     }
     config.rx_hook = mode.code();
     write_config(&mut ebpf, config)?;
-    let tables = Tables::take(&mut ebpf)?;
+    let tables = Tables::take(&mut ebpf, cfg.max_peers)?;
     guard.commit();
     Ok((tables, mode, reason))
 }
@@ -569,6 +644,19 @@ fn take_over(
 ) -> Result<(Tables, RxHook, String), EbpfError> {
     let pin_dir = cfg.pin_dir.as_path();
     let mut tables = Tables::open_pinned(pin_dir)?;
+    // Prefixes approved when the previous process ran may be withdrawn by now, and nothing
+    // would withdraw them again (this process's Node never installed them): they would keep
+    // routing and owning sources. The Node's first commands write the current ones.
+    tables.drop_prefixes()?;
+    if tables.capacity() != cfg.max_peers {
+        warn!(
+            pinned = tables.capacity(),
+            ebpf_max_peers = cfg.max_peers,
+            pin_dir = %pin_dir.display(),
+            "the pinned eBPF maps keep their size; the ebpf_max_peers setting applies once the \
+             dataplane is detached (`cladnet-agent dataplane detach`, or leaving the network)"
+        );
+    }
     let old = tables.config()?;
     // The node's identity does not change with a restart; set_local updates it anyway.
     config.local_node_index = old.local_node_index;
@@ -579,7 +667,7 @@ fn take_over(
     config.rp_filter_saved = old.rp_filter_saved;
     config.set_local_overlay_ip(old.local_overlay_ip());
     tables.set_config(config)?;
-    let mut ebpf = load_object(Some(pin_dir))?;
+    let mut ebpf = load_object(Some(pin_dir), tables.capacity())?;
     let (mode, reason) = replace_underlay(&mut ebpf, cfg, &old, config.underlay_ifindex)?;
     config.rx_hook = mode.code();
     tables.set_config(config)?;
@@ -605,7 +693,7 @@ fn replace_underlay(
     let old_hook = RxHook::from_code(old.rx_hook);
     if let Some(hook) = old_hook
         && old.underlay_ifindex == ifindex
-        && RxHook::order(cfg.mode).contains(&hook)
+        && cfg.hooks.contains(&hook)
         && path.exists()
     {
         match swap_underlay(ebpf, hook, &path, &cfg.underlay) {
@@ -621,9 +709,9 @@ fn replace_underlay(
     let mut guard = Rollback::new(&cfg.pin_dir)?;
     let mut tries = 0;
     let attached = loop {
-        match attach_underlay(ebpf, &cfg.underlay, cfg.mode, &mut guard) {
+        match attach_underlay(ebpf, &cfg.underlay, cfg.hooks, &mut guard) {
             Ok(r) => break r,
-            Err(EbpfError::NoAttachMode { .. }) if tries < 20 && old_hook.is_some() => {
+            Err(EbpfError::NoRxHook { .. }) if tries < 20 && old_hook.is_some() => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
@@ -778,6 +866,16 @@ pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Removes every pin in `pin_dir` and the directory; returns whether anything was pinned.
 pub(super) fn remove_pins(pin_dir: &Path) -> Result<bool, EbpfError> {
     let mut found = false;
+    // The programs behind the link pins: the kernel frees a link (and detaches its program
+    // from the device) in deferred work after its last reference goes, so detach waits for
+    // them to be gone rather than return while the hook still runs the program.
+    let programs: Vec<u32> = [LINK_UNDERLAY, LINK_OVERLAY]
+        .into_iter()
+        .chain(LEGACY_LINKS)
+        .filter_map(|name| PinnedLink::from_pin(pin_dir.join(name)).ok())
+        .filter_map(|link| FdLink::from(link).info().ok())
+        .map(|info| info.program_id())
+        .collect();
     for name in pin_names() {
         let path = pin_dir.join(name);
         match std::fs::remove_file(&path) {
@@ -803,11 +901,42 @@ pub(super) fn remove_pins(pin_dir: &Path) -> Result<bool, EbpfError> {
             });
         }
     }
+    wait_unloaded(&programs);
     if found {
         info!(pin_dir = %pin_dir.display(), "eBPF dataplane detached");
     }
     Ok(found)
 }
+
+/// Waits (at most [`DETACH_WAIT`]) until none of `programs` is loaded: a program is freed
+/// only after the kernel released its link, so then no device runs it any more.
+fn wait_unloaded(programs: &[u32]) {
+    if programs.is_empty() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + DETACH_WAIT;
+    loop {
+        let loaded: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .filter(|id| programs.contains(id))
+            .collect();
+        if loaded.is_empty() {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            warn!(
+                ?loaded,
+                "eBPF programs still loaded after their links were unpinned"
+            );
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// How long detach waits for the kernel to release unpinned links.
+const DETACH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What an attach in progress created; undone on drop unless committed, so a failed attach
 /// leaves no pins, no attached program and no directory it made.
@@ -879,21 +1008,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hook_order_follows_the_mode() {
+    fn hook_order_follows_the_choice() {
         assert_eq!(
-            RxHook::order(AttachMode::Auto),
+            RxHook::order(None, false),
             &[RxHook::XdpDriver, RxHook::XdpGeneric, RxHook::TcIngress]
         );
-        assert_eq!(RxHook::order(AttachMode::Tc), &[RxHook::TcIngress]);
         assert_eq!(
-            RxHook::order(AttachMode::AutoTcFirst)[0],
-            RxHook::TcIngress,
+            RxHook::order(None, true),
+            &[RxHook::TcIngress, RxHook::XdpDriver, RxHook::XdpGeneric],
             "veth: TC first"
         );
         assert_eq!(
             serde_json::to_string(&RxHook::XdpGeneric).unwrap(),
             "\"generic\""
         );
+        assert_eq!(RxHook::parse_choice("auto"), Ok(None));
+        // One hook, named once: both names parse back to it, a configured hook is tried
+        // alone (veth or not), and its kernel code round-trips.
+        for hook in RxHook::ALL {
+            assert_eq!(RxHook::parse_choice(hook.config_name()), Ok(Some(hook)));
+            assert_eq!(RxHook::parse_choice(hook.name()), Ok(Some(hook)));
+            assert_eq!(hook.config_name().parse(), Ok(hook));
+            assert_eq!(RxHook::order(Some(hook), false), &[hook]);
+            assert_eq!(RxHook::order(Some(hook), true), &[hook]);
+            assert_eq!(RxHook::from_code(hook.code()), Some(hook));
+        }
+        assert_eq!(
+            [RxHook::XdpDriver, RxHook::XdpGeneric, RxHook::TcIngress].map(RxHook::code),
+            [1, 2, 3],
+            "the codes pinned maps of earlier agents hold"
+        );
+        assert_eq!(RxHook::from_code(Config::RX_HOOK_NONE), None);
+        let err = RxHook::parse_choice("xdp").unwrap_err();
+        assert!(err.contains("xdp-driver"), "{err}");
+        assert!("auto".parse::<RxHook>().is_err());
     }
 
     #[test]

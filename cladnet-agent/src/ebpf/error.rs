@@ -49,12 +49,12 @@ pub enum EbpfError {
         /// The interface name.
         iface: String,
     },
-    /// No attach mode worked; every attempt is listed.
+    /// No receive hook attached; every attempt is listed.
     #[error("could not attach the underlay program to {iface:?}: {attempts}")]
-    NoAttachMode {
+    NoRxHook {
         /// The underlay interface.
         iface: String,
-        /// `mode: error` for every mode tried.
+        /// `<hook> mode failed: error` for every hook tried.
         attempts: String,
     },
     /// Pinned maps do not match what this agent's programs expect (left by another version).

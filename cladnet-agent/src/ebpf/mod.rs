@@ -7,7 +7,7 @@
 //! the programs attached after the agent exits, so a restart does not interrupt kernel
 //! forwarding; [`KernelDataplane::open_pinned`] takes over the maps again and
 //! [`KernelDataplane::detach`] removes everything. Peers are installed from the same
-//! [`cladnet_core::table::PeerConfig`]s the userspace engine gets.
+//! [`cladnet_core::node::PeerConfig`]s the userspace engine gets.
 //!
 //! The free functions [`attach`], [`read_stats`] and [`detach`] back the
 //! `cladnet-agent dataplane` maintenance commands.
@@ -23,8 +23,7 @@ use std::path::{Path, PathBuf};
 
 use cladnet_common::maps::StatSlot;
 pub use dataplane::{
-    AttachConfig, AttachMode, AttachReport, KernelDataplane, LINK_OVERLAY, LINK_UNDERLAY,
-    PeerStats, RxHook,
+    AttachConfig, AttachReport, KernelDataplane, LINK_OVERLAY, LINK_UNDERLAY, PeerStats, RxHook,
 };
 pub use error::EbpfError;
 use serde::Serialize;
@@ -32,16 +31,13 @@ use serde::Serialize;
 /// The eBPF object built by `cargo xtask build-ebpf`, or empty if the agent was built without.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cladnet.bpf.o"));
 
-/// The attach mode choice of the `dataplane attach` command (`--xdp-mode`).
-pub use dataplane::AttachMode as XdpAttach;
-
 /// What the `dataplane attach` command did.
 #[derive(Debug, Serialize)]
 pub struct Attached {
     /// Underlay interface the receive program is attached to.
     pub iface: String,
-    /// Hook it runs on: `driver`, `generic` (XDP) or `tc`.
-    pub xdp_mode: &'static str,
+    /// Hook it runs on, serialized by its short name: `driver`, `generic` (XDP) or `tc`.
+    pub xdp_mode: RxHook,
     /// Why that hook was chosen.
     pub xdp_reason: String,
     /// The bpffs directory holding the pins.
@@ -62,10 +58,11 @@ pub struct StatRow {
 /// Attaches the receive side only (no overlay device, no local address: datagrams to any
 /// local address are checked) to `iface`, for `cladnet-agent dataplane attach`. Unlike
 /// [`KernelDataplane::attach`], which takes over what a previous agent pinned, this refuses a
-/// pin directory in use.
+/// pin directory in use. `rx_hook` `None` is `auto` (XDP first: the device kind is not looked
+/// up here).
 pub fn attach(
     iface: &str,
-    mode: AttachMode,
+    rx_hook: Option<RxHook>,
     pin_dir: &Path,
     tunnel_port: u16,
 ) -> Result<Attached, EbpfError> {
@@ -76,14 +73,14 @@ pub fn attach(
     }
     let cfg = AttachConfig {
         pin_dir: pin_dir.to_owned(),
-        mode,
+        hooks: RxHook::order(rx_hook, false),
         tunnel_port,
         ..AttachConfig::new(iface, None)
     };
     let (_dataplane, report) = KernelDataplane::attach(&cfg)?;
     Ok(Attached {
         iface: report.underlay,
-        xdp_mode: report.mode.name(),
+        xdp_mode: report.mode,
         xdp_reason: report.reason,
         pin_dir: report.pin_dir,
     })

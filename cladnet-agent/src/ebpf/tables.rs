@@ -9,9 +9,17 @@
 //!   `PEERS` key (address change) and the old `ENDPOINTS` entry (endpoint change);
 //! * a peer that was not installed in its counter slot gets that slot zeroed first, so its
 //!   counters start at zero; re-installing the same peer keeps them.
+//!
+//! Which peers are installed is the Node's table; this handle keeps no index of its own. What
+//! an update replaces is read back from the maps themselves: `PEERS[overlay/32]` holds the
+//! peer's last endpoint and slot, `ENDPOINTS[endpoint]` its last overlay address. The Node
+//! removes a peer before it installs it at another address ([`Command::RemovePeer`] comes
+//! first), so an address and an endpoint never both change in one upsert. Maps taken over
+//! from an earlier agent need no rebuilt index either.
+//!
+//! [`Command::RemovePeer`]: cladnet_core::node::Command::RemovePeer
 
 use std::{
-    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
     path::Path,
 };
@@ -22,22 +30,35 @@ use aya::maps::{
 };
 use cladnet_common::maps::{
     Config, Counters, EndpointEntry, EndpointKey, KernelDrop, MAP_CONFIG, MAP_DROPS, MAP_ENDPOINTS,
-    MAP_PEER_STATS, MAP_PEERS, MAP_STATS, MAX_PEERS, MAX_PREFIXES, PeerCounters, PeerEntry,
+    MAP_PEER_STATS, MAP_PEERS, MAP_STATS, PREFIXES_PER_PEER, PeerCounters, PeerEntry, PeerMode,
     StatSlot,
 };
-use cladnet_core::{policy::LinkMode, table::PeerConfig};
+use cladnet_core::{node::PeerConfig, policy::LinkMode};
+use ipnet::Ipv4Net;
 use serde::Serialize;
 use tracing::{debug, warn};
 
 use super::EbpfError;
 
-/// One installed peer, as the maps hold it.
+/// One installed peer, as the maps hold it (read back, never kept).
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 struct Installed {
     overlay_ip: Ipv4Addr,
     /// Present when the peer is PLAIN with a known endpoint (it has an `ENDPOINTS` entry).
     endpoint: Option<SocketAddrV4>,
     slot: u32,
+}
+
+impl Installed {
+    fn from_peer(overlay_ip: Ipv4Addr, e: &PeerEntry) -> Self {
+        Self {
+            overlay_ip,
+            endpoint: e
+                .is_plain()
+                .then(|| SocketAddrV4::new(Ipv4Addr::from(e.underlay_ip()), e.underlay_port())),
+            slot: e.slot,
+        }
+    }
 }
 
 /// Counters of one installed peer, summed over CPUs.
@@ -73,8 +94,8 @@ pub(super) struct Tables {
     peer_stats: PerCpuArray<MapData, PeerCounters>,
     endpoints: HashMap<MapData, EndpointKey, EndpointEntry>,
     peers: LpmTrie<MapData, [u8; 4], PeerEntry>,
-    /// What this handle installed (or found installed), by node index.
-    installed: BTreeMap<u32, Installed>,
+    /// Peers the maps hold: counter slots are `0..capacity`.
+    capacity: u32,
 }
 
 /// The shape each map must have (checked when maps are reopened from pins).
@@ -86,50 +107,61 @@ struct Shape {
     max: u32,
 }
 
-const SHAPES: [Shape; 6] = [
-    Shape {
-        name: MAP_CONFIG,
-        ty: MapType::Array,
-        key: 4,
-        value: size_of::<Config>(),
-        max: 1,
-    },
-    Shape {
-        name: MAP_STATS,
-        ty: MapType::PerCpuArray,
-        key: 4,
-        value: size_of::<Counters>(),
-        max: StatSlot::COUNT,
-    },
-    Shape {
-        name: MAP_DROPS,
-        ty: MapType::PerCpuArray,
-        key: 4,
-        value: 8,
-        max: KernelDrop::COUNT,
-    },
-    Shape {
-        name: MAP_PEER_STATS,
-        ty: MapType::PerCpuArray,
-        key: 4,
-        value: size_of::<PeerCounters>(),
-        max: MAX_PEERS,
-    },
-    Shape {
-        name: MAP_ENDPOINTS,
-        ty: MapType::Hash,
-        key: size_of::<EndpointKey>(),
-        value: size_of::<EndpointEntry>(),
-        max: MAX_PEERS,
-    },
-    Shape {
-        name: MAP_PEERS,
-        ty: MapType::LpmTrie,
-        key: 8,
-        value: size_of::<PeerEntry>(),
-        max: MAX_PREFIXES,
-    },
-];
+/// The shapes of the maps sized for `peers` peers.
+const fn shapes(peers: u32) -> [Shape; 6] {
+    [
+        Shape {
+            name: MAP_CONFIG,
+            ty: MapType::Array,
+            key: 4,
+            value: size_of::<Config>(),
+            max: 1,
+        },
+        Shape {
+            name: MAP_STATS,
+            ty: MapType::PerCpuArray,
+            key: 4,
+            value: size_of::<Counters>(),
+            max: StatSlot::COUNT,
+        },
+        Shape {
+            name: MAP_DROPS,
+            ty: MapType::PerCpuArray,
+            key: 4,
+            value: 8,
+            max: KernelDrop::COUNT,
+        },
+        Shape {
+            name: MAP_PEER_STATS,
+            ty: MapType::PerCpuArray,
+            key: 4,
+            value: size_of::<PeerCounters>(),
+            max: peers,
+        },
+        Shape {
+            name: MAP_ENDPOINTS,
+            ty: MapType::Hash,
+            key: size_of::<EndpointKey>(),
+            value: size_of::<EndpointEntry>(),
+            max: peers,
+        },
+        Shape {
+            name: MAP_PEERS,
+            ty: MapType::LpmTrie,
+            key: 8,
+            value: size_of::<PeerEntry>(),
+            max: peers.saturating_mul(PREFIXES_PER_PEER),
+        },
+    ]
+}
+
+/// The maps' `max_entries` for `peers` peers, for [`aya::EbpfLoader::map_max_entries`].
+pub(super) fn sizes(peers: u32) -> impl Iterator<Item = (&'static str, u32)> {
+    shapes(peers)
+        .into_iter()
+        .filter(|s| matches!(s.name, MAP_PEER_STATS | MAP_ENDPOINTS | MAP_PEERS))
+        .map(|s| (s.name, s.max))
+}
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T, EbpfError>
 where
@@ -139,35 +171,57 @@ where
 }
 
 impl Tables {
-    /// Takes the maps out of a freshly loaded object (its programs are loaded already).
-    pub(super) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, EbpfError> {
+    /// Takes the maps out of a freshly loaded object (its programs are loaded already), sized
+    /// for `capacity` peers.
+    pub(super) fn take(ebpf: &mut aya::Ebpf, capacity: u32) -> Result<Self, EbpfError> {
         let take = |name: &'static str| {
             ebpf.take_map(name)
                 .ok_or(EbpfError::MissingItem { kind: "map", name })
         };
-        Self::from_maps(take)
+        Self::from_maps(take, capacity)
+    }
+
+    /// Peers the maps of a dataplane pinned in `pin_dir` were sized for.
+    pub(super) fn pinned_capacity(pin_dir: &Path) -> Result<u32, EbpfError> {
+        let path = pin_dir.join(MAP_PEER_STATS);
+        if !path.exists() {
+            return Err(EbpfError::NotAttached {
+                pin_dir: pin_dir.to_owned(),
+            });
+        }
+        let data = MapData::from_pin(&path).map_err(|e| EbpfError::map(MAP_PEER_STATS, e))?;
+        let info = data.info().map_err(|e| EbpfError::map(MAP_PEER_STATS, e))?;
+        Ok(info.max_entries())
+    }
+
+    /// Peers the maps hold: counter slots are `0..capacity`.
+    pub(super) fn capacity(&self) -> u32 {
+        self.capacity
     }
 
     /// Opens the maps pinned in `pin_dir`, checking that they have the shapes this agent's
     /// programs use.
     pub(super) fn open_pinned(pin_dir: &Path) -> Result<Self, EbpfError> {
-        let mut tables = Self::from_maps(|name| {
-            let path = pin_dir.join(name);
-            if !path.exists() {
-                return Err(EbpfError::NotAttached {
-                    pin_dir: pin_dir.to_owned(),
-                });
-            }
-            let data = MapData::from_pin(&path).map_err(|e| EbpfError::map(name, e))?;
-            check_shape(&data, name, pin_dir)?;
-            Map::from_map_data(data).map_err(|e| EbpfError::map(name, e))
-        })?;
-        tables.rebuild_index()?;
-        Ok(tables)
+        let capacity = Self::pinned_capacity(pin_dir)?;
+        Self::from_maps(
+            |name| {
+                let path = pin_dir.join(name);
+                if !path.exists() {
+                    return Err(EbpfError::NotAttached {
+                        pin_dir: pin_dir.to_owned(),
+                    });
+                }
+                let data = MapData::from_pin(&path).map_err(|e| EbpfError::map(name, e))?;
+                check_shape(&data, name, pin_dir, capacity)?;
+                Map::from_map_data(data).map_err(|e| EbpfError::map(name, e))
+            },
+            capacity,
+        )
     }
 
     fn from_maps(
         mut get: impl FnMut(&'static str) -> Result<Map, EbpfError>,
+        capacity: u32,
     ) -> Result<Self, EbpfError> {
         Ok(Self {
             config: typed(MAP_CONFIG, get(MAP_CONFIG)?)?,
@@ -176,39 +230,33 @@ impl Tables {
             peer_stats: typed(MAP_PEER_STATS, get(MAP_PEER_STATS)?)?,
             endpoints: typed(MAP_ENDPOINTS, get(MAP_ENDPOINTS)?)?,
             peers: typed(MAP_PEERS, get(MAP_PEERS)?)?,
-            installed: BTreeMap::new(),
+            capacity,
         })
     }
 
-    /// Rebuilds the index of installed peers from the maps (after a restart).
-    fn rebuild_index(&mut self) -> Result<(), EbpfError> {
-        let mut installed = BTreeMap::new();
-        for item in self.peers.iter() {
-            let (key, entry) = item.map_err(|e| EbpfError::map(MAP_PEERS, e))?;
-            if key.prefix_len() != 32 {
-                continue;
-            }
-            installed.insert(
-                entry.node_index,
-                Installed {
-                    overlay_ip: Ipv4Addr::from(key.data()),
-                    endpoint: None,
-                    slot: entry.slot,
-                },
-            );
+    /// What the maps hold for peer `node` at `overlay` or at `endpoint` (see the module
+    /// documentation): its `PEERS` entry at the address, else the address its `ENDPOINTS`
+    /// entry names.
+    fn installed(
+        &self,
+        node: u32,
+        overlay: Ipv4Addr,
+        endpoint: Option<SocketAddrV4>,
+    ) -> Result<Option<Installed>, EbpfError> {
+        if let Some(e) = self.lookup(overlay)?.filter(|e| is_peer_of(e, node)) {
+            return Ok(Some(Installed::from_peer(overlay, &e)));
         }
-        for item in self.endpoints.iter() {
-            let (key, entry) = item.map_err(|e| EbpfError::map(MAP_ENDPOINTS, e))?;
-            if let Some(i) = installed.get_mut(&entry.node_index) {
-                i.endpoint = Some(SocketAddrV4::new(Ipv4Addr::from(key.ip()), key.port()));
-            }
-        }
-        debug!(
-            peers = installed.len(),
-            "peer index rebuilt from pinned maps"
-        );
-        self.installed = installed;
-        Ok(())
+        let Some(ep) = endpoint else {
+            return Ok(None);
+        };
+        let Some(by_ep) = self.endpoint(ep)?.filter(|e| e.node_index == node) else {
+            return Ok(None);
+        };
+        let old_ip = Ipv4Addr::from(by_ep.overlay_ip);
+        Ok(self
+            .lookup(old_ip)?
+            .filter(|e| is_peer_of(e, node))
+            .map(|e| Installed::from_peer(old_ip, &e)))
     }
 
     pub(super) fn config(&self) -> Result<Config, EbpfError> {
@@ -223,13 +271,17 @@ impl Tables {
             .map_err(|e| EbpfError::map(MAP_CONFIG, e))
     }
 
-    /// Installs or replaces `peer` with counters in `slot`.
-    pub(super) fn upsert_peer(&mut self, peer: &PeerConfig, slot: u32) -> Result<(), EbpfError> {
-        if slot >= MAX_PEERS {
+    /// Installs or replaces `peer` with counters in its slot.
+    pub(super) fn upsert_peer(&mut self, peer: &PeerConfig) -> Result<(), EbpfError> {
+        let slot = peer.slot;
+        if slot >= self.capacity {
             return Err(EbpfError::InvalidInput {
                 field: "counter slot",
                 value: slot.to_string(),
-                reason: format!("must be below {MAX_PEERS}"),
+                reason: format!(
+                    "must be below {}, the peers the maps hold (agent setting ebpf_max_peers)",
+                    self.capacity
+                ),
             });
         }
         let node = peer.node_index;
@@ -246,7 +298,7 @@ impl Tables {
             (LinkMode::Plain, None) => PeerEntry::plain([0; 4], 0, node, slot),
             (LinkMode::Sealed, _) => PeerEntry::sealed(node, slot),
         };
-        let old = self.installed.get(&node).copied();
+        let old = self.installed(node, overlay, endpoint)?;
         if old.is_none_or(|o| o.slot != slot) {
             self.zero_slot(slot)?;
         }
@@ -267,18 +319,14 @@ impl Tables {
                 .insert(key, value, 0)
                 .map_err(|e| EbpfError::map(MAP_ENDPOINTS, e))?;
         }
-        // 2. Send to the peer.
+        // 2. Send to the peer, and to its prefixes (each entry carries the same endpoint, so
+        //    an endpoint change rewrites them all).
         self.peers
             .insert(&Key::new(32, overlay.octets()), entry, 0)
             .map_err(|e| EbpfError::map(MAP_PEERS, e))?;
-        self.installed.insert(
-            node,
-            Installed {
-                overlay_ip: overlay,
-                endpoint,
-                slot,
-            },
-        );
+        for n in &peer.prefixes {
+            self.insert_prefix(*n, entry)?;
+        }
         // 3. and 4. Withdraw what the old version had and the new one does not.
         if let Some(old) = old {
             if old.overlay_ip != overlay {
@@ -296,21 +344,81 @@ impl Tables {
 
     /// Removes the peer holding `overlay_ip`; returns whether one was installed.
     pub(super) fn remove_peer(&mut self, overlay_ip: Ipv4Addr) -> Result<bool, EbpfError> {
-        let Some((&node, &old)) = self
-            .installed
-            .iter()
-            .find(|(_, i)| i.overlay_ip == overlay_ip)
-        else {
+        let Some(entry) = self.lookup(overlay_ip)?.filter(is_peer) else {
             return Ok(false);
         };
+        let (node, old) = (entry.node_index, Installed::from_peer(overlay_ip, &entry));
         // Stop sending first, then stop accepting.
         self.remove_peer_key(old.overlay_ip, node)?;
         if let Some(ep) = old.endpoint {
             self.remove_endpoint(ep, node)?;
         }
-        self.installed.remove(&node);
         debug!(node, %overlay_ip, "peer removed");
         Ok(true)
+    }
+
+    /// Writes `PEERS[prefix]`.
+    fn insert_prefix(&mut self, n: Ipv4Net, entry: PeerEntry) -> Result<(), EbpfError> {
+        self.peers
+            .insert(
+                &Key::new(u32::from(n.prefix_len()), n.network().octets()),
+                entry,
+                0,
+            )
+            .map_err(|e| EbpfError::map(MAP_PEERS, e))
+    }
+
+    /// This node's own prefixes (LOCAL entries: received traffic for them is delivered here).
+    /// Withdrawn ones go with [`Tables::remove_prefixes`].
+    pub(super) fn set_local_prefixes(
+        &mut self,
+        node_index: u32,
+        prefixes: &[Ipv4Net],
+    ) -> Result<(), EbpfError> {
+        for n in prefixes {
+            self.insert_prefix(*n, PeerEntry::local(node_index))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the `PEERS` entries of `prefixes` that still belong to node `node`.
+    pub(super) fn remove_prefixes(
+        &mut self,
+        node: u32,
+        prefixes: &[Ipv4Net],
+    ) -> Result<(), EbpfError> {
+        for n in prefixes {
+            let key = Key::new(u32::from(n.prefix_len()), n.network().octets());
+            match self.peers.get(&key, 0) {
+                Ok(e) if e.node_index == node => ignore_missing(self.peers.remove(&key))
+                    .map_err(|e| EbpfError::map(MAP_PEERS, e))?,
+                Ok(_) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(EbpfError::map(MAP_PEERS, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every prefix entry of `PEERS` (all but the /32s of peers).
+    pub(super) fn drop_prefixes(&mut self) -> Result<(), EbpfError> {
+        let keys: Vec<Key<[u8; 4]>> = self
+            .peers
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EbpfError::map(MAP_PEERS, e))?
+            .into_iter()
+            .filter(|k| k.prefix_len() != 32)
+            .collect();
+        for key in &keys {
+            ignore_missing(self.peers.remove(key)).map_err(|e| EbpfError::map(MAP_PEERS, e))?;
+        }
+        if !keys.is_empty() {
+            debug!(
+                prefixes = keys.len(),
+                "prefixes of the previous agent process dropped"
+            );
+        }
+        Ok(())
     }
 
     /// Deletes `PEERS[ip/32]` if it still belongs to `node`.
@@ -366,11 +474,20 @@ impl Tables {
             .fold(PeerCounters::default(), |acc, c| acc.merged(*c)))
     }
 
-    /// Counters of every installed peer, by node index.
+    /// Counters of every installed peer (every `/32` peer entry of `PEERS`), by node index.
     pub(super) fn peer_counters(&self) -> Result<Vec<PeerStats>, EbpfError> {
-        self.installed
-            .iter()
-            .map(|(&node_index, i)| {
+        let mut installed = Vec::new();
+        for item in self.peers.iter() {
+            let (key, entry) = item.map_err(|e| EbpfError::map(MAP_PEERS, e))?;
+            if key.prefix_len() == 32 && is_peer(&entry) {
+                let ip = Ipv4Addr::from(key.data());
+                installed.push((entry.node_index, Installed::from_peer(ip, &entry)));
+            }
+        }
+        installed.sort_by_key(|(node, _)| *node);
+        installed
+            .into_iter()
+            .map(|(node_index, i)| {
                 let c = self.slot_counters(i.slot)?;
                 Ok(PeerStats {
                     node_index,
@@ -435,6 +552,16 @@ impl Tables {
     }
 }
 
+/// A peer's entry (PLAIN or SEALED), not this node's own.
+fn is_peer(e: &PeerEntry) -> bool {
+    matches!(e.mode(), Some(PeerMode::Plain | PeerMode::Sealed))
+}
+
+/// A peer entry of node `node`.
+fn is_peer_of(e: &PeerEntry, node: u32) -> bool {
+    e.node_index == node && is_peer(e)
+}
+
 fn endpoint_key(ep: SocketAddrV4) -> EndpointKey {
     EndpointKey::new(ep.ip().octets(), ep.port())
 }
@@ -446,9 +573,14 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
-fn check_shape(data: &MapData, name: &'static str, pin_dir: &Path) -> Result<(), EbpfError> {
-    let shape = SHAPES
-        .iter()
+fn check_shape(
+    data: &MapData,
+    name: &'static str,
+    pin_dir: &Path,
+    capacity: u32,
+) -> Result<(), EbpfError> {
+    let shape = shapes(capacity)
+        .into_iter()
         .find(|s| s.name == name)
         .expect("every map has a shape");
     let info = data.info().map_err(|e| EbpfError::map(name, e))?;

@@ -12,12 +12,12 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use cladnet_common::maps::{
-    Config, PROG_TC_OVERLAY_EGRESS, PROG_TC_UNDERLAY_INGRESS, PROG_XDP_UNDERLAY,
+    Config, DEFAULT_MAX_PEERS, PROG_TC_OVERLAY_EGRESS, PROG_TC_UNDERLAY_INGRESS, PROG_XDP_UNDERLAY,
 };
 
 use super::{
     EbpfError, KernelDataplane,
-    dataplane::{load_object, program},
+    dataplane::{check_max_peers, load_object, program},
     tables::Tables,
 };
 
@@ -58,9 +58,17 @@ pub struct ProgramTester {
 }
 
 impl ProgramTester {
-    /// Loads every program with `config` (plus [`Config::FLAG_OVERLAY_ETH`]) in place.
+    /// Loads every program with `config` (plus [`Config::FLAG_OVERLAY_ETH`]) in place, the
+    /// maps sized for [`DEFAULT_MAX_PEERS`] peers.
     pub fn load(config: Config) -> Result<Self, EbpfError> {
-        let mut ebpf = load_object(None)?;
+        Self::load_sized(config, DEFAULT_MAX_PEERS)
+    }
+
+    /// [`ProgramTester::load`] with the maps sized for `max_peers` peers, as the agent's
+    /// `ebpf_max_peers` setting does.
+    pub fn load_sized(config: Config, max_peers: u32) -> Result<Self, EbpfError> {
+        check_max_peers(max_peers)?;
+        let mut ebpf = load_object(None, max_peers)?;
         for hook in [Hook::TcUnderlayIngress, Hook::TcOverlayEgress] {
             let name = hook.program();
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
@@ -70,7 +78,7 @@ impl ProgramTester {
         let prog: &mut Xdp = program(&mut ebpf, PROG_XDP_UNDERLAY)?;
         prog.load()
             .map_err(|e| EbpfError::program("load", PROG_XDP_UNDERLAY, "", e))?;
-        let mut dataplane = KernelDataplane::unpinned(Tables::take(&mut ebpf)?);
+        let mut dataplane = KernelDataplane::unpinned(Tables::take(&mut ebpf, max_peers)?);
         dataplane.update_config(|c| {
             *c = config;
             c.flags |= Config::FLAG_OVERLAY_ETH;

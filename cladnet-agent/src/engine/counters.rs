@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use cladnet_common::plain;
+use cladnet_core::node::{Dropped, RouteMiss};
 use cladnet_wg::Error as WgError;
 
 /// Why the userspace engine dropped a packet. Names are stable metric labels.
@@ -39,7 +40,7 @@ pub enum Drop {
     /// of no probe in flight.
     UnsolicitedReflector,
     /// A PLAIN peer seen on yet another port of its address within a second of the last
-    /// change (see `Router::learn_plain_port`).
+    /// change (see `Node::handle_datagram`).
     PlainPortChangeLimited,
     /// An outgoing packet is larger than its peer's path carries (a DF packet is answered
     /// with ICMP "fragmentation needed").
@@ -49,11 +50,15 @@ pub enum Drop {
     WgRateLimited,
     /// The queue of handshake messages waiting for the handshake thread was full.
     WgHandshakeQueueFull,
+    /// Under load, a handshake message without a valid cookie got no cookie reply: its source
+    /// address (20 per second, bursts of 5) or everyone together (2000 per second) had
+    /// their share.
+    WgCookieLimited,
 }
 
 impl Drop {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 26] = [
         Self::Plain(plain::DropReason::Truncated),
         Self::Plain(plain::DropReason::BadVersion),
         Self::Plain(plain::DropReason::BadHeader),
@@ -79,6 +84,7 @@ impl Drop {
         Self::TooBig,
         Self::WgRateLimited,
         Self::WgHandshakeQueueFull,
+        Self::WgCookieLimited,
     ];
 
     /// Counter slot.
@@ -102,6 +108,22 @@ impl Drop {
             Self::TooBig => 22,
             Self::WgRateLimited => 23,
             Self::WgHandshakeQueueFull => 24,
+            Self::WgCookieLimited => 25,
+        }
+    }
+
+    /// The reason for a datagram or packet the Node refused.
+    pub fn from_node(d: Dropped) -> Self {
+        match d {
+            Dropped::Plain(r) => Self::Plain(r),
+            Dropped::PortChangeLimited => Self::PlainPortChangeLimited,
+            Dropped::Route(RouteMiss::NotIpv4) => Self::NotIpv4,
+            Dropped::Route(RouteMiss::NoRoute) => Self::NoRoute,
+            Dropped::NoEndpoint => Self::NoEndpoint,
+            Dropped::Sealed => Self::WgNoSession,
+            Dropped::WireGuard(e) => Self::from_wg(e).unwrap_or(Self::WgInvalid),
+            Dropped::SpoofedSource => Self::WgSpoofedSource,
+            Dropped::UnknownMessage => Self::UnknownMessage,
         }
     }
 
@@ -135,6 +157,7 @@ impl Drop {
             Self::TooBig => "too_big",
             Self::WgRateLimited => "wg_rate_limited",
             Self::WgHandshakeQueueFull => "wg_handshake_queue_full",
+            Self::WgCookieLimited => "wg_cookie_limited",
         }
     }
 
@@ -151,11 +174,13 @@ impl Drop {
                 Self::WgHandshake
             }
             WgError::RateLimited => Self::WgRateLimited,
+            WgError::CookieRateLimited => Self::WgCookieLimited,
             WgError::DecryptionFailed => Self::WgDecrypt,
             WgError::Replay => Self::WgReplay,
             WgError::InvalidInnerPacket => Self::WgBadInner,
             WgError::KeypairExpired => Self::WgNoSession,
             WgError::NoEndpoint => Self::NoEndpoint,
+            WgError::NoSession => Self::WgNoSession,
             _ => return None,
         })
     }

@@ -1,55 +1,47 @@
-//! The userspace engine's packet logic, without sockets: which peer a packet goes to, PLAIN
-//! framing and validation, WireGuard sealing and opening, cryptokey routing, counters.
+//! The userspace engine's packet logic, without sockets: PLAIN framing, WireGuard sealing
+//! and opening, cryptokey routing, counters.
 //!
 //! The IO driver ([`super::userspace`]) reads bytes from the TUN device and the UDP socket,
-//! hands them here with the current time and performs what comes back. The peer set changes
-//! only through [`Router::apply`], with the same [`Command`]s the eBPF engine consumes.
+//! hands them here with the current time and performs what comes back. Which peers exist,
+//! where they are and which link they use is the [`Node`](cladnet_core::node::Node)'s: the
+//! router only applies its [`Command`]s ([`Router::apply`], the [`Engine`] trait) and looks
+//! peers up in the last published [`Forwarding`] snapshot, with the same per-packet decisions
+//! the Node makes ([`Forwarding::route`], [`Forwarding::classify`]). What the Node must decide
+//! (a PLAIN datagram from an unknown endpoint) comes back as [`Inbound::ToNode`].
 //!
-//! Locking: lookups take a read lock on the peer maps (PLAIN traffic never contends);
-//! WireGuard state sits behind one mutex, held only for the seal/open of one packet or the
-//! processing of one handshake message. Handshake messages (the only ones costing
+//! Concurrency: the packet threads read one [`Routes`] snapshot per packet without locking
+//! (arc-swap); commands build the next one. WireGuard is split as cladnet-wg splits it: each
+//! SEALED peer's data side ([`PeerData`]: sessions, endpoint, the timers packets move) is in
+//! the snapshot, and the packet threads seal and open transport messages through it with no
+//! lock shared between peers or directions. The control side (the [`Device`]: handshakes,
+//! timers, packets queued while no session exists) sits behind one mutex, taken on the packet
+//! path only when no session can send. Handshake messages (the only ones costing
 //! Diffie-Hellman) are not handled on the packet threads: the driver queues them for a thread
-//! of their own ([`Router::handshake`]), which also decides when we are under load.
+//! of their own ([`Router::handshake`]).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
-    sync::{
-        Arc, Mutex, MutexGuard, RwLock,
-        atomic::{AtomicU32, Ordering::Relaxed},
-    },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use cladnet_common::{
-    plain::{self, KnownPeer},
-    rx,
-    wire::{self, CladHeader, CladType, Demux},
-};
+use arc_swap::ArcSwap;
+use cladnet_common::{plain, reflector, wire};
 use cladnet_core::{
-    policy::LinkMode,
-    reflector,
-    table::{Command, PeerConfig},
+    node::{Command, Forwarding, PeerConfig, RouteMiss, Rx},
+    policy::{LinkMode, PERSISTENT_KEEPALIVE},
 };
 use cladnet_wg::{
-    Action, Device, Event, GateVerdict, HandshakeGate, MessageType, PeerId, PrivateKey, PublicKey,
-    WallClock,
+    Action, Device, Event, GateVerdict, HandshakeGate, MessageType, PeerData, PeerId, PrivateKey,
+    PublicKey, WallClock,
 };
 use tracing::{debug, info, warn};
 
-use super::counters::{Drop, DropCounters, PeerCounters, PeerTraffic};
-
-/// Keepalive interval for SEALED peers: keeps NAT mappings open in both directions.
-pub const PERSISTENT_KEEPALIVE: Duration = Duration::from_secs(25);
-
-/// A PLAIN peer's endpoint follows a new port of its address at most this often: anyone who
-/// shares the address can send datagrams naming the peer, and each change takes the write
-/// lock and makes an event.
-pub const PORT_CHANGE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Learnt endpoint changes kept for the timer thread to collect (a backstop: the rate limit
-/// above already bounds them by the number of peers).
-const MAX_LEARNED_EVENTS: usize = 1024;
+use super::{
+    Engine, EngineError,
+    counters::{Drop, DropCounters, PeerCounters, PeerTraffic},
+};
 
 /// What to do with a packet read from the TUN device.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,6 +81,9 @@ pub enum Inbound<'a> {
         /// Our endpoint as the reflector saw it.
         seen: SocketAddrV4,
     },
+    /// For the Node to decide (a PLAIN datagram from an endpoint that is no peer's: the peer's
+    /// NAT may have moved it to another port); the driver hands it over.
+    ToNode,
     /// Absorbed (keepalive, cookie reply, queued handshake state).
     Nothing,
     /// Dropped (and counted).
@@ -103,8 +98,7 @@ pub enum PeerEvent {
         /// Node id.
         node_id: String,
     },
-    /// A SEALED peer was heard from a new underlay address (roaming), or a PLAIN peer from a
-    /// new port of its address (see [`Router::learn_plain_port`]).
+    /// A SEALED peer was heard from a new underlay address (roaming).
     EndpointChanged {
         /// Node id.
         node_id: String,
@@ -137,85 +131,138 @@ pub struct PeerStatus {
     /// Which engine carries the peer's packets: `userspace`, or `ebpf` when the daemon finds
     /// the kernel carrying it.
     pub engine: &'static str,
-    /// The path MTU towards the peer (path MTU discovery).
+    /// The path MTU towards the peer, as the Node last reported it (filled in by the daemon).
     pub path_mtu: Option<PathMtuStatus>,
+    /// How packets reach the peer: `direct`, `relay`, `connecting` or `unreachable` (filled
+    /// in by the daemon from the relay paths; PLAIN links are always `direct`). `None` for a
+    /// SEALED peer the paths have not looked at yet.
+    pub path: Option<String>,
+    /// The relay's node id while `path` is `relay`.
+    pub via: Option<String>,
 }
 
-struct Entry {
-    config: PeerConfig,
-    wg: Option<PeerId>,
+/// This engine's state for one peer (its counters and WireGuard peer), kept by the Node's
+/// counter slot between a command and the next [`Command::Publish`].
+struct SlotState {
+    /// The peer's node id (its config is in the Node's snapshot).
+    node_id: String,
+    /// The WireGuard peer, the key it was made for and its data side (SEALED).
+    wg: Option<(PeerId, [u8; 32], Arc<PeerData>)>,
     counters: Arc<PeerCounters>,
-    /// When a PLAIN datagram last moved this peer to another port ([`PORT_CHANGE_INTERVAL`]).
-    port_learned_at: Option<Instant>,
 }
 
+/// A peer as the packet threads see it: the Node's config and this engine's state.
+struct Entry {
+    config: Arc<PeerConfig>,
+    wg: Option<PeerId>,
+    /// The WireGuard peer's data side: its packets are sealed and opened through it.
+    data: Option<Arc<PeerData>>,
+    counters: Arc<PeerCounters>,
+}
+
+/// One published snapshot: the Node's forwarding indexes plus this engine's state per slot.
 #[derive(Default)]
-struct Peers {
-    by_id: HashMap<String, Arc<Entry>>,
-    by_ip: HashMap<Ipv4Addr, Arc<Entry>>,
-    /// PLAIN peers by underlay endpoint (the only way a PLAIN sender is identified).
-    plain_by_endpoint: HashMap<SocketAddrV4, Arc<Entry>>,
-    by_wg: HashMap<PeerId, Arc<Entry>>,
+struct Routes {
+    fwd: Arc<Forwarding>,
+    by_slot: Vec<Option<Arc<Entry>>>,
+    /// SEALED peers by WireGuard device slot (the receiver index of their transport
+    /// messages names it, see [`cladnet_wg::receiver_slot`]).
+    by_wg_slot: Vec<Option<Arc<Entry>>>,
 }
 
-impl Peers {
-    fn insert(&mut self, e: Arc<Entry>) {
-        self.by_ip.insert(e.config.overlay_ip, e.clone());
-        if e.config.mode == LinkMode::Plain
-            && let Some(ep) = e.config.endpoint
-        {
-            self.plain_by_endpoint.insert(ep, e.clone());
+/// What the commands left for the next [`Command::Publish`]: every slot's state, and which
+/// slots changed since the last one.
+#[derive(Default)]
+struct Staged {
+    slots: BTreeMap<u32, Arc<SlotState>>,
+    changed: BTreeSet<u32>,
+}
+
+/// Puts `entry` at `i`, growing the table.
+fn put(table: &mut Vec<Option<Arc<Entry>>>, i: u32, entry: Arc<Entry>) {
+    let i = i as usize;
+    if table.len() <= i {
+        table.resize(i + 1, None);
+    }
+    table[i] = Some(entry);
+}
+
+impl Routes {
+    /// The snapshot after `self` for the Node's snapshot `fwd`: the entries of the slots that
+    /// changed are rebuilt from `staged`, every other one is shared with `self` (the Node
+    /// sends an `UpsertPeer` or `RemovePeer` for every peer it changes). The cost is the
+    /// changed slots plus copying the tables' pointers, whatever the number of peers.
+    fn next(&self, fwd: Arc<Forwarding>, staged: &Staged) -> Self {
+        let mut routes = Self {
+            fwd,
+            by_slot: self.by_slot.clone(),
+            by_wg_slot: self.by_wg_slot.clone(),
+        };
+        for &slot in &staged.changed {
+            let old = routes.by_slot.get_mut(slot as usize).and_then(Option::take);
+            if let Some(id) = old.as_ref().and_then(|e| e.wg)
+                && let Some(held) = routes.by_wg_slot.get_mut(id.slot() as usize)
+                && held
+                    .as_ref()
+                    .is_some_and(|h| old.as_ref().is_some_and(|o| Arc::ptr_eq(h, o)))
+            {
+                *held = None;
+            }
+            let Some(state) = staged.slots.get(&slot) else {
+                continue;
+            };
+            let Some(config) = routes.fwd.peer(&state.node_id).filter(|c| c.slot == slot) else {
+                continue;
+            };
+            let entry = Arc::new(Entry {
+                config: config.clone(),
+                wg: state.wg.as_ref().map(|(id, ..)| *id),
+                data: state.wg.as_ref().map(|(.., data)| data.clone()),
+                counters: state.counters.clone(),
+            });
+            if let Some(id) = entry.wg {
+                put(&mut routes.by_wg_slot, id.slot(), entry.clone());
+            }
+            put(&mut routes.by_slot, slot, entry);
         }
-        if let Some(id) = e.wg {
-            self.by_wg.insert(id, e.clone());
-        }
-        self.by_id.insert(e.config.node_id.clone(), e);
+        routes
     }
 
-    fn remove(&mut self, node_id: &str) -> Option<Arc<Entry>> {
-        let e = self.by_id.remove(node_id)?;
-        if self
-            .by_ip
-            .get(&e.config.overlay_ip)
-            .is_some_and(|x| Arc::ptr_eq(x, &e))
-        {
-            self.by_ip.remove(&e.config.overlay_ip);
-        }
-        if let Some(ep) = e.config.endpoint
-            && self
-                .plain_by_endpoint
-                .get(&ep)
-                .is_some_and(|x| Arc::ptr_eq(x, &e))
-        {
-            self.plain_by_endpoint.remove(&ep);
-        }
-        if let Some(id) = e.wg {
-            self.by_wg.remove(&id);
-        }
-        Some(e)
+    /// The SEALED peer whose WireGuard peer is `id`.
+    fn by_wg(&self, id: PeerId) -> Option<&Arc<Entry>> {
+        self.by_wg_slot
+            .get(id.slot() as usize)?
+            .as_ref()
+            .filter(|e| e.wg == Some(id))
+    }
+
+    fn entry(&self, config: &PeerConfig) -> Option<&Arc<Entry>> {
+        self.by_slot.get(config.slot as usize)?.as_ref()
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.by_slot.iter().flatten()
     }
 }
 
-/// The userspace engine's state: peers, WireGuard sessions and counters.
+/// The userspace engine's state: the published routes, WireGuard sessions and counters.
 pub struct Router {
-    /// This node's index, written into PLAIN headers.
-    local_index: AtomicU32,
-    /// This node's overlay address (0.0.0.0 until the interface is configured): the only
-    /// inner destination PLAIN datagrams are decapsulated for.
-    local_ip: AtomicU32,
-    peers: RwLock<Peers>,
+    routes: ArcSwap<Routes>,
+    /// Per-slot state as the commands left it; the next `Publish` makes it visible.
+    staged: Mutex<Staged>,
     wg: Mutex<Device>,
+    /// The device's static key, for the handshake thread's gate (which reads initiations
+    /// outside `wg`).
+    key: PrivateKey,
     drops: DropCounters,
-    /// PLAIN endpoint changes learnt from packets, reported with the next timer events.
-    learned: Mutex<Vec<PeerEvent>>,
-    /// Path MTU discovery towards every peer.
-    pmtu: pmtu::PathMtus,
+    /// Relayed paths (see [`crate::engine::relay`]).
+    relay: super::relay::RelayIo,
 }
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router")
-            .field("peers", &self.read_peers().by_id.len())
+            .field("peers", &self.routes.load().fwd.peers().count())
             .finish_non_exhaustive()
     }
 }
@@ -235,33 +282,70 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+impl Engine for Router {
+    fn name(&self) -> &'static str {
+        "userspace"
+    }
+
+    fn apply(&self, now: Instant, cmd: &Command) -> Result<(), EngineError> {
+        match cmd {
+            Command::SetLocal(local) => {
+                // The device itself is configured by netconf; the MTU caps WireGuard padding.
+                self.device()
+                    .set_tunnel_mtu(usize::try_from(local.mtu).ok());
+            }
+            Command::UpsertPeer(config) => self.upsert(now, config),
+            Command::RemovePeer { node_id, slot, .. } => {
+                let gone = {
+                    let mut staged = self.stage();
+                    staged.changed.insert(*slot);
+                    staged.slots.remove(slot)
+                };
+                if let Some((id, ..)) = gone.as_ref().and_then(|s| s.wg.as_ref()) {
+                    self.device().remove_peer(*id);
+                }
+                info!(node_id, "peer removed");
+            }
+            // The snapshot holds the prefixes: the next `Publish` drops them.
+            Command::RemovePrefixes { .. } => {}
+            Command::SetRouteMtu { slot, mtu, .. } => self.set_route_mtu(*slot, *mtu),
+            Command::Publish(fwd) => {
+                let mut staged = self.stage();
+                let routes = self.routes.load().next(fwd.clone(), &staged);
+                staged.changed.clear();
+                self.routes.store(Arc::new(routes));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Router {
     /// A router with this node's static key and no peers.
     pub fn new(key: PrivateKey) -> Self {
         let now = Instant::now();
         Self {
-            local_index: AtomicU32::new(0),
-            local_ip: AtomicU32::new(0),
-            peers: RwLock::default(),
+            routes: ArcSwap::default(),
+            staged: Mutex::default(),
             wg: Mutex::new(Device::new(
-                key,
+                key.clone(),
                 OsRandom,
                 WallClock::new(now, SystemTime::now()),
             )),
+            key,
             drops: DropCounters::default(),
-            learned: Mutex::default(),
-            pmtu: pmtu::PathMtus::default(),
+            relay: super::relay::RelayIo::default(),
         }
-    }
-
-    // A poisoned lock means a packet thread panicked mid-update; the maps are still
-    // consistent (every update is a single insert/remove), so keep forwarding.
-    fn read_peers(&self) -> std::sync::RwLockReadGuard<'_, Peers> {
-        self.peers.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn device(&self) -> MutexGuard<'_, Device> {
         self.wg.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // Only `apply` takes this lock (one writer, the daemon); a poisoned lock still holds a
+    // consistent map (every update is one insert or remove).
+    fn stage(&self) -> MutexGuard<'_, Staged> {
+        self.staged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Drop counters.
@@ -269,62 +353,32 @@ impl Router {
         &self.drops
     }
 
-    /// Applies one peer-table command. `SetInterface` only records the node's index and the
-    /// MTU (it caps WireGuard padding) here; the driver configures the device itself.
-    pub fn apply(&self, now: Instant, local_index: u32, cmd: &Command) {
-        match cmd {
-            Command::SetInterface { mtu, ip, .. } => {
-                self.local_index.store(local_index, Relaxed);
-                self.local_ip.store(u32::from(*ip), Relaxed);
-                self.pmtu.set_overlay(*mtu, *ip);
-                self.device().set_tunnel_mtu(usize::try_from(*mtu).ok());
-            }
-            Command::UpsertPeer(config) => self.upsert(now, config),
-            Command::RemovePeer { node_id, .. } => {
-                let gone = self
-                    .peers
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(node_id);
-                if let Some(id) = gone.and_then(|e| e.wg) {
-                    self.device().remove_peer(id);
-                }
-                info!(node_id, "peer removed");
-            }
-        }
-    }
-
     fn upsert(&self, now: Instant, config: &PeerConfig) {
-        let old = self
-            .read_peers()
-            .by_id
-            .get(&config.node_id)
-            .map(|e| (e.wg, e.config.clone(), e.counters.clone()));
-        let counters = old.as_ref().map(|o| o.2.clone()).unwrap_or_default();
+        let old = {
+            let mut staged = self.stage();
+            staged.changed.insert(config.slot);
+            staged.slots.get(&config.slot).cloned()
+        };
+        let old_wg = old.as_ref().and_then(|o| o.wg.clone());
         let wg = match config.mode {
             LinkMode::Plain => {
-                if let Some(id) = old.as_ref().and_then(|o| o.0) {
+                if let Some((id, ..)) = old_wg {
                     self.device().remove_peer(id);
                 }
                 None
             }
-            LinkMode::Sealed => self.sealed_peer(now, config, old.as_ref().map(|o| (o.0, &o.1))),
+            LinkMode::Sealed => match self.sealed_peer(now, config, old_wg) {
+                Some(wg) => Some(wg),
+                None => return,
+            },
         };
-        if config.mode == LinkMode::Sealed && wg.is_none() {
-            return;
-        }
-        let entry = Arc::new(Entry {
-            config: config.clone(),
+        let counters = old.map(|o| o.counters.clone()).unwrap_or_default();
+        let state = SlotState {
+            node_id: config.node_id.clone(),
             wg,
             counters,
-            port_learned_at: None,
-        });
-        // Install under the write lock in one step: readers see the old entry or the new
-        // one, never a half-built peer.
-        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
-        peers.remove(&config.node_id);
-        peers.insert(entry);
-        drop(peers);
+        };
+        self.stage().slots.insert(config.slot, Arc::new(state));
         info!(
             node_id = config.node_id,
             overlay_ip = %config.overlay_ip,
@@ -340,17 +394,24 @@ impl Router {
         &self,
         now: Instant,
         config: &PeerConfig,
-        old: Option<(Option<PeerId>, &PeerConfig)>,
-    ) -> Option<PeerId> {
+        old: Option<(PeerId, [u8; 32], Arc<PeerData>)>,
+    ) -> Option<(PeerId, [u8; 32], Arc<PeerData>)> {
+        let published = self
+            .routes
+            .load()
+            .fwd
+            .peer(&config.node_id)
+            .and_then(|p| p.endpoint);
         let mut dev = self.device();
-        if let Some((Some(id), prev)) = old {
-            if prev.public_key == config.public_key {
-                if config.endpoint != prev.endpoint
+        if let Some((id, key, _)) = &old {
+            let (id, key) = (*id, *key);
+            if key == config.public_key {
+                if config.endpoint != published
                     && let Some(ep) = config.endpoint
                 {
                     let _ = dev.set_endpoint(id, SocketAddr::V4(ep));
                 }
-                return Some(id);
+                return old;
             }
             dev.remove_peer(id);
         }
@@ -358,7 +419,7 @@ impl Router {
         wg.endpoint = config.endpoint.map(SocketAddr::V4);
         wg.persistent_keepalive = Some(PERSISTENT_KEEPALIVE);
         match dev.add_peer(now, wg) {
-            Ok(id) => Some(id),
+            Ok(id) => dev.peer_data(id).map(|data| (id, config.public_key, data)),
             Err(error) => {
                 warn!(node_id = config.node_id, %error, "cannot add WireGuard peer");
                 None
@@ -369,10 +430,13 @@ impl Router {
     /// Routes a packet read from the TUN device. `out` must hold the packet plus the largest
     /// encapsulation overhead (see [`out_len`]).
     pub fn outbound<'a>(&self, now: Instant, packet: &[u8], out: &'a mut [u8]) -> Outbound<'a> {
-        let Some(dst) = ipv4_dst(packet) else {
-            return self.drop_out(Drop::NotIpv4);
+        let routes = self.routes.load();
+        let config = match routes.fwd.route(packet) {
+            Ok(c) => c,
+            Err(RouteMiss::NotIpv4) => return self.drop_out(Drop::NotIpv4),
+            Err(RouteMiss::NoRoute) => return self.drop_out(Drop::NoRoute),
         };
-        let Some(entry) = self.read_peers().by_ip.get(&dst).cloned() else {
+        let Some(entry) = routes.entry(config) else {
             return self.drop_out(Drop::NoRoute);
         };
         // Larger than the peer's path carries (the route MTU was not applied yet, or the
@@ -380,18 +444,17 @@ impl Router {
         let limit = entry.counters.mtu_limit() as usize;
         if limit != 0 && packet.len() > limit {
             self.drops.add(Drop::TooBig);
-            return match frag_needed(packet, limit as u32, dst, out) {
+            return match frag_needed(packet, limit as u32, config.overlay_ip, out) {
                 Some(n) => Outbound::ToTun(&out[..n]),
                 None => Outbound::Dropped(Drop::TooBig),
             };
         }
-        match entry.config.mode {
+        match config.mode {
             LinkMode::Plain => {
-                let Some(to) = entry.config.endpoint else {
+                let Some(to) = config.endpoint else {
                     return self.drop_out(Drop::NoEndpoint);
                 };
-                let Some(len) = plain::encapsulate(self.local_index.load(Relaxed), packet, out)
-                else {
+                let Some(len) = routes.fwd.encapsulate_plain(packet, out) else {
                     return self.drop_out(Drop::Plain(plain::DropReason::Truncated));
                 };
                 entry.counters.sent(packet.len());
@@ -401,10 +464,29 @@ impl Router {
                 }
             }
             LinkMode::Sealed => {
-                let Some(id) = entry.wg else {
+                let (Some(id), Some(data)) = (entry.wg, &entry.data) else {
                     return self.drop_out(Drop::WgNoSession);
                 };
-                match self.device().encapsulate(now, id, packet, out) {
+                // The data side seals without the device; only when no session can send does
+                // the device take the packet (queue it, start a handshake).
+                let sealed = match data.encapsulate(now, packet, &mut *out) {
+                    Action::WriteToNetwork { datagram, to } => Ok((datagram.len(), to)),
+                    Action::Err(e) => Err(e),
+                    Action::Done | Action::WriteToTunnel { .. } => {
+                        Err(cladnet_wg::Error::NoSession)
+                    }
+                };
+                let action = match sealed {
+                    Ok((len, to)) => Action::WriteToNetwork {
+                        datagram: &mut out[..len],
+                        to,
+                    },
+                    Err(cladnet_wg::Error::NoSession) => {
+                        self.device().encapsulate(now, id, packet, out)
+                    }
+                    Err(e) => Action::Err(e),
+                };
+                match action {
                     Action::WriteToNetwork { datagram, to } => {
                         entry.counters.sent(packet.len());
                         Outbound::Send { datagram, to }
@@ -434,135 +516,51 @@ impl Router {
         datagram: &'a [u8],
         out: &'a mut [u8],
     ) -> Inbound<'a> {
-        if reflector::is_reflector(datagram) {
-            return match reflector::parse_response(datagram) {
-                Some((nonce, seen)) => Inbound::Reflected { nonce, seen },
-                None => self.drop_in(Drop::UnknownMessage),
-            };
-        }
-        match wire::demux(datagram) {
-            Demux::WireGuard(_) => self.inbound_sealed(now, from, datagram, out),
-            Demux::Clad if is_path_mtu(datagram) => self.inbound_mtu(now, from, datagram, out),
-            Demux::Clad => self.inbound_plain(now, from, datagram),
-            Demux::Unknown => self.drop_in(Drop::UnknownMessage),
-        }
-    }
-
-    fn inbound_plain<'a>(&self, now: Instant, from: SocketAddr, datagram: &'a [u8]) -> Inbound<'a> {
-        let SocketAddr::V4(from) = from else {
-            return self.drop_in(Drop::Plain(plain::DropReason::UnknownPeer));
-        };
-        let header = CladHeader::decode(datagram).ok();
-        // The read guard must be gone before learning takes the write lock.
-        let known_here = self.read_peers().plain_by_endpoint.get(&from).cloned();
-        let entry = match (known_here, header) {
-            (Some(e), _) => Some(e),
-            (None, Some(h)) => match self.learn_plain_port(now, from, h.node_id()) {
-                Ok(e) => e,
-                Err(limited) => return self.drop_in(limited),
-            },
-            (None, None) => None,
-        };
-        // Probes carry nothing to deliver; they keep NAT mappings warm (and may have taught us
-        // the peer's port, above).
-        if header.is_some_and(|h| h.ty() == Some(CladType::Probe)) {
-            return Inbound::Nothing;
-        }
-        let known = entry.as_ref().map(|e| KnownPeer {
-            node_index: e.config.node_index,
-            overlay_ip: e.config.overlay_ip.octets(),
-        });
-        let local = Ipv4Addr::from(self.local_ip.load(Relaxed)).octets();
-        let checked = plain::decapsulate(datagram, known).and_then(|inner| {
-            let hdr = inner.first_chunk().expect("decapsulate checked 20 bytes");
-            rx::check_destination(hdr, local).map(|()| inner)
-        });
-        match checked {
-            Ok(inner) => {
-                if let Some(e) = entry {
+        let routes = self.routes.load();
+        match routes.fwd.classify(from, datagram) {
+            Rx::Deliver { peer, inner } => {
+                if let Some(e) = routes.entry(peer) {
                     e.counters.received(inner.len(), unix_ms());
                 }
                 Inbound::Deliver(inner)
             }
-            Err(reason) => self.drop_in(Drop::Plain(reason)),
+            Rx::UnknownEndpoint { .. } => Inbound::ToNode,
+            // Probes carry nothing to deliver; they keep NAT mappings warm.
+            Rx::Probe => Inbound::Nothing,
+            // The Node runs the searches (and answers the peers' probes).
+            Rx::PathMtu => Inbound::ToNode,
+            Rx::WireGuard => match cladnet_wg::receiver_slot(datagram) {
+                // Transport data: opened on the peer's data side, without the device.
+                Some(slot) => match routes
+                    .by_wg_slot
+                    .get(slot as usize)
+                    .and_then(Option::as_ref)
+                {
+                    Some(e) => match e.data.as_ref() {
+                        Some(data) => {
+                            let action = data.decapsulate(now, from, datagram, out);
+                            self.sealed_to(&routes, from, Some(e), action)
+                        }
+                        None => self.drop_in(Drop::WgInvalid),
+                    },
+                    None => self.drop_in(Drop::WgInvalid),
+                },
+                None => self.inbound_sealed(now, from, datagram, out),
+            },
+            Rx::Reflector => match reflector::parse_response(datagram) {
+                Some((nonce, seen)) => Inbound::Reflected { nonce, seen },
+                None => self.drop_in(Drop::UnknownMessage),
+            },
+            Rx::Unknown => self.drop_in(Drop::UnknownMessage),
+            Rx::Drop(reason) => self.drop_in(Drop::Plain(reason)),
         }
-    }
-
-    /// A PLAIN datagram from an unknown endpoint whose *address* is a PLAIN peer's and whose
-    /// header names that peer: its NAT gave this flow another public port than the reflector
-    /// saw (a port-translating NAT picks another port when the one it prefers is taken). The
-    /// peer's endpoint moves to that port, so replies get through the NAT. Only the port can
-    /// move this way: a new address comes from the controller, as PLAIN is unauthenticated.
-    ///
-    /// A peer moves at most once per [`PORT_CHANGE_INTERVAL`]; datagrams that would move it
-    /// again sooner are dropped and counted (`Err`) without taking the write lock, so whoever
-    /// shares the address cannot flap it at line rate.
-    fn learn_plain_port(
-        &self,
-        now: Instant,
-        from: SocketAddrV4,
-        node_index: u32,
-    ) -> Result<Option<Arc<Entry>>, Drop> {
-        let candidate = |peers: &Peers| {
-            peers
-                .by_id
-                .values()
-                .find(|e| {
-                    e.config.mode == LinkMode::Plain
-                        && e.config.node_index == node_index
-                        && e.config.endpoint.is_some_and(|ep| ep.ip() == from.ip())
-                })
-                .cloned()
-        };
-        let limited = |e: &Entry| {
-            e.port_learned_at
-                .is_some_and(|at| now.saturating_duration_since(at) < PORT_CHANGE_INTERVAL)
-        };
-        match candidate(&self.read_peers()) {
-            None => return Ok(None),
-            Some(e) if limited(&e) => {
-                debug!(node_id = e.config.node_id, endpoint = %from, "PLAIN peer port changed again within a second; dropped");
-                return Err(Drop::PlainPortChangeLimited);
-            }
-            Some(_) => {}
-        }
-        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
-        // Looked up again: the peer may have changed between the two locks.
-        let Some(old) = candidate(&peers) else {
-            return Ok(None);
-        };
-        if limited(&old) {
-            return Err(Drop::PlainPortChangeLimited);
-        }
-        let mut config = old.config.clone();
-        config.endpoint = Some(from);
-        let entry = Arc::new(Entry {
-            config,
-            wg: None,
-            counters: old.counters.clone(),
-            port_learned_at: Some(now),
-        });
-        peers.remove(&old.config.node_id);
-        peers.insert(entry.clone());
-        drop(peers);
-        // Debug only: the daemon logs the resulting endpoint change (at most once a second per
-        // peer).
-        debug!(node_id = old.config.node_id, endpoint = %from, "PLAIN peer seen on another port of its address; following it");
-        let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
-        if learned.len() < MAX_LEARNED_EVENTS {
-            learned.push(PeerEvent::EndpointChanged {
-                node_id: old.config.node_id.clone(),
-                endpoint: SocketAddr::V4(from),
-            });
-        }
-        Ok(Some(entry))
     }
 
     /// Whether `datagram` is a WireGuard handshake message (initiation, response or cookie
     /// reply): the driver hands those to [`Router::handshake`] on a thread of their own.
     pub fn is_handshake(datagram: &[u8]) -> bool {
         !reflector::is_reflector(datagram)
-            && matches!(wire::demux(datagram), Demux::WireGuard(_))
+            && matches!(wire::demux(datagram), wire::Demux::WireGuard(_))
             && matches!(
                 cladnet_wg::message_type(datagram),
                 Some(MessageType::Initiation | MessageType::Response | MessageType::CookieReply)
@@ -570,9 +568,10 @@ impl Router {
     }
 
     /// A gate for the handshake thread: the checks made before any Diffie-Hellman (mac1;
-    /// under load, cookies and per-source limits), run without the WireGuard lock.
+    /// under load, cookies and per-source limits) and the Diffie-Hellman of reading an
+    /// initiation, run without the WireGuard lock.
     pub fn handshake_gate(&self) -> HandshakeGate {
-        HandshakeGate::new(&self.device().public_key(), OsRandom)
+        HandshakeGate::with_private_key(&self.key, OsRandom)
     }
 
     /// Handles a WireGuard handshake message taken from the driver's handshake queue, after
@@ -588,7 +587,16 @@ impl Router {
         out: &'a mut [u8],
     ) -> Inbound<'a> {
         match gate.check(now, under_load, from, datagram, out) {
-            GateVerdict::Pass => self.inbound_sealed(now, from, datagram, out),
+            // An initiation is decrypted here, outside the lock: one that names nobody (a
+            // flood's) never takes it.
+            GateVerdict::Pass => match gate.read_initiation(datagram) {
+                Some(Ok(initiation)) => {
+                    let (id, action) = self.device().accept_initiation(now, from, initiation, out);
+                    self.sealed_action(from, id, action)
+                }
+                Some(Err(e)) => self.drop_in(Drop::from_wg(e).unwrap_or(Drop::WgInvalid)),
+                None => self.inbound_sealed(now, from, datagram, out),
+            },
             GateVerdict::CookieReply(len) => Inbound::Reply {
                 datagram: &out[..len],
                 to: from,
@@ -606,20 +614,43 @@ impl Router {
         out: &'a mut [u8],
     ) -> Inbound<'a> {
         let (id, action) = self.device().decapsulate(now, from, datagram, out);
+        self.sealed_action(from, id, action)
+    }
+
+    /// What a WireGuard datagram from `from` came to, with the cryptokey-routing check of
+    /// decrypted packets.
+    fn sealed_action<'a>(
+        &self,
+        from: SocketAddr,
+        id: Option<PeerId>,
+        action: Action<'a>,
+    ) -> Inbound<'a> {
+        let routes = self.routes.load();
+        self.sealed_to(&routes, from, id.and_then(|id| routes.by_wg(id)), action)
+    }
+
+    /// What a WireGuard datagram from `from` for the peer `entry` came to.
+    fn sealed_to<'a>(
+        &self,
+        routes: &Routes,
+        from: SocketAddr,
+        entry: Option<&Arc<Entry>>,
+        action: Action<'a>,
+    ) -> Inbound<'a> {
         match action {
-            Action::WriteToTunnel { packet, source } => {
-                let entry = id.and_then(|id| self.read_peers().by_wg.get(&id).cloned());
-                match entry {
-                    Some(e) if source == IpAddr::V4(e.config.overlay_ip) => {
-                        e.counters.received(packet.len(), unix_ms());
-                        Inbound::Deliver(packet)
-                    }
-                    _ => {
-                        debug!(%from, %source, "sealed packet with a source its peer does not own");
-                        self.drop_in(Drop::WgSpoofedSource)
-                    }
+            Action::WriteToTunnel { packet, source } => match entry {
+                Some(e)
+                    if matches!(source, IpAddr::V4(src)
+                        if routes.fwd.source_allowed(&e.config, src)) =>
+                {
+                    e.counters.received(packet.len(), unix_ms());
+                    Inbound::Deliver(packet)
                 }
-            }
+                _ => {
+                    debug!(%from, %source, "sealed packet with a source its peer does not own");
+                    self.drop_in(Drop::WgSpoofedSource)
+                }
+            },
             Action::WriteToNetwork { datagram, to } => Inbound::Reply { datagram, to },
             Action::Done => Inbound::Nothing,
             Action::Err(e) => self.drop_in(Drop::from_wg(e).unwrap_or(Drop::WgInvalid)),
@@ -644,15 +675,10 @@ impl Router {
                 }
             }
         }
-        let mut events =
-            std::mem::take(&mut *self.learned.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut events = Vec::new();
+        let routes = self.routes.load();
         while let Some((id, event)) = dev.poll_event() {
-            let Some(node_id) = self
-                .read_peers()
-                .by_wg
-                .get(&id)
-                .map(|e| e.config.node_id.clone())
-            else {
+            let Some(node_id) = routes.by_wg(id).map(|e| e.config.node_id.clone()) else {
                 continue;
             };
             events.push(match event {
@@ -667,45 +693,21 @@ impl Router {
         events
     }
 
-    /// Sends a CLAD probe to every PLAIN peer: it keeps the NAT mappings on the way open (PLAIN
-    /// has no keepalives of its own) and re-creates them after an address change.
-    pub fn probe_plain_peers(&self, mut send: impl FnMut(&[u8], SocketAddr)) {
-        let probe = CladHeader::new(CladType::Probe, 0, self.local_index.load(Relaxed)).to_bytes();
-        let endpoints: Vec<SocketAddrV4> = self
-            .read_peers()
-            .by_id
-            .values()
-            .filter(|e| e.config.mode == LinkMode::Plain)
-            .filter_map(|e| e.config.endpoint)
-            .collect();
-        for ep in endpoints {
-            send(&probe, SocketAddr::V4(ep));
-        }
-    }
-
-    /// Re-opens the paths to every peer at once (after our public address or a peer's
-    /// endpoint changed): PLAIN probes now, WireGuard keepalives (or handshakes) at the next
-    /// timer tick.
-    pub fn punch(&self, send: impl FnMut(&[u8], SocketAddr)) {
-        self.probe_plain_peers(send);
-        let sealed: Vec<PeerId> = self.read_peers().by_wg.keys().copied().collect();
+    /// Re-opens the paths to every SEALED peer at once (after our public address or a peer's
+    /// endpoint changed): WireGuard keepalives (or handshakes) at the next timer tick. PLAIN
+    /// peers get their probes from the Node.
+    pub fn punch(&self) {
+        let sealed: Vec<PeerId> = self.routes.load().entries().filter_map(|e| e.wg).collect();
         let mut dev = self.device();
         for id in sealed {
             dev.request_keepalive(id);
         }
     }
 
-    /// The configuration a peer is installed with now (with any endpoint learnt from packets).
-    pub fn peer_config(&self, node_id: &str) -> Option<PeerConfig> {
-        self.read_peers()
-            .by_id
-            .get(node_id)
-            .map(|e| e.config.clone())
-    }
-
     /// The peers, sorted by overlay address.
     pub fn status(&self, now: Instant) -> Vec<PeerStatus> {
-        let peers: Vec<Arc<Entry>> = self.read_peers().by_id.values().cloned().collect();
+        let routes = self.routes.load_full();
+        let peers: Vec<&Arc<Entry>> = routes.entries().collect();
         let dev = self.device();
         let mut out: Vec<PeerStatus> = peers
             .iter()
@@ -725,22 +727,15 @@ impl Router {
                     traffic: e.counters.snapshot(),
                     engine: "userspace",
                     path_mtu: None,
+                    path: None,
+                    via: None,
                 }
             })
             .collect();
         drop(dev);
-        for p in &mut out {
-            p.path_mtu = self.path_mtu(&p.node_id);
-        }
         out.sort_by_key(|p| p.overlay_ip);
         out
     }
-}
-
-/// A CLAD path MTU probe or acknowledgement (whatever the link mode).
-fn is_path_mtu(datagram: &[u8]) -> bool {
-    CladHeader::decode(datagram)
-        .is_ok_and(|h| matches!(h.ty(), Some(CladType::MtuProbe | CladType::MtuAck)))
 }
 
 /// Output buffer size for a packet of `len` bytes: room for the larger encapsulation.
@@ -758,37 +753,10 @@ pub const fn out_len(len: usize) -> usize {
     }
 }
 
-fn ipv4_dst(packet: &[u8]) -> Option<Ipv4Addr> {
-    match packet {
-        [
-            v,
-            _,
-            _,
-            _,
-            _,
-            _,
-            _,
-            _,
-            _,
-            _,
-            _,
-            _,
-            _,
-            _,
-            _,
-            _,
-            a,
-            b,
-            c,
-            d,
-            ..,
-        ] if v >> 4 == 4 => Some(Ipv4Addr::new(*a, *b, *c, *d)),
-        _ => None,
-    }
-}
-
 mod pmtu;
-pub use pmtu::{PathMtuChange, PathMtuStatus, frag_needed, route_mtu};
+mod relay;
+pub use cladnet_core::node::PathMtuStatus;
+pub use pmtu::frag_needed;
 
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,24 @@
 //! The userspace engine's IO driver: threads that move bytes between the TUN device, the
-//! tunnel UDP socket and the [`Router`].
+//! tunnel UDP sockets and the [`Router`].
 //!
-//! - `tun→udp`: reads inner packets from the TUN device, routes and seals/frames them.
-//! - `udp→tun`: reads datagrams from the tunnel port (WireGuard, CLAD and reflector answers
-//!   share it, demultiplexed by the first byte) and delivers inner packets.
+//! The packet work runs on N workers (one per core by default), worker `i` owning TUN queue
+//! `i` (a multiqueue TUN: the kernel picks a queue per flow) and UDP socket `i` (one
+//! `SO_REUSEPORT` group on the tunnel port: the kernel picks a socket per 4-tuple, i.e. per
+//! peer). Each worker has two threads, so both directions of one worker run at once:
+//!
+//! - `tun→udp/i`: reads inner packets from TUN queue `i`, routes and seals/frames them, sends
+//!   from socket `i`.
+//! - `udp→tun/i`: reads datagrams from socket `i` (WireGuard, CLAD and reflector answers
+//!   share the port, demultiplexed by the first byte) and delivers inner packets, each to the
+//!   TUN queue its flow hashes to ([`flow_queue`]): the TUN device then sends that flow's
+//!   replies out of the same queue (its automatic steering remembers the queue a flow was
+//!   written to), so one peer's flows are sealed on several workers even though all its
+//!   datagrams arrive on one socket.
+//!
+//! Per-peer order: one flow is always read from one TUN queue by one thread, and one peer's
+//! datagrams always arrive on one socket, read by one thread; WireGuard's replay window
+//! accepts the reordering between flows of one peer sealed on different workers. The limit:
+//! one peer's receive side (decryption) runs on one worker, whatever the number of flows.
 //! - `wg-handshake`: WireGuard handshake messages, which `udp→tun` only queues (bounded): the
 //!   Diffie-Hellman they cost never runs on the transport path, and the queue's length tells
 //!   when we are under load (cookie replies and per-source rate limits, as the Linux module).
@@ -19,23 +34,23 @@ use std::{
     os::fd::AsFd as _,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
     thread,
     time::{Duration, Instant},
 };
 
-use cladnet_core::{
-    offload::{self, VNET_HDR_LEN, VirtioNetHdr},
-    reflector,
-};
+use cladnet_common::reflector;
+use cladnet_offload::{self as offload, VNET_HDR_LEN, VirtioNetHdr};
+use cladnet_wg::constants::INITIATION_LEN;
 use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::{
     counters::Drop,
+    relay::{Incoming, RelayIo},
     router::{Inbound, Outbound, PeerEvent, Router, out_len},
 };
 use crate::{probe::ProbeError, sys};
@@ -43,8 +58,9 @@ use crate::{probe::ProbeError, sys};
 /// How often the timer thread runs WireGuard timers (they have second granularity).
 const TIMER_TICK: Duration = Duration::from_millis(50);
 
-/// How often PLAIN peers get a keepalive probe (NAT mappings for UDP last 30 s or more).
-const PLAIN_KEEPALIVE: Duration = Duration::from_secs(10);
+/// Datagrams waiting for the Node (PLAIN from unknown endpoints); more are dropped and
+/// counted as from an unknown peer, which is what the Node would mostly find them to be.
+const FOR_NODE_QUEUE: usize = 1024;
 
 /// Largest packet read from the TUN device or the socket.
 const MAX_PACKET: usize = 65_535;
@@ -54,6 +70,50 @@ const HANDSHAKE_NICENESS: i32 = 10;
 
 /// Decrypted packets gathered before a GRO pass over them.
 const GRO_BATCH: usize = 64;
+
+/// Most packet workers the engine runs when not told otherwise (one per core up to this).
+pub const MAX_DEFAULT_WORKERS: usize = 8;
+
+/// The number of packet workers for this machine: its available parallelism, at most
+/// [`MAX_DEFAULT_WORKERS`].
+pub fn default_workers() -> usize {
+    thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(MAX_DEFAULT_WORKERS)
+}
+
+/// What one packet worker has carried (see [`Userspace::worker_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Reads from the worker's TUN queue (one read may be a TSO super-packet).
+    pub tun_reads: u64,
+    /// Datagrams received on the worker's socket (a GRO buffer counts for its datagrams).
+    pub datagrams: u64,
+}
+
+/// A worker's live counters, written by its two threads only.
+#[derive(Debug, Default)]
+struct WorkerCounters {
+    tun_reads: AtomicU64,
+    datagrams: AtomicU64,
+}
+
+/// The packet workers' counters, for metrics (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Workers(Arc<[WorkerCounters]>);
+
+impl Workers {
+    /// What each packet worker has carried, by worker (= TUN queue and socket) index.
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        self.0
+            .iter()
+            .map(|w| WorkerStats {
+                tun_reads: w.tun_reads.load(Ordering::Relaxed),
+                datagrams: w.datagrams.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
 
 /// A TUN queue the engine reads inner packets from and writes them to.
 pub trait TunIo: Send + Sync + 'static {
@@ -97,52 +157,129 @@ pub struct Reflection {
     pub seen: SocketAddrV4,
 }
 
-/// A running userspace engine.
+/// What the engine's threads hand to the daemon.
 #[derive(Debug)]
+pub struct EngineOutputs {
+    /// Handshakes and roaming of SEALED peers.
+    pub peer_events: mpsc::UnboundedReceiver<PeerEvent>,
+    /// Datagrams for the Node (see [`Inbound::ToNode`]): source and payload.
+    pub for_node: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+}
+
+/// A running userspace engine.
 pub struct Userspace {
     router: Arc<Router>,
+    /// The TUN queues, worker `i` reading queue `i`.
+    tuns: Arc<[Arc<dyn TunIo>]>,
+    vnet: bool,
+    /// Socket 0 of the group: the Node's transmits and the reflector probes leave from it
+    /// (every socket of the group has the same port, so for peers they are one endpoint).
     socket: Arc<UdpSocket>,
     waiters: Waiters,
+    workers: Workers,
+}
+
+impl std::fmt::Debug for Userspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Userspace")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Userspace {
-    /// Starts the packet threads over `tun` and the bound tunnel `socket`. Peer events
-    /// (handshakes, roaming) arrive on the returned receiver.
+    /// Starts the packet workers, worker `i` over TUN queue `tuns[i]` and the bound tunnel
+    /// socket `sockets[i]` (one `SO_REUSEPORT` group, see
+    /// [`crate::sys::udp::bind_reuseport`]; one of each for a single worker). Peer events
+    /// (handshakes, roaming) and datagrams for the Node arrive on the returned receivers.
     ///
     /// `vnet` says whether the device was created with virtio headers (`IFF_VNET_HDR`): reads
     /// then carry offloaded super-packets to segment, and writes are merged (GRO).
     pub fn start(
         router: Arc<Router>,
-        tun: Arc<dyn TunIo>,
+        tuns: Vec<Arc<dyn TunIo>>,
         vnet: bool,
-        socket: UdpSocket,
-    ) -> io::Result<(Self, mpsc::UnboundedReceiver<PeerEvent>)> {
-        // Non-blocking from here on; enables UDP GRO and learns whether GSO works.
-        let state = Arc::new(UdpSocketState::new((&socket).into())?);
+        sockets: Vec<UdpSocket>,
+    ) -> io::Result<(Self, EngineOutputs)> {
+        if tuns.is_empty() || tuns.len() != sockets.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a worker needs one TUN queue and one socket: {} queues, {} sockets",
+                    tuns.len(),
+                    sockets.len()
+                ),
+            ));
+        }
+        let tuns: Arc<[Arc<dyn TunIo>]> = tuns.into();
+        let mut sockets_and_states = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            // Non-blocking from here on; enables UDP GRO and learns whether GSO works.
+            let state = Arc::new(UdpSocketState::new((&socket).into())?);
+            sockets_and_states.push((Arc::new(socket), state));
+        }
+        let (socket, state) = sockets_and_states[0].clone();
         info!(
+            workers = tuns.len(),
             gso_segments = state.max_gso_segments(),
             gro_segments = state.gro_segments(),
             vnet,
             "userspace engine offloads"
         );
-        let socket = Arc::new(socket);
+        let workers: Arc<[WorkerCounters]> =
+            (0..tuns.len()).map(|_| WorkerCounters::default()).collect();
         let waiters = Waiters::default();
-        let (events_tx, events) = mpsc::unbounded_channel();
-        {
-            let (router, tun, socket, state) =
-                (router.clone(), tun.clone(), socket.clone(), state.clone());
-            thread::Builder::new()
-                .name("tun->udp".into())
-                .spawn(move || tun_to_udp(&router, &*tun, &socket, &state, vnet))?;
-        }
+        let (events_tx, peer_events) = mpsc::unbounded_channel();
+        let (node_tx, for_node) = mpsc::channel(FOR_NODE_QUEUE);
         let (handshakes, queued) = HandshakeQueue::new();
-        {
-            let (router, socket, waiters) = (router.clone(), socket.clone(), waiters.clone());
-            thread::Builder::new()
-                .name("udp->tun".into())
-                .spawn(move || {
-                    udp_to_tun(&router, &*tun, &socket, &state, vnet, &waiters, &handshakes);
-                })?;
+        let handshakes = Arc::new(handshakes);
+        for (i, (socket, state)) in sockets_and_states.into_iter().enumerate() {
+            {
+                let (router, tuns, socket, state, workers) = (
+                    router.clone(),
+                    tuns.clone(),
+                    socket.clone(),
+                    state.clone(),
+                    workers.clone(),
+                );
+                thread::Builder::new()
+                    .name(format!("tun->udp/{i}"))
+                    .spawn(move || {
+                        let io = WorkerIo {
+                            socket: &socket,
+                            state: &state,
+                            counters: &workers[i],
+                        };
+                        tun_to_udp(&router, &*tuns[i], &io, vnet);
+                    })?;
+            }
+            {
+                let (router, tuns, socket, state, workers, waiters, handshakes, node_tx) = (
+                    router.clone(),
+                    tuns.clone(),
+                    socket.clone(),
+                    state.clone(),
+                    workers.clone(),
+                    waiters.clone(),
+                    handshakes.clone(),
+                    node_tx.clone(),
+                );
+                thread::Builder::new()
+                    .name(format!("udp->tun/{i}"))
+                    .spawn(move || {
+                        let out = RxOut {
+                            waiters: &waiters,
+                            handshakes: &handshakes,
+                            node: &node_tx,
+                        };
+                        let io = WorkerIo {
+                            socket: &socket,
+                            state: &state,
+                            counters: &workers[i],
+                        };
+                        udp_to_tun(&router, &tuns, &io, vnet, &out);
+                    })?;
+            }
         }
         {
             let (router, socket) = (router.clone(), socket.clone());
@@ -159,10 +296,16 @@ impl Userspace {
         Ok((
             Self {
                 router,
+                tuns,
+                vnet,
                 socket,
                 waiters,
+                workers: Workers(workers),
             },
-            events,
+            EngineOutputs {
+                peer_events,
+                for_node,
+            },
         ))
     }
 
@@ -171,9 +314,30 @@ impl Userspace {
         &self.router
     }
 
-    /// Re-opens the NAT paths to every peer now (see [`Router::punch`]).
-    pub fn punch(&self) {
-        self.router.punch(|d, to| send(&self.socket, d, to));
+    /// Sends a datagram from the tunnel socket (the Node's transmits). The socket sets DF
+    /// and ignores the kernel's cached path MTU, so a datagram above the first hop's MTU
+    /// fails with EMSGSIZE (which the Node's path MTU search takes as a hint).
+    pub fn send(&self, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
+        self.socket.send_to(datagram, to).map(|_| ())
+    }
+
+    /// Writes an inner packet to the TUN device (the Node's deliveries).
+    pub fn write_tun(&self, packet: &[u8]) {
+        write_unoffloaded(
+            &*self.tuns[flow_queue(packet, self.tuns.len())],
+            self.vnet,
+            packet,
+        );
+    }
+
+    /// What each packet worker has carried, by worker (= TUN queue and socket) index.
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        self.workers.stats()
+    }
+
+    /// The workers' counters, to read after the engine is borrowed elsewhere.
+    pub fn workers(&self) -> Workers {
+        self.workers.clone()
     }
 
     /// The tunnel socket's local address.
@@ -297,6 +461,16 @@ fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) {
     }
 }
 
+/// Sends a datagram WireGuard produced: through a relay when `to` is a relay address.
+fn send_wg(router: &Router, socket: &UdpSocket, datagram: &[u8], to: SocketAddr) {
+    let mut buf = Vec::new();
+    router
+        .relay()
+        .outgoing(Instant::now(), datagram, to, &mut buf, |d, to| {
+            send(socket, d, to)
+        });
+}
+
 /// How long a sender waits for room in the socket buffer before dropping a batch (a full
 /// buffer means the link is saturated; TCP above will back off).
 const SEND_WAIT: Duration = Duration::from_millis(100);
@@ -306,6 +480,9 @@ const SEND_WAIT: Duration = Duration::from_millis(100);
 struct TxBatch<'s> {
     socket: &'s UdpSocket,
     state: &'s UdpSocketState,
+    /// Datagrams to relay addresses go through it.
+    relay: &'s RelayIo,
+    relay_buf: Vec<u8>,
     buf: Vec<u8>,
     to: Option<SocketAddr>,
     segment: usize,
@@ -314,10 +491,12 @@ struct TxBatch<'s> {
 }
 
 impl<'s> TxBatch<'s> {
-    fn new(socket: &'s UdpSocket, state: &'s UdpSocketState) -> Self {
+    fn new(socket: &'s UdpSocket, state: &'s UdpSocketState, relay: &'s RelayIo) -> Self {
         Self {
             socket,
             state,
+            relay,
+            relay_buf: Vec::new(),
             buf: Vec::with_capacity(MAX_PACKET),
             to: None,
             segment: 0,
@@ -327,6 +506,19 @@ impl<'s> TxBatch<'s> {
     }
 
     fn push(&mut self, datagram: &[u8], to: SocketAddr) {
+        if cladnet_core::relay::relay_node(to).is_some() {
+            let mut buf = std::mem::take(&mut self.relay_buf);
+            let relay = self.relay;
+            relay.outgoing(Instant::now(), datagram, to, &mut buf, |d, to| {
+                self.push_direct(d, to);
+            });
+            self.relay_buf = buf;
+            return;
+        }
+        self.push_direct(datagram, to);
+    }
+
+    fn push_direct(&mut self, datagram: &[u8], to: SocketAddr) {
         let fits = self.to == Some(to)
             && !self.closed
             && datagram.len() <= self.segment
@@ -354,11 +546,17 @@ impl<'s> TxBatch<'s> {
             segment_size: (self.count > 1).then_some(self.segment),
             src_ip: None,
         };
-        let deadline = Instant::now() + SEND_WAIT;
+        // The clock is read only once the buffer is full: a send that goes through at once (a
+        // lone ping, most batches) costs no `clock_gettime`.
+        let mut deadline = None;
         loop {
             match self.state.try_send(self.socket.into(), &transmit) {
                 Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        && Instant::now()
+                            < *deadline.get_or_insert_with(|| Instant::now() + SEND_WAIT) =>
+                {
                     let _ = sys::wait_ready(self.socket.as_fd(), true, Some(SEND_WAIT));
                 }
                 Err(error) => {
@@ -373,17 +571,18 @@ impl<'s> TxBatch<'s> {
     }
 }
 
-fn tun_to_udp(
-    router: &Router,
-    tun: &dyn TunIo,
-    socket: &UdpSocket,
-    state: &UdpSocketState,
-    vnet: bool,
-) {
+/// A packet worker's socket and counters, shared by its two threads.
+struct WorkerIo<'a> {
+    socket: &'a UdpSocket,
+    state: &'a UdpSocketState,
+    counters: &'a WorkerCounters,
+}
+
+fn tun_to_udp(router: &Router, tun: &dyn TunIo, io: &WorkerIo<'_>, vnet: bool) {
     let mut buf = vec![0u8; MAX_PACKET + VNET_HDR_LEN];
     let mut segment = vec![0u8; MAX_PACKET];
     let mut out = vec![0u8; out_len(MAX_PACKET)];
-    let mut tx = TxBatch::new(socket, state);
+    let mut tx = TxBatch::new(io.socket, io.state, router.relay());
     loop {
         let len = match tun.read(&mut buf) {
             Ok(len) => len,
@@ -393,6 +592,7 @@ fn tun_to_udp(
                 return;
             }
         };
+        io.counters.tun_reads.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut route = |packet: &[u8]| match router.outbound(now, packet, &mut out) {
             Outbound::Send { datagram, to } => tx.push(datagram, to),
@@ -409,7 +609,8 @@ fn tun_to_udp(
     }
 }
 
-/// Writes one packet the engine made itself (an ICMP error) to the TUN device.
+/// Writes one packet outside the batches (an ICMP error, a packet the Node delivers) to the
+/// TUN device.
 fn write_unoffloaded(tun: &dyn TunIo, vnet: bool, packet: &[u8]) {
     let mut buf = Vec::with_capacity(VNET_HDR_LEN + packet.len());
     if vnet {
@@ -417,7 +618,7 @@ fn write_unoffloaded(tun: &dyn TunIo, vnet: bool, packet: &[u8]) {
     }
     buf.extend_from_slice(packet);
     if let Err(error) = tun.write(&buf) {
-        debug!(%error, "writing an ICMP error to the TUN device failed");
+        debug!(%error, "writing a packet to the TUN device failed");
     }
 }
 
@@ -445,7 +646,8 @@ fn segment_read(
 /// Decrypted packets waiting to be written to the TUN device, merged into TCP super-packets
 /// (GRO) when the device takes virtio headers.
 struct TunWriter<'t> {
-    tun: &'t dyn TunIo,
+    /// Every TUN queue: a packet goes to the one its flow hashes to ([`flow_queue`]).
+    tuns: &'t [Arc<dyn TunIo>],
     vnet: bool,
     bufs: Vec<Vec<u8>>,
     used: usize,
@@ -454,9 +656,9 @@ struct TunWriter<'t> {
 }
 
 impl<'t> TunWriter<'t> {
-    fn new(tun: &'t dyn TunIo, vnet: bool) -> Self {
+    fn new(tuns: &'t [Arc<dyn TunIo>], vnet: bool) -> Self {
         Self {
-            tun,
+            tuns,
             vnet,
             bufs: (0..GRO_BATCH)
                 .map(|_| Vec::with_capacity(VNET_HDR_LEN + MAX_PACKET))
@@ -508,9 +710,60 @@ impl<'t> TunWriter<'t> {
     }
 
     fn write(&self, bytes: &[u8]) {
-        if let Err(error) = self.tun.write(bytes) {
+        let packet = if self.vnet {
+            bytes.get(VNET_HDR_LEN..).unwrap_or_default()
+        } else {
+            bytes
+        };
+        let tun = &self.tuns[flow_queue(packet, self.tuns.len())];
+        if let Err(error) = tun.write(bytes) {
             debug!(%error, "writing to the TUN device failed");
         }
+    }
+}
+
+/// The TUN queue (of `queues`) an inner IPv4 packet is written to: a hash of its flow
+/// (addresses, protocol and, for TCP and UDP, ports), so that all of one flow's packets take
+/// one queue (the kernel keeps their order) and the flow's packets the other way are steered
+/// to that queue's worker by the TUN device's automatic queue selection, which remembers the
+/// queue a flow was last written to. Different flows of one peer thus spread over the
+/// workers for sealing, although that peer's datagrams all arrive on one socket. Anything
+/// that is not IPv4 goes to queue 0.
+fn flow_queue(packet: &[u8], queues: usize) -> usize {
+    if queues <= 1 || packet.len() < 20 || packet[0] >> 4 != 4 {
+        return 0;
+    }
+    let header = usize::from(packet[0] & 0x0f) * 4;
+    let proto = packet[9];
+    let word = |at: usize| {
+        packet
+            .get(at..at + 4)
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let ports = match proto {
+        6 | 17 => word(header),
+        _ => 0,
+    };
+    // Fibonacci hashing over the words of the flow key; the high bits are the best mixed.
+    let mut h: u64 = u64::from(proto);
+    for w in [word(12), word(16), ports] {
+        h = (h ^ u64::from(w)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    // Lossless: the product of a 32-bit value and `queues` shifted right by 32 is < `queues`.
+    (((h >> 32) * queues as u64) >> 32) as usize
+}
+
+/// A handshake message in the queue, copied into a fixed-size buffer: queueing allocates
+/// nothing (the channel's slots are allocated once), so a flood costs no allocator work.
+struct Queued {
+    from: SocketAddr,
+    len: usize,
+    bytes: [u8; INITIATION_LEN],
+}
+
+impl Queued {
+    fn datagram(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
@@ -518,13 +771,13 @@ impl<'t> TunWriter<'t> {
 /// kernel's queue (`MAX_QUEUED_INCOMING_HANDSHAKES`): when it is full, messages are dropped,
 /// never blocking the transport path.
 struct HandshakeQueue {
-    tx: SyncSender<(SocketAddr, Vec<u8>)>,
+    tx: SyncSender<Queued>,
     len: Arc<AtomicUsize>,
 }
 
 /// The handshake thread's end of the queue.
 struct QueuedHandshakes {
-    rx: Receiver<(SocketAddr, Vec<u8>)>,
+    rx: Receiver<Queued>,
     len: Arc<AtomicUsize>,
 }
 
@@ -541,21 +794,31 @@ impl HandshakeQueue {
         )
     }
 
-    /// Queues a copy of `datagram`; returns `false` when the queue is full.
-    fn push(&self, from: SocketAddr, datagram: &[u8]) -> bool {
+    /// Queues a copy of `datagram`, or tells why not: the queue is full, or the datagram is
+    /// longer than any handshake message (an initiation, the longest, is 148 bytes).
+    fn push(&self, from: SocketAddr, datagram: &[u8]) -> Result<(), Drop> {
+        if datagram.len() > INITIATION_LEN {
+            return Err(Drop::WgInvalid);
+        }
         // Full: refuse before copying anything (a flood must cost as little as possible here).
         // Counted before sending so the worker never sees the length below zero.
         if self.len.fetch_add(1, Ordering::Relaxed)
             >= cladnet_wg::constants::MAX_QUEUED_INCOMING_HANDSHAKES
         {
             self.len.fetch_sub(1, Ordering::Relaxed);
-            return false;
+            return Err(Drop::WgHandshakeQueueFull);
         }
-        match self.tx.try_send((from, datagram.to_vec())) {
-            Ok(()) => true,
+        let mut queued = Queued {
+            from,
+            len: datagram.len(),
+            bytes: [0; INITIATION_LEN],
+        };
+        queued.bytes[..datagram.len()].copy_from_slice(datagram);
+        match self.tx.try_send(queued) {
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.len.fetch_sub(1, Ordering::Relaxed);
-                false
+                Err(Drop::WgHandshakeQueueFull)
             }
         }
     }
@@ -572,12 +835,14 @@ fn handshake_worker(router: &Router, socket: &UdpSocket, queue: QueuedHandshakes
     let mut gate = router.handshake_gate();
     let mut out = vec![0u8; out_len(MAX_PACKET)];
     let mut was_under_load = false;
-    while let Ok((from, datagram)) = queue.rx.recv() {
+    while let Ok(queued) = queue.rx.recv() {
+        let (from, datagram) = (queued.from, queued.datagram());
         let waiting = queue.len.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         let now = Instant::now();
         let under_load = load.update(now, waiting);
         if under_load != was_under_load {
-            // At most one line per second: the state lingers a second once set.
+            // At most one line per second: the state lingers a second once set (and holds
+            // while a flood goes on, see `LoadTracker::sustain`).
             info!(
                 under_load,
                 queued = waiting,
@@ -585,36 +850,52 @@ fn handshake_worker(router: &Router, socket: &UdpSocket, queue: QueuedHandshakes
             );
             was_under_load = under_load;
         }
-        if let Inbound::Reply { datagram, to } =
-            router.handshake(now, &mut gate, under_load, from, &datagram, &mut out)
-        {
-            send(socket, datagram, to);
+        match router.handshake(now, &mut gate, under_load, from, datagram, &mut out) {
+            Inbound::Reply { datagram, to } => send_wg(router, socket, datagram, to),
+            // Refused a cookie: a flood is on, even if refusing it keeps the queue short.
+            Inbound::Dropped(Drop::WgCookieLimited) => load.sustain(now),
+            _ => {}
         }
     }
 }
 
+/// Where the `udp->tun` thread hands what it does not write to the TUN device itself.
+struct RxOut<'a> {
+    waiters: &'a Waiters,
+    handshakes: &'a HandshakeQueue,
+    node: &'a mpsc::Sender<(SocketAddr, Vec<u8>)>,
+}
+
 fn udp_to_tun(
     router: &Router,
-    tun: &dyn TunIo,
-    socket: &UdpSocket,
-    state: &UdpSocketState,
+    tuns: &[Arc<dyn TunIo>],
+    io: &WorkerIo<'_>,
     vnet: bool,
-    waiters: &Waiters,
-    handshakes: &HandshakeQueue,
+    hand: &RxOut<'_>,
 ) {
+    let (socket, state) = (io.socket, io.state);
     let mut bufs: Vec<Vec<u8>> = (0..BATCH_SIZE).map(|_| vec![0u8; MAX_PACKET]).collect();
     let mut metas = [RecvMeta::default(); BATCH_SIZE];
     let mut out = vec![0u8; out_len(MAX_PACKET)];
-    let mut writer = TunWriter::new(tun, vnet);
-    let mut tx = TxBatch::new(socket, state);
+    let mut writer = TunWriter::new(tuns, vnet);
+    let mut tx = TxBatch::new(socket, state, router.relay());
+    let mut relay_buf = Vec::with_capacity(MAX_PACKET);
+    // Whether the last `recvmmsg` filled every buffer, so that more may be waiting. After a
+    // partial batch the socket was empty: sleeping in `poll` right away saves the `recvmmsg`
+    // that would only return EAGAIN (a lone datagram costs poll + recvmmsg + TUN write, not
+    // one syscall more).
+    let mut more_waiting = false;
     loop {
+        if !more_waiting {
+            let _ = sys::wait_ready(socket.as_fd(), false, None);
+        }
         let count = {
             let mut iov: Vec<IoSliceMut<'_>> =
                 bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
             match state.recv(socket.into(), &mut iov, &mut metas) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let _ = sys::wait_ready(socket.as_fd(), false, None);
+                    more_waiting = false;
                     continue;
                 }
                 // ICMP errors for earlier sends surface here; they say nothing about this read.
@@ -635,21 +916,46 @@ fn udp_to_tun(
                 }
             }
         };
+        more_waiting = count == metas.len();
         let now = Instant::now();
         for (meta, buf) in metas[..count].iter().zip(&bufs) {
             // With GRO, one buffer holds several datagrams of `stride` bytes from one sender.
             for datagram in buf[..meta.len].chunks(meta.stride.max(1)) {
+                io.counters.datagrams.fetch_add(1, Ordering::Relaxed);
+                let (from, datagram) =
+                    match router
+                        .relay()
+                        .incoming(now, meta.addr, datagram, &mut relay_buf)
+                    {
+                        Incoming::NotRelay => (meta.addr, datagram),
+                        Incoming::Forward(to) => {
+                            tx.push(&relay_buf, to);
+                            continue;
+                        }
+                        Incoming::Deliver { from, offset } => (from, &relay_buf[offset..]),
+                        Incoming::Dropped => continue,
+                    };
                 if Router::is_handshake(datagram) {
-                    if !handshakes.push(meta.addr, datagram) {
-                        router.drops().add(Drop::WgHandshakeQueueFull);
+                    if let Err(reason) = hand.handshakes.push(from, datagram) {
+                        router.drops().add(reason);
                     }
                     continue;
                 }
-                match router.inbound(now, meta.addr, datagram, &mut out) {
+                match router.inbound(now, from, datagram, &mut out) {
                     Inbound::Deliver(packet) => writer.push(packet),
                     Inbound::Reply { datagram, to } => tx.push(datagram, to),
                     Inbound::Reflected { nonce, seen } => {
-                        deliver_reflection(router, waiters, meta.addr, nonce, seen);
+                        deliver_reflection(router, hand.waiters, from, nonce, seen);
+                    }
+                    Inbound::ToNode => {
+                        if hand.node.try_send((from, datagram.to_vec())).is_err() {
+                            router
+                                .drops()
+                                .add(Drop::Plain(cladnet_common::plain::DropReason::UnknownPeer));
+                        }
+                    }
+                    Inbound::Dropped(_) if from != meta.addr => {
+                        router.relay().refused_by_wireguard(from, datagram.len());
                     }
                     Inbound::Nothing | Inbound::Dropped(_) => {}
                 }
@@ -662,17 +968,13 @@ fn udp_to_tun(
 
 fn timers(router: &Router, socket: &UdpSocket, events: &mpsc::UnboundedSender<PeerEvent>) {
     let mut out = vec![0u8; out_len(MAX_PACKET)];
-    let mut next_probe = Instant::now();
     loop {
         thread::sleep(TIMER_TICK);
-        if Instant::now() >= next_probe {
-            router.probe_plain_peers(|d, to| send(socket, d, to));
-            next_probe = Instant::now() + PLAIN_KEEPALIVE;
-        }
-        router.path_mtu_tick(Instant::now(), &mut out, |d, to| {
-            socket.send_to(d, to).map(|_| ())
+        let moves = router.relay().tick(Instant::now(), router);
+        let timers = router.timers(Instant::now(), &mut out, |d, to| {
+            send_wg(router, socket, d, to)
         });
-        for event in router.timers(Instant::now(), &mut out, |d, to| send(socket, d, to)) {
+        for event in moves.into_iter().chain(timers) {
             if events.send(event).is_err() {
                 return;
             }
@@ -709,13 +1011,116 @@ mod tests {
         }
     }
 
+    /// A TUN queue that hands out `left` copies of one packet, then nothing.
+    struct Scripted {
+        packet: Vec<u8>,
+        left: Mutex<usize>,
+    }
+
+    impl TunIo for Scripted {
+        fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+            {
+                let mut left = self.left.lock().unwrap();
+                if *left > 0 {
+                    *left -= 1;
+                    buf[..self.packet.len()].copy_from_slice(&self.packet);
+                    return Ok(self.packet.len());
+                }
+            }
+            loop {
+                thread::park();
+            }
+        }
+
+        fn write(&self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+    }
+
+    /// An IPv4/UDP header from `src:sport` to `dst:dport` (checksums are not looked at).
+    fn udp_packet(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&28u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p[24..26].copy_from_slice(&8u16.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn a_flow_keeps_its_queue_and_flows_spread_over_queues() {
+        let flow = |sport| udp_packet([10, 0, 0, 1], [10, 0, 0, 2], sport, 5201);
+        for sport in 0..64 {
+            assert_eq!(flow_queue(&flow(sport), 4), flow_queue(&flow(sport), 4));
+            assert!(flow_queue(&flow(sport), 4) < 4);
+            assert_eq!(flow_queue(&flow(sport), 1), 0);
+        }
+        let mut used = [0usize; 4];
+        for sport in 40_000..40_256 {
+            used[flow_queue(&flow(sport), 4)] += 1;
+        }
+        // 256 flows over 4 queues: each gets a fair share, none is left out.
+        assert!(used.iter().all(|&n| n > 32), "{used:?}");
+        // The payload past the ports does not matter; anything not IPv4 takes queue 0.
+        let mut longer = flow(7);
+        longer.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(flow_queue(&longer, 4), flow_queue(&flow(7), 4));
+        assert_eq!(flow_queue(&[0x60; 40], 4), 0);
+        assert_eq!(flow_queue(&[0x45; 10], 4), 0);
+    }
+
+    /// Two workers over two TUN queues and a two-socket `SO_REUSEPORT` group on loopback:
+    /// each worker reads its own queue, and datagrams from many senders spread over both
+    /// sockets, each socket read by its own worker.
+    #[tokio::test]
+    async fn two_workers_each_carry_traffic() {
+        let router = Arc::new(Router::new(cladnet_wg::PrivateKey::from_bytes([3; 32])));
+        let sockets = sys::udp::bind_reuseport("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let port = sockets[0].local_addr().unwrap();
+        let queue = |reads| -> Arc<dyn TunIo> {
+            Arc::new(Scripted {
+                packet: udp_packet([10, 0, 0, 1], [10, 9, 9, 9], 1000, 2000),
+                left: Mutex::new(reads),
+            })
+        };
+        let (engine, _outputs) =
+            Userspace::start(router, vec![queue(3), queue(5)], false, sockets).unwrap();
+        // 64 senders (64 source ports): the kernel hashes each 4-tuple to one socket.
+        const SENDERS: u64 = 64;
+        for _ in 0..SENDERS {
+            let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+            // Not WireGuard, CLAD or a reflector answer: counted as a drop after the read.
+            sender.send_to(&[0xee; 32], port).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stats = loop {
+            let stats = engine.worker_stats();
+            let datagrams: u64 = stats.iter().map(|s| s.datagrams).sum();
+            if datagrams == SENDERS && stats[0].tun_reads == 3 && stats[1].tun_reads == 5 {
+                break stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every packet was read: {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // With 64 4-tuples, both sockets got some (all on one: probability 2^-63).
+        assert!(stats.iter().all(|s| s.datagrams > 0), "{stats:?}");
+    }
+
     /// Loopback only: the engine's tunnel socket, a reflector and a forger.
     #[tokio::test]
     async fn reflector_answers_count_only_from_the_probed_reflector_with_its_nonce() {
         let router = Arc::new(Router::new(cladnet_wg::PrivateKey::from_bytes([3; 32])));
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (engine, _events) =
-            Userspace::start(router.clone(), Arc::new(Idle), false, socket).unwrap();
+        let (engine, _outputs) =
+            Userspace::start(router.clone(), vec![Arc::new(Idle)], false, vec![socket]).unwrap();
         let reflector = UdpSocket::bind("127.0.0.1:0").unwrap();
         let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
         let reflector_addr = reflector.local_addr().unwrap();

@@ -18,7 +18,7 @@ use super::{SysError, cvt};
 
 /// The `struct virtio_net_hdr` that precedes every packet in vnet_hdr mode (10 bytes, no
 /// `num_buffers` field); the userspace engine's offload code owns its layout.
-pub use cladnet_core::offload::{VNET_HDR_LEN, VirtioNetHdr};
+pub use cladnet_offload::{VNET_HDR_LEN, VirtioNetHdr};
 
 const TUN_PATH: &str = "/dev/net/tun";
 

@@ -2,6 +2,7 @@
 
 use std::{
     io,
+    net::{SocketAddr, UdpSocket},
     os::fd::{AsFd, AsRawFd as _},
 };
 
@@ -90,6 +91,51 @@ pub fn set_dont_fragment(socket: &impl AsFd, on: bool) -> Result<(), SysError> {
     })
 }
 
+/// Binds `count` UDP sockets to `addr` as one `SO_REUSEPORT` group: the kernel spreads
+/// incoming datagrams over them by a hash of the 4-tuple (so one sender's datagrams always
+/// reach the same socket, in order), and any of them sends from the shared port.
+///
+/// A plain bind comes first and is closed again: it fails with `EADDRINUSE` while another
+/// process holds the port (with or without `SO_REUSEPORT`), which a group bind alone would
+/// not detect when that process also set the option (say, an agent that is still running).
+/// Port 0 is resolved by the first socket of the group; the others take the same port.
+pub fn bind_reuseport(addr: SocketAddr, count: usize) -> Result<Vec<UdpSocket>, SysError> {
+    let target = || format!("udp {addr}");
+    if count == 0 {
+        return Err(SysError::InvalidInput {
+            field: "socket count",
+            value: count.to_string(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    if addr.port() != 0 {
+        drop(UdpSocket::bind(addr).map_err(|source| SysError::io("bind", target(), source))?);
+    }
+    let mut addr = addr;
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .map_err(|source| SysError::io("socket", target(), source))?;
+        setsockopt_int(&socket, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
+            .map_err(|source| SysError::io("setsockopt SO_REUSEPORT", target(), source))?;
+        socket
+            .bind(&addr.into())
+            .map_err(|source| SysError::io("bind (SO_REUSEPORT)", target(), source))?;
+        let socket = UdpSocket::from(socket);
+        if addr.port() == 0 {
+            addr = socket
+                .local_addr()
+                .map_err(|source| SysError::io("getsockname", target(), source))?;
+        }
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
 fn setsockopt_int(
     fd: &impl AsFd,
     level: libc::c_int,
@@ -142,6 +188,24 @@ mod tests {
         }
         let err = set_socket_buffers(&socket, 0).unwrap_err();
         assert!(err.to_string().contains("socket buffer size"), "{err}");
+    }
+
+    #[test]
+    fn a_reuseport_group_shares_one_port_and_refuses_a_taken_one() {
+        let sockets = bind_reuseport("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let port = sockets[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        for s in &sockets {
+            assert_eq!(s.local_addr().unwrap().port(), port);
+            assert_eq!(
+                getsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT).unwrap(),
+                1
+            );
+        }
+        // The port is taken by the group: a second group on it fails, as a plain bind does.
+        let err = bind_reuseport(sockets[0].local_addr().unwrap(), 2).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE), "{err}");
+        assert!(bind_reuseport("127.0.0.1:0".parse().unwrap(), 0).is_err());
     }
 
     #[test]

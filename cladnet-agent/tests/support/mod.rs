@@ -9,6 +9,17 @@
 
 use std::{io::Write as _, process::Command, sync::mpsc, thread::JoinHandle};
 
+/// In the calling thread's (fresh) namespace: loopback up and an underlay veth `ul0` (peer
+/// `ul1`, MTU 1500, up) for the programs to run against; returns `ul0`'s index.
+pub fn underlay_veth() -> u32 {
+    ip(&["link", "set", "lo", "up"]);
+    ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
+    ip(&["link", "set", "ul0", "mtu", "1500", "up"]);
+    cladnet_agent::sys::interface_index("ul0")
+        .expect("reading ul0's index")
+        .expect("ul0 exists")
+}
+
 /// Whether the test may run; panics under CI=true when it may not.
 pub fn may_run(test: &str, why_not: Option<String>) -> bool {
     let Some(why) = why_not else {

@@ -77,11 +77,14 @@ fn parse_ping(out: &str, sent: u32) -> anyhow::Result<Rtt> {
     })
 }
 
-/// Busy and total CPU time of the whole machine (the `cpu` line of `/proc/stat`), in ticks.
+/// Busy, softirq and total CPU time of the whole machine (the `cpu` line of `/proc/stat`), in
+/// ticks, and the number of CPUs (the `cpuN` lines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CpuTimes {
     busy: u64,
+    softirq: u64,
     total: u64,
+    cpus: u64,
 }
 
 impl CpuTimes {
@@ -105,10 +108,27 @@ impl CpuTimes {
             return None;
         };
         let busy = user + nice + system + irq + softirq + steal;
+        let cpus = stat
+            .lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count();
         Some(Self {
             busy,
+            softirq,
             total: busy + idle + iowait,
+            cpus: u64::try_from(cpus).unwrap_or(1).max(1),
         })
+    }
+
+    /// `ticks` of CPU time between `self` and `later` as a share of one core, percent (100 =
+    /// one core busy the whole time): the ticks one core had in that span are the total of all
+    /// CPUs over their number, so no clock-tick rate is assumed.
+    fn one_core_percent(self, later: Self, ticks: u64) -> f64 {
+        let per_core = later.total.saturating_sub(self.total) as f64 / self.cpus as f64;
+        if per_core <= 0.0 {
+            return 0.0;
+        }
+        ticks as f64 * 100.0 / per_core
     }
 
     /// Busy share of all CPUs between `self` and `later`, percent (100 = every core busy).
@@ -121,21 +141,62 @@ impl CpuTimes {
     }
 }
 
-/// Single-stream TCP from A to B.
+/// TCP from A to B (one stream or several in parallel).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Tcp {
-    /// Throughput the receiver saw, Gbit/s.
+    /// Throughput the receiver saw (all streams), Gbit/s.
     pub gbps: f64,
     /// TCP retransmissions at the sender.
     pub retransmits: u64,
     /// Busy CPU of the whole machine during the test, percent of all cores.
     pub cpu_percent: f64,
+    /// CPU time of the tunnel's processes (both agents or both WireGuard daemons, every
+    /// thread, user + system) during the test, percent of one core; 0 for raw and VXLAN.
+    pub tunnel_process_cpu_percent: f64,
+    /// Softirq time of the whole machine during the test, percent of one core: where the
+    /// kernel does its share of any tunnel (VXLAN, veth, the TCP receive path, the UDP
+    /// sockets); not the tunnel's alone, but the machine's other load does little network.
+    pub softirq_cpu_percent: f64,
 }
 
-/// `iperf3 -c dst -t secs -J` from A against a one-shot server on B, with the machine's busy
-/// CPU from `/proc/stat` over the client's run.
-pub(crate) fn tcp(tb: &Testbed, dst: Ipv4Addr, secs: u32, dir: &Path) -> anyhow::Result<Tcp> {
-    let (json, cpu_percent) = iperf(tb, dst, secs, &[], dir)?;
+/// The processes that carry a tunnel, whose CPU time a TCP test counts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Carriers<'a>(pub(crate) &'a [u32]);
+
+impl Carriers<'_> {
+    /// User + system ticks of every process (all their threads: `/proc/PID/stat` fields 14
+    /// and 15); a process that is gone counts 0, so the test still reports.
+    fn ticks(self) -> u64 {
+        self.0
+            .iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .filter_map(|stat| process_ticks(&stat))
+            .sum()
+    }
+}
+
+/// `utime + stime` of a `/proc/PID/stat` line (the fields after the parenthesised name, which
+/// may itself hold spaces and parentheses).
+fn process_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `iperf3 -c dst -t secs -P streams -J` from A against a one-shot server on B, with the
+/// machine's busy CPU from `/proc/stat` and the `carriers`' CPU time over the client's run.
+pub(crate) fn tcp(
+    tb: &Testbed,
+    dst: Ipv4Addr,
+    secs: u32,
+    streams: u32,
+    carriers: Carriers<'_>,
+    dir: &Path,
+) -> anyhow::Result<Tcp> {
+    let streams = streams.to_string();
+    let (json, cpu) = iperf(tb, dst, secs, &["-P", &streams], carriers, dir)?;
     let sent = &json["end"]["sum_sent"];
     let received = &json["end"]["sum_received"];
     let bps = received["bits_per_second"]
@@ -144,7 +205,9 @@ pub(crate) fn tcp(tb: &Testbed, dst: Ipv4Addr, secs: u32, dir: &Path) -> anyhow:
     Ok(Tcp {
         gbps: bps / 1e9,
         retransmits: sent["retransmits"].as_u64().unwrap_or(0),
-        cpu_percent,
+        cpu_percent: cpu.machine_percent,
+        tunnel_process_cpu_percent: cpu.process_percent,
+        softirq_cpu_percent: cpu.softirq_percent,
     })
 }
 
@@ -208,7 +271,8 @@ pub(crate) fn small_packets(
     secs: u32,
     dir: &Path,
 ) -> anyhow::Result<SmallPackets> {
-    let (json, _) = iperf(tb, dst, secs, &["-u", "-l", SMALL_PACKET, "-b", "0"], dir)?;
+    let udp = ["-u", "-l", SMALL_PACKET, "-b", "0"];
+    let (json, _) = iperf(tb, dst, secs, &udp, Carriers(&[]), dir)?;
     parse_udp(&json)
 }
 
@@ -232,15 +296,27 @@ fn parse_udp(json: &serde_json::Value) -> anyhow::Result<SmallPackets> {
     })
 }
 
-/// Runs one iperf3 test from A to a one-shot server on B: the client's JSON and the machine's
-/// busy CPU (percent of all cores) over the client's run.
+/// CPU use over one iperf3 run.
+#[derive(Debug, Clone, Copy)]
+struct IperfCpu {
+    /// The whole machine, percent of all cores.
+    machine_percent: f64,
+    /// The carriers, percent of one core.
+    process_percent: f64,
+    /// The machine's softirq, percent of one core.
+    softirq_percent: f64,
+}
+
+/// Runs one iperf3 test from A to a one-shot server on B: the client's JSON and the CPU use
+/// over the client's run.
 fn iperf(
     tb: &Testbed,
     dst: Ipv4Addr,
     secs: u32,
     extra: &[&str],
+    carriers: Carriers<'_>,
     dir: &Path,
-) -> anyhow::Result<(serde_json::Value, f64)> {
+) -> anyhow::Result<(serde_json::Value, IperfCpu)> {
     let port = IPERF_PORT.to_string();
     let mut server_cmd = tb.b.command("iperf3");
     server_cmd.args(["-s", "-1", "-p", &port]);
@@ -255,10 +331,16 @@ fn iperf(
     let dst_arg = dst.to_string();
     let mut argv = vec!["iperf3", "-c", &dst_arg, "-p", &port, "-t", &secs_arg, "-J"];
     argv.extend_from_slice(extra);
-    let before = CpuTimes::now()?;
+    let (before, ticks_before) = (CpuTimes::now()?, carriers.ticks());
     let result =
         tb.a.run_for(&argv, Duration::from_secs(u64::from(secs) + 30));
-    let cpu = before.busy_percent_until(CpuTimes::now()?);
+    let (after, ticks_after) = (CpuTimes::now()?, carriers.ticks());
+    let cpu = IperfCpu {
+        machine_percent: before.busy_percent_until(after),
+        process_percent: before.one_core_percent(after, ticks_after.saturating_sub(ticks_before)),
+        softirq_percent: before
+            .one_core_percent(after, after.softirq.saturating_sub(before.softirq)),
+    };
     server.stop();
     // iperf3 -J reports its errors inside the JSON (on stdout), which `run` includes.
     let out = result?;
@@ -272,7 +354,7 @@ fn iperf(
 
 #[cfg(test)]
 mod tests {
-    use super::{CpuTimes, parse_ping, parse_udp};
+    use super::{CpuTimes, parse_ping, parse_udp, process_ticks};
 
     #[test]
     fn ping_lines() {
@@ -298,6 +380,22 @@ mod tests {
         assert!((a.busy_percent_until(b) - 80.0).abs() < 1e-9);
         assert_eq!(a.busy_percent_until(a), 0.0);
         assert!(CpuTimes::parse("intr 1 2 3").is_none());
+    }
+
+    #[test]
+    fn one_core_share_and_process_ticks() {
+        let stat = |idle: u64, softirq: u64| {
+            format!("cpu  100 0 0 {idle} 0 0 {softirq} 0 0 0\ncpu0 1\ncpu1 1\nintr 5\n")
+        };
+        let a = CpuTimes::parse(&stat(100, 0)).unwrap();
+        // 2 CPUs, 200 ticks in all: 100 per core; 50 softirq ticks = half a core.
+        let b = CpuTimes::parse(&stat(250, 50)).unwrap();
+        assert_eq!(a.cpus, 2);
+        assert!((a.one_core_percent(b, b.softirq - a.softirq) - 50.0).abs() < 1e-9);
+        assert!((a.one_core_percent(b, 150) - 150.0).abs() < 1e-9);
+        let line = "4242 (cladnet (a) x) S 1 2 3 4 5 6 7 8 9 10 700 42 0 0 20 0 9";
+        assert_eq!(process_ticks(line), Some(742));
+        assert_eq!(process_ticks("4242 (x) S 1"), None);
     }
 
     #[test]

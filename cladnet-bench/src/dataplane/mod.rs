@@ -8,7 +8,17 @@
 //!   the whole machine over the test (`/proc/stat`);
 //! * the small-packet rate: 64-byte UDP datagrams sent as fast as iperf3 can, counted at the
 //!   server;
-//! * ping RTT (median and mean of 50 pings 20 ms apart).
+//! * ping RTT (median and mean of 50 pings 20 ms apart);
+//! * for raw, VXLAN, SEALED and the WireGuard rows also TCP over 4 parallel streams
+//!   (`iperf3 -P 4`).
+//!
+//! The pod rows (`cladnet-ebpf-pods`, `cladnet-ebpf-pods-vxlan`) measure between a pod
+//! namespace behind each host instead of between the hosts ([`pods`]).
+//!
+//! Each TCP test also counts the CPU time the tunnel costs: the user + system time of its
+//! processes (both agents, or both WireGuard daemons, every thread; none for raw and VXLAN)
+//! plus the machine's softirq time (where the kernel does its share, for every row), as a
+//! share of one core, per Gbit/s.
 //!
 //! The `*-midhop1400` rows run on a test bed of their own, where a 1400-byte link between two
 //! routers sits in the middle of the path (`A =1500= r1 =1400= r2 =1500= B`): once with the
@@ -24,6 +34,7 @@
 //! never touched.
 
 mod measure;
+mod pods;
 pub mod report;
 pub mod testbed;
 mod tunnel;
@@ -89,6 +100,12 @@ pub enum Config {
     /// `cladnet-sealed` on the mid-path MTU test bed with `--underlay-mtu 1400` by hand.
     #[serde(rename = "cladnet-sealed-midhop1400-manual")]
     CladnetSealedMidhopManual,
+    /// `cladnet-ebpf-plain` measured between a pod namespace behind each host, the agents
+    /// routing the pod networks they advertise (one CLAD header, in the kernel).
+    CladnetEbpfPods,
+    /// The same pods with a kernel VXLAN tunnel between the hosts' overlay addresses instead
+    /// of advertised prefixes: what a cluster with an encapsulating CNI pays on CLADNet.
+    CladnetEbpfPodsVxlan,
 }
 
 /// How a CLADNet configuration runs its agents.
@@ -106,7 +123,7 @@ pub(crate) struct CladnetSetup {
 
 impl Config {
     /// Every configuration, in table order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 15] = [
         Self::Raw,
         Self::Vxlan,
         Self::WireguardGo,
@@ -120,6 +137,8 @@ impl Config {
         Self::CladnetEbpfPlainMidhopManual,
         Self::CladnetSealedMidhop,
         Self::CladnetSealedMidhopManual,
+        Self::CladnetEbpfPods,
+        Self::CladnetEbpfPodsVxlan,
     ];
 
     /// The row's name.
@@ -138,12 +157,23 @@ impl Config {
             Self::CladnetEbpfPlainMidhopManual => "cladnet-ebpf-plain-midhop1400-manual",
             Self::CladnetSealedMidhop => "cladnet-sealed-midhop1400",
             Self::CladnetSealedMidhopManual => "cladnet-sealed-midhop1400-manual",
+            Self::CladnetEbpfPods => "cladnet-ebpf-pods",
+            Self::CladnetEbpfPodsVxlan => "cladnet-ebpf-pods-vxlan",
         }
     }
 
     /// Whether this is one of the standard WireGuard implementations CLADNet is compared with.
     pub fn is_wireguard(self) -> bool {
         matches!(self, Self::WireguardGo | Self::Boringtun)
+    }
+
+    /// Whether this row also runs the parallel-stream TCP test ([`PARALLEL_STREAMS`]): the
+    /// physical limit, the kernel's tunnel, SEALED and the WireGuard implementations.
+    pub fn runs_parallel_streams(self) -> bool {
+        matches!(
+            self,
+            Self::Raw | Self::Vxlan | Self::CladnetSealed | Self::WireguardGo | Self::Boringtun
+        )
     }
 
     /// Whether this row runs PLAIN links on the eBPF engine.
@@ -154,7 +184,18 @@ impl Config {
                 | Self::CladnetEbpfPlainTc
                 | Self::CladnetEbpfPlainMidhop
                 | Self::CladnetEbpfPlainMidhopManual
+                | Self::CladnetEbpfPods
+                | Self::CladnetEbpfPodsVxlan
         )
+    }
+
+    /// How the pod rows carry pod traffic (`None`: a host-to-host row).
+    pub(crate) fn pods(self) -> Option<pods::PodRouting> {
+        match self {
+            Self::CladnetEbpfPods => Some(pods::PodRouting::Prefixes),
+            Self::CladnetEbpfPodsVxlan => Some(pods::PodRouting::Vxlan),
+            _ => None,
+        }
     }
 
     /// Whether this row runs on the mid-path MTU test bed (a 1400-byte hop between two
@@ -198,7 +239,9 @@ impl Config {
             Self::CladnetPlain => ("never", "userspace", None),
             Self::CladnetEbpfPlain
             | Self::CladnetEbpfPlainMidhop
-            | Self::CladnetEbpfPlainMidhopManual => ("never", "ebpf", None),
+            | Self::CladnetEbpfPlainMidhopManual
+            | Self::CladnetEbpfPods
+            | Self::CladnetEbpfPodsVxlan => ("never", "ebpf", None),
             Self::CladnetEbpfPlainTc => ("never", "ebpf", Some("tc")),
             _ => return None,
         };
@@ -308,7 +351,9 @@ impl Binaries {
             | Config::CladnetEbpfPlainMidhop
             | Config::CladnetEbpfPlainMidhopManual
             | Config::CladnetSealedMidhop
-            | Config::CladnetSealedMidhopManual => [&self.controller, &self.cli, &self.agent]
+            | Config::CladnetSealedMidhopManual
+            | Config::CladnetEbpfPods
+            | Config::CladnetEbpfPodsVxlan => [&self.controller, &self.cli, &self.agent]
                 .into_iter()
                 .find(|p| !p.is_file())
                 .map(|p| release(p)),
@@ -338,6 +383,9 @@ pub struct DataplaneOptions {
     pub keep_temp: bool,
 }
 
+/// Streams of the parallel TCP test (`iperf3 -P`), on the rows of
+/// [`Config::runs_parallel_streams`].
+pub const PARALLEL_STREAMS: u32 = 4;
 /// Pause between two pings.
 const PING_INTERVAL: Duration = Duration::from_millis(20);
 /// Pause after a tunnel comes up and between the tests, so that one test's tail (queues,
@@ -433,28 +481,55 @@ fn measure_once(
         // An eBPF row's XDP program left on the veth would slow down every other row.
         tb.ensure_no_xdp()?;
         let tunnel = tunnel::setup(config, tb, &opts.bins, dir.path())?;
+        // The pod rows measure between their pods; the kernel counters stay the hosts'.
+        let (hosts, tb) = (tb, tunnel.pods.as_ref().unwrap_or(tb));
         std::thread::sleep(SETTLE);
         let background = measure::wait_for_quiet(opts.quiet_cpu_percent, opts.quiet_patience)?;
         let rtt = measure::ping(tb, tunnel.dst, opts.ping_count, PING_INTERVAL)?;
         std::thread::sleep(SETTLE);
-        let tcp = measure::tcp(tb, tunnel.dst, opts.secs, dir.path())?;
+        let carriers = measure::Carriers(&tunnel.carriers());
+        let tcp = measure::tcp(tb, tunnel.dst, opts.secs, 1, carriers, dir.path())?;
         std::thread::sleep(SETTLE);
+        let parallel = if config.runs_parallel_streams() {
+            let p = measure::tcp(
+                tb,
+                tunnel.dst,
+                opts.secs,
+                PARALLEL_STREAMS,
+                carriers,
+                dir.path(),
+            )?;
+            std::thread::sleep(SETTLE);
+            Some((PARALLEL_STREAMS, p))
+        } else {
+            None
+        };
         let udp = measure::small_packets(tb, tunnel.dst, opts.secs, dir.path())?;
         let kernel = if config.is_ebpf() {
-            tunnel.kernel_counters(tb, &opts.bins).unwrap_or_else(|e| {
-                eprintln!("  could not read the eBPF counters: {e:#}");
-                Vec::new()
-            })
+            tunnel
+                .kernel_counters(hosts, &opts.bins)
+                .unwrap_or_else(|e| {
+                    eprintln!("  could not read the eBPF counters: {e:#}");
+                    Vec::new()
+                })
         } else {
             Vec::new()
         };
+        let flood = tunnel.flood_rate();
+        if let Some(f) = flood {
+            eprintln!(
+                "  flood: {} initiations/s sent (paced at {}), {} cookie replies/s back",
+                f.sent_per_sec, f.target_per_sec, f.cookie_replies_per_sec
+            );
+        }
         let dataplane = RunDataplane {
             run: 0,
             agents: tunnel.dataplane.clone(),
             kernel,
+            flood,
         };
         Ok((
-            RunMetrics::new(tunnel.mtu, background, tcp, udp, rtt),
+            RunMetrics::new(tunnel.mtu, background, tcp, parallel, udp, rtt),
             dataplane,
         ))
     })();

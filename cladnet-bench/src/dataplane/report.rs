@@ -9,7 +9,7 @@ use super::{
     Config, DataplaneOptions,
     measure::{Background, Rtt, SmallPackets, Tcp},
     testbed::{UNDERLAY_A, UNDERLAY_B, UNDERLAY_MTU},
-    tunnel::{AgentDataplane, KernelCounters},
+    tunnel::{AgentDataplane, FloodRate, KernelCounters},
 };
 use crate::{
     report::{Machine, align, write_json},
@@ -36,6 +36,14 @@ pub const FLOOD_VS_SEALED_TARGET: f64 = 0.8;
 /// `--underlay-mtu 1400` set by hand, in the same run.
 pub const MIDHOP_VS_MANUAL_TARGET: f64 = 0.9;
 
+/// Issue 14's goal for pod traffic over advertised prefixes: `cladnet-ebpf-pods` TCP at least
+/// this share of the host-to-host `cladnet-ebpf-plain` in the same run.
+pub const PODS_VS_HOST_TARGET: f64 = 0.9;
+
+/// Issue 15's goal for SEALED over several streams: `cladnet-sealed` TCP with
+/// [`super::PARALLEL_STREAMS`] streams at least this share of raw's, in the same run.
+pub const SEALED_PARALLEL_VS_RAW_TARGET: f64 = 0.3;
+
 /// What a CLADNet row's agents reported in one run, and the eBPF engine's counters after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunDataplane {
@@ -45,6 +53,9 @@ pub struct RunDataplane {
     pub agents: Vec<AgentDataplane>,
     /// `cladnet-agent dataplane stats` of both hosts after the tests (eBPF rows only).
     pub kernel: Vec<KernelCounters>,
+    /// What the flooder sent and got back (`cladnet-sealed-flood` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flood: Option<FloodRate>,
 }
 
 /// One of the eBPF PLAIN targets for one row.
@@ -92,6 +103,16 @@ pub struct RunMetrics {
     pub cpu_percent: f64,
     /// `cpu_percent` per Gbit/s of TCP throughput.
     pub cpu_percent_per_gbps: f64,
+    /// CPU of the tunnel's processes (agents or WireGuard daemons, user + system) during the
+    /// single-stream TCP test, percent of one core; 0 for raw and VXLAN.
+    pub tunnel_process_cpu_percent: f64,
+    /// The machine's softirq time during the single-stream TCP test, percent of one core.
+    pub softirq_cpu_percent: f64,
+    /// (`tunnel_process_cpu_percent` + `softirq_cpu_percent`) per Gbit/s of single-stream TCP:
+    /// the CPU the tunnel costs, in percent of one core.
+    pub tunnel_cpu_percent_per_gbps: f64,
+    /// The parallel-stream test (`iperf3 -P 4`), for the rows that run it.
+    pub parallel: Option<ParallelTcp>,
     /// Busy CPU of the whole machine in the second before the measurements (other load on
     /// the machine), percent of all cores.
     pub background_cpu_percent: f64,
@@ -99,12 +120,69 @@ pub struct RunMetrics {
     pub waited_secs: f64,
 }
 
+/// The parallel-stream TCP test of one run (or the median, minimum or maximum over runs).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ParallelTcp {
+    /// Parallel streams (`iperf3 -P`).
+    pub streams: f64,
+    /// Throughput at the receiver, all streams, Gbit/s.
+    pub gbps: f64,
+    /// TCP retransmissions.
+    pub retransmits: f64,
+    /// Busy CPU of the whole machine, percent of all cores.
+    pub cpu_percent: f64,
+    /// CPU of the tunnel's processes, percent of one core.
+    pub tunnel_process_cpu_percent: f64,
+    /// The machine's softirq time, percent of one core.
+    pub softirq_cpu_percent: f64,
+    /// (`tunnel_process_cpu_percent` + `softirq_cpu_percent`) per Gbit/s.
+    pub tunnel_cpu_percent_per_gbps: f64,
+}
+
+impl ParallelTcp {
+    fn new(streams: u32, tcp: Tcp) -> Self {
+        Self {
+            streams: f64::from(streams),
+            gbps: tcp.gbps,
+            retransmits: tcp.retransmits as f64,
+            cpu_percent: tcp.cpu_percent,
+            tunnel_process_cpu_percent: tcp.tunnel_process_cpu_percent,
+            softirq_cpu_percent: tcp.softirq_cpu_percent,
+            tunnel_cpu_percent_per_gbps: tunnel_cpu_per_gbps(&tcp),
+        }
+    }
+
+    fn combine(runs: &[Self], agg: fn(&[f64]) -> Option<f64>) -> Option<Self> {
+        let f = |g: fn(&Self) -> f64| agg(&runs.iter().map(g).collect::<Vec<_>>());
+        Some(Self {
+            streams: f(|m| m.streams)?,
+            gbps: f(|m| m.gbps)?,
+            retransmits: f(|m| m.retransmits)?,
+            cpu_percent: f(|m| m.cpu_percent)?,
+            tunnel_process_cpu_percent: f(|m| m.tunnel_process_cpu_percent)?,
+            softirq_cpu_percent: f(|m| m.softirq_cpu_percent)?,
+            tunnel_cpu_percent_per_gbps: f(|m| m.tunnel_cpu_percent_per_gbps)?,
+        })
+    }
+}
+
+/// The tunnel's CPU (its processes + softirq, percent of one core) per Gbit/s; 0 when
+/// nothing went through.
+fn tunnel_cpu_per_gbps(tcp: &Tcp) -> f64 {
+    if tcp.gbps > 0.0 {
+        (tcp.tunnel_process_cpu_percent + tcp.softirq_cpu_percent) / tcp.gbps
+    } else {
+        0.0
+    }
+}
+
 impl RunMetrics {
-    /// The metrics of one run.
+    /// The metrics of one run; `parallel` is the `iperf3 -P streams` test, when it ran.
     pub fn new(
         overlay_mtu: [u32; 2],
         background: Background,
         tcp: Tcp,
+        parallel: Option<(u32, Tcp)>,
         udp: SmallPackets,
         rtt: Rtt,
     ) -> Self {
@@ -124,6 +202,10 @@ impl RunMetrics {
             } else {
                 0.0
             },
+            tunnel_process_cpu_percent: tcp.tunnel_process_cpu_percent,
+            softirq_cpu_percent: tcp.softirq_cpu_percent,
+            tunnel_cpu_percent_per_gbps: tunnel_cpu_per_gbps(&tcp),
+            parallel: parallel.map(|(streams, t)| ParallelTcp::new(streams, t)),
             background_cpu_percent: background.cpu_percent,
             waited_secs: background.waited_secs,
         }
@@ -144,6 +226,13 @@ impl RunMetrics {
             rtt_avg_ms: f(|m| m.rtt_avg_ms)?,
             cpu_percent: f(|m| m.cpu_percent)?,
             cpu_percent_per_gbps: f(|m| m.cpu_percent_per_gbps)?,
+            tunnel_process_cpu_percent: f(|m| m.tunnel_process_cpu_percent)?,
+            softirq_cpu_percent: f(|m| m.softirq_cpu_percent)?,
+            tunnel_cpu_percent_per_gbps: f(|m| m.tunnel_cpu_percent_per_gbps)?,
+            parallel: ParallelTcp::combine(
+                &runs.iter().filter_map(|m| m.parallel).collect::<Vec<_>>(),
+                agg,
+            ),
             background_cpu_percent: f(|m| m.background_cpu_percent)?,
             waited_secs: f(|m| m.waited_secs)?,
         })
@@ -162,6 +251,15 @@ impl RunMetrics {
             self.udp_loss_percent,
             self.rtt_median_ms
         )
+    }
+}
+
+/// `PASS`, `MISS` or `not measured`.
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "PASS",
+        Some(false) => "MISS",
+        None => "not measured",
     }
 }
 
@@ -196,6 +294,8 @@ pub struct RowResult {
     pub tcp_vs_best_wireguard: Option<f64>,
     /// Median TCP throughput over kernel VXLAN's median.
     pub tcp_vs_vxlan: Option<f64>,
+    /// Median parallel-stream TCP throughput over raw's parallel-stream median.
+    pub parallel_vs_raw: Option<f64>,
     /// Median CPU %/Gbit/s over `cladnet-plain`'s (PLAIN on the userspace engine); below 1
     /// is cheaper.
     pub cpu_per_gbps_vs_userspace_plain: Option<f64>,
@@ -216,6 +316,7 @@ impl RowResult {
             tcp_vs_raw: None,
             tcp_vs_best_wireguard: None,
             tcp_vs_vxlan: None,
+            parallel_vs_raw: None,
             cpu_per_gbps_vs_userspace_plain: None,
             dataplane: Vec::new(),
         }
@@ -294,6 +395,13 @@ pub struct DataplaneDocument {
     /// Each mid-path MTU row whose agents find the path MTU, TCP over its hand-set baseline
     /// (medians), against [`MIDHOP_VS_MANUAL_TARGET`].
     pub midhop_targets: Vec<TargetCheck>,
+    /// `cladnet-ebpf-pods` TCP over `cladnet-ebpf-plain` TCP (medians), against
+    /// [`PODS_VS_HOST_TARGET`], when `cladnet-ebpf-pods` ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods_target: Option<TargetCheck>,
+    /// `cladnet-sealed` parallel-stream TCP over raw's (medians), against
+    /// [`SEALED_PARALLEL_VS_RAW_TARGET`], when `cladnet-sealed` ran.
+    pub parallel_target: Option<TargetCheck>,
 }
 
 impl DataplaneDocument {
@@ -321,7 +429,9 @@ impl DataplaneDocument {
             target_met: None,
             ebpf_targets: Vec::new(),
             flood_target: None,
+            pods_target: None,
             midhop_targets: Vec::new(),
+            parallel_target: None,
         }
     }
 
@@ -364,7 +474,14 @@ impl DataplaneDocument {
             .map(|(&c, &g)| (c, g));
         self.best_wireguard = best.map(|(c, _)| c);
         let ratio = |num: f64, den: Option<f64>| den.filter(|d| *d > 0.0).map(|d| num / d);
+        let parallel = |r: &RowResult| r.median.and_then(|m| m.parallel).map(|p| p.gbps);
+        let raw_parallel = self
+            .rows
+            .iter()
+            .find(|r| r.config == Config::Raw)
+            .and_then(parallel);
         for row in &mut self.rows {
+            row.parallel_vs_raw = parallel(row).and_then(|g| ratio(g, raw_parallel));
             if let Some(g) = row.tcp_median() {
                 row.tcp_vs_raw = ratio(g, raw);
                 row.tcp_vs_best_wireguard = ratio(g, best.map(|b| b.1));
@@ -377,7 +494,7 @@ impl DataplaneDocument {
         self.ebpf_targets = self
             .rows
             .iter()
-            .filter(|r| r.config.is_ebpf() && !r.config.is_midhop())
+            .filter(|r| r.config.is_ebpf() && !r.config.is_midhop() && r.config.pods().is_none())
             .flat_map(|r| {
                 [
                     ("TCP vs vxlan", r.tcp_vs_vxlan, ">=", EBPF_VS_VXLAN_TARGET),
@@ -432,6 +549,23 @@ impl DataplaneDocument {
                     },
                 }
             });
+        self.pods_target = tcp.get(&Config::CladnetEbpfPods).map(|&pods| {
+            let value = ratio(pods, tcp.get(&Config::CladnetEbpfPlain).copied());
+            let met = value.map(|v| v >= PODS_VS_HOST_TARGET);
+            TargetCheck {
+                config: Config::CladnetEbpfPods,
+                metric: "TCP vs cladnet-ebpf-plain",
+                value,
+                op: ">=",
+                goal: PODS_VS_HOST_TARGET,
+                met,
+                verdict: match met {
+                    Some(true) => "PASS",
+                    Some(false) => "MISS",
+                    None => "not measured",
+                },
+            }
+        });
         self.midhop_targets = self
             .rows
             .iter()
@@ -456,6 +590,24 @@ impl DataplaneDocument {
                 })
             })
             .collect();
+        self.parallel_target = self
+            .rows
+            .iter()
+            .find(|r| r.config == Config::CladnetSealed)
+            .map(|r| {
+                let met = r
+                    .parallel_vs_raw
+                    .map(|v| v >= SEALED_PARALLEL_VS_RAW_TARGET);
+                TargetCheck {
+                    config: r.config,
+                    metric: "4-stream TCP vs raw 4-stream",
+                    value: r.parallel_vs_raw,
+                    op: ">=",
+                    goal: SEALED_PARALLEL_VS_RAW_TARGET,
+                    met,
+                    verdict: verdict(met),
+                }
+            });
         self.target_met = self
             .rows
             .iter()
@@ -505,7 +657,10 @@ impl DataplaneDocument {
         }
         let _ = writeln!(
             out,
-            "CPU % = busy time of the whole machine over the TCP test (100 % = all {} CPUs)\n",
+            "CPU % = busy time of the whole machine over the TCP test (100 % = all {} CPUs); \
+             tunnel CPU1 = user + system time of the tunnel's processes (both agents or both \
+             WireGuard daemons, all threads; none for raw/vxlan) + the machine's softirq time, \
+             in % of ONE core\n",
             m.cpus
         );
         let mut rows = vec![
@@ -524,6 +679,7 @@ impl DataplaneDocument {
                 "RTT ms med/avg",
                 "CPU %",
                 "CPU %/Gbit/s",
+                "tunnel CPU1 %/Gbit/s",
             ]
             .map(String::from)
             .to_vec(),
@@ -570,10 +726,12 @@ impl DataplaneDocument {
                 format!("{:.3} / {:.3}", med.rtt_median_ms, med.rtt_avg_ms),
                 format!("{:.0}", med.cpu_percent),
                 format!("{:.1}", med.cpu_percent_per_gbps),
+                format!("{:.1}", med.tunnel_cpu_percent_per_gbps),
             ]);
         }
         out.push_str(&align(&rows));
         out.push_str(&notes);
+        out.push_str(&self.parallel_section());
         out.push_str("\nEvery run:\n");
         let mut rows = vec![
             [
@@ -586,6 +744,9 @@ impl DataplaneDocument {
                 "loss %",
                 "RTT ms med",
                 "CPU %",
+                "tunnel CPU1 %",
+                "-P 4 Gbit/s",
+                "-P 4 tunnel CPU1 %",
                 "background CPU % (waited)",
             ]
             .map(String::from)
@@ -603,6 +764,17 @@ impl DataplaneDocument {
                     format!("{:.1}", m.udp_loss_percent),
                     format!("{:.3}", m.rtt_median_ms),
                     format!("{:.0}", m.cpu_percent),
+                    format!(
+                        "{:.0}",
+                        m.tunnel_process_cpu_percent + m.softirq_cpu_percent
+                    ),
+                    m.parallel.map_or("-".into(), |p| gbps(p.gbps)),
+                    m.parallel.map_or("-".into(), |p| {
+                        format!(
+                            "{:.0}",
+                            p.tunnel_process_cpu_percent + p.softirq_cpu_percent
+                        )
+                    }),
                     if m.waited_secs >= 0.5 {
                         format!("{:.0} ({:.0} s)", m.background_cpu_percent, m.waited_secs)
                     } else {
@@ -633,10 +805,22 @@ impl DataplaneDocument {
             _ => out.push_str(": not measured (needs cladnet-sealed and a WireGuard row)\n"),
         }
         if let Some(t) = &self.flood_target {
+            let sent: Vec<u64> = self
+                .rows
+                .iter()
+                .filter(|r| r.config == t.config)
+                .flat_map(|r| &r.dataplane)
+                .filter_map(|d| d.flood.map(|f| f.sent_per_sec))
+                .collect();
             let _ = write!(
                 out,
-                "Target: {} {} {} {:.1} (handshake flood at host B)",
-                t.config, t.metric, t.op, t.goal
+                "Target: {} {} {} {:.1} (handshake flood at host B, {} initiations/s)",
+                t.config,
+                t.metric,
+                t.op,
+                t.goal,
+                median(&sent.iter().map(|&n| n as f64).collect::<Vec<_>>())
+                    .map_or_else(|| "?".into(), |m| format!("{m:.0}"))
             );
             match t.value {
                 Some(v) => {
@@ -644,6 +828,28 @@ impl DataplaneDocument {
                 }
                 None => out.push_str(": not measured (needs cladnet-sealed in the same run)\n"),
             }
+        }
+        if let Some(t) = &self.pods_target {
+            let value = t.value.map_or_else(
+                || "not measured (needs cladnet-ebpf-plain in the same run)".into(),
+                |v| format!("{v:.2}x"),
+            );
+            let _ = writeln!(
+                out,
+                "Target: {} (pod to pod) {} {} {:.1}x: {value} {}",
+                t.config, t.metric, t.op, t.goal, t.verdict
+            );
+        }
+        if let Some(t) = &self.parallel_target {
+            let value = t.value.map_or_else(
+                || "not measured (needs raw in the same run)".into(),
+                |v| format!("{v:.2}x"),
+            );
+            let _ = writeln!(
+                out,
+                "Target: {} {} {} {:.2}x: {value} {}",
+                t.config, t.metric, t.op, t.goal, t.verdict
+            );
         }
         for t in &self.midhop_targets {
             let value = t.value.map_or_else(
@@ -668,6 +874,53 @@ impl DataplaneDocument {
 }
 
 impl DataplaneDocument {
+    /// The parallel-stream table (medians), when a row ran it.
+    fn parallel_section(&self) -> String {
+        let mut rows = vec![
+            [
+                "config",
+                "streams",
+                "TCP Gbit/s",
+                "(min-max)",
+                "retr",
+                "x raw -P",
+                "agents/daemons CPU1 %",
+                "softirq CPU1 %",
+                "tunnel CPU1 %/Gbit/s",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for r in &self.rows {
+            let (Some(med), Some(lo), Some(hi)) = (
+                r.median.and_then(|m| m.parallel),
+                r.min.and_then(|m| m.parallel),
+                r.max.and_then(|m| m.parallel),
+            ) else {
+                continue;
+            };
+            rows.push(vec![
+                r.config.to_string(),
+                format!("{:.0}", med.streams),
+                gbps(med.gbps),
+                format!("{}-{}", gbps(lo.gbps), gbps(hi.gbps)),
+                format!("{:.0}", med.retransmits),
+                r.parallel_vs_raw.map_or("-".into(), |v| format!("{v:.2}x")),
+                format!("{:.0}", med.tunnel_process_cpu_percent),
+                format!("{:.0}", med.softirq_cpu_percent),
+                format!("{:.1}", med.tunnel_cpu_percent_per_gbps),
+            ]);
+        }
+        if rows.len() == 1 {
+            return String::new();
+        }
+        format!(
+            "\nParallel TCP streams (iperf3 -P {}), medians:\n{}",
+            super::PARALLEL_STREAMS,
+            align(&rows)
+        )
+    }
+
     /// The eBPF PLAIN targets with PASS/MISS, then what the CLADNet agents reported about
     /// their dataplane and the eBPF engine's counters per run.
     fn ebpf_section(&self) -> String {
@@ -763,7 +1016,19 @@ mod tests {
                 gbps,
                 retransmits: 3,
                 cpu_percent: 100.0,
+                tunnel_process_cpu_percent: 80.0,
+                softirq_cpu_percent: 20.0,
             },
+            Some((
+                4,
+                Tcp {
+                    gbps: gbps * 2.0,
+                    retransmits: 0,
+                    cpu_percent: 100.0,
+                    tunnel_process_cpu_percent: 150.0,
+                    softirq_cpu_percent: 50.0,
+                },
+            )),
             SmallPackets {
                 received_pps: 50_000.0,
                 sent_pps: 100_000.0,
@@ -829,6 +1094,53 @@ mod tests {
         assert_eq!(json["rows"][0]["runs"].as_array().unwrap().len(), 3);
     }
 
+    #[test]
+    fn parallel_streams_tunnel_cpu_and_their_target() {
+        let mut d = doc();
+        d.row_mut(Config::Raw).runs = vec![metrics(10.0), metrics(12.0), metrics(11.0)];
+        // SEALED's 4-stream median 2 x 2.0 = 4.0 Gbit/s against raw's 2 x 11 = 22: 0.18x.
+        d.row_mut(Config::CladnetSealed).runs = vec![metrics(2.0), metrics(1.0), metrics(3.0)];
+        let mut no_parallel = metrics(5.0);
+        no_parallel.parallel = None;
+        d.row_mut(Config::CladnetPlain).runs = vec![no_parallel];
+        d.finish();
+        let sealed = d
+            .rows
+            .iter()
+            .find(|r| r.config == Config::CladnetSealed)
+            .unwrap();
+        let med = sealed.median.unwrap();
+        // (80 % agents + 20 % softirq) of one core over 2 Gbit/s.
+        assert!((med.tunnel_cpu_percent_per_gbps - 50.0).abs() < 1e-9);
+        let p = med.parallel.unwrap();
+        assert_eq!((p.streams, p.gbps), (4.0, 4.0));
+        assert!((p.tunnel_cpu_percent_per_gbps - 200.0 / 4.0).abs() < 1e-9);
+        assert!((sealed.parallel_vs_raw.unwrap() - 4.0 / 22.0).abs() < 1e-9);
+        let t = d.parallel_target.as_ref().unwrap();
+        assert_eq!((t.goal, t.met, t.verdict), (0.3, Some(false), "MISS"));
+        let plain = d
+            .rows
+            .iter()
+            .find(|r| r.config == Config::CladnetPlain)
+            .unwrap();
+        assert_eq!(plain.median.unwrap().parallel, None);
+        assert_eq!(plain.parallel_vs_raw, None);
+        let table = d.table();
+        for want in [
+            "Parallel TCP streams (iperf3 -P 4)",
+            "cladnet-sealed 4-stream TCP vs raw 4-stream >= 0.30x: 0.18x MISS",
+            "tunnel CPU1 %/Gbit/s",
+        ] {
+            assert!(table.contains(want), "{want:?} not in\n{table}");
+        }
+        // Every run is in the JSON, with its own parallel-stream test.
+        let json = serde_json::to_value(&d).unwrap();
+        let runs = json["rows"][4]["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 3);
+        assert_eq!(runs[1]["parallel"]["gbps"], 2.0);
+        assert_eq!(json["parallel_target"]["verdict"], "MISS");
+    }
+
     fn agents(engine: &str, hook: Option<&str>) -> Vec<AgentDataplane> {
         ["a", "b"]
             .map(|host| AgentDataplane {
@@ -851,6 +1163,7 @@ mod tests {
             run: 1,
             agents: agents("userspace", None),
             kernel: Vec::new(),
+            flood: None,
         }];
         // XDP driver: 4 Gbit/s: below vxlan and raw, 25 %/Gbit/s: more CPU per Gbit/s.
         d.row_mut(Config::CladnetEbpfPlain).runs = vec![metrics(4.0)];
@@ -865,6 +1178,7 @@ mod tests {
                     bytes: 99,
                 }],
             }],
+            flood: None,
         }];
         // TC ingress: 17 Gbit/s: 1.7x vxlan, 0.85x raw, 5.9 %/Gbit/s.
         d.row_mut(Config::CladnetEbpfPlainTc).runs = vec![metrics(17.0)];
@@ -872,6 +1186,7 @@ mod tests {
             run: 1,
             agents: agents("ebpf", Some("tc")),
             kernel: Vec::new(),
+            flood: None,
         }];
         d.finish();
         let verdicts: Vec<(Config, &str, &str)> = d
@@ -924,6 +1239,25 @@ mod tests {
         assert!(d.ebpf_targets.iter().all(|t| t.met.is_none()));
         assert_eq!(d.ebpf_targets.len(), 6);
         assert!(!d.any_failed());
+    }
+
+    #[test]
+    fn pod_rows_are_compared_with_the_host_row() {
+        let mut d = doc();
+        d.row_mut(Config::CladnetEbpfPlain).runs = vec![metrics(10.0)];
+        d.row_mut(Config::CladnetEbpfPods).runs = vec![metrics(9.5), metrics(9.0)];
+        d.row_mut(Config::CladnetEbpfPodsVxlan).runs = vec![metrics(5.0)];
+        d.finish();
+        let t = d.pods_target.as_ref().expect("pods target");
+        assert_eq!(t.verdict, "PASS");
+        assert!((t.value.unwrap() - 0.925).abs() < 1e-9);
+        assert!(d.ebpf_targets.iter().all(|t| t.config.pods().is_none()));
+        let table = d.table();
+        let want = "cladnet-ebpf-pods (pod to pod) TCP vs cladnet-ebpf-plain >= 0.9x: 0.93x PASS";
+        assert!(table.contains(want), "{want:?} not in\n{table}");
+        let mut d = doc();
+        d.finish();
+        assert!(d.pods_target.is_none(), "no pod row, no pod target");
     }
 
     #[test]

@@ -403,6 +403,15 @@ impl Testbed {
         Ok(())
     }
 
+    /// Two namespaces as a test bed of their own (the pod rows measure between pods).
+    pub(crate) fn pair(a: Netns, b: Netns) -> Self {
+        Self {
+            a,
+            b,
+            routers: Vec::new(),
+        }
+    }
+
     /// Polls `ok` every 100 ms until it holds; fails naming `what` after `within`.
     pub(crate) fn wait_for(
         &self,

@@ -132,6 +132,21 @@ pub(crate) struct Tunnel {
     /// The flooding namespace of `cladnet-sealed-flood` (deleted, with the flooder, after
     /// everything else).
     flooder: Option<Netns>,
+    /// The flooder's output (`SENT COOKIE_REPLIES` totals, one line a second).
+    flood_log: Option<PathBuf>,
+    /// The pod rows' pods (A's as `a`, B's as `b`): the measurements run between them.
+    pub(crate) pods: Option<Testbed>,
+}
+
+/// What the flooder of `cladnet-sealed-flood` did during one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FloodRate {
+    /// The rate it was asked for, initiations per second.
+    pub target_per_sec: u64,
+    /// Initiations it sent per second (averaged over its whole run).
+    pub sent_per_sec: u64,
+    /// Cookie replies it received per second.
+    pub cookie_replies_per_sec: u64,
 }
 
 impl Tunnel {
@@ -147,7 +162,48 @@ impl Tunnel {
             links: Vec::new(),
             b_public_key: None,
             flooder: None,
+            flood_log: None,
+            pods: None,
         }
+    }
+
+    /// What the flooder did so far (`None` for the rows without one, or before its second
+    /// report line).
+    pub(crate) fn flood_rate(&self) -> Option<FloodRate> {
+        let log = std::fs::read_to_string(self.flood_log.as_ref()?).ok()?;
+        let totals: Vec<(u64, u64)> = log
+            .lines()
+            .filter_map(|l| {
+                let mut n = l.split_whitespace().map(str::parse::<u64>);
+                Some((n.next()?.ok()?, n.next()?.ok()?))
+            })
+            .collect();
+        // One line a second: the first is after one second.
+        let (first, last) = (totals.first()?, totals.last()?);
+        let secs = u64::try_from(totals.len())
+            .ok()?
+            .checked_sub(1)
+            .filter(|&s| s > 0)?;
+        Some(FloodRate {
+            target_per_sec: FLOOD_RATE,
+            sent_per_sec: (last.0 - first.0) / secs,
+            cookie_replies_per_sec: (last.1 - first.1) / secs,
+        })
+    }
+
+    /// The processes that carry the traffic, whose CPU time counts: the agents of a CLADNet
+    /// row, the WireGuard daemons (every process of a WireGuard row), none for raw and VXLAN.
+    pub(crate) fn carriers(&self) -> Vec<u32> {
+        let carriers = if self.agents > 0 {
+            &self.procs[..self.agents]
+        } else {
+            &self.procs[..]
+        };
+        carriers
+            .iter()
+            .map(ChildGuard::pid)
+            .filter(|&p| p != 0)
+            .collect()
     }
 
     /// The eBPF engine's counters on both hosts (`cladnet-agent dataplane stats`), for the
@@ -250,7 +306,9 @@ pub(crate) fn setup(
         | Config::CladnetEbpfPlainMidhop
         | Config::CladnetEbpfPlainMidhopManual
         | Config::CladnetSealedMidhop
-        | Config::CladnetSealedMidhopManual => {
+        | Config::CladnetSealedMidhopManual
+        | Config::CladnetEbpfPods
+        | Config::CladnetEbpfPodsVxlan => {
             let setup = config
                 .cladnet()
                 .with_context(|| format!("no CLADNet setup for {config}"))?;
@@ -266,11 +324,18 @@ const FLOOD_TARGET: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 2);
 const FLOOD_SOURCE: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
 /// The agents' tunnel port.
 const TUNNEL_PORT: u16 = 8055;
+/// Initiations per second the flooder sends: a thousand times what one source may get
+/// through under load (20 a second), and more than B's handshake thread could answer with a
+/// Diffie-Hellman each on this machine. A paced, fixed rate: unpaced, the flooder's own send
+/// path (half of it the sender's side of the kernel, which an attacker on another host would
+/// pay on its own CPU) took most of a core of the two the agents share, and its rate depended
+/// on how busy the machine was. See docs/benchmarks.md, Handshake flood.
+pub(crate) const FLOOD_RATE: u64 = 20_000;
 
 /// `cladnet-sealed`, plus a third namespace `cnb-<pid>-x` linked to host B by a veth pair of
 /// its own (`10.201.0.1` → `10.201.0.2`), from which `tests/scripts/attack.py flood` sends
-/// handshake initiations with a correct mac1 for B's key to B's tunnel port as fast as it
-/// can, until the tunnel is torn down. The link exists before the agents start, so that B's
+/// handshake initiations with a correct mac1 for B's key to B's tunnel port, [`FLOOD_RATE`]
+/// a second, until the tunnel is torn down. The link exists before the agents start, so that B's
 /// agent does not see an address change during the measurement.
 fn sealed_under_flood(tb: &Testbed, bins: &Binaries, dir: &Path) -> anyhow::Result<Tunnel> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/scripts/attack.py");
@@ -317,13 +382,14 @@ fn sealed_under_flood(tb: &Testbed, bins: &Binaries, dir: &Path) -> anyhow::Resu
         &TUNNEL_PORT.to_string(),
         &key,
         "3600",
+        &FLOOD_RATE.to_string(),
     ]);
-    tunnel.procs.push(ChildGuard::spawn(
-        "handshake flooder",
-        cmd,
-        dir.join("flooder.log"),
-    )?);
+    let log = dir.join("flooder.log");
+    tunnel
+        .procs
+        .push(ChildGuard::spawn("handshake flooder", cmd, log.clone())?);
     tunnel.flooder = Some(x);
+    tunnel.flood_log = Some(log);
     // Let the flood reach its pace (and B its under-load state) before anything is measured.
     std::thread::sleep(Duration::from_secs(2));
     Ok(tunnel)
@@ -585,6 +651,9 @@ fn cladnet(
         if let Some(mtu) = setup.underlay_mtu {
             cmd.args(["--underlay-mtu", &mtu.to_string()]);
         }
+        if config.pods() == Some(super::pods::PodRouting::Prefixes) {
+            cmd.args(["--advertise-routes", &super::pods::pod_network(i)]);
+        }
         let log = dir.join(format!("agent-{side}.log"));
         tunnel.procs.push(ChildGuard::spawn(
             &format!("cladnet-agent ({side})"),
@@ -657,6 +726,17 @@ fn cladnet(
     if let Err(e) = wait_for_ping(tb, &mut tunnel) {
         let peers = cli(&["--json", "peers", NETWORK]).unwrap_or_else(|e| format!("{e:#}"));
         return Err(e.context(format!("`cladnet --json peers {NETWORK}`: {peers}")));
+    }
+    if let Some(routing) = config.pods() {
+        let overlay = [
+            overlay[0].context("A's overlay address")?,
+            overlay[1].context("B's overlay address")?,
+        ];
+        let (pods, dst, mtu) =
+            super::pods::attach(routing, tb, overlay, tunnel.mtu[0], &mut tunnel.links)?;
+        tunnel.pods = Some(pods);
+        tunnel.dst = dst;
+        tunnel.mtu = [mtu; 2];
     }
     if config.midhop_baseline().is_some() {
         // The agents found the path MTU when each has its per-peer route with `mtu`; its MTU

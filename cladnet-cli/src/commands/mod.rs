@@ -6,6 +6,7 @@ pub(crate) mod health;
 pub(crate) mod network;
 pub(crate) mod peer;
 pub(crate) mod remote;
+pub(crate) mod route;
 pub(crate) mod token;
 
 use serde::Serialize;

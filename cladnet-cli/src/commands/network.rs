@@ -29,7 +29,7 @@ pub(crate) enum NetworkCmd {
         /// Network id.
         id: String,
     },
-    /// Change a network's name, description, rule type or encryption.
+    /// Change a network's name, description, rule type, encryption or route settings.
     Update(UpdateArgs),
     /// Delete a network with its peers, addresses, join tokens and tests.
     #[command(visible_alias = "rm")]
@@ -76,6 +76,12 @@ pub(crate) struct CreateArgs {
     /// Link encryption (default always).
     #[arg(long, value_enum)]
     encryption: Option<Encryption>,
+    /// How prefixes peers advertise are admitted (default auto).
+    #[arg(long, value_enum)]
+    route_approval: Option<RouteApproval>,
+    /// Whether a peer may advertise 0.0.0.0/0 as an exit node (default deny).
+    #[arg(long, value_enum)]
+    exit_nodes: Option<ExitNodes>,
 }
 
 /// `cladnet network update`.
@@ -96,6 +102,50 @@ pub(crate) struct UpdateArgs {
     /// New link encryption.
     #[arg(long, value_enum, group = "changes")]
     encryption: Option<Encryption>,
+    /// How prefixes peers advertise are admitted from now on (pending ones stay pending).
+    #[arg(long, value_enum, group = "changes")]
+    route_approval: Option<RouteApproval>,
+    /// Whether a peer may advertise 0.0.0.0/0 (deny is refused while one does).
+    #[arg(long, value_enum, group = "changes")]
+    exit_nodes: Option<ExitNodes>,
+}
+
+/// How a network admits advertised prefixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RouteApproval {
+    /// Every valid prefix is routed as soon as it is advertised.
+    Auto,
+    /// A prefix waits until `cladnet route approve`.
+    Manual,
+}
+
+impl RouteApproval {
+    /// The API value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Manual => "manual",
+        }
+    }
+}
+
+/// Whether a network admits an exit node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ExitNodes {
+    /// 0.0.0.0/0 is refused.
+    Deny,
+    /// One peer may advertise 0.0.0.0/0.
+    Allow,
+}
+
+impl ExitNodes {
+    /// The API value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::Allow => "allow",
+        }
+    }
 }
 
 /// Which underlay endpoint peers use to reach each other.
@@ -222,6 +272,16 @@ async fn create(args: CreateArgs, ctx: &mut Ctx) -> anyhow::Result<()> {
             .unwrap_or_default()
             .into(),
         revision: 0,
+        route_approval: args
+            .route_approval
+            .map(RouteApproval::as_str)
+            .unwrap_or_default()
+            .into(),
+        exit_nodes: args
+            .exit_nodes
+            .map(ExitNodes::as_str)
+            .unwrap_or_default()
+            .into(),
     };
     let created = ctx
         .client
@@ -283,6 +343,12 @@ async fn update(args: UpdateArgs, ctx: &mut Ctx) -> anyhow::Result<()> {
     if let Some(encryption) = args.encryption {
         network.encryption = encryption.as_str().into();
     }
+    if let Some(approval) = args.route_approval {
+        network.route_approval = approval.as_str().into();
+    }
+    if let Some(exit_nodes) = args.exit_nodes {
+        network.exit_nodes = exit_nodes.as_str().into();
+    }
     let fail = ctx.client.fail(format!("updating network {}", args.id));
     let updated = ctx
         .client
@@ -303,6 +369,8 @@ pub(crate) fn render_network(n: &Network) -> String {
         ("Description", n.description.clone()),
         ("Rule type", n.rule_type.clone()),
         ("Encryption", n.encryption.clone()),
+        ("Route approval", n.route_approval.clone()),
+        ("Exit nodes", n.exit_nodes.clone()),
         ("Revision", n.revision.to_string()),
     ])
 }
@@ -367,6 +435,7 @@ mod tests {
                     encryption: "inter-site".into(),
                     description: "tests".into(),
                     revision: 4,
+                    ..Default::default()
                 },
             ],
         };

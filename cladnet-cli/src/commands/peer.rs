@@ -1,7 +1,7 @@
 //! `cladnet peers NETWORK` and `cladnet peer show|delete|add-external|wg-config`.
 
 use cladnet_proto::v1::{
-    AddExternalPeerRequest, GetPeerRequest, ListPeersRequest, ListPeersResponse, Peer,
+    AddExternalPeerRequest, GetPeerRequest, Link, ListPeersRequest, ListPeersResponse, Peer,
 };
 use clap::Subcommand;
 
@@ -202,6 +202,15 @@ fn kind(p: &Peer) -> &'static str {
     }
 }
 
+/// A link's path as its agent reported it: `direct`, `relay via <host id>`, `connecting`,
+/// `unreachable`; empty (shown `-`) when not known.
+fn path(l: &Link) -> String {
+    match (l.path.as_str(), l.via.as_str()) {
+        (p, "") => p.to_owned(),
+        (p, via) => format!("{p} via {via}"),
+    }
+}
+
 /// A peer as a `key: value` block followed by its links table.
 pub(crate) fn render_peer(p: &Peer) -> String {
     let dataplane = match (p.dataplane.as_str(), p.dataplane_reason.as_str()) {
@@ -239,6 +248,15 @@ pub(crate) fn render_peer(p: &Peer) -> String {
         ("Public key", p.public_key.clone()),
         ("Dataplane", dataplane),
         ("Capabilities", list(&p.capabilities)),
+        (
+            "Routes",
+            list(
+                &p.routes
+                    .iter()
+                    .map(|r| format!("{} ({})", r.prefix, r.state))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
         ("Cloud", location),
         ("Virtual network", cloud.virtual_network_id),
         ("Subnet", cloud.subnet_id),
@@ -251,7 +269,7 @@ pub(crate) fn render_peer(p: &Peer) -> String {
     }
     out.push_str("Links:\n");
     let mut t = Table::new([
-        "HOST ID", "NAME", "PEER IP", "ENDPOINT", "MODE", "SCOPE", "STATE", "PATH MTU",
+        "HOST ID", "NAME", "PEER IP", "ENDPOINT", "MODE", "SCOPE", "STATE", "PATH", "PATH MTU",
     ]);
     for l in &p.links {
         let mtu = match l.path_mtu {
@@ -266,6 +284,7 @@ pub(crate) fn render_peer(p: &Peer) -> String {
             &l.mode,
             &l.peer_scope,
             &l.state,
+            &path(l),
             &mtu,
         ]);
     }
@@ -280,7 +299,7 @@ pub(crate) fn render_peer(p: &Peer) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cladnet_proto::v1::{CloudInformation, Link};
+    use cladnet_proto::v1::CloudInformation;
 
     fn peer(id: &str, name: &str, ip: &str, state: &str) -> Peer {
         Peer {
@@ -327,7 +346,7 @@ ext-laptop  laptop          10.77.0.9   up       -                 -            
             region_id: "us-east-1".into(),
             ..Default::default()
         });
-        p.links = vec![Link {
+        let b = Link {
             host_id: "h-b".into(),
             host_name: "vm-b".into(),
             peer_ip: "10.77.0.2".into(),
@@ -336,7 +355,27 @@ ext-laptop  laptop          10.77.0.9   up       -                 -            
             peer_scope: "inter".into(),
             state: "up".into(),
             path_mtu: 1400,
-        }];
+            path: "direct".into(),
+            via: String::new(),
+        };
+        let c = Link {
+            host_id: "h-c".into(),
+            host_name: "vm-c".into(),
+            peer_ip: "10.77.0.3".into(),
+            path: "relay".into(),
+            via: "h-r".into(),
+            ..b.clone()
+        };
+        // An agent that does not report paths.
+        let d = Link {
+            host_id: "h-d".into(),
+            host_name: "vm-d".into(),
+            peer_ip: "10.77.0.4".into(),
+            path: String::new(),
+            path_mtu: 0,
+            ..b.clone()
+        };
+        p.links = vec![b, c, d];
         let out = render_peer(&p);
         assert!(
             out.contains("Overlay IP:        10.77.0.1 in 10.77.0.0/24\n"),
@@ -345,11 +384,16 @@ ext-laptop  laptop          10.77.0.9   up       -                 -            
         assert!(out.contains("Dataplane:         userspace (no XDP support)\n"));
         assert!(out.contains("Kind:              agent\n"));
         assert!(out.contains("Cloud:             aws / us-east-1\n"));
-        assert!(out.ends_with(
-            "Links:\n\
-             \x20 HOST ID  NAME  PEER IP    ENDPOINT           MODE    SCOPE  STATE  PATH MTU\n\
-             \x20 h-b      vm-b  10.77.0.2  198.51.100.7:8055  sealed  inter  up     1400\n"
-        ));
+        assert!(
+            out.ends_with(
+                "Links:\n\
+                 \x20 HOST ID  NAME  PEER IP    ENDPOINT           MODE    SCOPE  STATE  PATH           PATH MTU\n\
+                 \x20 h-b      vm-b  10.77.0.2  198.51.100.7:8055  sealed  inter  up     direct         1400\n\
+                 \x20 h-c      vm-c  10.77.0.3  198.51.100.7:8055  sealed  inter  up     relay via h-r  1400\n\
+                 \x20 h-d      vm-d  10.77.0.4  198.51.100.7:8055  sealed  inter  up     -              -\n"
+            ),
+            "{out}"
+        );
         assert!(render_peer(&peer("x", "", "", "")).ends_with("Links: none\n"));
         let mut ext = peer("ext-x", "x", "10.77.0.9", "up");
         ext.external = true;

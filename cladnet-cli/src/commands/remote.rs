@@ -1,10 +1,11 @@
-//! `cladnet command NETWORK up|down|enable-encryption|disable-encryption [--host HOST_ID]`.
+//! `cladnet command NETWORK up|down|enable-encryption|disable-encryption [--host HOST_ID]`,
+//! `cladnet command NETWORK advertise-routes --host HOST_ID [--routes PREFIX,...]`.
 
 use cladnet_proto::v1::{SendCommandRequest, SendCommandResponse};
 use clap::{Args, ValueEnum};
 
 use super::{Ctx, plural};
-use crate::output::list;
+use crate::{output::list, parse};
 
 /// `cladnet command` arguments.
 #[derive(Debug, Args)]
@@ -17,6 +18,15 @@ pub(crate) struct CommandArgs {
     /// Send to this peer only (default: every peer of the network).
     #[arg(long, value_name = "HOST_ID")]
     host: Option<String>,
+    /// advertise-routes: the prefixes the agent advertises from now on (comma-separated or
+    /// repeated; none withdraws every route).
+    #[arg(
+        long = "routes",
+        value_name = "PREFIX",
+        value_delimiter = ',',
+        value_parser = parse::ipv4_cidr
+    )]
+    routes: Vec<String>,
 }
 
 /// A remote command to agents.
@@ -32,6 +42,9 @@ pub(crate) enum RemoteCommand {
     /// Send every link of the network in plain CLAD encapsulation: sets its encryption policy
     /// to `never`. Whole network only (--host is refused).
     DisableEncryption,
+    /// Replace the prefixes one agent (--host) advertises with --routes, until it restarts
+    /// (its configuration holds the lasting set).
+    AdvertiseRoutes,
 }
 
 impl RemoteCommand {
@@ -42,6 +55,7 @@ impl RemoteCommand {
             Self::Down => "down",
             Self::EnableEncryption => "enable-encryption",
             Self::DisableEncryption => "disable-encryption",
+            Self::AdvertiseRoutes => "advertise-routes",
         }
     }
 }
@@ -61,6 +75,7 @@ pub(crate) async fn run(args: CommandArgs, ctx: &mut Ctx) -> anyhow::Result<()> 
             cladnet_id: args.network,
             host_id: args.host.unwrap_or_default(),
             command_type: args.command.as_str().into(),
+            routes: args.routes,
         })
         .await
         .map_err(fail)?

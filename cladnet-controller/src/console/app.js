@@ -364,6 +364,15 @@
     );
   }
 
+  // The path a link takes as its agent reported it: direct, relay via (the relay's name),
+  // connecting or unreachable; a dash when not known (no report, or an agent before relays).
+  function pathCell(ps, names) {
+    const path = ps && ps.path ? ps.path : '';
+    const via = path === 'relay' && ps.via ? ps.via : '';
+    const text = !path ? '\u2014' : via ? path + ' via ' + (names.get(via) || via) : path;
+    return el('td', { class: 'path' + (path ? ' path-' + path : ''), 'data-path': path, 'data-via': via, title: via ? 'relay ' + via : null, text });
+  }
+
   function renderLinks(peers, stats, names) {
     const rows = [];
     for (const p of peers) {
@@ -379,6 +388,7 @@
             el('td', { class: 'mode ' + l.mode, text: l.mode }),
             el('td', { text: l.peerScope === 'intra' ? 'same site' : 'across sites' }),
             el('td', { class: 'mono', text: l.selectedEndpoint || '\u2014' }),
+            pathCell(ps, names),
             el('td', { class: 'num tx', 'data-bytes': ps ? num(ps.txBytes) : null, text: ps ? bytes(ps.txBytes) : '\u2014' }),
             el('td', { class: 'num rx', 'data-bytes': ps ? num(ps.rxBytes) : null, text: ps ? bytes(ps.rxBytes) : '\u2014' }),
             el('td', { class: 'handshake', text: ps ? age(ps.handshakeAgeSeconds) : '\u2014' }),

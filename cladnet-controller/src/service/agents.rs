@@ -1,29 +1,31 @@
 //! The agent side: Join (address allocation), Report, and session checks.
 
 use cladnet_proto::v1 as pb;
-use cladnet_store::{Compare, CompareOp, KeyValue, Txn, TxnOp};
+use cladnet_store::{Compare, CompareOp, KeyValue, Txn, TxnOp, TxnOpResult};
 use tracing::info;
 
-use super::Controller;
+use super::{Controller, tokens::token_use};
 use crate::{
     auth::{self, new_session_token, sha256_hex},
     error::{ControllerError, Result},
     keys,
     model::{
-        self, EXTERNAL_HOST_PREFIX, InterfaceRecord, PairRecord, PeerRecord, PeerState,
-        ResultRecord, SCHEMA, SiteRecord, TestRecord, now_unix,
+        self, EXTERNAL_HOST_PREFIX, InterfaceRecord, NetworkRecord, PairRecord, PeerRecord,
+        PeerState, ResultRecord, SCHEMA, SiteRecord, TestRecord, now_unix,
     },
     validate,
 };
 
-impl Controller {
-    /// Authenticates a join token of network `net` (it exists and its secret matches);
-    /// expiry and use limits are checked in the Join transaction (`join_token_use`), where a
-    /// re-join of an already bound node is told apart.
-    pub async fn check_join_token(&self, net: &str, bearer: &str) -> Result<()> {
-        self.join_token_use(net, bearer, true).await.map(|_| ())
-    }
+/// The records a Join checks and compares against.
+struct JoinRead {
+    network: (NetworkRecord, KeyValue),
+    peer: Option<KeyValue>,
+    /// The record of the public-key index: which node holds the key.
+    holder: Option<KeyValue>,
+    token: Option<KeyValue>,
+}
 
+impl Controller {
     /// Checks the session token of node `node` in network `net`; returns the store revision
     /// the session was written at (only later session changes can revoke it).
     pub async fn check_session(&self, net: &str, node: &str, bearer: &str) -> Result<i64> {
@@ -80,20 +82,37 @@ impl Controller {
         validate::site("details", &site)?;
         let net = req.cladnet_id.as_str();
         let node = req.host_id.as_str();
-        self.check_join_token(net, bearer).await?;
+        let key_index = keys::pubkey(net, &req.public_key);
+        let (token_id, _) = auth::parse_join_token(bearer)?;
+        let token_key = keys::token(net, token_id);
+        // Everything the Join checks, in one round trip; the first attempt of the transaction
+        // below uses it too (its compares catch any change made meanwhile: a retry reads
+        // again).
+        let first = self.join_read(net, node, &key_index, &token_key).await?;
+        token_use(net, bearer, first.token.clone(), true)?;
         // After the token: strangers do not get to make the controller compute X25519.
         self.check_join_proof(&req).await?;
-        self.check_endpoints(net, node, &site, public_endpoint, private_endpoint)
+        let network = &first.network.0;
+        self.check_endpoints(net, node, network, &site, public_endpoint, private_endpoint)
             .await?;
-        let key_index = keys::pubkey(net, &req.public_key);
 
         let lock = self.alloc_lock(net).await;
         let _serialized = lock.lock().await;
         let (session, session_hash) = new_session_token();
+        let first = std::sync::Mutex::new(Some(first));
         let (peer, network, revision) = self
             .retry("join", || async {
-                let (network, net_kv) = self.network(net).await?;
-                let existing = self.store.get(&keys::peer(net, node)).await?;
+                let taken = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let read = match taken {
+                    Some(read) => read,
+                    None => self.join_read(net, node, &key_index, &token_key).await?,
+                };
+                let JoinRead {
+                    network: (network, net_kv),
+                    peer: existing,
+                    holder,
+                    token,
+                } = read;
                 let reservation = self.reserve_address(net, &network, node, None).await?;
                 let ip = reservation.addr();
                 let now = now_unix();
@@ -109,7 +128,6 @@ impl Controller {
                          delete the peer (`cladnet peer delete`) before it can join with a new key"
                     )));
                 }
-                let holder = self.store.get(&key_index).await?;
                 if let Some(kv) = &holder
                     && kv.value != node.as_bytes()
                 {
@@ -122,7 +140,7 @@ impl Controller {
                 let rejoin = previous
                     .as_ref()
                     .is_some_and(|p| p.public_key == req.public_key);
-                let token_use = self.join_token_use(net, bearer, rejoin).await?;
+                let token_use = token_use(net, bearer, token, rejoin)?;
                 let record = PeerRecord {
                     schema: SCHEMA,
                     node_id: node.to_owned(),
@@ -146,6 +164,11 @@ impl Controller {
                     joined_at: previous.as_ref().map_or(now, |p| p.joined_at),
                     updated_at: now,
                     external: false,
+                    // A re-joining agent reports its routes again after the join.
+                    routes: previous
+                        .as_ref()
+                        .map(|p| p.routes.clone())
+                        .unwrap_or_default(),
                 };
                 let mut compares = vec![
                     Compare::mod_revision(
@@ -179,6 +202,9 @@ impl Controller {
                     .store
                     .txn(Txn::new().when(compares).and_then(ops))
                     .await?;
+                if res.succeeded {
+                    self.ipam_cache.keep(net, reservation.pending, res.revision);
+                }
                 Ok(res.succeeded.then_some((record, network, res.revision)))
             })
             .await?;
@@ -190,8 +216,9 @@ impl Controller {
         })
     }
 
-    /// Applies an agent's report: state, endpoint, facts, dataplane, test results, traffic
-    /// statistics (stored apart from the watched keys, see `service/stats.rs`).
+    /// Applies an agent's report: advertised routes (`service/routes.rs`), state, endpoint,
+    /// facts, dataplane, test results, traffic statistics (stored apart from the watched keys,
+    /// see `service/stats.rs`).
     pub async fn report(&self, bearer: &str, req: pb::ReportRequest) -> Result<pb::ReportResponse> {
         validate::network_id("cladnetId", &req.cladnet_id)?;
         validate::host_id("hostId", &req.host_id)?;
@@ -211,11 +238,17 @@ impl Controller {
         }
         if public_endpoint.is_some() {
             let (me, _) = self.peer(net, node).await?;
-            self.check_endpoints(net, node, &me.site, public_endpoint, None)
+            let (network, _) = self.network(net).await?;
+            self.check_endpoints(net, node, &network, &me.site, public_endpoint, None)
                 .await?;
         }
         validate::text("dataplane", &req.dataplane, 64)?;
         validate::text("dataplaneReason", &req.dataplane_reason, 512)?;
+        // First: an invalid set refuses the report before anything of it is applied.
+        let routes_revision = match &req.advertised_routes {
+            Some(a) => Some(self.advertise_routes(net, node, &a.prefixes).await?),
+            None => None,
+        };
         if !req.test_id.is_empty() {
             self.store_results(net, node, &req.test_id, &req.test_results)
                 .await?;
@@ -230,7 +263,7 @@ impl Controller {
             || interfaces.is_some()
             || !req.dataplane.is_empty();
         if !changes_peer {
-            let revision = match stats_revision {
+            let revision = match stats_revision.max(routes_revision) {
                 Some(r) => r,
                 None => self.store.range(&keys::session(net, node)).await?.revision,
             };
@@ -259,6 +292,43 @@ impl Controller {
         Ok(pb::ReportResponse { revision })
     }
 
+    /// What a Join of node `node` needs from the store, read in one transaction: the
+    /// network, the node's peer record, the holder of its public key (`key_index`) and its
+    /// join token (`token_key`).
+    async fn join_read(
+        &self,
+        net: &str,
+        node: &str,
+        key_index: &str,
+        token_key: &str,
+    ) -> Result<JoinRead> {
+        let res = self
+            .store
+            .txn(Txn::new().and_then([
+                TxnOp::get(keys::network(net)),
+                TxnOp::get(keys::peer(net, node)),
+                TxnOp::get(key_index),
+                TxnOp::get(token_key),
+            ]))
+            .await?;
+        let mut gets = res.results.into_iter().map(|r| match r {
+            TxnOpResult::Get(kv) => Ok(kv),
+            _ => Err(ControllerError::Aborted(
+                "store answered a read with the wrong results".into(),
+            )),
+        });
+        let mut next = || gets.next().unwrap_or(Ok(None));
+        let (network, peer, holder, token) = (next()?, next()?, next()?, next()?);
+        let network =
+            network.ok_or_else(|| ControllerError::not_found(format!("network {net:?}")))?;
+        Ok(JoinRead {
+            network: (model::decode(&network)?, network),
+            peer,
+            holder,
+            token,
+        })
+    }
+
     /// Refuses endpoints another peer of the network already has (they would take over that
     /// peer's PLAIN links on every node) or inside the overlay. Private endpoints only clash
     /// within one site: other sites' private addresses are not reachable anyway, and clouds
@@ -267,6 +337,7 @@ impl Controller {
         &self,
         net: &str,
         node: &str,
+        network: &NetworkRecord,
         site: &SiteRecord,
         public: Option<std::net::SocketAddrV4>,
         private: Option<std::net::SocketAddrV4>,
@@ -274,7 +345,6 @@ impl Controller {
         if public.is_none() && private.is_none() {
             return Ok(());
         }
-        let (network, _) = self.network(net).await?;
         if let Some(e) = public {
             validate::outside_overlay("publicEndpoint", e, network.cidr)?;
         }
@@ -282,29 +352,37 @@ impl Controller {
             validate::outside_overlay("hostPrivateIpv4Cidr", e, network.cidr)?;
         }
         let mine = site.to_site();
-        for (other, _) in self.peers(net).await? {
-            if other.node_id == node {
-                continue;
+        let clash = |others: &mut dyn Iterator<Item = &PeerRecord>| {
+            others.filter(|o| o.node_id != node).find_map(|other| {
+                if let Some(e) = public
+                    && other.public_endpoint == Some(e)
+                {
+                    return Some(ControllerError::invalid(
+                        "publicEndpoint",
+                        format!("{e} is another peer's endpoint"),
+                    ));
+                }
+                (private.is_some()
+                    && other.private_endpoint == private
+                    && other.site.to_site().same_as(&mine))
+                .then(|| {
+                    ControllerError::invalid(
+                        "hostPrivateIpv4Cidr",
+                        "with listenPort, another peer's private endpoint in the same site",
+                    )
+                })
+            })
+        };
+        // The watch hub's table when it runs (no read and decode of every peer per Join); the
+        // check is a read before the write either way, not part of the transaction.
+        let found = match self.hubs.with_peers(net, clash).await {
+            Some(found) => found,
+            None => {
+                let peers = self.peers(net).await?;
+                clash(&mut peers.iter().map(|(p, _)| p))
             }
-            if let Some(e) = public
-                && other.public_endpoint == Some(e)
-            {
-                return Err(ControllerError::invalid(
-                    "publicEndpoint",
-                    format!("{e} is another peer's endpoint"),
-                ));
-            }
-            if private.is_some()
-                && other.private_endpoint == private
-                && other.site.to_site().same_as(&mine)
-            {
-                return Err(ControllerError::invalid(
-                    "hostPrivateIpv4Cidr",
-                    "with listenPort, another peer's private endpoint in the same site",
-                ));
-            }
-        }
-        Ok(())
+        };
+        found.map_or(Ok(()), Err)
     }
 
     async fn store_results(
@@ -442,3 +520,6 @@ fn interfaces(facts: &pb::HostFacts) -> Result<Vec<InterfaceRecord>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

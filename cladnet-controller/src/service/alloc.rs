@@ -1,8 +1,15 @@
 //! Overlay address reservation, shared by Join and AddExternalPeer.
+//!
+//! Each controller keeps every network's allocations in memory, valid as long as the
+//! allocation-generation key has the revision it last saw: every allocation (and every peer
+//! delete) rewrites that key, and a new address is committed only with a compare on it. So a
+//! Join reads nothing for its address in the common case; when another controller allocated
+//! (or freed) meanwhile, the transaction fails, the cache is dropped and the retry reads the
+//! allocations again.
 
-use std::net::Ipv4Addr;
+use std::{collections::HashMap, net::Ipv4Addr, sync::Mutex};
 
-use cladnet_store::{Compare, CompareOp, TxnOp};
+use cladnet_store::{Compare, CompareOp, Revision, Txn, TxnOp, TxnOpResult};
 
 use super::Controller;
 use crate::{
@@ -22,6 +29,54 @@ pub(super) struct Reservation {
     pub(super) compares: Vec<Compare>,
     /// Write the allocation (nothing for an address the node already held).
     pub(super) ops: Vec<TxnOp>,
+    /// The allocations with this one, to keep once the transaction succeeded.
+    pub(super) pending: Pending,
+}
+
+/// A network's allocations after a reservation, kept by [`IpamCache::keep`] if it commits.
+#[derive(Debug)]
+pub(super) struct Pending {
+    ipam: Ipam,
+    /// The generation revision the reservation compared with (`None`: it wrote a new one).
+    generation: Option<Revision>,
+}
+
+/// A network's allocations as last known.
+#[derive(Debug)]
+struct Cached {
+    ipam: Ipam,
+    /// The allocation-generation key's mod revision they are valid at.
+    generation: Revision,
+}
+
+/// Every network's allocations as this controller last knew them.
+#[derive(Debug, Default)]
+pub(super) struct IpamCache(Mutex<HashMap<String, Cached>>);
+
+impl IpamCache {
+    fn take(&self, net: &str) -> Option<Cached> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(net)
+    }
+
+    /// Keeps a committed reservation's allocations; `revision` is its transaction's.
+    pub(super) fn keep(&self, net: &str, pending: Pending, revision: Revision) {
+        let cached = Cached {
+            ipam: pending.ipam,
+            generation: pending.generation.unwrap_or(revision),
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(net.to_owned(), cached);
+    }
+
+    /// Drops a network's allocations (they changed here in a way the cache does not follow).
+    pub(super) fn forget(&self, net: &str) {
+        self.take(net);
+    }
 }
 
 impl Reservation {
@@ -42,34 +97,35 @@ impl Controller {
         node: &str,
         requested: Option<(&str, Ipv4Addr)>,
     ) -> Result<Reservation> {
-        let generation = self.store.get(&keys::alloc_generation(net)).await?;
-        let allocations = self.store.range(&keys::ipam(net)).await?;
-        let pool = Pool::new(network.cidr)
-            .map_err(|e| ControllerError::FailedPrecondition(e.to_string()))?;
-        let snapshot = allocations.kvs.iter().filter_map(|kv| {
-            let ip: Ipv4Addr = kv.key.rsplit('/').next()?.parse().ok()?;
-            Some((
-                NodeId::new(String::from_utf8_lossy(&kv.value).into_owned()),
-                ip,
-            ))
-        });
-        let mut ipam =
-            Ipam::from_snapshot(pool, snapshot).map_err(|e| ControllerError::Corrupt {
-                key: keys::ipam(net),
-                reason: e.to_string(),
-            })?;
         let id = NodeId::new(node);
-        let allocation = match requested {
+        let allocate = |ipam: &mut Ipam| match requested {
             None => ipam.allocate(&id),
             Some((_, addr)) => ipam.allocate_at(&id, addr),
-        }
-        .map_err(|e| allocation_error(net, requested.map(|(field, _)| field), e))?;
+        };
+        let cached = self
+            .ipam_cache
+            .take(net)
+            .filter(|c| c.ipam.pool().cidr() == network.cidr);
+        // A cached view may lack frees made by another controller: a new address it gives out
+        // is checked by the transaction's generation compare; an address it says the node
+        // holds, or a refusal, is checked against a fresh read.
+        let (ipam, generation, allocation) = match cached.map(|mut c| {
+            let a = allocate(&mut c.ipam);
+            (c, a)
+        }) {
+            Some((c, Ok(allocation))) if allocation.is_new() => (c.ipam, c.generation, allocation),
+            _ => {
+                let (mut ipam, generation) = self.read_allocations(net, network).await?;
+                let allocation = allocate(&mut ipam)
+                    .map_err(|e| allocation_error(net, requested.map(|(field, _)| field), e))?;
+                (ipam, generation, allocation)
+            }
+        };
         let addr = allocation.addr();
         let key = keys::ipam_addr(net, addr);
-        let (compares, ops) = if allocation.is_new() {
+        let (compares, ops, generation) = if allocation.is_new() {
             // Every allocation bumps the generation key, so a change of the address space
             // (and any check made on a read before this one) can exclude it with one compare.
-            let generation = generation.map_or(0, |kv| kv.mod_revision);
             (
                 vec![
                     Compare::absent(&key),
@@ -83,6 +139,7 @@ impl Controller {
                     TxnOp::put(&key, node.as_bytes().to_vec()),
                     TxnOp::put(keys::alloc_generation(net), addr.to_string().into_bytes()),
                 ],
+                None,
             )
         } else {
             (
@@ -92,13 +149,54 @@ impl Controller {
                     node.as_bytes().to_vec(),
                 )],
                 Vec::new(),
+                Some(generation),
             )
         };
         Ok(Reservation {
             allocation,
             compares,
             ops,
+            // Held apart until the transaction succeeds: a failed one leaves nothing cached.
+            pending: Pending { ipam, generation },
         })
+    }
+
+    /// Reads a network's allocations and the generation they are at.
+    async fn read_allocations(
+        &self,
+        net: &str,
+        network: &NetworkRecord,
+    ) -> Result<(Ipam, Revision)> {
+        // One transaction: the generation and the allocations at one revision.
+        let res = self
+            .store
+            .txn(Txn::new().and_then([
+                TxnOp::get(keys::alloc_generation(net)),
+                TxnOp::range(keys::ipam(net)),
+            ]))
+            .await?;
+        let mut results = res.results.into_iter();
+        let (Some(TxnOpResult::Get(generation)), Some(TxnOpResult::Range(allocations))) =
+            (results.next(), results.next())
+        else {
+            return Err(ControllerError::Aborted(
+                "store answered a read with the wrong results".into(),
+            ));
+        };
+        let pool = Pool::new(network.cidr)
+            .map_err(|e| ControllerError::FailedPrecondition(e.to_string()))?;
+        let snapshot = allocations.iter().filter_map(|kv| {
+            let ip: Ipv4Addr = kv.key.rsplit('/').next()?.parse().ok()?;
+            Some((
+                NodeId::new(String::from_utf8_lossy(&kv.value).into_owned()),
+                ip,
+            ))
+        });
+        let ipam = Ipam::from_snapshot(pool, snapshot).map_err(|e| ControllerError::Corrupt {
+            key: keys::ipam(net),
+            reason: e.to_string(),
+        })?;
+        Ok((ipam, generation.map_or(0, |kv| kv.mod_revision)))
     }
 }
 

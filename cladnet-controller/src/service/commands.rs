@@ -18,6 +18,9 @@ impl Controller {
     /// have no agent to obey it). Each target's command key is written; its agent receives it
     /// on its Watch stream.
     ///
+    /// `advertise-routes` (one `hostId`) replaces the prefixes that agent advertises with
+    /// `routes`, checked now as its report of them will be.
+    ///
     /// `enable-encryption` / `disable-encryption` (cb-network's) switch the network's encryption
     /// policy to `always` / `never` instead: both ends of a link must agree on its mode, so
     /// encryption cannot be a per-agent setting, and a command for one `hostId` is refused.
@@ -29,6 +32,19 @@ impl Controller {
         let command_type = validate::command_type("commandType", &req.command_type)?;
         let net = req.cladnet_id.as_str();
         self.network(net).await?;
+        let advertise = command_type == "advertise-routes";
+        if !advertise && !req.routes.is_empty() {
+            return Err(ControllerError::invalid(
+                "routes",
+                format!("only for advertise-routes, not {command_type}"),
+            ));
+        }
+        if advertise && req.host_id.is_empty() {
+            return Err(ControllerError::invalid(
+                "hostId",
+                "advertise-routes sets one agent's prefixes: name its hostId",
+            ));
+        }
         let encryption = match command_type.as_str() {
             "enable-encryption" => Some("always"),
             "disable-encryption" => Some("never"),
@@ -64,11 +80,17 @@ impl Controller {
             }
             vec![req.host_id.clone()]
         };
+        let routes = if advertise {
+            self.command_routes(net, &req.host_id, &req.routes).await?
+        } else {
+            Vec::new()
+        };
         let record = CommandRecord {
             schema: SCHEMA,
             command_type: command_type.clone(),
             command_id: random_hex(8),
             issued_at: now_unix(),
+            routes,
         };
         for chunk in targets.chunks(MAX_TXN_OPS) {
             let ops = chunk

@@ -11,6 +11,7 @@ use crate::{
     error::{ControllerError, Result},
     keys,
     model::{self, PeerRecord, PeerState, SCHEMA, SiteRecord, external_host_id, now_unix},
+    routes::RouteState,
     validate,
     wgconfig::{AgentPeer, ExternalPeerConfig},
 };
@@ -80,6 +81,7 @@ impl Controller {
                     joined_at: now,
                     updated_at: now,
                     external: true,
+                    routes: Vec::new(),
                 };
                 let mut compares = vec![
                     Compare::mod_revision(
@@ -100,6 +102,9 @@ impl Controller {
                     .store
                     .txn(Txn::new().when(compares).and_then(ops))
                     .await?;
+                if res.succeeded {
+                    self.ipam_cache.keep(net, reservation.pending, res.revision);
+                }
                 Ok(res.succeeded.then_some((record, network, res.revision)))
             })
             .await?;
@@ -109,7 +114,8 @@ impl Controller {
     }
 
     /// The wg-quick configuration of external peer `node`: its address, and every agent of
-    /// the network that is joining or up and has a public endpoint.
+    /// the network that is joining or up and has a public endpoint, with the agent's approved
+    /// prefixes in its AllowedIPs (wg-quick routes them to the agent).
     pub async fn external_peer_config(
         &self,
         net: &str,
@@ -156,5 +162,11 @@ fn reachable_agent(p: &PeerRecord) -> Option<AgentPeer> {
         public_key: p.public_key.clone(),
         endpoint: p.public_endpoint?,
         overlay_ip: p.overlay_ip,
+        routes: p
+            .routes
+            .iter()
+            .filter(|r| r.state == RouteState::Approved)
+            .map(|r| r.prefix)
+            .collect(),
     })
 }

@@ -1,263 +1,664 @@
-//! One store watch per network, shared by every Watch stream of that network.
+//! One store watch per network, shared by every Watch stream of that network, and the network's
+//! peer table in memory.
 //!
-//! Each store event is decoded and turned into an API event once, then broadcast; streams only
-//! filter (commands go to their target) and forward. With a thousand agents this replaces a
-//! thousand store watches (and a thousand JSON decodes per change) by one.
+//! The hub of a network follows the store and keeps, at the revision it has reached, the
+//! network record and every peer (decoded once, encoded once), plus a bounded history of the
+//! recent changes as [`Frame`]s: each change is turned into its encoded `WatchEvent` once and
+//! the same bytes go to every stream. New streams get a snapshot assembled from the cached peer
+//! encodings; resumed streams (`fromRevision`) get the changes after their revision from the
+//! history, streams that fell behind get them *merged* (the latest frame per peer, network,
+//! command, test and session, in revision order), and either gets a snapshot only when the
+//! history does not reach back far enough. So a controller holds one store watch per network,
+//! whatever its streams do.
+//!
+//! Attaching a stream takes the history (or snapshot) and subscribes to the live frames under
+//! the state lock the hub applies changes under: nothing falls between the two.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex, PoisonError},
+};
 
-use cladnet_proto::v1::watch_event::Event;
-use cladnet_store::{Revision, Store, WatchEvent};
+use bytes::{BufMut as _, Bytes, BytesMut};
+use cladnet_proto::v1::{self as pb, watch_event::Event};
+use cladnet_store::{Error as StoreError, Revision, Store, Txn, TxnOp, TxnOpResult, WatchEvent};
 use futures::StreamExt as _;
-use tokio::sync::{Mutex, broadcast};
+use prost::{
+    Message as _,
+    encoding::{WireType, encode_key, encode_varint},
+};
+use tokio::{
+    sync::broadcast,
+    time::{Duration, Instant},
+};
 use tracing::{debug, warn};
 
 use crate::{
-    error::Result,
+    error::{ControllerError, Result},
     keys::{self, KeyKind},
     model::{self, CommandRecord, NetworkRecord, PeerRecord, TestRecord},
 };
 
-/// Events a slow stream may fall behind before it is resynchronised with a fresh snapshot.
+/// Live frames a stream may fall behind before it catches up from the history.
 const CAPACITY: usize = 4096;
+/// Frames of history kept for resumed and lagging streams (at least).
+const HISTORY: usize = 16_384;
+/// Changes within this time of the last ones sent are held and sent together (the first change
+/// after a quiet spell goes out at once): during a boot storm every stream wakes once per
+/// linger with all changes since, which agents that take batches get as one message.
+const LINGER: Duration = Duration::from_millis(50);
 
-/// One change, decoded once.
+/// `WatchEvent` field numbers (proto/cladnet/v1/cladnet.proto), for the events assembled from
+/// cached encodings.
+const REVISION_FIELD: u32 = 1;
+const SNAPSHOT_FIELD: u32 = 2;
+const PEER_UPSERTED_FIELD: u32 = 3;
+/// `Snapshot` field numbers.
+const SNAPSHOT_NETWORK_FIELD: u32 = 1;
+const SNAPSHOT_PEERS_FIELD: u32 = 2;
+
+/// One change of a network, encoded once for every stream.
 #[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "events travel behind an Arc, created once each"
-)]
-pub(super) enum HubEvent {
-    /// An API event at a store revision; `target` limits it to one node (commands).
-    Change {
-        /// Store revision.
-        revision: Revision,
-        /// The event.
-        event: Event,
-        /// Only for this node, if set.
-        target: Option<String>,
-        /// The network is gone: streams end after this.
-        last: bool,
-    },
-    /// A node's session was replaced (it joined again) or removed (peer deleted): that
-    /// node's open streams with another session end as Unauthenticated.
+pub(super) struct Frame {
+    /// Store revision of the change.
+    pub(super) revision: Revision,
+    /// What changed: frames of one kind and key supersede each other.
+    pub(super) kind: Kind,
+    /// The encoded `WatchEvent` (empty for session changes, which agents do not see).
+    pub(super) bytes: Bytes,
+}
+
+/// What a frame changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Kind {
+    /// A peer was upserted or removed.
+    Peer(String),
+    /// The network record changed.
+    Network,
+    /// The network is gone: streams end after this.
+    NetworkDeleted,
+    /// A command for one node.
+    Command(String),
+    /// A connectivity test request.
+    Test(String),
+    /// A node's session was replaced (it joined again) or removed (peer deleted): that node's
+    /// open streams with another session end as Unauthenticated.
     Session {
-        /// Store revision.
-        revision: Revision,
         /// The node.
         node: String,
         /// SHA-256 (hex) of the node's session token now; `None` when removed.
         hash: Option<Vec<u8>>,
     },
+}
+
+impl Kind {
+    /// The key frames supersede each other by (sessions by node, whatever their hash).
+    fn key(&self) -> (u8, &str) {
+        match self {
+            Self::Peer(n) => (0, n),
+            Self::Network => (1, ""),
+            Self::NetworkDeleted => (2, ""),
+            Self::Command(n) => (3, n),
+            Self::Test(t) => (4, t),
+            Self::Session { node, .. } => (5, node),
+        }
+    }
+}
+
+impl Frame {
+    /// The bytes node `node` should get, if any.
+    pub(super) fn for_node(&self, node: &str) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Session { .. } => None,
+            Kind::Command(target) if target != node => None,
+            _ => Some(&self.bytes),
+        }
+    }
+
+    /// Whether the stream ends after this frame.
+    pub(super) fn last(&self) -> bool {
+        self.kind == Kind::NetworkDeleted
+    }
+
+    /// Whether this frame revokes the session with hash `session` of node `node`, for a stream
+    /// whose own session was written at `session_revision`.
+    pub(super) fn revokes(&self, node: &str, session: &[u8], session_revision: Revision) -> bool {
+        matches!(&self.kind, Kind::Session { node: n, hash }
+            if self.revision > session_revision && n == node && hash.as_deref() != Some(session))
+    }
+}
+
+/// What goes through a hub's live channel.
+#[derive(Debug)]
+pub(super) enum Live {
+    /// A change.
+    Frame(Arc<Frame>),
     /// The store watch failed: streams end with an error and agents reconnect.
     Failed(String),
 }
 
+/// A stream attached to a hub: what to send first, then the live frames.
+pub(super) struct Attached {
+    /// A full snapshot to send first, if the stream needs one.
+    pub(super) snapshot: Option<Bytes>,
+    /// Changes to send first (after the snapshot, if any), in revision order.
+    pub(super) frames: VecDeque<Arc<Frame>>,
+    /// Live frames at or below this revision are already covered by the above.
+    pub(super) floor: Revision,
+    /// The live frames.
+    pub(super) live: broadcast::Receiver<Arc<Live>>,
+}
+
 /// The hubs of all networks with open streams.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Hubs {
-    senders: Mutex<HashMap<String, broadcast::Sender<Arc<HubEvent>>>>,
+    hubs: tokio::sync::Mutex<HashMap<String, Arc<Hub>>>,
+    limits: Limits,
+}
+
+/// How far streams may fall behind, and how much history a hub keeps.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limits {
+    /// Live frames a stream may fall behind before it catches up from the history.
+    pub(super) capacity: usize,
+    /// Frames of history kept (at least; four per peer in larger networks).
+    pub(super) history: usize,
+    /// How long changes after a send are held to go out together ([`LINGER`]).
+    pub(super) linger: Duration,
+}
+
+impl Default for Hubs {
+    fn default() -> Self {
+        Self::new(Limits {
+            capacity: CAPACITY,
+            history: HISTORY,
+            linger: LINGER,
+        })
+    }
 }
 
 impl Hubs {
-    /// A receiver of network `net`'s changes, starting the network's hub if needed. Every
-    /// change committed after this returns is delivered.
-    pub(super) async fn subscribe(
+    /// No hubs yet.
+    pub(super) fn new(limits: Limits) -> Self {
+        Self {
+            hubs: tokio::sync::Mutex::default(),
+            limits,
+        }
+    }
+
+    /// Attaches a stream to network `net`'s hub, starting the hub if needed: a snapshot when
+    /// `from` is `None`, else every change after revision `from` (a snapshot if the history
+    /// does not reach back that far).
+    pub(super) async fn attach(
         self: &Arc<Self>,
         store: &Arc<dyn Store>,
         net: &str,
-    ) -> Result<broadcast::Receiver<Arc<HubEvent>>> {
-        let mut senders = self.senders.lock().await;
-        if let Some(tx) = senders.get(net) {
-            return Ok(tx.subscribe());
+        from: Option<Revision>,
+    ) -> Result<(Arc<Hub>, Attached)> {
+        let mut hubs = self.hubs.lock().await;
+        if let Some(hub) = hubs.get(net) {
+            let attached = hub.attach(from, false);
+            return Ok((hub.clone(), attached));
         }
-        let events = store.watch(&keys::network(net), None).await?;
-        let (tx, rx) = broadcast::channel(CAPACITY);
-        senders.insert(net.to_owned(), tx.clone());
-        let hub = Hub {
-            hubs: self.clone(),
-            store: store.clone(),
-            net: net.to_owned(),
-            tx,
-        };
-        tokio::spawn(hub.run(events));
-        Ok(rx)
+        let hub = Hub::start(self.clone(), store, net, from).await?;
+        let attached = hub.attach(from, false);
+        hubs.insert(net.to_owned(), hub.clone());
+        Ok((hub, attached))
+    }
+
+    /// Runs `f` on network `net`'s peer table if its hub is running (the table may be a few
+    /// changes behind the store), else returns `None`.
+    pub(super) async fn with_peers<T>(
+        &self,
+        net: &str,
+        f: impl FnOnce(&mut dyn Iterator<Item = &PeerRecord>) -> T,
+    ) -> Option<T> {
+        let hub = self.hubs.lock().await.get(net)?.clone();
+        let state = hub.lock();
+        Some(f(&mut state.peers.values().map(|e| &e.record)))
+    }
+
+    /// The number of running hubs (one store watch each).
+    #[cfg(test)]
+    pub(super) async fn running(&self) -> usize {
+        self.hubs.lock().await.len()
     }
 }
 
-struct Hub {
-    hubs: Arc<Hubs>,
-    store: Arc<dyn Store>,
+/// One network's shared watch and peer table.
+#[derive(Debug)]
+pub(super) struct Hub {
     net: String,
-    tx: broadcast::Sender<Arc<HubEvent>>,
+    state: Mutex<State>,
+}
+
+/// A peer in the table.
+#[derive(Debug)]
+struct Entry {
+    record: PeerRecord,
+    revision: Revision,
+    /// The encoded `pb::Peer`.
+    bytes: Bytes,
+}
+
+#[derive(Debug)]
+struct State {
+    network: NetworkRecord,
+    network_revision: Revision,
+    peers: BTreeMap<String, Entry>,
+    /// The table holds every change up to this revision (and possibly some of the next one's:
+    /// the events of one revision arrive one by one).
+    complete: Revision,
+    /// The revision of the last event the store watch delivered.
+    seen: Revision,
+    /// Recent frames in revision order: every frame with a revision above `floor` that was
+    /// sent live.
+    history: VecDeque<Arc<Frame>>,
+    /// Frames not sent yet (held for the linger), in revision order; then into `history`.
+    pending: Vec<Arc<Frame>>,
+    floor: Revision,
+    /// The last snapshot assembled, and the revision it is at.
+    snapshot: Option<(Revision, Bytes)>,
+    tx: broadcast::Sender<Arc<Live>>,
+    history_bound: usize,
 }
 
 impl Hub {
-    async fn run(self, mut events: cladnet_store::WatchStream) {
-        let mut network: Option<NetworkRecord> =
-            match self.store.get(&keys::network(&self.net)).await {
-                Ok(kv) => kv.and_then(|kv| model::decode(&kv).ok()),
-                Err(e) => return self.fail(e.to_string()).await,
+    /// Opens the store watch (from `from + 1` when a resumed stream starts the hub, so that
+    /// its history reaches back that far), then reads the table, and starts following.
+    async fn start(
+        hubs: Arc<Hubs>,
+        store: &Arc<dyn Store>,
+        net: &str,
+        from: Option<Revision>,
+    ) -> Result<Arc<Self>> {
+        let prefix = keys::network(net);
+        let events = store.watch(&prefix, from.map(|r| r + 1)).await?;
+        let (network, network_revision, peers, revision) = read_table(store.as_ref(), net).await?;
+        let (tx, _) = broadcast::channel(hubs.limits.capacity);
+        let mut state = State {
+            network,
+            network_revision,
+            peers: BTreeMap::new(),
+            complete: revision,
+            seen: from.unwrap_or(revision),
+            history: VecDeque::new(),
+            pending: Vec::new(),
+            floor: from.unwrap_or(revision),
+            snapshot: None,
+            tx,
+            history_bound: hubs.limits.history,
+        };
+        for kv in peers {
+            state.insert_peer(model::decode(&kv)?, kv.mod_revision);
+        }
+        let hub = Arc::new(Self {
+            net: net.to_owned(),
+            state: Mutex::new(state),
+        });
+        tokio::spawn(hub.clone().run(hubs, store.clone(), events, revision));
+        Ok(hub)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A stream's start: a snapshot (`from` = `None`, or history not reaching back to
+    /// `from`), else the changes after `from` (`merge`: only the latest per key); and the live
+    /// frames after them.
+    pub(super) fn attach(&self, from: Option<Revision>, merge: bool) -> Attached {
+        let mut state = self.lock();
+        let live = state.tx.subscribe();
+        match from {
+            Some(from) if from >= state.floor => Attached {
+                snapshot: None,
+                frames: if merge {
+                    merged(&state.history, from).into()
+                } else {
+                    let start = state.history.partition_point(|f| f.revision <= from);
+                    state.history.range(start..).cloned().collect()
+                },
+                floor: from,
+                live,
+            },
+            _ => {
+                let floor = state.complete;
+                Attached {
+                    snapshot: Some(state.snapshot()),
+                    frames: VecDeque::new(),
+                    floor,
+                    live,
+                }
+            }
+        }
+    }
+
+    /// Follows the store: applies each event to the table, records and broadcasts its frame
+    /// (held for the linger if frames were sent less than that ago). Events at or below
+    /// `read` (the table read) only fill the history.
+    async fn run(
+        self: Arc<Self>,
+        hubs: Arc<Hubs>,
+        store: Arc<dyn Store>,
+        mut events: cladnet_store::WatchStream,
+        read: Revision,
+    ) {
+        let linger = hubs.limits.linger;
+        let mut sent: Option<Instant> = None;
+        let mut due: Option<Instant> = None;
+        loop {
+            let next = match due {
+                Some(at) => tokio::select! {
+                    event = events.next() => Some(event),
+                    () = tokio::time::sleep_until(at) => None,
+                },
+                None => Some(events.next().await),
             };
-        while let Some(event) = events.next().await {
-            let event = match event {
-                Ok(e) => e,
-                Err(e) => return self.fail(e.to_string()).await,
+            let Some(next) = next else {
+                self.lock().flush();
+                (sent, due) = (Some(Instant::now()), None);
+                continue;
             };
-            let mapped = match map(&self.net, network.as_mut(), &event) {
-                Ok(m) => m,
-                Err(e) => {
-                    warn!(network = %self.net, key = event.key(), error = %e, "undecodable record skipped");
+            let reason = match next {
+                Some(Ok(event)) => {
+                    let (frame, idle) = {
+                        let mut state = self.lock();
+                        let frame = state.apply(&self.net, &event, event.revision() > read);
+                        let frame = match frame {
+                            Ok(f) => f,
+                            Err(e) => {
+                                warn!(network = %self.net, key = event.key(), error = %e, "undecodable record skipped");
+                                None
+                            }
+                        };
+                        if let Some(f) = &frame {
+                            state.pending.push(f.clone());
+                            let now = Instant::now();
+                            let last = f.last();
+                            if last
+                                || due.is_some_and(|at| now >= at)
+                                || sent.is_none_or(|t| now >= t + linger)
+                            {
+                                state.flush();
+                                (sent, due) = (Some(now), None);
+                            } else if due.is_none() {
+                                due = sent.map(|t| t + linger);
+                            }
+                        }
+                        (frame, state.tx.receiver_count() == 0)
+                    };
+                    if frame.as_ref().is_some_and(|f| f.last()) {
+                        self.retire(&hubs, true).await;
+                        return;
+                    }
+                    if idle && self.retire(&hubs, false).await {
+                        return;
+                    }
                     continue;
                 }
-            };
-            let Some(change) = mapped else { continue };
-            let last = matches!(&change, HubEvent::Change { last: true, .. });
-            if self.tx.send(Arc::new(change)).is_err() && self.retire().await {
-                return;
-            }
-            if last {
-                self.retire_now().await;
-                return;
-            }
-        }
-        self.fail("store watch ended".into()).await;
-    }
-
-    /// Stops the hub if nobody listens (checked under the registry lock, so a stream
-    /// subscribing at the same moment keeps it alive).
-    async fn retire(&self) -> bool {
-        let mut senders = self.hubs.senders.lock().await;
-        if self.tx.receiver_count() == 0 {
-            senders.remove(&self.net);
-            debug!(network = %self.net, "watch hub stopped: no streams");
-            true
-        } else {
-            false
-        }
-    }
-
-    async fn retire_now(&self) {
-        self.hubs.senders.lock().await.remove(&self.net);
-    }
-
-    async fn fail(&self, reason: String) {
-        warn!(network = %self.net, %reason, "watch hub failed");
-        self.retire_now().await;
-        let _ = self.tx.send(Arc::new(HubEvent::Failed(reason)));
-    }
-}
-
-impl HubEvent {
-    /// The API event node `node` should get, if any, for a change after revision `floor`, and
-    /// whether its stream ends after it. `None` for failures (see [`HubEvent::Failed`]).
-    pub(super) fn for_node(
-        &self,
-        node: &str,
-        floor: Revision,
-    ) -> Option<(cladnet_proto::v1::WatchEvent, bool)> {
-        match self {
-            Self::Change {
-                revision,
-                event,
-                target,
-                last,
-            } => {
-                if *revision <= floor || target.as_deref().is_some_and(|t| t != node) {
-                    return None;
+                Some(Err(StoreError::Compacted { .. })) => {
+                    // A resumed stream started this hub from a revision the store has
+                    // compacted: follow from the table read instead; streams attached with
+                    // older revisions get snapshots when they next attach.
+                    match store.watch(&keys::network(&self.net), Some(read + 1)).await {
+                        Ok(e) => {
+                            events = e;
+                            let mut state = self.lock();
+                            state.flush();
+                            state.floor = state.floor.max(read);
+                            state.seen = state.seen.max(read);
+                            let _ = state
+                                .tx
+                                .send(Arc::new(Live::Failed("history compacted".into())));
+                            continue;
+                        }
+                        Err(e) => e.to_string(),
+                    }
                 }
-                Some((
-                    cladnet_proto::v1::WatchEvent {
-                        revision: *revision,
-                        event: Some(event.clone()),
-                    },
-                    *last,
-                ))
-            }
-            Self::Session { .. } | Self::Failed(_) => None,
-        }
-    }
-
-    /// Whether this change revokes the session with hash `session` of node `node`, for a
-    /// stream that has seen everything up to revision `floor`.
-    pub(super) fn revokes(&self, node: &str, session: &[u8], floor: Revision) -> bool {
-        match self {
-            Self::Session {
-                revision,
-                node: n,
-                hash,
-            } => *revision > floor && n == node && hash.as_deref() != Some(session),
-            _ => false,
-        }
-    }
-}
-
-/// The API change for a store event of network `net`, if any stream cares. `network` is the
-/// current network record (updated by network events); used by the hub and by resumed streams.
-pub(super) fn map(
-    net: &str,
-    network: Option<&mut NetworkRecord>,
-    event: &WatchEvent,
-) -> Result<Option<HubEvent>> {
-    let revision = event.revision();
-    let change = |event: Event, target: Option<String>, last: bool| {
-        Some(HubEvent::Change {
-            revision,
-            event,
-            target,
-            last,
-        })
-    };
-    Ok(match (keys::classify(net, event.key()), event, network) {
-        (Some(KeyKind::Network), WatchEvent::Put(kv), Some(network)) => {
-            *network = model::decode(kv)?;
-            change(
-                Event::NetworkUpdated(network.to_proto(revision)),
-                None,
-                false,
-            )
-        }
-        (Some(KeyKind::Network), WatchEvent::Delete { .. }, _) => {
-            change(Event::NetworkDeleted(net.to_owned()), None, true)
-        }
-        (Some(KeyKind::Peer(_)), WatchEvent::Put(kv), Some(network)) => {
-            let peer: PeerRecord = model::decode(kv)?;
-            change(
-                Event::PeerUpserted(peer.to_proto(network, revision)),
-                None,
-                false,
-            )
-        }
-        (Some(KeyKind::Peer(node)), WatchEvent::Delete { .. }, _) => {
-            change(Event::PeerRemoved(node.to_owned()), None, false)
-        }
-        (Some(KeyKind::Command(node)), WatchEvent::Put(kv), _) => {
-            let cmd: CommandRecord = model::decode(kv)?;
-            let command = cladnet_proto::v1::Command {
-                command_type: cmd.command_type,
-                command_id: cmd.command_id,
+                Some(Err(e)) => e.to_string(),
+                None => "store watch ended".into(),
             };
-            change(Event::Command(command), Some(node.to_owned()), false)
+            warn!(network = %self.net, %reason, "watch hub failed");
+            self.retire(&hubs, true).await;
+            let mut state = self.lock();
+            state.flush();
+            let _ = state.tx.send(Arc::new(Live::Failed(reason)));
+            return;
         }
-        (Some(KeyKind::Session(node)), WatchEvent::Put(kv), _) => Some(HubEvent::Session {
-            revision,
-            node: node.to_owned(),
-            hash: Some(kv.value.clone()),
-        }),
-        (Some(KeyKind::Session(node)), WatchEvent::Delete { .. }, _) => Some(HubEvent::Session {
-            revision,
-            node: node.to_owned(),
-            hash: None,
-        }),
-        (Some(KeyKind::Test(_)), WatchEvent::Put(kv), _) => {
-            change(Event::TestRequested(test(net, kv)?), None, false)
+    }
+
+    /// Removes the hub from the registry; unless `now`, only if no stream listens (checked
+    /// under the registry lock, so a stream attaching at the same moment keeps it alive).
+    async fn retire(self: &Arc<Self>, hubs: &Hubs, now: bool) -> bool {
+        let mut registry = hubs.hubs.lock().await;
+        if !now && self.lock().tx.receiver_count() > 0 {
+            return false;
         }
-        _ => None,
-    })
+        if registry
+            .get(&self.net)
+            .is_some_and(|h| Arc::ptr_eq(h, self))
+        {
+            registry.remove(&self.net);
+        }
+        debug!(network = %self.net, "watch hub stopped");
+        true
+    }
+
+    /// The table as a fresh read would give it: the network record and every peer record.
+    #[cfg(test)]
+    pub(super) fn table(&self) -> (Revision, NetworkRecord, Vec<(PeerRecord, Revision)>) {
+        let state = self.lock();
+        let peers = state
+            .peers
+            .values()
+            .map(|e| (e.record.clone(), e.revision))
+            .collect();
+        (state.seen, state.network.clone(), peers)
+    }
 }
 
-/// The API view of a stored test request.
-fn test(net: &str, kv: &cladnet_store::KeyValue) -> Result<cladnet_proto::v1::ConnectivityTest> {
-    let record: TestRecord = model::decode(kv)?;
-    Ok(super::commands::test_view(net, &record, Vec::new()))
+impl State {
+    fn insert_peer(&mut self, record: PeerRecord, revision: Revision) -> Bytes {
+        let bytes = Bytes::from(record.to_proto(&self.network, revision).encode_to_vec());
+        self.peers.insert(
+            record.node_id.clone(),
+            Entry {
+                record,
+                revision,
+                bytes: bytes.clone(),
+            },
+        );
+        bytes
+    }
+
+    /// Sends the pending frames live, all at once (streams woken by the first find the others
+    /// ready too), and appends them to the history (dropping the oldest beyond its bound).
+    fn flush(&mut self) {
+        let bound = self.history_bound.max(4 * self.peers.len());
+        for frame in std::mem::take(&mut self.pending) {
+            while self.history.len() >= bound {
+                if let Some(old) = self.history.pop_front() {
+                    self.floor = self.floor.max(old.revision);
+                }
+            }
+            self.history.push_back(frame.clone());
+            let _ = self.tx.send(Arc::new(Live::Frame(frame)));
+        }
+    }
+
+    /// The frame of store event `event`; the table changes only if `apply` (events at or below
+    /// the table's read revision are only recorded).
+    fn apply(&mut self, net: &str, event: &WatchEvent, apply: bool) -> Result<Option<Arc<Frame>>> {
+        let revision = event.revision();
+        if revision > self.seen {
+            if apply {
+                self.complete = self.complete.max(self.seen).max(revision - 1);
+            }
+            self.seen = revision;
+        }
+        let encode = |event: Event| Bytes::from(watch_event(revision, event).encode_to_vec());
+        let frame = |kind: Kind, bytes: Bytes| {
+            Ok(Some(Arc::new(Frame {
+                revision,
+                kind,
+                bytes,
+            })))
+        };
+        match (keys::classify(net, event.key()), event) {
+            (Some(KeyKind::Network), WatchEvent::Put(kv)) => {
+                let network: NetworkRecord = model::decode(kv)?;
+                let bytes = encode(Event::NetworkUpdated(network.to_proto(revision)));
+                if apply {
+                    self.network = network;
+                    self.network_revision = revision;
+                    // Peers carry the network's address space: encode them again.
+                    let peers = std::mem::take(&mut self.peers);
+                    for e in peers.into_values() {
+                        self.insert_peer(e.record, e.revision);
+                    }
+                    self.snapshot = None;
+                }
+                frame(Kind::Network, bytes)
+            }
+            (Some(KeyKind::Network), WatchEvent::Delete { .. }) => frame(
+                Kind::NetworkDeleted,
+                encode(Event::NetworkDeleted(net.to_owned())),
+            ),
+            (Some(KeyKind::Peer(node)), WatchEvent::Put(kv)) => {
+                let record: PeerRecord = model::decode(kv)?;
+                let peer = if apply {
+                    self.snapshot = None;
+                    self.insert_peer(record, revision)
+                } else {
+                    Bytes::from(record.to_proto(&self.network, revision).encode_to_vec())
+                };
+                let mut bytes = BytesMut::with_capacity(peer.len() + 16);
+                prost::encoding::int64::encode(REVISION_FIELD, &revision, &mut bytes);
+                put_bytes(PEER_UPSERTED_FIELD, &peer, &mut bytes);
+                frame(Kind::Peer(node.to_owned()), bytes.freeze())
+            }
+            (Some(KeyKind::Peer(node)), WatchEvent::Delete { .. }) => {
+                if apply && self.peers.remove(node).is_some() {
+                    self.snapshot = None;
+                }
+                frame(
+                    Kind::Peer(node.to_owned()),
+                    encode(Event::PeerRemoved(node.to_owned())),
+                )
+            }
+            (Some(KeyKind::Command(node)), WatchEvent::Put(kv)) => {
+                let cmd: CommandRecord = model::decode(kv)?;
+                frame(
+                    Kind::Command(node.to_owned()),
+                    encode(Event::Command(cmd.to_proto())),
+                )
+            }
+            (Some(KeyKind::Session(node)), event) => {
+                let hash = match event {
+                    WatchEvent::Put(kv) => Some(kv.value.clone()),
+                    WatchEvent::Delete { .. } => None,
+                };
+                frame(
+                    Kind::Session {
+                        node: node.to_owned(),
+                        hash,
+                    },
+                    Bytes::new(),
+                )
+            }
+            (Some(KeyKind::Test(id)), WatchEvent::Put(kv)) => {
+                let record: TestRecord = model::decode(kv)?;
+                let test = super::commands::test_view(net, &record, Vec::new());
+                frame(
+                    Kind::Test(id.to_owned()),
+                    encode(Event::TestRequested(test)),
+                )
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The encoded snapshot at `complete`, assembled from the cached peer encodings.
+    fn snapshot(&mut self) -> Bytes {
+        if let Some((revision, bytes)) = &self.snapshot
+            && *revision == self.complete
+        {
+            return bytes.clone();
+        }
+        let network = self.network.to_proto(self.network_revision).encode_to_vec();
+        let size = self
+            .peers
+            .values()
+            .map(|e| e.bytes.len() + 8)
+            .sum::<usize>();
+        let mut snapshot = BytesMut::with_capacity(network.len() + size + 8);
+        put_bytes(SNAPSHOT_NETWORK_FIELD, &network, &mut snapshot);
+        for e in self.peers.values() {
+            put_bytes(SNAPSHOT_PEERS_FIELD, &e.bytes, &mut snapshot);
+        }
+        let mut event = BytesMut::with_capacity(snapshot.len() + 24);
+        prost::encoding::int64::encode(REVISION_FIELD, &self.complete, &mut event);
+        put_bytes(SNAPSHOT_FIELD, &snapshot, &mut event);
+        let bytes = event.freeze();
+        self.snapshot = Some((self.complete, bytes.clone()));
+        bytes
+    }
 }
+
+/// Appends a length-delimited field `tag` holding `bytes`.
+pub(super) fn put_bytes(tag: u32, bytes: &[u8], buf: &mut BytesMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(bytes.len() as u64, buf);
+    buf.put_slice(bytes);
+}
+
+fn watch_event(revision: Revision, event: Event) -> pb::WatchEvent {
+    pb::WatchEvent {
+        revision,
+        event: Some(event),
+    }
+}
+
+/// The frames after revision `from`, the latest per key, in revision order.
+fn merged(history: &VecDeque<Arc<Frame>>, from: Revision) -> Vec<Arc<Frame>> {
+    let start = history.partition_point(|f| f.revision <= from);
+    let mut latest: HashMap<(u8, &str), usize> = HashMap::new();
+    for (i, f) in history.iter().enumerate().skip(start) {
+        latest.insert(f.kind.key(), i);
+    }
+    let mut keep: Vec<usize> = latest.into_values().collect();
+    keep.sort_unstable();
+    keep.into_iter().map(|i| history[i].clone()).collect()
+}
+
+/// Reads a network record and its peers in one transaction (one revision).
+async fn read_table(
+    store: &dyn Store,
+    net: &str,
+) -> Result<(
+    NetworkRecord,
+    Revision,
+    Vec<cladnet_store::KeyValue>,
+    Revision,
+)> {
+    let res = store
+        .txn(Txn::new().and_then([
+            TxnOp::get(keys::network(net)),
+            TxnOp::range(keys::peers(net)),
+        ]))
+        .await?;
+    let mut results = res.results.into_iter();
+    let (Some(TxnOpResult::Get(network)), Some(TxnOpResult::Range(peers))) =
+        (results.next(), results.next())
+    else {
+        return Err(ControllerError::Aborted(
+            "store answered a read with the wrong results".into(),
+        ));
+    };
+    let kv = network.ok_or_else(|| ControllerError::not_found(format!("network {net:?}")))?;
+    Ok((model::decode(&kv)?, kv.mod_revision, peers, res.revision))
+}
+
+#[cfg(test)]
+mod tests;

@@ -11,6 +11,7 @@ mod hub;
 mod identity;
 mod networks;
 mod peers;
+mod routes;
 mod stats;
 mod tokens;
 mod watch;
@@ -41,6 +42,8 @@ pub struct Controller {
     /// controller do not fight over the same free address; other controllers are kept
     /// consistent by the store transaction.
     alloc_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Every network's address allocations as last known (see [`alloc`]).
+    ipam_cache: alloc::IpamCache,
     /// One shared store watch per network with open Watch streams.
     hubs: Arc<hub::Hubs>,
     /// The lease agents' traffic statistics are written with (see [`stats`]).
@@ -62,6 +65,7 @@ impl Controller {
             metrics,
             admin,
             alloc_locks: Mutex::default(),
+            ipam_cache: alloc::IpamCache::default(),
             hubs: Arc::default(),
             stats_lease: stats::StatsLease::default(),
             join_key: tokio::sync::OnceCell::new(),

@@ -55,6 +55,8 @@ impl Controller {
             rule_type,
             encryption,
             created_at: now_unix(),
+            route_approval: validate::policy_enum("routeApproval", &req.route_approval)?,
+            exit_nodes: validate::policy_enum("exitNodes", &req.exit_nodes)?,
         };
         let key = keys::network(&id);
         let res = self
@@ -95,8 +97,8 @@ impl Controller {
         })
     }
 
-    /// Updates name, description, rule type and encryption (and the address space while no
-    /// peer holds an address). A non-zero `revision` must match the stored one.
+    /// Updates name, description, rule type, encryption and the route settings (and the
+    /// address space while no peer holds an address). A non-zero `revision` must match the stored one.
     pub async fn update_network(&self, req: pb::Network) -> Result<pb::Network> {
         validate::network_id("cladnetId", &req.cladnet_id)?;
         validate::text("name", &req.name, 128)?;
@@ -124,6 +126,13 @@ impl Controller {
             CompareOp::Equal,
             kv.mod_revision,
         )];
+        self.update_route_settings(
+            &req.route_approval,
+            &req.exit_nodes,
+            &mut record,
+            &mut compares,
+        )
+        .await?;
         if !req.ipv4_address_space.is_empty() {
             let cidr = validate::overlay_cidr("ipv4AddressSpace", &req.ipv4_address_space)?;
             if cidr != record.cidr {

@@ -35,9 +35,13 @@ impl Controller {
         let (peer, kv) = self.peer(net, node).await?;
         let others: Vec<PeerRecord> = self.peers(net).await?.into_iter().map(|(p, _)| p).collect();
         let mut peer = peer.to_proto_with_links(&network, kv.mod_revision, &others);
-        let mtus = self.reported_path_mtus(net, node).await;
+        let reported = self.reported_links(net, node).await;
         for l in &mut peer.links {
-            l.path_mtu = mtus.get(&l.host_id).copied().unwrap_or(0);
+            if let Some(r) = reported.get(&l.host_id) {
+                l.path_mtu = r.path_mtu;
+                l.path.clone_from(&r.path);
+                l.via.clone_from(&r.via);
+            }
         }
         Ok(peer)
     }
@@ -80,9 +84,16 @@ impl Controller {
                         TxnOp::delete(keys::pubkey(net, &peer.public_key)),
                         TxnOp::delete(keys::command(net, node)),
                         TxnOp::delete(keys::node_stats(net, node)),
+                        // Other controllers' cached allocations are stale now (see
+                        // `service/alloc.rs`).
+                        TxnOp::put(
+                            keys::alloc_generation(net),
+                            format!("-{}", peer.overlay_ip).into_bytes(),
+                        ),
                     ]),
             )
             .await?;
+        self.ipam_cache.forget(net);
         if !res.succeeded {
             return Err(ControllerError::Aborted(format!(
                 "peer {node:?} changed concurrently; retry"

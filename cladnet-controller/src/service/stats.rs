@@ -70,6 +70,24 @@ struct PeerStatsRecord {
     /// Path MTU towards the peer; 0 = not known (and in records from older agents).
     #[serde(default)]
     path_mtu: u32,
+    /// `direct`, `relay`, `connecting` or `unreachable`; empty = not known (and in records
+    /// from older agents).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    path: String,
+    /// The relay's node id while `path` is `relay`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    via: String,
+}
+
+/// What an agent last reported about its link to one peer, for GetPeer's links.
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub(super) struct ReportedLink {
+    /// Path MTU; 0 = not known.
+    pub path_mtu: u32,
+    /// Path (`direct`, `relay`, ...); empty = not known.
+    pub path: String,
+    /// The relay's node id while relayed.
+    pub via: String,
 }
 
 fn now_ms() -> i64 {
@@ -122,6 +140,7 @@ fn validate_peer(i: usize, p: &pb::PeerStats) -> Result<PeerStatsRecord> {
             ),
         ));
     }
+    validate::link_path(&field("path"), &p.path, &field("via"), &p.via)?;
     Ok(PeerStatsRecord {
         node_id: p.host_id.clone(),
         mode: p.mode.clone(),
@@ -133,6 +152,8 @@ fn validate_peer(i: usize, p: &pb::PeerStats) -> Result<PeerStatsRecord> {
         handshake_age_secs: p.handshake_age_seconds,
         last_rx_age_secs: p.last_rx_age_seconds,
         path_mtu: p.path_mtu,
+        path: p.path.clone(),
+        via: p.via.clone(),
     })
 }
 
@@ -151,15 +172,17 @@ impl Controller {
                 format!("more than {MAX_PEER_STATS} entries"),
             ));
         }
+        let peers: Vec<PeerStatsRecord> = stats
+            .iter()
+            .enumerate()
+            .map(|(i, p)| validate_peer(i, p))
+            .collect::<Result<_>>()?;
+        self.check_relays(net, &peers).await?;
         let record = StatsRecord {
             schema: SCHEMA,
             node_id: node.to_owned(),
             reported_at_ms: now_ms(),
-            peers: stats
-                .iter()
-                .enumerate()
-                .map(|(i, p)| validate_peer(i, p))
-                .collect::<Result<_>>()?,
+            peers,
         };
         let key = keys::node_stats(net, node);
         let value = model::encode(&record);
@@ -175,13 +198,34 @@ impl Controller {
         }
     }
 
-    /// The path MTU towards each peer (by node id) in node `node`'s last statistics report;
-    /// empty when there is none (statistics are best effort, so a read error is no error).
-    pub(super) async fn reported_path_mtus(
+    /// Refuses a report naming a relay (`via`) that is not a peer of the network, naming the
+    /// first entry that does. One read per distinct relay (a network has few), not a read of
+    /// every peer per report.
+    async fn check_relays(&self, net: &str, peers: &[PeerStatsRecord]) -> Result<()> {
+        let mut checked: Vec<&str> = Vec::new();
+        for (i, p) in peers.iter().enumerate() {
+            if p.via.is_empty() || checked.contains(&p.via.as_str()) {
+                continue;
+            }
+            if self.store.get(&keys::peer(net, &p.via)).await?.is_none() {
+                return Err(ControllerError::invalid(
+                    format!("peerStats[{i}].via"),
+                    format!("{:?} is not a peer of network {net:?}", p.via),
+                ));
+            }
+            checked.push(&p.via);
+        }
+        Ok(())
+    }
+
+    /// The path MTU, path and relay towards each peer (by node id) in node `node`'s last
+    /// statistics report; empty when there is none (statistics are best effort, so a read
+    /// error is no error).
+    pub(super) async fn reported_links(
         &self,
         net: &str,
         node: &str,
-    ) -> std::collections::HashMap<String, u32> {
+    ) -> std::collections::HashMap<String, ReportedLink> {
         let Ok(Some(kv)) = self.store.get(&keys::node_stats(net, node)).await else {
             return Default::default();
         };
@@ -191,8 +235,14 @@ impl Controller {
         record
             .peers
             .into_iter()
-            .filter(|p| p.path_mtu > 0)
-            .map(|p| (p.node_id, p.path_mtu))
+            .map(|p| {
+                let link = ReportedLink {
+                    path_mtu: p.path_mtu,
+                    path: p.path,
+                    via: p.via,
+                };
+                (p.node_id, link)
+            })
             .collect()
     }
 
@@ -244,6 +294,8 @@ impl Controller {
                             ),
                             last_rx_age_seconds: aged(p.last_rx_age_secs, r.reported_at_ms, now),
                             path_mtu: p.path_mtu,
+                            path: p.path,
+                            via: p.via,
                         })
                         .collect(),
                 })
@@ -303,6 +355,26 @@ mod tests {
         };
         let e = validate_peer(1, &bad_mtu).unwrap_err().to_string();
         assert!(e.starts_with("peerStats[1].pathMtu: "), "{e}");
+        let relayed = pb::PeerStats {
+            path: "relay".into(),
+            via: "node-r".into(),
+            ..ok.clone()
+        };
+        let r = validate_peer(0, &relayed).unwrap();
+        assert_eq!((r.path.as_str(), r.via.as_str()), ("relay", "node-r"));
+        let bad_path = pb::PeerStats {
+            path: "relayed".into(),
+            ..ok.clone()
+        };
+        let e = validate_peer(3, &bad_path).unwrap_err().to_string();
+        assert!(e.starts_with("peerStats[3].path: "), "{e}");
+        let direct_via = pb::PeerStats {
+            path: "direct".into(),
+            via: "node-r".into(),
+            ..ok.clone()
+        };
+        let e = validate_peer(4, &direct_via).unwrap_err().to_string();
+        assert!(e.starts_with("peerStats[4].via: "), "{e}");
         let bad_id = pb::PeerStats {
             host_id: "a/b".into(),
             ..ok

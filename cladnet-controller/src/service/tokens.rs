@@ -1,7 +1,7 @@
 //! Join tokens: minted per network, stored hashed, listed, revoked.
 
 use cladnet_proto::v1 as pb;
-use cladnet_store::{Compare, CompareOp, Txn, TxnOp};
+use cladnet_store::{Compare, CompareOp, KeyValue, Txn, TxnOp};
 use tracing::info;
 
 use super::Controller;
@@ -89,65 +89,6 @@ impl Controller {
         })
     }
 
-    /// Checks join token `bearer` of network `net` for a Join and returns what the Join's
-    /// store transaction must add so the token's use is counted atomically with the join.
-    ///
-    /// `rejoin`: the joining host id is already bound to the very public key it presents (a
-    /// restarted agent). A re-join uses up nothing and is admitted by an expired or used-up
-    /// token (but not a revoked one or a wrong secret): expiry and use limits bound how many
-    /// *new* nodes a token admits, as Tailscale's auth keys do; a node keeps its identity.
-    ///
-    /// Call it inside the Join's retry loop (each attempt reads the token afresh) and add the
-    /// returned compares and ops to the same transaction; a lost race retries.
-    pub(crate) async fn join_token_use(
-        &self,
-        net: &str,
-        bearer: &str,
-        rejoin: bool,
-    ) -> Result<TokenUse> {
-        let (id, secret) = parse_join_token(bearer)?;
-        let key = keys::token(net, id);
-        let kv = self.store.get(&key).await?.ok_or_else(|| {
-            ControllerError::Unauthenticated(format!(
-                "unknown or revoked join token for network {net:?}"
-            ))
-        })?;
-        let mut token: TokenRecord = model::decode(&kv)?;
-        if sha256_hex(secret) != token.secret_sha256 {
-            return Err(ControllerError::Unauthenticated(
-                "invalid join token".into(),
-            ));
-        }
-        if rejoin {
-            return Ok(TokenUse::default());
-        }
-        if token.expires_at != 0 && token.expires_at <= now_unix() {
-            return Err(ControllerError::PermissionDenied(format!(
-                "join token {id} expired"
-            )));
-        }
-        if token.max_uses == 0 {
-            // Unlimited tokens are not counted: a write per join would make every concurrent
-            // join with one token race on one record.
-            return Ok(TokenUse::default());
-        }
-        if token.uses >= token.max_uses {
-            return Err(ControllerError::PermissionDenied(format!(
-                "join token {id} is used up ({} of {} joins); create a new one",
-                token.uses, token.max_uses
-            )));
-        }
-        token.uses += 1;
-        Ok(TokenUse {
-            compares: vec![Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                kv.mod_revision,
-            )],
-            ops: vec![TxnOp::put(key, model::encode(&token))],
-        })
-    }
-
     /// The join tokens of a network (without secrets).
     pub async fn list_join_tokens(&self, net: &str) -> Result<pb::ListJoinTokensResponse> {
         validate::network_id("cladnetId", net)?;
@@ -179,4 +120,64 @@ impl Controller {
         info!(network = %net, token_id = %id, "join token revoked");
         Ok(pb::RevokeJoinTokenResponse { is_succeeded: true })
     }
+}
+
+/// Checks join token `bearer` of network `net` for a Join, against its record `kv` (`None`:
+/// absent) as the Join read it, and returns what the Join's store transaction must add so the
+/// token's use is counted atomically with the join.
+///
+/// `rejoin`: the joining host id is already bound to the very public key it presents (a
+/// restarted agent). A re-join uses up nothing and is admitted by an expired or used-up
+/// token (but not a revoked one or a wrong secret): expiry and use limits bound how many
+/// *new* nodes a token admits, as Tailscale's auth keys do; a node keeps its identity.
+///
+/// Add the returned compares and ops to the Join's transaction: a lost race (the record
+/// changed since `kv` was read) fails it, and the retry reads the token afresh.
+pub(crate) fn token_use(
+    net: &str,
+    bearer: &str,
+    kv: Option<KeyValue>,
+    rejoin: bool,
+) -> Result<TokenUse> {
+    let (id, secret) = parse_join_token(bearer)?;
+    let key = keys::token(net, id);
+    let kv = kv.ok_or_else(|| {
+        ControllerError::Unauthenticated(format!(
+            "unknown or revoked join token for network {net:?}"
+        ))
+    })?;
+    let mut token: TokenRecord = model::decode(&kv)?;
+    if sha256_hex(secret) != token.secret_sha256 {
+        return Err(ControllerError::Unauthenticated(
+            "invalid join token".into(),
+        ));
+    }
+    if rejoin {
+        return Ok(TokenUse::default());
+    }
+    if token.expires_at != 0 && token.expires_at <= now_unix() {
+        return Err(ControllerError::PermissionDenied(format!(
+            "join token {id} expired"
+        )));
+    }
+    if token.max_uses == 0 {
+        // Unlimited tokens are not counted: a write per join would make every concurrent
+        // join with one token race on one record.
+        return Ok(TokenUse::default());
+    }
+    if token.uses >= token.max_uses {
+        return Err(ControllerError::PermissionDenied(format!(
+            "join token {id} is used up ({} of {} joins); create a new one",
+            token.uses, token.max_uses
+        )));
+    }
+    token.uses += 1;
+    Ok(TokenUse {
+        compares: vec![Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            kv.mod_revision,
+        )],
+        ops: vec![TxnOp::put(key, model::encode(&token))],
+    })
 }

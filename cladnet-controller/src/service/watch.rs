@@ -1,37 +1,36 @@
 //! The Watch stream: a snapshot of a network, then its changes in revision order.
 //!
-//! A new stream subscribes to its network's shared hub (one store watch per network, see
-//! [`super::hub`]) and only then reads the snapshot, so nothing committed after the snapshot is
-//! missed; hub events at or below the snapshot's revision are skipped. An agent that reconnects
-//! passes the last revision it processed and gets exactly the changes after it from a store
-//! watch of its own; if the store has compacted that far, it gets a fresh snapshot instead.
+//! Every stream is served by its network's hub (see [`super::hub`]): one store watch per
+//! network, the peer table in memory, each change encoded once. A new stream gets a snapshot
+//! from the hub's table; an agent that reconnects passes the last revision it processed and
+//! gets the changes after it from the hub's history (merged: the latest state of each peer),
+//! or a fresh snapshot if the history does not reach back that far. A stream that falls behind
+//! the live changes catches up the same way.
+//!
+//! Items are encoded `WatchEvent`s: the same bytes for every stream (the gRPC layer sends
+//! them as they are, see `crate::grpc`).
 
 use std::{pin::Pin, sync::Arc};
 
-use cladnet_proto::v1::{self as pb, watch_event::Event};
-use cladnet_store::{Error as StoreError, Revision, Store};
-use futures::{Stream, StreamExt as _};
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tracing::{debug, warn};
+use bytes::{Bytes, BytesMut};
+use cladnet_proto::v1 as pb;
+use cladnet_store::Revision;
+use futures::Stream;
+use tokio::sync::broadcast;
+use tracing::debug;
 
 use super::{
     Controller,
-    hub::{self, HubEvent},
+    hub::{Attached, Frame, Hub, Live, put_bytes},
 };
 use crate::{
     auth::sha256_hex,
     error::{ControllerError, Result},
-    keys,
-    model::{self, NetworkRecord, PeerRecord},
-    validate,
+    keys, validate,
 };
 
-/// Events for one agent; ends with an error or when the network is deleted.
-pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent>> + Send>>;
-
-/// Events buffered per stream before the sender waits for the agent.
-const BUFFER: usize = 256;
+/// Encoded `WatchEvent`s for one agent; ends with an error or when the network is deleted.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 
 impl Controller {
     /// Opens a Watch for node `hostId` of network `cladnetId`.
@@ -55,29 +54,12 @@ impl Controller {
         let session_revision = self
             .check_session(&req.cladnet_id, &req.host_id, bearer)
             .await?;
-        let (tx, rx) = mpsc::channel(BUFFER);
-        let forwarder = Forwarder {
-            store: self.store.clone(),
-            session: sha256_hex(bearer).into_bytes(),
-            session_revision,
-            net: req.cladnet_id,
-            node: req.host_id,
-            tx,
-            metrics: self.metrics().clone(),
-            _connected: self.metrics().stream_opened(),
-        };
-        if req.from_revision == 0 {
-            let changes = self.hubs.subscribe(&self.store, &forwarder.net).await?;
-            // Checked again now that the hub delivers session changes to this stream: a
-            // re-join or delete between the first check and the subscription is caught here.
-            self.check_session(&forwarder.net, &forwarder.node, bearer)
-                .await?;
-            let first = snapshot(self.store.as_ref(), &forwarder.net).await?;
-            tokio::spawn(forwarder.run_shared(changes, first));
+        let from = if req.from_revision == 0 {
+            None
         } else {
             let current = self
                 .store
-                .range(&keys::session(&forwarder.net, &forwarder.node))
+                .range(&keys::session(&req.cladnet_id, &req.host_id))
                 .await?
                 .revision;
             if req.from_revision > current {
@@ -89,41 +71,33 @@ impl Controller {
                     ),
                 ));
             }
-            let network = self.network(&forwarder.net).await?.0;
-            tokio::spawn(forwarder.run_resumed(network, req.from_revision + 1));
-        }
-        Ok(Box::pin(ReceiverStream::new(rx)))
+            Some(req.from_revision)
+        };
+        let (hub, attached) = self.hubs.attach(&self.store, &req.cladnet_id, from).await?;
+        // Checked again now that the hub delivers session changes to this stream: a re-join
+        // or delete between the first check and the attachment is caught here.
+        let session_revision = session_revision.max(
+            self.check_session(&req.cladnet_id, &req.host_id, bearer)
+                .await?,
+        );
+        let forwarder = Forwarder {
+            hub,
+            session: sha256_hex(bearer).into_bytes(),
+            session_revision,
+            net: req.cladnet_id,
+            node: req.host_id,
+            batches: req.batches,
+            metrics: self.metrics().clone(),
+            _connected: self.metrics().stream_opened(),
+        };
+        Ok(forwarder.into_stream(attached))
     }
 }
 
-/// Reads a network and its peers. The peers are read first and the snapshot carries their
-/// read revision: a network change racing with the reads is in the snapshot, delivered after
-/// it, or both (applying it twice is harmless).
-async fn snapshot(store: &dyn Store, net: &str) -> Result<(pb::WatchEvent, NetworkRecord)> {
-    let peers = store.range(&keys::peers(net)).await?;
-    let kv = store
-        .get(&keys::network(net))
-        .await?
-        .ok_or_else(|| ControllerError::not_found(format!("network {net:?}")))?;
-    let network: NetworkRecord = model::decode(&kv)?;
-    let list = peers
-        .kvs
-        .iter()
-        .map(|kv| Ok(model::decode::<PeerRecord>(kv)?.to_proto(&network, kv.mod_revision)))
-        .collect::<Result<Vec<_>>>()?;
-    let event = pb::WatchEvent {
-        revision: peers.revision,
-        event: Some(Event::Snapshot(pb::Snapshot {
-            network: Some(network.to_proto(kv.mod_revision)),
-            peers: list,
-        })),
-    };
-    Ok((event, network))
-}
-
-/// Moves events to one agent's stream.
+/// Turns one stream's frames into its items. The gRPC task polls it directly: no task or
+/// channel of its own between the hub and the connection.
 struct Forwarder {
-    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
     /// SHA-256 (hex) of the session token the stream was opened with.
     session: Vec<u8>,
     /// Store revision the session was written at: only later session changes revoke it (a
@@ -131,150 +105,252 @@ struct Forwarder {
     session_revision: Revision,
     net: String,
     node: String,
-    tx: mpsc::Sender<Result<pb::WatchEvent>>,
+    /// The agent applies `WatchBatch`es (it said so in its request).
+    batches: bool,
     metrics: Arc<crate::metrics::Metrics>,
     /// Counts this stream as a connected agent while it lives.
     _connected: crate::metrics::StreamGuard,
 }
 
-impl Forwarder {
-    /// Sends one item to the agent's stream (counted when it is an event).
-    async fn emit(
-        &self,
-        item: Result<pb::WatchEvent>,
-    ) -> std::result::Result<(), mpsc::error::SendError<Result<pb::WatchEvent>>> {
-        let event = item.is_ok();
-        self.tx.send(item).await?;
-        if event {
-            self.metrics.event_sent();
+/// Largest batch a stream assembles: changes are added while the batch is below this size,
+/// so a message stays far below gRPC's 4 MiB default limit (one change is a few hundred bytes).
+pub(super) const BATCH_BYTES: usize = 256 << 10;
+
+/// `WatchEvent` and `WatchBatch` field numbers (proto/cladnet/v1/cladnet.proto).
+const REVISION_FIELD: u32 = 1;
+const BATCH_FIELD: u32 = 9;
+const BATCH_EVENTS_FIELD: u32 = 1;
+
+/// A stream's position: what is left of its start, the live frames, and how far it got.
+struct Position {
+    attached: Attached,
+    /// Every change up to this revision was sent (or was not for this node).
+    done: Revision,
+    /// The stream ends after the next item.
+    ending: bool,
+    /// An item that ended a batch, sent next.
+    held: Option<Item>,
+}
+
+/// What a stream sends.
+enum Item {
+    /// A full snapshot (never batched: it replaces the agent's table).
+    Snapshot(Bytes),
+    /// One encoded change at its revision.
+    Change(Revision, Bytes),
+    /// The error that ends the stream.
+    Error(ControllerError),
+}
+
+impl Item {
+    fn into_result(self) -> Result<Bytes> {
+        match self {
+            Self::Snapshot(b) | Self::Change(_, b) => Ok(b),
+            Self::Error(e) => Err(e),
         }
-        Ok(())
+    }
+}
+
+impl Forwarder {
+    fn into_stream(self, attached: Attached) -> WatchStream {
+        let position = Position {
+            done: attached.floor,
+            attached,
+            ending: false,
+            held: None,
+        };
+        Box::pin(futures::stream::unfold(
+            (self, position),
+            |(this, mut position)| async move {
+                let (item, events) = this.next(&mut position).await?;
+                for _ in 0..events {
+                    this.metrics.event_sent();
+                }
+                Some((item, (this, position)))
+            },
+        ))
     }
 
-    /// Ends the stream: its session was replaced or removed.
-    async fn revoked(&self) {
+    /// The error that ends a stream whose session was replaced or removed.
+    fn revoked(&self) -> ControllerError {
         debug!(network = %self.net, node = %self.node, "session revoked: ending its watch");
-        let e = ControllerError::Unauthenticated(format!(
+        ControllerError::Unauthenticated(format!(
             "session of peer {:?} was revoked or replaced; join again",
             self.node
-        ));
-        let _ = self.emit(Err(e)).await;
+        ))
     }
 
-    /// Snapshot, then the shared hub's changes after it.
-    async fn run_shared(
-        self,
-        mut changes: broadcast::Receiver<Arc<HubEvent>>,
-        first: (pb::WatchEvent, NetworkRecord),
-    ) {
-        let mut floor = first.0.revision;
-        if self.emit(Ok(first.0)).await.is_err() {
-            return;
+    /// The item for one frame, if this node gets one; sets `ending` when the stream ends.
+    fn frame(&self, frame: &Frame, ending: &mut bool) -> Option<Item> {
+        if frame.revokes(&self.node, &self.session, self.session_revision) {
+            *ending = true;
+            return Some(Item::Error(self.revoked()));
         }
+        let bytes = frame.for_node(&self.node)?;
+        *ending = frame.last();
+        Some(Item::Change(frame.revision, bytes.clone()))
+    }
+
+    /// The item for one live message, if this node gets one.
+    fn live(&self, p: &mut Position, live: &Live) -> Option<Item> {
+        match live {
+            Live::Frame(frame) => {
+                if frame.revision <= p.attached.floor {
+                    return None;
+                }
+                p.done = p.done.max(frame.revision - 1);
+                self.frame(frame, &mut p.ending)
+            }
+            Live::Failed(reason) => {
+                p.ending = true;
+                Some(Item::Error(ControllerError::Aborted(format!(
+                    "watch interrupted ({reason}); reconnect"
+                ))))
+            }
+        }
+    }
+
+    /// A stream that fell behind attaches again after the last revision sent completely.
+    fn catch_up(&self, p: &mut Position, missed: u64) {
+        debug!(network = %self.net, node = %self.node, missed, "slow stream: catching up from the history");
+        p.attached = self.hub.attach(Some(p.done), true);
+        p.done = p.done.max(p.attached.floor);
+    }
+
+    /// The next item available without waiting: the attachment's snapshot and frames, then
+    /// live frames already received.
+    fn ready(&self, p: &mut Position) -> Option<Item> {
         loop {
-            match changes.recv().await {
-                Ok(change) => {
-                    if let HubEvent::Failed(reason) = &*change {
-                        let e = ControllerError::Aborted(format!(
-                            "watch interrupted ({reason}); reconnect"
-                        ));
-                        let _ = self.emit(Err(e)).await;
-                        return;
-                    }
-                    if change.revokes(&self.node, &self.session, floor.max(self.session_revision)) {
-                        return self.revoked().await;
-                    }
-                    if let Some((event, last)) = change.for_node(&self.node, floor)
-                        && (self.emit(Ok(event)).await.is_err() || last)
-                    {
-                        return;
+            if p.ending {
+                return None;
+            }
+            if let Some(snapshot) = p.attached.snapshot.take() {
+                return Some(Item::Snapshot(snapshot));
+            }
+            while let Some(frame) = p.attached.frames.pop_front() {
+                // Other frames of this revision may still come.
+                p.done = p.done.max(frame.revision - 1);
+                if let Some(item) = self.frame(&frame, &mut p.ending) {
+                    return Some(item);
+                }
+            }
+            match p.attached.live.try_recv() {
+                Ok(live) => {
+                    if let Some(item) = self.live(p, &live) {
+                        return Some(item);
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    debug!(network = %self.net, node = %self.node, missed, "slow stream: sending a new snapshot");
-                    match snapshot(self.store.as_ref(), &self.net).await {
-                        Ok((event, _)) => {
-                            floor = event.revision;
-                            if self.emit(Ok(event)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = self.emit(Err(e)).await;
-                            return;
-                        }
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => self.catch_up(p, missed),
+                Err(_) => return None,
             }
         }
     }
 
-    /// A resumed stream: a store watch of its own from `next`.
-    async fn run_resumed(self, mut network: NetworkRecord, mut next: Revision) {
+    /// The next item, waiting for live frames when none is ready.
+    async fn wait(&self, p: &mut Position) -> Option<Item> {
         loop {
-            match self.follow(&mut network, next).await {
-                Ok(()) => return,
-                Err(StoreError::Compacted { .. }) => {
-                    debug!(network = %self.net, node = %self.node, "watch history compacted: sending a new snapshot");
-                    match snapshot(self.store.as_ref(), &self.net).await {
-                        Ok((event, n)) => {
-                            next = event.revision + 1;
-                            network = n;
-                            if self.emit(Ok(event)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = self.emit(Err(e)).await;
-                            return;
-                        }
+            if let Some(item) = self.ready(p) {
+                return Some(item);
+            }
+            if p.ending {
+                return None;
+            }
+            match p.attached.live.recv().await {
+                Ok(live) => {
+                    if let Some(item) = self.live(p, &live) {
+                        return Some(item);
                     }
                 }
-                Err(e) => {
-                    warn!(network = %self.net, node = %self.node, error = %e, "watch failed");
-                    let _ = self.emit(Err(e.into())).await;
-                    return;
-                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => self.catch_up(p, missed),
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     }
 
-    /// Forwards events from revision `next` on; `Ok` when the stream should end (agent gone,
-    /// network deleted), `Err` when the store watch failed.
-    async fn follow(
-        &self,
-        network: &mut NetworkRecord,
-        next: Revision,
-    ) -> std::result::Result<(), StoreError> {
-        let mut events = self
-            .store
-            .watch(&keys::network(&self.net), Some(next))
-            .await?;
-        while let Some(event) = events.next().await {
-            let event = event?;
-            let change = match hub::map(&self.net, Some(network), &event) {
-                Ok(Some(change)) => change,
-                Ok(None) => continue,
-                Err(e) => {
-                    let _ = self.emit(Err(e)).await;
-                    return Ok(());
+    /// The next message and the number of changes in it. For an agent that takes batches,
+    /// every change ready at that moment (up to [`BATCH_BYTES`]) goes into one message.
+    async fn next(&self, p: &mut Position) -> Option<(Result<Bytes>, usize)> {
+        let first = match p.held.take() {
+            Some(item) => item,
+            None => self.wait(p).await?,
+        };
+        let Item::Change(revision, bytes) = first else {
+            let item = first.into_result();
+            let events = usize::from(item.is_ok());
+            return Some((item, events));
+        };
+        if !self.batches {
+            return Some((Ok(bytes), 1));
+        }
+        let mut batch = Batch::new(revision, bytes);
+        while batch.size < BATCH_BYTES {
+            match self.ready(p) {
+                Some(Item::Change(revision, bytes)) => batch.push(revision, bytes),
+                Some(other) => {
+                    p.held = Some(other);
+                    break;
                 }
-            };
-            if change.revokes(
-                &self.node,
-                &self.session,
-                (next - 1).max(self.session_revision),
-            ) {
-                self.revoked().await;
-                return Ok(());
-            }
-            if let Some((event, last)) = change.for_node(&self.node, next - 1)
-                && (self.emit(Ok(event)).await.is_err() || last)
-            {
-                return Ok(());
+                None => break,
             }
         }
-        Ok(())
+        let events = batch.changes.len();
+        Some((Ok(batch.encode()), events))
     }
+}
+
+/// Changes collected for one message.
+struct Batch {
+    revision: Revision,
+    changes: Vec<Bytes>,
+    size: usize,
+}
+
+impl Batch {
+    fn new(revision: Revision, first: Bytes) -> Self {
+        Self {
+            revision,
+            size: first.len(),
+            changes: vec![first],
+        }
+    }
+
+    fn push(&mut self, revision: Revision, change: Bytes) {
+        self.revision = self.revision.max(revision);
+        self.size += change.len() + 4;
+        self.changes.push(change);
+    }
+
+    /// One change as it is; several as a `WatchEvent` holding a `WatchBatch` of them (the
+    /// encoded changes are copied in as they are, nothing is encoded again).
+    fn encode(mut self) -> Bytes {
+        if self.changes.len() == 1 {
+            return self.changes.pop().unwrap_or_default();
+        }
+        let mut inner = BytesMut::with_capacity(self.size + 8 * self.changes.len());
+        for change in &self.changes {
+            put_bytes(BATCH_EVENTS_FIELD, change, &mut inner);
+        }
+        let mut event = BytesMut::with_capacity(inner.len() + 24);
+        prost::encoding::int64::encode(REVISION_FIELD, &self.revision, &mut event);
+        put_bytes(BATCH_FIELD, &inner, &mut event);
+        event.freeze()
+    }
+}
+
+/// A stream of node `node` (which has no session in the store) fed by `attached` of `hub`, as
+/// an agent's Watch is.
+#[cfg(test)]
+pub(super) fn follow(hub: Arc<Hub>, attached: Attached, node: &str, batches: bool) -> WatchStream {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let forwarder = Forwarder {
+        hub,
+        session: Vec::new(),
+        session_revision: 0,
+        net: "test".into(),
+        node: node.to_owned(),
+        batches,
+        _connected: metrics.stream_opened(),
+        metrics,
+    };
+    forwarder.into_stream(attached)
 }

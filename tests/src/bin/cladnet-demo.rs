@@ -95,6 +95,9 @@ fn demo(once: bool, trials: u32) {
         let nat = match nat {
             Nat::Masquerade => "masquerade NAT",
             Nat::OneToOne => "1:1 NAT",
+            Nat::Easy => "easy NAT",
+            Nat::Hard => "hard NAT",
+            Nat::UdpBlocked => "no UDP",
         };
         println!(
             "      {cloud:<6} {cidr:<15} behind {nat:<14} {}",

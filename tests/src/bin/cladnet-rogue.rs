@@ -184,6 +184,7 @@ async fn watch(
         cladnet_id: net.into(),
         host_id: host.into(),
         from_revision: 0,
+        batches: false,
     };
     let mut stream = match agent.watch(req).await {
         Ok(s) => s.into_inner(),

@@ -35,21 +35,6 @@ pub const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
 /// `gso_type` bit: the TCP flow uses ECN (CWR goes on the first segment only).
 pub const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 
-/// `TUNSETOFFLOAD` flag: the reader handles partial checksums (`NEEDS_CSUM`).
-pub const TUN_F_CSUM: u32 = 0x01;
-/// `TUNSETOFFLOAD` flag: the reader handles IPv4 TSO packets.
-pub const TUN_F_TSO4: u32 = 0x02;
-/// `TUNSETOFFLOAD` flag: the reader handles IPv6 TSO packets.
-pub const TUN_F_TSO6: u32 = 0x04;
-/// `TUNSETOFFLOAD` flag: the reader handles TSO packets with the ECN bit.
-pub const TUN_F_TSO_ECN: u32 = 0x08;
-/// `TUNSETOFFLOAD` flag: UFO (obsolete; do not set).
-pub const TUN_F_UFO: u32 = 0x10;
-/// `TUNSETOFFLOAD` flag: the reader handles IPv4 USO packets (Linux 6.2+).
-pub const TUN_F_USO4: u32 = 0x20;
-/// `TUNSETOFFLOAD` flag: the reader handles IPv6 USO packets (Linux 6.2+).
-pub const TUN_F_USO6: u32 = 0x40;
-
 /// A parsed virtio-net header.
 #[derive(Clone, Copy, Debug, Default, Eq, Hash, PartialEq)]
 pub struct VirtioNetHdr {

@@ -18,7 +18,7 @@ use super::{
     checksum::{self, pseudo_header},
     ip::{
         IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, MAX_IP_LEN, TCP_CSUM_OFF, TCP_CWR, TCP_FIN,
-        TCP_FLAGS_OFF, TCP_MIN_HLEN, TCP_PSH, UDP_CSUM_OFF, UDP_HLEN, addr_range, be16, be32,
+        TCP_FLAGS_OFF, TCP_MIN_HLEN, TCP_PSH, UDP_CSUM_OFF, UDP_HDR_LEN, addr_range, be16, be32,
         ip_transport, put16, put32,
     },
     vnet::{
@@ -165,13 +165,13 @@ impl<'a> Segmenter<'a> {
             }
             doff
         } else {
-            if pkt.len() < ip_hlen + UDP_HLEN {
+            if pkt.len() < ip_hlen + UDP_HDR_LEN {
                 return Err(OffloadError::Truncated {
                     what: "UDP header",
                     len: pkt.len(),
                 });
             }
-            UDP_HLEN
+            UDP_HDR_LEN
         };
         let hdr_len = ip_hlen + l4_hlen;
         let gso_size = usize::from(hdr.gso_size);

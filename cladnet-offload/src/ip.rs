@@ -1,11 +1,9 @@
 //! IP and transport header layout shared by the segmenter and the coalescer.
 
-use super::OffloadError;
+pub use cladnet_common::wire::{IPPROTO_TCP, IPPROTO_UDP};
+pub(super) use cladnet_common::wire::{IPV4_HDR_LEN, UDP_HDR_LEN};
 
-/// IP protocol number of TCP.
-pub const IPPROTO_TCP: u8 = 6;
-/// IP protocol number of UDP.
-pub const IPPROTO_UDP: u8 = 17;
+use super::OffloadError;
 
 /// TCP flag FIN.
 pub const TCP_FIN: u8 = 0x01;
@@ -32,10 +30,6 @@ pub(super) const TCP_CSUM_OFF: usize = 16;
 pub(super) const UDP_CSUM_OFF: usize = 6;
 /// Minimum TCP header length.
 pub(super) const TCP_MIN_HLEN: usize = 20;
-/// UDP header length.
-pub(super) const UDP_HLEN: usize = 8;
-/// IPv4 header without options.
-pub(super) const IPV4_MIN_HLEN: usize = 20;
 /// Fixed IPv6 header.
 pub(super) const IPV6_HLEN: usize = 40;
 /// Largest IPv4 total length / IPv6 payload length.
@@ -74,14 +68,14 @@ pub(super) fn addr_range(v6: bool) -> (usize, usize) {
 
 /// Where an IPv4 packet's transport header starts, and its protocol.
 pub(super) fn ipv4_transport(pkt: &[u8]) -> Result<(u8, usize), OffloadError> {
-    if pkt.len() < IPV4_MIN_HLEN {
+    if pkt.len() < IPV4_HDR_LEN {
         return Err(OffloadError::Truncated {
             what: "IPv4 header",
             len: pkt.len(),
         });
     }
     let ihl = usize::from(pkt[0] & 0x0F) * 4;
-    if ihl < IPV4_MIN_HLEN || ihl > pkt.len() {
+    if ihl < IPV4_HDR_LEN || ihl > pkt.len() {
         return Err(OffloadError::BadIpHeaderLen(ihl));
     }
     Ok((pkt[9], ihl))

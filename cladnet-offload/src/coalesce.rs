@@ -47,7 +47,7 @@ use super::{
     OffloadError,
     checksum::{self, pseudo_header},
     ip::{
-        IPPROTO_TCP, IPV4_MIN_HLEN, IPV6_HLEN, MAX_IP_LEN, TCP_ACK, TCP_CSUM_OFF, TCP_FLAGS_OFF,
+        IPPROTO_TCP, IPV4_HDR_LEN, IPV6_HLEN, MAX_IP_LEN, TCP_ACK, TCP_CSUM_OFF, TCP_FLAGS_OFF,
         TCP_MIN_HLEN, TCP_PSH, addr_range, be16, be32, put16,
     },
     vnet::{
@@ -173,16 +173,16 @@ fn flow_key(pkt: &[u8], v6: bool, l4: usize) -> FlowKey {
 fn classify(pkt: &[u8]) -> Class {
     let len = pkt.len();
     let (v6, l4, ip_ok) = match pkt.first().map(|b| b >> 4) {
-        Some(4) if len >= IPV4_MIN_HLEN && pkt[9] == IPPROTO_TCP => {
+        Some(4) if len >= IPV4_HDR_LEN && pkt[9] == IPPROTO_TCP => {
             let ihl = usize::from(pkt[0] & 0x0F) * 4;
             let frag = be16(pkt, 6) & 0x3FFF;
-            if ihl < IPV4_MIN_HLEN || frag & 0x1FFF != 0 || len < ihl + 4 {
+            if ihl < IPV4_HDR_LEN || frag & 0x1FFF != 0 || len < ihl + 4 {
                 return Class::Other; // no ports to key on
             }
-            let ok = ihl == IPV4_MIN_HLEN
+            let ok = ihl == IPV4_HDR_LEN
                 && frag == 0
                 && usize::from(be16(pkt, 2)) == len
-                && checksum::verify(&pkt[..IPV4_MIN_HLEN], 0);
+                && checksum::verify(&pkt[..IPV4_HDR_LEN], 0);
             (false, ihl, ok)
         }
         Some(6) if len >= IPV6_HLEN + 4 && pkt[6] == IPPROTO_TCP => (

@@ -13,10 +13,11 @@
 //! - [`checksum`]: RFC 1071 one's complement sums, pseudo-headers, RFC 1624 updates.
 //!
 //! Everything here is pure: no IO, no clocks, no allocation on the per-packet path (the
-//! coalescer appends merged payloads to buffers the caller sized).
+//! coalescer appends merged payloads to buffers the caller sized). The device itself (open,
+//! `TUNSETOFFLOAD`, reads and writes) is the agent's `sys::tun`; this crate only sees bytes.
 //!
 //! ```
-//! use cladnet_core::offload::{Coalescer, Segmenter, VNET_HDR_LEN, split_tun_read};
+//! use cladnet_offload::{Coalescer, Segmenter, VNET_HDR_LEN, split_tun_read};
 //!
 //! // Read side: one TUN read (here a plain, complete packet under an all-zero header).
 //! let mut read = vec![0u8; VNET_HDR_LEN];
@@ -36,8 +37,9 @@
 //! for &i in &to_write {
 //!     let _tun_write = &bufs[i][offset - VNET_HDR_LEN..]; // virtio header + packet
 //! }
-//! # Ok::<(), cladnet_core::offload::OffloadError>(())
+//! # Ok::<(), cladnet_offload::OffloadError>(())
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod checksum;
 pub mod coalesce;
@@ -55,7 +57,6 @@ pub use ip::{
 };
 pub use segment::{Segmenter, complete_checksum};
 pub use vnet::{
-    TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, TUN_F_USO4, TUN_F_USO6,
     VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
     VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
     VIRTIO_NET_HDR_GSO_UDP, VIRTIO_NET_HDR_GSO_UDP_L4, VNET_HDR_LEN, VirtioNetHdr, split_tun_read,

@@ -1,0 +1,102 @@
+//! Token buckets: the per-member packet and byte limits of a relay.
+
+use std::time::{Duration, Instant};
+
+/// Per-source limits of a relay. The defaults stop abuse without shaping a member's fair use:
+/// 100 000 packets/s (burst 10 000) and 125 MB/s (1 Gbit/s, burst 12.5 MB).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct Limits {
+    /// Sustained packets per second.
+    pub packets_per_sec: u64,
+    /// Packets a silent source may send at once.
+    pub packet_burst: u64,
+    /// Sustained bytes per second.
+    pub bytes_per_sec: u64,
+    /// Bytes a silent source may send at once.
+    pub byte_burst: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            packets_per_sec: 100_000,
+            packet_burst: 10_000,
+            bytes_per_sec: 125_000_000,
+            byte_burst: 12_500_000,
+        }
+    }
+}
+
+/// One token bucket, in millionths of a token so that integer refills stay exact at any rate.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenBucket {
+    micros: u64,
+    rate: u64,
+    burst_micros: u64,
+    last: Instant,
+}
+
+/// Refills never look further back than this, so the arithmetic cannot overflow.
+const MAX_REFILL: Duration = Duration::from_secs(3600);
+
+impl TokenBucket {
+    /// A full bucket of `burst` tokens refilled at `rate` tokens per second.
+    pub fn new(now: Instant, rate: u64, burst: u64) -> Self {
+        let burst_micros = burst.saturating_mul(1_000_000);
+        Self {
+            micros: burst_micros,
+            rate,
+            burst_micros,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).min(MAX_REFILL);
+        // rate tokens/s = rate millionths per microsecond.
+        let add = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(self.rate);
+        self.micros = self.micros.saturating_add(add).min(self.burst_micros);
+        if now > self.last {
+            self.last = now;
+        }
+    }
+
+    /// Whether `n` tokens are there at `now` (refilling first), without taking them.
+    pub fn has(&mut self, now: Instant, n: u64) -> bool {
+        self.refill(now);
+        self.micros >= n.saturating_mul(1_000_000)
+    }
+
+    /// Takes `n` tokens; call only after [`TokenBucket::has`] said yes.
+    pub fn take(&mut self, n: u64) {
+        self.micros = self.micros.saturating_sub(n.saturating_mul(1_000_000));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(t0, 10, 5);
+        for _ in 0..5 {
+            assert!(b.has(t0, 1));
+            b.take(1);
+        }
+        assert!(!b.has(t0, 1), "burst spent");
+        assert!(!b.has(t0 + Duration::from_millis(99), 1));
+        assert!(
+            b.has(t0 + Duration::from_millis(100), 1),
+            "one token per 100 ms"
+        );
+        assert!(b.has(t0 + Duration::from_secs(100), 5));
+        assert!(
+            !b.has(t0 + Duration::from_secs(100), 6),
+            "never above the burst"
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! Relayed paths with a real controller and agents: two hosts behind hard NAT (a new port per
+//! destination, so no direct path) reach each other through one of two relay agents
+//! (`relay = true`, 1:1 NAT), the relay sees only WireGuard messages, a pair whose relay is
+//! killed mid-transfer moves to the other one, and a relay refuses whoever is not a member.
+
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use cladnet_tests::{Mesh, Nat, Topology, require_netns};
+
+const UP: Duration = Duration::from_secs(30);
+/// Bytes of the transfer the relay dies in (long enough to outlast it by seconds).
+const TRANSFER: usize = 16 << 20;
+const RELAYS: [&str; 2] = ["r1", "r2"];
+
+fn start() -> Mesh {
+    let topo = Topology::builder()
+        .cloud("c1", "192.168.1.0/24", Nat::OneToOne)
+        .host("c1", "r1")
+        .cloud("c2", "192.168.1.0/24", Nat::OneToOne)
+        .host("c2", "r2")
+        .cloud("c3", "192.168.1.0/24", Nat::Hard)
+        .host("c3", "h1")
+        .cloud("c4", "192.168.1.0/24", Nat::Hard)
+        .host("c4", "h2")
+        .cloud("ops", "172.16.0.0/24", Nat::OneToOne)
+        .host("ops", "ctl")
+        .build()
+        .expect("topology");
+    let mut mesh = Mesh::start(topo, "ctl", "10.82.0.0/24", &[]);
+    // Every agent at the same instant, each its own site (public endpoints).
+    let sites = [("p1", "v1"), ("p2", "v2"), ("p3", "v3"), ("p4", "v4")];
+    for (host, (p, v)) in ["r1", "r2", "h1", "h2"].into_iter().zip(sites) {
+        let relay: &[&str] = if RELAYS.contains(&host) {
+            &["--relay", "true"]
+        } else {
+            &[]
+        };
+        mesh.start_agent(host, cladnet_tests::site(p, v), relay);
+    }
+    mesh.wait("every agent joined", UP, |m| {
+        ["r1", "r2", "h1", "h2"]
+            .iter()
+            .all(|h| m.peer(h).is_some_and(|p| p["state"].as_str() == Some("up")))
+    });
+    mesh
+}
+
+fn host_id(mesh: &Mesh, host: &str) -> String {
+    mesh.peer(host).expect("peer")["hostId"]
+        .as_str()
+        .expect("hostId")
+        .to_owned()
+}
+
+/// `host`'s path to `peer` and the relay it goes through (as a host name).
+fn path(mesh: &Mesh, host: &str, peer: &str) -> (String, Option<String>) {
+    let id = host_id(mesh, peer);
+    let s = mesh.agent_status(host);
+    let Some(p) = s["paths"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["node_id"] == id.as_str())
+    else {
+        return ("none".into(), None);
+    };
+    let via = p["via"].as_str().and_then(|v| {
+        RELAYS
+            .iter()
+            .find(|r| host_id(mesh, r) == v)
+            .map(|r| (*r).to_owned())
+    });
+    (p["path"].as_str().unwrap_or("?").to_owned(), via)
+}
+
+/// Waits until the controller shows `host`'s path to `peer` as `want` through the relay
+/// `via` (host names; agents report every 10 s).
+fn wait_controller_path(mesh: &Mesh, host: &str, peer: &str, want: &str, via: Option<&str>) {
+    let via = via.map(|v| host_id(mesh, v));
+    mesh.wait(
+        &format!("the controller shows {host} -> {peer}: {want} via {via:?}"),
+        Duration::from_secs(25),
+        |m| {
+            let l = m.link(host, peer);
+            l["path"] == want && l["via"].as_str() == via.as_deref()
+        },
+    );
+}
+
+#[test]
+fn hard_nat_pair_relays_and_fails_over_when_its_relay_dies() {
+    require_netns!();
+    let mesh = start();
+    let (a, b) = (mesh.overlay_ip("h1"), mesh.overlay_ip("h2"));
+    mesh.wait("h1 pings h2", UP, |m| m.topo.host("h1").pings(b, 1));
+    mesh.wait("h2 pings h1", UP, |m| m.topo.host("h2").pings(a, 1));
+    let (p1, via1) = path(&mesh, "h1", "h2");
+    let (p2, via2) = path(&mesh, "h2", "h1");
+    assert_eq!((p1.as_str(), p2.as_str()), ("relay", "relay"));
+    assert_eq!(via1, via2, "both sides use one relay");
+    let relay = via1.expect("a relay");
+    let other = RELAYS.iter().find(|r| **r != relay).unwrap();
+    eprintln!("h1 <-> h2 through {relay}");
+    // A transfer runs while the relay is killed: it completes, every byte intact, through the
+    // other relay.
+    let started = Instant::now();
+    let transfer = mesh.start_transfer("h1", "h2", 5600, TRANSFER);
+    thread::sleep(Duration::from_secs(2));
+    let pid = mesh.agent_pid(&relay);
+    Command::new("kill")
+        .args(["-s", "KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let killed = Instant::now();
+    // Both sides move to the other relay within 5 s.
+    mesh.wait(
+        "both sides on the other relay",
+        Duration::from_secs(5),
+        |m| {
+            path(m, "h1", "h2").1.as_deref() == Some(*other)
+                && path(m, "h2", "h1").1.as_deref() == Some(*other)
+        },
+    );
+    eprintln!(
+        "moved to {other} {:.1} s after {relay} died",
+        killed.elapsed().as_secs_f64()
+    );
+    transfer.finish(&mesh);
+    assert!(
+        killed.duration_since(started) < Duration::from_secs(3),
+        "the relay died mid-transfer"
+    );
+    eprintln!(
+        "{TRANSFER} bytes verified in {:.1} s across the relay's death",
+        started.elapsed().as_secs_f64()
+    );
+    let (p1, via1) = path(&mesh, "h1", "h2");
+    let (p2, via2) = path(&mesh, "h2", "h1");
+    assert_eq!((p1.as_str(), p2.as_str()), ("relay", "relay"));
+    assert_eq!(via1.as_deref(), Some(*other), "h1 moved to the other relay");
+    assert_eq!(via2.as_deref(), Some(*other), "h2 moved to the other relay");
+    // The controller follows (from the agents' reports).
+    wait_controller_path(&mesh, "h1", "h2", "relay", Some(other));
+    wait_controller_path(&mesh, "h2", "h1", "relay", Some(other));
+    // The relay carried WireGuard only: nothing it forwarded was refused as not WireGuard.
+    let relayed = mesh.agent_status(other)["relay"].clone();
+    eprintln!("{other}: {relayed}");
+    assert!(relayed["forwarded"][1].as_u64().unwrap_or(0) > 1 << 20);
+}
+
+#[test]
+fn a_relay_refuses_non_members_and_spoofed_members() {
+    require_netns!();
+    let mesh = start();
+    let b = mesh.overlay_ip("h2");
+    mesh.wait("h1 pings h2", UP, |m| m.topo.host("h1").pings(b, 1));
+    let (_, via) = path(&mesh, "h1", "h2");
+    let relay = via.expect("relayed");
+    let relay_ep = mesh.peer(&relay).unwrap()["publicEndpoint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let index = |h: &str| mesh.peer(h).unwrap()["nodeIndex"].as_u64().unwrap() as u32;
+    let before = mesh.agent_status(&relay)["relay"].clone();
+    let refused = |v: &serde_json::Value, reason: &str| {
+        v["refused"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r[0] == reason)
+            .and_then(|r| r[1].as_u64())
+            .unwrap_or(0)
+    };
+    // From the controller's host (not a member): a SEND naming an unknown node, and one
+    // claiming to be h1 (a member, but not from h1's authenticated endpoint).
+    let frame = |sender: u32, dst: u32| {
+        let mut msg = [0x5au8; 64];
+        msg[..4].copy_from_slice(&[4, 0, 0, 0]);
+        let mut f = vec![0u8; 12 + msg.len()];
+        cladnet_common::relay::encode(
+            cladnet_common::relay::RelayKind::Send,
+            sender,
+            dst,
+            &msg,
+            &mut f,
+        )
+        .unwrap();
+        f
+    };
+    let (h1, h2) = (index("h1"), index("h2"));
+    let frames = [frame(0x0102_0304, h2), frame(h1, h2)];
+    let hex = |f: &[u8]| f.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (host, port) = relay_ep.split_once(':').unwrap();
+    mesh.topo
+        .host("ctl")
+        .exec([
+            "python3",
+            "-c",
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             for _ in range(50):\n\
+             \x20   for f in sys.argv[3:]:\n\
+             \x20       s.sendto(bytes.fromhex(f), (sys.argv[1], int(sys.argv[2])))\n",
+            host,
+            port,
+            &hex(&frames[0]),
+            &hex(&frames[1]),
+        ])
+        .expect("send rogue frames");
+    mesh.wait(
+        "the relay counted the refusals",
+        Duration::from_secs(10),
+        |m| {
+            let now = m.agent_status(&relay)["relay"].clone();
+            refused(&now, "not_member") >= refused(&before, "not_member") + 50
+                && refused(&now, "wrong_endpoint") >= refused(&before, "wrong_endpoint") + 50
+        },
+    );
+    // The pair still works.
+    assert!(mesh.topo.host("h1").pings(b, 3));
+}
+
+#[test]
+fn a_relayed_pair_upgrades_to_direct_when_a_nat_becomes_one_to_one() {
+    require_netns!();
+    let mut mesh = start();
+    let (a, b) = (mesh.overlay_ip("h1"), mesh.overlay_ip("h2"));
+    mesh.wait("h1 pings h2", UP, |m| m.topo.host("h1").pings(b, 1));
+    mesh.wait("h2 pings h1", UP, |m| m.topo.host("h2").pings(a, 1));
+    assert_eq!(path(&mesh, "h1", "h2").0, "relay");
+    // One TCP connection runs across the change.
+    let transfer = mesh.start_transfer("h1", "h2", 5700, 2 * TRANSFER);
+    thread::sleep(Duration::from_secs(1));
+    mesh.topo
+        .set_nat("c4", Nat::OneToOne)
+        .expect("h2 gets a 1:1 address");
+    let changed = Instant::now();
+    mesh.wait("both sides direct", Duration::from_secs(10), |m| {
+        path(m, "h1", "h2").0 == "direct" && path(m, "h2", "h1").0 == "direct"
+    });
+    eprintln!(
+        "direct {:.1} s after h2's NAT became 1:1",
+        changed.elapsed().as_secs_f64()
+    );
+    transfer.finish(&mesh);
+    wait_controller_path(&mesh, "h1", "h2", "direct", None);
+    wait_controller_path(&mesh, "h2", "h1", "direct", None);
+}
