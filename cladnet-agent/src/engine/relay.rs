@@ -167,6 +167,16 @@ impl RelayIo {
         }
     }
 
+    /// WireGuard roamed node `node` to `endpoint` (ignored unless a real address): see
+    /// [`Paths::direct_seen`].
+    pub fn direct_seen(&self, node: u32, endpoint: SocketAddr) {
+        if let Some(endpoint) = real(Some(endpoint))
+            && let Some(paths) = self.lock().paths.as_mut()
+        {
+            paths.direct_seen(node, endpoint);
+        }
+    }
+
     /// WireGuard refused a relayed message from `from` (a relay address) of `len` bytes.
     pub fn refused_by_wireguard(&self, from: SocketAddr, len: usize) {
         if let Some(node) = relay_node(from)

@@ -678,12 +678,18 @@ impl Router {
         let mut events = Vec::new();
         let routes = self.routes.load();
         while let Some((id, event)) = dev.poll_event() {
-            let Some(node_id) = routes.by_wg(id).map(|e| e.config.node_id.clone()) else {
+            let Some((node_id, node_index)) = routes
+                .by_wg(id)
+                .map(|e| (e.config.node_id.clone(), e.config.node_index))
+            else {
                 continue;
             };
             events.push(match event {
                 Event::HandshakeCompleted { .. } => PeerEvent::HandshakeCompleted { node_id },
                 Event::EndpointChanged { endpoint } => {
+                    // A relayed peer's direct message: the path's evidence, which the next
+                    // relayed message would hide from its tick.
+                    self.relay.direct_seen(node_index, endpoint);
                     PeerEvent::EndpointChanged { node_id, endpoint }
                 }
                 Event::HandshakeTimedOut => PeerEvent::HandshakeTimedOut { node_id },

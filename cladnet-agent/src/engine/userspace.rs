@@ -35,7 +35,7 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+        mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel},
     },
     thread,
     time::{Duration, Instant},
@@ -67,6 +67,12 @@ const MAX_PACKET: usize = 65_535;
 
 /// How much lower than the packet threads the handshake thread runs (nice increment).
 const HANDSHAKE_NICENESS: i32 = 10;
+
+/// How long the handshake thread pauses, under load, once it has drained its queue: at a
+/// flood of 20 000 messages a second, 40 messages a wakeup. Well below the queue's capacity
+/// (4096) at any rate a socket delivers, and a legitimate handshake under load waits at most
+/// this long more.
+const UNDER_LOAD_PAUSE: Duration = Duration::from_millis(2);
 
 /// Decrypted packets gathered before a GRO pass over them.
 const GRO_BATCH: usize = 64;
@@ -826,6 +832,12 @@ impl HandshakeQueue {
 
 /// Processes queued handshake messages one by one, deciding from the queue's length whether
 /// we are under load (see [`cladnet_wg::LoadTracker`]).
+///
+/// Under load the thread does not sleep on the queue: it drains it, then pauses for
+/// [`UNDER_LOAD_PAUSE`]. Asleep on the queue, every message of a flood would wake it (a futex
+/// wake in the `udp→tun` thread and a context switch, several microseconds of the cores the
+/// packet threads need, for a message whose own cost is three BLAKE2s); paused, a flood is
+/// taken in batches of a pause's worth of messages, for at most one wakeup per pause.
 fn handshake_worker(router: &Router, socket: &UdpSocket, queue: QueuedHandshakes) {
     // Under a flood this thread could use a core answering it; transport packets go first.
     if let Err(error) = sys::lower_thread_priority(HANDSHAKE_NICENESS) {
@@ -834,22 +846,29 @@ fn handshake_worker(router: &Router, socket: &UdpSocket, queue: QueuedHandshakes
     let mut load = cladnet_wg::LoadTracker::default();
     let mut gate = router.handshake_gate();
     let mut out = vec![0u8; out_len(MAX_PACKET)];
-    let mut was_under_load = false;
-    while let Ok(queued) = queue.rx.recv() {
+    let mut under_load = false;
+    loop {
+        let queued = if under_load {
+            match queue.rx.try_recv() {
+                Ok(queued) => queued,
+                Err(TryRecvError::Empty) => {
+                    thread::sleep(UNDER_LOAD_PAUSE);
+                    // Nothing waiting: the state ends once the linger has passed.
+                    under_load = load_changed(under_load, load.update(Instant::now(), 0), 0);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => break,
+            }
+        } else {
+            match queue.rx.recv() {
+                Ok(queued) => queued,
+                Err(_) => break,
+            }
+        };
         let (from, datagram) = (queued.from, queued.datagram());
         let waiting = queue.len.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         let now = Instant::now();
-        let under_load = load.update(now, waiting);
-        if under_load != was_under_load {
-            // At most one line per second: the state lingers a second once set (and holds
-            // while a flood goes on, see `LoadTracker::sustain`).
-            info!(
-                under_load,
-                queued = waiting,
-                "WireGuard handshake load changed (under load, handshakes need a cookie)"
-            );
-            was_under_load = under_load;
-        }
+        under_load = load_changed(under_load, load.update(now, waiting), waiting);
         match router.handshake(now, &mut gate, under_load, from, datagram, &mut out) {
             Inbound::Reply { datagram, to } => send_wg(router, socket, datagram, to),
             // Refused a cookie: a flood is on, even if refusing it keeps the queue short.
@@ -857,6 +876,19 @@ fn handshake_worker(router: &Router, socket: &UdpSocket, queue: QueuedHandshakes
             _ => {}
         }
     }
+}
+
+/// Logs a change of the handshake load state; returns the new state.
+fn load_changed(was: bool, under_load: bool, queued: usize) -> bool {
+    if under_load != was {
+        // At most one line per second: the state lingers a second once set (and holds while a
+        // flood goes on, see `LoadTracker::sustain`).
+        info!(
+            under_load,
+            queued, "WireGuard handshake load changed (under load, handshakes need a cookie)"
+        );
+    }
+    under_load
 }
 
 /// Where the `udp->tun` thread hands what it does not write to the TUN device itself.

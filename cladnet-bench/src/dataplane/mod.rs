@@ -106,6 +106,13 @@ pub enum Config {
     /// The same pods with a kernel VXLAN tunnel between the hosts' overlay addresses instead
     /// of advertised prefixes: what a cluster with an encapsulating CNI pays on CLADNet.
     CladnetEbpfPodsVxlan,
+    /// `cladnet-ebpf-plain` with the receive hook forced to driver-mode XDP (compared with
+    /// [`Config::CladnetEbpfPodsXdp`]: which hook suits forwarded traffic).
+    CladnetEbpfPlainXdp,
+    /// `cladnet-ebpf-pods` with the receive hook forced to driver-mode XDP: decapsulated
+    /// frames are built into new packets after XDP and merged by GRO, so the host forwards
+    /// them to its pods without the tunnel marks a TC decapsulation leaves on a GSO packet.
+    CladnetEbpfPodsXdp,
 }
 
 /// How a CLADNet configuration runs its agents.
@@ -123,7 +130,7 @@ pub(crate) struct CladnetSetup {
 
 impl Config {
     /// Every configuration, in table order.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 17] = [
         Self::Raw,
         Self::Vxlan,
         Self::WireguardGo,
@@ -139,6 +146,8 @@ impl Config {
         Self::CladnetSealedMidhopManual,
         Self::CladnetEbpfPods,
         Self::CladnetEbpfPodsVxlan,
+        Self::CladnetEbpfPlainXdp,
+        Self::CladnetEbpfPodsXdp,
     ];
 
     /// The row's name.
@@ -159,6 +168,8 @@ impl Config {
             Self::CladnetSealedMidhopManual => "cladnet-sealed-midhop1400-manual",
             Self::CladnetEbpfPods => "cladnet-ebpf-pods",
             Self::CladnetEbpfPodsVxlan => "cladnet-ebpf-pods-vxlan",
+            Self::CladnetEbpfPlainXdp => "cladnet-ebpf-plain-xdp",
+            Self::CladnetEbpfPodsXdp => "cladnet-ebpf-pods-xdp",
         }
     }
 
@@ -186,13 +197,15 @@ impl Config {
                 | Self::CladnetEbpfPlainMidhopManual
                 | Self::CladnetEbpfPods
                 | Self::CladnetEbpfPodsVxlan
+                | Self::CladnetEbpfPlainXdp
+                | Self::CladnetEbpfPodsXdp
         )
     }
 
     /// How the pod rows carry pod traffic (`None`: a host-to-host row).
     pub(crate) fn pods(self) -> Option<pods::PodRouting> {
         match self {
-            Self::CladnetEbpfPods => Some(pods::PodRouting::Prefixes),
+            Self::CladnetEbpfPods | Self::CladnetEbpfPodsXdp => Some(pods::PodRouting::Prefixes),
             Self::CladnetEbpfPodsVxlan => Some(pods::PodRouting::Vxlan),
             _ => None,
         }
@@ -243,6 +256,9 @@ impl Config {
             | Self::CladnetEbpfPods
             | Self::CladnetEbpfPodsVxlan => ("never", "ebpf", None),
             Self::CladnetEbpfPlainTc => ("never", "ebpf", Some("tc")),
+            Self::CladnetEbpfPlainXdp | Self::CladnetEbpfPodsXdp => {
+                ("never", "ebpf", Some("xdp-driver"))
+            }
             _ => return None,
         };
         Some(CladnetSetup {
@@ -353,7 +369,9 @@ impl Binaries {
             | Config::CladnetSealedMidhop
             | Config::CladnetSealedMidhopManual
             | Config::CladnetEbpfPods
-            | Config::CladnetEbpfPodsVxlan => [&self.controller, &self.cli, &self.agent]
+            | Config::CladnetEbpfPodsVxlan
+            | Config::CladnetEbpfPlainXdp
+            | Config::CladnetEbpfPodsXdp => [&self.controller, &self.cli, &self.agent]
                 .into_iter()
                 .find(|p| !p.is_file())
                 .map(|p| release(p)),

@@ -308,7 +308,9 @@ pub(crate) fn setup(
         | Config::CladnetSealedMidhop
         | Config::CladnetSealedMidhopManual
         | Config::CladnetEbpfPods
-        | Config::CladnetEbpfPodsVxlan => {
+        | Config::CladnetEbpfPodsVxlan
+        | Config::CladnetEbpfPlainXdp
+        | Config::CladnetEbpfPodsXdp => {
             let setup = config
                 .cladnet()
                 .with_context(|| format!("no CLADNet setup for {config}"))?;
@@ -823,8 +825,10 @@ fn pre_attach(ns: &Netns, bins: &Binaries, pin_dir: &Path, hook: &str) -> anyhow
     ])?;
     let v: serde_json::Value = serde_json::from_str(&out)
         .with_context(|| format!("parsing `cladnet-agent dataplane attach --json`: {out}"))?;
+    // `--xdp-mode xdp-driver` reports the mode as `driver` (the capability's name is
+    // `xdp-driver`).
     ensure!(
-        v["xdp_mode"].as_str() == Some(hook),
+        v["xdp_mode"].as_str() == Some(hook.strip_prefix("xdp-").unwrap_or(hook)),
         "`cladnet-agent dataplane attach --xdp-mode {hook}` in {} attached {out}",
         ns.name()
     );

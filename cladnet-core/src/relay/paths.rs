@@ -11,7 +11,10 @@
 //! it then sends the peer (transport, keepalives, handshakes) is one the engine wraps into a
 //! relay frame. A message authenticated on the direct path roams the peer back to a real
 //! address: that is the evidence of a working direct path ([`PeerObs::rx_bytes`] growing
-//! more than what was relayed, while the peer's endpoint is a real one).
+//! more than what was relayed, while the peer's endpoint is a real one, or after the engine
+//! reported such a roam with [`Paths::direct_seen`]). The roam alone is not enough to sample:
+//! while the peer still sends through the relay, its next relayed message roams WireGuard back
+//! to the relay address within microseconds, so a tick would almost never see the real one.
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
@@ -155,6 +158,8 @@ struct PeerPath {
     direct_mark: i128,
     /// The next keepalive goes direct as well (a probe).
     probe: bool,
+    /// WireGuard roamed the peer to a real address since the last tick ([`Paths::direct_seen`]).
+    direct_seen: bool,
     last_relayed_tx: Option<Instant>,
     /// A relayed message that expects an answer arrived then (cleared once one went back).
     echo_due: Option<Instant>,
@@ -228,6 +233,7 @@ impl Paths {
                 relayed_rx: 0,
                 direct_mark: 0,
                 probe: false,
+                direct_seen: false,
                 last_relayed_tx: None,
                 echo_due: None,
             });
@@ -245,7 +251,8 @@ impl Paths {
                 p.relayed_rx = 0;
                 p.direct_mark = 0;
             }
-            let direct = obs.endpoint.is_some() && est > p.direct_mark;
+            let seen = std::mem::take(&mut p.direct_seen);
+            let direct = (obs.endpoint.is_some() || seen) && est > p.direct_mark;
             p.direct_mark = p.direct_mark.max(est);
             if direct {
                 p.state.direct_confirmed(now);
@@ -289,6 +296,17 @@ impl Paths {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// WireGuard roamed `node` to the real address `endpoint`: an authenticated message came
+    /// from it directly. Remembered until the next [`Paths::observe`], which counts it as direct
+    /// evidence (if the bytes say so) even when a relayed message has roamed the peer back to
+    /// its relay address in between; `endpoint` becomes the direct endpoint to use.
+    pub fn direct_seen(&mut self, node: u32, endpoint: SocketAddrV4) {
+        if let Some(p) = self.peers.get_mut(&node) {
+            p.direct = Some(endpoint);
+            p.direct_seen = true;
         }
     }
 

@@ -130,6 +130,73 @@ fn relays_after_the_direct_timeout_then_upgrades_on_direct_evidence() {
     }));
 }
 
+/// Relays `B` through `R` from `t0`, and returns the time it happened.
+fn relayed(p: &mut Paths, t0: Instant) -> Instant {
+    p.set_relay_capable([R]);
+    let mut now = t0;
+    while now <= t0 + Duration::from_secs(5) {
+        p.observe(now, &obs(Some(ep(B)), 0));
+        now += Duration::from_millis(250);
+    }
+    actions(p);
+    assert_eq!(
+        p.paths().find(|x| x.0 == B).unwrap().1,
+        Path::Relayed { via: R }
+    );
+    now
+}
+
+/// The upgrade under load: B's relayed stream keeps going while its direct probe arrives, so
+/// WireGuard is back on B's relay address at every tick (the roam to the real address lasted
+/// microseconds). The roam the engine reported is the evidence; B's NAT gave the direct path a
+/// port of its own (not the configured one), and that is the endpoint to use.
+#[test]
+fn a_direct_roam_between_ticks_upgrades_a_busy_relayed_pair() {
+    let t0 = Instant::now();
+    let mut p = Paths::new(PathConfig::default(), ME, None);
+    let mut now = relayed(&mut p, t0);
+    let f = deliver_frame(B, R);
+    let mut rx = 0;
+    for _ in 0..8 {
+        p.deliver(now, ep(R), &f).unwrap();
+        rx += 48;
+        now += Duration::from_millis(250);
+        p.observe(now, &obs(None, rx));
+    }
+    assert_eq!(
+        p.paths().find(|x| x.0 == B).unwrap().1,
+        Path::Relayed { via: R }
+    );
+    let mapped = SocketAddrV4::new(*ep(B).ip(), 40_123);
+    // B's direct keepalive: authenticated, from the port B's NAT mapped for us.
+    rx += KEEPALIVE_LEN as u64;
+    p.direct_seen(B, mapped);
+    // Then more relayed data, roaming WireGuard back to the relay address before the tick.
+    p.deliver(now, ep(R), &f).unwrap();
+    rx += 48;
+    now += Duration::from_millis(250);
+    p.observe(now, &obs(None, rx));
+    assert_eq!(p.paths().find(|x| x.0 == B).unwrap().1, Path::Direct);
+    assert!(
+        actions(&mut p).contains(&PathAction::UseDirect {
+            node: B,
+            endpoint: mapped
+        }),
+        "WireGuard is pointed at the port the direct message came from"
+    );
+    // A roam seen without new direct bytes (a replayed copy WireGuard refused) is no evidence.
+    let mut q = Paths::new(PathConfig::default(), ME, None);
+    let mut now = relayed(&mut q, t0);
+    q.deliver(now, ep(R), &f).unwrap();
+    q.direct_seen(B, mapped);
+    now += Duration::from_millis(250);
+    q.observe(now, &obs(None, 48));
+    assert_eq!(
+        q.paths().find(|x| x.0 == B).unwrap().1,
+        Path::Relayed { via: R }
+    );
+}
+
 #[test]
 fn no_relay_means_unreachable_and_a_relayed_message_is_answered() {
     let t0 = Instant::now();
