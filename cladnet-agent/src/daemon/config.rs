@@ -10,6 +10,10 @@
 //! metrics_listen = "127.0.0.1:9412"
 //! # Forward relayed WireGuard traffic for members that cannot reach each other directly.
 //! relay = true
+//! # Per-member limits of the relay (defaults: 100000 packets/s, burst 10000; 125000000
+//! # bytes/s, burst 12500000). A member over them has its frames refused and counted.
+//! relay_packets_per_sec = 20000
+//! relay_bytes_per_sec = 25000000
 //! # Prefixes routed through this host (a pod network, a subnet behind it); the file holds
 //! # more (e.g. the Kubernetes node's podCIDR) and is re-read when it changes.
 //! advertise_routes = ["192.168.50.0/24"]
@@ -28,6 +32,7 @@ use std::{
 };
 
 use cladnet_common::wire::TUNNEL_PORT;
+use cladnet_core::relay::Limits;
 use cladnet_proto::tls::{ClientTls, Pin};
 
 use crate::ebpf::RxHook;
@@ -140,6 +145,20 @@ pub struct Settings {
     /// (give it to hosts with a public, 1:1 endpoint).
     #[arg(long)]
     pub relay: Option<bool>,
+    /// As a relay: packets per second each member may send through it (default 100000).
+    #[arg(long)]
+    pub relay_packets_per_sec: Option<u64>,
+    /// As a relay: packets a member that was quiet may send at once (default 10000).
+    #[arg(long)]
+    pub relay_packet_burst: Option<u64>,
+    /// As a relay: bytes per second each member may send through it (default 125000000,
+    /// 1 Gbit/s).
+    #[arg(long)]
+    pub relay_bytes_per_sec: Option<u64>,
+    /// As a relay: bytes a member that was quiet may send at once (default 12500000; at least
+    /// 65535, one largest datagram).
+    #[arg(long)]
+    pub relay_byte_burst: Option<u64>,
     /// Packet workers of the userspace engine (each a TUN queue and a tunnel socket with a
     /// thread per direction); default: one per core, at most 8.
     #[arg(long)]
@@ -224,6 +243,8 @@ pub struct AgentConfig {
     pub ebpf_max_peers: u32,
     /// Serve as a relay for the network (`relay = true`).
     pub relay: bool,
+    /// The per-member limits of the relay (when it serves as one).
+    pub relay_limits: Limits,
     /// Packet workers of the userspace engine.
     pub packet_workers: usize,
     /// Prefixes to advertise (checked for shape; the controller validates them further).
@@ -291,6 +312,10 @@ impl Settings {
             rx_hook: over.rx_hook.or(self.rx_hook),
             ebpf_max_peers: over.ebpf_max_peers.or(self.ebpf_max_peers),
             relay: over.relay.or(self.relay),
+            relay_packets_per_sec: over.relay_packets_per_sec.or(self.relay_packets_per_sec),
+            relay_packet_burst: over.relay_packet_burst.or(self.relay_packet_burst),
+            relay_bytes_per_sec: over.relay_bytes_per_sec.or(self.relay_bytes_per_sec),
+            relay_byte_burst: over.relay_byte_burst.or(self.relay_byte_burst),
             packet_workers: over.packet_workers.or(self.packet_workers),
             advertise_routes: if over.advertise_routes.is_empty() {
                 self.advertise_routes
@@ -438,6 +463,12 @@ impl Settings {
                 format!("{packet_workers} is not in 1..={MAX_PACKET_WORKERS}"),
             ));
         }
+        let relay_limits = relay_limits(
+            self.relay_packets_per_sec,
+            self.relay_packet_burst,
+            self.relay_bytes_per_sec,
+            self.relay_byte_burst,
+        )?;
         let advertise_routes =
             crate::routes::parse_list("advertise_routes", &self.advertise_routes)?;
         Ok(AgentConfig {
@@ -446,6 +477,7 @@ impl Settings {
             rx_hook,
             ebpf_max_peers,
             relay: self.relay.unwrap_or(false),
+            relay_limits,
             packet_workers,
             bpf_pin_dir,
             dataplane,
@@ -466,6 +498,57 @@ impl Settings {
             site: self.site,
         })
     }
+}
+
+/// The relay's per-member limits: the defaults with what the configuration sets, each checked
+/// against [`Limits::RANGE_PACKETS`] or [`Limits::RANGE_BYTES`].
+fn relay_limits(
+    packets_per_sec: Option<u64>,
+    packet_burst: Option<u64>,
+    bytes_per_sec: Option<u64>,
+    byte_burst: Option<u64>,
+) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let check = |field: &'static str,
+                 value: Option<u64>,
+                 default: u64,
+                 range: std::ops::RangeInclusive<u64>| {
+        let v = value.unwrap_or(default);
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(bad(
+                field,
+                format!("{v} is not in {}..={}", range.start(), range.end()),
+            ))
+        }
+    };
+    Ok(Limits {
+        packets_per_sec: check(
+            "relay_packets_per_sec",
+            packets_per_sec,
+            d.packets_per_sec,
+            Limits::RANGE_PACKETS,
+        )?,
+        packet_burst: check(
+            "relay_packet_burst",
+            packet_burst,
+            d.packet_burst,
+            Limits::RANGE_PACKETS,
+        )?,
+        bytes_per_sec: check(
+            "relay_bytes_per_sec",
+            bytes_per_sec,
+            d.bytes_per_sec,
+            Limits::RANGE_BYTES,
+        )?,
+        byte_burst: check(
+            "relay_byte_burst",
+            byte_burst,
+            d.byte_burst,
+            Limits::RANGE_BYTES,
+        )?,
+    })
 }
 
 /// The trust for `https://` controllers: `controller_pin`, else the join token's pin, else
@@ -594,6 +677,39 @@ mod tests {
         assert_eq!(
             (c.site.provider.as_str(), c.site.vpc.as_str()),
             ("aws", "vpc-2")
+        );
+    }
+
+    #[test]
+    fn relay_limits_from_file_and_flags() {
+        assert_eq!(base().resolve().unwrap().relay_limits, Limits::default());
+        let file: Settings = toml::from_str(
+            r#"
+            controllers = ["http://192.0.2.1:8053"]
+            network = "net"
+            join_token = "cnj.a.b"
+            relay = true
+            relay_packets_per_sec = 500
+            relay_byte_burst = 100000
+            "#,
+        )
+        .unwrap();
+        let flags = Settings {
+            relay_packets_per_sec: Some(300),
+            relay_packet_burst: Some(50),
+            relay_bytes_per_sec: Some(70_000),
+            ..Settings::default()
+        };
+        let c = file.overridden_by(flags).resolve().unwrap();
+        assert!(c.relay);
+        assert_eq!(
+            c.relay_limits,
+            Limits {
+                packets_per_sec: 300,
+                packet_burst: 50,
+                bytes_per_sec: 70_000,
+                byte_burst: 100_000,
+            }
         );
     }
 
@@ -801,6 +917,47 @@ mod tests {
             }),
             "packet_workers"
         );
+        for (field, s) in [
+            (
+                "relay_packets_per_sec",
+                Settings {
+                    relay_packets_per_sec: Some(0),
+                    ..base()
+                },
+            ),
+            (
+                "relay_packet_burst",
+                Settings {
+                    relay_packet_burst: Some(100_000_001),
+                    ..base()
+                },
+            ),
+            (
+                "relay_bytes_per_sec",
+                Settings {
+                    relay_bytes_per_sec: Some(0),
+                    ..base()
+                },
+            ),
+            (
+                "relay_byte_burst",
+                Settings {
+                    relay_byte_burst: Some(1500),
+                    ..base()
+                },
+            ),
+            (
+                "relay_bytes_per_sec",
+                Settings {
+                    relay_bytes_per_sec: Some(u64::MAX),
+                    ..base()
+                },
+            ),
+        ] {
+            let e = s.resolve().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.to_string().contains(" is not in "), "{e}");
+        }
         let unknown = toml::from_str::<Settings>("netwrok = \"x\"").unwrap_err();
         assert!(unknown.to_string().contains("netwrok"), "{unknown}");
     }

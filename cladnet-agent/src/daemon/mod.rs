@@ -86,7 +86,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     .with_context(|| format!("binding the tunnel port udp/{}", cfg.listen_port))?;
     let router = Arc::new(Router::new(identity.private_key.clone()));
     if cfg.relay {
-        router.relay().serve();
+        router.relay().serve(cfg.relay_limits);
     }
     let queues = tun
         .queues()

@@ -72,6 +72,9 @@ pub struct PathStatus {
 pub struct RelayCounters {
     /// Whether this node serves as a relay for its network.
     pub serving: bool,
+    /// The per-member limits it applies while serving.
+    #[serde(default)]
+    pub limits: Option<Limits>,
     /// Frames and bytes forwarded.
     pub forwarded: (u64, u64),
     /// Frames refused as a relay, by reason.
@@ -105,9 +108,10 @@ impl RelayIo {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Serve as a relay for this node's network (`relay = true`), with the default limits.
-    pub fn serve(&self) {
-        self.lock().serve = Some(Limits::default());
+    /// Serve as a relay for this node's network (`relay = true`), with per-member `limits`.
+    /// Call before the first [`RelayIo::tick`] (the relay is built then).
+    pub fn serve(&self, limits: Limits) {
+        self.lock().serve = Some(limits);
     }
 
     /// Whether this node serves as a relay.
@@ -296,6 +300,7 @@ impl RelayIo {
         let s = self.lock();
         let mut c = RelayCounters {
             serving: s.serve.is_some(),
+            limits: s.serve,
             ..RelayCounters::default()
         };
         if let Some(paths) = &s.paths {
