@@ -788,6 +788,24 @@ fn cladnet(
             },
         );
         relayed.with_context(|| format!("host A's status: {last}"))?;
+        // A relayed peer's route carries the relayed path MTU (less the relay header): that
+        // is what TCP sees, so it goes in the table instead of the device's.
+        let peers = [
+            (&tb.a, overlay[1].context("B's overlay address")?),
+            (&tb.b, overlay[0].context("A's overlay address")?),
+        ];
+        let mut found = [None, None];
+        wait_all(
+            &mut tunnel.procs,
+            "the relayed per-peer routes (with their MTU) on both hosts",
+            || {
+                for (slot, (ns, peer)) in found.iter_mut().zip(peers) {
+                    *slot = peer_route_mtu(ns, peer);
+                }
+                found.iter().all(Option::is_some)
+            },
+        )?;
+        tunnel.mtu = found.map(|m| m.unwrap_or(0));
     }
     if let Some(routing) = config.pods() {
         let overlay = [
