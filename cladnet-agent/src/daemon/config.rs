@@ -8,7 +8,8 @@
 //! listen_port = 8055
 //! data_dir = "/var/lib/cladnet-agent"
 //! metrics_listen = "127.0.0.1:9412"
-//! # Forward relayed WireGuard traffic for members that cannot reach each other directly.
+//! # Forward relayed WireGuard traffic for members that cannot reach each other directly
+//! # (true, false, or "auto": while this host's endpoint is 1:1 or public).
 //! relay = true
 //! # Per-member limits of the relay (defaults: 100000 packets/s, burst 10000; 125000000
 //! # bytes/s, burst 12500000). A member over them has its frames refused and counted.
@@ -141,10 +142,12 @@ pub struct Settings {
     /// keep their size until the dataplane is detached.
     #[arg(long)]
     pub ebpf_max_peers: Option<u32>,
-    /// Serve as a relay for this network's members that cannot reach each other directly
-    /// (give it to hosts with a public, 1:1 endpoint).
-    #[arg(long)]
-    pub relay: Option<bool>,
+    /// Serve as a relay for this network's members that cannot reach each other directly:
+    /// true (give it to hosts with a public, 1:1 endpoint), false, or auto (serve while the
+    /// reflector's other-port test shows this host's endpoint takes datagrams from anywhere,
+    /// as a 1:1 NAT or a public address does).
+    #[arg(long, value_name = "true|false|auto")]
+    pub relay: Option<RelayMode>,
     /// As a relay: packets per second each member may send through it (default 100000).
     #[arg(long)]
     pub relay_packets_per_sec: Option<u64>,
@@ -241,8 +244,8 @@ pub struct AgentConfig {
     pub rx_hook: Option<RxHook>,
     /// Peers the eBPF maps hold.
     pub ebpf_max_peers: u32,
-    /// Serve as a relay for the network (`relay = true`).
-    pub relay: bool,
+    /// Whether to serve as a relay for the network (`relay = true`, `false` or `"auto"`).
+    pub relay: RelayMode,
     /// The per-member limits of the relay (when it serves as one).
     pub relay_limits: Limits,
     /// Packet workers of the userspace engine.
@@ -251,6 +254,48 @@ pub struct AgentConfig {
     pub advertise_routes: Vec<ipnet::Ipv4Net>,
     /// File of more prefixes to advertise, followed while the agent runs.
     pub advertise_routes_file: Option<PathBuf>,
+}
+
+/// Whether an agent serves as a relay (`relay`).
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum RelayMode {
+    /// Never (`false`, the default).
+    #[default]
+    Off,
+    /// Always (`true`).
+    On,
+    /// While this host's endpoint takes datagrams from sources it never sent to (`"auto"`;
+    /// the rule is `cladnet_core::relay::AutoRelay`).
+    Auto,
+}
+
+impl std::str::FromStr for RelayMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "true" => Ok(Self::On),
+            "false" => Ok(Self::Off),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!("{other:?} is not one of true, false, auto")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RelayMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Self::On),
+            Raw::Bool(false) => Ok(Self::Off),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// Which dataplane engine to run.
@@ -476,7 +521,7 @@ impl Settings {
             advertise_routes_file: self.advertise_routes_file,
             rx_hook,
             ebpf_max_peers,
-            relay: self.relay.unwrap_or(false),
+            relay: self.relay.unwrap_or_default(),
             relay_limits,
             packet_workers,
             bpf_pin_dir,
@@ -681,6 +726,19 @@ mod tests {
     }
 
     #[test]
+    fn relay_is_true_false_or_auto() {
+        let parse = |v: &str| toml::from_str::<Settings>(&format!("relay = {v}")).map(|s| s.relay);
+        assert_eq!(parse("true").unwrap(), Some(RelayMode::On));
+        assert_eq!(parse("false").unwrap(), Some(RelayMode::Off));
+        assert_eq!(parse("\"auto\"").unwrap(), Some(RelayMode::Auto));
+        let e = parse("\"sometimes\"").unwrap_err().to_string();
+        assert!(e.contains("not one of true, false, auto"), "{e}");
+        assert_eq!(base().resolve().unwrap().relay, RelayMode::Off);
+        assert_eq!("auto".parse(), Ok(RelayMode::Auto));
+        assert!("yes".parse::<RelayMode>().is_err());
+    }
+
+    #[test]
     fn relay_limits_from_file_and_flags() {
         assert_eq!(base().resolve().unwrap().relay_limits, Limits::default());
         let file: Settings = toml::from_str(
@@ -701,7 +759,7 @@ mod tests {
             ..Settings::default()
         };
         let c = file.overridden_by(flags).resolve().unwrap();
-        assert!(c.relay);
+        assert_eq!(c.relay, RelayMode::On);
         assert_eq!(
             c.relay_limits,
             Limits {

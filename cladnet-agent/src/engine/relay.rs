@@ -114,6 +114,16 @@ impl RelayIo {
         self.lock().serve = Some(limits);
     }
 
+    /// Starts serving with `limits` (`Some`) or stops (`None`) while the agent runs
+    /// (`relay = "auto"`); a fresh relay starts with zero counters.
+    pub fn set_serving(&self, limits: Option<Limits>) {
+        let mut s = self.lock();
+        s.serve = limits;
+        if let Some(p) = &mut s.paths {
+            p.set_serving(limits);
+        }
+    }
+
     /// Whether this node serves as a relay.
     pub fn serving(&self) -> bool {
         self.lock().serve.is_some()
