@@ -3,7 +3,8 @@
 //! (`relay = true`, 1:1 NAT), the relay sees only WireGuard messages, a pair whose relay is
 //! killed mid-transfer moves to the other one, a relay refuses whoever is not a member, and a
 //! relay with small configured limits refuses (and counts) a member over them while an honest
-//! relayed pair keeps working.
+//! relayed pair keeps working, and `relay = "auto"` serves behind a 1:1 NAT but not behind a
+//! masquerading one.
 
 use std::{
     process::Command,
@@ -433,4 +434,60 @@ fn a_relay_refuses_a_member_over_its_limits_and_an_honest_pair_keeps_working() {
         );
         assert!(n >= refused(&after, reason) as f64, "{reason}: {n}\n{text}");
     }
+}
+
+#[test]
+fn relay_auto_serves_behind_a_one_to_one_nat_and_not_behind_a_masquerading_one() {
+    require_netns!();
+    let topo = Topology::builder()
+        .cloud("c1", "192.168.1.0/24", Nat::OneToOne)
+        .host("c1", "r1")
+        .cloud("c2", "192.168.1.0/24", Nat::Easy)
+        .host("c2", "e1")
+        .cloud("c3", "192.168.1.0/24", Nat::Hard)
+        .host("c3", "h1")
+        .cloud("c4", "192.168.1.0/24", Nat::Hard)
+        .host("c4", "h2")
+        .cloud("ops", "172.16.0.0/24", Nat::OneToOne)
+        .host("ops", "ctl")
+        .build()
+        .expect("topology");
+    let mut mesh = Mesh::start(topo, "ctl", "10.82.0.0/24", &[]);
+    let auto = ["--relay", "auto", "--probe-interval-secs", "1"];
+    let sites = [("p1", "v1"), ("p2", "v2"), ("p3", "v3"), ("p4", "v4")];
+    for (host, (p, v)) in ["r1", "e1", "h1", "h2"].into_iter().zip(sites) {
+        let extra: &[&str] = if host.starts_with('h') { &[] } else { &auto };
+        mesh.start_agent(host, cladnet_tests::site(p, v), extra);
+    }
+    let offers_relay = |m: &Mesh, host: &str| {
+        m.peer(host).is_some_and(|p| {
+            p["capabilities"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c == "relay")
+        })
+    };
+    // r1's endpoint (1:1) takes the reflector's answer from another port: it serves and
+    // says so in its record.
+    mesh.wait("r1 offers to relay", UP, |m| offers_relay(m, "r1"));
+    let started = Instant::now();
+    assert_eq!(mesh.agent_status("r1")["relay"]["serving"], true);
+    // The hard-NAT pair goes through r1.
+    let (a, b) = (mesh.overlay_ip("h1"), mesh.overlay_ip("h2"));
+    mesh.wait("h1 pings h2", UP, |m| m.topo.host("h1").pings(b, 1));
+    mesh.wait("h2 pings h1", UP, |m| m.topo.host("h2").pings(a, 1));
+    assert_eq!(path(&mesh, "h1", "h2"), ("relay".into(), Some("r1".into())));
+    assert_eq!(path(&mesh, "h2", "h1"), ("relay".into(), Some("r1".into())));
+    // e1 (port-preserving masquerade, unsolicited datagrams dropped) had as many tests (one
+    // a second, like r1's) and a few more: it never serves.
+    thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+    assert_eq!(mesh.agent_status("e1")["relay"]["serving"], false);
+    assert!(!offers_relay(&mesh, "e1"), "{:?}", mesh.peer("e1"));
+    // The logs explain the decision.
+    assert!(
+        mesh.agent_log("r1")
+            .contains("relay = auto: this endpoint takes datagrams from anywhere"),
+        "r1's log does not explain why it relays"
+    );
 }
