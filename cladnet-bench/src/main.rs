@@ -186,7 +186,8 @@ struct DataplaneArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     runs: u32,
     /// Only these configurations (comma-separated): raw, vxlan, wireguard-go, boringtun,
-    /// cladnet-sealed, cladnet-plain, cladnet-ebpf-plain, cladnet-ebpf-plain-tc.
+    /// cladnet-sealed, cladnet-plain, cladnet-ebpf-plain, cladnet-ebpf-plain-tc,
+    /// cladnet-sealed-flood, cladnet-relayed, ... (docs/benchmarks.md lists every row).
     #[arg(long, value_delimiter = ',')]
     only: Vec<Config>,
     /// Pings per run (20 ms apart).

@@ -3,9 +3,15 @@
 //! gets.
 //!
 //! ```text
-//! request  (24 bytes): "CLADRFL1" | nonce (8) | zero (8)
+//! request  (24 bytes): "CLADRFL1" | nonce (8) | flags (1) | zero (7)
 //! response (22 bytes): "CLADRFL1" | nonce (8) | IPv4 (4) | port (2, big endian)
 //! ```
+//!
+//! Flags: 0, or [`FLAG_OTHER_PORT`]: "answer from another port than the one asked", the
+//! filtering test of `relay = "auto"` (STUN's change-port request): the answer reaches the
+//! agent only if its NAT and firewalls let in a datagram from a source it never sent to, as
+//! a 1:1 NAT or a public address does and a masquerading NAT does not. Such a request is
+//! answered from the other port only (still one response, shorter than the request).
 //!
 //! The request is longer than the response, so the reflector cannot amplify spoofed traffic.
 //! The first byte, `C` (0x43), is neither a WireGuard type (1..=4) nor a CLAD version-1 byte
@@ -20,6 +26,8 @@ pub const MAGIC: [u8; 8] = *b"CLADRFL1";
 pub const REQUEST_LEN: usize = 24;
 /// Response length.
 pub const RESPONSE_LEN: usize = 22;
+/// Request flag: answer from another port (see the module documentation).
+pub const FLAG_OTHER_PORT: u8 = 1;
 
 /// Whether a datagram starts like a reflector message.
 pub fn is_reflector(datagram: &[u8]) -> bool {
@@ -34,11 +42,27 @@ pub fn request(nonce: u64) -> [u8; REQUEST_LEN] {
     r
 }
 
-/// The nonce of a well-formed request.
+/// A request carrying `nonce` that asks for the answer from another port.
+pub fn request_other_port(nonce: u64) -> [u8; REQUEST_LEN] {
+    let mut r = request(nonce);
+    r[16] = FLAG_OTHER_PORT;
+    r
+}
+
+/// The nonce of a well-formed request without flags.
 pub fn parse_request(datagram: &[u8]) -> Option<u64> {
+    parse_any_request(datagram).and_then(|(nonce, flags)| (flags == 0).then_some(nonce))
+}
+
+/// The nonce and flags (0 or [`FLAG_OTHER_PORT`]) of a well-formed request.
+pub fn parse_any_request(datagram: &[u8]) -> Option<(u64, u8)> {
     let r: &[u8; REQUEST_LEN] = datagram.try_into().ok()?;
-    (r[..8] == MAGIC && r[16..].iter().all(|b| *b == 0))
-        .then(|| u64::from_be_bytes(r[8..16].try_into().expect("8 bytes")))
+    (r[..8] == MAGIC && r[16] <= FLAG_OTHER_PORT && r[17..].iter().all(|b| *b == 0)).then(|| {
+        (
+            u64::from_be_bytes(r[8..16].try_into().expect("8 bytes")),
+            r[16],
+        )
+    })
 }
 
 /// The response telling the requester it was seen as `seen`.
@@ -85,6 +109,17 @@ mod tests {
         req[20] = 1;
         assert_eq!(parse_request(&req), None, "padding must be zero");
         assert_eq!(parse_request(&req[..23]), None);
+        let other = request_other_port(7);
+        assert_eq!(
+            parse_request(&other),
+            None,
+            "a flagged request is not a plain one"
+        );
+        assert_eq!(parse_any_request(&other), Some((7, FLAG_OTHER_PORT)));
+        assert_eq!(parse_any_request(&request(7)), Some((7, 0)));
+        let mut unknown = request(7);
+        unknown[16] = 2;
+        assert_eq!(parse_any_request(&unknown), None, "unknown flags");
         assert_eq!(parse_response(&[0u8; RESPONSE_LEN]), None);
         assert_eq!(
             parse_response(&response(1, "1.2.3.4:5".parse().unwrap())[..21]),
@@ -112,6 +147,11 @@ mod tests {
             let d = &buf[..len];
             if let Some(nonce) = parse_request(d) {
                 assert_eq!(&request(nonce)[..], d);
+            }
+            match parse_any_request(d) {
+                Some((nonce, 0)) => assert_eq!(&request(nonce)[..], d),
+                Some((nonce, _)) => assert_eq!(&request_other_port(nonce)[..], d),
+                None => {}
             }
             if let Some((nonce, seen)) = parse_response(d) {
                 assert_eq!(&response(nonce, seen)[..], d);

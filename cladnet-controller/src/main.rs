@@ -182,11 +182,29 @@ async fn main() -> anyhow::Result<()> {
     let reflector = tokio::net::UdpSocket::bind(reflector_addr)
         .await
         .with_context(|| format!("binding the reflector on udp {reflector_addr}"))?;
-    info!(listen = %reflector.local_addr()?, "endpoint reflector serving");
+    // The filtering test of `relay = "auto"` agents is answered from a second port (any free
+    // one on the same address).
+    let other_addr = SocketAddr::new(reflector.local_addr()?.ip(), 0);
+    let other = match tokio::net::UdpSocket::bind(other_addr).await {
+        Ok(s) => Some(s),
+        Err(error) => {
+            warn!(%error, "no second reflector port: relay = \"auto\" agents will not relay");
+            None
+        }
+    };
+    info!(
+        listen = %reflector.local_addr()?,
+        other_port = ?other.as_ref().and_then(|s| s.local_addr().ok()),
+        "endpoint reflector serving"
+    );
     let (reflector_stop, reflector_stopped) = tokio::sync::oneshot::channel::<()>();
-    let reflector = tokio::spawn(cladnet_controller::reflector::serve(reflector, async {
-        let _ = reflector_stopped.await;
-    }));
+    let reflector = tokio::spawn(cladnet_controller::reflector::serve(
+        reflector,
+        other,
+        async {
+            let _ = reflector_stopped.await;
+        },
+    ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stopped = async {
         let _ = stop_rx.await;

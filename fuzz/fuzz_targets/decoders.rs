@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(inner[12..16], peer.overlay_ip);
     }
     let _ = reflector::parse_request(data);
+    let _ = reflector::parse_any_request(data);
     if let Some((nonce, seen)) = reflector::parse_response(data) {
         assert_eq!(&reflector::response(nonce, seen)[..], data);
     }

@@ -1,7 +1,10 @@
 //! Relayed paths with a real controller and agents: two hosts behind hard NAT (a new port per
 //! destination, so no direct path) reach each other through one of two relay agents
 //! (`relay = true`, 1:1 NAT), the relay sees only WireGuard messages, a pair whose relay is
-//! killed mid-transfer moves to the other one, and a relay refuses whoever is not a member.
+//! killed mid-transfer moves to the other one, a relay refuses whoever is not a member, and a
+//! relay with small configured limits refuses (and counts) a member over them while an honest
+//! relayed pair keeps working, and `relay = "auto"` serves behind a 1:1 NAT but not behind a
+//! masquerading one.
 
 use std::{
     process::Command,
@@ -9,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cladnet_tests::{Mesh, Nat, Topology, require_netns};
+use cladnet_tests::{Mesh, Nat, Topology, metric_sum, require_netns};
 
 const UP: Duration = Duration::from_secs(30);
 /// Bytes of the transfer the relay dies in (long enough to outlast it by seconds).
@@ -249,4 +252,242 @@ fn a_relayed_pair_upgrades_to_direct_when_a_nat_becomes_one_to_one() {
     transfer.finish(&mesh);
     wait_controller_path(&mesh, "h1", "h2", "direct", None);
     wait_controller_path(&mesh, "h2", "h1", "direct", None);
+}
+
+/// The relay's per-member limits in the over-limit case: 200 packets/s (burst 200) and
+/// 65 535 bytes/s (burst 65 535, the smallest the configuration allows). Pings and keepalives
+/// stay far below; a flood does not.
+const SMALL: [(&str, u64); 4] = [
+    ("--relay-packets-per-sec", 200),
+    ("--relay-packet-burst", 200),
+    ("--relay-bytes-per-sec", 65_535),
+    ("--relay-byte-burst", 65_535),
+];
+const METRICS: u16 = 9412;
+
+/// One relay `r1` (1:1 NAT) with the [`SMALL`] limits and metrics, and three members behind
+/// hard NAT (`h1`, `h2`, `h3`): every pair of them is relayed through `r1`.
+fn start_limited() -> Mesh {
+    let topo = Topology::builder()
+        .cloud("c1", "192.168.1.0/24", Nat::OneToOne)
+        .host("c1", "r1")
+        .cloud("c3", "192.168.1.0/24", Nat::Hard)
+        .host("c3", "h1")
+        .cloud("c4", "192.168.1.0/24", Nat::Hard)
+        .host("c4", "h2")
+        .cloud("c5", "192.168.1.0/24", Nat::Hard)
+        .host("c5", "h3")
+        .cloud("ops", "172.16.0.0/24", Nat::OneToOne)
+        .host("ops", "ctl")
+        .build()
+        .expect("topology");
+    let mut mesh = Mesh::start(topo, "ctl", "10.82.0.0/24", &[]);
+    let values: Vec<String> = SMALL.iter().map(|(_, v)| v.to_string()).collect();
+    let metrics = format!("127.0.0.1:{METRICS}");
+    let mut relay = vec!["--relay", "true", "--metrics-listen", &metrics];
+    for ((flag, _), v) in SMALL.iter().zip(&values) {
+        relay.extend([*flag, v.as_str()]);
+    }
+    let sites = [("p1", "v1"), ("p3", "v3"), ("p4", "v4"), ("p5", "v5")];
+    for (host, (p, v)) in ["r1", "h1", "h2", "h3"].into_iter().zip(sites) {
+        let extra: &[&str] = if host == "r1" { &relay } else { &[] };
+        mesh.start_agent(host, cladnet_tests::site(p, v), extra);
+    }
+    mesh.wait("every agent joined", UP, |m| {
+        ["r1", "h1", "h2", "h3"]
+            .iter()
+            .all(|h| m.peer(h).is_some_and(|p| p["state"].as_str() == Some("up")))
+    });
+    mesh
+}
+
+/// `reason`'s count in a status's `relay.refused`.
+fn refused(relay: &serde_json::Value, reason: &str) -> u64 {
+    relay["refused"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r[0] == reason)
+        .and_then(|r| r[1].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_relay_refuses_a_member_over_its_limits_and_an_honest_pair_keeps_working() {
+    require_netns!();
+    let mesh = start_limited();
+    let (a, b) = (mesh.overlay_ip("h1"), mesh.overlay_ip("h2"));
+    for (from, to) in [("h1", b), ("h2", a), ("h3", b)] {
+        mesh.wait(&format!("{from} pings {to}"), UP, |m| {
+            m.topo.host(from).pings(to, 1)
+        });
+    }
+    for (host, peer) in [("h1", "h2"), ("h2", "h1"), ("h3", "h2")] {
+        assert_eq!(
+            path(&mesh, host, peer).0,
+            "relay",
+            "{host} -> {peer} goes through r1"
+        );
+    }
+    // The relay applies the configured limits, and says so.
+    let status = mesh.agent_status("r1")["relay"].clone();
+    let limits = &status["limits"];
+    assert_eq!(limits["packets_per_sec"], 200, "{status}");
+    assert_eq!(limits["packet_burst"], 200, "{status}");
+    assert_eq!(limits["bytes_per_sec"], 65_535, "{status}");
+    assert_eq!(limits["byte_burst"], 65_535, "{status}");
+    let text = mesh.scrape("r1", METRICS);
+    assert_eq!(
+        metric_sum(&text, "cladnet_relay_limit", &["limit=\"packets_per_sec\""]),
+        200.0,
+        "{text}"
+    );
+    let before = mesh.agent_status("r1")["relay"].clone();
+    let t0 = Instant::now();
+    // h3 floods h2 through the relay over UDP (nothing answers but rate-limited ICMP): large
+    // datagrams for 1.5 s (over the byte rate), then small ones for 2 s (over the packet
+    // rate). Large first: h3's own path gives up on a relay that forwards nothing back after
+    // a few seconds, and drops what it would send there. Meanwhile h1 pings h2 through the
+    // same relay, within its own budget.
+    let (pings, flood) = thread::scope(|s| {
+        let flood = s.spawn(|| {
+            mesh.topo.host("h3").exec([
+                "python3",
+                "-c",
+                "import socket, sys, time\n\
+                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                 sent = [0, 0]\n\
+                 for i, (size, secs) in enumerate(((1200, 1.5), (16, 2))):\n\
+                 \x20   end = time.monotonic() + secs\n\
+                 \x20   while time.monotonic() < end:\n\
+                 \x20       try:\n\
+                 \x20           s.sendto(b'x' * size, (sys.argv[1], 9))\n\
+                 \x20           sent[i] += 1\n\
+                 \x20       except OSError:\n\
+                 \x20           time.sleep(0.001)\n\
+                 print(sent[0], sent[1])\n",
+                &b.to_string(),
+            ])
+        });
+        thread::sleep(Duration::from_millis(200));
+        let pings = mesh.topo.host("h1").exec([
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "15",
+            "-i",
+            "0.25",
+            "-W",
+            "1",
+            &b.to_string(),
+        ]);
+        (pings, flood.join().expect("flood thread"))
+    });
+    let flood = flood.expect("the flood ran");
+    eprintln!("h3 sent (large, small): {}", flood.trim());
+    // Nothing more arrives once the flood's queues drained.
+    thread::sleep(Duration::from_millis(500));
+    let after = mesh.agent_status("r1")["relay"].clone();
+    let window = t0.elapsed().as_secs_f64();
+    eprintln!("r1 before: {before}\nr1 after: {after}");
+    let delta = |reason: &str| refused(&after, reason) - refused(&before, reason);
+    let (packet_limit, byte_limit) = (delta("packet_limit"), delta("byte_limit"));
+    eprintln!("refused in {window:.1} s: packet_limit {packet_limit}, byte_limit {byte_limit}");
+    assert!(packet_limit >= 500, "small datagrams over 200/s refused");
+    assert!(byte_limit >= 100, "large datagrams over 65535 B/s refused");
+    // What got through fits the three members' budgets (burst plus rate over the window).
+    let fwd = |v: &serde_json::Value, i: usize| v["forwarded"][i].as_u64().unwrap_or(0);
+    let (frames, bytes) = (
+        fwd(&after, 0) - fwd(&before, 0),
+        fwd(&after, 1) - fwd(&before, 1),
+    );
+    let budget = |burst: f64, rate: f64| 3.0 * (burst + rate * window);
+    assert!(
+        (frames as f64) <= budget(200.0, 200.0),
+        "{frames} frames forwarded in {window:.1} s"
+    );
+    assert!(
+        (bytes as f64) <= budget(65_535.0, 65_535.0),
+        "{bytes} bytes forwarded in {window:.1} s"
+    );
+    // The honest pair kept working during the flood and after it.
+    let pings = pings.expect("h1 pinged h2 during the flood");
+    let received: u32 = pings
+        .split(", ")
+        .find_map(|f| f.strip_suffix(" received")?.parse().ok())
+        .expect("ping summary");
+    assert!(
+        received >= 13,
+        "h1 -> h2 lost pings during the flood: {pings}"
+    );
+    assert!(mesh.topo.host("h1").pings(b, 3));
+    assert!(mesh.topo.host("h2").pings(a, 3));
+    assert_eq!(path(&mesh, "h1", "h2").0, "relay");
+    // The refusals are counted per reason in the metrics too.
+    let text = mesh.scrape("r1", METRICS);
+    for reason in ["packet_limit", "byte_limit"] {
+        let n = metric_sum(
+            &text,
+            "cladnet_relay_refused_total",
+            &[&format!("reason=\"{reason}\"")],
+        );
+        assert!(n >= refused(&after, reason) as f64, "{reason}: {n}\n{text}");
+    }
+}
+
+#[test]
+fn relay_auto_serves_behind_a_one_to_one_nat_and_not_behind_a_masquerading_one() {
+    require_netns!();
+    let topo = Topology::builder()
+        .cloud("c1", "192.168.1.0/24", Nat::OneToOne)
+        .host("c1", "r1")
+        .cloud("c2", "192.168.1.0/24", Nat::Easy)
+        .host("c2", "e1")
+        .cloud("c3", "192.168.1.0/24", Nat::Hard)
+        .host("c3", "h1")
+        .cloud("c4", "192.168.1.0/24", Nat::Hard)
+        .host("c4", "h2")
+        .cloud("ops", "172.16.0.0/24", Nat::OneToOne)
+        .host("ops", "ctl")
+        .build()
+        .expect("topology");
+    let mut mesh = Mesh::start(topo, "ctl", "10.82.0.0/24", &[]);
+    let auto = ["--relay", "auto", "--probe-interval-secs", "1"];
+    let sites = [("p1", "v1"), ("p2", "v2"), ("p3", "v3"), ("p4", "v4")];
+    for (host, (p, v)) in ["r1", "e1", "h1", "h2"].into_iter().zip(sites) {
+        let extra: &[&str] = if host.starts_with('h') { &[] } else { &auto };
+        mesh.start_agent(host, cladnet_tests::site(p, v), extra);
+    }
+    let offers_relay = |m: &Mesh, host: &str| {
+        m.peer(host).is_some_and(|p| {
+            p["capabilities"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c == "relay")
+        })
+    };
+    // r1's endpoint (1:1) takes the reflector's answer from another port: it serves and
+    // says so in its record.
+    mesh.wait("r1 offers to relay", UP, |m| offers_relay(m, "r1"));
+    let started = Instant::now();
+    assert_eq!(mesh.agent_status("r1")["relay"]["serving"], true);
+    // The hard-NAT pair goes through r1.
+    let (a, b) = (mesh.overlay_ip("h1"), mesh.overlay_ip("h2"));
+    mesh.wait("h1 pings h2", UP, |m| m.topo.host("h1").pings(b, 1));
+    mesh.wait("h2 pings h1", UP, |m| m.topo.host("h2").pings(a, 1));
+    assert_eq!(path(&mesh, "h1", "h2"), ("relay".into(), Some("r1".into())));
+    assert_eq!(path(&mesh, "h2", "h1"), ("relay".into(), Some("r1".into())));
+    // e1 (port-preserving masquerade, unsolicited datagrams dropped) had as many tests (one
+    // a second, like r1's) and a few more: it never serves.
+    thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+    assert_eq!(mesh.agent_status("e1")["relay"]["serving"], false);
+    assert!(!offers_relay(&mesh, "e1"), "{:?}", mesh.peer("e1"));
+    // The logs explain the decision.
+    assert!(
+        mesh.agent_log("r1")
+            .contains("relay = auto: this endpoint takes datagrams from anywhere"),
+        "r1's log does not explain why it relays"
+    );
 }

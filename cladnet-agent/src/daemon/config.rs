@@ -8,8 +8,13 @@
 //! listen_port = 8055
 //! data_dir = "/var/lib/cladnet-agent"
 //! metrics_listen = "127.0.0.1:9412"
-//! # Forward relayed WireGuard traffic for members that cannot reach each other directly.
+//! # Forward relayed WireGuard traffic for members that cannot reach each other directly
+//! # (true, false, or "auto": while this host's endpoint is 1:1 or public).
 //! relay = true
+//! # Per-member limits of the relay (defaults: 100000 packets/s, burst 10000; 125000000
+//! # bytes/s, burst 12500000). A member over them has its frames refused and counted.
+//! relay_packets_per_sec = 20000
+//! relay_bytes_per_sec = 25000000
 //! # Prefixes routed through this host (a pod network, a subnet behind it); the file holds
 //! # more (e.g. the Kubernetes node's podCIDR) and is re-read when it changes.
 //! advertise_routes = ["192.168.50.0/24"]
@@ -28,6 +33,7 @@ use std::{
 };
 
 use cladnet_common::wire::TUNNEL_PORT;
+use cladnet_core::relay::Limits;
 use cladnet_proto::tls::{ClientTls, Pin};
 
 use crate::ebpf::RxHook;
@@ -136,10 +142,26 @@ pub struct Settings {
     /// keep their size until the dataplane is detached.
     #[arg(long)]
     pub ebpf_max_peers: Option<u32>,
-    /// Serve as a relay for this network's members that cannot reach each other directly
-    /// (give it to hosts with a public, 1:1 endpoint).
+    /// Serve as a relay for this network's members that cannot reach each other directly:
+    /// true (give it to hosts with a public, 1:1 endpoint), false, or auto (serve while the
+    /// reflector's other-port test shows this host's endpoint takes datagrams from anywhere,
+    /// as a 1:1 NAT or a public address does).
+    #[arg(long, value_name = "true|false|auto")]
+    pub relay: Option<RelayMode>,
+    /// As a relay: packets per second each member may send through it (default 100000).
     #[arg(long)]
-    pub relay: Option<bool>,
+    pub relay_packets_per_sec: Option<u64>,
+    /// As a relay: packets a member that was quiet may send at once (default 10000).
+    #[arg(long)]
+    pub relay_packet_burst: Option<u64>,
+    /// As a relay: bytes per second each member may send through it (default 125000000,
+    /// 1 Gbit/s).
+    #[arg(long)]
+    pub relay_bytes_per_sec: Option<u64>,
+    /// As a relay: bytes a member that was quiet may send at once (default 12500000; at least
+    /// 65535, one largest datagram).
+    #[arg(long)]
+    pub relay_byte_burst: Option<u64>,
     /// Packet workers of the userspace engine (each a TUN queue and a tunnel socket with a
     /// thread per direction); default: one per core, at most 8.
     #[arg(long)]
@@ -222,14 +244,58 @@ pub struct AgentConfig {
     pub rx_hook: Option<RxHook>,
     /// Peers the eBPF maps hold.
     pub ebpf_max_peers: u32,
-    /// Serve as a relay for the network (`relay = true`).
-    pub relay: bool,
+    /// Whether to serve as a relay for the network (`relay = true`, `false` or `"auto"`).
+    pub relay: RelayMode,
+    /// The per-member limits of the relay (when it serves as one).
+    pub relay_limits: Limits,
     /// Packet workers of the userspace engine.
     pub packet_workers: usize,
     /// Prefixes to advertise (checked for shape; the controller validates them further).
     pub advertise_routes: Vec<ipnet::Ipv4Net>,
     /// File of more prefixes to advertise, followed while the agent runs.
     pub advertise_routes_file: Option<PathBuf>,
+}
+
+/// Whether an agent serves as a relay (`relay`).
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum RelayMode {
+    /// Never (`false`, the default).
+    #[default]
+    Off,
+    /// Always (`true`).
+    On,
+    /// While this host's endpoint takes datagrams from sources it never sent to (`"auto"`;
+    /// the rule is `cladnet_core::relay::AutoRelay`).
+    Auto,
+}
+
+impl std::str::FromStr for RelayMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "true" => Ok(Self::On),
+            "false" => Ok(Self::Off),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!("{other:?} is not one of true, false, auto")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RelayMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Self::On),
+            Raw::Bool(false) => Ok(Self::Off),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// Which dataplane engine to run.
@@ -291,6 +357,10 @@ impl Settings {
             rx_hook: over.rx_hook.or(self.rx_hook),
             ebpf_max_peers: over.ebpf_max_peers.or(self.ebpf_max_peers),
             relay: over.relay.or(self.relay),
+            relay_packets_per_sec: over.relay_packets_per_sec.or(self.relay_packets_per_sec),
+            relay_packet_burst: over.relay_packet_burst.or(self.relay_packet_burst),
+            relay_bytes_per_sec: over.relay_bytes_per_sec.or(self.relay_bytes_per_sec),
+            relay_byte_burst: over.relay_byte_burst.or(self.relay_byte_burst),
             packet_workers: over.packet_workers.or(self.packet_workers),
             advertise_routes: if over.advertise_routes.is_empty() {
                 self.advertise_routes
@@ -438,6 +508,12 @@ impl Settings {
                 format!("{packet_workers} is not in 1..={MAX_PACKET_WORKERS}"),
             ));
         }
+        let relay_limits = relay_limits(
+            self.relay_packets_per_sec,
+            self.relay_packet_burst,
+            self.relay_bytes_per_sec,
+            self.relay_byte_burst,
+        )?;
         let advertise_routes =
             crate::routes::parse_list("advertise_routes", &self.advertise_routes)?;
         Ok(AgentConfig {
@@ -445,7 +521,8 @@ impl Settings {
             advertise_routes_file: self.advertise_routes_file,
             rx_hook,
             ebpf_max_peers,
-            relay: self.relay.unwrap_or(false),
+            relay: self.relay.unwrap_or_default(),
+            relay_limits,
             packet_workers,
             bpf_pin_dir,
             dataplane,
@@ -466,6 +543,57 @@ impl Settings {
             site: self.site,
         })
     }
+}
+
+/// The relay's per-member limits: the defaults with what the configuration sets, each checked
+/// against [`Limits::RANGE_PACKETS`] or [`Limits::RANGE_BYTES`].
+fn relay_limits(
+    packets_per_sec: Option<u64>,
+    packet_burst: Option<u64>,
+    bytes_per_sec: Option<u64>,
+    byte_burst: Option<u64>,
+) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let check = |field: &'static str,
+                 value: Option<u64>,
+                 default: u64,
+                 range: std::ops::RangeInclusive<u64>| {
+        let v = value.unwrap_or(default);
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(bad(
+                field,
+                format!("{v} is not in {}..={}", range.start(), range.end()),
+            ))
+        }
+    };
+    Ok(Limits {
+        packets_per_sec: check(
+            "relay_packets_per_sec",
+            packets_per_sec,
+            d.packets_per_sec,
+            Limits::RANGE_PACKETS,
+        )?,
+        packet_burst: check(
+            "relay_packet_burst",
+            packet_burst,
+            d.packet_burst,
+            Limits::RANGE_PACKETS,
+        )?,
+        bytes_per_sec: check(
+            "relay_bytes_per_sec",
+            bytes_per_sec,
+            d.bytes_per_sec,
+            Limits::RANGE_BYTES,
+        )?,
+        byte_burst: check(
+            "relay_byte_burst",
+            byte_burst,
+            d.byte_burst,
+            Limits::RANGE_BYTES,
+        )?,
+    })
 }
 
 /// The trust for `https://` controllers: `controller_pin`, else the join token's pin, else
@@ -594,6 +722,52 @@ mod tests {
         assert_eq!(
             (c.site.provider.as_str(), c.site.vpc.as_str()),
             ("aws", "vpc-2")
+        );
+    }
+
+    #[test]
+    fn relay_is_true_false_or_auto() {
+        let parse = |v: &str| toml::from_str::<Settings>(&format!("relay = {v}")).map(|s| s.relay);
+        assert_eq!(parse("true").unwrap(), Some(RelayMode::On));
+        assert_eq!(parse("false").unwrap(), Some(RelayMode::Off));
+        assert_eq!(parse("\"auto\"").unwrap(), Some(RelayMode::Auto));
+        let e = parse("\"sometimes\"").unwrap_err().to_string();
+        assert!(e.contains("not one of true, false, auto"), "{e}");
+        assert_eq!(base().resolve().unwrap().relay, RelayMode::Off);
+        assert_eq!("auto".parse(), Ok(RelayMode::Auto));
+        assert!("yes".parse::<RelayMode>().is_err());
+    }
+
+    #[test]
+    fn relay_limits_from_file_and_flags() {
+        assert_eq!(base().resolve().unwrap().relay_limits, Limits::default());
+        let file: Settings = toml::from_str(
+            r#"
+            controllers = ["http://192.0.2.1:8053"]
+            network = "net"
+            join_token = "cnj.a.b"
+            relay = true
+            relay_packets_per_sec = 500
+            relay_byte_burst = 100000
+            "#,
+        )
+        .unwrap();
+        let flags = Settings {
+            relay_packets_per_sec: Some(300),
+            relay_packet_burst: Some(50),
+            relay_bytes_per_sec: Some(70_000),
+            ..Settings::default()
+        };
+        let c = file.overridden_by(flags).resolve().unwrap();
+        assert_eq!(c.relay, RelayMode::On);
+        assert_eq!(
+            c.relay_limits,
+            Limits {
+                packets_per_sec: 300,
+                packet_burst: 50,
+                bytes_per_sec: 70_000,
+                byte_burst: 100_000,
+            }
         );
     }
 
@@ -801,6 +975,47 @@ mod tests {
             }),
             "packet_workers"
         );
+        for (field, s) in [
+            (
+                "relay_packets_per_sec",
+                Settings {
+                    relay_packets_per_sec: Some(0),
+                    ..base()
+                },
+            ),
+            (
+                "relay_packet_burst",
+                Settings {
+                    relay_packet_burst: Some(100_000_001),
+                    ..base()
+                },
+            ),
+            (
+                "relay_bytes_per_sec",
+                Settings {
+                    relay_bytes_per_sec: Some(0),
+                    ..base()
+                },
+            ),
+            (
+                "relay_byte_burst",
+                Settings {
+                    relay_byte_burst: Some(1500),
+                    ..base()
+                },
+            ),
+            (
+                "relay_bytes_per_sec",
+                Settings {
+                    relay_bytes_per_sec: Some(u64::MAX),
+                    ..base()
+                },
+            ),
+        ] {
+            let e = s.resolve().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.to_string().contains(" is not in "), "{e}");
+        }
         let unknown = toml::from_str::<Settings>("netwrok = \"x\"").unwrap_err();
         assert!(unknown.to_string().contains("netwrok"), "{unknown}");
     }

@@ -228,6 +228,26 @@ impl Collector for EngineCollector {
             MetricType::Counter,
             [(Labels::new(), ConstCounter::new(counters.forwarded.0))],
         )?;
+        let limits = counters.limits.map(|l| {
+            [
+                ("packets_per_sec", l.packets_per_sec),
+                ("packet_burst", l.packet_burst),
+                ("bytes_per_sec", l.bytes_per_sec),
+                ("byte_burst", l.byte_burst),
+            ]
+        });
+        family(
+            e,
+            "cladnet_relay_limit",
+            "The per-member limits this node applies as a relay (absent when not serving).",
+            MetricType::Gauge,
+            limits.into_iter().flatten().map(|(kind, v)| {
+                (
+                    vec![("limit", kind.to_owned())],
+                    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)),
+                )
+            }),
+        )?;
         family(
             e,
             "cladnet_relay_refused",

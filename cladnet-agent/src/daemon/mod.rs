@@ -43,7 +43,7 @@ use crate::{
     netconf,
     sys::tun::{Offload, Tun, TunOptions},
 };
-pub use config::{AgentConfig, DataplaneChoice, Settings};
+pub use config::{AgentConfig, DataplaneChoice, RelayMode, Settings};
 use dataplane::Dataplane;
 use host::HostFacts;
 use session::{BACKOFF_MAX, BACKOFF_MIN, ControlSession, Next};
@@ -85,8 +85,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     )
     .with_context(|| format!("binding the tunnel port udp/{}", cfg.listen_port))?;
     let router = Arc::new(Router::new(identity.private_key.clone()));
-    if cfg.relay {
-        router.relay().serve();
+    if cfg.relay == RelayMode::On {
+        router.relay().serve(cfg.relay_limits);
     }
     let queues = tun
         .queues()
@@ -149,6 +149,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         underlay_ip: facts.private_cidr.map(|(ip, _)| ip),
     });
     node.enable_path_mtu(random_u64());
+    let cfg_relay = cfg.relay;
     let mut agent = Agent {
         node,
         session: ControlSession::new(
@@ -169,6 +170,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         info,
         tests: tokio::sync::mpsc::unbounded_channel(),
         advertiser,
+        auto_relay: (cfg_relay == RelayMode::Auto).then(cladnet_core::relay::AutoRelay::new),
         pmtu: pmtu::PathMtuIo::new(),
         _tun: tun,
     };
@@ -211,6 +213,8 @@ struct Agent {
     advertiser: crate::routes::Advertiser,
     /// Path MTU inputs for the Node (counters, the kernel's route cache).
     pmtu: pmtu::PathMtuIo,
+    /// `relay = "auto"`: the decision from the reflector's other-port tests.
+    auto_relay: Option<cladnet_core::relay::AutoRelay>,
     /// Keeps the device alive.
     _tun: Tun,
 }
@@ -222,7 +226,8 @@ impl Agent {
             Some(k) => vec![k.report.mode.config_name(), "userspace"],
             None => vec!["userspace"],
         };
-        if self.cfg.relay {
+        // `relay = "auto"` reports it only while it serves (and reports the change).
+        if self.dp.router.relay().serving() {
             caps.push(crate::engine::relay::CAPABILITY);
         }
         caps

@@ -26,6 +26,52 @@ impl Agent {
             }
             Err(error) => debug!(%error, "probe failed"),
         }
+        self.test_relay_reachability().await;
+    }
+
+    /// `relay = "auto"`: asks the reflector to answer from another port, feeds the result to
+    /// the rule ([`cladnet_core::relay::AutoRelay`]) and, when the decision changes, starts
+    /// or stops serving as a relay and reports the capability.
+    async fn test_relay_reachability(&mut self) {
+        if self.auto_relay.is_none() {
+            return;
+        }
+        let open = match self
+            .engine
+            .probe_other_port(self.reflector, Duration::from_millis(700))
+            .await
+        {
+            Ok(open) => open,
+            Err(error) => {
+                debug!(%error, "relay reachability test failed");
+                false
+            }
+        };
+        let Some(serve) = self.auto_relay.as_mut().and_then(|a| a.observe(open)) else {
+            return;
+        };
+        let relay = self.dp.router.relay();
+        if serve {
+            info!(
+                "relay = auto: this endpoint takes datagrams from anywhere (the reflector's \
+                 other-port answer arrives): serving as a relay"
+            );
+            relay.set_serving(Some(self.cfg.relay_limits));
+        } else {
+            warn!(
+                "relay = auto: the reflector's other-port answers stopped arriving (NAT or \
+                 firewall changed): no longer serving as a relay"
+            );
+            relay.set_serving(None);
+        }
+        let facts = self.facts.to_proto(&self.capabilities());
+        let mut r = self
+            .session
+            .take_pending()
+            .unwrap_or_else(|| self.session.report(|_| {}));
+        r.facts = Some(facts);
+        self.session.set_pending(r);
+        self.session.flush_report().await;
     }
 
     /// A keepalive answer: only the newest probe's answer counts (a late answer to an older

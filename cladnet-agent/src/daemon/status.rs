@@ -276,6 +276,16 @@ pub fn render(s: &Status) -> String {
             "\nrelay: serving, {frames} frames ({}) forwarded",
             bytes(bytes_fwd)
         );
+        if let Some(l) = s.relay.limits {
+            let _ = writeln!(
+                out,
+                "  limits per member: {} packets/s (burst {}), {}/s (burst {})",
+                l.packets_per_sec,
+                l.packet_burst,
+                bytes(l.bytes_per_sec),
+                bytes(l.byte_burst)
+            );
+        }
         for (reason, n) in s.relay.refused.iter().filter(|r| r.1 > 0) {
             let _ = writeln!(out, "  refused {reason}: {n}");
         }
@@ -329,6 +339,12 @@ mod tests {
             }],
             relay: RelayCounters {
                 serving: true,
+                limits: Some(cladnet_core::relay::Limits {
+                    packets_per_sec: 300,
+                    packet_burst: 50,
+                    bytes_per_sec: 70_000,
+                    byte_burst: 102_400,
+                }),
                 forwarded: (3, 300),
                 refused: vec![("not_member".into(), 4), ("byte_limit".into(), 0)],
                 refused_deliveries: vec![],
@@ -346,6 +362,12 @@ mod tests {
         assert!(text.contains("\n  path: relay via r1\n"), "{text}");
         assert!(
             text.contains("relay: serving, 3 frames (300 B) forwarded"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\n  limits per member: 300 packets/s (burst 50), 68.36 KiB/s (burst 100.00 KiB)\n"
+            ),
             "{text}"
         );
         assert!(text.contains("refused not_member: 4"), "{text}");

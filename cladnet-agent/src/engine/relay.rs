@@ -72,6 +72,9 @@ pub struct PathStatus {
 pub struct RelayCounters {
     /// Whether this node serves as a relay for its network.
     pub serving: bool,
+    /// The per-member limits it applies while serving.
+    #[serde(default)]
+    pub limits: Option<Limits>,
     /// Frames and bytes forwarded.
     pub forwarded: (u64, u64),
     /// Frames refused as a relay, by reason.
@@ -105,9 +108,20 @@ impl RelayIo {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Serve as a relay for this node's network (`relay = true`), with the default limits.
-    pub fn serve(&self) {
-        self.lock().serve = Some(Limits::default());
+    /// Serve as a relay for this node's network (`relay = true`), with per-member `limits`.
+    /// Call before the first [`RelayIo::tick`] (the relay is built then).
+    pub fn serve(&self, limits: Limits) {
+        self.lock().serve = Some(limits);
+    }
+
+    /// Starts serving with `limits` (`Some`) or stops (`None`) while the agent runs
+    /// (`relay = "auto"`); a fresh relay starts with zero counters.
+    pub fn set_serving(&self, limits: Option<Limits>) {
+        let mut s = self.lock();
+        s.serve = limits;
+        if let Some(p) = &mut s.paths {
+            p.set_serving(limits);
+        }
     }
 
     /// Whether this node serves as a relay.
@@ -306,6 +320,7 @@ impl RelayIo {
         let s = self.lock();
         let mut c = RelayCounters {
             serving: s.serve.is_some(),
+            limits: s.serve,
             ..RelayCounters::default()
         };
         if let Some(paths) = &s.paths {

@@ -138,8 +138,11 @@ const WAITER_TTL: Duration = Duration::from_secs(10);
 /// A reflector probe in flight.
 #[derive(Debug)]
 struct Waiter {
-    /// Where it went: only an answer from that address counts.
+    /// Where it went: only an answer from that address counts (or, for a probe asking for
+    /// the answer from another port, only one from that IP and another port).
     reflector: SocketAddr,
+    /// Whether it asked for the answer from another port.
+    other_port: bool,
     /// When it was sent.
     sent: Instant,
     /// Where the answer goes.
@@ -368,6 +371,7 @@ impl Userspace {
                 nonce,
                 Waiter {
                     reflector,
+                    other_port: false,
                     sent: Instant::now(),
                     reply: Reply::Once(tx),
                 },
@@ -394,6 +398,43 @@ impl Userspace {
         })
     }
 
+    /// The filtering test of `relay = "auto"`: asks `reflector` to answer from another port
+    /// and waits up to `wait` for that answer. `Ok(true)` when it came, i.e. this node's
+    /// endpoint takes datagrams from a source it never sent to (a 1:1 NAT or a public
+    /// address); `Ok(false)` when it did not (a masquerading NAT, a firewall, or a
+    /// controller without a second reflector port).
+    pub async fn probe_other_port(
+        &self,
+        reflector: SocketAddr,
+        wait: Duration,
+    ) -> Result<bool, ProbeError> {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).expect("the OS random source works");
+        let nonce = u64::from_be_bytes(nonce);
+        let (tx, rx) = oneshot::channel();
+        self.lock_waiters().insert(
+            nonce,
+            Waiter {
+                reflector,
+                other_port: true,
+                sent: Instant::now(),
+                reply: Reply::Once(tx),
+            },
+        );
+        let sent = self
+            .socket
+            .send_to(&reflector::request_other_port(nonce), reflector);
+        if let Err(source) = sent {
+            self.lock_waiters().remove(&nonce);
+            return Err(ProbeError::Io { reflector, source });
+        }
+        let answered = tokio::time::timeout(wait, rx)
+            .await
+            .is_ok_and(|r| r.is_ok());
+        self.lock_waiters().remove(&nonce);
+        Ok(answered)
+    }
+
     /// Sends one probe to `reflector` without waiting for it: the answer, if one comes from
     /// that address with the probe's nonce, arrives on `answers`. Cheap enough to run several
     /// times a second, so an idle host notices at once that its public address moved.
@@ -414,6 +455,7 @@ impl Userspace {
                 nonce,
                 Waiter {
                     reflector,
+                    other_port: false,
                     sent: now,
                     reply: Reply::Keepalive(answers.clone()),
                 },
@@ -442,7 +484,14 @@ fn deliver_reflection(
     seen: SocketAddrV4,
 ) {
     let mut waiters = waiters.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(waiter) = waiters.get(&nonce).filter(|w| w.reflector == from) else {
+    let expected = |w: &&Waiter| {
+        if w.other_port {
+            w.reflector.ip() == from.ip() && w.reflector.port() != from.port()
+        } else {
+            w.reflector == from
+        }
+    };
+    let Some(waiter) = waiters.get(&nonce).filter(expected) else {
         drop(waiters);
         router.drops().add(Drop::UnsolicitedReflector);
         debug!(%from, "reflector answer from an unexpected source or with an unknown nonce");
@@ -1195,5 +1244,47 @@ mod tests {
         assert_eq!(router.drops().get(Drop::UnsolicitedReflector), 6);
         // Nothing else arrived on the keepalive channel.
         assert!(answers.try_recv().is_err());
+    }
+
+    /// Loopback only: `relay = "auto"`'s filtering test counts an answer from the reflector's
+    /// IP on another port, and nothing else.
+    #[tokio::test]
+    async fn the_other_port_probe_counts_only_an_answer_from_another_port() {
+        let router = Arc::new(Router::new(cladnet_wg::PrivateKey::from_bytes([4; 32])));
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (engine, _outputs) =
+            Userspace::start(router.clone(), vec![Arc::new(Idle)], false, vec![socket]).unwrap();
+        let reflector = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let elsewhere = UdpSocket::bind("127.0.0.2:0").unwrap();
+        let reflector_addr = reflector.local_addr().unwrap();
+        let seen: SocketAddrV4 = "198.18.1.10:8055".parse().unwrap();
+        // First probe: answered from the probed port and from another IP (both refused);
+        // second: from another port of the reflector's IP (counted).
+        let server = thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            for round in 0..2 {
+                let (n, agent) = reflector.recv_from(&mut buf).unwrap();
+                let (nonce, flags) = reflector::parse_any_request(&buf[..n]).unwrap();
+                assert_eq!(flags, reflector::FLAG_OTHER_PORT);
+                let answer = reflector::response(nonce, seen);
+                if round == 0 {
+                    reflector.send_to(&answer, agent).unwrap();
+                    elsewhere.send_to(&answer, agent).unwrap();
+                } else {
+                    other.send_to(&answer, agent).unwrap();
+                }
+            }
+        });
+        let wait = Duration::from_millis(500);
+        assert!(!engine.probe_other_port(reflector_addr, wait).await.unwrap());
+        assert!(
+            engine
+                .probe_other_port(reflector_addr, Duration::from_secs(5))
+                .await
+                .unwrap()
+        );
+        server.join().unwrap();
+        assert_eq!(router.drops().get(Drop::UnsolicitedReflector), 2);
     }
 }

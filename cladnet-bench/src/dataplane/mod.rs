@@ -25,6 +25,11 @@
 //! agents finding the path MTU themselves, once with `--underlay-mtu 1400` given by hand, and
 //! the first must reach 0.9x the second's TCP throughput.
 //!
+//! The `cladnet-relayed` row runs on a third test bed, where A and B reach each other only
+//! through a relay host (`A — R — B`, R forwards nothing): the SEALED link goes through R's
+//! agent (`relay = true`, issue 13), and its TCP throughput must reach 0.5x the direct
+//! `cladnet-sealed` row's in the same run.
+//!
 //! Runs are interleaved (run 1 of every configuration, then run 2 ...), so that a change in
 //! the machine's background load hits every configuration alike; the report takes the median
 //! of each metric over the runs.
@@ -85,6 +90,12 @@ pub enum Config {
     /// WireGuard handshake initiations (correct mac1, random contents; `tests/scripts/attack.py
     /// flood`) for the whole measurement. Compared with `cladnet-sealed` of the same run.
     CladnetSealedFlood,
+    /// `cladnet-sealed` between two hosts that cannot reach each other (see
+    /// [`testbed::Testbed::create_relayed`]): the controller and a third agent with
+    /// `--relay true` run on the relay host between them, and the pair's link goes A → relay →
+    /// B (checked in host A's `cladnet-agent status`). Compared with `cladnet-sealed` of the
+    /// same run.
+    CladnetRelayed,
     /// `cladnet-ebpf-plain` on the mid-path MTU test bed (`A =1500= r1 =1400= r2 =1500= B`,
     /// see [`testbed::Testbed::create_midhop`]) with the agents' defaults: they find the
     /// 1400-byte hop themselves (per-peer path MTU discovery).
@@ -130,7 +141,7 @@ pub(crate) struct CladnetSetup {
 
 impl Config {
     /// Every configuration, in table order.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::Raw,
         Self::Vxlan,
         Self::WireguardGo,
@@ -140,6 +151,7 @@ impl Config {
         Self::CladnetEbpfPlain,
         Self::CladnetEbpfPlainTc,
         Self::CladnetSealedFlood,
+        Self::CladnetRelayed,
         Self::CladnetEbpfPlainMidhop,
         Self::CladnetEbpfPlainMidhopManual,
         Self::CladnetSealedMidhop,
@@ -162,6 +174,7 @@ impl Config {
             Self::CladnetEbpfPlain => "cladnet-ebpf-plain",
             Self::CladnetEbpfPlainTc => "cladnet-ebpf-plain-tc",
             Self::CladnetSealedFlood => "cladnet-sealed-flood",
+            Self::CladnetRelayed => "cladnet-relayed",
             Self::CladnetEbpfPlainMidhop => "cladnet-ebpf-plain-midhop1400",
             Self::CladnetEbpfPlainMidhopManual => "cladnet-ebpf-plain-midhop1400-manual",
             Self::CladnetSealedMidhop => "cladnet-sealed-midhop1400",
@@ -211,6 +224,12 @@ impl Config {
         }
     }
 
+    /// Whether this row runs on the relay test bed (A and B reach each other only through a
+    /// relay agent).
+    pub fn is_relayed(self) -> bool {
+        self == Self::CladnetRelayed
+    }
+
     /// Whether this row runs on the mid-path MTU test bed (a 1400-byte hop between two
     /// routers, not on either host's link).
     pub fn is_midhop(self) -> bool {
@@ -247,6 +266,7 @@ impl Config {
         let (encryption, dataplane, forced_hook) = match self {
             Self::CladnetSealed
             | Self::CladnetSealedFlood
+            | Self::CladnetRelayed
             | Self::CladnetSealedMidhop
             | Self::CladnetSealedMidhopManual => ("always", "userspace", None),
             Self::CladnetPlain => ("never", "userspace", None),
@@ -364,6 +384,7 @@ impl Binaries {
             | Config::CladnetEbpfPlain
             | Config::CladnetEbpfPlainTc
             | Config::CladnetSealedFlood
+            | Config::CladnetRelayed
             | Config::CladnetEbpfPlainMidhop
             | Config::CladnetEbpfPlainMidhopManual
             | Config::CladnetSealedMidhop
@@ -448,6 +469,13 @@ pub fn run_dataplane_bench(
         .any(|&c| c.is_midhop() && doc.row_mut(c).skipped.is_none())
         .then(Testbed::create_midhop)
         .transpose()?;
+    // The relayed row's own test bed, only when it runs.
+    let relayed = opts
+        .configs
+        .iter()
+        .any(|&c| c.is_relayed() && doc.row_mut(c).skipped.is_none())
+        .then(Testbed::create_relayed)
+        .transpose()?;
     for run in 1..=opts.runs {
         for &config in &opts.configs {
             if doc.row_mut(config).skipped.is_some() {
@@ -457,8 +485,9 @@ pub fn run_dataplane_bench(
                 bail!("interrupted");
             }
             eprintln!("dataplane: run {run}/{}: {config} ...", opts.runs);
-            let bed = match &midhop {
-                Some(m) if config.is_midhop() => m,
+            let bed = match (&midhop, &relayed) {
+                (Some(m), _) if config.is_midhop() => m,
+                (_, Some(r)) if config.is_relayed() => r,
                 _ => &tb,
             };
             match measure_once(config, bed, opts) {
@@ -481,6 +510,7 @@ pub fn run_dataplane_bench(
             }
         }
     }
+    drop(relayed);
     drop(midhop);
     drop(tb);
     doc.finish();

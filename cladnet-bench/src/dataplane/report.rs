@@ -31,6 +31,10 @@ pub const EBPF_CPU_PER_GBPS_VS_USERSPACE_TARGET: f64 = 1.0;
 /// least this share of `cladnet-sealed` in the same run.
 pub const FLOOD_VS_SEALED_TARGET: f64 = 0.8;
 
+/// Issue 13's goal for a relayed SEALED link: `cladnet-relayed` TCP (A → relay → B) at least
+/// this share of the direct `cladnet-sealed` in the same run.
+pub const RELAYED_VS_SEALED_TARGET: f64 = 0.5;
+
 /// Issue 10's goal for a 1400-byte hop in the middle of the path: TCP over the link whose
 /// agents find the path MTU themselves at least this share of the same link with
 /// `--underlay-mtu 1400` set by hand, in the same run.
@@ -392,6 +396,10 @@ pub struct DataplaneDocument {
     /// `cladnet-sealed-flood` TCP over `cladnet-sealed` TCP (medians), against
     /// [`FLOOD_VS_SEALED_TARGET`].
     pub flood_target: Option<TargetCheck>,
+    /// `cladnet-relayed` TCP over `cladnet-sealed` TCP (medians), against
+    /// [`RELAYED_VS_SEALED_TARGET`], when `cladnet-relayed` ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relayed_target: Option<TargetCheck>,
     /// Each mid-path MTU row whose agents find the path MTU, TCP over its hand-set baseline
     /// (medians), against [`MIDHOP_VS_MANUAL_TARGET`].
     pub midhop_targets: Vec<TargetCheck>,
@@ -429,6 +437,7 @@ impl DataplaneDocument {
             target_met: None,
             ebpf_targets: Vec::new(),
             flood_target: None,
+            relayed_target: None,
             pods_target: None,
             midhop_targets: Vec::new(),
             parallel_target: None,
@@ -549,6 +558,25 @@ impl DataplaneDocument {
                     },
                 }
             });
+        self.relayed_target = self
+            .rows
+            .iter()
+            .any(|r| r.config == Config::CladnetRelayed)
+            .then(|| {
+                let value = tcp
+                    .get(&Config::CladnetRelayed)
+                    .and_then(|&relayed| ratio(relayed, tcp.get(&Config::CladnetSealed).copied()));
+                let met = value.map(|v| v >= RELAYED_VS_SEALED_TARGET);
+                TargetCheck {
+                    config: Config::CladnetRelayed,
+                    metric: "TCP vs cladnet-sealed",
+                    value,
+                    op: ">=",
+                    goal: RELAYED_VS_SEALED_TARGET,
+                    met,
+                    verdict: verdict(met),
+                }
+            });
         self.pods_target = tcp.get(&Config::CladnetEbpfPods).map(|&pods| {
             let value = ratio(pods, tcp.get(&Config::CladnetEbpfPlain).copied());
             let met = value.map(|v| v >= PODS_VS_HOST_TARGET);
@@ -647,6 +675,13 @@ impl DataplaneDocument {
             "Machine: {} CPUs ({}), {} MiB, Linux {}; load average at start {}",
             m.cpus, m.cpu_model, m.memory_mib, m.kernel, self.load_average
         );
+        if self.rows.iter().any(|r| r.config.is_relayed()) {
+            let _ = writeln!(
+                out,
+                "cladnet-relayed: A =1500= relay host =1500= B (same addresses; the relay host \
+                 forwards nothing), A -> B through the relay host's agent (relay = true)"
+            );
+        }
         if self.rows.iter().any(|r| r.config.is_midhop()) {
             let _ = writeln!(
                 out,
@@ -828,6 +863,31 @@ impl DataplaneDocument {
                 }
                 None => out.push_str(": not measured (needs cladnet-sealed in the same run)\n"),
             }
+        }
+        if let Some(t) = &self.relayed_target {
+            let value = t.value.map_or_else(
+                || "not measured (needs both rows in the same run)".into(),
+                |v| format!("{v:.2}x"),
+            );
+            let rtt = |c: Config| {
+                self.rows
+                    .iter()
+                    .find(|r| r.config == c)
+                    .and_then(|r| r.median)
+                    .map_or_else(|| "?".into(), |m| format!("{:.3} ms", m.rtt_median_ms))
+            };
+            let _ = writeln!(
+                out,
+                "Target: {} (A -> relay -> B) {} {} {:.1}x: {value} {} (RTT {} relayed, {} \
+                 direct)",
+                t.config,
+                t.metric,
+                t.op,
+                t.goal,
+                t.verdict,
+                rtt(Config::CladnetRelayed),
+                rtt(Config::CladnetSealed)
+            );
         }
         if let Some(t) = &self.pods_target {
             let value = t.value.map_or_else(
@@ -1302,6 +1362,37 @@ mod tests {
         d.row_mut(Config::CladnetSealedMidhop).runs = vec![metrics(0.8)];
         d.finish();
         assert_eq!(d.midhop_targets[1].verdict, "not measured");
+    }
+
+    #[test]
+    fn relayed_row_is_compared_with_direct_sealed() {
+        let mut d = doc();
+        d.row_mut(Config::CladnetSealed).runs = vec![metrics(1.0), metrics(1.2)];
+        d.row_mut(Config::CladnetRelayed).runs = vec![metrics(0.6), metrics(0.7)];
+        d.finish();
+        let t = d.relayed_target.as_ref().expect("relayed target");
+        assert!((t.value.unwrap() - 0.65 / 1.1).abs() < 1e-9);
+        assert_eq!((t.met, t.verdict), (Some(true), "PASS"));
+        let table = d.table();
+        assert!(
+            table.contains("Target: cladnet-relayed (A -> relay -> B) TCP vs cladnet-sealed >= 0.5x: 0.59x PASS (RTT"),
+            "{table}"
+        );
+        assert!(table.contains("relay host forwards nothing"), "{table}");
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["relayed_target"]["config"], "cladnet-relayed");
+        let mut d = doc();
+        d.row_mut(Config::CladnetSealed).runs = vec![metrics(2.0)];
+        d.row_mut(Config::CladnetRelayed).runs = vec![metrics(0.9)];
+        d.finish();
+        assert_eq!(d.relayed_target.as_ref().unwrap().verdict, "MISS");
+        let mut d = doc();
+        d.row_mut(Config::CladnetRelayed).runs = vec![metrics(0.9)];
+        d.finish();
+        assert_eq!(d.relayed_target.as_ref().unwrap().verdict, "not measured");
+        let cfg = Config::CladnetRelayed.cladnet().unwrap();
+        assert_eq!((cfg.encryption, cfg.dataplane), ("always", "userspace"));
+        assert!(Config::CladnetRelayed.is_relayed() && !Config::CladnetSealed.is_relayed());
     }
 
     #[test]

@@ -240,7 +240,14 @@ pub(crate) struct Testbed {
     /// The routers between A and B, for the mid-path MTU test bed (empty for the direct
     /// veth pair).
     routers: Vec<Netns>,
+    /// The relay host between A and B, for the relay test bed: it reaches both and forwards
+    /// nothing ([`RELAY_ADDR`]).
+    pub(crate) relay: Option<Netns>,
 }
+
+/// The relay host's one address (on its loopback, reached from A and from B over their own
+/// link to it), where the controller and the relay agent listen.
+pub(crate) const RELAY_ADDR: Ipv4Addr = Ipv4Addr::new(10, 200, 9, 9);
 
 /// The mid-path MTU test bed's hop: the link between its two routers.
 pub(crate) const MIDHOP_MTU: u32 = 1400;
@@ -286,6 +293,7 @@ impl Testbed {
             a,
             b,
             routers: Vec::new(),
+            relay: None,
         };
         tb.wait_for(
             &format!("underlay ping {UNDERLAY_B}"),
@@ -364,6 +372,7 @@ impl Testbed {
             a,
             b,
             routers: vec![r1, r2],
+            relay: None,
         };
         tb.wait_for(
             &format!("underlay ping {UNDERLAY_B} through the routers"),
@@ -380,6 +389,79 @@ impl Testbed {
                 r.name()
             );
         }
+        Ok(tb)
+    }
+
+    /// The relay test bed: hosts `cnb-<pid>-la` and `cnb-<pid>-lb` (same addresses as
+    /// [`Testbed::create`]'s) each linked only to the relay host `cnb-<pid>-lr`, which holds
+    /// one address, [`RELAY_ADDR`], and does not forward:
+    ///
+    /// `A (10.200.0.1) =1500= R (10.200.9.9) =1500= B (10.200.0.2)`
+    ///
+    /// Every address is a /32 with a route to the other end of its link (R's routes to A and
+    /// B carry `src` [`RELAY_ADDR`], so whatever R sends comes from the address both reach).
+    /// A and B have a default route via R, so what one sends to the other reaches R and is
+    /// dropped there, as a hard NAT or a firewall would: they cannot reach each other, which
+    /// is checked, and their SEALED link can only go through a relay agent on R.
+    pub(crate) fn create_relayed() -> anyhow::Result<Self> {
+        let prefix = process_prefix();
+        let a = Netns::create(&format!("{prefix}la"))?;
+        let b = Netns::create(&format!("{prefix}lb"))?;
+        let r = Netns::create(&format!("{prefix}lr"))?;
+        // No forwarding on R, whatever the machine's default for new namespaces.
+        r.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])?;
+        let relay = RELAY_ADDR.to_string();
+        r.run(&["ip", "addr", "add", &format!("{relay}/32"), "dev", "lo"])?;
+        for (host, addr, dev) in [(&a, UNDERLAY_A, "to-a"), (&b, UNDERLAY_B, "to-b")] {
+            run(
+                Command::new("ip").args([
+                    "link",
+                    "add",
+                    UNDERLAY_IFACE,
+                    "netns",
+                    host.name(),
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    dev,
+                    "netns",
+                    r.name(),
+                ]),
+                COMMAND_TIMEOUT,
+            )?;
+            let (addr, mtu) = (addr.to_string(), UNDERLAY_MTU.to_string());
+            host.run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                UNDERLAY_IFACE,
+            ])?;
+            host.run(&["ip", "link", "set", UNDERLAY_IFACE, "mtu", &mtu, "up"])?;
+            host.run(&["ip", "route", "add", &relay, "dev", UNDERLAY_IFACE])?;
+            host.run(&["ip", "route", "add", "default", "via", &relay])?;
+            r.run(&["ip", "link", "set", dev, "mtu", &mtu, "up"])?;
+            r.run(&["ip", "route", "add", &addr, "dev", dev, "src", &relay])?;
+        }
+        let tb = Self {
+            a,
+            b,
+            routers: Vec::new(),
+            relay: Some(r),
+        };
+        for (ns, name) in [(&tb.a, "A"), (&tb.b, "B")] {
+            tb.wait_for(
+                &format!("{name} pings the relay host {RELAY_ADDR}"),
+                Duration::from_secs(5),
+                || ns.pings(RELAY_ADDR),
+            )?;
+        }
+        ensure!(
+            !tb.a.pings(UNDERLAY_B),
+            "host A reaches host B's {UNDERLAY_B} without the relay"
+        );
         Ok(tb)
     }
 
@@ -409,6 +491,7 @@ impl Testbed {
             a,
             b,
             routers: Vec::new(),
+            relay: None,
         }
     }
 

@@ -16,8 +16,8 @@ use serde::Serialize;
 use super::{
     Binaries, CladnetSetup, Config,
     testbed::{
-        BPF_PIN_ROOT, COMMAND_TIMEOUT, Netns, Testbed, UNDERLAY_A, UNDERLAY_B, UNDERLAY_IFACE,
-        UNDERLAY_MTU, WG_SOCKET_DIR, process_prefix,
+        BPF_PIN_ROOT, COMMAND_TIMEOUT, Netns, RELAY_ADDR, Testbed, UNDERLAY_A, UNDERLAY_B,
+        UNDERLAY_IFACE, UNDERLAY_MTU, WG_SOCKET_DIR, process_prefix,
     },
 };
 use crate::procs::ChildGuard;
@@ -307,6 +307,7 @@ pub(crate) fn setup(
         | Config::CladnetEbpfPlainMidhopManual
         | Config::CladnetSealedMidhop
         | Config::CladnetSealedMidhopManual
+        | Config::CladnetRelayed
         | Config::CladnetEbpfPods
         | Config::CladnetEbpfPodsVxlan
         | Config::CladnetEbpfPlainXdp
@@ -564,6 +565,11 @@ fn pubkey(ns: &Netns, wg: &str, private: &str) -> anyhow::Result<String> {
 /// setup's encryption, and `cladnet-agent run --dataplane <engine>` on both hosts; ready when
 /// both peers are `up` in `cladnet --json peers` with a reported dataplane, every agent runs
 /// the requested engine (and hook), and A pings B over the overlay.
+///
+/// On the relay test bed ([`Testbed::create_relayed`]) the controller runs on the relay host
+/// instead (the one address A and B both reach), with a third agent there (`--relay true`,
+/// counted with the others' CPU), and the tunnel is ready once host A's agent also reports
+/// its path to B as `relay`.
 fn cladnet(
     config: Config,
     setup: CladnetSetup,
@@ -572,7 +578,12 @@ fn cladnet(
     dir: &Path,
 ) -> anyhow::Result<Tunnel> {
     let admin_token = crate::control::random_token()?;
-    let url = format!("http://{UNDERLAY_A}:{CONTROLLER_PORT}");
+    // The controller's host and address: host A, or the relay host on the relay test bed.
+    let (ctl_ns, ctl_addr) = match &tb.relay {
+        Some(r) => (r, RELAY_ADDR),
+        None => (&tb.a, UNDERLAY_A),
+    };
+    let url = format!("http://{ctl_addr}:{CONTROLLER_PORT}");
     let mut tunnel = Tunnel::new(UNDERLAY_B);
     let ebpf = setup.dataplane == "ebpf";
     if ebpf {
@@ -582,8 +593,8 @@ fn cladnet(
             tunnel.pin_dirs.push(pin_dir);
         }
     }
-    let mut ctl = tb.a.command(&bins.controller);
-    ctl.args(["--listen", &format!("{UNDERLAY_A}:{CONTROLLER_PORT}")])
+    let mut ctl = ctl_ns.command(&bins.controller);
+    ctl.args(["--listen", &format!("{ctl_addr}:{CONTROLLER_PORT}")])
         .arg("--store")
         .arg(format!(
             "embedded:{}",
@@ -603,7 +614,7 @@ fn cladnet(
     }
     let mut controller = ChildGuard::spawn("cladnet-controller", ctl, dir.join("controller.log"))?;
     let cli = |args: &[&str]| -> anyhow::Result<String> {
-        let mut cmd = tb.a.command(&bins.cli);
+        let mut cmd = ctl_ns.command(&bins.cli);
         cmd.args(["--controller", &url])
             .args(args)
             .env("CLADNET_TOKEN", &admin_token)
@@ -638,7 +649,15 @@ fn cladnet(
             pre_attach(ns, bins, pin_dir, hook)?;
         }
     }
-    for (i, (ns, side)) in hosts.into_iter().enumerate() {
+    // The relay agent first, so that it is there when A and B give up on a direct path.
+    let agents = tb
+        .relay
+        .iter()
+        .map(|r| (r, "r"))
+        .chain(hosts)
+        .enumerate()
+        .map(|(i, h)| (i.checked_sub(usize::from(tb.relay.is_some())), h));
+    for (i, (ns, side)) in agents {
         let mut cmd = ns.command(&bins.agent);
         cmd.args(["run", "--controller", &url, "--network", NETWORK])
             .args(["--metrics-listen", "off", "--host-name", side])
@@ -647,6 +666,23 @@ fn cladnet(
             .arg(dir.join(side))
             .env("CLADNET_JOIN_TOKEN", &token)
             .env("RUST_LOG", "info");
+        let Some(i) = i else {
+            // The relay host: its route to the controller is its own loopback, whose MTU is
+            // not the underlay's.
+            cmd.args([
+                "--relay",
+                "true",
+                "--underlay-mtu",
+                &UNDERLAY_MTU.to_string(),
+            ]);
+            tunnel.procs.push(ChildGuard::spawn(
+                "cladnet-agent (relay)",
+                cmd,
+                dir.join("agent-r.log"),
+            )?);
+            tunnel.agents += 1;
+            continue;
+        };
         if let Some(pin_dir) = tunnel.pin_dirs.get(i) {
             cmd.arg("--bpf-pin-dir").arg(pin_dir);
         }
@@ -669,6 +705,7 @@ fn cladnet(
     let mut overlay = [None, None];
     let mut reported: [Option<AgentDataplane>; 2] = [None, None];
     let mut b_key = None;
+    let mut b_id = None;
     let mut up = || -> bool {
         let Ok(out) = cli(&["--json", "peers", NETWORK]) else {
             return false;
@@ -676,6 +713,13 @@ fn cladnet(
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
             return false;
         };
+        let peers = || v["peers"].as_array().into_iter().flatten();
+        let is_up = |p: &serde_json::Value, side: &str| {
+            p["hostName"].as_str() == Some(side) && p["state"].as_str() == Some("up")
+        };
+        if tb.relay.is_some() && !peers().any(|p| is_up(p, "r")) {
+            return false;
+        }
         for (i, side) in ["a", "b"].into_iter().enumerate() {
             let peer = v["peers"].as_array().into_iter().flatten().find(|p| {
                 p["hostName"].as_str() == Some(side) && p["state"].as_str() == Some("up")
@@ -683,6 +727,7 @@ fn cladnet(
             overlay[i] = peer.and_then(|p| p["ip"].as_str()?.parse().ok());
             if side == "b" {
                 b_key = peer.and_then(|p| Some(p["publicKey"].as_str()?.to_owned()));
+                b_id = peer.and_then(|p| Some(p["hostId"].as_str()?.to_owned()));
             }
             reported[i] = peer.and_then(|p| agent_dataplane(side, p));
         }
@@ -729,6 +774,41 @@ fn cladnet(
         let peers = cli(&["--json", "peers", NETWORK]).unwrap_or_else(|e| format!("{e:#}"));
         return Err(e.context(format!("`cladnet --json peers {NETWORK}`: {peers}")));
     }
+    if tb.relay.is_some() {
+        let b_id = b_id.context("B's host id in `cladnet --json peers`")?;
+        let agent = bins.agent.to_string_lossy().into_owned();
+        let a_dir = dir.join("a").to_string_lossy().into_owned();
+        let mut last = String::new();
+        let relayed = wait_all(
+            &mut tunnel.procs,
+            "host A's path to B through the relay (`cladnet-agent status`)",
+            || {
+                last =
+                    tb.a.run(&[&agent, "status", "--json", "--data-dir", &a_dir])
+                        .unwrap_or_else(|e| format!("{e:#}"));
+                path_to(&last, &b_id).as_deref() == Some("relay")
+            },
+        );
+        relayed.with_context(|| format!("host A's status: {last}"))?;
+        // A relayed peer's route carries the relayed path MTU (less the relay header): that
+        // is what TCP sees, so it goes in the table instead of the device's.
+        let peers = [
+            (&tb.a, overlay[1].context("B's overlay address")?),
+            (&tb.b, overlay[0].context("A's overlay address")?),
+        ];
+        let mut found = [None, None];
+        wait_all(
+            &mut tunnel.procs,
+            "the relayed per-peer routes (with their MTU) on both hosts",
+            || {
+                for (slot, (ns, peer)) in found.iter_mut().zip(peers) {
+                    *slot = peer_route_mtu(ns, peer);
+                }
+                found.iter().all(Option::is_some)
+            },
+        )?;
+        tunnel.mtu = found.map(|m| m.unwrap_or(0));
+    }
     if let Some(routing) = config.pods() {
         let overlay = [
             overlay[0].context("A's overlay address")?,
@@ -761,6 +841,16 @@ fn cladnet(
         tunnel.mtu = found.map(|m| m.unwrap_or(0));
     }
     Ok(tunnel)
+}
+
+/// The path (`direct`, `relay`, ...) to node `node_id` in `cladnet-agent status --json`.
+fn path_to(status: &str, node_id: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(status).ok()?;
+    let p = v["paths"]
+        .as_array()?
+        .iter()
+        .find(|p| p["node_id"].as_str() == Some(node_id))?;
+    Some(p["path"].as_str()?.to_owned())
 }
 
 /// The `mtu` of the agent's route to `peer` on the overlay device (`ip route show

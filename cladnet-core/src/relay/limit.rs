@@ -2,9 +2,12 @@
 
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 /// Per-source limits of a relay. The defaults stop abuse without shaping a member's fair use:
-/// 100 000 packets/s (burst 10 000) and 125 MB/s (1 Gbit/s, burst 12.5 MB).
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+/// 100 000 packets/s (burst 10 000) and 125 MB/s (1 Gbit/s, burst 12.5 MB). An agent's
+/// configuration may set each (within [`Limits::RANGE_PACKETS`] and [`Limits::RANGE_BYTES`]).
+#[derive(Clone, Copy, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct Limits {
     /// Sustained packets per second.
     pub packets_per_sec: u64,
@@ -25,6 +28,16 @@ impl Default for Limits {
             byte_burst: 12_500_000,
         }
     }
+}
+
+impl Limits {
+    /// The packet rates and bursts a configuration may give: at least one packet, at most
+    /// 100 million (far above what one relay forwards; a larger value is a typo).
+    pub const RANGE_PACKETS: std::ops::RangeInclusive<u64> = 1..=100_000_000;
+    /// The byte rates and bursts a configuration may give: at least one largest UDP datagram
+    /// (a byte burst below it would refuse such a datagram forever), at most 100 GB
+    /// (800 Gbit/s).
+    pub const RANGE_BYTES: std::ops::RangeInclusive<u64> = 65_535..=100_000_000_000;
 }
 
 /// One token bucket, in millionths of a token so that integer refills stay exact at any rate.

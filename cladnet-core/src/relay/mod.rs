@@ -5,12 +5,14 @@
 //! apply the decisions, so the agent's `Node` can own all of it. The frame format is
 //! `cladnet_common::relay`; the design and its reasons are in docs/architecture.md ("Relays").
 
+mod auto;
 mod forward;
 mod limit;
 mod path;
 mod paths;
 mod receive;
 
+pub use auto::{AutoRelay, CLOSED_TO_STOP, OPEN_TO_SERVE};
 pub use forward::{Decision, Refusal, Relay};
 pub use limit::{Limits, TokenBucket};
 pub use path::{Path, PathConfig, PathEvent, PathReason, PathState, Route};

@@ -204,6 +204,17 @@ impl Paths {
         self.relay_capable = nodes.into_iter().collect();
     }
 
+    /// Starts serving as a relay with `limits` (a fresh relay: no members until the next
+    /// [`Paths::observe`], zero counters), or stops (`None`). Serving already, new limits
+    /// are ignored until it stops.
+    pub fn set_serving(&mut self, limits: Option<Limits>) {
+        match (limits, &self.serving) {
+            (None, _) => self.serving = None,
+            (Some(l), None) => self.serving = Some(Relay::new(self.me, l)),
+            (Some(_), Some(_)) => {}
+        }
+    }
+
     /// Whether this node serves as a relay.
     pub fn serving(&self) -> Option<&Relay> {
         self.serving.as_ref()

@@ -306,6 +306,20 @@ fn serving_forwards_only_between_live_members() {
         member.forward(t0, ep(B), &mut send(B, ME)),
         Decision::Refuse(Refusal::NotMember)
     );
+    // `relay = "auto"` turns serving on (members from the next observation) and off.
+    member.set_serving(Some(Limits::default()));
+    member.observe(t0, &[live(B), live(3)]);
+    assert!(member.serving().is_some());
+    assert!(matches!(
+        member.forward(t0, ep(B), &mut send(B, 3)),
+        Decision::Forward { to, .. } if to == ep(3)
+    ));
+    member.set_serving(None);
+    assert!(member.serving().is_none());
+    assert_eq!(
+        member.forward(t0, ep(B), &mut send(B, 3)),
+        Decision::Refuse(Refusal::NotMember)
+    );
 }
 
 proptest! {
