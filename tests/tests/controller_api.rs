@@ -21,6 +21,17 @@ async fn api_on_embedded_store() {
     api_checks::all(&ctl).await;
 }
 
+/// Two controllers on one embedded store (one process, one handle): 500 concurrent joins,
+/// never one address twice (the etcd run is in controller_etcd.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_five_hundred_concurrent_joins_no_duplicate_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = embedded(dir.path()).await;
+    let one = TestController::start(store.clone()).await;
+    let two = TestController::start(store).await;
+    api_checks::two_controllers_concurrent_joins(&one, &two, 500).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_keeps_state_across_controller_restart() {
     let dir = tempfile::tempdir().unwrap();
