@@ -30,6 +30,8 @@ struct JoinRead {
     holder: Option<Vec<u8>>,
     /// The join token record.
     token: Option<KeyValue>,
+    /// Taken from memory: a refusal is checked against a fresh read first.
+    cached: bool,
 }
 
 /// Network and join-token records as this controller last read or wrote them, keyed by store
@@ -162,11 +164,17 @@ impl Controller {
                     peer: existing,
                     holder,
                     token,
+                    cached,
                 } = current;
-                let reservation = self.reserve_address(net, &network, node, None).await?;
-                let ip = reservation.addr();
                 let now = now_unix();
                 let previous = existing.as_ref().map(|(p, _)| p);
+                let refused = previous.is_some_and(|p| p.public_key != req.public_key)
+                    || holder.as_ref().is_some_and(|h| h != node.as_bytes());
+                if refused && cached {
+                    // The hub's table may be a few changes behind (the peer deleted a moment
+                    // ago): refuse only on what the store says.
+                    return Ok(None);
+                }
                 // A host id is bound to the key it first joined with: another key is a
                 // takeover attempt (or a reinstalled host, which an admin deletes first).
                 if let Some(p) = previous
@@ -188,7 +196,13 @@ impl Controller {
                 // token; anything else counts one use, in this transaction.
                 let rejoin = previous.is_some_and(|p| p.public_key == req.public_key);
                 let token_revision = token.as_ref().map(|kv| kv.mod_revision);
-                let token_use = token_use(net, bearer, token, rejoin)?;
+                let token_use = match token_use(net, bearer, token, rejoin) {
+                    // A use count from memory may be behind: refuse on a fresh read.
+                    Err(_) if cached => return Ok(None),
+                    other => other?,
+                };
+                let reservation = self.reserve_address(net, &network, node, None).await?;
+                let ip = reservation.addr();
                 let record = PeerRecord {
                     schema: SCHEMA,
                     node_id: node.to_owned(),
@@ -386,6 +400,7 @@ impl Controller {
             peer,
             holder,
             token: Some(token),
+            cached: true,
         })
     }
 
@@ -435,6 +450,7 @@ impl Controller {
             peer,
             holder: holder.map(|kv| kv.value),
             token,
+            cached: false,
         })
     }
 
