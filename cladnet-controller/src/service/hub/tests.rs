@@ -339,6 +339,9 @@ enum Op {
     Remove(u8),
     /// A key agents do not see.
     Other(u8),
+    /// A peer of network `net0`, whose id starts with this network's: the hub's prefix ends
+    /// with the separator, so the hub never sees it.
+    Neighbour(u8, u16),
     /// The network record changed.
     Network(u8),
     /// A new stream.
@@ -353,6 +356,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..6, 1u16..60000).prop_map(|(n, p)| Op::Join(n, p)),
         2 => (0u8..6).prop_map(Op::Remove),
         1 => (0u8..6).prop_map(Op::Other),
+        1 => (0u8..6, 1u16..60000).prop_map(|(n, p)| Op::Neighbour(n, p)),
         1 => (0u8..4).prop_map(Op::Network),
         1 => Just(Op::Attach),
         2 => (0usize..4, 0i64..6).prop_map(|(i, b)| Op::Resume(i, b)),
@@ -424,6 +428,16 @@ async fn run(ops: Vec<Op>) {
             Op::Other(n) => {
                 inner
                     .put(&keys::token(NET, &n.to_string()), vec![n], None)
+                    .await
+                    .unwrap();
+            }
+            Op::Neighbour(n, port) => {
+                inner
+                    .put(
+                        &keys::peer(&format!("{NET}0"), &format!("n{n}")),
+                        model::encode(&peer(n, port)),
+                        None,
+                    )
                     .await
                     .unwrap();
             }
