@@ -113,7 +113,7 @@ pub async fn ensure(store: &dyn Store) -> Result<Outcome, LayoutError> {
             }
             continue;
         }
-        let copied = migrate_keys(&old.kvs)?;
+        let copied = migrate_keys(&old.kvs, true)?;
         info!(
             keys = old.kvs.len(),
             revision = old.revision,
@@ -187,7 +187,8 @@ async fn catch_up(
     copied: &BTreeMap<String, Vec<u8>>,
     last: &[KeyValue],
 ) -> Result<(), LayoutError> {
-    let now = migrate_keys(last)?;
+    // Already committed: a key layout 1 never had is left behind (logged), not fatal.
+    let now = migrate_keys(last, false)?;
     if last.iter().all(|kv| kv.mod_revision <= read) && now == *copied {
         return Ok(());
     }
@@ -211,11 +212,22 @@ async fn catch_up(
     Ok(())
 }
 
-/// The keys and values of layout 2 for the keys `old` of layout 1.
-pub fn migrate_keys(old: &[KeyValue]) -> Result<BTreeMap<String, Vec<u8>>, LayoutError> {
+/// The keys and values of layout 2 for the keys `old` of layout 1. A key layout 1 never had
+/// is an error if `strict`, else skipped with a warning.
+pub fn migrate_keys(
+    old: &[KeyValue],
+    strict: bool,
+) -> Result<BTreeMap<String, Vec<u8>>, LayoutError> {
     let unknown = |kv: &KeyValue, reason: &str| LayoutError::UnknownKey {
         key: kv.key.clone(),
         reason: reason.into(),
+    };
+    let skip = |e: LayoutError| {
+        if strict {
+            return Err(e);
+        }
+        warn!(error = %e, "old-layout key left behind");
+        Ok(())
     };
     let mut sessions = BTreeMap::new();
     let mut out = BTreeMap::new();
@@ -224,7 +236,8 @@ pub fn migrate_keys(old: &[KeyValue]) -> Result<BTreeMap<String, Vec<u8>>, Layou
         let rest = kv.key.strip_prefix(OLD_ROOT).unwrap_or(&kv.key);
         let Some((net, path)) = rest.split_once('/') else {
             if rest.is_empty() {
-                return Err(unknown(kv, "no network id"));
+                skip(unknown(kv, "no network id"))?;
+                continue;
             }
             out.insert(keys::network(rest), kv.value.clone());
             continue;
@@ -244,13 +257,21 @@ pub fn migrate_keys(old: &[KeyValue]) -> Result<BTreeMap<String, Vec<u8>>, Layou
             "ipam-generation" | "routes-generation" if name.is_empty() => {
                 out.insert(format!("{}{path}", keys::internal(net)), kv.value.clone());
             }
-            _ => return Err(unknown(kv, "not a key layout 1 has")),
+            _ => skip(unknown(kv, "not a key layout 1 has"))?,
         }
     }
     for (net, node, kv) in peers {
         let mut record: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&kv.value)
-                .map_err(|e| unknown(kv, &format!("peer record is not a JSON object: {e}")))?;
+            match serde_json::from_slice(&kv.value) {
+                Ok(r) => r,
+                Err(e) => {
+                    skip(unknown(
+                        kv,
+                        &format!("peer record is not a JSON object: {e}"),
+                    ))?;
+                    continue;
+                }
+            };
         if let Some(hash) = sessions.get(&(net, node)) {
             record.insert("session_sha256".into(), hash.clone().into());
         }

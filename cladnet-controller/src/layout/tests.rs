@@ -258,3 +258,118 @@ async fn an_unknown_old_key_is_refused_and_nothing_changes() {
     let after = store.range("/").await.unwrap();
     assert_eq!(before, after);
 }
+
+/// A store on which an old controller writes while the migration copies: before the commit
+/// (the transaction that reads the old keys), it changes a peer record, adds a command and
+/// deletes a test, all in layout 1.
+#[derive(Debug)]
+struct OldWriter {
+    inner: Arc<dyn Store>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Store for OldWriter {
+    async fn get(&self, key: &str) -> cladnet_store::Result<Option<cladnet_store::KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn range(&self, prefix: &str) -> cladnet_store::Result<cladnet_store::RangeResult> {
+        self.inner.range(prefix).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<cladnet_store::LeaseId>,
+    ) -> cladnet_store::Result<cladnet_store::Revision> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &str) -> cladnet_store::Result<cladnet_store::DeleteResult> {
+        self.inner.delete(key).await
+    }
+    async fn delete_prefix(
+        &self,
+        prefix: &str,
+    ) -> cladnet_store::Result<cladnet_store::DeleteResult> {
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn txn(
+        &self,
+        txn: cladnet_store::Txn,
+    ) -> cladnet_store::Result<cladnet_store::TxnResult> {
+        let commit = txn
+            .success
+            .iter()
+            .any(|op| matches!(op, cladnet_store::TxnOp::Range { .. }));
+        if commit && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let mut moved = peer("a", [10, 9, 0, 1]);
+            moved.public_endpoint = Some("198.18.0.9:8055".parse().unwrap());
+            self.inner
+                .put(
+                    "/cladnet/v1/networks/net/peers/a",
+                    model::encode(&moved),
+                    None,
+                )
+                .await?;
+            self.inner
+                .put("/cladnet/v1/networks/net/commands/b", b"{}".to_vec(), None)
+                .await?;
+            self.inner
+                .delete("/cladnet/v1/networks/net/tests/x")
+                .await?;
+        }
+        self.inner.txn(txn).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        start: Option<cladnet_store::Revision>,
+    ) -> cladnet_store::Result<cladnet_store::WatchStream> {
+        self.inner.watch(prefix, start).await
+    }
+    async fn compact(&self, revision: cladnet_store::Revision) -> cladnet_store::Result<()> {
+        self.inner.compact(revision).await
+    }
+    async fn lease_grant(
+        &self,
+        ttl: std::time::Duration,
+    ) -> cladnet_store::Result<cladnet_store::LeaseId> {
+        self.inner.lease_grant(ttl).await
+    }
+    async fn lease_keep_alive(
+        &self,
+        id: cladnet_store::LeaseId,
+    ) -> cladnet_store::Result<std::time::Duration> {
+        self.inner.lease_keep_alive(id).await
+    }
+    async fn lease_revoke(&self, id: cladnet_store::LeaseId) -> cladnet_store::Result<()> {
+        self.inner.lease_revoke(id).await
+    }
+}
+
+#[tokio::test]
+async fn writes_of_an_old_controller_during_the_copy_are_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = embedded(&dir).await;
+    let written = layout_1(inner.as_ref()).await;
+    let store = OldWriter {
+        inner: inner.clone(),
+        done: false.into(),
+    };
+    // The count is of the keys read before the copy.
+    assert_eq!(ensure(&store).await.unwrap(), Outcome::Migrated(written));
+    assert!(inner.range(OLD_ROOT).await.unwrap().kvs.is_empty());
+    let a: PeerRecord =
+        model::decode(&inner.get(&keys::peer("net", "a")).await.unwrap().unwrap()).unwrap();
+    assert_eq!(a.public_endpoint, Some("198.18.0.9:8055".parse().unwrap()));
+    // The session hash still comes with it.
+    assert_eq!(a.session_sha256, Some(sha256_hex(SESSION)));
+    assert!(
+        inner
+            .get(&keys::command("net", "b"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(inner.get(&keys::test("net", "x")).await.unwrap().is_none());
+}
