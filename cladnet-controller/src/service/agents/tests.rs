@@ -29,7 +29,18 @@ fn store_ops(ctl: &Controller) -> std::collections::BTreeMap<String, u64> {
 
 /// Joins node `i` to network `net` with a valid proof; returns the response.
 async fn join_to(ctl: &Controller, net: &str, token: &str, i: u8) -> pb::JoinResponse {
-    let private = [i + 1; 32];
+    join_with_key(ctl, net, token, i, i + 1).await.unwrap()
+}
+
+/// Joins node `i` to network `net` with the key of seed `key` and a valid proof.
+async fn join_with_key(
+    ctl: &Controller,
+    net: &str,
+    token: &str,
+    i: u8,
+    key: u8,
+) -> crate::error::Result<pb::JoinResponse> {
+    let private = [key; 32];
     let public_key = b64().encode(cladnet_proto::join::public_key(&private));
     let challenge = ctl.join_challenge().await.unwrap();
     let controller: [u8; 32] = b64()
@@ -52,7 +63,7 @@ async fn join_to(ctl: &Controller, net: &str, token: &str, i: u8) -> pb::JoinRes
         proof: b64().encode(proof),
         ..Default::default()
     };
-    ctl.join(token, req).await.unwrap()
+    ctl.join(token, req).await
 }
 
 /// Joins node `i` of [`NET`]; returns its session token.
@@ -210,4 +221,127 @@ async fn another_controllers_allocation_reloads_the_cache() {
     // The failed write (whose failure branch read the records again), the allocations'
     // reload, the write.
     assert_eq!(ops, [("txn".to_owned(), 3)]);
+}
+
+/// A store whose watches deliver nothing while the gate is closed (a watch hub falling
+/// behind the store).
+#[derive(Debug)]
+struct Gated {
+    inner: Arc<dyn cladnet_store::Store>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+#[async_trait::async_trait]
+impl cladnet_store::Store for Gated {
+    async fn get(&self, key: &str) -> cladnet_store::Result<Option<cladnet_store::KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn range(&self, prefix: &str) -> cladnet_store::Result<cladnet_store::RangeResult> {
+        self.inner.range(prefix).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<cladnet_store::LeaseId>,
+    ) -> cladnet_store::Result<cladnet_store::Revision> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &str) -> cladnet_store::Result<cladnet_store::DeleteResult> {
+        self.inner.delete(key).await
+    }
+    async fn delete_prefix(
+        &self,
+        prefix: &str,
+    ) -> cladnet_store::Result<cladnet_store::DeleteResult> {
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn txn(
+        &self,
+        txn: cladnet_store::Txn,
+    ) -> cladnet_store::Result<cladnet_store::TxnResult> {
+        self.inner.txn(txn).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        start: Option<cladnet_store::Revision>,
+    ) -> cladnet_store::Result<cladnet_store::WatchStream> {
+        use futures::StreamExt as _;
+        let events = self.inner.watch(prefix, start).await?;
+        let gate = self.open.subscribe();
+        Ok(Box::pin(futures::stream::unfold(
+            (events, gate),
+            |(mut events, mut gate)| async move {
+                let next = events.next().await?;
+                // Held while the gate is closed, wherever it closed.
+                gate.wait_for(|open| *open).await.ok()?;
+                Some((next, (events, gate)))
+            },
+        )))
+    }
+    async fn compact(&self, revision: cladnet_store::Revision) -> cladnet_store::Result<()> {
+        self.inner.compact(revision).await
+    }
+    async fn lease_grant(
+        &self,
+        ttl: std::time::Duration,
+    ) -> cladnet_store::Result<cladnet_store::LeaseId> {
+        self.inner.lease_grant(ttl).await
+    }
+    async fn lease_keep_alive(
+        &self,
+        id: cladnet_store::LeaseId,
+    ) -> cladnet_store::Result<std::time::Duration> {
+        self.inner.lease_keep_alive(id).await
+    }
+    async fn lease_revoke(&self, id: cladnet_store::LeaseId) -> cladnet_store::Result<()> {
+        self.inner.lease_revoke(id).await
+    }
+}
+
+/// A Join works from the hub's table, which may lag the store: a peer deleted a moment ago
+/// and joining again with a new key (a reinstalled host, after `cladnet peer delete`) is
+/// admitted on a fresh read, not refused on the stale table; a takeover attempt (another key
+/// for a registered node) is still refused.
+#[tokio::test]
+async fn a_lagging_hub_table_does_not_refuse_a_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, _, tokens) = setup(&dir, &[NET], 0).await;
+    let (open, _) = tokio::sync::watch::channel(true);
+    let store: Arc<dyn cladnet_store::Store> = Arc::new(Gated {
+        inner,
+        open: open.clone(),
+    });
+    let ctl = Controller::new(store, AdminAuth::new("0123456789abcdef").unwrap());
+    let token = &tokens[0];
+    let first = join_with_key(&ctl, NET, token, 1, 1).await.unwrap();
+    let watch = pb::WatchRequest {
+        cladnet_id: NET.into(),
+        host_id: "n1".into(),
+        ..Default::default()
+    };
+    let _stream = ctl.watch(&first.session_token, watch).await.unwrap();
+    for _ in 0..200 {
+        if ctl.hubs.join_view(NET, "n1", "").await.unwrap().0.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(ctl.hubs.join_view(NET, "n1", "").await.unwrap().0.is_some());
+
+    // A takeover attempt: refused (the table and the store agree).
+    let takeover = join_with_key(&ctl, NET, token, 1, 9).await.unwrap_err();
+    assert!(
+        takeover.to_string().contains("another public key"),
+        "{takeover}"
+    );
+
+    // The hub stops following; the node is deleted and joins with a new key.
+    open.send_replace(false);
+    ctl.delete_peer(NET, "n1").await.unwrap();
+    assert!(ctl.hubs.join_view(NET, "n1", "").await.unwrap().0.is_some());
+    let again = join_with_key(&ctl, NET, token, 1, 9).await.unwrap();
+    assert_eq!(again.peer.unwrap().host_id, "n1");
+    open.send_replace(true);
 }
