@@ -13,11 +13,11 @@
 //!   marker, reads the old keys and deletes them. Keys an old controller changed while the
 //!   copy ran (there should be none: stop old controllers before upgrading) are copied again
 //!   from what that transaction read, so nothing is lost. Until the commit the old keys are
-//!   untouched and the new ones invisible (a controller of this version waits for the
-//!   marker), so a migration cut off halfway is simply run again by the next start;
+//!   untouched and the new ones unused (no controller of this version serves before the
+//!   marker exists), so a migration cut off halfway is simply run again by the next start;
 //! * any other marker (a newer controller wrote it): refused, naming the versions.
 //!
-//! Layout 1 → 2 (docs/store.md, "Key layout"; docs/operations.md, "Upgrading"):
+//! Layout 1 → 2 (docs/store.md, "Key layout"; docs/operations.md, "Upgrades"):
 //!
 //! ```text
 //! /cladnet/v1/networks/{net}                     → /cladnet/v1/watched/{net}/network
@@ -106,7 +106,13 @@ pub async fn ensure(store: &dyn Store) -> Result<Outcome, LayoutError> {
         }
         let old = store.range(OLD_ROOT).await?;
         if old.kvs.is_empty() {
-            let res = store.txn(commit(Vec::new())).await?;
+            let res = store
+                .txn(
+                    Txn::new()
+                        .when([Compare::absent(keys::layout())])
+                        .and_then([TxnOp::put(keys::layout(), LAYOUT.to_string().into_bytes())]),
+                )
+                .await?;
             if res.succeeded {
                 info!(layout = LAYOUT, "fresh store: layout marker written");
                 return Ok(Outcome::Fresh);
@@ -126,7 +132,7 @@ pub async fn ensure(store: &dyn Store) -> Result<Outcome, LayoutError> {
         if !write(store, &writes, true).await? {
             continue;
         }
-        let res = store.txn(commit(vec![TxnOp::range(OLD_ROOT)])).await?;
+        let res = store.txn(commit()).await?;
         if !res.succeeded {
             // Another controller committed the migration first.
             continue;
@@ -146,10 +152,10 @@ pub async fn ensure(store: &dyn Store) -> Result<Outcome, LayoutError> {
     }
 }
 
-/// The transaction that writes the marker if there is none, running `first` and deleting the
-/// old layout's keys in the same step.
-fn commit(first: Vec<TxnOp>) -> Txn {
-    let mut ops = first;
+/// The transaction that commits a migration: writes the marker if there is none, reads the
+/// old layout's keys and deletes them in the same step.
+fn commit() -> Txn {
+    let mut ops = vec![TxnOp::range(OLD_ROOT)];
     ops.push(TxnOp::delete_prefix(OLD_ROOT));
     ops.push(TxnOp::put(keys::layout(), LAYOUT.to_string().into_bytes()));
     Txn::new()
