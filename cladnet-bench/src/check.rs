@@ -379,7 +379,7 @@ mod tests {
                 );
                 store
                     .put(
-                        &format!("/cladnet/v1/networks/bench/peers/{node}"),
+                        &format!("/cladnet/v1/watched/bench/peers/{node}"),
                         value.into_bytes(),
                         None,
                     )
@@ -388,7 +388,7 @@ mod tests {
             }
             store
                 .put(
-                    "/cladnet/v1/networks/bench/sessions/bench-00000",
+                    "/cladnet/v1/internal/bench/ipam/10.64.0.1",
                     b"x".to_vec(),
                     None,
                 )

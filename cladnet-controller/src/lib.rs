@@ -6,7 +6,8 @@
 //! * [`ipam`] and [`recommend`]: pure address logic (see `docs/addressing.md`).
 //! * [`routes`]: advertised prefixes (pure validation and merge; `service/routes.rs` stores
 //!   them).
-//! * [`keys`]: the store key layout (see `docs/store.md`).
+//! * [`keys`]: the store key layout (see `docs/store.md`); [`layout`] checks it at start and
+//!   migrates an old one.
 //! * [`wgconfig`]: the wg-quick configuration of external WireGuard peers.
 //! * [`selfsigned`]: `--tls auto`, the controller's own certificate and its pin.
 //! * [`console`]: the web console (static HTML/JS/CSS at `/console/` over the REST API).
@@ -18,6 +19,7 @@ pub mod error;
 pub mod grpc;
 pub mod ipam;
 pub mod keys;
+pub mod layout;
 pub mod metrics;
 pub mod model;
 pub mod recommend;

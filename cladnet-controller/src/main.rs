@@ -161,6 +161,9 @@ async fn main() -> anyhow::Result<()> {
     let store = cladnet_store::connect(&cli.store)
         .await
         .with_context(|| format!("opening store {}", cli.store))?;
+    cladnet_controller::layout::ensure(store.as_ref())
+        .await
+        .with_context(|| format!("checking the key layout of store {}", cli.store))?;
     let metrics_addr: Option<SocketAddr> =
         match cli.metrics_listen.as_str() {
             "off" | "" => None,

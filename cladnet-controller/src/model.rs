@@ -214,6 +214,12 @@ pub struct PeerRecord {
     /// [`crate::routes`]); records from before routes have none.
     #[serde(default)]
     pub routes: Vec<RouteRecord>,
+    /// SHA-256 (hex) of the session token the node's last Join returned (none for external
+    /// peers). Kept in the peer record, so a Join is one watched write and a re-join (a new
+    /// session) reaches the watch hub as the peer change it is anyway, revoking the node's
+    /// streams opened with the old session. Never sent to agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_sha256: Option<String>,
 }
 
 /// Host ids of external peers start with this; agents cannot join with such an id.

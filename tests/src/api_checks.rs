@@ -1393,3 +1393,54 @@ pub async fn sessions_end_with_credentials(ctl: &TestController) {
         assert!(msg.starts_with("fromRevision"), "{msg}");
     }
 }
+
+/// Two controllers on one store, `joins` concurrent joins spread over both (each controller's
+/// Join works from its cached view of the network and the allocations; the other's joins make
+/// its transactions fail and the cache reload, see cladnet-controller/src/service/alloc.rs):
+/// every join succeeds, no address is handed out twice, and both list the same peers.
+pub async fn two_controllers_concurrent_joins(
+    one: &TestController,
+    two: &TestController,
+    joins: usize,
+) {
+    let net = network(one, "shared", "10.90.0.0/22").await;
+    let token = join_token(two, &net).await;
+
+    let mut tasks = Vec::new();
+    for i in 0..joins {
+        let ctl = if i % 2 == 0 { one } else { two };
+        let mut agent = ctl.agent(&token).await;
+        let net = net.clone();
+        tasks.push(tokio::spawn(async move {
+            join_signed(&mut agent, join_request(&net, &format!("node-{i}")))
+                .await
+                .map(|r| r.into_inner())
+        }));
+    }
+    let mut ips = HashSet::new();
+    for t in tasks {
+        let r = t.await.expect("join task").expect("every join succeeds");
+        assert!(ips.insert(r.peer.unwrap().ip), "duplicate overlay address");
+    }
+    assert_eq!(ips.len(), joins);
+    // Both controllers see the same peers with the same addresses.
+    for ctl in [one, two] {
+        // 500 peers, each listed with its links to the 499 others: about 21 MB.
+        let peers = ctl
+            .admin(ADMIN_TOKEN)
+            .await
+            .max_decoding_message_size(64 << 20)
+            .list_peers(pb::ListPeersRequest {
+                cladnet_id: net.clone(),
+            })
+            .await;
+        let listed: HashSet<String> = peers
+            .unwrap()
+            .into_inner()
+            .peers
+            .into_iter()
+            .map(|p| p.ip)
+            .collect();
+        assert_eq!(listed, ips);
+    }
+}

@@ -65,6 +65,9 @@ impl TestController {
             .set_nonblocking(true)
             .expect("nonblocking listener");
         let addr = listener.local_addr().expect("local addr");
+        cladnet_controller::layout::ensure(store.as_ref())
+            .await
+            .expect("store key layout");
         let controller = Arc::new(Controller::new(
             store,
             AdminAuth::new(ADMIN_TOKEN).expect("admin token"),

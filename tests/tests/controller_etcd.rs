@@ -2,8 +2,6 @@
 //! controllers sharing one etcd under 500 concurrent joins, and a 3-member cluster losing a
 //! member while the API keeps working.
 
-use std::collections::HashSet;
-
 use cladnet_proto::v1 as pb;
 use cladnet_tests::{
     api_checks,
@@ -27,51 +25,7 @@ async fn two_controllers_five_hundred_concurrent_joins_no_duplicate_address() {
     };
     let one = TestController::start(etcd.client().await).await;
     let two = TestController::start(etcd.client().await).await;
-    let net = api_checks::network(&one, "shared", "10.90.0.0/22").await;
-    let token = api_checks::join_token(&two, &net).await;
-
-    let mut joins = Vec::new();
-    // Each controller allocates from its cached view of the allocations; the other's joins
-    // make its transactions fail and the cache reload (service/alloc.rs).
-    for i in 0..500 {
-        let ctl = if i % 2 == 0 { &one } else { &two };
-        let mut agent = ctl.agent(&token).await;
-        let net = net.clone();
-        joins.push(tokio::spawn(async move {
-            api_checks::join_signed(
-                &mut agent,
-                api_checks::join_request(&net, &format!("node-{i}")),
-            )
-            .await
-            .map(|r| r.into_inner())
-        }));
-    }
-    let mut ips = HashSet::new();
-    for j in joins {
-        let r = j.await.expect("join task").expect("every join succeeds");
-        assert!(ips.insert(r.peer.unwrap().ip), "duplicate overlay address");
-    }
-    assert_eq!(ips.len(), 500);
-    // Both controllers see the same 500 peers with the same addresses.
-    for ctl in [&one, &two] {
-        // 500 peers, each listed with its links to the 499 others: about 21 MB.
-        let peers = ctl
-            .admin(ADMIN_TOKEN)
-            .await
-            .max_decoding_message_size(64 << 20)
-            .list_peers(pb::ListPeersRequest {
-                cladnet_id: net.clone(),
-            })
-            .await;
-        let listed: HashSet<String> = peers
-            .unwrap()
-            .into_inner()
-            .peers
-            .into_iter()
-            .map(|p| p.ip)
-            .collect();
-        assert_eq!(listed, ips);
-    }
+    api_checks::two_controllers_concurrent_joins(&one, &two, 500).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

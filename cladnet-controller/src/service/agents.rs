@@ -1,7 +1,9 @@
 //! The agent side: Join (address allocation), Report, and session checks.
 
 use cladnet_proto::v1 as pb;
-use cladnet_store::{Compare, CompareOp, KeyValue, Txn, TxnOp, TxnOpResult};
+use std::collections::HashMap;
+
+use cladnet_store::{Compare, CompareOp, KeyValue, Revision, Txn, TxnOp, TxnOpResult};
 use tracing::info;
 
 use super::{Controller, tokens::token_use};
@@ -16,31 +18,74 @@ use crate::{
     validate,
 };
 
-/// The records a Join checks and compares against.
+/// The records a Join checks and compares against: read from the store, or taken from this
+/// controller's memory (the join cache and the watch hub's table), which the Join's
+/// transaction checks with a compare on each.
 struct JoinRead {
-    network: (NetworkRecord, KeyValue),
-    peer: Option<KeyValue>,
-    /// The record of the public-key index: which node holds the key.
-    holder: Option<KeyValue>,
+    /// The network record and its mod revision.
+    network: (NetworkRecord, Revision),
+    /// The node's peer record and its mod revision, if it has one.
+    peer: Option<(PeerRecord, Revision)>,
+    /// The public-key index entry's value: which node holds the key, if any.
+    holder: Option<Vec<u8>>,
+    /// The join token record.
     token: Option<KeyValue>,
+    /// Taken from memory: a refusal is checked against a fresh read first.
+    cached: bool,
+}
+
+/// Network and join-token records as this controller last read or wrote them, keyed by store
+/// key. A Join uses them without reading and compares their mod revisions in its transaction:
+/// a record changed elsewhere fails the transaction, whose failure branch reads it afresh.
+#[derive(Debug, Default)]
+pub(super) struct JoinCache(std::sync::Mutex<HashMap<String, KeyValue>>);
+
+impl JoinCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeyValue>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, key: &str) -> Option<KeyValue> {
+        self.lock().get(key).cloned()
+    }
+
+    /// Records what the store holds at `key` (`None`: nothing).
+    fn set(&self, key: &str, kv: Option<&KeyValue>) {
+        let mut map = self.lock();
+        match kv {
+            Some(kv) => {
+                map.insert(key.to_owned(), kv.clone());
+            }
+            None => {
+                map.remove(key);
+            }
+        }
+    }
 }
 
 impl Controller {
-    /// Checks the session token of node `node` in network `net`; returns the store revision
-    /// the session was written at (only later session changes can revoke it).
+    /// Checks the session token of node `node` in network `net` (its hash is in the peer
+    /// record); returns the record's store revision (only later changes of the record can
+    /// revoke the session).
     pub async fn check_session(&self, net: &str, node: &str, bearer: &str) -> Result<i64> {
         if !bearer.starts_with(auth::SESSION_PREFIX) {
             return Err(ControllerError::PermissionDenied(
                 "Watch and Report need the session token Join returned".into(),
             ));
         }
-        let stored = self.store.get(&keys::session(net, node)).await?;
+        let stored = self.store.get(&keys::peer(net, node)).await?;
+        let stored = match stored {
+            Some(kv) => Some((model::decode::<PeerRecord>(&kv)?.session_sha256, kv)),
+            None => None,
+        };
         match stored {
-            Some(kv) if kv.value == sha256_hex(bearer).as_bytes() => Ok(kv.mod_revision),
-            Some(_) => Err(ControllerError::Unauthenticated(format!(
+            Some((Some(hash), kv)) if hash == sha256_hex(bearer) => Ok(kv.mod_revision),
+            Some((Some(_), _)) => Err(ControllerError::Unauthenticated(format!(
                 "invalid session token for peer {node:?}; join again"
             ))),
-            None => Err(ControllerError::Unauthenticated(format!(
+            Some((None, _)) | None => Err(ControllerError::Unauthenticated(format!(
                 "peer {node:?} has no session in network {net:?}; join again"
             ))),
         }
@@ -85,10 +130,17 @@ impl Controller {
         let key_index = keys::pubkey(net, &req.public_key);
         let (token_id, _) = auth::parse_join_token(bearer)?;
         let token_key = keys::token(net, token_id);
-        // Everything the Join checks, in one round trip; the first attempt of the transaction
-        // below uses it too (its compares catch any change made meanwhile: a retry reads
-        // again).
-        let first = self.join_read(net, node, &key_index, &token_key).await?;
+        // Everything the Join checks: from memory when this controller knows it (the common
+        // case: no store read at all), else read in one round trip. The transaction below
+        // compares every record it relies on, and its failure branch reads them afresh for
+        // the retry.
+        let first = match self
+            .cached_join_read(net, node, &req.public_key, &token_key)
+            .await
+        {
+            Some(read) => read,
+            None => self.join_read(net, node, &key_index, &token_key).await?,
+        };
         token_use(net, bearer, first.token.clone(), true)?;
         // After the token: strangers do not get to make the controller compute X25519.
         self.check_join_proof(&req).await?;
@@ -99,28 +151,33 @@ impl Controller {
         let lock = self.alloc_lock(net).await;
         let _serialized = lock.lock().await;
         let (session, session_hash) = new_session_token();
-        let first = std::sync::Mutex::new(Some(first));
+        let read = std::sync::Mutex::new(Some(first));
         let (peer, network, revision) = self
             .retry("join", || async {
-                let taken = first.lock().unwrap_or_else(|e| e.into_inner()).take();
-                let read = match taken {
-                    Some(read) => read,
+                let taken = read.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let current = match taken {
+                    Some(current) => current,
                     None => self.join_read(net, node, &key_index, &token_key).await?,
                 };
                 let JoinRead {
-                    network: (network, net_kv),
+                    network: (network, network_revision),
                     peer: existing,
                     holder,
                     token,
-                } = read;
-                let reservation = self.reserve_address(net, &network, node, None).await?;
-                let ip = reservation.addr();
+                    cached,
+                } = current;
                 let now = now_unix();
-                let previous: Option<PeerRecord> =
-                    existing.as_ref().map(model::decode).transpose()?;
+                let previous = existing.as_ref().map(|(p, _)| p);
+                let refused = previous.is_some_and(|p| p.public_key != req.public_key)
+                    || holder.as_ref().is_some_and(|h| h != node.as_bytes());
+                if refused && cached {
+                    // The hub's table may be a few changes behind (the peer deleted a moment
+                    // ago): refuse only on what the store says.
+                    return Ok(None);
+                }
                 // A host id is bound to the key it first joined with: another key is a
                 // takeover attempt (or a reinstalled host, which an admin deletes first).
-                if let Some(p) = &previous
+                if let Some(p) = previous
                     && p.public_key != req.public_key
                 {
                     return Err(ControllerError::PermissionDenied(format!(
@@ -128,8 +185,8 @@ impl Controller {
                          delete the peer (`cladnet peer delete`) before it can join with a new key"
                     )));
                 }
-                if let Some(kv) = &holder
-                    && kv.value != node.as_bytes()
+                if let Some(h) = &holder
+                    && h != node.as_bytes()
                 {
                     return Err(ControllerError::PermissionDenied(
                         "publicKey: registered to another peer of this network".into(),
@@ -137,10 +194,15 @@ impl Controller {
                 }
                 // A restarted node (same host id, same key) re-joins without using up the
                 // token; anything else counts one use, in this transaction.
-                let rejoin = previous
-                    .as_ref()
-                    .is_some_and(|p| p.public_key == req.public_key);
-                let token_use = token_use(net, bearer, token, rejoin)?;
+                let rejoin = previous.is_some_and(|p| p.public_key == req.public_key);
+                let token_revision = token.as_ref().map(|kv| kv.mod_revision);
+                let token_use = match token_use(net, bearer, token, rejoin) {
+                    // A use count from memory may be behind: refuse on a fresh read.
+                    Err(_) if cached => return Ok(None),
+                    other => other?,
+                };
+                let reservation = self.reserve_address(net, &network, node, None).await?;
+                let ip = reservation.addr();
                 let record = PeerRecord {
                     schema: SCHEMA,
                     node_id: node.to_owned(),
@@ -152,8 +214,7 @@ impl Controller {
                     overlay_ip: ip,
                     state: PeerState::Joining,
                     public_key: req.public_key.clone(),
-                    public_endpoint: public_endpoint
-                        .or(previous.as_ref().and_then(|p| p.public_endpoint)),
+                    public_endpoint: public_endpoint.or(previous.and_then(|p| p.public_endpoint)),
                     private_endpoint,
                     host_private_cidr,
                     interfaces: interfaces.clone(),
@@ -161,51 +222,73 @@ impl Controller {
                     site: site.clone(),
                     dataplane: String::new(),
                     dataplane_reason: String::new(),
-                    joined_at: previous.as_ref().map_or(now, |p| p.joined_at),
+                    joined_at: previous.map_or(now, |p| p.joined_at),
                     updated_at: now,
                     external: false,
                     // A re-joining agent reports its routes again after the join.
-                    routes: previous
-                        .as_ref()
-                        .map(|p| p.routes.clone())
-                        .unwrap_or_default(),
+                    routes: previous.map(|p| p.routes.clone()).unwrap_or_default(),
+                    session_sha256: Some(session_hash.clone()),
                 };
                 let mut compares = vec![
-                    Compare::mod_revision(
-                        keys::network(net),
-                        CompareOp::Equal,
-                        net_kv.mod_revision,
-                    ),
+                    Compare::mod_revision(keys::network(net), CompareOp::Equal, network_revision),
                     Compare::mod_revision(
                         keys::peer(net, node),
                         CompareOp::Equal,
-                        existing.as_ref().map_or(0, |kv: &KeyValue| kv.mod_revision),
+                        existing.as_ref().map_or(0, |(_, r)| *r),
                     ),
+                    match &holder {
+                        Some(h) => Compare::value(&key_index, CompareOp::Equal, h.clone()),
+                        None => Compare::absent(&key_index),
+                    },
                 ];
-                compares.push(Compare::mod_revision(
-                    &key_index,
-                    CompareOp::Equal,
-                    holder.as_ref().map_or(0, |kv| kv.mod_revision),
-                ));
-                let mut ops = vec![
-                    TxnOp::put(keys::peer(net, node), model::encode(&record)),
-                    TxnOp::put(keys::session(net, node), session_hash.clone().into_bytes()),
-                ];
+                // The token as checked (it may come from memory): unchanged, not revoked.
+                if token_use.compares.is_empty()
+                    && let Some(r) = token_revision
+                {
+                    compares.push(Compare::mod_revision(&token_key, CompareOp::Equal, r));
+                }
+                // One watched write (the peer record, with its session); the rest is internal.
+                let mut ops = vec![TxnOp::put(keys::peer(net, node), model::encode(&record))];
                 if holder.is_none() {
                     ops.push(TxnOp::put(&key_index, node.as_bytes().to_vec()));
                 }
                 compares.extend(reservation.compares);
                 ops.extend(reservation.ops);
                 compares.extend(token_use.compares);
+                let token_written = token_use.ops.iter().find_map(|op| match op {
+                    TxnOp::Put { key, value, .. } if *key == token_key => Some(value.clone()),
+                    _ => None,
+                });
                 ops.extend(token_use.ops);
                 let res = self
                     .store
-                    .txn(Txn::new().when(compares).and_then(ops))
+                    .txn(
+                        Txn::new()
+                            .when(compares)
+                            .and_then(ops)
+                            .or_else(join_reads(net, node, &key_index, &token_key)),
+                    )
                     .await?;
-                if res.succeeded {
-                    self.ipam_cache.keep(net, reservation.pending, res.revision);
+                if !res.succeeded {
+                    // Another controller changed something this Join relied on: retry with
+                    // what the failure branch read (the IPAM cache was dropped and reloads).
+                    let fresh = self.join_read_results(net, &token_key, res.results)?;
+                    *read.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+                    return Ok(None);
                 }
-                Ok(res.succeeded.then_some((record, network, res.revision)))
+                self.ipam_cache.keep(net, reservation.pending, res.revision);
+                if let Some(value) = token_written {
+                    let kv = KeyValue {
+                        key: token_key.clone(),
+                        value,
+                        create_revision: 0,
+                        mod_revision: res.revision,
+                        version: 0,
+                        lease: None,
+                    };
+                    self.join_cache.set(&token_key, Some(&kv));
+                }
+                Ok(Some((record, network, res.revision)))
             })
             .await?;
         info!(network = %net, node = %node, ip = %peer.overlay_ip, "peer joined");
@@ -265,7 +348,7 @@ impl Controller {
         if !changes_peer {
             let revision = match stats_revision.max(routes_revision) {
                 Some(r) => r,
-                None => self.store.range(&keys::session(net, node)).await?.revision,
+                None => self.store.range(&keys::peer(net, node)).await?.revision,
             };
             return Ok(pb::ReportResponse { revision });
         }
@@ -292,6 +375,35 @@ impl Controller {
         Ok(pb::ReportResponse { revision })
     }
 
+    /// What a Join of node `node` needs, from memory: the network and join token as this
+    /// controller last saw them, the node's peer record and the holder of its public key from
+    /// the network's watch hub (if it runs; else assumed absent, as for a new node). `None`
+    /// when the network or the token is not cached. The Join's transaction compares all of
+    /// it.
+    async fn cached_join_read(
+        &self,
+        net: &str,
+        node: &str,
+        public_key: &str,
+        token_key: &str,
+    ) -> Option<JoinRead> {
+        let network_kv = self.join_cache.get(&keys::network(net))?;
+        let token = self.join_cache.get(token_key)?;
+        let network = model::decode(&network_kv).ok()?;
+        let (peer, holder) = self
+            .hubs
+            .join_view(net, node, public_key)
+            .await
+            .unwrap_or_default();
+        Some(JoinRead {
+            network: (network, network_kv.mod_revision),
+            peer,
+            holder,
+            token: Some(token),
+            cached: true,
+        })
+    }
+
     /// What a Join of node `node` needs from the store, read in one transaction: the
     /// network, the node's peer record, the holder of its public key (`key_index`) and its
     /// join token (`token_key`).
@@ -304,14 +416,20 @@ impl Controller {
     ) -> Result<JoinRead> {
         let res = self
             .store
-            .txn(Txn::new().and_then([
-                TxnOp::get(keys::network(net)),
-                TxnOp::get(keys::peer(net, node)),
-                TxnOp::get(key_index),
-                TxnOp::get(token_key),
-            ]))
+            .txn(Txn::new().and_then(join_reads(net, node, key_index, token_key)))
             .await?;
-        let mut gets = res.results.into_iter().map(|r| match r {
+        self.join_read_results(net, token_key, res.results)
+    }
+
+    /// The [`JoinRead`] from the results of [`join_reads`]; remembers the network and token
+    /// records for the next Join.
+    fn join_read_results(
+        &self,
+        net: &str,
+        token_key: &str,
+        results: Vec<TxnOpResult>,
+    ) -> Result<JoinRead> {
+        let mut gets = results.into_iter().map(|r| match r {
             TxnOpResult::Get(kv) => Ok(kv),
             _ => Err(ControllerError::Aborted(
                 "store answered a read with the wrong results".into(),
@@ -319,13 +437,20 @@ impl Controller {
         });
         let mut next = || gets.next().unwrap_or(Ok(None));
         let (network, peer, holder, token) = (next()?, next()?, next()?, next()?);
+        self.join_cache.set(&keys::network(net), network.as_ref());
+        self.join_cache.set(token_key, token.as_ref());
         let network =
             network.ok_or_else(|| ControllerError::not_found(format!("network {net:?}")))?;
+        let peer = match peer {
+            Some(kv) => Some((model::decode(&kv)?, kv.mod_revision)),
+            None => None,
+        };
         Ok(JoinRead {
-            network: (model::decode(&network)?, network),
+            network: (model::decode(&network)?, network.mod_revision),
             peer,
-            holder,
+            holder: holder.map(|kv| kv.value),
             token,
+            cached: false,
         })
     }
 
@@ -433,6 +558,17 @@ impl Controller {
             .await?;
         Ok(())
     }
+}
+
+/// The reads of a Join: the network record, the node's peer record, the public-key index
+/// entry and the join token (see [`Controller::join_read_results`]).
+fn join_reads(net: &str, node: &str, key_index: &str, token_key: &str) -> [TxnOp; 4] {
+    [
+        TxnOp::get(keys::network(net)),
+        TxnOp::get(keys::peer(net, node)),
+        TxnOp::get(key_index),
+        TxnOp::get(token_key),
+    ]
 }
 
 /// Addresses one reported interface may carry.

@@ -107,13 +107,15 @@ impl Controller {
             .take(net)
             .filter(|c| c.ipam.pool().cidr() == network.cidr);
         // A cached view may lack frees made by another controller: a new address it gives out
-        // is checked by the transaction's generation compare; an address it says the node
-        // holds, or a refusal, is checked against a fresh read.
+        // is checked by the transaction's generation compare, an address it says the node
+        // holds by the compare that the address's entry still names the node (either fails
+        // the transaction if the cache was wrong, and the retry reads afresh); a refusal is
+        // checked against a fresh read.
         let (ipam, generation, allocation) = match cached.map(|mut c| {
             let a = allocate(&mut c.ipam);
             (c, a)
         }) {
-            Some((c, Ok(allocation))) if allocation.is_new() => (c.ipam, c.generation, allocation),
+            Some((c, Ok(allocation))) => (c.ipam, c.generation, allocation),
             _ => {
                 let (mut ipam, generation) = self.read_allocations(net, network).await?;
                 let allocation = allocate(&mut ipam)

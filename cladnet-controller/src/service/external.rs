@@ -82,6 +82,7 @@ impl Controller {
                     updated_at: now,
                     external: true,
                     routes: Vec::new(),
+                    session_sha256: None,
                 };
                 let mut compares = vec![
                     Compare::mod_revision(

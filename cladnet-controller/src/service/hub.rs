@@ -7,7 +7,7 @@
 //! the same bytes go to every stream. New streams get a snapshot assembled from the cached peer
 //! encodings; resumed streams (`fromRevision`) get the changes after their revision from the
 //! history, streams that fell behind get them *merged* (the latest frame per peer, network,
-//! command, test and session, in revision order), and either gets a snapshot only when the
+//! command and test, in revision order), and either gets a snapshot only when the
 //! history does not reach back far enough. So a controller holds one store watch per network,
 //! whatever its streams do.
 //!
@@ -64,8 +64,11 @@ pub(super) struct Frame {
     pub(super) revision: Revision,
     /// What changed: frames of one kind and key supersede each other.
     pub(super) kind: Kind,
-    /// The encoded `WatchEvent` (empty for session changes, which agents do not see).
+    /// The encoded `WatchEvent`.
     pub(super) bytes: Bytes,
+    /// For a peer frame: SHA-256 (hex) of the node's session token in the record (`None`
+    /// when the peer was removed): the node's streams opened with another session end.
+    pub(super) session: Option<Vec<u8>>,
 }
 
 /// What a frame changes.
@@ -81,18 +84,10 @@ pub(super) enum Kind {
     Command(String),
     /// A connectivity test request.
     Test(String),
-    /// A node's session was replaced (it joined again) or removed (peer deleted): that node's
-    /// open streams with another session end as Unauthenticated.
-    Session {
-        /// The node.
-        node: String,
-        /// SHA-256 (hex) of the node's session token now; `None` when removed.
-        hash: Option<Vec<u8>>,
-    },
 }
 
 impl Kind {
-    /// The key frames supersede each other by (sessions by node, whatever their hash).
+    /// The key frames supersede each other by.
     fn key(&self) -> (u8, &str) {
         match self {
             Self::Peer(n) => (0, n),
@@ -100,7 +95,6 @@ impl Kind {
             Self::NetworkDeleted => (2, ""),
             Self::Command(n) => (3, n),
             Self::Test(t) => (4, t),
-            Self::Session { node, .. } => (5, node),
         }
     }
 }
@@ -109,7 +103,6 @@ impl Frame {
     /// The bytes node `node` should get, if any.
     pub(super) fn for_node(&self, node: &str) -> Option<&Bytes> {
         match &self.kind {
-            Kind::Session { .. } => None,
             Kind::Command(target) if target != node => None,
             _ => Some(&self.bytes),
         }
@@ -121,10 +114,12 @@ impl Frame {
     }
 
     /// Whether this frame revokes the session with hash `session` of node `node`, for a stream
-    /// whose own session was written at `session_revision`.
+    /// whose own session was checked at revision `session_revision`: a later change of the
+    /// node's peer record that carries another session (a re-join) or removes it.
     pub(super) fn revokes(&self, node: &str, session: &[u8], session_revision: Revision) -> bool {
-        matches!(&self.kind, Kind::Session { node: n, hash }
-            if self.revision > session_revision && n == node && hash.as_deref() != Some(session))
+        matches!(&self.kind, Kind::Peer(n)
+            if self.revision > session_revision && n == node
+                && self.session.as_deref() != Some(session))
     }
 }
 
@@ -218,6 +213,32 @@ impl Hubs {
         Some(f(&mut state.peers.values().map(|e| &e.record)))
     }
 
+    /// What network `net`'s table says about a joining node, if its hub runs: the node's peer
+    /// record and its revision, and the node holding public key `public_key` (as the key
+    /// index's value). The table may be behind the store: a Join compares both.
+    pub(super) async fn join_view(
+        &self,
+        net: &str,
+        node: &str,
+        public_key: &str,
+    ) -> Option<(Option<(PeerRecord, Revision)>, Option<Vec<u8>>)> {
+        let hub = self.hubs.lock().await.get(net)?.clone();
+        let state = hub.lock();
+        let peer = state
+            .peers
+            .get(node)
+            .map(|e| (e.record.clone(), e.revision));
+        let holder = match &peer {
+            Some((p, _)) if p.public_key == public_key => Some(node.as_bytes().to_vec()),
+            _ => state
+                .peers
+                .values()
+                .find(|e| e.record.public_key == public_key)
+                .map(|e| e.record.node_id.clone().into_bytes()),
+        };
+        Some((peer, holder))
+    }
+
     /// The number of running hubs (one store watch each).
     #[cfg(test)]
     pub(super) async fn running(&self) -> usize {
@@ -272,7 +293,7 @@ impl Hub {
         net: &str,
         from: Option<Revision>,
     ) -> Result<Arc<Self>> {
-        let prefix = keys::network(net);
+        let prefix = keys::watched(net);
         let events = store.watch(&prefix, from.map(|r| r + 1)).await?;
         let (network, network_revision, peers, revision) = read_table(store.as_ref(), net).await?;
         let (tx, _) = broadcast::channel(hubs.limits.capacity);
@@ -401,7 +422,7 @@ impl Hub {
                     // A resumed stream started this hub from a revision the store has
                     // compacted: follow from the table read instead; streams attached with
                     // older revisions get snapshots when they next attach.
-                    match store.watch(&keys::network(&self.net), Some(read + 1)).await {
+                    match store.watch(&keys::watched(&self.net), Some(read + 1)).await {
                         Ok(e) => {
                             events = e;
                             let mut state = self.lock();
@@ -503,6 +524,7 @@ impl State {
                 revision,
                 kind,
                 bytes,
+                session: None,
             })))
         };
         match (keys::classify(net, event.key()), event) {
@@ -527,6 +549,7 @@ impl State {
             ),
             (Some(KeyKind::Peer(node)), WatchEvent::Put(kv)) => {
                 let record: PeerRecord = model::decode(kv)?;
+                let session = record.session_sha256.clone().map(String::into_bytes);
                 let peer = if apply {
                     self.snapshot = None;
                     self.insert_peer(record, revision)
@@ -536,7 +559,12 @@ impl State {
                 let mut bytes = BytesMut::with_capacity(peer.len() + 16);
                 prost::encoding::int64::encode(REVISION_FIELD, &revision, &mut bytes);
                 put_bytes(PEER_UPSERTED_FIELD, &peer, &mut bytes);
-                frame(Kind::Peer(node.to_owned()), bytes.freeze())
+                Ok(Some(Arc::new(Frame {
+                    revision,
+                    kind: Kind::Peer(node.to_owned()),
+                    bytes: bytes.freeze(),
+                    session,
+                })))
             }
             (Some(KeyKind::Peer(node)), WatchEvent::Delete { .. }) => {
                 if apply && self.peers.remove(node).is_some() {
@@ -552,19 +580,6 @@ impl State {
                 frame(
                     Kind::Command(node.to_owned()),
                     encode(Event::Command(cmd.to_proto())),
-                )
-            }
-            (Some(KeyKind::Session(node)), event) => {
-                let hash = match event {
-                    WatchEvent::Put(kv) => Some(kv.value.clone()),
-                    WatchEvent::Delete { .. } => None,
-                };
-                frame(
-                    Kind::Session {
-                        node: node.to_owned(),
-                        hash,
-                    },
-                    Bytes::new(),
                 )
             }
             (Some(KeyKind::Test(id)), WatchEvent::Put(kv)) => {

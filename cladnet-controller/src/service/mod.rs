@@ -44,6 +44,8 @@ pub struct Controller {
     alloc_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Every network's address allocations as last known (see [`alloc`]).
     ipam_cache: alloc::IpamCache,
+    /// Network and join-token records as last known, for Joins without a read.
+    join_cache: agents::JoinCache,
     /// One shared store watch per network with open Watch streams.
     hubs: Arc<hub::Hubs>,
     /// The lease agents' traffic statistics are written with (see [`stats`]).
@@ -66,6 +68,7 @@ impl Controller {
             admin,
             alloc_locks: Mutex::default(),
             ipam_cache: alloc::IpamCache::default(),
+            join_cache: agents::JoinCache::default(),
             hubs: Arc::default(),
             stats_lease: stats::StatsLease::default(),
             join_key: tokio::sync::OnceCell::new(),

@@ -85,11 +85,11 @@ impl Controller {
 
     /// Every network, sorted by id.
     pub async fn list_networks(&self) -> Result<pb::ListNetworksResponse> {
-        let range = self.store.range(keys::networks()).await?;
+        let range = self.store.range(keys::watched_root()).await?;
         let cladnet_specifications = range
             .kvs
             .iter()
-            .filter(|kv| !kv.key[keys::networks().len()..].contains('/'))
+            .filter(|kv| keys::network_of_record(&kv.key).is_some())
             .map(|kv| Ok(model::decode::<NetworkRecord>(kv)?.to_proto(kv.mod_revision)))
             .collect::<Result<_>>()?;
         Ok(pb::ListNetworksResponse {
@@ -191,7 +191,8 @@ impl Controller {
                     // The record first: watchers see the network go before its parts, and stop.
                     .and_then([
                         TxnOp::delete(keys::network(net)),
-                        TxnOp::delete_prefix(keys::network_dir(net)),
+                        TxnOp::delete_prefix(keys::watched(net)),
+                        TxnOp::delete_prefix(keys::internal(net)),
                         TxnOp::delete_prefix(keys::stats(net)),
                     ]),
             )
@@ -260,7 +261,7 @@ impl Controller {
 
     /// Host CIDRs reported by every peer of every network.
     async fn all_host_cidrs(&self) -> Result<Vec<ipnet::Ipv4Net>> {
-        let range = self.store.range(keys::networks()).await?;
+        let range = self.store.range(keys::watched_root()).await?;
         let peers: Vec<PeerRecord> = range
             .kvs
             .iter()

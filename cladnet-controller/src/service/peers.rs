@@ -63,7 +63,7 @@ impl Controller {
         self.get_peer(net, node).await
     }
 
-    /// Removes a peer and frees its address, session, pending command and statistics.
+    /// Removes a peer and frees its address, session (in the record), pending command and statistics.
     pub async fn delete_peer(&self, net: &str, node: &str) -> Result<pb::DeletePeerResponse> {
         validate::network_id("cladnetId", net)?;
         validate::host_id("hostId", node)?;
@@ -80,7 +80,6 @@ impl Controller {
                     .and_then([
                         TxnOp::delete(keys::peer(net, node)),
                         TxnOp::delete(keys::ipam_addr(net, peer.overlay_ip)),
-                        TxnOp::delete(keys::session(net, node)),
                         TxnOp::delete(keys::pubkey(net, &peer.public_key)),
                         TxnOp::delete(keys::command(net, node)),
                         TxnOp::delete(keys::node_stats(net, node)),

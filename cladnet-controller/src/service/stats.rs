@@ -3,7 +3,7 @@
 //! Each agent reports its per-peer counters every 10 s. The controller keeps the last report of
 //! each node under `/cladnet/v1/stats/{net}/{node}`: in the store, so every controller of an HA
 //! group serves the same numbers whichever one the agent reports to, but *outside*
-//! `/cladnet/v1/networks/{net}`, the prefix the watch hub follows; otherwise every report would
+//! `/cladnet/v1/watched/{net}/`, the prefix the watch hub follows; otherwise every report would
 //! be fanned out to every agent's Watch stream (n agents × n streams). The keys are attached
 //! to a lease, so a node that stops reporting (crashed, released, deleted) disappears 20-30 s
 //! later without anyone cleaning up.

@@ -59,7 +59,7 @@ impl Controller {
         } else {
             let current = self
                 .store
-                .range(&keys::session(&req.cladnet_id, &req.host_id))
+                .range(&keys::peer(&req.cladnet_id, &req.host_id))
                 .await?
                 .revision;
             if req.from_revision > current {
@@ -100,8 +100,8 @@ struct Forwarder {
     hub: Arc<Hub>,
     /// SHA-256 (hex) of the session token the stream was opened with.
     session: Vec<u8>,
-    /// Store revision the session was written at: only later session changes revoke it (a
-    /// resumed stream replays older ones).
+    /// Store revision the session was checked at (the peer record's): only later changes of
+    /// the record revoke it (a resumed stream replays older ones).
     session_revision: Revision,
     net: String,
     node: String,

@@ -53,6 +53,7 @@ fn peer(node: u8, port: u16) -> PeerRecord {
         updated_at: 1,
         external: false,
         routes: Vec::new(),
+        session_sha256: None,
     }
 }
 
@@ -286,7 +287,25 @@ async fn expected(store: &dyn Store) -> (Revision, pb::Network, BTreeMap<String,
 }
 
 /// Waits for the hub to reach the store's revision, then checks its table against a read.
+/// Changes agents do not consume never reach the hub (they are outside the watched prefix):
+/// a command for a node no stream belongs to, written first, is the last revision, and the
+/// hub must reach it.
 async fn check_table(hub: &Hub, store: &dyn Store) {
+    let sentinel = CommandRecord {
+        schema: SCHEMA,
+        command_type: "up".into(),
+        command_id: "sentinel".into(),
+        issued_at: 1,
+        routes: Vec::new(),
+    };
+    store
+        .put(
+            &keys::command(NET, "sentinel"),
+            model::encode(&sentinel),
+            None,
+        )
+        .await
+        .unwrap();
     let (network, _, peers, revision) = read_table(store, NET).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while hub.table().0 < revision {
@@ -314,12 +333,15 @@ async fn check_table(hub: &Hub, store: &dyn Store) {
 enum Op {
     /// A peer record written (a Report).
     Upsert(u8, u16),
-    /// A Join: peer, session and address in one transaction.
+    /// A Join: peer (with its session) and address in one transaction.
     Join(u8, u16),
-    /// A peer deleted with its session.
+    /// A peer deleted with its address.
     Remove(u8),
     /// A key agents do not see.
     Other(u8),
+    /// A peer of network `net0`, whose id starts with this network's: the hub's prefix ends
+    /// with the separator, so the hub never sees it.
+    Neighbour(u8, u16),
     /// The network record changed.
     Network(u8),
     /// A new stream.
@@ -334,6 +356,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..6, 1u16..60000).prop_map(|(n, p)| Op::Join(n, p)),
         2 => (0u8..6).prop_map(Op::Remove),
         1 => (0u8..6).prop_map(Op::Other),
+        1 => (0u8..6, 1u16..60000).prop_map(|(n, p)| Op::Neighbour(n, p)),
         1 => (0u8..4).prop_map(Op::Network),
         1 => Just(Op::Attach),
         2 => (0usize..4, 0i64..6).prop_map(|(i, b)| Op::Resume(i, b)),
@@ -376,11 +399,11 @@ async fn run(ops: Vec<Op>) {
                 put_peer(inner.as_ref(), n, port).await;
             }
             Op::Join(n, port) => {
-                let record = peer(n, port);
+                let mut record = peer(n, port);
+                record.session_sha256 = Some("h".into());
                 inner
                     .txn(Txn::new().and_then([
                         TxnOp::put(keys::peer(NET, &record.node_id), model::encode(&record)),
-                        TxnOp::put(keys::session(NET, &record.node_id), b"h".to_vec()),
                         TxnOp::put(
                             keys::ipam_addr(NET, record.overlay_ip),
                             record.node_id.into_bytes(),
@@ -394,7 +417,10 @@ async fn run(ops: Vec<Op>) {
                 inner
                     .txn(Txn::new().and_then([
                         TxnOp::delete(keys::peer(NET, &node)),
-                        TxnOp::delete(keys::session(NET, &node)),
+                        TxnOp::delete(keys::ipam_addr(
+                            NET,
+                            std::net::Ipv4Addr::new(10, 9, 0, n + 1),
+                        )),
                     ]))
                     .await
                     .unwrap();
@@ -402,6 +428,16 @@ async fn run(ops: Vec<Op>) {
             Op::Other(n) => {
                 inner
                     .put(&keys::token(NET, &n.to_string()), vec![n], None)
+                    .await
+                    .unwrap();
+            }
+            Op::Neighbour(n, port) => {
+                inner
+                    .put(
+                        &keys::peer(&format!("{NET}0"), &format!("n{n}")),
+                        model::encode(&peer(n, port)),
+                        None,
+                    )
                     .await
                     .unwrap();
             }
