@@ -126,8 +126,11 @@ impl Frame {
 /// What goes through a hub's live channel.
 #[derive(Debug)]
 pub(super) enum Live {
-    /// A change.
-    Frame(Arc<Frame>),
+    /// The changes of one flush (one linger's worth, or one change), in revision order. Sent
+    /// as one message so that a stream takes them together: sent one by one, a stream on
+    /// another thread woke at the first and sent it alone while the rest were still on their
+    /// way (a batch split in two, even within one revision).
+    Frames(Vec<Arc<Frame>>),
     /// The store watch failed: streams end with an error and agents reconnect.
     Failed(String),
 }
@@ -497,15 +500,19 @@ impl State {
     /// ready too), and appends them to the history (dropping the oldest beyond its bound).
     fn flush(&mut self) {
         let bound = self.history_bound.max(4 * self.peers.len());
-        for frame in std::mem::take(&mut self.pending) {
+        let frames = std::mem::take(&mut self.pending);
+        if frames.is_empty() {
+            return;
+        }
+        for frame in &frames {
             while self.history.len() >= bound {
                 if let Some(old) = self.history.pop_front() {
                     self.floor = self.floor.max(old.revision);
                 }
             }
             self.history.push_back(frame.clone());
-            let _ = self.tx.send(Arc::new(Live::Frame(frame)));
         }
+        let _ = self.tx.send(Arc::new(Live::Frames(frames)));
     }
 
     /// The frame of store event `event`; the table changes only if `apply` (events at or below

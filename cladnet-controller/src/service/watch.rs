@@ -191,15 +191,17 @@ impl Forwarder {
         Some(Item::Change(frame.revision, bytes.clone()))
     }
 
-    /// The item for one live message, if this node gets one.
+    /// Takes one live message: its changes are queued for [`Self::ready`]; a failure is the item.
     fn live(&self, p: &mut Position, live: &Live) -> Option<Item> {
         match live {
-            Live::Frame(frame) => {
-                if frame.revision <= p.attached.floor {
-                    return None;
-                }
-                p.done = p.done.max(frame.revision - 1);
-                self.frame(frame, &mut p.ending)
+            Live::Frames(frames) => {
+                // Queued with the attachment's own frames, which `ready` takes first: the
+                // whole flush is ready at once, so a batch holds all of it.
+                let floor = p.attached.floor;
+                p.attached
+                    .frames
+                    .extend(frames.iter().filter(|f| f.revision > floor).cloned());
+                None
             }
             Live::Failed(reason) => {
                 p.ending = true;

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use cladnet_store::{DeleteResult, KeyValue, LeaseId, RangeResult, TxnResult};
+use cladnet_store::{DeleteResult, KeyValue, LeaseId, RangeResult, Txn, TxnOp, TxnResult};
 use proptest::prelude::*;
 
 use super::*;
@@ -713,10 +713,18 @@ async fn changes_within_the_linger_go_out_together() {
         start.elapsed() < Duration::from_millis(250),
         "the first change was held"
     );
-    let mut last = 0;
-    for port in 2..=6 {
-        last = put_peer(store.as_ref(), port as u8, port).await;
-    }
+    // The next five changes in one transaction: written one by one, on a loaded machine the
+    // five commits (an fsync each) took longer than the linger, and the batch rightly held
+    // only those that had arrived by then.
+    let puts = (2..=6_u16).map(|port| {
+        let record = peer(port as u8, port);
+        TxnOp::Put {
+            key: keys::peer(NET, &record.node_id),
+            value: model::encode(&record),
+            lease: None,
+        }
+    });
+    let last = store.txn(Txn::new().and_then(puts)).await.unwrap().revision;
     let (_, event) = message(&mut stream).await;
     assert!(
         start.elapsed() >= Duration::from_millis(990),
