@@ -503,7 +503,14 @@ impl DataplaneDocument {
         self.ebpf_targets = self
             .rows
             .iter()
-            .filter(|r| r.config.is_ebpf() && !r.config.is_midhop() && r.config.pods().is_none())
+            // The forced-XDP row is a diagnostic (which hook suits forwarded pod traffic on a
+            // veth test bed), not a hook the agent would pick there.
+            .filter(|r| {
+                r.config.is_ebpf()
+                    && !r.config.is_midhop()
+                    && r.config.pods().is_none()
+                    && r.config != Config::CladnetEbpfPlainXdp
+            })
             .flat_map(|r| {
                 [
                     ("TCP vs vxlan", r.tcp_vs_vxlan, ">=", EBPF_VS_VXLAN_TARGET),
