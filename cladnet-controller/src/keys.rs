@@ -110,6 +110,11 @@ pub fn command(net: &str, node: &str) -> String {
     format!("{ROOT}{net}/commands/{node}")
 }
 
+/// A node's coordinated-probe request (written with the statistics lease: gone 20-30 s later).
+pub fn probe(net: &str, node: &str) -> String {
+    format!("{ROOT}{net}/probes/{node}")
+}
+
 /// Prefix of a network's connectivity tests.
 pub fn tests(net: &str) -> String {
     format!("{ROOT}{net}/tests/")
@@ -151,6 +156,8 @@ pub enum KeyKind<'a> {
     Command(&'a str),
     /// A test request.
     Test(&'a str),
+    /// A node's coordinated-probe request.
+    Probe(&'a str),
     /// A node's session token hash.
     Session(&'a str),
     /// Anything else (addresses, tokens, results, key index).
@@ -169,6 +176,7 @@ pub fn classify<'a>(net: &str, key: &'a str) -> Option<KeyKind<'a>> {
         "peers" => KeyKind::Peer(name),
         "commands" => KeyKind::Command(name),
         "tests" => KeyKind::Test(name),
+        "probes" => KeyKind::Probe(name),
         "sessions" => KeyKind::Session(name),
         _ => KeyKind::Other,
     })
@@ -187,6 +195,7 @@ mod tests {
             Some(KeyKind::Command("a"))
         );
         assert_eq!(classify("n1", &test("n1", "t")), Some(KeyKind::Test("t")));
+        assert_eq!(classify("n1", &probe("n1", "a")), Some(KeyKind::Probe("a")));
         assert_eq!(classify("n1", &token("n1", "t")), Some(KeyKind::Other));
         assert_eq!(classify("n1", &network("n10")), None);
         assert_eq!(classify("n1", &peer("n10", "a")), None);

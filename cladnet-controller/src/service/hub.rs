@@ -36,7 +36,7 @@ use tracing::{debug, warn};
 use crate::{
     error::{ControllerError, Result},
     keys::{self, KeyKind},
-    model::{self, CommandRecord, NetworkRecord, PeerRecord, TestRecord},
+    model::{self, CommandRecord, NetworkRecord, PeerRecord, ProbeRecord, TestRecord},
 };
 
 /// Live frames a stream may fall behind before it catches up from the history.
@@ -81,6 +81,8 @@ pub(super) enum Kind {
     Command(String),
     /// A connectivity test request.
     Test(String),
+    /// A coordinated-probe request for one node.
+    Probe(String),
     /// A node's session was replaced (it joined again) or removed (peer deleted): that node's
     /// open streams with another session end as Unauthenticated.
     Session {
@@ -100,6 +102,7 @@ impl Kind {
             Self::NetworkDeleted => (2, ""),
             Self::Command(n) => (3, n),
             Self::Test(t) => (4, t),
+            Self::Probe(n) => (6, n),
             Self::Session { node, .. } => (5, node),
         }
     }
@@ -110,7 +113,7 @@ impl Frame {
     pub(super) fn for_node(&self, node: &str) -> Option<&Bytes> {
         match &self.kind {
             Kind::Session { .. } => None,
-            Kind::Command(target) if target != node => None,
+            Kind::Command(target) | Kind::Probe(target) if target != node => None,
             _ => Some(&self.bytes),
         }
     }
@@ -552,6 +555,13 @@ impl State {
                 frame(
                     Kind::Command(node.to_owned()),
                     encode(Event::Command(cmd.to_proto())),
+                )
+            }
+            (Some(KeyKind::Probe(node)), WatchEvent::Put(kv)) => {
+                let probe: ProbeRecord = model::decode(kv)?;
+                frame(
+                    Kind::Probe(node.to_owned()),
+                    encode(Event::ProbeRequested(probe.to_proto())),
                 )
             }
             (Some(KeyKind::Session(node)), event) => {
