@@ -456,7 +456,9 @@ impl Paths {
 
     /// A coordinated attempt with `node` (the controller told both sides): from `at` on, a
     /// burst of [`BURST_PROBES`] direct probes [`BURST_GAP`] apart, to the known direct
-    /// endpoint and to `endpoints` in turn (while relayed: a probe's direct copy; otherwise
+    /// endpoint and to `endpoints` (public ones; a private address the peer's known endpoint
+    /// is not may be another site's, even this host's own) in turn (while relayed: a probe's
+    /// direct copy; otherwise
     /// WireGuard sends to its endpoint itself), then a [`PathAction::Coordinated`] with the
     /// outcome [`BURST_ANSWER`] after the last one. An answer upgrades the path exactly as
     /// the periodic probes' do. Replaces an attempt under way; `false` for an unknown peer.
@@ -466,7 +468,9 @@ impl Paths {
         };
         let mut list: Vec<SocketAddrV4> = p.direct.into_iter().collect();
         for e in endpoints {
-            if !list.contains(e) {
+            // A private address the node does not use already is another site's: it may be
+            // this host's own address, or a stranger's.
+            if !e.ip().is_private() && !list.contains(e) {
                 list.push(*e);
             }
         }

@@ -363,9 +363,10 @@ fn a_coordinated_attempt_probes_at_its_start_time_then_reports_its_outcome() {
     let t0 = Instant::now();
     let mut p = Paths::new(PathConfig::default(), ME, None);
     let now = relayed(&mut p, t0);
-    let alt = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 8055);
+    let alt = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 2), 8055);
+    let private = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 10), 8055);
     let start = now + Duration::from_millis(600);
-    assert!(p.coordinate(B, start, &[ep(B), alt]));
+    assert!(p.coordinate(B, start, &[ep(B), alt, private]));
     assert!(!p.coordinate(99, start, &[]), "unknown peer");
     // Nothing before the start time.
     let (_, outcomes, now) = tick_probes(&mut p, now, start, |_| obs(None, 0));
@@ -393,6 +394,10 @@ fn a_coordinated_attempt_probes_at_its_start_time_then_reports_its_outcome() {
         |_| obs(None, 0),
     );
     assert!(directs.contains(&alt), "{directs:?}");
+    assert!(
+        !directs.contains(&private),
+        "another site's private address"
+    );
     assert!(directs.len() >= BURST_PROBES - 1, "{directs:?}");
     assert_eq!(outcomes, [Outcome::Not(Path::Relayed { via: R })]);
     assert_eq!(p.coordinated(), (1, 0));
