@@ -281,8 +281,13 @@ fn a_relayed_pair_is_told_to_probe_at_once_and_goes_direct_when_it_can() {
         |m| coordinated(m, "h1") >= 1 && coordinated(m, "h2") >= 1,
     );
     let told = Instant::now();
+    // The burst (4 probes over 0.75 s) and its outcome 1 s later are over; changing a NAT
+    // while a burst runs can upgrade one side only (a known weakness of the direct evidence, not of the
+    // coordination: docs/architecture.md, relays).
+    thread::sleep(Duration::from_secs(3));
     // Two hard NATs: the probes did not connect, the pair is still relayed, and it works.
     assert_eq!(path(&mesh, "h1", "h2").0, "relay");
+    assert_eq!(path(&mesh, "h2", "h1").0, "relay");
     assert!(mesh.topo.host("h1").pings(b, 2));
     // Pairs on a direct path (every pair with a relay) were not told.
     for r in RELAYS {
@@ -295,7 +300,10 @@ fn a_relayed_pair_is_told_to_probe_at_once_and_goes_direct_when_it_can() {
     mesh.topo
         .set_nat("c4", Nat::OneToOne)
         .expect("h2 gets a 1:1 address");
-    mesh.wait("both sides direct", Duration::from_secs(15), |m| {
+    // With traffic, as in the upgrade test (an idle pair may upgrade one side first and wait
+    // for the other's new endpoint to reach it through the controller).
+    mesh.wait("both sides direct", Duration::from_secs(20), |m| {
+        m.topo.host("h1").pings(b, 1);
         path(m, "h1", "h2").0 == "direct" && path(m, "h2", "h1").0 == "direct"
     });
     wait_controller_path(&mesh, "h1", "h2", "direct", None);
