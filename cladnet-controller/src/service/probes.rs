@@ -144,7 +144,7 @@ impl Coordinator {
     }
 
     /// Entries held (paths and pairs), for tests and bounds.
-    pub fn len(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.nets
             .values()
             .map(|p| p.paths.len() + p.sent.len())
@@ -206,14 +206,14 @@ mod tests {
             c.observe(t0, "n", peer, "a", "relay");
         }
         assert!(c.due(t0, "n", "a", "b"));
-        assert_eq!(c.len(), 7);
+        assert_eq!(c.entries(), 7);
         // a's report no longer lists c and d (deleted peers).
         c.retain_reported("n", "a", &["b"]);
         assert!(!c.stuck(t0, "n", "a", "c"));
-        assert_eq!(c.len(), 5);
+        assert_eq!(c.entries(), 5);
         // Nobody reports any more: everything goes, the network too.
         c.prune(t0 + FORGET_AFTER);
-        assert_eq!(c.len(), 0);
+        assert_eq!(c.entries(), 0);
         assert!(c.nets.is_empty());
     }
 }
