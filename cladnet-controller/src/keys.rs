@@ -132,6 +132,11 @@ pub fn command(net: &str, node: &str) -> String {
     format!("{WATCHED}{net}/commands/{node}")
 }
 
+/// A node's coordinated-probe request (written with the statistics lease: gone 20-30 s later).
+pub fn probe(net: &str, node: &str) -> String {
+    format!("{WATCHED}{net}/probes/{node}")
+}
+
 /// Prefix of a network's connectivity tests.
 pub fn tests(net: &str) -> String {
     format!("{WATCHED}{net}/tests/")
@@ -173,6 +178,8 @@ pub enum KeyKind<'a> {
     Command(&'a str),
     /// A test request.
     Test(&'a str),
+    /// A node's coordinated-probe request.
+    Probe(&'a str),
     /// Anything else.
     Other,
 }
@@ -192,6 +199,7 @@ pub fn classify<'a>(net: &str, key: &'a str) -> Option<KeyKind<'a>> {
         "peers" => KeyKind::Peer(name),
         "commands" => KeyKind::Command(name),
         "tests" => KeyKind::Test(name),
+        "probes" => KeyKind::Probe(name),
         _ => KeyKind::Other,
     })
 }
@@ -209,6 +217,7 @@ mod tests {
             Some(KeyKind::Command("a"))
         );
         assert_eq!(classify("n1", &test("n1", "t")), Some(KeyKind::Test("t")));
+        assert_eq!(classify("n1", &probe("n1", "a")), Some(KeyKind::Probe("a")));
         assert_eq!(classify("n1", &network("n10")), None);
         assert_eq!(classify("n1", &peer("n10", "a")), None);
         assert_eq!(network_of_record(&network("n1")), Some("n1"));
@@ -222,6 +231,7 @@ mod tests {
             network("n1"),
             peer("n1", "a"),
             command("n1", "a"),
+            probe("n1", "a"),
             test("n1", "t"),
         ] {
             assert!(key.starts_with(&watched), "{key}");

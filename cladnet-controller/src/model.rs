@@ -54,7 +54,8 @@ versioned!(
     TokenRecord,
     CommandRecord,
     TestRecord,
-    ResultRecord
+    ResultRecord,
+    ProbeRecord
 );
 
 /// A network.
@@ -355,6 +356,33 @@ impl TokenRecord {
             expires_at: self.expires_at,
             max_uses: self.max_uses,
             uses: self.uses,
+        }
+    }
+}
+
+/// A coordinated-probe request for a node (see `service::probes`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ProbeRecord {
+    /// Schema version.
+    pub schema: u32,
+    /// The peer to probe.
+    pub peer: String,
+    /// Unix milliseconds (controller clock) when to start.
+    pub start_at_ms: i64,
+    /// The peer's endpoints the controller knows (`ip:port`), public first.
+    pub endpoints: Vec<String>,
+    /// Unique id (for logs).
+    pub probe_id: String,
+}
+
+impl ProbeRecord {
+    /// The request as its agent receives it.
+    pub fn to_proto(&self) -> pb::ProbeRequest {
+        pb::ProbeRequest {
+            host_id: self.peer.clone(),
+            start_at_ms: self.start_at_ms,
+            endpoints: self.endpoints.clone(),
+            probe_id: self.probe_id.clone(),
         }
     }
 }

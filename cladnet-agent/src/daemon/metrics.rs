@@ -260,6 +260,24 @@ impl Collector for EngineCollector {
         )?;
         family(
             e,
+            "cladnet_relay_coordinated_probes",
+            "Coordinated probe attempts (the controller told this node and a peer on a \
+             non-direct path to probe each other at once) that sent probes, by outcome: \
+             direct (the path was direct after the burst) or not_direct.",
+            MetricType::Counter,
+            [
+                ("direct", counters.coordinated_direct),
+                (
+                    "not_direct",
+                    counters
+                        .coordinated_probes
+                        .saturating_sub(counters.coordinated_direct),
+                ),
+            ]
+            .map(|(outcome, n)| (vec![("outcome", outcome.to_owned())], ConstCounter::new(n))),
+        )?;
+        family(
+            e,
             "cladnet_peers",
             "Peers installed in the dataplane.",
             MetricType::Gauge,

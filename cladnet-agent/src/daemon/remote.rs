@@ -87,6 +87,43 @@ impl Agent {
         }
     }
 
+    /// A coordinated probe (the controller saw this node and `p.host_id` both on a non-direct
+    /// path to each other): a burst of direct probes at the start time, converted to this
+    /// agent's clock. The outcome is logged (info) and counted when the burst is over.
+    pub(super) fn on_probe(&mut self, p: &pb::ProbeRequest) {
+        let now = std::time::Instant::now();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let Some(at) = crate::engine::relay::start_instant(now, now_ms, p.start_at_ms) else {
+            debug!(
+                peer = p.host_id,
+                id = p.probe_id,
+                start_at_ms = p.start_at_ms,
+                "stale coordinated probe request ignored"
+            );
+            return;
+        };
+        let endpoints: Vec<std::net::SocketAddrV4> =
+            p.endpoints.iter().filter_map(|e| e.parse().ok()).collect();
+        let relay = self.dp.router.relay();
+        if relay.coordinate(&self.dp.router, &p.host_id, at, &endpoints) {
+            debug!(
+                peer = p.host_id,
+                id = p.probe_id,
+                in_ms = at.saturating_duration_since(now).as_millis() as u64,
+                endpoints = ?endpoints,
+                "coordinated probe scheduled"
+            );
+        } else {
+            debug!(
+                peer = p.host_id,
+                id = p.probe_id,
+                "coordinated probe request for a peer without a SEALED path here; ignored"
+            );
+        }
+    }
+
     /// Runs a connectivity test this node is part of, in the background; the results come
     /// back through `tests` and are reported from the main loop.
     pub(super) fn start_test(&mut self, t: pb::ConnectivityTest) {

@@ -290,6 +290,13 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(out, "  refused {reason}: {n}");
         }
     }
+    if s.relay.coordinated_probes > 0 {
+        let _ = writeln!(
+            out,
+            "\ncoordinated probes: {} attempt(s), {} direct after",
+            s.relay.coordinated_probes, s.relay.coordinated_direct
+        );
+    }
     if !s.drops.is_empty() {
         let _ = writeln!(out, "\ndrops:");
         for d in &s.drops {
@@ -348,6 +355,8 @@ mod tests {
                 forwarded: (3, 300),
                 refused: vec![("not_member".into(), 4), ("byte_limit".into(), 0)],
                 refused_deliveries: vec![],
+                coordinated_probes: 3,
+                coordinated_direct: 1,
             },
         };
         let text = render(&s);
@@ -360,6 +369,10 @@ mod tests {
         assert!(text.contains("1.50 KiB received, 10 B sent"), "{text}");
         assert!(text.contains("wg_replay (userspace): 2"), "{text}");
         assert!(text.contains("\n  path: relay via r1\n"), "{text}");
+        assert!(
+            text.contains("\ncoordinated probes: 3 attempt(s), 1 direct after\n"),
+            "{text}"
+        );
         assert!(
             text.contains("relay: serving, 3 frames (300 B) forwarded"),
             "{text}"

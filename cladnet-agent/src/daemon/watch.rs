@@ -84,6 +84,10 @@ impl Agent {
             }
             Some(WatchEv::NetworkDeleted(id)) => bail!("network {id:?} was deleted"),
             Some(WatchEv::Command(c)) => self.on_command(&c),
+            Some(WatchEv::ProbeRequested(p)) => {
+                self.on_probe(&p);
+                None
+            }
             Some(WatchEv::TestRequested(t)) => {
                 self.start_test(t);
                 None

@@ -24,7 +24,8 @@ use cladnet_common::{
     wire::{CladHeader, CladType},
 };
 use cladnet_core::relay::{
-    Decision, Limits, Out, Path, PathAction, PathConfig, Paths, Refusal, relay_addr, relay_node,
+    Decision, Limits, Out, Outcome, Path, PathAction, PathConfig, Paths, Refusal, relay_addr,
+    relay_node,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -81,6 +82,31 @@ pub struct RelayCounters {
     pub refused: Vec<(String, u64)>,
     /// `DELIVER`s refused as a member, by reason.
     pub refused_deliveries: Vec<(String, u64)>,
+    /// Coordinated attempts (the controller told this node and a peer to probe each other)
+    /// that sent probes.
+    #[serde(default)]
+    pub coordinated_probes: u64,
+    /// Those after which the path was direct.
+    #[serde(default)]
+    pub coordinated_direct: u64,
+}
+
+/// A start time further ahead than this on the agent's clock is taken as clock skew: the
+/// attempt starts this far ahead instead.
+pub const MAX_LEAD: Duration = Duration::from_secs(5);
+/// A start time further in the past than this is a stale request (replayed when a Watch
+/// resumes): ignored. One less old than this starts at once.
+pub const STALE: Duration = Duration::from_secs(10);
+
+/// The instant on this agent's monotonic clock of `start_at_ms` (Unix milliseconds, the
+/// controller's clock), when this agent's wall clock reads `now_ms` at `now`: at once when
+/// already past (by less than [`STALE`]), at most [`MAX_LEAD`] ahead, `None` when stale.
+pub fn start_instant(now: Instant, now_ms: i64, start_at_ms: i64) -> Option<Instant> {
+    let ahead = start_at_ms.saturating_sub(now_ms);
+    if ahead < 0 {
+        return (ahead.unsigned_abs() <= STALE.as_millis() as u64).then_some(now);
+    }
+    Some(now + Duration::from_millis(ahead as u64).min(MAX_LEAD))
 }
 
 #[derive(Debug, Default)]
@@ -241,6 +267,25 @@ impl RelayIo {
         }
     }
 
+    /// The controller told this node and peer `node_id` to probe each other directly from
+    /// `at` (see [`Paths::coordinate`]), at its known direct endpoint and `endpoints`.
+    /// `false` when the peer has no SEALED path here (unknown, PLAIN, or no tick yet).
+    pub fn coordinate(
+        &self,
+        router: &Router,
+        node_id: &str,
+        at: Instant,
+        endpoints: &[SocketAddrV4],
+    ) -> bool {
+        let Some(node) = router.node_index(node_id) else {
+            return false;
+        };
+        self.lock()
+            .paths
+            .as_mut()
+            .is_some_and(|p| p.coordinate(node, at, endpoints))
+    }
+
     /// Observes the WireGuard sessions and applies the path decisions (at most once per
     /// [`TICK`]; call it often). Returns the endpoint moves it made, for the Node (a relayed
     /// path is not probed for its MTU; a direct one is searched again).
@@ -275,6 +320,15 @@ impl RelayIo {
                 PathAction::UseDirect { node, endpoint } => moved(node, SocketAddr::V4(endpoint)),
                 PathAction::Keepalive { node } | PathAction::Probe { node } => {
                     router.request_keepalive(node);
+                }
+                PathAction::Coordinated { node, outcome } => {
+                    let node_id = router.node_id(node).unwrap_or_default();
+                    let outcome = match outcome {
+                        Outcome::AlreadyDirect => "already direct (no probes sent)".to_owned(),
+                        Outcome::Direct => "direct".to_owned(),
+                        Outcome::Not(path) => format!("still {}", describe(path)),
+                    };
+                    info!(node_id, outcome, "coordinated probe");
                 }
                 PathAction::Changed { node, event } => {
                     let node_id = router.node_id(node).unwrap_or_default();
@@ -331,6 +385,7 @@ impl RelayIo {
                     .map(|r| (r.as_str().to_owned(), relay.refused(*r)))
                     .collect();
             }
+            (c.coordinated_probes, c.coordinated_direct) = paths.coordinated();
             let d = paths.refused_deliveries();
             c.refused_deliveries = Refusal::ALL
                 .iter()
@@ -364,5 +419,34 @@ pub fn real(addr: Option<SocketAddr>) -> Option<SocketAddrV4> {
     match addr {
         Some(SocketAddr::V4(v4)) if relay_node(addr?).is_none() => Some(v4),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_time_converts_to_this_agents_clock() {
+        let now = Instant::now();
+        let wall = 1_000_000;
+        // Ahead: that much later.
+        assert_eq!(
+            start_instant(now, wall, wall + 500),
+            Some(now + Duration::from_millis(500))
+        );
+        // Past (the request was slow): at once.
+        assert_eq!(start_instant(now, wall, wall - 2_000), Some(now));
+        assert_eq!(start_instant(now, wall, wall), Some(now));
+        // Far ahead (clock skew): at most MAX_LEAD.
+        assert_eq!(
+            start_instant(now, wall, wall + 60_000),
+            Some(now + MAX_LEAD)
+        );
+        // Stale (a replay): ignored.
+        let stale = wall - STALE.as_millis() as i64 - 1;
+        assert_eq!(start_instant(now, wall, stale), None);
+        assert_eq!(start_instant(now, wall, i64::MIN), None);
+        assert_eq!(start_instant(now, i64::MIN, i64::MAX), Some(now + MAX_LEAD));
     }
 }

@@ -36,7 +36,7 @@ use tracing::{debug, warn};
 use crate::{
     error::{ControllerError, Result},
     keys::{self, KeyKind},
-    model::{self, CommandRecord, NetworkRecord, PeerRecord, TestRecord},
+    model::{self, CommandRecord, NetworkRecord, PeerRecord, ProbeRecord, TestRecord},
 };
 
 /// Live frames a stream may fall behind before it catches up from the history.
@@ -84,6 +84,8 @@ pub(super) enum Kind {
     Command(String),
     /// A connectivity test request.
     Test(String),
+    /// A coordinated-probe request for one node.
+    Probe(String),
 }
 
 impl Kind {
@@ -95,6 +97,7 @@ impl Kind {
             Self::NetworkDeleted => (2, ""),
             Self::Command(n) => (3, n),
             Self::Test(t) => (4, t),
+            Self::Probe(n) => (6, n),
         }
     }
 }
@@ -103,7 +106,7 @@ impl Frame {
     /// The bytes node `node` should get, if any.
     pub(super) fn for_node(&self, node: &str) -> Option<&Bytes> {
         match &self.kind {
-            Kind::Command(target) if target != node => None,
+            Kind::Command(target) | Kind::Probe(target) if target != node => None,
             _ => Some(&self.bytes),
         }
     }
@@ -587,6 +590,13 @@ impl State {
                 frame(
                     Kind::Command(node.to_owned()),
                     encode(Event::Command(cmd.to_proto())),
+                )
+            }
+            (Some(KeyKind::Probe(node)), WatchEvent::Put(kv)) => {
+                let probe: ProbeRecord = model::decode(kv)?;
+                frame(
+                    Kind::Probe(node.to_owned()),
+                    encode(Event::ProbeRequested(probe.to_proto())),
                 )
             }
             (Some(KeyKind::Test(id)), WatchEvent::Put(kv)) => {

@@ -11,6 +11,7 @@ mod hub;
 mod identity;
 mod networks;
 mod peers;
+pub mod probes;
 mod routes;
 mod stats;
 mod tokens;
@@ -50,6 +51,8 @@ pub struct Controller {
     hubs: Arc<hub::Hubs>,
     /// The lease agents' traffic statistics are written with (see [`stats`]).
     stats_lease: stats::StatsLease,
+    /// Which pairs were told to probe each other (see [`probes`]).
+    probes: std::sync::Mutex<probes::Coordinator>,
     /// Prometheus metrics (the store is timed through them).
     metrics: Arc<crate::metrics::Metrics>,
     /// The join key, loaded from (or created in) the store on first use.
@@ -71,6 +74,7 @@ impl Controller {
             join_cache: agents::JoinCache::default(),
             hubs: Arc::default(),
             stats_lease: stats::StatsLease::default(),
+            probes: std::sync::Mutex::default(),
             join_key: tokio::sync::OnceCell::new(),
             tls_pin: None,
         }

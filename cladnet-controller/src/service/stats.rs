@@ -20,10 +20,13 @@ use cladnet_store::{Error as StoreError, LeaseId};
 use serde::{Deserialize, Serialize};
 
 use super::Controller;
+use tracing::{info, warn};
+
 use crate::{
+    auth::random_hex,
     error::{ControllerError, Result},
     keys,
-    model::{self, SCHEMA, Versioned},
+    model::{self, ProbeRecord, SCHEMA, Versioned},
     validate,
 };
 
@@ -34,6 +37,9 @@ const STATS_TTL: Duration = Duration::from_secs(30);
 const LEASE_ROTATION: Duration = Duration::from_secs(10);
 /// More peers than this in one report is refused.
 const MAX_PEER_STATS: usize = 4096;
+/// At most this many of a report's non-direct peers are checked for a coordinated probe (the
+/// other side's report is read for each); the rest wait for the next report.
+const MAX_PROBES_PER_REPORT: usize = 64;
 
 /// The shared lease of this controller's statistics keys and when it was granted.
 pub(super) type StatsLease = tokio::sync::Mutex<Option<(LeaseId, Instant)>>;
@@ -189,13 +195,86 @@ impl Controller {
         // A lease can vanish under us (etcd lost it, the store was restored): one retry with a
         // fresh one.
         let lease = self.stats_lease(false).await?;
-        match self.store.put(&key, value.clone(), Some(lease)).await {
+        let revision = match self.store.put(&key, value.clone(), Some(lease)).await {
             Err(StoreError::LeaseNotFound { .. }) => {
                 let lease = self.stats_lease(true).await?;
-                Ok(self.store.put(&key, value, Some(lease)).await?)
+                self.store.put(&key, value, Some(lease)).await?
             }
-            other => Ok(other?),
+            other => other?,
+        };
+        self.coordinate_probes(net, node, &record.peers).await;
+        Ok(revision)
+    }
+
+    /// Tells both agents of every pair that is not connecting to probe each other at once
+    /// (see [`super::probes`]): `node` just reported `peers`. Best effort: a store error is
+    /// logged, not returned (the report itself was stored).
+    async fn coordinate_probes(&self, net: &str, node: &str, peers: &[PeerStatsRecord]) {
+        let now = Instant::now();
+        let stuck: Vec<String> = {
+            let mut c = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+            c.prune(now);
+            for p in peers {
+                c.observe(now, net, node, &p.node_id, &p.path);
+            }
+            let listed: Vec<&str> = peers.iter().map(|p| p.node_id.as_str()).collect();
+            c.retain_reported(net, node, &listed);
+            peers
+                .iter()
+                .filter(|p| c.stuck(now, net, node, &p.node_id))
+                .map(|p| p.node_id.clone())
+                .take(MAX_PROBES_PER_REPORT)
+                .collect()
+        };
+        for peer in stuck {
+            // The other side's view, from its last report (whichever controller took it).
+            let theirs = self
+                .reported_links(net, &peer)
+                .await
+                .remove(node)
+                .map(|l| l.path)
+                .unwrap_or_default();
+            let due = {
+                let mut c = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+                c.observe(now, net, &peer, node, &theirs);
+                c.due(now, net, node, &peer)
+            };
+            if due && let Err(error) = self.send_probes(net, node, &peer).await {
+                warn!(network = %net, node, peer, %error, "coordinated probe not sent");
+            }
         }
+    }
+
+    /// Writes a probe request for each of `a` and `b` naming the other, with one start time.
+    async fn send_probes(&self, net: &str, a: &str, b: &str) -> Result<()> {
+        let (ra, _) = self.peer(net, a).await?;
+        let (rb, _) = self.peer(net, b).await?;
+        let start_at_ms = now_ms() + super::probes::PROBE_LEAD.as_millis() as i64;
+        let probe_id = random_hex(6);
+        let lease = self.stats_lease(false).await?;
+        for (to, other) in [(&ra, &rb), (&rb, &ra)] {
+            let endpoints = [other.public_endpoint, other.private_endpoint]
+                .into_iter()
+                .flatten()
+                .map(|e| e.to_string())
+                .collect();
+            let record = ProbeRecord {
+                schema: SCHEMA,
+                peer: other.node_id.clone(),
+                start_at_ms,
+                endpoints,
+                probe_id: probe_id.clone(),
+            };
+            self.store
+                .put(
+                    &keys::probe(net, &to.node_id),
+                    model::encode(&record),
+                    Some(lease),
+                )
+                .await?;
+        }
+        info!(network = %net, a, b, probe_id, "pair not connecting directly: coordinated probe requested");
+        Ok(())
     }
 
     /// Refuses a report naming a relay (`via`) that is not a peer of the network, naming the

@@ -17,7 +17,8 @@ pub use forward::{Decision, Refusal, Relay};
 pub use limit::{Limits, TokenBucket};
 pub use path::{Path, PathConfig, PathEvent, PathReason, PathState, Route};
 pub use paths::{
-    KEEPALIVE_LEN, Out, PathAction, Paths, PeerObs, SESSION_LIVE, relay_addr, relay_node,
+    BURST_ANSWER, BURST_GAP, BURST_PROBES, KEEPALIVE_LEN, Out, Outcome, PathAction, Paths, PeerObs,
+    SESSION_LIVE, relay_addr, relay_node,
 };
 pub use receive::{Delivered, accept_deliver};
 

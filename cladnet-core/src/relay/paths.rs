@@ -43,6 +43,14 @@ pub const KEEPALIVE_LEN: usize = 32;
 
 const RELAY_NET: u32 = 0xF000_0000;
 
+/// Direct probes one coordinated attempt sends ([`Paths::coordinate`]).
+pub const BURST_PROBES: usize = 4;
+/// Time between them (at most one per [`Paths::observe`]: with the engine's 250 ms tick, the
+/// burst spans about a second).
+pub const BURST_GAP: Duration = Duration::from_millis(250);
+/// After its last probe, an attempt waits this long for the answer before its outcome.
+pub const BURST_ANSWER: Duration = Duration::from_secs(1);
+
 /// The relay address of `node`: 240.0.0.0/4 holds the high bits of its index, the port the
 /// low 16. Never a real host (the block is reserved), so a datagram WireGuard sends there is
 /// one to relay.
@@ -109,6 +117,13 @@ pub enum PathAction {
         /// The peer.
         node: u32,
     },
+    /// A coordinated attempt ([`Paths::coordinate`]) ended (for logs and metrics).
+    Coordinated {
+        /// The peer.
+        node: u32,
+        /// How it ended.
+        outcome: Outcome,
+    },
     /// The path changed (for logs and metrics).
     Changed {
         /// The peer.
@@ -116,6 +131,28 @@ pub enum PathAction {
         /// How.
         event: PathEvent,
     },
+}
+
+/// How a coordinated attempt ended.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Outcome {
+    /// The path was direct already at the start time: no probes sent.
+    AlreadyDirect,
+    /// Probes sent; the path is direct now.
+    Direct,
+    /// Probes sent; the path is still this.
+    Not(Path),
+}
+
+/// A coordinated attempt under way.
+#[derive(Debug)]
+struct Burst {
+    /// When the next probe is due.
+    next: Instant,
+    /// Where the probes go, in turn (the known direct endpoint first).
+    endpoints: Vec<SocketAddrV4>,
+    /// Probes sent so far.
+    sent: usize,
 }
 
 /// Where one datagram for a peer addressed to its relay address goes.
@@ -160,6 +197,10 @@ struct PeerPath {
     probe: bool,
     /// WireGuard roamed the peer to a real address since the last tick ([`Paths::direct_seen`]).
     direct_seen: bool,
+    /// Where the next probe's direct copy goes, when not `direct` (a coordinated attempt).
+    probe_to: Option<SocketAddrV4>,
+    /// A coordinated attempt pending or under way.
+    burst: Option<Burst>,
     last_relayed_tx: Option<Instant>,
     /// A relayed message that expects an answer arrived then (cleared once one went back).
     echo_due: Option<Instant>,
@@ -177,6 +218,8 @@ pub struct Paths {
     serving: Option<Relay>,
     actions: VecDeque<PathAction>,
     refused_deliveries: [u64; Refusal::ALL.len()],
+    /// Coordinated attempts that sent probes, and those after which the path was direct.
+    coordinated: (u64, u64),
 }
 
 impl Paths {
@@ -191,6 +234,7 @@ impl Paths {
             serving: serve.map(|l| Relay::new(me, l)),
             actions: VecDeque::new(),
             refused_deliveries: [0; Refusal::ALL.len()],
+            coordinated: (0, 0),
         }
     }
 
@@ -245,6 +289,8 @@ impl Paths {
                 direct_mark: 0,
                 probe: false,
                 direct_seen: false,
+                probe_to: None,
+                burst: None,
                 last_relayed_tx: None,
                 echo_due: None,
             });
@@ -287,6 +333,22 @@ impl Paths {
             if p.state.poll_direct_probe(now) && relayed {
                 p.probe = true;
                 self.actions.push_back(PathAction::Probe { node });
+            }
+            match burst_step(now, p, relayed) {
+                Step::Idle => {}
+                Step::Probe { first } => {
+                    if first {
+                        self.coordinated.0 += 1;
+                    }
+                    self.actions.push_back(PathAction::Probe { node });
+                }
+                Step::Done(outcome) => {
+                    if outcome == Outcome::Direct {
+                        self.coordinated.1 += 1;
+                    }
+                    self.actions
+                        .push_back(PathAction::Coordinated { node, outcome });
+                }
             }
             while let Some(event) = p.state.poll_event() {
                 if matches!(event.to, Path::Relayed { .. }) {
@@ -333,14 +395,14 @@ impl Paths {
                         p.state.relayed_tx(now);
                     }
                     p.last_relayed_tx = Some(now);
-                    match p.direct {
-                        Some(direct) if len == KEEPALIVE_LEN && std::mem::take(&mut p.probe) => {
-                            Out::Both {
-                                via,
-                                to: *to,
-                                direct,
-                            }
-                        }
+                    let probe = len == KEEPALIVE_LEN && std::mem::take(&mut p.probe);
+                    let probe_to = if probe { p.probe_to.take() } else { None };
+                    match probe_to.or(p.direct) {
+                        Some(direct) if probe => Out::Both {
+                            via,
+                            to: *to,
+                            direct,
+                        },
                         _ => Out::Relay { via, to: *to },
                     }
                 }
@@ -392,6 +454,39 @@ impl Paths {
         }
     }
 
+    /// A coordinated attempt with `node` (the controller told both sides): from `at` on, a
+    /// burst of [`BURST_PROBES`] direct probes [`BURST_GAP`] apart, to the known direct
+    /// endpoint and to `endpoints` (public ones; a private address the peer's known endpoint
+    /// is not may be another site's, even this host's own) in turn (while relayed: a probe's
+    /// direct copy; otherwise
+    /// WireGuard sends to its endpoint itself), then a [`PathAction::Coordinated`] with the
+    /// outcome [`BURST_ANSWER`] after the last one. An answer upgrades the path exactly as
+    /// the periodic probes' do. Replaces an attempt under way; `false` for an unknown peer.
+    pub fn coordinate(&mut self, node: u32, at: Instant, endpoints: &[SocketAddrV4]) -> bool {
+        let Some(p) = self.peers.get_mut(&node) else {
+            return false;
+        };
+        let mut list: Vec<SocketAddrV4> = p.direct.into_iter().collect();
+        for e in endpoints {
+            // A private address the node does not use already is another site's: it may be
+            // this host's own address, or a stranger's.
+            if !e.ip().is_private() && !list.contains(e) {
+                list.push(*e);
+            }
+        }
+        p.burst = Some(Burst {
+            next: at,
+            endpoints: list,
+            sent: 0,
+        });
+        true
+    }
+
+    /// Coordinated attempts that sent probes, and those after which the path was direct.
+    pub fn coordinated(&self) -> (u64, u64) {
+        self.coordinated
+    }
+
     /// The next action for the engine.
     pub fn poll_action(&mut self) -> Option<PathAction> {
         self.actions.pop_front()
@@ -406,6 +501,49 @@ impl Paths {
     pub fn refused_deliveries(&self) -> [u64; Refusal::ALL.len()] {
         self.refused_deliveries
     }
+}
+
+/// What a coordinated attempt does at one tick.
+enum Step {
+    Idle,
+    Probe { first: bool },
+    Done(Outcome),
+}
+
+fn burst_step(now: Instant, p: &mut PeerPath, relayed: bool) -> Step {
+    let Some(b) = &mut p.burst else {
+        return Step::Idle;
+    };
+    if now < b.next {
+        return Step::Idle;
+    }
+    let path = p.state.path();
+    if b.sent == 0 && path == Path::Direct {
+        p.burst = None;
+        return Step::Done(Outcome::AlreadyDirect);
+    }
+    if b.sent == BURST_PROBES {
+        p.burst = None;
+        return Step::Done(if path == Path::Direct {
+            Outcome::Direct
+        } else {
+            Outcome::Not(path)
+        });
+    }
+    let to = match b.endpoints.len() {
+        0 => None,
+        n => Some(b.endpoints[b.sent % n]),
+    };
+    b.sent += 1;
+    b.next = now
+        + if b.sent == BURST_PROBES {
+            BURST_ANSWER
+        } else {
+            BURST_GAP
+        };
+    p.probe = true;
+    p.probe_to = to.filter(|_| relayed);
+    Step::Probe { first: b.sent == 1 }
 }
 
 #[cfg(test)]

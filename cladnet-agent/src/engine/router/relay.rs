@@ -31,6 +31,13 @@ impl Router {
         self.by_index(node, |e| e.config.node_id.clone())
     }
 
+    /// The node index of node id `node_id`.
+    pub fn node_index(&self, node_id: &str) -> Option<u32> {
+        let routes = self.routes.load();
+        let entry = routes.entries().find(|e| e.config.node_id == node_id)?;
+        Some(entry.config.node_index)
+    }
+
     /// Every SEALED peer's WireGuard session as the relay paths observe it.
     pub fn relay_observations(&self, now: Instant) -> Vec<PeerObs> {
         let routes = self.routes.load();

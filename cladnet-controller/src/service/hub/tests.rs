@@ -789,3 +789,21 @@ fn assembled_events_decode_as_built() {
     );
     assert_eq!(state.complete, 7);
 }
+
+/// A probe request, like a command, goes only to the node it is for.
+#[test]
+fn probe_requests_reach_only_their_node() {
+    let frame = Frame {
+        revision: 9,
+        kind: Kind::Probe("a".into()),
+        bytes: Bytes::from_static(b"x"),
+        session: None,
+    };
+    assert!(frame.for_node("a").is_some());
+    assert!(frame.for_node("b").is_none());
+    assert_ne!(
+        Kind::Probe("a".into()).key(),
+        Kind::Command("a".into()).key(),
+        "a probe request does not supersede a pending command"
+    );
+}

@@ -330,3 +330,105 @@ proptest! {
         prop_assert_eq!(relay_node(real).is_some(), ip & 0xFFFF_0000 == 0xF000_0000);
     }
 }
+
+/// Ticks `p` every 250 ms from `now` until `until`, sending a keepalive for every probe;
+/// returns the direct endpoints the probes went to, the outcomes, and the time reached.
+fn tick_probes(
+    p: &mut Paths,
+    mut now: Instant,
+    until: Instant,
+    b_obs: impl Fn(Instant) -> [PeerObs; 2],
+) -> (Vec<SocketAddrV4>, Vec<Outcome>, Instant) {
+    let (mut directs, mut outcomes) = (Vec::new(), Vec::new());
+    while now < until {
+        p.observe(now, &b_obs(now));
+        for a in actions(p) {
+            match a {
+                PathAction::Probe { node: B } => {
+                    if let Out::Both { direct, .. } = p.send(now, B, KEEPALIVE_LEN) {
+                        directs.push(direct);
+                    }
+                }
+                PathAction::Coordinated { node: B, outcome } => outcomes.push(outcome),
+                _ => {}
+            }
+        }
+        now += Duration::from_millis(250);
+    }
+    (directs, outcomes, now)
+}
+
+#[test]
+fn a_coordinated_attempt_probes_at_its_start_time_then_reports_its_outcome() {
+    let t0 = Instant::now();
+    let mut p = Paths::new(PathConfig::default(), ME, None);
+    let now = relayed(&mut p, t0);
+    let alt = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 2), 8055);
+    let private = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 10), 8055);
+    let start = now + Duration::from_millis(600);
+    assert!(p.coordinate(B, start, &[ep(B), alt, private]));
+    assert!(!p.coordinate(99, start, &[]), "unknown peer");
+    // Nothing before the start time.
+    let (_, outcomes, now) = tick_probes(&mut p, now, start, |_| obs(None, 0));
+    assert!(outcomes.is_empty());
+    assert_eq!(p.coordinated(), (0, 0));
+    // At the start: the first probe (counted once), then the rest of the burst, every
+    // endpoint in turn, then the outcome after the answer time.
+    p.observe(now, &obs(None, 0));
+    assert!(actions(&mut p).contains(&PathAction::Probe { node: B }));
+    assert_eq!(p.coordinated(), (1, 0));
+    let first = p.send(now, B, KEEPALIVE_LEN);
+    assert_eq!(
+        first,
+        Out::Both {
+            via: R,
+            to: ep(R),
+            direct: ep(B)
+        }
+    );
+    let end = now + BURST_GAP * (BURST_PROBES as u32 - 1) + BURST_ANSWER;
+    let (directs, outcomes, after) = tick_probes(
+        &mut p,
+        now + BURST_GAP,
+        end + Duration::from_millis(1),
+        |_| obs(None, 0),
+    );
+    assert!(directs.contains(&alt), "{directs:?}");
+    assert!(
+        !directs.contains(&private),
+        "another site's private address"
+    );
+    assert!(directs.len() >= BURST_PROBES - 1, "{directs:?}");
+    assert_eq!(outcomes, [Outcome::Not(Path::Relayed { via: R })]);
+    assert_eq!(p.coordinated(), (1, 0));
+    // Over: no more outcomes.
+    let (_, outcomes, _) = tick_probes(&mut p, after, after + Duration::from_secs(3), |_| {
+        obs(None, 0)
+    });
+    assert!(outcomes.is_empty());
+
+    // Another attempt whose probe is answered directly: the path is upgraded.
+    let mut q = Paths::new(PathConfig::default(), ME, None);
+    let now = relayed(&mut q, t0);
+    assert!(q.coordinate(B, now, &[]));
+    let answered = now + Duration::from_millis(500);
+    let (_, outcomes, _) = tick_probes(&mut q, now, now + Duration::from_secs(3), |t| {
+        if t >= answered {
+            obs(Some(ep(B)), 32)
+        } else {
+            obs(None, 0)
+        }
+    });
+    assert_eq!(outcomes, [Outcome::Direct]);
+    assert_eq!(q.paths().find(|x| x.0 == B).unwrap().1, Path::Direct);
+    assert_eq!(q.coordinated(), (1, 1));
+    // A start time when the path is direct already: no probes, not counted.
+    assert!(q.coordinate(B, now, &[]));
+    let later = now + Duration::from_secs(3);
+    let (directs, outcomes, _) = tick_probes(&mut q, later, later + Duration::from_secs(1), |_| {
+        obs(Some(ep(B)), 64)
+    });
+    assert!(directs.is_empty());
+    assert_eq!(outcomes, [Outcome::AlreadyDirect]);
+    assert_eq!(q.coordinated(), (1, 1));
+}
