@@ -11,8 +11,8 @@
 //! # Forward relayed WireGuard traffic for members that cannot reach each other directly
 //! # (true, false, or "auto": while this host's endpoint is 1:1 or public).
 //! relay = true
-//! # Per-member limits of the relay (defaults: 100000 packets/s, burst 10000; 125000000
-//! # bytes/s, burst 12500000). A member over them has its frames refused and counted.
+//! # Per-member limits of the relay (defaults: 250000 packets/s, burst 25000; 312500000
+//! # bytes/s, burst 31250000). A member over them has its frames refused and counted.
 //! relay_packets_per_sec = 20000
 //! relay_bytes_per_sec = 25000000
 //! # Prefixes routed through this host (a pod network, a subnet behind it); the file holds
@@ -148,17 +148,17 @@ pub struct Settings {
     /// as a 1:1 NAT or a public address does).
     #[arg(long, value_name = "true|false|auto")]
     pub relay: Option<RelayMode>,
-    /// As a relay: packets per second each member may send through it (default 100000).
+    /// As a relay: packets per second each member may send through it (default 250000).
     #[arg(long)]
     pub relay_packets_per_sec: Option<u64>,
-    /// As a relay: packets a member that was quiet may send at once (default 10000).
+    /// As a relay: packets a member that was quiet may send at once (default 25000).
     #[arg(long)]
     pub relay_packet_burst: Option<u64>,
-    /// As a relay: bytes per second each member may send through it (default 125000000,
-    /// 1 Gbit/s).
+    /// As a relay: bytes per second each member may send through it (default 312500000,
+    /// 2.5 Gbit/s).
     #[arg(long)]
     pub relay_bytes_per_sec: Option<u64>,
-    /// As a relay: bytes a member that was quiet may send at once (default 12500000; at least
+    /// As a relay: bytes a member that was quiet may send at once (default 31250000; at least
     /// 65535, one largest datagram).
     #[arg(long)]
     pub relay_byte_burst: Option<u64>,
