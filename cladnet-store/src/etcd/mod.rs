@@ -42,6 +42,12 @@ use crate::{Store, prefix_end, ttl_seconds};
 /// How often a request is retried on another endpoint (see [`EtcdStore::call`]).
 const RETRIES: u32 = 4;
 
+/// The largest etcd response read (range, transaction, watch message). gRPC's default of
+/// 4 MiB is less than one network's records at about 5000 peers (a 5000-agent bench's range
+/// was 4.3 MiB and failed with "decoded message length too large"); etcd itself sends
+/// responses of any size. 256 MiB holds well over 100 000 peer records.
+pub(crate) const MAX_RESPONSE: usize = 256 << 20;
+
 /// Tuning of an [`EtcdStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdOptions {
@@ -392,6 +398,7 @@ impl Store for EtcdStore {
             let resp = self
                 .client
                 .kv_client()
+                .max_decoding_message_size(MAX_RESPONSE)
                 .get(key, None)
                 .await
                 .map_err(|e| self.error(Op::Get, key_target(key), None, e))?;
@@ -409,6 +416,7 @@ impl Store for EtcdStore {
             let resp = self
                 .client
                 .kv_client()
+                .max_decoding_message_size(MAX_RESPONSE)
                 .get(key.clone(), Some(GetOptions::new().with_range(end.clone())))
                 .await
                 .map_err(|e| self.error(Op::Range, prefix_target(prefix), None, e))?;
@@ -427,6 +435,7 @@ impl Store for EtcdStore {
             .call(false, || async {
                 self.client
                     .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE)
                     .put(key, value.clone(), options.clone())
                     .await
                     .map_err(|e| self.error(Op::Put, key_target(key), lease, e))
@@ -441,6 +450,7 @@ impl Store for EtcdStore {
             .call(false, || async {
                 self.client
                     .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE)
                     .delete(key, None)
                     .await
                     .map_err(|e| self.error(Op::Delete, key_target(key), None, e))
@@ -458,6 +468,7 @@ impl Store for EtcdStore {
             .call(false, || async {
                 self.client
                     .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE)
                     .delete(
                         key.clone(),
                         Some(DeleteOptions::new().with_range(end.clone())),
@@ -484,6 +495,7 @@ impl Store for EtcdStore {
             .call(false, || async {
                 self.client
                     .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE)
                     .txn(request.clone())
                     .await
                     .map_err(|e| self.error(Op::Txn, target.clone(), lease, e))
@@ -549,6 +561,7 @@ impl Store for EtcdStore {
             .call(false, || async {
                 self.client
                     .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE)
                     .compact(revision, Some(CompactionOptions::new()))
                     .await
                     .map_err(|e| self.error(Op::Compact, target.clone(), None, e))

@@ -112,6 +112,7 @@ impl Watcher {
             let mut stream = self
                 .client
                 .watch_client()
+                .max_decoding_message_size(super::MAX_RESPONSE)
                 .watch(key, Some(options))
                 .await
                 .map_err(|e| self.error(e))?;

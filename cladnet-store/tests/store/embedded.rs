@@ -53,6 +53,7 @@ mod conformance {
         watch_compacted,
         lease_expiry,
         lease_keep_alive_and_revoke,
+        large_range,
     );
 }
 

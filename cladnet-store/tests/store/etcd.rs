@@ -47,6 +47,7 @@ mod conformance {
         watch_compacted,
         lease_expiry,
         lease_keep_alive_and_revoke,
+        large_range,
     );
 }
 
