@@ -102,7 +102,10 @@ fn apply(node: &mut Node, dp: &mut KernelDataplane, seen: &mut BTreeSet<SocketAd
                 prefixes,
                 ..
             } => dp.remove_prefixes(node_index, &prefixes).unwrap(),
-            Command::SetLocal(_) | Command::Publish(_) | Command::SetRouteMtu { .. } => {}
+            Command::SetLocal(_)
+            | Command::Publish(_)
+            | Command::SetRouteMtu { .. }
+            | Command::SealedPeer { .. } => {}
         }
     }
     while node.poll_transmit().is_some() {}

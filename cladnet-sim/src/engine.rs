@@ -53,7 +53,7 @@ impl Engine for ModelEngine {
             }
             Command::Publish(f) => self.published = Some(f.clone()),
             // The simulator runs no path MTU discovery.
-            Command::SetRouteMtu { .. } => {}
+            Command::SetRouteMtu { .. } | Command::SealedPeer { .. } => {}
             Command::RemovePrefixes { .. } => {}
         }
     }
@@ -115,7 +115,8 @@ impl Engine for LegacyEngine {
                 }
                 Command::Publish(_)
                 | Command::RemovePrefixes { .. }
-                | Command::SetRouteMtu { .. } => {}
+                | Command::SetRouteMtu { .. }
+                | Command::SealedPeer { .. } => {}
             }
         }
         // Its probes and packets go nowhere: only its table matters here.

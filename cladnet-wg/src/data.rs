@@ -206,6 +206,8 @@ pub struct PeerData {
     /// When a responder's session was last confirmed by its first packet (0: not since the
     /// control side last looked).
     confirmed_at: AtomicU64,
+    /// When the last handshake completed (0: none yet), for status.
+    handshake_at: AtomicU64,
     events: Mutex<Vec<Event>>,
     pub(crate) tx_bytes: AtomicU64,
     pub(crate) rx_bytes: AtomicU64,
@@ -254,6 +256,7 @@ impl PeerData {
             sent_lastminute_handshake: AtomicBool::new(false),
             wake: AtomicU64::new(0),
             confirmed_at: AtomicU64::new(0),
+            handshake_at: AtomicU64::new(0),
             events: Mutex::new(Vec::new()),
             tx_bytes: AtomicU64::new(0),
             rx_bytes: AtomicU64::new(0),
@@ -265,6 +268,17 @@ impl PeerData {
     #[must_use]
     pub fn endpoint(&self) -> Option<SocketAddr> {
         self.endpoint.load().as_deref().copied()
+    }
+
+    /// When the last handshake with the peer completed (either side initiating).
+    #[must_use]
+    pub fn last_handshake(&self) -> Option<Instant> {
+        self.timers.epoch.decode(self.handshake_at.load(Relaxed))
+    }
+
+    pub(crate) fn set_last_handshake(&self, at: Instant) {
+        self.handshake_at
+            .store(self.timers.epoch.encode(at), Relaxed);
     }
 
     pub(crate) fn set_endpoint(&self, endpoint: SocketAddr) {

@@ -163,8 +163,6 @@ pub(crate) struct PeerCore {
     want_initiation: Option<bool>,
     want_keepalive: bool,
     last_now: Instant,
-    /// When the last handshake completed.
-    last_handshake: Option<Instant>,
     queue_dropped: u64,
 }
 
@@ -203,7 +201,6 @@ impl PeerCore {
             want_initiation: None,
             want_keepalive,
             last_now: now,
-            last_handshake: None,
             queue_dropped: 0,
         }
     }
@@ -230,7 +227,7 @@ impl PeerCore {
         PeerStats {
             tx_bytes: self.data.tx_bytes.load(Relaxed),
             rx_bytes: self.data.rx_bytes.load(Relaxed),
-            last_handshake: self.last_handshake,
+            last_handshake: self.data.last_handshake(),
             queue_dropped: self.queue_dropped,
         }
     }
@@ -258,7 +255,7 @@ impl PeerCore {
         if let Some(at) = confirmed {
             self.timers.handshake_complete();
             self.data.sent_lastminute_handshake.store(false, Relaxed);
-            self.last_handshake = Some(at);
+            self.data.set_last_handshake(at);
             tracing::debug!(peer = %self.remote, "handshake completed as responder");
         }
         for event in events {
@@ -499,7 +496,7 @@ impl PeerCore {
         self.timers.session_derived(now);
         self.timers.handshake_complete();
         self.data.sent_lastminute_handshake.store(false, Relaxed);
-        self.last_handshake = Some(now);
+        self.data.set_last_handshake(now);
         self.data.rx_bytes.fetch_add(RESPONSE_LEN as u64, Relaxed);
         self.push_event(Event::HandshakeCompleted { initiator: true });
         tracing::debug!(peer = %self.remote, "handshake completed as initiator");

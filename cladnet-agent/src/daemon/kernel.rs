@@ -165,7 +165,10 @@ impl Engine for Kernel {
             // The maps are the kernel's index; the packet threads' snapshot is not for it.
             // Route MTUs are the overlay device's (netconf): the kernel sizes packets to
             // them before TC egress sees them.
-            Command::Publish(_) | Command::SetRouteMtu { .. } => Ok(None),
+            // SEALED links are the userspace engine's.
+            Command::Publish(_) | Command::SetRouteMtu { .. } | Command::SealedPeer { .. } => {
+                Ok(None)
+            }
         };
         result.map(|_| ()).map_err(|e| EngineError {
             engine: "ebpf",

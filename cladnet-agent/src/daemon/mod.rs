@@ -17,6 +17,7 @@ pub mod dataplane;
 pub mod host;
 pub mod kernel;
 pub mod metrics;
+mod node_io;
 mod pmtu;
 mod public;
 mod remote;
@@ -27,7 +28,7 @@ mod watch;
 use std::{net::SocketAddrV4, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use cladnet_core::node::{Command, Event as NodeEvent, Node, NodeConfig, SelfRecord, WatchEvent};
+use cladnet_core::node::{Node, NodeConfig, SelfRecord, WatchEvent};
 use cladnet_proto::v1 as pb;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
 use tracing::{debug, info, warn};
@@ -35,8 +36,7 @@ use tracing::{debug, info, warn};
 use crate::{
     control::ControlClient,
     engine::{
-        counters::Drop,
-        router::{PeerEvent, Router},
+        router::{OsRandom, Router},
         userspace::{EngineOutputs, Userspace},
     },
     identity::Identity,
@@ -95,6 +95,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         .collect();
     let (engine, outputs) =
         Userspace::start(router, queues, true, sockets).context("starting the userspace engine")?;
+    let engine = Arc::new(engine);
     let reflector = resolve_with_retry(&cfg.reflector).await;
     let facts = HostFacts::gather(
         reflector,
@@ -147,8 +148,21 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         node_id: identity.node_id.clone(),
         underlay_mtu: facts.underlay_mtu,
         underlay_ip: facts.private_cidr.map(|(ip, _)| ip),
-    });
+    })
+    .with_wireguard(
+        identity.private_key.clone(),
+        OsRandom,
+        cladnet_wg::WallClock::new(std::time::Instant::now(), std::time::SystemTime::now()),
+    );
     node.enable_path_mtu(random_u64());
+    let node = Arc::new(node_io::NodeIo::new(
+        node,
+        cfg.interface.clone(),
+        dp.clone(),
+        engine.clone(),
+    ));
+    let EngineOutputs { for_node } = outputs;
+    tokio::spawn(node.clone().run(for_node));
     let cfg_relay = cfg.relay;
     let mut agent = Agent {
         node,
@@ -178,7 +192,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         agent.update_info(|i| i.public_endpoint = p.to_string());
     }
     agent.join().await?;
-    agent.serve(outputs, shutdown).await
+    agent.serve(shutdown).await
 }
 
 /// A connectivity test id and this node's results.
@@ -189,15 +203,16 @@ struct Agent {
     identity: Identity,
     /// Join, Watch, reports.
     session: ControlSession,
-    engine: Userspace,
+    engine: Arc<Userspace>,
     /// Both engines, as commands, metrics and status see them.
     dp: Arc<Dataplane>,
     facts: HostFacts,
     public: Option<SocketAddrV4>,
     /// When the probe behind the last accepted reflector answer was sent.
     last_reflection: Option<std::time::Instant>,
-    /// Every fact about this node's peers; the engines only apply its commands.
-    node: Node,
+    /// Every fact about this node's peers (the Node, shared with its own task); the engines
+    /// only apply its commands.
+    node: Arc<node_io::NodeIo>,
     /// This node's overlay address, once joined.
     overlay_ip: Option<std::net::Ipv4Addr>,
     /// The controller's endpoint reflector.
@@ -272,104 +287,31 @@ impl Agent {
             cidr = network.ipv4_address_space,
             "joined"
         );
-        let now = std::time::Instant::now();
+        let policy = convert::policy(&network);
         self.node
-            .handle_watch_event(now, WatchEvent::PolicyChanged(convert::policy(&network)));
+            .with(|node, now| node.handle_watch_event(now, WatchEvent::PolicyChanged(policy)))
+            .await?;
         let me = convert::self_record(&peer).context("the join answer's own record")?;
-        self.set_self(me);
-        self.drive().await
+        self.note_self(&me);
+        self.node
+            .with(|node, now| node.handle_watch_event(now, WatchEvent::LocalUpdated(me)))
+            .await
     }
 
-    /// Our own record changed (first join, endpoints, site): the Node recomputes links.
-    fn set_self(&mut self, me: SelfRecord) {
+    /// Our own record (first join, endpoints, site) as status shows it; the Node gets it as
+    /// a [`WatchEvent::LocalUpdated`] and recomputes links.
+    fn note_self(&mut self, me: &SelfRecord) {
         self.overlay_ip = Some(me.overlay_ip);
         self.update_info(|i| i.overlay = format!("{}/{}", me.overlay_ip, me.prefix_len));
-        self.node
-            .handle_watch_event(std::time::Instant::now(), WatchEvent::LocalUpdated(me));
-    }
-
-    /// Performs what the Node asks for: commands to the engines (and netconf, the one place
-    /// the overlay device is configured), datagrams, packets for the TUN device, events.
-    async fn drive(&mut self) -> anyhow::Result<()> {
-        let now = std::time::Instant::now();
-        let mut punch = false;
-        while let Some(cmd) = self.node.poll_command() {
-            if let Command::SetLocal(local) = &cmd {
-                let (ip, prefix_len, mtu) = (local.overlay_ip, local.prefix_len, local.mtu);
-                netconf::configure_interface(&self.cfg.interface, ip, prefix_len, mtu)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "configuring {} with {ip}/{prefix_len} mtu {mtu}",
-                            self.cfg.interface
-                        )
-                    })?;
-                info!(interface = self.cfg.interface, %ip, prefix_len, mtu, "overlay interface up");
-            }
-            punch |= matches!(cmd, Command::UpsertPeer(_));
-            pmtu::apply_route(&self.cfg.interface, &cmd).await;
-            self.dp.apply(now, &cmd);
-            let route_mtu = match &cmd {
-                Command::UpsertPeer(p) => self.node.path_mtu(&p.node_id).and_then(|s| s.route_mtu),
-                _ => None,
-            };
-            crate::routes::kernel_routes(&self.cfg.interface, &cmd, route_mtu).await;
-            // A peer's prefixes follow its route MTU.
-            if let Command::SetRouteMtu { node_id, mtu, .. } = &cmd
-                && let Some(p) = self.node.forwarding().peer(node_id)
-                && !p.prefixes.is_empty()
-            {
-                let prefixes = p.prefixes.clone();
-                crate::routes::prefix_routes(&self.cfg.interface, node_id, &prefixes, *mtu).await;
-            }
-        }
-        if punch {
-            self.dp.router.punch();
-        }
-        while let Some(t) = self.node.poll_transmit() {
-            match self.engine.send(&t.payload, t.to) {
-                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                    self.node
-                        .handle_transmit_too_big(now, t.to, t.payload.len());
-                }
-                // Unreachable peers and full buffers are routine on an overlay.
-                Err(error) => debug!(to = %t.to, %error, "send failed"),
-                Ok(()) => {}
-            }
-        }
-        while let Some(packet) = self.node.poll_tun_packet() {
-            self.engine.write_tun(&packet);
-        }
-        while let Some(event) = self.node.poll_event() {
-            match event {
-                NodeEvent::EndpointLearned { node_id, endpoint } => {
-                    info!(node_id, %endpoint, "PLAIN peer seen on another port of its address; following it");
-                }
-                // The engine's socket thread answers its own reflector probes.
-                NodeEvent::Reflected { .. } => {}
-                NodeEvent::PathMtu { node_id, status } => self.dp.set_path_mtu(node_id, status),
-            }
-        }
-        Ok(())
     }
 
     /// Re-opens every peer path now: PLAIN probes from the Node, WireGuard keepalives.
     async fn punch(&mut self) -> anyhow::Result<()> {
-        self.node.punch();
-        self.dp.router.punch();
-        self.drive().await
+        self.node.with(|node, _| node.punch()).await
     }
 
     /// The main loop: Watch events, endpoint probes, reports, peer events, shutdown.
-    async fn serve(
-        mut self,
-        outputs: EngineOutputs,
-        shutdown: impl Future<Output = ()>,
-    ) -> anyhow::Result<()> {
-        let EngineOutputs {
-            mut peer_events,
-            mut for_node,
-        } = outputs;
+    async fn serve(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         self.update_info(|i| i.state = "up".into());
         self.session.set_pending(self.up_report());
         let mut probe_tick = interval(self.cfg.probe_interval);
@@ -404,17 +346,6 @@ impl Agent {
                     }
                     Next::Reopen => {}
                 },
-                () = sleep_until_opt(self.node.poll_timeout().map(Instant::from_std)) => {
-                    self.node.handle_timeout(std::time::Instant::now());
-                    self.drive().await?;
-                }
-                Some((from, datagram)) = for_node.recv() => {
-                    let now = std::time::Instant::now();
-                    if let Err(dropped) = self.node.handle_datagram(now, from, &datagram) {
-                        self.dp.router.drops().add(Drop::from_node(dropped));
-                    }
-                    self.drive().await?;
-                }
                 _ = probe_tick.tick() => self.probe().await,
                 _ = keepalive_tick.tick() => {
                     if clocks.resumed() {
@@ -436,16 +367,9 @@ impl Agent {
                     self.session.flush_report().await;
                 }
                 _ = stats_tick.tick() => self.report_stats().await,
-                Some(ev) = peer_events.recv() => {
-                    on_peer_event(&ev);
-                    if let PeerEvent::EndpointChanged { node_id, endpoint } = ev {
-                        self.node.handle_peer_roamed(std::time::Instant::now(), &node_id, endpoint);
-                        self.drive().await?;
-                    }
-                }
                 input = self.pmtu.next() => {
-                    self.pmtu.feed(input, &mut self.node, &self.dp);
-                    self.drive().await?;
+                    let (pmtu, dp) = (&mut self.pmtu, &self.dp);
+                    self.node.with(|node, now| pmtu.feed(input, node, dp, now)).await?;
                 }
                 Some((test_id, results)) = self.tests.1.recv() => {
                     self.dp.record_rtts(&results);
@@ -538,27 +462,4 @@ fn random_u16() -> u16 {
     let mut b = [0u8; 2];
     getrandom::fill(&mut b).expect("the OS random source works");
     u16::from_be_bytes(b)
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn on_peer_event(ev: &PeerEvent) {
-    match ev {
-        PeerEvent::HandshakeCompleted { node_id } => debug!(node_id, "handshake completed"),
-        // A relay address: the path module logs the move to a relay.
-        PeerEvent::EndpointChanged { node_id, endpoint }
-            if cladnet_core::relay::relay_node(*endpoint).is_some() =>
-        {
-            debug!(node_id, %endpoint, "peer reached through a relay");
-        }
-        PeerEvent::EndpointChanged { node_id, endpoint } => {
-            info!(node_id, %endpoint, "peer roamed to a new endpoint");
-        }
-        PeerEvent::HandshakeTimedOut { node_id } => warn!(node_id, "handshake timed out"),
-    }
 }

@@ -76,8 +76,7 @@ impl PathMtuIo {
     }
 
     /// Hands `input` to the Node (a lookup is started in the background).
-    pub(super) fn feed(&mut self, input: Input, node: &mut Node, dp: &Dataplane) {
-        let now = Instant::now();
+    pub(super) fn feed(&mut self, input: Input, node: &mut Node, dp: &Dataplane, now: Instant) {
         match input {
             Input::Busy => {
                 let busy = self.busy_peers(dp, now);

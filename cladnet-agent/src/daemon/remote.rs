@@ -141,7 +141,7 @@ impl Agent {
             .filter_map(|h| {
                 Some(conntest::Target {
                     host_id: h.clone(),
-                    ip: self.node.table().peer(h)?.overlay_ip,
+                    ip: self.dp.router.forwarding().peer(h)?.overlay_ip,
                 })
             })
             .collect();

@@ -16,22 +16,31 @@ impl Agent {
     /// A Watch message: its event, or each event of a batch, handed to the Node, then the
     /// Node's commands applied once (a batch of changes costs one pass over the dataplane).
     pub(super) async fn on_event(&mut self, ev: pb::WatchEvent) -> anyhow::Result<()> {
-        let now = std::time::Instant::now();
+        let mut events = Vec::new();
         match ev.event {
             Some(WatchEv::Batch(batch)) => {
                 for ev in batch.events {
-                    self.take(now, ev)?;
+                    events.extend(self.take(ev)?);
                 }
             }
-            event => self.take(now, pb::WatchEvent { event, ..ev })?,
+            event => events.extend(self.take(pb::WatchEvent { event, ..ev })?),
         }
-        self.drive().await
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.node
+            .with(|node, now| {
+                for event in events {
+                    node.handle_watch_event(now, event);
+                }
+            })
+            .await
     }
 
     /// One Watch event: decoded into a [`WatchEvent`] for the Node. A record the agent cannot
     /// use is logged and counted, never fatal; only this node's deletion and the network's
     /// end stop the agent.
-    fn take(&mut self, now: std::time::Instant, ev: pb::WatchEvent) -> anyhow::Result<()> {
+    fn take(&mut self, ev: pb::WatchEvent) -> anyhow::Result<Option<WatchEvent>> {
         let me = self.identity.node_id.clone();
         self.note_relays(&ev);
         let event = match ev.event {
@@ -47,10 +56,7 @@ impl Agent {
                 }
                 info!(peers = peers.len(), revision = ev.revision, "snapshot");
                 if let Some(me) = &local {
-                    self.overlay_ip = Some(me.overlay_ip);
-                    self.update_info(|i| {
-                        i.overlay = format!("{}/{}", me.overlay_ip, me.prefix_len)
-                    });
+                    self.note_self(me);
                 }
                 Some(WatchEvent::Snapshot {
                     policy: s.network.as_ref().map(convert::policy),
@@ -59,10 +65,11 @@ impl Agent {
                 })
             }
             Some(WatchEv::PeerUpserted(p)) if p.host_id == me => {
-                if let Some(me) = self.accept(convert::self_record(&p)) {
-                    self.set_self(me);
+                let me = self.accept(convert::self_record(&p));
+                if let Some(me) = &me {
+                    self.note_self(me);
                 }
-                None
+                me.map(WatchEvent::LocalUpdated)
             }
             Some(WatchEv::PeerUpserted(p)) => self
                 .accept(convert::remote(&p))
@@ -103,10 +110,7 @@ impl Agent {
             }
             None => None,
         };
-        if let Some(event) = event {
-            self.node.handle_watch_event(now, event);
-        }
-        Ok(())
+        Ok(event)
     }
 
     /// Which peers offer to relay (their records' capabilities).

@@ -7,8 +7,9 @@
 //! - Receiving: [`RelayIo::incoming`] forwards `SEND`s when this node serves as a relay, and
 //!   unwraps `DELIVER`s into the WireGuard message, handed to WireGuard as from the sender's
 //!   relay address (never its direct endpoint: a relayed packet does not move it).
-//! - Once per [`TICK`], [`RelayIo::tick`] observes the WireGuard sessions and applies the
-//!   path decisions to them (which address WireGuard sends a peer to, keepalives).
+//! - Once per [`TICK`], [`RelayIo::tick`] observes the WireGuard sessions (the Node's) and
+//!   applies the path decisions to them (which address WireGuard sends a peer to,
+//!   keepalives).
 //!
 //! The relay sees only WireGuard messages: the session is end to end between the two peers.
 
@@ -23,14 +24,17 @@ use cladnet_common::{
     relay::{self as frame, RelayKind},
     wire::{CladHeader, CladType},
 };
-use cladnet_core::relay::{
-    Decision, Limits, Out, Outcome, Path, PathAction, PathConfig, Paths, Refusal, relay_addr,
-    relay_node,
+use cladnet_core::{
+    node::Node,
+    relay::{
+        Decision, Limits, Out, Outcome, Path, PathAction, PathConfig, Paths, Refusal, relay_addr,
+        relay_node,
+    },
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::router::{PeerEvent, Router};
+use super::router::Router;
 
 /// The capability an agent that serves as a relay reports (and peers look for in records).
 pub const CAPABILITY: &str = "relay";
@@ -286,14 +290,14 @@ impl RelayIo {
             .is_some_and(|p| p.coordinate(node, at, endpoints))
     }
 
-    /// Observes the WireGuard sessions and applies the path decisions (at most once per
-    /// [`TICK`]; call it often). Returns the endpoint moves it made, for the Node (a relayed
-    /// path is not probed for its MTU; a direct one is searched again).
-    pub fn tick(&self, now: Instant, router: &Router) -> Vec<PeerEvent> {
-        let me = router.local_index();
+    /// Observes the Node's WireGuard sessions and applies the path decisions to them (at
+    /// most once per [`TICK`]; call it often). The Node reports every endpoint move as an
+    /// event (a relayed path is not probed for its MTU; a direct one is searched again).
+    pub fn tick(&self, now: Instant, node: &mut Node) {
+        let me = node.forwarding().local_index();
         let mut s = self.lock();
         if me == 0 || s.last_tick.is_some_and(|t| now < t + TICK) {
-            return Vec::new();
+            return;
         }
         s.last_tick = Some(now);
         let capable: Vec<u32> = s.capable.values().copied().collect();
@@ -303,26 +307,35 @@ impl RelayIo {
             p.set_relay_capable(capable);
             p
         });
-        let obs = router.relay_observations(now);
-        paths.observe(now, &obs);
+        paths.observe(now, &node.relay_observations(now));
         let actions: Vec<PathAction> = std::iter::from_fn(|| paths.poll_action()).collect();
         drop(s);
-        let mut moves = Vec::new();
-        let mut moved = |node: u32, endpoint: SocketAddr| {
-            router.set_peer_endpoint(node, endpoint);
-            if let Some(node_id) = router.node_id(node) {
-                moves.push(PeerEvent::EndpointChanged { node_id, endpoint });
-            }
+        let node_id = |node: &Node, index: u32| {
+            node.forwarding()
+                .peers()
+                .find(|p| p.node_index == index)
+                .map(|p| p.node_id.clone())
+                .unwrap_or_default()
         };
         for action in actions {
             match action {
-                PathAction::UseRelay { node } => moved(node, relay_addr(node)),
-                PathAction::UseDirect { node, endpoint } => moved(node, SocketAddr::V4(endpoint)),
-                PathAction::Keepalive { node } | PathAction::Probe { node } => {
-                    router.request_keepalive(node);
+                PathAction::UseRelay { node: index } => {
+                    node.set_sealed_endpoint(now, index, relay_addr(index));
                 }
-                PathAction::Coordinated { node, outcome } => {
-                    let node_id = router.node_id(node).unwrap_or_default();
+                PathAction::UseDirect {
+                    node: index,
+                    endpoint,
+                } => {
+                    node.set_sealed_endpoint(now, index, SocketAddr::V4(endpoint));
+                }
+                PathAction::Keepalive { node: index } | PathAction::Probe { node: index } => {
+                    node.request_keepalive(index);
+                }
+                PathAction::Coordinated {
+                    node: index,
+                    outcome,
+                } => {
+                    let node_id = node_id(node, index);
                     let outcome = match outcome {
                         Outcome::AlreadyDirect => "already direct (no probes sent)".to_owned(),
                         Outcome::Direct => "direct".to_owned(),
@@ -330,10 +343,13 @@ impl RelayIo {
                     };
                     info!(node_id, outcome, "coordinated probe");
                 }
-                PathAction::Changed { node, event } => {
-                    let node_id = router.node_id(node).unwrap_or_default();
+                PathAction::Changed { node: index, event } => {
+                    let node_id = node_id(node, index);
                     let (from, to) = (describe(event.from), describe(event.to));
-                    let via = via_id(router, event.to);
+                    let via = match event.to {
+                        Path::Relayed { via } => Some(node_id_or_index(node, via)),
+                        _ => None,
+                    };
                     let reason = format!("{:?}", event.reason);
                     if event.to == Path::Unreachable {
                         warn!(
@@ -346,7 +362,6 @@ impl RelayIo {
                 }
             }
         }
-        moves
     }
 
     /// Every peer's path, sorted by node id.
@@ -405,6 +420,13 @@ pub fn describe(path: Path) -> &'static str {
         Path::Relayed { .. } => "relay",
         Path::Unreachable => "unreachable",
     }
+}
+
+fn node_id_or_index(node: &Node, index: u32) -> String {
+    node.forwarding()
+        .peers()
+        .find(|p| p.node_index == index)
+        .map_or_else(|| format!("node {index}"), |p| p.node_id.clone())
 }
 
 fn via_id(router: &Router, path: Path) -> Option<String> {

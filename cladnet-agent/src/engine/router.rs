@@ -11,13 +11,13 @@
 //!
 //! Concurrency: the packet threads read one [`Routes`] snapshot per packet without locking
 //! (arc-swap); commands build the next one. WireGuard is split as cladnet-wg splits it: each
-//! SEALED peer's data side ([`PeerData`]: sessions, endpoint, the timers packets move) is in
-//! the snapshot, and the packet threads seal and open transport messages through it with no
-//! lock shared between peers or directions. The control side (the [`Device`]: handshakes,
-//! timers, packets queued while no session exists) sits behind one mutex, taken on the packet
-//! path only when no session can send. Handshake messages (the only ones costing
-//! Diffie-Hellman) are not handled on the packet threads: the driver queues them for a thread
-//! of their own ([`Router::handshake`]).
+//! SEALED peer's data side ([`PeerData`]: sessions, endpoint, the timers packets move) comes
+//! from the Node ([`Command::SealedPeer`]) into the snapshot, and the packet threads seal and
+//! open transport messages through it with no lock shared between peers or directions. The
+//! control side (the WireGuard device: handshakes, timers, packets queued while no session
+//! exists) is the Node's: a packet no session can send goes to it ([`Outbound::ToNode`]), and
+//! so do handshake messages, after a thread of their own checked them ([`Router::handshake`]:
+//! mac1, cookies under load, and the Diffie-Hellman of reading an initiation).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -30,13 +30,12 @@ use arc_swap::ArcSwap;
 use cladnet_common::{plain, reflector, wire};
 use cladnet_core::{
     node::{Command, Forwarding, PeerConfig, RouteMiss, Rx},
-    policy::{LinkMode, PERSISTENT_KEEPALIVE},
+    policy::LinkMode,
 };
 use cladnet_wg::{
-    Action, Device, Event, GateVerdict, HandshakeGate, MessageType, PeerData, PeerId, PrivateKey,
-    PublicKey, WallClock,
+    Action, GateVerdict, HandshakeGate, MessageType, PeerData, PeerId, PrivateKey, ReadInitiation,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{
     Engine, EngineError,
@@ -53,8 +52,9 @@ pub enum Outbound<'a> {
         /// The peer's underlay endpoint.
         to: SocketAddr,
     },
-    /// Held for a handshake (SEALED), nothing to send now beyond what timers produce.
-    Queued,
+    /// No WireGuard session can send it (SEALED): hand the packet to the Node, which queues
+    /// it and starts a handshake.
+    ToNode,
     /// Too big for the peer's path: write this ICMP "fragmentation needed" to the TUN device
     /// (counted as a `too_big` drop).
     ToTun(&'a [u8]),
@@ -90,26 +90,25 @@ pub enum Inbound<'a> {
     Dropped(Drop),
 }
 
-/// Something the control loop may want to know.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PeerEvent {
-    /// A WireGuard session with this peer is up.
-    HandshakeCompleted {
-        /// Node id.
-        node_id: String,
+/// What a handshake message from the handshake queue came to.
+#[derive(Debug)]
+pub enum Handshake<'a> {
+    /// Answer at once (a cookie reply under load).
+    Reply {
+        /// The UDP payload.
+        datagram: &'a [u8],
+        /// Where to.
+        to: SocketAddr,
     },
-    /// A SEALED peer was heard from a new underlay address (roaming).
-    EndpointChanged {
-        /// Node id.
-        node_id: String,
-        /// Its new endpoint.
-        endpoint: SocketAddr,
-    },
-    /// A handshake gave up after its retries.
-    HandshakeTimedOut {
-        /// Node id.
-        node_id: String,
-    },
+    /// An initiation that passed the gate and was read: for [`Node::handle_initiation`].
+    ///
+    /// [`Node::handle_initiation`]: cladnet_core::node::Node::handle_initiation
+    Initiation(ReadInitiation),
+    /// A response or cookie reply that passed the gate: for the Node's
+    /// `handle_datagram`.
+    ToNode,
+    /// Dropped (and counted).
+    Dropped(Drop),
 }
 
 /// A peer as the status command and metrics show it.
@@ -141,13 +140,14 @@ pub struct PeerStatus {
     pub via: Option<String>,
 }
 
-/// This engine's state for one peer (its counters and WireGuard peer), kept by the Node's
-/// counter slot between a command and the next [`Command::Publish`].
+/// This engine's state for one peer (its counters and WireGuard data side), kept by the
+/// Node's counter slot between a command and the next [`Command::Publish`].
+#[derive(Clone)]
 struct SlotState {
     /// The peer's node id (its config is in the Node's snapshot).
     node_id: String,
-    /// The WireGuard peer, the key it was made for and its data side (SEALED).
-    wg: Option<(PeerId, [u8; 32], Arc<PeerData>)>,
+    /// The WireGuard peer and its data side, as the Node sent them (SEALED).
+    wg: Option<(PeerId, Arc<PeerData>)>,
     counters: Arc<PeerCounters>,
 }
 
@@ -216,8 +216,8 @@ impl Routes {
             };
             let entry = Arc::new(Entry {
                 config: config.clone(),
-                wg: state.wg.as_ref().map(|(id, ..)| *id),
-                data: state.wg.as_ref().map(|(.., data)| data.clone()),
+                wg: state.wg.as_ref().map(|(id, _)| *id),
+                data: state.wg.as_ref().map(|(_, data)| data.clone()),
                 counters: state.counters.clone(),
             });
             if let Some(id) = entry.wg {
@@ -226,14 +226,6 @@ impl Routes {
             put(&mut routes.by_slot, slot, entry);
         }
         routes
-    }
-
-    /// The SEALED peer whose WireGuard peer is `id`.
-    fn by_wg(&self, id: PeerId) -> Option<&Arc<Entry>> {
-        self.by_wg_slot
-            .get(id.slot() as usize)?
-            .as_ref()
-            .filter(|e| e.wg == Some(id))
     }
 
     fn entry(&self, config: &PeerConfig) -> Option<&Arc<Entry>> {
@@ -245,14 +237,13 @@ impl Routes {
     }
 }
 
-/// The userspace engine's state: the published routes, WireGuard sessions and counters.
+/// The userspace engine's state: the published routes, WireGuard data sides and counters.
 pub struct Router {
     routes: ArcSwap<Routes>,
     /// Per-slot state as the commands left it; the next `Publish` makes it visible.
     staged: Mutex<Staged>,
-    wg: Mutex<Device>,
-    /// The device's static key, for the handshake thread's gate (which reads initiations
-    /// outside `wg`).
+    /// This node's static key, for the handshake thread's gate (mac1 checks, cookies and
+    /// reading initiations; the WireGuard device with the same key is the Node's).
     key: PrivateKey,
     drops: DropCounters,
     /// Relayed paths (see [`crate::engine::relay`]).
@@ -267,8 +258,10 @@ impl std::fmt::Debug for Router {
     }
 }
 
-/// The operating system's random source, for ephemeral keys and cookie secrets.
-struct OsRandom;
+/// The operating system's random source, for cookie secrets (the gate) and, in the daemon,
+/// the Node's ephemeral keys.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsRandom;
 
 impl cladnet_wg::CryptoRandom for OsRandom {
     fn fill_bytes(&mut self, dest: &mut [u8]) {
@@ -287,23 +280,23 @@ impl Engine for Router {
         "userspace"
     }
 
-    fn apply(&self, now: Instant, cmd: &Command) -> Result<(), EngineError> {
+    fn apply(&self, _now: Instant, cmd: &Command) -> Result<(), EngineError> {
         match cmd {
-            Command::SetLocal(local) => {
-                // The device itself is configured by netconf; the MTU caps WireGuard padding.
-                self.device()
-                    .set_tunnel_mtu(usize::try_from(local.mtu).ok());
-            }
-            Command::UpsertPeer(config) => self.upsert(now, config),
-            Command::RemovePeer { node_id, slot, .. } => {
-                let gone = {
-                    let mut staged = self.stage();
-                    staged.changed.insert(*slot);
-                    staged.slots.remove(slot)
-                };
-                if let Some((id, ..)) = gone.as_ref().and_then(|s| s.wg.as_ref()) {
-                    self.device().remove_peer(*id);
+            // The device is configured by netconf; WireGuard's padding by the Node.
+            Command::SetLocal(_) => {}
+            Command::UpsertPeer(config) => self.upsert(config),
+            Command::SealedPeer { slot, id, data } => {
+                let mut staged = self.stage();
+                staged.changed.insert(*slot);
+                if let Some(state) = staged.slots.get_mut(slot) {
+                    let state = Arc::make_mut(state);
+                    state.wg = Some((*id, data.clone()));
                 }
+            }
+            Command::RemovePeer { node_id, slot, .. } => {
+                let mut staged = self.stage();
+                staged.changed.insert(*slot);
+                staged.slots.remove(slot);
                 info!(node_id, "peer removed");
             }
             // The snapshot holds the prefixes: the next `Publish` drops them.
@@ -321,25 +314,15 @@ impl Engine for Router {
 }
 
 impl Router {
-    /// A router with this node's static key and no peers.
+    /// A router with this node's static key (for the handshake gate) and no peers.
     pub fn new(key: PrivateKey) -> Self {
-        let now = Instant::now();
         Self {
             routes: ArcSwap::default(),
             staged: Mutex::default(),
-            wg: Mutex::new(Device::new(
-                key.clone(),
-                OsRandom,
-                WallClock::new(now, SystemTime::now()),
-            )),
             key,
             drops: DropCounters::default(),
             relay: super::relay::RelayIo::default(),
         }
-    }
-
-    fn device(&self) -> MutexGuard<'_, Device> {
-        self.wg.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     // Only `apply` takes this lock (one writer, the daemon); a poisoned lock still holds a
@@ -353,32 +336,22 @@ impl Router {
         &self.drops
     }
 
-    fn upsert(&self, now: Instant, config: &PeerConfig) {
-        let old = {
-            let mut staged = self.stage();
-            staged.changed.insert(config.slot);
-            staged.slots.get(&config.slot).cloned()
-        };
-        let old_wg = old.as_ref().and_then(|o| o.wg.clone());
-        let wg = match config.mode {
-            LinkMode::Plain => {
-                if let Some((id, ..)) = old_wg {
-                    self.device().remove_peer(id);
-                }
-                None
-            }
-            LinkMode::Sealed => match self.sealed_peer(now, config, old_wg) {
-                Some(wg) => Some(wg),
-                None => return,
-            },
-        };
-        let counters = old.map(|o| o.counters.clone()).unwrap_or_default();
+    fn upsert(&self, config: &PeerConfig) {
+        let mut staged = self.stage();
+        staged.changed.insert(config.slot);
+        let counters = staged
+            .slots
+            .get(&config.slot)
+            .map(|o| o.counters.clone())
+            .unwrap_or_default();
+        // A SEALED peer's data side follows in the Node's `SealedPeer` (before the `Publish`).
         let state = SlotState {
             node_id: config.node_id.clone(),
-            wg,
+            wg: None,
             counters,
         };
-        self.stage().slots.insert(config.slot, Arc::new(state));
+        staged.slots.insert(config.slot, Arc::new(state));
+        drop(staged);
         info!(
             node_id = config.node_id,
             overlay_ip = %config.overlay_ip,
@@ -386,45 +359,6 @@ impl Router {
             endpoint = ?config.endpoint,
             "peer installed"
         );
-    }
-
-    /// The WireGuard peer for a SEALED config: reused when the key is unchanged (sessions
-    /// survive endpoint and policy updates), re-created otherwise.
-    fn sealed_peer(
-        &self,
-        now: Instant,
-        config: &PeerConfig,
-        old: Option<(PeerId, [u8; 32], Arc<PeerData>)>,
-    ) -> Option<(PeerId, [u8; 32], Arc<PeerData>)> {
-        let published = self
-            .routes
-            .load()
-            .fwd
-            .peer(&config.node_id)
-            .and_then(|p| p.endpoint);
-        let mut dev = self.device();
-        if let Some((id, key, _)) = &old {
-            let (id, key) = (*id, *key);
-            if key == config.public_key {
-                if config.endpoint != published
-                    && let Some(ep) = config.endpoint
-                {
-                    let _ = dev.set_endpoint(id, SocketAddr::V4(ep));
-                }
-                return old;
-            }
-            dev.remove_peer(id);
-        }
-        let mut wg = cladnet_wg::PeerConfig::new(PublicKey::from_bytes(config.public_key));
-        wg.endpoint = config.endpoint.map(SocketAddr::V4);
-        wg.persistent_keepalive = Some(PERSISTENT_KEEPALIVE);
-        match dev.add_peer(now, wg) {
-            Ok(id) => dev.peer_data(id).map(|data| (id, config.public_key, data)),
-            Err(error) => {
-                warn!(node_id = config.node_id, %error, "cannot add WireGuard peer");
-                None
-            }
-        }
     }
 
     /// Routes a packet read from the TUN device. `out` must hold the packet plus the largest
@@ -464,34 +398,19 @@ impl Router {
                 }
             }
             LinkMode::Sealed => {
-                let (Some(id), Some(data)) = (entry.wg, &entry.data) else {
+                let Some(data) = &entry.data else {
                     return self.drop_out(Drop::WgNoSession);
                 };
-                // The data side seals without the device; only when no session can send does
-                // the device take the packet (queue it, start a handshake).
-                let sealed = match data.encapsulate(now, packet, &mut *out) {
-                    Action::WriteToNetwork { datagram, to } => Ok((datagram.len(), to)),
-                    Action::Err(e) => Err(e),
-                    Action::Done | Action::WriteToTunnel { .. } => {
-                        Err(cladnet_wg::Error::NoSession)
-                    }
-                };
-                let action = match sealed {
-                    Ok((len, to)) => Action::WriteToNetwork {
-                        datagram: &mut out[..len],
-                        to,
-                    },
-                    Err(cladnet_wg::Error::NoSession) => {
-                        self.device().encapsulate(now, id, packet, out)
-                    }
-                    Err(e) => Action::Err(e),
-                };
-                match action {
+                // The data side seals without the Node; only when no session can send does
+                // the Node take the packet (queue it, start a handshake).
+                match data.encapsulate(now, packet, out) {
                     Action::WriteToNetwork { datagram, to } => {
                         entry.counters.sent(packet.len());
                         Outbound::Send { datagram, to }
                     }
-                    Action::Done | Action::WriteToTunnel { .. } => Outbound::Queued,
+                    Action::Err(cladnet_wg::Error::NoSession)
+                    | Action::Done
+                    | Action::WriteToTunnel { .. } => Outbound::ToNode,
                     Action::Err(e) => self.drop_out(Drop::from_wg(e).unwrap_or(Drop::WgNoSession)),
                 }
             }
@@ -545,7 +464,8 @@ impl Router {
                     },
                     None => self.drop_in(Drop::WgInvalid),
                 },
-                None => self.inbound_sealed(now, from, datagram, out),
+                // Handshake messages went to the handshake queue (`is_handshake`).
+                None => self.drop_in(Drop::WgInvalid),
             },
             Rx::Reflector => match reflector::parse_response(datagram) {
                 Some((nonce, seen)) => Inbound::Reflected { nonce, seen },
@@ -569,64 +489,41 @@ impl Router {
 
     /// A gate for the handshake thread: the checks made before any Diffie-Hellman (mac1;
     /// under load, cookies and per-source limits) and the Diffie-Hellman of reading an
-    /// initiation, run without the WireGuard lock.
+    /// initiation, run on that thread rather than the Node's.
     pub fn handshake_gate(&self) -> HandshakeGate {
         HandshakeGate::with_private_key(&self.key, OsRandom)
     }
 
-    /// Handles a WireGuard handshake message taken from the driver's handshake queue, after
-    /// `gate` (see [`Router::handshake_gate`]) let it through or answered it: only messages
-    /// that passed take the WireGuard lock for their Diffie-Hellman.
+    /// Checks a WireGuard handshake message taken from the driver's handshake queue with
+    /// `gate` (see [`Router::handshake_gate`]): what passes goes to the Node, an initiation
+    /// already read (so a flood's initiation naming nobody costs the Node a key lookup only).
     pub fn handshake<'a>(
         &self,
         now: Instant,
         gate: &mut HandshakeGate,
         under_load: bool,
         from: SocketAddr,
-        datagram: &'a [u8],
+        datagram: &[u8],
         out: &'a mut [u8],
-    ) -> Inbound<'a> {
+    ) -> Handshake<'a> {
+        let dropped = |e: cladnet_wg::Error| {
+            let reason = Drop::from_wg(e).unwrap_or(Drop::WgInvalid);
+            self.drops.add(reason);
+            Handshake::Dropped(reason)
+        };
         match gate.check(now, under_load, from, datagram, out) {
-            // An initiation is decrypted here, outside the lock: one that names nobody (a
-            // flood's) never takes it.
             GateVerdict::Pass => match gate.read_initiation(datagram) {
-                Some(Ok(initiation)) => {
-                    let (id, action) = self.device().accept_initiation(now, from, initiation, out);
-                    self.sealed_action(from, id, action)
-                }
-                Some(Err(e)) => self.drop_in(Drop::from_wg(e).unwrap_or(Drop::WgInvalid)),
-                None => self.inbound_sealed(now, from, datagram, out),
+                Some(Ok(initiation)) => Handshake::Initiation(initiation),
+                Some(Err(e)) => dropped(e),
+                None => Handshake::ToNode,
             },
-            GateVerdict::CookieReply(len) => Inbound::Reply {
+            GateVerdict::CookieReply(len) => Handshake::Reply {
                 datagram: &out[..len],
                 to: from,
             },
-            GateVerdict::Drop(e) => self.drop_in(Drop::from_wg(e).unwrap_or(Drop::WgInvalid)),
-            _ => self.drop_in(Drop::WgInvalid),
+            GateVerdict::Drop(e) => dropped(e),
+            _ => dropped(cladnet_wg::Error::MalformedMessage),
         }
-    }
-
-    fn inbound_sealed<'a>(
-        &self,
-        now: Instant,
-        from: SocketAddr,
-        datagram: &'a [u8],
-        out: &'a mut [u8],
-    ) -> Inbound<'a> {
-        let (id, action) = self.device().decapsulate(now, from, datagram, out);
-        self.sealed_action(from, id, action)
-    }
-
-    /// What a WireGuard datagram from `from` came to, with the cryptokey-routing check of
-    /// decrypted packets.
-    fn sealed_action<'a>(
-        &self,
-        from: SocketAddr,
-        id: Option<PeerId>,
-        action: Action<'a>,
-    ) -> Inbound<'a> {
-        let routes = self.routes.load();
-        self.sealed_to(&routes, from, id.and_then(|id| routes.by_wg(id)), action)
     }
 
     /// What a WireGuard datagram from `from` for the peer `entry` came to.
@@ -657,88 +554,31 @@ impl Router {
         }
     }
 
-    /// Runs due WireGuard timers, calling `send` for every datagram they produce, and returns
-    /// the events that happened since the last call.
-    pub fn timers(
-        &self,
-        now: Instant,
-        out: &mut [u8],
-        mut send: impl FnMut(&[u8], SocketAddr),
-    ) -> Vec<PeerEvent> {
-        let mut dev = self.device();
-        if dev.poll_timeout().is_some_and(|at| at <= now) {
-            loop {
-                match dev.update_timers(now, out) {
-                    (_, Action::WriteToNetwork { datagram, to }) => send(datagram, to),
-                    (_, Action::Done) => break,
-                    (_, _) => {}
-                }
-            }
-        }
-        let mut events = Vec::new();
-        let routes = self.routes.load();
-        while let Some((id, event)) = dev.poll_event() {
-            let Some((node_id, node_index)) = routes
-                .by_wg(id)
-                .map(|e| (e.config.node_id.clone(), e.config.node_index))
-            else {
-                continue;
-            };
-            events.push(match event {
-                Event::HandshakeCompleted { .. } => PeerEvent::HandshakeCompleted { node_id },
-                Event::EndpointChanged { endpoint } => {
-                    // A relayed peer's direct message: the path's evidence, which the next
-                    // relayed message would hide from its tick.
-                    self.relay.direct_seen(node_index, endpoint);
-                    PeerEvent::EndpointChanged { node_id, endpoint }
-                }
-                Event::HandshakeTimedOut => PeerEvent::HandshakeTimedOut { node_id },
-                _ => continue,
-            });
-        }
-        events
-    }
-
-    /// Re-opens the paths to every SEALED peer at once (after our public address or a peer's
-    /// endpoint changed): WireGuard keepalives (or handshakes) at the next timer tick. PLAIN
-    /// peers get their probes from the Node.
-    pub fn punch(&self) {
-        let sealed: Vec<PeerId> = self.routes.load().entries().filter_map(|e| e.wg).collect();
-        let mut dev = self.device();
-        for id in sealed {
-            dev.request_keepalive(id);
-        }
-    }
-
     /// The peers, sorted by overlay address.
     pub fn status(&self, now: Instant) -> Vec<PeerStatus> {
         let routes = self.routes.load_full();
-        let peers: Vec<&Arc<Entry>> = routes.entries().collect();
-        let dev = self.device();
-        let mut out: Vec<PeerStatus> = peers
-            .iter()
-            .map(|e| {
-                let stats = e.wg.and_then(|id| dev.stats(id));
-                PeerStatus {
-                    node_id: e.config.node_id.clone(),
-                    overlay_ip: e.config.overlay_ip,
-                    mode: e.config.mode.as_str(),
-                    endpoint: match e.wg {
-                        Some(id) => dev.endpoint(id),
-                        None => e.config.endpoint.map(SocketAddr::V4),
-                    },
-                    handshake_age_secs: stats
-                        .and_then(|s| s.last_handshake)
-                        .map(|t| now.saturating_duration_since(t).as_secs()),
-                    traffic: e.counters.snapshot(),
-                    engine: "userspace",
-                    path_mtu: None,
-                    path: None,
-                    via: None,
-                }
+        let mut out: Vec<PeerStatus> = routes
+            .entries()
+            .map(|e| PeerStatus {
+                node_id: e.config.node_id.clone(),
+                overlay_ip: e.config.overlay_ip,
+                mode: e.config.mode.as_str(),
+                endpoint: match &e.data {
+                    Some(data) => data.endpoint(),
+                    None => e.config.endpoint.map(SocketAddr::V4),
+                },
+                handshake_age_secs: e
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.last_handshake())
+                    .map(|t| now.saturating_duration_since(t).as_secs()),
+                traffic: e.counters.snapshot(),
+                engine: "userspace",
+                path_mtu: None,
+                path: None,
+                via: None,
             })
             .collect();
-        drop(dev);
         out.sort_by_key(|p| p.overlay_ip);
         out
     }

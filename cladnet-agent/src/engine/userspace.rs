@@ -22,7 +22,10 @@
 //! - `wg-handshake`: WireGuard handshake messages, which `udp→tun` only queues (bounded): the
 //!   Diffie-Hellman they cost never runs on the transport path, and the queue's length tells
 //!   when we are under load (cookie replies and per-source rate limits, as the Linux module).
-//! - `timers`: WireGuard handshakes, keepalives and rekeys; peer events for the control loop.
+//!   What passes goes to the Node, an initiation already read.
+//!
+//! What needs the WireGuard control side (handshakes, a packet while no session can send)
+//! goes to the Node as a [`ForNode`]; the Node's IO loop runs WireGuard's timers.
 //!
 //! Probes of the controller's reflector go out of the tunnel socket itself, so the public
 //! endpoint learnt is the NAT mapping tunnel traffic really gets.
@@ -43,7 +46,7 @@ use std::{
 
 use cladnet_common::reflector;
 use cladnet_offload::{self as offload, VNET_HDR_LEN, VirtioNetHdr};
-use cladnet_wg::constants::INITIATION_LEN;
+use cladnet_wg::{ReadInitiation, constants::INITIATION_LEN};
 use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -51,15 +54,12 @@ use tracing::{debug, info, warn};
 use super::{
     counters::Drop,
     relay::{Incoming, RelayIo},
-    router::{Inbound, Outbound, PeerEvent, Router, out_len},
+    router::{Handshake, Inbound, Outbound, Router, out_len},
 };
 use crate::{probe::ProbeError, sys};
 
-/// How often the timer thread runs WireGuard timers (they have second granularity).
-const TIMER_TICK: Duration = Duration::from_millis(50);
-
-/// Datagrams waiting for the Node (PLAIN from unknown endpoints); more are dropped and
-/// counted as from an unknown peer, which is what the Node would mostly find them to be.
+/// Inputs waiting for the Node (PLAIN datagrams from unknown endpoints, handshake messages,
+/// packets waiting for a session); more are dropped and counted.
 const FOR_NODE_QUEUE: usize = 1024;
 
 /// Largest packet read from the TUN device or the socket.
@@ -166,13 +166,37 @@ pub struct Reflection {
     pub seen: SocketAddrV4,
 }
 
+/// What the engine's threads hand to the Node.
+#[derive(Debug)]
+pub enum ForNode {
+    /// A datagram for [`Node::handle_datagram`]: a PLAIN one from an unknown endpoint
+    /// ([`Inbound::ToNode`]), a path MTU probe, a WireGuard response or cookie reply.
+    ///
+    /// [`Node::handle_datagram`]: cladnet_core::node::Node::handle_datagram
+    Datagram {
+        /// Where from (a relay address for a relayed WireGuard message).
+        from: SocketAddr,
+        /// The UDP payload.
+        datagram: Vec<u8>,
+    },
+    /// A WireGuard initiation the handshake gate read, for
+    /// [`Node::handle_initiation`](cladnet_core::node::Node::handle_initiation).
+    Initiation {
+        /// Where from.
+        from: SocketAddr,
+        /// The initiation.
+        initiation: ReadInitiation,
+    },
+    /// A packet from the TUN device for a SEALED peer no session can send to yet
+    /// ([`Outbound::ToNode`]), for `Node::handle_tun_packet`.
+    Packet(Vec<u8>),
+}
+
 /// What the engine's threads hand to the daemon.
 #[derive(Debug)]
 pub struct EngineOutputs {
-    /// Handshakes and roaming of SEALED peers.
-    pub peer_events: mpsc::UnboundedReceiver<PeerEvent>,
-    /// Datagrams for the Node (see [`Inbound::ToNode`]): source and payload.
-    pub for_node: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    /// Inputs for the Node.
+    pub for_node: mpsc::Receiver<ForNode>,
 }
 
 /// A running userspace engine.
@@ -238,18 +262,18 @@ impl Userspace {
         let workers: Arc<[WorkerCounters]> =
             (0..tuns.len()).map(|_| WorkerCounters::default()).collect();
         let waiters = Waiters::default();
-        let (events_tx, peer_events) = mpsc::unbounded_channel();
         let (node_tx, for_node) = mpsc::channel(FOR_NODE_QUEUE);
         let (handshakes, queued) = HandshakeQueue::new();
         let handshakes = Arc::new(handshakes);
         for (i, (socket, state)) in sockets_and_states.into_iter().enumerate() {
             {
-                let (router, tuns, socket, state, workers) = (
+                let (router, tuns, socket, state, workers, node_tx) = (
                     router.clone(),
                     tuns.clone(),
                     socket.clone(),
                     state.clone(),
                     workers.clone(),
+                    node_tx.clone(),
                 );
                 thread::Builder::new()
                     .name(format!("tun->udp/{i}"))
@@ -259,7 +283,7 @@ impl Userspace {
                             state: &state,
                             counters: &workers[i],
                         };
-                        tun_to_udp(&router, &*tuns[i], &io, vnet);
+                        tun_to_udp(&router, &*tuns[i], &io, vnet, &node_tx);
                     })?;
             }
             {
@@ -294,13 +318,7 @@ impl Userspace {
             let (router, socket) = (router.clone(), socket.clone());
             thread::Builder::new()
                 .name("wg-handshake".into())
-                .spawn(move || handshake_worker(&router, &socket, queued))?;
-        }
-        {
-            let (router, socket) = (router.clone(), socket.clone());
-            thread::Builder::new()
-                .name("wg-timers".into())
-                .spawn(move || timers(&router, &socket, &events_tx))?;
+                .spawn(move || handshake_worker(&router, &socket, queued, &node_tx))?;
         }
         Ok((
             Self {
@@ -311,10 +329,7 @@ impl Userspace {
                 waiters,
                 workers: Workers(workers),
             },
-            EngineOutputs {
-                peer_events,
-                for_node,
-            },
+            EngineOutputs { for_node },
         ))
     }
 
@@ -323,10 +338,15 @@ impl Userspace {
         &self.router
     }
 
-    /// Sends a datagram from the tunnel socket (the Node's transmits). The socket sets DF
-    /// and ignores the kernel's cached path MTU, so a datagram above the first hop's MTU
-    /// fails with EMSGSIZE (which the Node's path MTU search takes as a hint).
+    /// Sends a datagram from the tunnel socket (the Node's transmits), through its relay
+    /// when `to` is a relay address. The socket sets DF and ignores the kernel's cached path
+    /// MTU, so a datagram above the first hop's MTU fails with EMSGSIZE (which the Node's
+    /// path MTU search takes as a hint).
     pub fn send(&self, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
+        if cladnet_core::relay::relay_node(to).is_some() {
+            send_wg(&self.router, &self.socket, datagram, to);
+            return Ok(());
+        }
         self.socket.send_to(datagram, to).map(|_| ())
     }
 
@@ -633,7 +653,13 @@ struct WorkerIo<'a> {
     counters: &'a WorkerCounters,
 }
 
-fn tun_to_udp(router: &Router, tun: &dyn TunIo, io: &WorkerIo<'_>, vnet: bool) {
+fn tun_to_udp(
+    router: &Router,
+    tun: &dyn TunIo,
+    io: &WorkerIo<'_>,
+    vnet: bool,
+    node: &mpsc::Sender<ForNode>,
+) {
     let mut buf = vec![0u8; MAX_PACKET + VNET_HDR_LEN];
     let mut segment = vec![0u8; MAX_PACKET];
     let mut out = vec![0u8; out_len(MAX_PACKET)];
@@ -652,7 +678,12 @@ fn tun_to_udp(router: &Router, tun: &dyn TunIo, io: &WorkerIo<'_>, vnet: bool) {
         let mut route = |packet: &[u8]| match router.outbound(now, packet, &mut out) {
             Outbound::Send { datagram, to } => tx.push(datagram, to),
             Outbound::ToTun(icmp) => write_unoffloaded(tun, vnet, icmp),
-            Outbound::Queued | Outbound::Dropped(_) => {}
+            Outbound::ToNode => {
+                if node.try_send(ForNode::Packet(packet.to_vec())).is_err() {
+                    router.drops().add(Drop::WgNoSession);
+                }
+            }
+            Outbound::Dropped(_) => {}
         };
         if !vnet {
             route(&buf[..len]);
@@ -887,7 +918,12 @@ impl HandshakeQueue {
 /// wake in the `udp→tun` thread and a context switch, several microseconds of the cores the
 /// packet threads need, for a message whose own cost is three BLAKE2s); paused, a flood is
 /// taken in batches of a pause's worth of messages, for at most one wakeup per pause.
-fn handshake_worker(router: &Router, socket: &UdpSocket, queue: QueuedHandshakes) {
+fn handshake_worker(
+    router: &Router,
+    socket: &UdpSocket,
+    queue: QueuedHandshakes,
+    node: &mpsc::Sender<ForNode>,
+) {
     // Under a flood this thread could use a core answering it; transport packets go first.
     if let Err(error) = sys::lower_thread_priority(HANDSHAKE_NICENESS) {
         debug!(%error, "cannot lower the handshake thread's priority");
@@ -918,11 +954,26 @@ fn handshake_worker(router: &Router, socket: &UdpSocket, queue: QueuedHandshakes
         let waiting = queue.len.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         let now = Instant::now();
         under_load = load_changed(under_load, load.update(now, waiting), waiting);
-        match router.handshake(now, &mut gate, under_load, from, datagram, &mut out) {
-            Inbound::Reply { datagram, to } => send_wg(router, socket, datagram, to),
+        let for_node = match router.handshake(now, &mut gate, under_load, from, datagram, &mut out)
+        {
+            Handshake::Reply { datagram, to } => {
+                send_wg(router, socket, datagram, to);
+                continue;
+            }
+            Handshake::Initiation(initiation) => ForNode::Initiation { from, initiation },
+            Handshake::ToNode => ForNode::Datagram {
+                from,
+                datagram: datagram.to_vec(),
+            },
             // Refused a cookie: a flood is on, even if refusing it keeps the queue short.
-            Inbound::Dropped(Drop::WgCookieLimited) => load.sustain(now),
-            _ => {}
+            Handshake::Dropped(Drop::WgCookieLimited) => {
+                load.sustain(now);
+                continue;
+            }
+            Handshake::Dropped(_) => continue,
+        };
+        if node.try_send(for_node).is_err() {
+            router.drops().add(Drop::WgHandshakeQueueFull);
         }
     }
 }
@@ -944,7 +995,7 @@ fn load_changed(was: bool, under_load: bool, queued: usize) -> bool {
 struct RxOut<'a> {
     waiters: &'a Waiters,
     handshakes: &'a HandshakeQueue,
-    node: &'a mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    node: &'a mpsc::Sender<ForNode>,
 }
 
 fn udp_to_tun(
@@ -1029,7 +1080,11 @@ fn udp_to_tun(
                         deliver_reflection(router, hand.waiters, from, nonce, seen);
                     }
                     Inbound::ToNode => {
-                        if hand.node.try_send((from, datagram.to_vec())).is_err() {
+                        let input = ForNode::Datagram {
+                            from,
+                            datagram: datagram.to_vec(),
+                        };
+                        if hand.node.try_send(input).is_err() {
                             router
                                 .drops()
                                 .add(Drop::Plain(cladnet_common::plain::DropReason::UnknownPeer));
@@ -1044,22 +1099,6 @@ fn udp_to_tun(
         }
         writer.flush();
         tx.flush();
-    }
-}
-
-fn timers(router: &Router, socket: &UdpSocket, events: &mpsc::UnboundedSender<PeerEvent>) {
-    let mut out = vec![0u8; out_len(MAX_PACKET)];
-    loop {
-        thread::sleep(TIMER_TICK);
-        let moves = router.relay().tick(Instant::now(), router);
-        let timers = router.timers(Instant::now(), &mut out, |d, to| {
-            send_wg(router, socket, d, to)
-        });
-        for event in moves.into_iter().chain(timers) {
-            if events.send(event).is_err() {
-                return;
-            }
-        }
     }
 }
 

@@ -105,6 +105,19 @@ pub enum Command {
         /// Largest inner packet towards the peer, or `None` to remove the route.
         mtu: Option<u32>,
     },
+    /// The WireGuard data side carrying SEALED peer `slot` (sent by a Node that holds the
+    /// WireGuard key, right after the [`Command::UpsertPeer`] that made or kept it): packet
+    /// threads seal and open the peer's transport messages through it, without the Node.
+    /// The same `Arc` for as long as the peer keeps its key.
+    SealedPeer {
+        /// The peer's counter slot.
+        slot: u32,
+        /// The WireGuard peer (its device slot names it in transport messages' receiver
+        /// index, see [`cladnet_wg::receiver_slot`]).
+        id: cladnet_wg::PeerId,
+        /// Its data side.
+        data: Arc<cladnet_wg::PeerData>,
+    },
 }
 
 impl PartialEq for Command {
@@ -151,6 +164,18 @@ impl PartialEq for Command {
                     mtu: z,
                 },
             ) => (a, b, c, d) == (w, x, y, z),
+            (
+                Self::SealedPeer {
+                    slot: a,
+                    id: b,
+                    data: c,
+                },
+                Self::SealedPeer {
+                    slot: x,
+                    id: y,
+                    data: z,
+                },
+            ) => a == x && b == y && Arc::ptr_eq(c, z),
             _ => false,
         }
     }
@@ -174,6 +199,29 @@ pub enum Event {
         node_id: String,
         /// The search's state.
         status: Option<super::PathMtuStatus>,
+    },
+    /// A WireGuard handshake with a SEALED peer completed (a session is up).
+    HandshakeCompleted {
+        /// Node id.
+        node_id: String,
+    },
+    /// A SEALED peer's WireGuard endpoint moved: an authenticated packet came from a new
+    /// address (roaming), or the relay paths pointed it at a relay or back
+    /// (see [`super::Node::set_sealed_endpoint`]).
+    EndpointChanged {
+        /// Node id.
+        node_id: String,
+        /// The new endpoint (a relay address while relayed, see
+        /// [`crate::relay::relay_addr`]).
+        endpoint: SocketAddr,
+        /// `true` when an authenticated packet came from there (roaming: evidence of a
+        /// working path), `false` when the relay paths chose it.
+        roamed: bool,
+    },
+    /// A WireGuard handshake with a SEALED peer gave up after its retries.
+    HandshakeTimedOut {
+        /// Node id.
+        node_id: String,
     },
     /// The controller's reflector answered one of our probes.
     Reflected {

@@ -23,7 +23,11 @@
 //!   threads do not handle themselves (PLAIN from an unknown endpoint, reflector answers), or
 //!   every datagram when the Node is the whole dataplane (the simulator).
 //! - [`Node::handle_tun_packet`]: a packet read from the overlay device (PLAIN links).
-//! - [`Node::handle_timeout`]: at or after [`Node::poll_timeout`]: PLAIN keepalive probes.
+//! - [`Node::handle_initiation`]: a WireGuard initiation a handshake gate read.
+//! - [`Node::handle_timeout`]: at or after [`Node::poll_timeout`]: PLAIN keepalive probes,
+//!   WireGuard timers.
+//! - Relay paths: [`Node::relay_observations`], [`Node::set_sealed_endpoint`],
+//!   [`Node::request_keepalive`].
 //! - [`Node::punch`]: re-open every path now (our public address changed, the host resumed).
 //! - Path MTU discovery (see [`Node::enable_path_mtu`]): [`Node::handle_peer_activity`],
 //!   [`Node::handle_path_mtu_hint`], [`Node::handle_transmit_too_big`],
@@ -51,12 +55,15 @@
 //! }
 //! ```
 //!
-//! SEALED (WireGuard) links: the Node chooses them and hands their peers to the engines. A
-//! Node given a WireGuard key ([`Node::with_wireguard`]) also owns the WireGuard control side
-//! (handshakes, timers, roaming, packets queued until a session exists: `sealed.rs`) and
-//! seals and opens SEALED traffic in `handle_tun_packet` / `handle_datagram`, as the
-//! simulator runs it; without one (the agent, whose userspace engine still holds its own
-//! device) they come back as [`Dropped::Sealed`].
+//! SEALED (WireGuard) links: the Node chooses them and, given the WireGuard key
+//! ([`Node::with_wireguard`]), owns their WireGuard peers (handshakes, timers, roaming,
+//! packets queued until a session exists: `sealed.rs`). Each peer's data side goes to the
+//! engines in [`Command::SealedPeer`]; the agent's packet threads seal and open transport
+//! messages through it and hand the Node only what needs the control side: a packet while no
+//! session can send ([`Node::handle_tun_packet`]), handshake messages
+//! ([`Node::handle_datagram`], or [`Node::handle_initiation`] for an initiation its handshake
+//! thread already read). The simulator lets the Node carry all SEALED traffic. Without a key
+//! SEALED traffic comes back as [`Dropped::Sealed`].
 
 mod command;
 mod forward;
@@ -301,11 +308,16 @@ impl Node {
         })
     }
 
-    fn push_commands(&mut self, now: Instant, cmds: Vec<Command>) {
+    fn push_commands(&mut self, now: Instant, mut cmds: Vec<Command>) {
         if let Some(sealed) = &mut self.sealed {
-            for c in &cmds {
-                sealed.apply(now, c);
+            // Each SEALED peer's data side goes to the engines right after its config.
+            let mut with_data = Vec::with_capacity(cmds.len());
+            for c in cmds {
+                let data = sealed.apply(now, &c);
+                with_data.push(c);
+                with_data.extend(data);
             }
+            cmds = with_data;
         }
         let new_peer = cmds.iter().any(|c| matches!(c, Command::UpsertPeer(_)));
         let mut out = pmtu::Out::default();
@@ -315,7 +327,8 @@ impl Node {
         if self.next_keepalive.is_none() && self.table.local().is_some() {
             self.next_keepalive = Some(now + PLAIN_KEEPALIVE);
         }
-        // A new or changed peer gets a probe at once: it opens our NAT towards it.
+        // A new or changed peer gets a probe at once: it opens our NAT towards it (a SEALED
+        // one gets a WireGuard keepalive, or handshake, from `sealed`).
         if new_peer {
             self.probe_plain_peers();
         }
@@ -375,12 +388,8 @@ impl Node {
             Rx::Probe => Ok(()),
             Rx::WireGuard => {
                 let sealed = self.sealed.as_mut().ok_or(Dropped::Sealed)?;
-                match sealed.decapsulate(now, &fwd, from, datagram)? {
-                    sealed::Opened::Reply(t) => self.transmits.push_back(t),
-                    sealed::Opened::Deliver(inner) => self.tun.push_back(inner),
-                    sealed::Opened::Nothing => {}
-                }
-                Ok(())
+                let opened = sealed.decapsulate(now, &fwd, from, datagram);
+                self.take_opened(now, opened)
             }
             Rx::Unknown => Err(Dropped::UnknownMessage),
             Rx::Drop(reason) => Err(Dropped::Plain(reason)),
@@ -430,7 +439,9 @@ impl Node {
         let peer = fwd.route(packet).map_err(Dropped::Route)?;
         if peer.mode == LinkMode::Sealed {
             let sealed = self.sealed.as_mut().ok_or(Dropped::Sealed)?;
-            if let Some(t) = sealed.encapsulate(now, peer.slot, packet)? {
+            let sealed = sealed.encapsulate(now, peer.slot, packet);
+            self.sealed_events(now);
+            if let Some(t) = sealed? {
                 self.transmits.push_back(t);
             }
             return Ok(());
@@ -456,11 +467,108 @@ impl Node {
         }
         if let Some(sealed) = &mut self.sealed {
             sealed.handle_timeout(now, &mut self.transmits);
+            self.sealed_events(now);
         }
         let mut out = pmtu::Out::default();
         let fwd = self.table.forwarding().clone();
         self.pmtu.handle_timeout(now, &fwd, &mut out);
         self.take(out);
+    }
+
+    /// Handles an initiation a [`cladnet_wg::HandshakeGate`] checked and read outside the
+    /// Node (the agent's handshake thread does that Diffie-Hellman): the Node answers it if it
+    /// names a SEALED peer.
+    pub fn handle_initiation(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        initiation: cladnet_wg::ReadInitiation,
+    ) -> Result<(), Dropped> {
+        let fwd = self.table.forwarding().clone();
+        let sealed = self.sealed.as_mut().ok_or(Dropped::Sealed)?;
+        let opened = sealed.accept_initiation(now, &fwd, from, initiation);
+        self.take_opened(now, opened)
+    }
+
+    fn take_opened(
+        &mut self,
+        now: Instant,
+        opened: Result<sealed::Opened, Dropped>,
+    ) -> Result<(), Dropped> {
+        self.sealed_events(now);
+        match opened? {
+            sealed::Opened::Reply(t) => self.transmits.push_back(t),
+            sealed::Opened::Deliver(inner) => self.tun.push_back(inner),
+            sealed::Opened::Nothing => {}
+        }
+        Ok(())
+    }
+
+    /// Takes the WireGuard peers' events: a moved endpoint is searched for its path MTU there
+    /// (a relayed one gets the relay's base size at once).
+    fn sealed_events(&mut self, now: Instant) {
+        let Some(sealed) = &mut self.sealed else {
+            return;
+        };
+        let mut events = VecDeque::new();
+        sealed.poll_events(&mut events);
+        for event in events {
+            if let Event::EndpointChanged {
+                node_id, endpoint, ..
+            } = &event
+            {
+                self.handle_peer_roamed(now, node_id, *endpoint);
+            }
+            self.events.push_back(event);
+        }
+    }
+
+    /// Every SEALED peer's WireGuard session as the relay paths observe it (empty without a
+    /// WireGuard key).
+    pub fn relay_observations(&self, now: Instant) -> Vec<crate::relay::PeerObs> {
+        self.sealed
+            .as_ref()
+            .map(|s| s.observations(now))
+            .unwrap_or_default()
+    }
+
+    /// Points SEALED peer `node_index`'s WireGuard peer at `endpoint`: a relay address
+    /// ([`crate::relay::relay_addr`]) or a direct endpoint, as the relay paths decide. Reported
+    /// as [`Event::EndpointChanged`]; `false` for a node without a SEALED peer here.
+    pub fn set_sealed_endpoint(
+        &mut self,
+        now: Instant,
+        node_index: u32,
+        endpoint: SocketAddr,
+    ) -> bool {
+        let Some(sealed) = &mut self.sealed else {
+            return false;
+        };
+        if !sealed.set_endpoint(node_index, endpoint) {
+            return false;
+        }
+        let node_id = self
+            .forwarding()
+            .peers()
+            .find(|p| p.node_index == node_index)
+            .map(|p| p.node_id.clone());
+        if let Some(node_id) = node_id {
+            self.handle_peer_roamed(now, &node_id, endpoint);
+            self.events.push_back(Event::EndpointChanged {
+                node_id,
+                endpoint,
+                roamed: false,
+            });
+        }
+        true
+    }
+
+    /// Makes WireGuard send SEALED peer `node_index` a keepalive (or a handshake) at the
+    /// next timeout; `false` for a node without a SEALED peer here.
+    pub fn request_keepalive(&mut self, node_index: u32) -> bool {
+        self.sealed
+            .as_mut()
+            .is_some_and(|s| s.request_keepalive(node_index))
     }
 
     fn take(&mut self, out: pmtu::Out) {

@@ -153,7 +153,8 @@ impl PathMtus {
                 }
                 Command::Publish(_)
                 | Command::SetRouteMtu { .. }
-                | Command::RemovePrefixes { .. } => {}
+                | Command::RemovePrefixes { .. }
+                | Command::SealedPeer { .. } => {}
             }
             out.commands.push(cmd);
         }

@@ -2,10 +2,12 @@
 //! handshakes, indexes, cookies, timers, roaming, packets queued until a session exists),
 //! kept in step with the peer table by the same commands the engines get.
 //!
-//! A Node given a WireGuard key ([`super::Node::with_wireguard`]) seals and opens SEALED
-//! traffic itself (`handle_tun_packet`, `handle_datagram`, `handle_timeout`); without one it
-//! hands SEALED links to the engines ([`super::Dropped::Sealed`]), as the agent's userspace
-//! engine still holds its own device.
+//! A Node given a WireGuard key ([`super::Node::with_wireguard`]) owns its WireGuard peers:
+//! it adds, keeps and removes them with the peer table, runs the handshakes and timers, and
+//! takes what the packet threads cannot do alone (a packet while no session can send, an
+//! initiation). Each peer's data side goes to the engines in [`Command::SealedPeer`]: the
+//! agent's packet threads seal and open transport messages through it without the Node, and
+//! the simulator lets the Node do that too (`handle_tun_packet`, `handle_datagram`).
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -15,11 +17,15 @@ use std::{
 };
 
 use cladnet_wg::{
-    Action, CryptoRandom, Device, PeerData, PeerId, PrivateKey, PublicKey, WallClock,
+    Action, CryptoRandom, Device, PeerData, PeerId, PrivateKey, PublicKey, ReadInitiation,
+    WallClock,
 };
 
-use super::{Command, Dropped, PeerConfig, Transmit, forward::Forwarding};
-use crate::policy::{LinkMode, PERSISTENT_KEEPALIVE};
+use super::{Command, Dropped, Event, PeerConfig, Transmit, forward::Forwarding};
+use crate::{
+    policy::{LinkMode, PERSISTENT_KEEPALIVE},
+    relay::{PeerObs, relay_node},
+};
 
 /// Largest datagram or inner packet handled.
 const MAX_PACKET: usize = 65_535;
@@ -33,6 +39,7 @@ struct SealedPeer {
     /// The endpoint the config last named: only a change moves the WireGuard peer (which
     /// otherwise follows authenticated packets, roaming).
     endpoint: Option<SocketAddrV4>,
+    node_id: String,
     overlay_ip: std::net::Ipv4Addr,
     node_index: u32,
 }
@@ -67,20 +74,31 @@ impl Sealed {
         }
     }
 
-    /// Keeps the WireGuard peers in step with a command for the engines.
-    pub(super) fn apply(&mut self, now: Instant, command: &Command) {
+    /// Keeps the WireGuard peers in step with a command for the engines; for a SEALED
+    /// peer, the [`Command::SealedPeer`] that hands its data side to the engines.
+    pub(super) fn apply(&mut self, now: Instant, command: &Command) -> Option<Command> {
         match command {
             Command::SetLocal(local) => self.device.set_tunnel_mtu(usize::try_from(local.mtu).ok()),
             Command::UpsertPeer(config) if config.mode == LinkMode::Sealed => {
                 self.upsert(now, config);
+                let id = self.peers.get(&config.slot)?.id;
+                return Some(Command::SealedPeer {
+                    slot: config.slot,
+                    id,
+                    data: self.device.peer_data(id)?,
+                });
             }
             Command::UpsertPeer(PeerConfig { slot, .. }) | Command::RemovePeer { slot, .. } => {
                 self.remove(*slot);
             }
             // Prefixes are routed by the snapshot; a route's MTU is the engines' (WireGuard
             // pads to the device's tunnel MTU only).
-            Command::Publish(_) | Command::RemovePrefixes { .. } | Command::SetRouteMtu { .. } => {}
+            Command::Publish(_)
+            | Command::RemovePrefixes { .. }
+            | Command::SetRouteMtu { .. }
+            | Command::SealedPeer { .. } => {}
         }
+        None
     }
 
     fn remove(&mut self, slot: u32) {
@@ -100,8 +118,11 @@ impl Sealed {
                 && let Some(ep) = config.endpoint
             {
                 let _ = self.device.set_endpoint(p.id, SocketAddr::V4(ep));
+                // Re-opens our NAT towards the new endpoint at once.
+                self.device.request_keepalive(p.id);
             }
             p.endpoint = config.endpoint;
+            p.node_id.clone_from(&config.node_id);
             p.overlay_ip = config.overlay_ip;
             p.node_index = config.node_index;
             return;
@@ -112,6 +133,9 @@ impl Sealed {
         wg.persistent_keepalive = Some(PERSISTENT_KEEPALIVE);
         match self.device.add_peer(now, wg) {
             Ok(id) => {
+                // A handshake at the next timeout: the link is up before the first packet,
+                // and our NAT is open towards the peer when its initiation comes.
+                self.device.request_keepalive(id);
                 self.slots.insert(id, config.slot);
                 self.peers.insert(
                     config.slot,
@@ -119,6 +143,7 @@ impl Sealed {
                         id,
                         key: config.public_key,
                         endpoint: config.endpoint,
+                        node_id: config.node_id.clone(),
                         overlay_ip: config.overlay_ip,
                         node_index: config.node_index,
                     },
@@ -160,6 +185,31 @@ impl Sealed {
         datagram: &[u8],
     ) -> Result<Opened, Dropped> {
         let (id, action) = self.device.decapsulate(now, from, datagram, &mut self.buf);
+        Self::opened(&self.peers, &self.slots, fwd, id, action)
+    }
+
+    /// Handles an initiation a [`cladnet_wg::HandshakeGate`] checked and read (its
+    /// Diffie-Hellman done outside the Node): the answer is a handshake response.
+    pub(super) fn accept_initiation(
+        &mut self,
+        now: Instant,
+        fwd: &Forwarding,
+        from: SocketAddr,
+        initiation: ReadInitiation,
+    ) -> Result<Opened, Dropped> {
+        let (id, action) = self
+            .device
+            .accept_initiation(now, from, initiation, &mut self.buf);
+        Self::opened(&self.peers, &self.slots, fwd, id, action)
+    }
+
+    fn opened(
+        peers: &BTreeMap<u32, SealedPeer>,
+        slots: &BTreeMap<PeerId, u32>,
+        fwd: &Forwarding,
+        id: Option<PeerId>,
+        action: Action<'_>,
+    ) -> Result<Opened, Dropped> {
         match action {
             Action::WriteToNetwork { datagram, to } => Ok(Opened::Reply(Transmit {
                 to,
@@ -167,8 +217,8 @@ impl Sealed {
             })),
             Action::WriteToTunnel { packet, source } => {
                 let owner = id
-                    .and_then(|id| self.slots.get(&id))
-                    .and_then(|slot| self.peers.get(slot));
+                    .and_then(|id| slots.get(&id))
+                    .and_then(|slot| peers.get(slot));
                 match owner {
                     Some(p)
                         if matches!(source, IpAddr::V4(src)
@@ -200,9 +250,78 @@ impl Sealed {
                 (_, _) => {}
             }
         }
+    }
+
+    /// What happened to the WireGuard peers since the last call (handshakes, roaming,
+    /// timeouts; the packet threads' roaming included), as the Node's events.
+    pub(super) fn poll_events(&mut self, events: &mut VecDeque<Event>) {
         while let Some((id, event)) = self.device.poll_event() {
-            tracing::debug!(peer = %id, ?event, "WireGuard event");
+            let Some(p) = self.slots.get(&id).and_then(|slot| self.peers.get(slot)) else {
+                continue;
+            };
+            let node_id = p.node_id.clone();
+            events.push_back(match event {
+                cladnet_wg::Event::HandshakeCompleted { .. } => {
+                    Event::HandshakeCompleted { node_id }
+                }
+                cladnet_wg::Event::EndpointChanged { endpoint } => Event::EndpointChanged {
+                    node_id,
+                    endpoint,
+                    roamed: true,
+                },
+                cladnet_wg::Event::HandshakeTimedOut => Event::HandshakeTimedOut { node_id },
+                other => {
+                    tracing::debug!(node_id, event = ?other, "WireGuard event");
+                    continue;
+                }
+            });
         }
+    }
+
+    /// Every SEALED peer's WireGuard session as the relay paths observe it.
+    pub(super) fn observations(&self, now: Instant) -> Vec<PeerObs> {
+        self.peers
+            .values()
+            .filter_map(|p| {
+                let stats = self.device.stats(p.id)?;
+                let endpoint = match self.device.endpoint(p.id) {
+                    Some(SocketAddr::V4(ep)) if relay_node(SocketAddr::V4(ep)).is_none() => {
+                        Some(ep)
+                    }
+                    _ => None,
+                };
+                Some(PeerObs {
+                    node: p.node_index,
+                    configured: p.endpoint,
+                    endpoint,
+                    rx_bytes: stats.rx_bytes,
+                    handshake_age: stats
+                        .last_handshake
+                        .map(|t| now.saturating_duration_since(t)),
+                })
+            })
+            .collect()
+    }
+
+    fn by_index(&self, node_index: u32) -> Option<PeerId> {
+        self.peers
+            .values()
+            .find(|p| p.node_index == node_index)
+            .map(|p| p.id)
+    }
+
+    /// Points the WireGuard peer of node `node_index` at `endpoint` (a relay address or a
+    /// direct one). `false` for a node without a SEALED peer here.
+    pub(super) fn set_endpoint(&mut self, node_index: u32, endpoint: SocketAddr) -> bool {
+        self.by_index(node_index)
+            .is_some_and(|id| self.device.set_endpoint(id, endpoint).is_ok())
+    }
+
+    /// Makes WireGuard send node `node_index` a keepalive (or a handshake) at the next
+    /// timeout.
+    pub(super) fn request_keepalive(&mut self, node_index: u32) -> bool {
+        self.by_index(node_index)
+            .is_some_and(|id| self.device.request_keepalive(id))
     }
 
     /// When [`Sealed::handle_timeout`] has work.

@@ -1,18 +1,21 @@
-//! What the relay hooks ([`crate::engine::relay`]) read from and do to the WireGuard
-//! sessions. Lookups by node index scan the published peers: they run once per relay tick
-//! (and per path action), never per packet.
+//! What the relay hooks ([`crate::engine::relay`]) read from the published peers. Lookups by
+//! node index scan them: they run once per relay tick (and per path action), never per
+//! packet.
 
-use std::{net::SocketAddr, time::Instant};
-
-use cladnet_core::relay::PeerObs;
+use std::sync::Arc;
 
 use super::{Entry, Router};
-use crate::engine::relay::{RelayIo, real};
+use crate::engine::relay::RelayIo;
 
 impl Router {
     /// The relay hooks.
     pub fn relay(&self) -> &RelayIo {
         &self.relay
+    }
+
+    /// The Node's last published forwarding snapshot.
+    pub fn forwarding(&self) -> Arc<cladnet_core::node::Forwarding> {
+        self.routes.load().fwd.clone()
     }
 
     /// This node's index (0 until the Node published one).
@@ -36,41 +39,5 @@ impl Router {
         let routes = self.routes.load();
         let entry = routes.entries().find(|e| e.config.node_id == node_id)?;
         Some(entry.config.node_index)
-    }
-
-    /// Every SEALED peer's WireGuard session as the relay paths observe it.
-    pub fn relay_observations(&self, now: Instant) -> Vec<PeerObs> {
-        let routes = self.routes.load();
-        let dev = self.device();
-        routes
-            .entries()
-            .filter_map(|e| {
-                let id = e.wg?;
-                let stats = dev.stats(id)?;
-                Some(PeerObs {
-                    node: e.config.node_index,
-                    configured: e.config.endpoint,
-                    endpoint: real(dev.endpoint(id)),
-                    rx_bytes: stats.rx_bytes,
-                    handshake_age: stats
-                        .last_handshake
-                        .map(|t| now.saturating_duration_since(t)),
-                })
-            })
-            .collect()
-    }
-
-    /// Points node `node`'s WireGuard peer at `endpoint` (a relay address or a direct one).
-    pub fn set_peer_endpoint(&self, node: u32, endpoint: SocketAddr) {
-        if let Some(Some(id)) = self.by_index(node, |e| e.wg) {
-            let _ = self.device().set_endpoint(id, endpoint);
-        }
-    }
-
-    /// Makes WireGuard send node `node` a keepalive (or a handshake) at its next timer tick.
-    pub fn request_keepalive(&self, node: u32) {
-        if let Some(Some(id)) = self.by_index(node, |e| e.wg) {
-            self.device().request_keepalive(id);
-        }
     }
 }

@@ -1,9 +1,12 @@
 //! Two routers wired back to back, without sockets, given commands the way the Node gives
-//! them.
+//! them. Each has a WireGuard device standing in for the Node's control side (cladnet-core's
+//! `node::sealed` does the same with it): it gets what the router hands over
+//! ([`Outbound::ToNode`], [`Handshake`]) and sends [`Command::SealedPeer`].
 
 use std::collections::BTreeSet;
 
 use cladnet_core::node::LocalConfig;
+use cladnet_wg::{Device, PublicKey, WallClock};
 
 use super::*;
 
@@ -12,15 +15,39 @@ const B_EP: &str = "198.51.100.2:8055";
 
 pub(super) struct Node {
     pub(super) router: Router,
+    /// The Node's WireGuard control side, and its peers by counter slot.
+    wg: Mutex<Device>,
+    wg_slots: Mutex<BTreeMap<u32, PeerId>>,
     pub(super) ip: Ipv4Addr,
     index: u32,
     key: PublicKey,
+}
+
+impl Node {
+    fn device(&self) -> MutexGuard<'_, Device> {
+        self.wg.lock().unwrap()
+    }
+
+    /// The WireGuard id of the SEALED peer at slot 0.
+    fn peer(&self) -> PeerId {
+        *self
+            .wg_slots
+            .lock()
+            .unwrap()
+            .get(&0)
+            .expect("a SEALED peer")
+    }
 }
 
 fn node(last: u8, seed: u8) -> Node {
     let key = PrivateKey::from_bytes([seed; 32]);
     let public = key.public_key();
     let ip = Ipv4Addr::new(10, 77, 0, last);
+    let wg = Mutex::new(Device::new(
+        key.clone(),
+        OsRandom,
+        WallClock::new(Instant::now(), SystemTime::now()),
+    ));
     let router = Router::new(key);
     let index = u32::from(ip);
     let local = LocalConfig {
@@ -36,6 +63,8 @@ fn node(last: u8, seed: u8) -> Node {
         .unwrap();
     Node {
         router,
+        wg,
+        wg_slots: Mutex::default(),
         ip,
         index,
         key: public,
@@ -55,13 +84,39 @@ fn config(of: &Node, endpoint: &str, mode: LinkMode) -> PeerConfig {
     }
 }
 
-/// Installs `peers` on `at` as the Node does: each peer, then the snapshot with all of them.
-pub(super) fn install(at: &Router, index: u32, ip: Ipv4Addr, peers: &[PeerConfig]) {
-    let now = Instant::now();
+/// Installs `peers` on `at` as the Node does: each peer (a SEALED one with a new WireGuard
+/// peer and its data side), then the snapshot with all of them.
+pub(super) fn install(at: &Node, peers: &[PeerConfig]) {
     for p in peers {
-        at.apply(now, &Command::UpsertPeer(p.clone())).unwrap();
+        upsert(at, p);
     }
-    publish(at, index, ip, peers);
+    publish(&at.router, at.index, at.ip, peers);
+}
+
+/// One peer's commands as the Node sends them (without the snapshot).
+fn upsert(at: &Node, p: &PeerConfig) {
+    let now = Instant::now();
+    at.router
+        .apply(now, &Command::UpsertPeer(p.clone()))
+        .unwrap();
+    let mut dev = at.device();
+    let mut slots = at.wg_slots.lock().unwrap();
+    if let Some(old) = slots.remove(&p.slot) {
+        dev.remove_peer(old);
+    }
+    if p.mode == LinkMode::Sealed {
+        let mut wg = cladnet_wg::PeerConfig::new(PublicKey::from_bytes(p.public_key));
+        wg.endpoint = p.endpoint.map(SocketAddr::V4);
+        let id = dev.add_peer(now, wg).unwrap();
+        slots.insert(p.slot, id);
+        let data = dev.peer_data(id).unwrap();
+        let cmd = Command::SealedPeer {
+            slot: p.slot,
+            id,
+            data,
+        };
+        at.router.apply(now, &cmd).unwrap();
+    }
 }
 
 /// Publishes a snapshot of `peers`.
@@ -77,8 +132,8 @@ pub(super) fn publish(at: &Router, index: u32, ip: Ipv4Addr, peers: &[PeerConfig
 
 pub(super) fn pair(mode: LinkMode) -> (Node, Node) {
     let (a, b) = (node(1, 7), node(2, 9));
-    install(&a.router, a.index, a.ip, &[config(&b, B_EP, mode)]);
-    install(&b.router, b.index, b.ip, &[config(&a, A_EP, mode)]);
+    install(&a, &[config(&b, B_EP, mode)]);
+    install(&b, &[config(&a, A_EP, mode)]);
     (a, b)
 }
 
@@ -100,11 +155,45 @@ fn ep(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// What `from` sends for `p`: sealed or framed by the router, or, while no WireGuard session
+/// can send, by the Node (a handshake initiation then).
 fn send(from: &Node, p: &[u8]) -> Vec<u8> {
     let mut out = vec![0; out_len(p.len())];
     match from.router.outbound(Instant::now(), p, &mut out) {
         Outbound::Send { datagram, .. } => datagram.to_vec(),
+        Outbound::ToNode => {
+            let id = from.peer();
+            match from.device().encapsulate(Instant::now(), id, p, &mut out) {
+                Action::WriteToNetwork { datagram, .. } => datagram.to_vec(),
+                other => panic!("the Node sent nothing: {other:?}"),
+            }
+        }
         other => panic!("expected a datagram, got {other:?}"),
+    }
+}
+
+/// A handshake message at `at` from `from`, as the driver hands it on: through the gate on
+/// the handshake thread, then to the Node. What the Node answers.
+fn handshake_message(at: &Node, from: &str, d: &[u8]) -> Vec<u8> {
+    assert!(Router::is_handshake(d));
+    let mut gate = at.router.handshake_gate();
+    let mut out = vec![0; 2048];
+    let now = Instant::now();
+    let mut dev = at.device();
+    let action = match at
+        .router
+        .handshake(now, &mut gate, false, ep(from), d, &mut out)
+    {
+        Handshake::Initiation(init) => dev.accept_initiation(now, ep(from), init, &mut out).1,
+        Handshake::ToNode => dev.decapsulate(now, ep(from), d, &mut out).1,
+        other => panic!("{other:?}"),
+    };
+    match action {
+        Action::WriteToNetwork { datagram, to } => {
+            assert_eq!(to, ep(from));
+            datagram.to_vec()
+        }
+        other => panic!("{other:?}"),
     }
 }
 
@@ -161,70 +250,48 @@ fn plain_packets_cross_and_every_forgery_is_dropped_and_counted() {
 }
 
 /// The handshake thread's path: the gate reads the initiation (its Diffie-Hellman outside the
-/// WireGuard lock), the device answers it, the handshake completes.
+/// Node), the Node answers it, the response completes the initiator's handshake and the
+/// packet that waited for it leaves as the first data.
 #[test]
 fn handshakes_through_the_gate_complete() {
     let (a, b) = pair(LinkMode::Sealed);
     let p = packet(a.ip, b.ip, b"secret");
-    let init = send(&a, &p);
-    let mut gate = b.router.handshake_gate();
+    assert_eq!(receive(&b, A_EP, &handshake(&a, &b, &p)).unwrap(), p);
+    // Both data sides carry on without the Node.
+    let back = packet(b.ip, a.ip, b"back");
     let mut out = vec![0; 2048];
-    let now = Instant::now();
-    let response = match b
-        .router
-        .handshake(now, &mut gate, false, ep(A_EP), &init, &mut out)
-    {
-        Inbound::Reply { datagram, to } => {
-            assert_eq!(to, ep(A_EP));
-            datagram.to_vec()
+    match b.router.outbound(Instant::now(), &back, &mut out) {
+        Outbound::Send { datagram, .. } => {
+            let d = datagram.to_vec();
+            assert_eq!(receive(&a, B_EP, &d).unwrap(), back);
         }
-        other => panic!("{other:?}"),
-    };
-    let mut out2 = vec![0; 2048];
-    let first = match a
-        .router
-        .inbound(Instant::now(), ep(B_EP), &response, &mut out2)
-    {
-        Inbound::Reply { datagram, .. } => datagram.to_vec(),
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(receive(&b, A_EP, &first).unwrap(), p);
-}
-
-/// A's first packet `p` for B waits behind a handshake initiation; B answers; the response
-/// completes A's handshake and the queued packet leaves as the first data, returned here.
-fn handshake(a: &Node, b: &Node, p: &[u8]) -> Vec<u8> {
-    // The first packet is queued behind a handshake initiation.
-    let init = send(a, p);
-    assert_eq!(init[0], 1);
-    let mut out = vec![0; 2048];
-    let response = match b.router.inbound(Instant::now(), ep(A_EP), &init, &mut out) {
-        Inbound::Reply { datagram, to } => {
-            assert_eq!(to, ep(A_EP));
-            datagram.to_vec()
-        }
-        other => panic!("{other:?}"),
-    };
-    // The response completes the handshake; the queued packet leaves as the first data.
-    let mut out2 = vec![0; 2048];
-    match a
-        .router
-        .inbound(Instant::now(), ep(B_EP), &response, &mut out2)
-    {
-        Inbound::Reply { datagram, .. } => datagram.to_vec(),
         other => panic!("{other:?}"),
     }
+    // The initiator's handshake completed with the response (the responder's when its
+    // control side takes the first data packet's confirmation, at its next timeout).
+    let st = a.router.status(Instant::now());
+    assert!(st[0].handshake_age_secs.is_some(), "{st:?}");
+}
+
+/// A's first packet `p` for B waits behind a handshake initiation (the router hands it to the
+/// Node); B answers; the response completes A's handshake and the queued packet leaves as the
+/// first data, returned here.
+fn handshake(a: &Node, b: &Node, p: &[u8]) -> Vec<u8> {
+    let init = send(a, p);
+    assert_eq!(init[0], 1);
+    let response = handshake_message(b, A_EP, &init);
+    handshake_message(a, B_EP, &response)
 }
 
 /// Once a session is up, SEALED packets are sealed and opened on the peer's data side: they
-/// cross both ways while another thread holds both routers' WireGuard devices (the control
-/// side's lock, which the packet threads took per packet before).
+/// cross both ways while another thread holds both Nodes' WireGuard devices (the control side,
+/// which the packet threads took per packet before).
 #[test]
 fn sealed_data_crosses_while_the_devices_are_locked() {
     let (a, b) = pair(LinkMode::Sealed);
     let p = packet(a.ip, b.ip, b"first");
     assert_eq!(receive(&b, A_EP, &handshake(&a, &b, &p)).unwrap(), p);
-    let (held_a, held_b) = (a.router.device(), b.router.device());
+    let (held_a, held_b) = (a.device(), b.device());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -274,12 +341,15 @@ fn sealed_packets_need_a_handshake_then_cross() {
     let again = send(&a, &p);
     assert_eq!(receive(&b, "203.0.113.50:4000", &again).unwrap(), p);
     let mut out = vec![0; 2048];
-    let events = b.router.timers(Instant::now(), &mut out, |_, _| {});
+    let mut dev = b.device();
+    while !matches!(dev.update_timers(Instant::now(), &mut out).1, Action::Done) {}
+    let events: Vec<_> = std::iter::from_fn(|| dev.poll_event()).collect();
+    drop(dev);
     assert!(
-        events.contains(&PeerEvent::EndpointChanged {
-            node_id: "node-1".into(),
-            endpoint: ep("203.0.113.50:4000")
-        }),
+        events.iter().any(|(_, e)| *e
+            == cladnet_wg::Event::EndpointChanged {
+                endpoint: ep("203.0.113.50:4000")
+            }),
         "{events:?}"
     );
     let st = b.router.status(Instant::now());
@@ -336,11 +406,13 @@ fn removing_a_peer_stops_traffic_both_ways_and_mode_changes_apply() {
         Outbound::Dropped(Drop::NoRoute)
     );
     // PLAIN -> SEALED live: the next packet starts a handshake.
-    install(
-        &a.router,
-        a.index,
-        a.ip,
-        &[config(&b, B_EP, LinkMode::Sealed)],
+    install(&a, &[config(&b, B_EP, LinkMode::Sealed)]);
+    let mut out = vec![0; 256];
+    assert_eq!(
+        a.router
+            .outbound(Instant::now(), &packet(a.ip, b.ip, b"x"), &mut out),
+        Outbound::ToNode,
+        "no session yet: the Node starts a handshake"
     );
     assert_eq!(send(&a, &packet(a.ip, b.ip, b"x"))[0], 1);
 }
@@ -370,36 +442,6 @@ fn garbage_never_panics() {
 }
 
 #[test]
-fn punch_sends_wireguard_keepalives() {
-    let (a, b) = pair(LinkMode::Sealed);
-    let p = packet(a.ip, b.ip, b"x");
-    let init = send(&a, &p);
-    let mut out = vec![0; 2048];
-    let response = match b.router.inbound(Instant::now(), ep(A_EP), &init, &mut out) {
-        Inbound::Reply { datagram, .. } => datagram.to_vec(),
-        other => panic!("{other:?}"),
-    };
-    let mut out2 = vec![0; 2048];
-    let _ = a
-        .router
-        .inbound(Instant::now(), ep(B_EP), &response, &mut out2);
-    let mut sent = Vec::new();
-    a.router.timers(Instant::now(), &mut out, |d, to| {
-        sent.push((d.to_vec(), to))
-    });
-    sent.clear();
-    a.router.punch();
-    a.router.timers(Instant::now(), &mut out, |d, to| {
-        sent.push((d.to_vec(), to))
-    });
-    assert_eq!(sent.len(), 1, "one keepalive");
-    assert_eq!(
-        (sent[0].0[0], sent[0].0.len(), sent[0].1),
-        (4, 32, ep(B_EP))
-    );
-}
-
-#[test]
 fn a_plain_peer_seen_on_another_port_goes_to_the_node_and_its_commands_follow_it() {
     let (a, b) = pair(LinkMode::Plain);
     let p = packet(a.ip, b.ip, b"nat");
@@ -413,7 +455,7 @@ fn a_plain_peer_seen_on_another_port_goes_to_the_node_and_its_commands_follow_it
     // from it are delivered on the packet path.
     let mut moved = config(&a, "192.0.2.1:40000", LinkMode::Plain);
     moved.slot = 0;
-    install(&b.router, b.index, b.ip, &[moved]);
+    install(&b, &[moved]);
     assert_eq!(receive(&b, "192.0.2.1:40000", &d).unwrap(), p);
     let reply = packet(b.ip, a.ip, b"back");
     let mut out = vec![0; 256];
@@ -525,7 +567,7 @@ fn publish_updates_only_changed_slots_and_matches_a_full_rebuild() {
         cfg(3, 3, LinkMode::Sealed),
         cfg(4, 4, LinkMode::Plain),
     ];
-    install(&a.router, a.index, a.ip, &peers);
+    install(&a, &peers);
     assert_eq!(published(&a.router), rebuilt(&a.router));
     assert_eq!(published(&a.router).1.len(), 3);
     let untouched = a.router.routes.load().by_slot[0].clone().unwrap();
@@ -547,9 +589,7 @@ fn publish_updates_only_changed_slots_and_matches_a_full_rebuild() {
     rekeyed.public_key = *PrivateKey::from_bytes([99; 32]).public_key().as_bytes();
     changed.push(rekeyed);
     for c in &changed {
-        a.router
-            .apply(now, &Command::UpsertPeer(c.clone()))
-            .unwrap();
+        upsert(&a, c);
     }
     peers.retain(|p| !changed.iter().any(|c| c.node_id == p.node_id));
     peers.extend(changed);
