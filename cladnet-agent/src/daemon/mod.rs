@@ -36,7 +36,8 @@ use tracing::{debug, info, warn};
 use crate::{
     control::ControlClient,
     engine::{
-        router::{OsRandom, Router},
+        OsRandom,
+        router::Router,
         userspace::{EngineOutputs, Userspace},
     },
     identity::Identity,
@@ -84,7 +85,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         workers,
     )
     .with_context(|| format!("binding the tunnel port udp/{}", cfg.listen_port))?;
-    let router = Arc::new(Router::new(identity.private_key.clone()));
+    // One wall-clock anchor for the Node's WireGuard timestamps and the engine's counters.
+    let wall = cladnet_wg::WallClock::new(std::time::Instant::now(), std::time::SystemTime::now());
+    let router = Arc::new(Router::new(identity.private_key.clone(), wall));
     if cfg.relay == RelayMode::On {
         router.relay().serve(cfg.relay_limits);
     }
@@ -149,11 +152,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         underlay_mtu: facts.underlay_mtu,
         underlay_ip: facts.private_cidr.map(|(ip, _)| ip),
     })
-    .with_wireguard(
-        identity.private_key.clone(),
-        OsRandom,
-        cladnet_wg::WallClock::new(std::time::Instant::now(), std::time::SystemTime::now()),
-    );
+    .with_wireguard(identity.private_key.clone(), OsRandom, wall);
     node.enable_path_mtu(random_u64());
     let node = Arc::new(node_io::NodeIo::new(
         node,

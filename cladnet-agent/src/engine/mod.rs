@@ -26,6 +26,17 @@ pub trait Engine: Send + Sync {
     fn apply(&self, now: Instant, cmd: &Command) -> Result<(), EngineError>;
 }
 
+/// The operating system's random source: the Node's WireGuard ephemeral keys and the
+/// handshake gate's cookie secrets (the sans-IO parts take their randomness from outside).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsRandom;
+
+impl cladnet_wg::CryptoRandom for OsRandom {
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        getrandom::fill(dest).expect("the OS random source works");
+    }
+}
+
 /// An engine could not apply a command.
 #[derive(Debug, thiserror::Error)]
 #[error("{engine} engine: {source}")]

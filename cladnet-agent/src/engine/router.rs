@@ -5,13 +5,13 @@
 //! hands them here with the current time and performs what comes back. Which peers exist,
 //! where they are and which link they use is the [`Node`](cladnet_core::node::Node)'s: the
 //! router only applies its [`Command`]s ([`Router::apply`], the [`Engine`] trait) and looks
-//! peers up in the last published [`Forwarding`] snapshot, with the same per-packet decisions
-//! the Node makes ([`Forwarding::route`], [`Forwarding::classify`]). What the Node must decide
+//! peers up in the last published [`Forwarding`](cladnet_core::node::Forwarding) snapshot, with the same per-packet decisions
+//! the Node makes ([`Forwarding::route`](cladnet_core::node::Forwarding::route), [`classify`](cladnet_core::node::Forwarding::classify)). What the Node must decide
 //! (a PLAIN datagram from an unknown endpoint) comes back as [`Inbound::ToNode`].
 //!
-//! Concurrency: the packet threads read one [`Routes`] snapshot per packet without locking
+//! Concurrency: the packet threads read one `Routes` snapshot per packet without locking
 //! (arc-swap); commands build the next one. WireGuard is split as cladnet-wg splits it: each
-//! SEALED peer's data side ([`PeerData`]: sessions, endpoint, the timers packets move) comes
+//! SEALED peer's data side ([`PeerData`](cladnet_wg::PeerData): sessions, endpoint, the timers packets move) comes
 //! from the Node ([`Command::SealedPeer`]) into the snapshot, and the packet threads seal and
 //! open transport messages through it with no lock shared between peers or directions. The
 //! control side (the WireGuard device: handshakes, timers, packets queued while no session
@@ -20,26 +20,26 @@
 //! mac1, cookies under load, and the Diffie-Hellman of reading an initiation).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::Instant,
 };
 
 use arc_swap::ArcSwap;
 use cladnet_common::{plain, reflector, wire};
 use cladnet_core::{
-    node::{Command, Forwarding, PeerConfig, RouteMiss, Rx},
+    node::{Command, PeerConfig, RouteMiss, Rx},
     policy::LinkMode,
 };
 use cladnet_wg::{
-    Action, GateVerdict, HandshakeGate, MessageType, PeerData, PeerId, PrivateKey, ReadInitiation,
+    Action, CryptoRandom, GateVerdict, HandshakeGate, MessageType, PrivateKey, ReadInitiation,
+    WallClock,
 };
 use tracing::{debug, info};
 
 use super::{
     Engine, EngineError,
-    counters::{Drop, DropCounters, PeerCounters, PeerTraffic},
+    counters::{Drop, DropCounters, PeerTraffic},
 };
 
 /// What to do with a packet read from the TUN device.
@@ -140,103 +140,6 @@ pub struct PeerStatus {
     pub via: Option<String>,
 }
 
-/// This engine's state for one peer (its counters and WireGuard data side), kept by the
-/// Node's counter slot between a command and the next [`Command::Publish`].
-#[derive(Clone)]
-struct SlotState {
-    /// The peer's node id (its config is in the Node's snapshot).
-    node_id: String,
-    /// The WireGuard peer and its data side, as the Node sent them (SEALED).
-    wg: Option<(PeerId, Arc<PeerData>)>,
-    counters: Arc<PeerCounters>,
-}
-
-/// A peer as the packet threads see it: the Node's config and this engine's state.
-struct Entry {
-    config: Arc<PeerConfig>,
-    wg: Option<PeerId>,
-    /// The WireGuard peer's data side: its packets are sealed and opened through it.
-    data: Option<Arc<PeerData>>,
-    counters: Arc<PeerCounters>,
-}
-
-/// One published snapshot: the Node's forwarding indexes plus this engine's state per slot.
-#[derive(Default)]
-struct Routes {
-    fwd: Arc<Forwarding>,
-    by_slot: Vec<Option<Arc<Entry>>>,
-    /// SEALED peers by WireGuard device slot (the receiver index of their transport
-    /// messages names it, see [`cladnet_wg::receiver_slot`]).
-    by_wg_slot: Vec<Option<Arc<Entry>>>,
-}
-
-/// What the commands left for the next [`Command::Publish`]: every slot's state, and which
-/// slots changed since the last one.
-#[derive(Default)]
-struct Staged {
-    slots: BTreeMap<u32, Arc<SlotState>>,
-    changed: BTreeSet<u32>,
-}
-
-/// Puts `entry` at `i`, growing the table.
-fn put(table: &mut Vec<Option<Arc<Entry>>>, i: u32, entry: Arc<Entry>) {
-    let i = i as usize;
-    if table.len() <= i {
-        table.resize(i + 1, None);
-    }
-    table[i] = Some(entry);
-}
-
-impl Routes {
-    /// The snapshot after `self` for the Node's snapshot `fwd`: the entries of the slots that
-    /// changed are rebuilt from `staged`, every other one is shared with `self` (the Node
-    /// sends an `UpsertPeer` or `RemovePeer` for every peer it changes). The cost is the
-    /// changed slots plus copying the tables' pointers, whatever the number of peers.
-    fn next(&self, fwd: Arc<Forwarding>, staged: &Staged) -> Self {
-        let mut routes = Self {
-            fwd,
-            by_slot: self.by_slot.clone(),
-            by_wg_slot: self.by_wg_slot.clone(),
-        };
-        for &slot in &staged.changed {
-            let old = routes.by_slot.get_mut(slot as usize).and_then(Option::take);
-            if let Some(id) = old.as_ref().and_then(|e| e.wg)
-                && let Some(held) = routes.by_wg_slot.get_mut(id.slot() as usize)
-                && held
-                    .as_ref()
-                    .is_some_and(|h| old.as_ref().is_some_and(|o| Arc::ptr_eq(h, o)))
-            {
-                *held = None;
-            }
-            let Some(state) = staged.slots.get(&slot) else {
-                continue;
-            };
-            let Some(config) = routes.fwd.peer(&state.node_id).filter(|c| c.slot == slot) else {
-                continue;
-            };
-            let entry = Arc::new(Entry {
-                config: config.clone(),
-                wg: state.wg.as_ref().map(|(id, _)| *id),
-                data: state.wg.as_ref().map(|(_, data)| data.clone()),
-                counters: state.counters.clone(),
-            });
-            if let Some(id) = entry.wg {
-                put(&mut routes.by_wg_slot, id.slot(), entry.clone());
-            }
-            put(&mut routes.by_slot, slot, entry);
-        }
-        routes
-    }
-
-    fn entry(&self, config: &PeerConfig) -> Option<&Arc<Entry>> {
-        self.by_slot.get(config.slot as usize)?.as_ref()
-    }
-
-    fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
-        self.by_slot.iter().flatten()
-    }
-}
-
 /// The userspace engine's state: the published routes, WireGuard data sides and counters.
 pub struct Router {
     routes: ArcSwap<Routes>,
@@ -245,6 +148,9 @@ pub struct Router {
     /// This node's static key, for the handshake thread's gate (mac1 checks, cookies and
     /// reading initiations; the WireGuard device with the same key is the Node's).
     key: PrivateKey,
+    /// Converts the packet threads' `now` into the wall-clock time counters record (when a
+    /// peer was last heard from): the router reads no clock of its own.
+    wall: WallClock,
     drops: DropCounters,
     /// Relayed paths (see [`crate::engine::relay`]).
     relay: super::relay::RelayIo,
@@ -256,23 +162,6 @@ impl std::fmt::Debug for Router {
             .field("peers", &self.routes.load().fwd.peers().count())
             .finish_non_exhaustive()
     }
-}
-
-/// The operating system's random source, for cookie secrets (the gate) and, in the daemon,
-/// the Node's ephemeral keys.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct OsRandom;
-
-impl cladnet_wg::CryptoRandom for OsRandom {
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        getrandom::fill(dest).expect("the OS random source works");
-    }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Engine for Router {
@@ -314,12 +203,14 @@ impl Engine for Router {
 }
 
 impl Router {
-    /// A router with this node's static key (for the handshake gate) and no peers.
-    pub fn new(key: PrivateKey) -> Self {
+    /// A router with this node's static key (for the handshake gate) and no peers; `wall`
+    /// dates what the counters record.
+    pub fn new(key: PrivateKey, wall: WallClock) -> Self {
         Self {
             routes: ArcSwap::default(),
             staged: Mutex::default(),
             key,
+            wall,
             drops: DropCounters::default(),
             relay: super::relay::RelayIo::default(),
         }
@@ -439,7 +330,7 @@ impl Router {
         match routes.fwd.classify(from, datagram) {
             Rx::Deliver { peer, inner } => {
                 if let Some(e) = routes.entry(peer) {
-                    e.counters.received(inner.len(), unix_ms());
+                    e.counters.received(inner.len(), self.unix_ms(now));
                 }
                 Inbound::Deliver(inner)
             }
@@ -458,7 +349,7 @@ impl Router {
                     Some(e) => match e.data.as_ref() {
                         Some(data) => {
                             let action = data.decapsulate(now, from, datagram, out);
-                            self.sealed_to(&routes, from, Some(e), action)
+                            self.sealed_to(now, &routes, from, Some(e), action)
                         }
                         None => self.drop_in(Drop::WgInvalid),
                     },
@@ -489,9 +380,14 @@ impl Router {
 
     /// A gate for the handshake thread: the checks made before any Diffie-Hellman (mac1;
     /// under load, cookies and per-source limits) and the Diffie-Hellman of reading an
-    /// initiation, run on that thread rather than the Node's.
-    pub fn handshake_gate(&self) -> HandshakeGate {
-        HandshakeGate::with_private_key(&self.key, OsRandom)
+    /// initiation, run on that thread rather than the Node's. `rng` makes its cookie secrets.
+    pub fn handshake_gate(&self, rng: impl CryptoRandom + 'static) -> HandshakeGate {
+        HandshakeGate::with_private_key(&self.key, rng)
+    }
+
+    /// `now` as Unix milliseconds.
+    fn unix_ms(&self, now: Instant) -> u64 {
+        u64::try_from(self.wall.unix_time(now).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Checks a WireGuard handshake message taken from the driver's handshake queue with
@@ -529,6 +425,7 @@ impl Router {
     /// What a WireGuard datagram from `from` for the peer `entry` came to.
     fn sealed_to<'a>(
         &self,
+        now: Instant,
         routes: &Routes,
         from: SocketAddr,
         entry: Option<&Arc<Entry>>,
@@ -540,7 +437,7 @@ impl Router {
                     if matches!(source, IpAddr::V4(src)
                         if routes.fwd.source_allowed(&e.config, src)) =>
                 {
-                    e.counters.received(packet.len(), unix_ms());
+                    e.counters.received(packet.len(), self.unix_ms(now));
                     Inbound::Deliver(packet)
                 }
                 _ => {
@@ -601,8 +498,10 @@ pub const fn out_len(len: usize) -> usize {
 
 mod pmtu;
 mod relay;
+mod routes;
 pub use cladnet_core::node::PathMtuStatus;
 pub use pmtu::frag_needed;
+use routes::{Entry, Routes, SlotState, Staged};
 
 #[cfg(test)]
 mod tests;

@@ -929,7 +929,7 @@ fn handshake_worker(
         debug!(%error, "cannot lower the handshake thread's priority");
     }
     let mut load = cladnet_wg::LoadTracker::default();
-    let mut gate = router.handshake_gate();
+    let mut gate = router.handshake_gate(super::OsRandom);
     let mut out = vec![0u8; out_len(MAX_PACKET)];
     let mut under_load = false;
     loop {
@@ -1116,6 +1116,10 @@ impl TunIo for sys::tun::TunQueue {
 mod tests {
     use super::*;
 
+    fn wall() -> cladnet_wg::WallClock {
+        cladnet_wg::WallClock::new(Instant::now(), std::time::SystemTime::now())
+    }
+
     /// A TUN stand-in that never produces a packet.
     struct Idle;
 
@@ -1199,7 +1203,10 @@ mod tests {
     /// sockets, each socket read by its own worker.
     #[tokio::test]
     async fn two_workers_each_carry_traffic() {
-        let router = Arc::new(Router::new(cladnet_wg::PrivateKey::from_bytes([3; 32])));
+        let router = Arc::new(Router::new(
+            cladnet_wg::PrivateKey::from_bytes([3; 32]),
+            wall(),
+        ));
         let sockets = sys::udp::bind_reuseport("127.0.0.1:0".parse().unwrap(), 2).unwrap();
         let port = sockets[0].local_addr().unwrap();
         let queue = |reads| -> Arc<dyn TunIo> {
@@ -1237,7 +1244,10 @@ mod tests {
     /// Loopback only: the engine's tunnel socket, a reflector and a forger.
     #[tokio::test]
     async fn reflector_answers_count_only_from_the_probed_reflector_with_its_nonce() {
-        let router = Arc::new(Router::new(cladnet_wg::PrivateKey::from_bytes([3; 32])));
+        let router = Arc::new(Router::new(
+            cladnet_wg::PrivateKey::from_bytes([3; 32]),
+            wall(),
+        ));
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let (engine, _outputs) =
             Userspace::start(router.clone(), vec![Arc::new(Idle)], false, vec![socket]).unwrap();
@@ -1289,7 +1299,10 @@ mod tests {
     /// IP on another port, and nothing else.
     #[tokio::test]
     async fn the_other_port_probe_counts_only_an_answer_from_another_port() {
-        let router = Arc::new(Router::new(cladnet_wg::PrivateKey::from_bytes([4; 32])));
+        let router = Arc::new(Router::new(
+            cladnet_wg::PrivateKey::from_bytes([4; 32]),
+            wall(),
+        ));
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let (engine, _outputs) =
             Userspace::start(router.clone(), vec![Arc::new(Idle)], false, vec![socket]).unwrap();

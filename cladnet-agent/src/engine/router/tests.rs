@@ -3,10 +3,10 @@
 //! `node::sealed` does the same with it): it gets what the router hands over
 //! ([`Outbound::ToNode`], [`Handshake`]) and sends [`Command::SealedPeer`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use cladnet_core::node::LocalConfig;
-use cladnet_wg::{Device, PublicKey, WallClock};
+use cladnet_core::node::{Forwarding, LocalConfig};
+use cladnet_wg::{Device, PeerId, PublicKey};
 
 use super::*;
 
@@ -43,12 +43,9 @@ fn node(last: u8, seed: u8) -> Node {
     let key = PrivateKey::from_bytes([seed; 32]);
     let public = key.public_key();
     let ip = Ipv4Addr::new(10, 77, 0, last);
-    let wg = Mutex::new(Device::new(
-        key.clone(),
-        OsRandom,
-        WallClock::new(Instant::now(), SystemTime::now()),
-    ));
-    let router = Router::new(key);
+    let wall = WallClock::new(Instant::now(), std::time::SystemTime::now());
+    let wg = Mutex::new(Device::new(key.clone(), crate::engine::OsRandom, wall));
+    let router = Router::new(key, wall);
     let index = u32::from(ip);
     let local = LocalConfig {
         node_index: index,
@@ -176,7 +173,7 @@ fn send(from: &Node, p: &[u8]) -> Vec<u8> {
 /// the handshake thread, then to the Node. What the Node answers.
 fn handshake_message(at: &Node, from: &str, d: &[u8]) -> Vec<u8> {
     assert!(Router::is_handshake(d));
-    let mut gate = at.router.handshake_gate();
+    let mut gate = at.router.handshake_gate(crate::engine::OsRandom);
     let mut out = vec![0; 2048];
     let now = Instant::now();
     let mut dev = at.device();
