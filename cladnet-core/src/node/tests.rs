@@ -546,3 +546,94 @@ fn a_node_with_a_key_seals_and_opens_its_sealed_links() {
         vec![Dropped::WireGuard(cladnet_wg::Error::UnknownReceiverIndex)]
     );
 }
+
+/// The agent's split: each SEALED peer's data side goes to the engines right after its
+/// config; packet threads seal with it and hand the Node only what needs the control side
+/// (the first packet, an initiation a gate already read); handshakes and endpoint moves come
+/// back as events, and the relay paths read and steer the Node's WireGuard peers.
+#[test]
+fn the_node_hands_sealed_data_sides_to_the_engines_and_takes_what_needs_the_control_side() {
+    let now = Instant::now();
+    let wall = cladnet_wg::WallClock::from_unix(now, Duration::from_secs(1_800_000_000));
+    let mut a = Node::new(NodeConfig {
+        node_id: "n2".into(),
+        underlay_mtu: 1500,
+        underlay_ip: Some(*endpoint(2).ip()),
+    })
+    .with_wireguard(wg_key(2), Counter(2), wall);
+    let mut b = sealed_node(3, &[2], now);
+    let peer = RemotePeer {
+        public_key: *wg_key(3).public_key().as_bytes(),
+        ..remote(3)
+    };
+    a.handle_watch_event(
+        now,
+        WatchEvent::Snapshot {
+            policy: Some(Policy {
+                rule: RuleType::Basic,
+                encryption: Encryption::Always,
+            }),
+            local: Some(record(2)),
+            peers: vec![peer],
+        },
+    );
+    let (cmds, ..) = drain(&mut a);
+    let upsert = cmds
+        .iter()
+        .position(|c| matches!(c, Command::UpsertPeer(p) if p.node_id == "n3"))
+        .expect("the peer is installed");
+    let Some(Command::SealedPeer { slot, data, .. }) = cmds.get(upsert + 1) else {
+        panic!("no data side right after the peer's config: {cmds:?}");
+    };
+    assert_eq!(*slot, a.forwarding().peer("n3").unwrap().slot);
+    assert!(Arc::ptr_eq(data, &a.peer_data("n3").unwrap()));
+    // No session yet: the data side refuses; the Node queues the packet behind an initiation.
+    let mut out = vec![0; 256];
+    assert!(matches!(
+        data.encapsulate(now, &packet(2, 3), &mut out),
+        cladnet_wg::Action::Err(cladnet_wg::Error::NoSession)
+    ));
+    a.handle_tun_packet(now, &packet(2, 3)).unwrap();
+    let init = a.poll_transmit().expect("an initiation");
+    // B's handshake thread checks and reads it; the Node answers the initiation it was given.
+    let mut gate = cladnet_wg::HandshakeGate::with_private_key(&wg_key(3), Counter(9));
+    let read = gate.read_initiation(&init.payload).unwrap().unwrap();
+    b.handle_initiation(now, SocketAddr::V4(endpoint(2)), read)
+        .unwrap();
+    let response = b.poll_transmit().expect("a response");
+    a.handle_datagram(now, SocketAddr::V4(endpoint(3)), &response.payload)
+        .unwrap();
+    let (_, sent, events) = drain(&mut a);
+    assert!(
+        events.contains(&Event::HandshakeCompleted {
+            node_id: "n3".into()
+        }),
+        "{events:?}"
+    );
+    assert_eq!(sent.len(), 1, "the queued packet leaves: {sent:?}");
+    // Now the data side seals without the Node.
+    assert!(matches!(
+        data.encapsulate(now, &packet(2, 3), &mut out),
+        cladnet_wg::Action::WriteToNetwork { .. }
+    ));
+    // The relay paths see the session and move the peer to a relay address: an event, and
+    // the data side sends there.
+    let obs = a.relay_observations(now);
+    assert_eq!(obs.len(), 1);
+    assert_eq!(obs[0].endpoint, Some(endpoint(3)));
+    assert!(obs[0].handshake_age.is_some());
+    let relay = crate::relay::relay_addr(3);
+    assert!(a.set_sealed_endpoint(now, 3, relay));
+    assert!(!a.set_sealed_endpoint(now, 99, relay), "no such node");
+    let (.., events) = drain(&mut a);
+    assert!(
+        events.contains(&Event::EndpointChanged {
+            node_id: "n3".into(),
+            endpoint: relay,
+            roamed: false
+        }),
+        "{events:?}"
+    );
+    assert_eq!(data.endpoint(), Some(relay));
+    assert!(a.request_keepalive(3));
+}
