@@ -5,7 +5,8 @@
 //!
 //! States (RFC 8899 §5.2): **Base** confirms that [`BASE_PLPMTU`] gets through; **Searching**
 //! probes the ceiling (the first-hop MTU, or a lower ICMP hint) first, then binary-searches
-//! between the largest size confirmed and the smallest size lost; **SearchComplete** re-confirms
+//! between the largest size confirmed and the smallest size lost ([`MAX_SEARCH_PROBES`]
+//! consecutive losses of one size); **SearchComplete** re-confirms
 //! the current size every [`Timing::confirm_busy`] while traffic flows ([`Timing::confirm_idle`]
 //! otherwise) and treats [`MAX_PROBES`] consecutive losses as a black hole (back to Base,
 //! then a new search), and searches again above the current size every
@@ -22,9 +23,16 @@ use std::time::{Duration, Instant};
 /// `BASE_PLPMTU`).
 pub const BASE_PLPMTU: u32 = 1280;
 
-/// Consecutive losses of one probe size after which that size is taken as too big (search)
-/// or the path as a black hole (confirmation).
+/// Consecutive losses of the size in use after which the path is taken as a black hole
+/// (confirmation): the link falls back to the base size at once.
 pub const MAX_PROBES: u32 = 2;
+
+/// Consecutive losses of one probe size after which a search (other than the very first)
+/// takes that size as too big. One more than [`MAX_PROBES`] (RFC 8899's default of 3): the
+/// link keeps a working size while it searches, so a slower verdict costs nothing, while a
+/// size wrongly found too big (its probes lost to congestion under a saturating stream) costs
+/// the link that size until the next periodic raise, 15 s later.
+pub const MAX_SEARCH_PROBES: u32 = 3;
 
 /// Intervals of the search.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -278,7 +286,12 @@ impl PathMtu {
     fn on_loss(&mut self, now: Instant, size: u32) {
         self.losses += 1;
         let first_search = !self.completed && self.state == State::Searching;
-        if self.losses < MAX_PROBES && !first_search {
+        let limit = if self.state == State::Searching {
+            MAX_SEARCH_PROBES
+        } else {
+            MAX_PROBES
+        };
+        if self.losses < limit && !first_search {
             return;
         }
         self.losses = 0;
@@ -390,6 +403,8 @@ mod tests {
         nonce: u64,
         sent: Vec<u32>,
         pending: Option<(Instant, u64, u32)>,
+        /// Probes of these sizes are lost once each (congestion), whatever the path carries.
+        lose_once: Vec<u32>,
     }
 
     impl Sim {
@@ -401,6 +416,7 @@ mod tests {
                 nonce: 0,
                 sent: Vec::new(),
                 pending: None,
+                lose_once: Vec::new(),
             }
         }
 
@@ -417,7 +433,10 @@ mod tests {
                 self.nonce += 1;
                 if let Some(p) = self.pm.poll(self.now, busy, self.nonce) {
                     self.sent.push(p.size);
-                    if p.size <= path.mtu {
+                    let congested = self.lose_once.iter().position(|&s| s == p.size);
+                    if let Some(i) = congested {
+                        self.lose_once.remove(i);
+                    } else if p.size <= path.mtu {
                         self.pending = Some((self.now + path.rtt, p.nonce, p.size));
                     }
                 }
@@ -507,6 +526,29 @@ mod tests {
         s.run(&path, true, Duration::from_secs(3));
         assert_eq!(s.pm.mtu(), 1400);
         assert_eq!(s.pm.state(), State::SearchComplete);
+    }
+
+    /// After a black hole, the new search under a saturating stream: probes of sizes that do
+    /// get through are lost twice each to congestion, and still the search finds the hop
+    /// exactly (before, two losses made a size too big: 1389 instead of 1400, for 15 s).
+    #[test]
+    fn probes_lost_to_congestion_do_not_shrink_a_later_search() {
+        let mut s = Sim::new(1500);
+        let wide = Path {
+            mtu: 1500,
+            rtt: LAN,
+        };
+        s.run(&wide, true, Duration::from_secs(1));
+        assert_eq!(s.pm.mtu(), 1500);
+        let narrow = Path {
+            mtu: 1400,
+            rtt: LAN,
+        };
+        s.lose_once = [1400, 1400, 1390, 1390, 1399, 1399].to_vec();
+        s.run(&narrow, true, Duration::from_secs(8));
+        assert_eq!(s.pm.state(), State::SearchComplete);
+        assert_eq!(s.pm.mtu(), 1400, "{:?}", s.sent);
+        assert!(s.lose_once.is_empty(), "the congested sizes were probed");
     }
 
     #[test]

@@ -208,9 +208,14 @@ fn a_black_hole_on_a_busy_link_lowers_the_route_within_two_seconds() {
     p.busy = true;
     p.run(Duration::from_secs(3));
     assert_eq!(p.route(), Some(Some(1440)));
-    // The path shrinks beyond the first hop; no ICMP comes back.
+    // The path shrinks beyond the first hop; no ICMP comes back: within two seconds the
+    // route is at a size that gets through, ...
     p.path_mtu = 1300;
     p.run(Duration::from_secs(2));
+    let lowered = p.route().flatten().expect("a route");
+    assert!(lowered <= 1264, "{lowered}");
+    // ... and the new search (three losses per size too big) finds the hop exactly.
+    p.run(Duration::from_secs(3));
     assert_eq!(p.route(), Some(Some(1264)), "1300 - 36");
 }
 
