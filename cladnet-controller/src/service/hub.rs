@@ -47,6 +47,12 @@ const HISTORY: usize = 16_384;
 /// after a quiet spell goes out at once): during a boot storm every stream wakes once per
 /// linger with all changes since, which agents that take batches get as one message.
 const LINGER: Duration = Duration::from_millis(50);
+/// While changes keep coming (every flush carries more than one), each flush doubles the linger
+/// up to this many times [`Limits::linger`]; a flush of a single change (a quiet network)
+/// restores it. A flush wakes every stream of the network and costs each a message, so in a
+/// boot storm of N agents fewer, larger flushes save ≈ N messages per flush not made, at the
+/// price of holding a change up to this long during the storm (never in a quiet network).
+const STORM_LINGER_FACTOR: u32 = 4;
 
 /// `WatchEvent` field numbers (proto/cladnet/v1/cladnet.proto), for the events assembled from
 /// cached encodings.
@@ -371,7 +377,8 @@ impl Hub {
         mut events: cladnet_store::WatchStream,
         read: Revision,
     ) {
-        let linger = hubs.limits.linger;
+        let base = hubs.limits.linger;
+        let mut linger = base;
         let mut sent: Option<Instant> = None;
         let mut due: Option<Instant> = None;
         loop {
@@ -383,7 +390,8 @@ impl Hub {
                 None => Some(events.next().await),
             };
             let Some(next) = next else {
-                self.lock().flush();
+                let flushed = self.lock().flush();
+                linger = next_linger(base, linger, flushed);
                 (sent, due) = (Some(Instant::now()), None);
                 continue;
             };
@@ -407,7 +415,8 @@ impl Hub {
                                 || due.is_some_and(|at| now >= at)
                                 || sent.is_none_or(|t| now >= t + linger)
                             {
-                                state.flush();
+                                let flushed = state.flush();
+                                linger = next_linger(base, linger, flushed);
                                 (sent, due) = (Some(now), None);
                             } else if due.is_none() {
                                 due = sent.map(|t| t + linger);
@@ -501,12 +510,14 @@ impl State {
 
     /// Sends the pending frames live, all at once (streams woken by the first find the others
     /// ready too), and appends them to the history (dropping the oldest beyond its bound).
-    fn flush(&mut self) {
+    /// Returns how many frames went out.
+    fn flush(&mut self) -> usize {
         let bound = self.history_bound.max(4 * self.peers.len());
         let frames = std::mem::take(&mut self.pending);
         if frames.is_empty() {
-            return;
+            return 0;
         }
+        let count = frames.len();
         for frame in &frames {
             while self.history.len() >= bound {
                 if let Some(old) = self.history.pop_front() {
@@ -516,6 +527,7 @@ impl State {
             self.history.push_back(frame.clone());
         }
         let _ = self.tx.send(Arc::new(Live::Frames(frames)));
+        count
     }
 
     /// The frame of store event `event`; the table changes only if `apply` (events at or below
@@ -635,6 +647,16 @@ impl State {
         let bytes = event.freeze();
         self.snapshot = Some((self.complete, bytes.clone()));
         bytes
+    }
+}
+
+/// The linger after a flush of `flushed` frames: doubled (up to [`STORM_LINGER_FACTOR`] times
+/// `base`) while changes come faster than it, `base` again once a flush carries one change.
+fn next_linger(base: Duration, linger: Duration, flushed: usize) -> Duration {
+    if flushed > 1 {
+        (linger * 2).min(base * STORM_LINGER_FACTOR)
+    } else {
+        base
     }
 }
 

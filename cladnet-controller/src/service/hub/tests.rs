@@ -807,3 +807,23 @@ fn probe_requests_reach_only_their_node() {
         "a probe request does not supersede a pending command"
     );
 }
+
+/// The linger doubles while flushes carry several changes (a storm), up to its bound, and is
+/// back to the base after a flush of one change.
+#[test]
+fn linger_grows_in_a_storm_and_resets_when_quiet() {
+    let base = Duration::from_millis(50);
+    let mut linger = base;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        linger = next_linger(base, linger, 7);
+        seen.push(linger.as_millis());
+    }
+    assert_eq!(seen, [100, 200, 200, 200]);
+    assert_eq!(next_linger(base, linger, 1), base);
+    assert_eq!(next_linger(base, linger, 0), base);
+    assert_eq!(
+        next_linger(Duration::ZERO, Duration::ZERO, 9),
+        Duration::ZERO
+    );
+}
