@@ -1,7 +1,9 @@
 //! Watch over gRPC with events encoded once: the controller's streams carry encoded
-//! `WatchEvent`s (the same bytes for every agent of a network), which this codec writes as they
-//! are instead of decoding and encoding them again per stream. Every other AgentService method
-//! goes to the generated server.
+//! `WatchEvent`s already framed as gRPC messages (the same bytes for every agent of a network),
+//! which the response body hands to HTTP/2 as they are: not decoded and encoded again per
+//! stream, not even copied (tonic's encoder would copy every message into a buffer of its
+//! own, and in a boot storm that copy, into fresh pages, cost more than the rest of the
+//! stream's work). Every other AgentService method goes to the generated server.
 
 use std::{
     convert::Infallible,
@@ -10,21 +12,25 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::{BufMut as _, Bytes};
+use bytes::Bytes;
 use cladnet_proto::v1::{self as pb, agent_service_server::AgentServiceServer};
-use futures::{Stream, StreamExt as _};
+use http_body::Frame;
 use prost::Message as _;
 use tonic::{
-    Request, Response, Status,
+    Status,
     body::Body,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codec::{DecodeBuf, Decoder, Streaming},
+    metadata::MetadataMap,
     server::NamedService,
 };
 
 use tonic::codegen::http;
 
 use super::Grpc;
-use crate::{auth::bearer_grpc, service::Controller};
+use crate::{
+    auth::bearer_grpc,
+    service::{Controller, WatchStream},
+};
 
 const WATCH_PATH: &str = "/cladnet.v1.AgentService/Watch";
 
@@ -62,63 +68,82 @@ impl tonic::codegen::Service<http::Request<Body>> for AgentRoutes {
             return self.generated.call(req);
         }
         let ctl = self.ctl.clone();
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(EncodedCodec);
-            Ok(grpc.server_streaming(WatchSvc(ctl), req).await)
-        })
+        Box::pin(async move { Ok(watch(ctl, req).await) })
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
-
-struct WatchSvc(Arc<Controller>);
-
-impl tonic::server::ServerStreamingService<pb::WatchRequest> for WatchSvc {
-    type Response = Bytes;
-    type ResponseStream = EventStream;
-    type Future = BoxFuture<Result<Response<EventStream>, Status>>;
-
-    fn call(&mut self, req: Request<pb::WatchRequest>) -> Self::Future {
-        let ctl = self.0.clone();
-        Box::pin(async move {
-            let bearer = bearer_grpc(req.metadata())?.to_owned();
-            let stream = ctl.watch(&bearer, req.into_inner()).await?;
-            let stream: EventStream = Box::pin(stream.map(|item| item.map_err(Status::from)));
-            Ok(Response::new(stream))
-        })
+/// Serves one Watch call: decodes the request, opens the stream and answers with its messages
+/// (or, if it cannot be opened, with the error as a trailers-only response, as tonic does).
+async fn watch(ctl: Arc<Controller>, req: http::Request<Body>) -> http::Response<Body> {
+    let (parts, body) = req.into_parts();
+    let opened = async {
+        let metadata = MetadataMap::from_headers(parts.headers);
+        let bearer = bearer_grpc(&metadata)?.to_owned();
+        let mut requests = Streaming::new_request(RequestDecoder, body, None, None);
+        let request = requests
+            .message()
+            .await?
+            .ok_or_else(|| Status::internal("Missing request message."))?;
+        Ok::<_, Status>(ctl.watch(&bearer, request).await?)
+    };
+    match opened.await {
+        Ok(stream) => {
+            let mut response = http::Response::new(Body::new(WatchBody {
+                stream: Some(stream),
+            }));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            response
+        }
+        Err(status) => status.into_http(),
     }
 }
 
-/// Decodes `WatchRequest`s, writes encoded `WatchEvent`s as they are.
-#[derive(Clone, Copy, Debug, Default)]
-struct EncodedCodec;
-
-impl Codec for EncodedCodec {
-    type Encode = Bytes;
-    type Decode = pb::WatchRequest;
-    type Encoder = Self;
-    type Decoder = Self;
-
-    fn encoder(&mut self) -> Self {
-        Self
-    }
-
-    fn decoder(&mut self) -> Self {
-        Self
-    }
+/// The response body of a Watch: each stream item is a DATA frame as it is (a gRPC message
+/// already), and the end of the stream the `grpc-status` trailers (the error's, if it ended
+/// with one).
+struct WatchBody {
+    /// `None` once the trailers went out.
+    stream: Option<WatchStream>,
 }
 
-impl Encoder for EncodedCodec {
-    type Item = Bytes;
+impl http_body::Body for WatchBody {
+    type Data = Bytes;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let status = match std::task::ready!(stream.as_mut().poll_next(cx)) {
+            Some(Ok(message)) => return Poll::Ready(Some(Ok(Frame::data(message)))),
+            Some(Err(e)) => Status::from(e),
+            None => Status::ok(""),
+        };
+        self.stream = None;
+        let mut trailers = http::HeaderMap::new();
+        Poll::Ready(Some(
+            status
+                .add_header(&mut trailers)
+                .map(|()| Frame::trailers(trailers)),
+        ))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream.is_none()
     }
 }
 
-impl Decoder for EncodedCodec {
+/// Decodes `WatchRequest`s.
+#[derive(Clone, Copy, Debug, Default)]
+struct RequestDecoder;
+
+impl Decoder for RequestDecoder {
     type Item = pb::WatchRequest;
     type Error = Status;
 

@@ -24,8 +24,8 @@ use cladnet_proto::v1::{self as pb, watch_event::Event};
 use cladnet_store::{Error as StoreError, Revision, Store, Txn, TxnOp, TxnOpResult, WatchEvent};
 use futures::StreamExt as _;
 use prost::{
-    Message as _,
-    encoding::{WireType, encode_key, encode_varint},
+    Message,
+    encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len},
 };
 use tokio::{
     sync::broadcast,
@@ -70,7 +70,7 @@ pub(super) struct Frame {
     pub(super) revision: Revision,
     /// What changed: frames of one kind and key supersede each other.
     pub(super) kind: Kind,
-    /// The encoded `WatchEvent`.
+    /// The encoded `WatchEvent` as a gRPC message (after its [`GRPC_PREFIX`]).
     pub(super) bytes: Bytes,
     /// For a peer frame: SHA-256 (hex) of the node's session token in the record (`None`
     /// when the peer was removed): the node's streams opened with another session end.
@@ -540,7 +540,7 @@ impl State {
             }
             self.seen = revision;
         }
-        let encode = |event: Event| Bytes::from(watch_event(revision, event).encode_to_vec());
+        let encode = |event: Event| message(&watch_event(revision, event));
         let frame = |kind: Kind, bytes: Bytes| {
             Ok(Some(Arc::new(Frame {
                 revision,
@@ -578,13 +578,13 @@ impl State {
                 } else {
                     Bytes::from(record.to_proto(&self.network, revision).encode_to_vec())
                 };
-                let mut bytes = BytesMut::with_capacity(peer.len() + 16);
+                let mut bytes = start_message(peer.len() + 16);
                 prost::encoding::int64::encode(REVISION_FIELD, &revision, &mut bytes);
                 put_bytes(PEER_UPSERTED_FIELD, &peer, &mut bytes);
                 Ok(Some(Arc::new(Frame {
                     revision,
                     kind: Kind::Peer(node.to_owned()),
-                    bytes: bytes.freeze(),
+                    bytes: finish_message(bytes),
                     session,
                 })))
             }
@@ -623,7 +623,8 @@ impl State {
         }
     }
 
-    /// The encoded snapshot at `complete`, assembled from the cached peer encodings.
+    /// The snapshot at `complete` as a gRPC message, assembled from the cached peer encodings
+    /// in one buffer (the `Snapshot`'s length is computed first, so nothing is copied twice).
     fn snapshot(&mut self) -> Bytes {
         if let Some((revision, bytes)) = &self.snapshot
             && *revision == self.complete
@@ -631,20 +632,21 @@ impl State {
             return bytes.clone();
         }
         let network = self.network.to_proto(self.network_revision).encode_to_vec();
-        let size = self
-            .peers
-            .values()
-            .map(|e| e.bytes.len() + 8)
-            .sum::<usize>();
-        let mut snapshot = BytesMut::with_capacity(network.len() + size + 8);
-        put_bytes(SNAPSHOT_NETWORK_FIELD, &network, &mut snapshot);
-        for e in self.peers.values() {
-            put_bytes(SNAPSHOT_PEERS_FIELD, &e.bytes, &mut snapshot);
-        }
-        let mut event = BytesMut::with_capacity(snapshot.len() + 24);
+        let size = field_len(SNAPSHOT_NETWORK_FIELD, network.len())
+            + self
+                .peers
+                .values()
+                .map(|e| field_len(SNAPSHOT_PEERS_FIELD, e.bytes.len()))
+                .sum::<usize>();
+        let mut event = start_message(size + 24);
         prost::encoding::int64::encode(REVISION_FIELD, &self.complete, &mut event);
-        put_bytes(SNAPSHOT_FIELD, &snapshot, &mut event);
-        let bytes = event.freeze();
+        encode_key(SNAPSHOT_FIELD, WireType::LengthDelimited, &mut event);
+        encode_varint(size as u64, &mut event);
+        put_bytes(SNAPSHOT_NETWORK_FIELD, &network, &mut event);
+        for e in self.peers.values() {
+            put_bytes(SNAPSHOT_PEERS_FIELD, &e.bytes, &mut event);
+        }
+        let bytes = finish_message(event);
         self.snapshot = Some((self.complete, bytes.clone()));
         bytes
     }
@@ -665,6 +667,41 @@ pub(super) fn put_bytes(tag: u32, bytes: &[u8], buf: &mut BytesMut) {
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(bytes.len() as u64, buf);
     buf.put_slice(bytes);
+}
+
+/// The encoded size of a length-delimited field `tag` of `len` bytes.
+pub(super) fn field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// Length of the prefix of a gRPC message: a compression flag (0: not compressed) and the
+/// message's length (big-endian `u32`). Every frame, snapshot and batch is built with it in
+/// front, so that the gRPC layer sends the shared bytes as they are (`crate::grpc`).
+pub(crate) const GRPC_PREFIX: usize = 5;
+
+/// A buffer for one gRPC message of about `capacity` bytes, its prefix left to
+/// [`finish_message`].
+pub(super) fn start_message(capacity: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(GRPC_PREFIX + capacity);
+    buf.put_bytes(0, GRPC_PREFIX);
+    buf
+}
+
+/// The message begun by [`start_message`], with its prefix: not compressed, and its length
+/// (messages stay far below 4 GiB: batches are bounded, and a snapshot of that size would be
+/// refused by every client anyway).
+pub(super) fn finish_message(mut buf: BytesMut) -> Bytes {
+    let len = u32::try_from(buf.len() - GRPC_PREFIX).unwrap_or(u32::MAX);
+    buf[1..GRPC_PREFIX].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
+}
+
+/// `msg` encoded as a gRPC message.
+fn message(msg: &impl Message) -> Bytes {
+    let mut buf = start_message(msg.encoded_len());
+    // Cannot fail: a BytesMut grows as needed (and has the room already).
+    msg.encode_raw(&mut buf);
+    finish_message(buf)
 }
 
 fn watch_event(revision: Revision, event: Event) -> pb::WatchEvent {

@@ -268,7 +268,7 @@ impl Agent {
                 })
                 .expect("stream open")
                 .expect("no error");
-            self.apply(&item);
+            self.apply(&unframe(&item));
         }
     }
 }
@@ -544,7 +544,7 @@ async fn resume_on_a_fresh_hub_replays_from_the_store() {
             .unwrap()
             .unwrap()
             .unwrap();
-        match pb::WatchEvent::decode(bytes).unwrap().event {
+        match pb::WatchEvent::decode(unframe(&bytes)).unwrap().event {
             Some(Event::PeerUpserted(p)) => seen.push((p.host_id, p.public_endpoint)),
             other => panic!("{other:?}"),
         }
@@ -579,7 +579,26 @@ async fn message(stream: &mut WatchStream) -> (usize, pb::WatchEvent) {
         .expect("a message within 5 s")
         .expect("stream open")
         .expect("no error");
-    (bytes.len(), pb::WatchEvent::decode(bytes).unwrap())
+    (
+        bytes.len(),
+        pb::WatchEvent::decode(unframe(&bytes)).unwrap(),
+    )
+}
+
+/// The `WatchEvent` in a stream item, after checking its gRPC prefix: not compressed, and the
+/// length of the rest.
+fn unframe(item: &Bytes) -> Bytes {
+    assert!(item.len() >= GRPC_PREFIX, "{} bytes", item.len());
+    assert_eq!(item[0], 0, "the compressed flag is set");
+    let len = u32::from_be_bytes(item[1..GRPC_PREFIX].try_into().unwrap());
+    assert_eq!(
+        len as usize,
+        item.len() - GRPC_PREFIX,
+        "the prefix's length"
+    );
+    let event = crate::service::event_of(item);
+    assert_eq!(event.len(), len as usize);
+    event
 }
 
 /// Changes that are ready together reach an agent that takes batches as one message (each at
@@ -767,7 +786,10 @@ fn assembled_events_decode_as_built() {
             ],
         })),
     };
-    assert_eq!(pb::WatchEvent::decode(state.snapshot()).unwrap(), want);
+    assert_eq!(
+        pb::WatchEvent::decode(unframe(&state.snapshot())).unwrap(),
+        want
+    );
     let kv = KeyValue {
         key: keys::peer(NET, "n3"),
         value: model::encode(&peer(3, 9)),
@@ -781,7 +803,7 @@ fn assembled_events_decode_as_built() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        pb::WatchEvent::decode(frame.bytes.clone()).unwrap(),
+        pb::WatchEvent::decode(unframe(&frame.bytes)).unwrap(),
         pb::WatchEvent {
             revision: 8,
             event: Some(Event::PeerUpserted(peer(3, 9).to_proto(&network("d"), 8))),
