@@ -153,3 +153,94 @@ impl Decoder for RequestDecoder {
             .map_err(|e| Status::invalid_argument(format!("WatchRequest: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use http_body::Body as _;
+
+    use super::*;
+    use crate::{auth::AdminAuth, error::ControllerError};
+
+    /// The frames of `body` until its end.
+    async fn frames(mut body: WatchBody) -> Vec<Frame<Bytes>> {
+        let mut out = Vec::new();
+        while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            out.push(frame.unwrap());
+        }
+        assert!(body.is_end_stream());
+        out
+    }
+
+    fn status(trailers: &http::HeaderMap) -> (&str, &str) {
+        let get = |name| trailers.get(name).map_or("", |v| v.to_str().unwrap());
+        (get("grpc-status"), get("grpc-message"))
+    }
+
+    /// Stream items go out as DATA frames as they are (the same bytes, not copied), and the
+    /// end of the stream as `grpc-status` trailers: 0, or the error that ended it.
+    #[tokio::test]
+    async fn items_go_out_as_they_are_then_the_status() {
+        let item = Bytes::from_static(b"\0\0\0\0\x02\x08\x07");
+        let items = vec![Ok(item.clone()), Ok(item.clone())];
+        let out = frames(WatchBody {
+            stream: Some(Box::pin(futures::stream::iter(items))),
+        })
+        .await;
+        assert_eq!(out.len(), 3);
+        for frame in &out[..2] {
+            let data = frame.data_ref().expect("a DATA frame");
+            assert_eq!(data, &item);
+            assert_eq!(data.as_ptr(), item.as_ptr(), "copied");
+        }
+        assert_eq!(status(out[2].trailers_ref().unwrap()), ("0", ""));
+
+        let items = vec![
+            Ok(item.clone()),
+            Err(ControllerError::Unauthenticated("session revoked".into())),
+        ];
+        let out = frames(WatchBody {
+            stream: Some(Box::pin(futures::stream::iter(items))),
+        })
+        .await;
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].data_ref(), Some(&item));
+        assert_eq!(
+            status(out[1].trailers_ref().unwrap()),
+            ("16", "unauthenticated:%20session%20revoked")
+        );
+    }
+
+    /// A Watch that cannot be opened (here: no token) answers with its status in the headers,
+    /// without a body (a trailers-only response, as tonic answers).
+    #[tokio::test]
+    async fn a_watch_that_cannot_open_answers_with_its_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("embedded:{}", dir.path().join("s.redb").display());
+        let store = cladnet_store::connect(&url.parse().unwrap()).await.unwrap();
+        let ctl = Arc::new(Controller::new(
+            store,
+            AdminAuth::new("0123456789abcdef").unwrap(),
+        ));
+        let request = pb::WatchRequest {
+            cladnet_id: "net".into(),
+            host_id: "n1".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut framed = vec![0];
+        framed.extend_from_slice(&u32::try_from(request.len()).unwrap().to_be_bytes());
+        framed.extend_from_slice(&request);
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(WATCH_PATH)
+            .header("content-type", "application/grpc")
+            .body(Body::new(axum::body::Body::from(framed)))
+            .unwrap();
+        let response = watch(ctl, req).await;
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(status(response.headers()).0, "16", "{response:?}");
+        assert!(response.body().is_end_stream());
+    }
+}

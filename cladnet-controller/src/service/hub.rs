@@ -15,7 +15,8 @@
 //! the state lock the hub applies changes under: nothing falls between the two.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    net::SocketAddrV4,
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -213,16 +214,28 @@ impl Hubs {
         Ok((hub, attached))
     }
 
-    /// Runs `f` on network `net`'s peer table if its hub is running (the table may be a few
-    /// changes behind the store), else returns `None`.
-    pub(super) async fn with_peers<T>(
+    /// The peers of network `net` whose public or private endpoint is one of `endpoints`, in
+    /// node order, if its hub is running (the table may be a few changes behind the store),
+    /// else `None`. Found through the table's index, not by a scan of every peer.
+    pub(super) async fn endpoint_holders(
         &self,
         net: &str,
-        f: impl FnOnce(&mut dyn Iterator<Item = &PeerRecord>) -> T,
-    ) -> Option<T> {
+        endpoints: &[SocketAddrV4],
+    ) -> Option<Vec<PeerRecord>> {
         let hub = self.hubs.lock().await.get(net)?.clone();
         let state = hub.lock();
-        Some(f(&mut state.peers.values().map(|e| &e.record)))
+        let nodes: BTreeSet<&String> = endpoints
+            .iter()
+            .filter_map(|e| state.index.endpoints.get(e))
+            .flatten()
+            .collect();
+        Some(
+            nodes
+                .into_iter()
+                .filter_map(|n| state.peers.get(n))
+                .map(|e| e.record.clone())
+                .collect(),
+        )
     }
 
     /// What network `net`'s table says about a joining node, if its hub runs: the node's peer
@@ -242,11 +255,13 @@ impl Hubs {
             .map(|e| (e.record.clone(), e.revision));
         let holder = match &peer {
             Some((p, _)) if p.public_key == public_key => Some(node.as_bytes().to_vec()),
+            // The first holder in node order, as a scan of the table would find it.
             _ => state
-                .peers
-                .values()
-                .find(|e| e.record.public_key == public_key)
-                .map(|e| e.record.node_id.clone().into_bytes()),
+                .index
+                .keys
+                .get(public_key)
+                .and_then(|nodes| nodes.first())
+                .map(|n| n.clone().into_bytes()),
         };
         Some((peer, holder))
     }
@@ -265,6 +280,49 @@ pub(super) struct Hub {
     state: Mutex<State>,
 }
 
+/// The table's peers by public key and by endpoint (public and private alike), so that a Join's
+/// checks look up the few peers concerned instead of scanning all of them (which made a boot
+/// storm O(N²)). Node ids are kept sorted: lookups find peers in node order, as a scan did.
+#[derive(Debug, Default)]
+struct Index {
+    keys: HashMap<String, BTreeSet<String>>,
+    endpoints: HashMap<SocketAddrV4, BTreeSet<String>>,
+}
+
+impl Index {
+    fn add(&mut self, peer: &PeerRecord) {
+        let node = &peer.node_id;
+        self.keys
+            .entry(peer.public_key.clone())
+            .or_default()
+            .insert(node.clone());
+        for e in [peer.public_endpoint, peer.private_endpoint]
+            .into_iter()
+            .flatten()
+        {
+            self.endpoints.entry(e).or_default().insert(node.clone());
+        }
+    }
+
+    fn remove(&mut self, peer: &PeerRecord) {
+        fn take<K: Eq + std::hash::Hash>(map: &mut HashMap<K, BTreeSet<String>>, k: &K, n: &str) {
+            if let Some(nodes) = map.get_mut(k) {
+                nodes.remove(n);
+                if nodes.is_empty() {
+                    map.remove(k);
+                }
+            }
+        }
+        take(&mut self.keys, &peer.public_key, &peer.node_id);
+        for e in [peer.public_endpoint, peer.private_endpoint]
+            .into_iter()
+            .flatten()
+        {
+            take(&mut self.endpoints, &e, &peer.node_id);
+        }
+    }
+}
+
 /// A peer in the table.
 #[derive(Debug)]
 struct Entry {
@@ -279,6 +337,8 @@ struct State {
     network: NetworkRecord,
     network_revision: Revision,
     peers: BTreeMap<String, Entry>,
+    /// `peers` by public key and endpoint.
+    index: Index,
     /// The table holds every change up to this revision (and possibly some of the next one's:
     /// the events of one revision arrive one by one).
     complete: Revision,
@@ -313,6 +373,7 @@ impl Hub {
             network,
             network_revision,
             peers: BTreeMap::new(),
+            index: Index::default(),
             complete: revision,
             seen: from.unwrap_or(revision),
             history: VecDeque::new(),
@@ -482,9 +543,16 @@ impl Hub {
     }
 
     /// The table as a fresh read would give it: the network record and every peer record.
+    /// Checks that the table's index is the one its peers make.
     #[cfg(test)]
     pub(super) fn table(&self) -> (Revision, NetworkRecord, Vec<(PeerRecord, Revision)>) {
         let state = self.lock();
+        let mut index = Index::default();
+        for e in state.peers.values() {
+            index.add(&e.record);
+        }
+        assert_eq!(index.keys, state.index.keys, "the public-key index");
+        assert_eq!(index.endpoints, state.index.endpoints, "the endpoint index");
         let peers = state
             .peers
             .values()
@@ -497,6 +565,10 @@ impl Hub {
 impl State {
     fn insert_peer(&mut self, record: PeerRecord, revision: Revision) -> Bytes {
         let bytes = Bytes::from(record.to_proto(&self.network, revision).encode_to_vec());
+        if let Some(old) = self.peers.get(&record.node_id) {
+            self.index.remove(&old.record);
+        }
+        self.index.add(&record);
         self.peers.insert(
             record.node_id.clone(),
             Entry {
@@ -558,6 +630,7 @@ impl State {
                     self.network_revision = revision;
                     // Peers carry the network's address space: encode them again.
                     let peers = std::mem::take(&mut self.peers);
+                    self.index = Index::default();
                     for e in peers.into_values() {
                         self.insert_peer(e.record, e.revision);
                     }
@@ -589,7 +662,8 @@ impl State {
                 })))
             }
             (Some(KeyKind::Peer(node)), WatchEvent::Delete { .. }) => {
-                if apply && self.peers.remove(node).is_some() {
+                if apply && let Some(old) = self.peers.remove(node) {
+                    self.index.remove(&old.record);
                     self.snapshot = None;
                 }
                 frame(
