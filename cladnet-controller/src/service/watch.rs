@@ -33,8 +33,9 @@ use crate::{
     keys, validate,
 };
 
-/// Encoded `WatchEvent`s for one agent, each as a gRPC message (its [`GRPC_PREFIX`], then the
-/// event: [`event_of`] takes the event); ends with an error or when the network is deleted.
+/// Encoded `WatchEvent`s for one agent, each as a gRPC message (the 5-byte gRPC message prefix,
+/// then the event: [`event_of`] takes the event); ends with an error or when the network is
+/// deleted.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 
 /// The encoded `WatchEvent` of a [`WatchStream`] item (the item after its gRPC prefix).
