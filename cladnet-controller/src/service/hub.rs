@@ -171,7 +171,8 @@ pub(super) struct Limits {
     pub(super) capacity: usize,
     /// Frames of history kept (at least; four per peer in larger networks).
     pub(super) history: usize,
-    /// How long changes after a send are held to go out together ([`LINGER`]).
+    /// How long changes after a send are held to go out together ([`LINGER`]): the linger of
+    /// a quiet network, which a storm stretches up to [`STORM_LINGER_FACTOR`] times.
     pub(super) linger: Duration,
 }
 
@@ -751,7 +752,7 @@ pub(super) fn field_len(tag: u32, len: usize) -> usize {
 /// Length of the prefix of a gRPC message: a compression flag (0: not compressed) and the
 /// message's length (big-endian `u32`). Every frame, snapshot and batch is built with it in
 /// front, so that the gRPC layer sends the shared bytes as they are (`crate::grpc`).
-pub(crate) const GRPC_PREFIX: usize = 5;
+pub(super) const GRPC_PREFIX: usize = 5;
 
 /// A buffer for one gRPC message of about `capacity` bytes, its prefix left to
 /// [`finish_message`].
