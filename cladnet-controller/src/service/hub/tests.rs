@@ -831,22 +831,35 @@ fn probe_requests_reach_only_their_node() {
     );
 }
 
-/// The linger doubles while flushes carry several changes (a storm), up to its bound, and is
-/// back to the base after a flush of one change.
+/// The linger doubles while flushes carry several changes (a storm), up to its bound (4 times
+/// the base, or 200 µs per stream up to 1 s if longer), and is back to the base after a flush
+/// of one change.
 #[test]
 fn linger_grows_in_a_storm_and_resets_when_quiet() {
     let base = Duration::from_millis(50);
-    let mut linger = base;
-    let mut seen = Vec::new();
-    for _ in 0..4 {
-        linger = next_linger(base, linger, 7);
-        seen.push(linger.as_millis());
-    }
-    assert_eq!(seen, [100, 200, 200, 200]);
-    assert_eq!(next_linger(base, linger, 1), base);
-    assert_eq!(next_linger(base, linger, 0), base);
+    let storm = |streams: usize| {
+        let mut linger = base;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            linger = next_linger(base, linger, 7, streams);
+            seen.push(linger.as_millis());
+        }
+        (linger, seen)
+    };
+    let (linger, seen) = storm(10);
+    assert_eq!(seen, [100, 200, 200, 200, 200, 200]);
+    assert_eq!(next_linger(base, linger, 1, 10), base);
+    assert_eq!(next_linger(base, linger, 0, 10), base);
+    assert_eq!(storm(1000).1, [100, 200, 200, 200, 200, 200]);
+    assert_eq!(storm(2500).1, [100, 200, 400, 500, 500, 500]);
+    let (linger, seen) = storm(100_000);
+    assert_eq!(seen, [100, 200, 400, 800, 1000, 1000]);
+    assert_eq!(next_linger(base, linger, 1, 100_000), base);
     assert_eq!(
-        next_linger(Duration::ZERO, Duration::ZERO, 9),
+        next_linger(Duration::ZERO, Duration::ZERO, 9, 10),
         Duration::ZERO
     );
+    // A long base keeps its own bound.
+    let long = Duration::from_secs(1);
+    assert_eq!(next_linger(long, long * 2, 3, 5000), long * 4);
 }
