@@ -48,9 +48,10 @@ const HISTORY: usize = 16_384;
 /// after a quiet spell goes out at once): during a boot storm every stream wakes once per
 /// linger with all changes since, which agents that take batches get as one message.
 const LINGER: Duration = Duration::from_millis(50);
-/// While changes keep coming (every flush carries more than one), each flush doubles the linger
-/// up to this many times [`Limits::linger`], or [`STORM_LINGER_PER_STREAM`] per stream if that
-/// is longer; a flush of a single change (a quiet network) restores it. A flush wakes every
+/// While changes keep coming (a flush carries more than one per [`Limits::linger`] it held
+/// them), each flush doubles the linger up to this many times [`Limits::linger`], or
+/// [`STORM_LINGER_PER_STREAM`] per stream if that is longer; a flush with fewer (changes as
+/// sparse as the fan-out phase's, one per 100 ms) restores it. A flush wakes every
 /// stream of the network and costs each a message, so in a boot storm of N agents fewer,
 /// larger flushes save ≈ N messages per flush not made, at the price of holding a change up to
 /// this long during the storm (never in a quiet network).
@@ -737,12 +738,14 @@ impl State {
     }
 }
 
-/// The linger after a flush of `flushed` frames to `streams` streams: doubled (up to
-/// [`STORM_LINGER_FACTOR`] times `base`, or [`STORM_LINGER_PER_STREAM`] per stream up to
-/// [`STORM_LINGER_MAX`] if that is longer) while changes come faster than it, `base` again once
-/// a flush carries one change.
+/// The linger after a flush of `flushed` frames to `streams` streams, held for `linger`:
+/// doubled (up to [`STORM_LINGER_FACTOR`] times `base`, or [`STORM_LINGER_PER_STREAM`] per
+/// stream up to [`STORM_LINGER_MAX`] if that is longer) while more than one change came per
+/// `base`, else `base` again: a long linger must not outlast the storm, or a network's
+/// ordinary changes (say one every 100 ms) would keep it and each wait for it.
 fn next_linger(base: Duration, linger: Duration, flushed: usize, streams: usize) -> Duration {
-    if flushed > 1 {
+    let flushed = u32::try_from(flushed).unwrap_or(u32::MAX);
+    if flushed > 1 && base.saturating_mul(flushed) > linger {
         let per_stream =
             STORM_LINGER_PER_STREAM.saturating_mul(u32::try_from(streams).unwrap_or(u32::MAX));
         let cap = (base * STORM_LINGER_FACTOR).max(per_stream.min(STORM_LINGER_MAX));

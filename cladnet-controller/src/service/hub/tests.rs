@@ -831,17 +831,19 @@ fn probe_requests_reach_only_their_node() {
     );
 }
 
-/// The linger doubles while flushes carry several changes (a storm), up to its bound (4 times
-/// the base, or 200 µs per stream up to 1 s if longer), and is back to the base after a flush
-/// of one change.
+/// The linger doubles while flushes carry more than one change per base linger (a storm), up
+/// to its bound (4 times the base, or 200 µs per stream up to 1 s if longer), and is back to
+/// the base after a flush with fewer: one change, or changes as sparse as a fan-out's.
 #[test]
 fn linger_grows_in_a_storm_and_resets_when_quiet() {
     let base = Duration::from_millis(50);
+    // Joins at 1000 per second: 50 per base linger.
     let storm = |streams: usize| {
         let mut linger = base;
         let mut seen = Vec::new();
         for _ in 0..6 {
-            linger = next_linger(base, linger, 7, streams);
+            let flushed = (linger.as_millis() as usize).max(1);
+            linger = next_linger(base, linger, flushed, streams);
             seen.push(linger.as_millis());
         }
         (linger, seen)
@@ -855,6 +857,9 @@ fn linger_grows_in_a_storm_and_resets_when_quiet() {
     let (linger, seen) = storm(100_000);
     assert_eq!(seen, [100, 200, 400, 800, 1000, 1000]);
     assert_eq!(next_linger(base, linger, 1, 100_000), base);
+    // A change per 100 ms after a storm: 10 in a 1 s linger, fewer than one per base linger.
+    assert_eq!(next_linger(base, linger, 10, 100_000), base);
+    assert_eq!(next_linger(base, linger, 21, 100_000), linger);
     assert_eq!(
         next_linger(Duration::ZERO, Duration::ZERO, 9, 10),
         Duration::ZERO
