@@ -51,8 +51,8 @@ const LINGER: Duration = Duration::from_millis(50);
 /// While changes keep coming (a flush carries more than one per [`Limits::linger`] it held
 /// them), each flush doubles the linger up to this many times [`Limits::linger`], or
 /// [`STORM_LINGER_PER_STREAM`] per stream if that is longer; a flush with fewer (changes as
-/// sparse as the fan-out phase's, one per 100 ms), or a change after a quiet spell of
-/// [`Limits::linger`], restores it. A flush wakes every
+/// sparse as the fan-out phase's, one per 100 ms), or a change after a quiet spell of this
+/// many [`Limits::linger`]s, restores it. A flush wakes every
 /// stream of the network and costs each a message, so in a boot storm of N agents fewer,
 /// larger flushes save ≈ N messages per flush not made, at the price of holding a change up to
 /// this long during the storm (never in a quiet network).
@@ -452,7 +452,9 @@ impl Hub {
         let mut linger = base;
         let mut sent: Option<Instant> = None;
         let mut due: Option<Instant> = None;
-        // The last change: one after a quiet spell of the base linger ends a storm at once.
+        // The last change: one after a quiet spell ([`STORM_LINGER_FACTOR`] base lingers; a
+        // storm of 5000 joins had gaps of one base linger every few joins) ends a storm at once.
+        let quiet = base * STORM_LINGER_FACTOR;
         let mut changed: Option<Instant> = None;
         loop {
             let next = match due {
@@ -485,7 +487,7 @@ impl Hub {
                         if let Some(f) = &frame {
                             state.pending.push(f.clone());
                             let now = Instant::now();
-                            if changed.is_some_and(|t| now >= t + base) {
+                            if changed.is_some_and(|t| now >= t + quiet) {
                                 linger = base;
                             }
                             changed = Some(now);
