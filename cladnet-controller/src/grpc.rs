@@ -213,7 +213,8 @@ impl AgentService for Grpc {
         let stream = self.ctl.watch(&bearer, req.into_inner()).await?;
         Ok(Response::new(Box::pin(stream.map(|item| {
             let bytes = item.map_err(Status::from)?;
-            pb::WatchEvent::decode(bytes).map_err(|e| Status::internal(e.to_string()))
+            pb::WatchEvent::decode(crate::service::event_of(&bytes))
+                .map_err(|e| Status::internal(e.to_string()))
         }))))
     }
 

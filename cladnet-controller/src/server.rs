@@ -264,6 +264,21 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<I> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
+    /// Forwarded (the default would write the first slice only and hide the capability):
+    /// HTTP/2 writes a DATA frame's head and its payload in one `writev` instead of two
+    /// `send`s, one syscall and one loopback segment less per Watch message.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }

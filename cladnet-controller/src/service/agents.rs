@@ -498,10 +498,13 @@ impl Controller {
                 })
             })
         };
-        // The watch hub's table when it runs (no read and decode of every peer per Join); the
-        // check is a read before the write either way, not part of the transaction.
-        let found = match self.hubs.with_peers(net, clash).await {
-            Some(found) => found,
+        // The watch hub's table when it runs (no read and decode of every peer per Join, and
+        // only the peers holding one of the endpoints: the first clash in node order is the
+        // one a scan of every peer finds); the check is a read before the write either way,
+        // not part of the transaction.
+        let endpoints: Vec<_> = public.into_iter().chain(private).collect();
+        let found = match self.hubs.endpoint_holders(net, &endpoints).await {
+            Some(holders) => clash(&mut holders.iter()),
             None => {
                 let peers = self.peers(net).await?;
                 clash(&mut peers.iter().map(|(p, _)| p))

@@ -15,7 +15,8 @@
 //! the state lock the hub applies changes under: nothing falls between the two.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    net::SocketAddrV4,
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -24,8 +25,8 @@ use cladnet_proto::v1::{self as pb, watch_event::Event};
 use cladnet_store::{Error as StoreError, Revision, Store, Txn, TxnOp, TxnOpResult, WatchEvent};
 use futures::StreamExt as _;
 use prost::{
-    Message as _,
-    encoding::{WireType, encode_key, encode_varint},
+    Message,
+    encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len},
 };
 use tokio::{
     sync::broadcast,
@@ -47,6 +48,21 @@ const HISTORY: usize = 16_384;
 /// after a quiet spell goes out at once): during a boot storm every stream wakes once per
 /// linger with all changes since, which agents that take batches get as one message.
 const LINGER: Duration = Duration::from_millis(50);
+/// While changes keep coming (a flush carries more than one per [`Limits::linger`] it held
+/// them), each flush doubles the linger up to this many times [`Limits::linger`], or
+/// [`STORM_LINGER_PER_STREAM`] per stream if that is longer; a flush with fewer (changes as
+/// sparse as the fan-out phase's, one per 100 ms), or a change after a quiet spell of this
+/// many [`Limits::linger`]s, restores it. A flush wakes every
+/// stream of the network and costs each a message, so in a boot storm of N agents fewer,
+/// larger flushes save ≈ N messages per flush not made, at the price of holding a change up to
+/// this long during the storm (never in a quiet network).
+const STORM_LINGER_FACTOR: u32 = 4;
+/// The storm linger per stream of the network: a flush costs ≈ 10 µs of CPU per stream, so
+/// this keeps the flushes of a storm at about 5 % of a core whatever the network's size (200
+/// ms at 1000 streams, as [`STORM_LINGER_FACTOR`] gives; 1 s at 5000).
+const STORM_LINGER_PER_STREAM: Duration = Duration::from_micros(200);
+/// The longest storm linger [`STORM_LINGER_PER_STREAM`] leads to.
+const STORM_LINGER_MAX: Duration = Duration::from_secs(1);
 
 /// `WatchEvent` field numbers (proto/cladnet/v1/cladnet.proto), for the events assembled from
 /// cached encodings.
@@ -64,7 +80,7 @@ pub(super) struct Frame {
     pub(super) revision: Revision,
     /// What changed: frames of one kind and key supersede each other.
     pub(super) kind: Kind,
-    /// The encoded `WatchEvent`.
+    /// The encoded `WatchEvent` as a gRPC message (after its [`GRPC_PREFIX`]).
     pub(super) bytes: Bytes,
     /// For a peer frame: SHA-256 (hex) of the node's session token in the record (`None`
     /// when the peer was removed): the node's streams opened with another session end.
@@ -164,7 +180,8 @@ pub(super) struct Limits {
     pub(super) capacity: usize,
     /// Frames of history kept (at least; four per peer in larger networks).
     pub(super) history: usize,
-    /// How long changes after a send are held to go out together ([`LINGER`]).
+    /// How long changes after a send are held to go out together ([`LINGER`]): the linger of
+    /// a quiet network, which a storm stretches up to [`STORM_LINGER_FACTOR`] times.
     pub(super) linger: Duration,
 }
 
@@ -207,16 +224,28 @@ impl Hubs {
         Ok((hub, attached))
     }
 
-    /// Runs `f` on network `net`'s peer table if its hub is running (the table may be a few
-    /// changes behind the store), else returns `None`.
-    pub(super) async fn with_peers<T>(
+    /// The peers of network `net` whose public or private endpoint is one of `endpoints`, in
+    /// node order, if its hub is running (the table may be a few changes behind the store),
+    /// else `None`. Found through the table's index, not by a scan of every peer.
+    pub(super) async fn endpoint_holders(
         &self,
         net: &str,
-        f: impl FnOnce(&mut dyn Iterator<Item = &PeerRecord>) -> T,
-    ) -> Option<T> {
+        endpoints: &[SocketAddrV4],
+    ) -> Option<Vec<PeerRecord>> {
         let hub = self.hubs.lock().await.get(net)?.clone();
         let state = hub.lock();
-        Some(f(&mut state.peers.values().map(|e| &e.record)))
+        let nodes: BTreeSet<&String> = endpoints
+            .iter()
+            .filter_map(|e| state.index.endpoints.get(e))
+            .flatten()
+            .collect();
+        Some(
+            nodes
+                .into_iter()
+                .filter_map(|n| state.peers.get(n))
+                .map(|e| e.record.clone())
+                .collect(),
+        )
     }
 
     /// What network `net`'s table says about a joining node, if its hub runs: the node's peer
@@ -236,11 +265,13 @@ impl Hubs {
             .map(|e| (e.record.clone(), e.revision));
         let holder = match &peer {
             Some((p, _)) if p.public_key == public_key => Some(node.as_bytes().to_vec()),
+            // The first holder in node order, as a scan of the table would find it.
             _ => state
-                .peers
-                .values()
-                .find(|e| e.record.public_key == public_key)
-                .map(|e| e.record.node_id.clone().into_bytes()),
+                .index
+                .keys
+                .get(public_key)
+                .and_then(|nodes| nodes.first())
+                .map(|n| n.clone().into_bytes()),
         };
         Some((peer, holder))
     }
@@ -259,6 +290,49 @@ pub(super) struct Hub {
     state: Mutex<State>,
 }
 
+/// The table's peers by public key and by endpoint (public and private alike), so that a Join's
+/// checks look up the few peers concerned instead of scanning all of them (which made a boot
+/// storm O(N²)). Node ids are kept sorted: lookups find peers in node order, as a scan did.
+#[derive(Debug, Default)]
+struct Index {
+    keys: HashMap<String, BTreeSet<String>>,
+    endpoints: HashMap<SocketAddrV4, BTreeSet<String>>,
+}
+
+impl Index {
+    fn add(&mut self, peer: &PeerRecord) {
+        let node = &peer.node_id;
+        self.keys
+            .entry(peer.public_key.clone())
+            .or_default()
+            .insert(node.clone());
+        for e in [peer.public_endpoint, peer.private_endpoint]
+            .into_iter()
+            .flatten()
+        {
+            self.endpoints.entry(e).or_default().insert(node.clone());
+        }
+    }
+
+    fn remove(&mut self, peer: &PeerRecord) {
+        fn take<K: Eq + std::hash::Hash>(map: &mut HashMap<K, BTreeSet<String>>, k: &K, n: &str) {
+            if let Some(nodes) = map.get_mut(k) {
+                nodes.remove(n);
+                if nodes.is_empty() {
+                    map.remove(k);
+                }
+            }
+        }
+        take(&mut self.keys, &peer.public_key, &peer.node_id);
+        for e in [peer.public_endpoint, peer.private_endpoint]
+            .into_iter()
+            .flatten()
+        {
+            take(&mut self.endpoints, &e, &peer.node_id);
+        }
+    }
+}
+
 /// A peer in the table.
 #[derive(Debug)]
 struct Entry {
@@ -273,6 +347,8 @@ struct State {
     network: NetworkRecord,
     network_revision: Revision,
     peers: BTreeMap<String, Entry>,
+    /// `peers` by public key and endpoint.
+    index: Index,
     /// The table holds every change up to this revision (and possibly some of the next one's:
     /// the events of one revision arrive one by one).
     complete: Revision,
@@ -307,6 +383,7 @@ impl Hub {
             network,
             network_revision,
             peers: BTreeMap::new(),
+            index: Index::default(),
             complete: revision,
             seen: from.unwrap_or(revision),
             history: VecDeque::new(),
@@ -371,9 +448,14 @@ impl Hub {
         mut events: cladnet_store::WatchStream,
         read: Revision,
     ) {
-        let linger = hubs.limits.linger;
+        let base = hubs.limits.linger;
+        let mut linger = base;
         let mut sent: Option<Instant> = None;
         let mut due: Option<Instant> = None;
+        // The last change: one after a quiet spell ([`STORM_LINGER_FACTOR`] base lingers; a
+        // storm of 5000 joins had gaps of one base linger every few joins) ends a storm at once.
+        let quiet = base * STORM_LINGER_FACTOR;
+        let mut changed: Option<Instant> = None;
         loop {
             let next = match due {
                 Some(at) => tokio::select! {
@@ -383,7 +465,10 @@ impl Hub {
                 None => Some(events.next().await),
             };
             let Some(next) = next else {
-                self.lock().flush();
+                let mut state = self.lock();
+                let flushed = state.flush();
+                linger = next_linger(base, linger, flushed, state.tx.receiver_count());
+                drop(state);
                 (sent, due) = (Some(Instant::now()), None);
                 continue;
             };
@@ -402,12 +487,18 @@ impl Hub {
                         if let Some(f) = &frame {
                             state.pending.push(f.clone());
                             let now = Instant::now();
+                            if changed.is_some_and(|t| now >= t + quiet) {
+                                linger = base;
+                            }
+                            changed = Some(now);
                             let last = f.last();
                             if last
                                 || due.is_some_and(|at| now >= at)
                                 || sent.is_none_or(|t| now >= t + linger)
                             {
-                                state.flush();
+                                let flushed = state.flush();
+                                let streams = state.tx.receiver_count();
+                                linger = next_linger(base, linger, flushed, streams);
                                 (sent, due) = (Some(now), None);
                             } else if due.is_none() {
                                 due = sent.map(|t| t + linger);
@@ -473,9 +564,16 @@ impl Hub {
     }
 
     /// The table as a fresh read would give it: the network record and every peer record.
+    /// Checks that the table's index is the one its peers make.
     #[cfg(test)]
     pub(super) fn table(&self) -> (Revision, NetworkRecord, Vec<(PeerRecord, Revision)>) {
         let state = self.lock();
+        let mut index = Index::default();
+        for e in state.peers.values() {
+            index.add(&e.record);
+        }
+        assert_eq!(index.keys, state.index.keys, "the public-key index");
+        assert_eq!(index.endpoints, state.index.endpoints, "the endpoint index");
         let peers = state
             .peers
             .values()
@@ -488,6 +586,10 @@ impl Hub {
 impl State {
     fn insert_peer(&mut self, record: PeerRecord, revision: Revision) -> Bytes {
         let bytes = Bytes::from(record.to_proto(&self.network, revision).encode_to_vec());
+        if let Some(old) = self.peers.get(&record.node_id) {
+            self.index.remove(&old.record);
+        }
+        self.index.add(&record);
         self.peers.insert(
             record.node_id.clone(),
             Entry {
@@ -501,12 +603,14 @@ impl State {
 
     /// Sends the pending frames live, all at once (streams woken by the first find the others
     /// ready too), and appends them to the history (dropping the oldest beyond its bound).
-    fn flush(&mut self) {
+    /// Returns how many frames went out.
+    fn flush(&mut self) -> usize {
         let bound = self.history_bound.max(4 * self.peers.len());
         let frames = std::mem::take(&mut self.pending);
         if frames.is_empty() {
-            return;
+            return 0;
         }
+        let count = frames.len();
         for frame in &frames {
             while self.history.len() >= bound {
                 if let Some(old) = self.history.pop_front() {
@@ -516,6 +620,7 @@ impl State {
             self.history.push_back(frame.clone());
         }
         let _ = self.tx.send(Arc::new(Live::Frames(frames)));
+        count
     }
 
     /// The frame of store event `event`; the table changes only if `apply` (events at or below
@@ -528,7 +633,7 @@ impl State {
             }
             self.seen = revision;
         }
-        let encode = |event: Event| Bytes::from(watch_event(revision, event).encode_to_vec());
+        let encode = |event: Event| message(&watch_event(revision, event));
         let frame = |kind: Kind, bytes: Bytes| {
             Ok(Some(Arc::new(Frame {
                 revision,
@@ -546,6 +651,7 @@ impl State {
                     self.network_revision = revision;
                     // Peers carry the network's address space: encode them again.
                     let peers = std::mem::take(&mut self.peers);
+                    self.index = Index::default();
                     for e in peers.into_values() {
                         self.insert_peer(e.record, e.revision);
                     }
@@ -566,18 +672,19 @@ impl State {
                 } else {
                     Bytes::from(record.to_proto(&self.network, revision).encode_to_vec())
                 };
-                let mut bytes = BytesMut::with_capacity(peer.len() + 16);
+                let mut bytes = start_message(peer.len() + 16);
                 prost::encoding::int64::encode(REVISION_FIELD, &revision, &mut bytes);
                 put_bytes(PEER_UPSERTED_FIELD, &peer, &mut bytes);
                 Ok(Some(Arc::new(Frame {
                     revision,
                     kind: Kind::Peer(node.to_owned()),
-                    bytes: bytes.freeze(),
+                    bytes: finish_message(bytes),
                     session,
                 })))
             }
             (Some(KeyKind::Peer(node)), WatchEvent::Delete { .. }) => {
-                if apply && self.peers.remove(node).is_some() {
+                if apply && let Some(old) = self.peers.remove(node) {
+                    self.index.remove(&old.record);
                     self.snapshot = None;
                 }
                 frame(
@@ -611,7 +718,8 @@ impl State {
         }
     }
 
-    /// The encoded snapshot at `complete`, assembled from the cached peer encodings.
+    /// The snapshot at `complete` as a gRPC message, assembled from the cached peer encodings
+    /// in one buffer (the `Snapshot`'s length is computed first, so nothing is copied twice).
     fn snapshot(&mut self) -> Bytes {
         if let Some((revision, bytes)) = &self.snapshot
             && *revision == self.complete
@@ -619,22 +727,40 @@ impl State {
             return bytes.clone();
         }
         let network = self.network.to_proto(self.network_revision).encode_to_vec();
-        let size = self
-            .peers
-            .values()
-            .map(|e| e.bytes.len() + 8)
-            .sum::<usize>();
-        let mut snapshot = BytesMut::with_capacity(network.len() + size + 8);
-        put_bytes(SNAPSHOT_NETWORK_FIELD, &network, &mut snapshot);
-        for e in self.peers.values() {
-            put_bytes(SNAPSHOT_PEERS_FIELD, &e.bytes, &mut snapshot);
-        }
-        let mut event = BytesMut::with_capacity(snapshot.len() + 24);
+        let size = field_len(SNAPSHOT_NETWORK_FIELD, network.len())
+            + self
+                .peers
+                .values()
+                .map(|e| field_len(SNAPSHOT_PEERS_FIELD, e.bytes.len()))
+                .sum::<usize>();
+        let mut event = start_message(size + 24);
         prost::encoding::int64::encode(REVISION_FIELD, &self.complete, &mut event);
-        put_bytes(SNAPSHOT_FIELD, &snapshot, &mut event);
-        let bytes = event.freeze();
+        encode_key(SNAPSHOT_FIELD, WireType::LengthDelimited, &mut event);
+        encode_varint(size as u64, &mut event);
+        put_bytes(SNAPSHOT_NETWORK_FIELD, &network, &mut event);
+        for e in self.peers.values() {
+            put_bytes(SNAPSHOT_PEERS_FIELD, &e.bytes, &mut event);
+        }
+        let bytes = finish_message(event);
         self.snapshot = Some((self.complete, bytes.clone()));
         bytes
+    }
+}
+
+/// The linger after a flush of `flushed` frames to `streams` streams, held for `linger`:
+/// doubled (up to [`STORM_LINGER_FACTOR`] times `base`, or [`STORM_LINGER_PER_STREAM`] per
+/// stream up to [`STORM_LINGER_MAX`] if that is longer) while more than one change came per
+/// `base`, else `base` again: a long linger must not outlast the storm, or a network's
+/// ordinary changes (say one every 100 ms) would keep it and each wait for it.
+fn next_linger(base: Duration, linger: Duration, flushed: usize, streams: usize) -> Duration {
+    let flushed = u32::try_from(flushed).unwrap_or(u32::MAX);
+    if flushed > 1 && base.saturating_mul(flushed) > linger {
+        let per_stream =
+            STORM_LINGER_PER_STREAM.saturating_mul(u32::try_from(streams).unwrap_or(u32::MAX));
+        let cap = (base * STORM_LINGER_FACTOR).max(per_stream.min(STORM_LINGER_MAX));
+        (linger * 2).min(cap)
+    } else {
+        base
     }
 }
 
@@ -643,6 +769,41 @@ pub(super) fn put_bytes(tag: u32, bytes: &[u8], buf: &mut BytesMut) {
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(bytes.len() as u64, buf);
     buf.put_slice(bytes);
+}
+
+/// The encoded size of a length-delimited field `tag` of `len` bytes.
+pub(super) fn field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// Length of the prefix of a gRPC message: a compression flag (0: not compressed) and the
+/// message's length (big-endian `u32`). Every frame, snapshot and batch is built with it in
+/// front, so that the gRPC layer sends the shared bytes as they are (`crate::grpc`).
+pub(super) const GRPC_PREFIX: usize = 5;
+
+/// A buffer for one gRPC message of about `capacity` bytes, its prefix left to
+/// [`finish_message`].
+pub(super) fn start_message(capacity: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(GRPC_PREFIX + capacity);
+    buf.put_bytes(0, GRPC_PREFIX);
+    buf
+}
+
+/// The message begun by [`start_message`], with its prefix: not compressed, and its length
+/// (messages stay far below 4 GiB: batches are bounded, and a snapshot of that size would be
+/// refused by every client anyway).
+pub(super) fn finish_message(mut buf: BytesMut) -> Bytes {
+    let len = u32::try_from(buf.len() - GRPC_PREFIX).unwrap_or(u32::MAX);
+    buf[1..GRPC_PREFIX].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
+}
+
+/// `msg` encoded as a gRPC message.
+fn message(msg: &impl Message) -> Bytes {
+    let mut buf = start_message(msg.encoded_len());
+    // Cannot fail: a BytesMut grows as needed (and has the room already).
+    msg.encode_raw(&mut buf);
+    finish_message(buf)
 }
 
 fn watch_event(revision: Revision, event: Event) -> pb::WatchEvent {

@@ -22,7 +22,7 @@ use std::{collections::HashMap, sync::Arc};
 use cladnet_store::{Compare, CompareOp, KeyValue, Store, Txn, TxnOp};
 use tokio::sync::Mutex;
 
-pub use watch::WatchStream;
+pub use watch::{WatchStream, event_of};
 
 use crate::{
     auth::AdminAuth,

@@ -7,12 +7,13 @@
 //! or a fresh snapshot if the history does not reach back that far. A stream that falls behind
 //! the live changes catches up the same way.
 //!
-//! Items are encoded `WatchEvent`s: the same bytes for every stream (the gRPC layer sends
-//! them as they are, see `crate::grpc`).
+//! Items are encoded `WatchEvent`s as gRPC messages (with their 5-byte prefix, see
+//! [`GRPC_PREFIX`]): the same bytes for every stream, which the gRPC layer sends as they are,
+//! without a copy (see `crate::grpc`).
 
 use std::{pin::Pin, sync::Arc};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cladnet_proto::v1 as pb;
 use cladnet_store::Revision;
 use futures::Stream;
@@ -21,7 +22,10 @@ use tracing::debug;
 
 use super::{
     Controller,
-    hub::{Attached, Frame, Hub, Live, put_bytes},
+    hub::{
+        Attached, Frame, GRPC_PREFIX, Hub, Live, field_len, finish_message, put_bytes,
+        start_message,
+    },
 };
 use crate::{
     auth::sha256_hex,
@@ -29,8 +33,15 @@ use crate::{
     keys, validate,
 };
 
-/// Encoded `WatchEvent`s for one agent; ends with an error or when the network is deleted.
+/// Encoded `WatchEvent`s for one agent, each as a gRPC message (the 5-byte gRPC message prefix,
+/// then the event: [`event_of`] takes the event); ends with an error or when the network is
+/// deleted.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// The encoded `WatchEvent` of a [`WatchStream`] item (the item after its gRPC prefix).
+pub fn event_of(item: &Bytes) -> Bytes {
+    item.slice(GRPC_PREFIX.min(item.len())..)
+}
 
 impl Controller {
     /// Opens a Watch for node `hostId` of network `cladnetId`.
@@ -323,19 +334,30 @@ impl Batch {
     }
 
     /// One change as it is; several as a `WatchEvent` holding a `WatchBatch` of them (the
-    /// encoded changes are copied in as they are, nothing is encoded again).
+    /// encoded changes are copied in as they are, once, into one buffer: nothing is encoded
+    /// again).
     fn encode(mut self) -> Bytes {
         if self.changes.len() == 1 {
             return self.changes.pop().unwrap_or_default();
         }
-        let mut inner = BytesMut::with_capacity(self.size + 8 * self.changes.len());
-        for change in &self.changes {
-            put_bytes(BATCH_EVENTS_FIELD, change, &mut inner);
-        }
-        let mut event = BytesMut::with_capacity(inner.len() + 24);
+        let inner = self
+            .changes
+            .iter()
+            .map(|c| field_len(BATCH_EVENTS_FIELD, c.len().saturating_sub(GRPC_PREFIX)))
+            .sum::<usize>();
+        let mut event = start_message(inner + 24);
         prost::encoding::int64::encode(REVISION_FIELD, &self.revision, &mut event);
-        put_bytes(BATCH_FIELD, &inner, &mut event);
-        event.freeze()
+        prost::encoding::encode_key(
+            BATCH_FIELD,
+            prost::encoding::WireType::LengthDelimited,
+            &mut event,
+        );
+        prost::encoding::encode_varint(inner as u64, &mut event);
+        for change in &self.changes {
+            let change = change.get(GRPC_PREFIX..).unwrap_or_default();
+            put_bytes(BATCH_EVENTS_FIELD, change, &mut event);
+        }
+        finish_message(event)
     }
 }
 

@@ -41,7 +41,7 @@ fn peer(node: u8, port: u16) -> PeerRecord {
         overlay_ip: std::net::Ipv4Addr::new(10, 9, 0, node + 1),
         state: PeerState::Joining,
         public_key: format!("key-{node}"),
-        public_endpoint: Some(std::net::SocketAddrV4::new([198, 18, 0, node].into(), port)),
+        public_endpoint: Some(SocketAddrV4::new([198, 18, 0, node].into(), port)),
         private_endpoint: None,
         host_private_cidr: None,
         interfaces: Vec::new(),
@@ -268,7 +268,7 @@ impl Agent {
                 })
                 .expect("stream open")
                 .expect("no error");
-            self.apply(&item);
+            self.apply(&unframe(&item));
         }
     }
 }
@@ -544,7 +544,7 @@ async fn resume_on_a_fresh_hub_replays_from_the_store() {
             .unwrap()
             .unwrap()
             .unwrap();
-        match pb::WatchEvent::decode(bytes).unwrap().event {
+        match pb::WatchEvent::decode(unframe(&bytes)).unwrap().event {
             Some(Event::PeerUpserted(p)) => seen.push((p.host_id, p.public_endpoint)),
             other => panic!("{other:?}"),
         }
@@ -579,7 +579,26 @@ async fn message(stream: &mut WatchStream) -> (usize, pb::WatchEvent) {
         .expect("a message within 5 s")
         .expect("stream open")
         .expect("no error");
-    (bytes.len(), pb::WatchEvent::decode(bytes).unwrap())
+    (
+        bytes.len(),
+        pb::WatchEvent::decode(unframe(&bytes)).unwrap(),
+    )
+}
+
+/// The `WatchEvent` in a stream item, after checking its gRPC prefix: not compressed, and the
+/// length of the rest.
+fn unframe(item: &Bytes) -> Bytes {
+    assert!(item.len() >= GRPC_PREFIX, "{} bytes", item.len());
+    assert_eq!(item[0], 0, "the compressed flag is set");
+    let len = u32::from_be_bytes(item[1..GRPC_PREFIX].try_into().unwrap());
+    assert_eq!(
+        len as usize,
+        item.len() - GRPC_PREFIX,
+        "the prefix's length"
+    );
+    let event = crate::service::event_of(item);
+    assert_eq!(event.len(), len as usize);
+    event
 }
 
 /// Changes that are ready together reach an agent that takes batches as one message (each at
@@ -746,6 +765,7 @@ fn assembled_events_decode_as_built() {
         network: network("d"),
         network_revision: 3,
         peers: BTreeMap::new(),
+        index: Index::default(),
         complete: 7,
         seen: 7,
         history: VecDeque::new(),
@@ -767,7 +787,10 @@ fn assembled_events_decode_as_built() {
             ],
         })),
     };
-    assert_eq!(pb::WatchEvent::decode(state.snapshot()).unwrap(), want);
+    assert_eq!(
+        pb::WatchEvent::decode(unframe(&state.snapshot())).unwrap(),
+        want
+    );
     let kv = KeyValue {
         key: keys::peer(NET, "n3"),
         value: model::encode(&peer(3, 9)),
@@ -781,7 +804,7 @@ fn assembled_events_decode_as_built() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        pb::WatchEvent::decode(frame.bytes.clone()).unwrap(),
+        pb::WatchEvent::decode(unframe(&frame.bytes)).unwrap(),
         pb::WatchEvent {
             revision: 8,
             event: Some(Event::PeerUpserted(peer(3, 9).to_proto(&network("d"), 8))),
@@ -806,4 +829,42 @@ fn probe_requests_reach_only_their_node() {
         Kind::Command("a".into()).key(),
         "a probe request does not supersede a pending command"
     );
+}
+
+/// The linger doubles while flushes carry more than one change per base linger (a storm), up
+/// to its bound (4 times the base, or 200 µs per stream up to 1 s if longer), and is back to
+/// the base after a flush with fewer: one change, or changes as sparse as a fan-out's.
+#[test]
+fn linger_grows_in_a_storm_and_resets_when_quiet() {
+    let base = Duration::from_millis(50);
+    // Joins at 1000 per second: 50 per base linger.
+    let storm = |streams: usize| {
+        let mut linger = base;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let flushed = (linger.as_millis() as usize).max(1);
+            linger = next_linger(base, linger, flushed, streams);
+            seen.push(linger.as_millis());
+        }
+        (linger, seen)
+    };
+    let (linger, seen) = storm(10);
+    assert_eq!(seen, [100, 200, 200, 200, 200, 200]);
+    assert_eq!(next_linger(base, linger, 1, 10), base);
+    assert_eq!(next_linger(base, linger, 0, 10), base);
+    assert_eq!(storm(1000).1, [100, 200, 200, 200, 200, 200]);
+    assert_eq!(storm(2500).1, [100, 200, 400, 500, 500, 500]);
+    let (linger, seen) = storm(100_000);
+    assert_eq!(seen, [100, 200, 400, 800, 1000, 1000]);
+    assert_eq!(next_linger(base, linger, 1, 100_000), base);
+    // A change per 100 ms after a storm: 10 in a 1 s linger, fewer than one per base linger.
+    assert_eq!(next_linger(base, linger, 10, 100_000), base);
+    assert_eq!(next_linger(base, linger, 21, 100_000), linger);
+    assert_eq!(
+        next_linger(Duration::ZERO, Duration::ZERO, 9, 10),
+        Duration::ZERO
+    );
+    // A long base keeps its own bound.
+    let long = Duration::from_secs(1);
+    assert_eq!(next_linger(long, long * 2, 3, 5000), long * 4);
 }
