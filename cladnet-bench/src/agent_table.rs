@@ -125,14 +125,18 @@ fn rss() -> Result<ProcStats> {
     ProcStats::read("self").map_err(|e| BenchError::io("reading /proc/self", e))
 }
 
-/// CPU time this thread has run, nanoseconds (first field of `/proc/thread-self/schedstat`).
+/// CPU time this thread has run, nanoseconds (`CLOCK_THREAD_CPUTIME_ID`; the scheduler's
+/// statistics in `/proc/thread-self/schedstat` advance only at ticks, so a short loop could
+/// read no CPU at all).
 fn thread_cpu_ns() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat")
-        .map_err(|e| BenchError::io("reading /proc/thread-self/schedstat", e))?;
-    text.split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| BenchError::Check(format!("unexpected schedstat {text:?}")))
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).map_err(|e| {
+        BenchError::io(
+            "reading the thread's CPU clock",
+            std::io::Error::from_raw_os_error(e as i32),
+        )
+    })?;
+    Ok(u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(t.tv_nsec()).unwrap_or(0))
 }
 
 /// Mean CPU microseconds per sample between two [`thread_cpu_ns`] readings.
