@@ -476,6 +476,19 @@ impl Mesh {
     /// Starts a [`Mesh::verified_transfer`] in the background (one TCP connection), for a
     /// test that changes the network while it runs; [`Transfer::finish`] checks it.
     pub fn start_transfer(&self, from: &str, to: &str, port: u16, bytes: usize) -> Transfer {
+        self.start_paced_transfer(from, to, port, bytes, 0)
+    }
+
+    /// [`Mesh::start_transfer`] sending at most `rate` bytes a second (0: as fast as TCP
+    /// goes), so the transfer is still running when a test changes the path under it.
+    pub fn start_paced_transfer(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        bytes: usize,
+        rate: usize,
+    ) -> Transfer {
         let script = script_path();
         let mut server = self.topo.host(to).command("python3");
         server
@@ -496,6 +509,7 @@ impl Mesh {
                 &self.overlay_ip(to).to_string(),
                 &port.to_string(),
                 &bytes.to_string(),
+                &rate.to_string(),
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

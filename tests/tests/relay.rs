@@ -109,9 +109,11 @@ fn hard_nat_pair_relays_and_fails_over_when_its_relay_dies() {
     let other = RELAYS.iter().find(|r| **r != relay).unwrap();
     eprintln!("h1 <-> h2 through {relay}");
     // A transfer runs while the relay is killed: it completes, every byte intact, through the
-    // other relay.
+    // other relay. Paced to last about 8 s, so it is still running at the kill (unpaced, a
+    // fast cipher finished it before; with no traffic nothing tells a side its relay died
+    // until the next keepalive).
     let started = Instant::now();
-    let transfer = mesh.start_transfer("h1", "h2", 5600, TRANSFER);
+    let transfer = mesh.start_paced_transfer("h1", "h2", 5600, TRANSFER, TRANSFER / 8);
     thread::sleep(Duration::from_secs(2));
     let pid = mesh.agent_pid(&relay);
     Command::new("kill")
