@@ -310,13 +310,6 @@ impl RelayIo {
         paths.observe(now, &node.relay_observations(now));
         let actions: Vec<PathAction> = std::iter::from_fn(|| paths.poll_action()).collect();
         drop(s);
-        let node_id = |node: &Node, index: u32| {
-            node.forwarding()
-                .peers()
-                .find(|p| p.node_index == index)
-                .map(|p| p.node_id.clone())
-                .unwrap_or_default()
-        };
         for action in actions {
             match action {
                 PathAction::UseRelay { node: index } => {
@@ -335,7 +328,7 @@ impl RelayIo {
                     node: index,
                     outcome,
                 } => {
-                    let node_id = node_id(node, index);
+                    let node_id = node_id_or_index(node, index);
                     let outcome = match outcome {
                         Outcome::AlreadyDirect => "already direct (no probes sent)".to_owned(),
                         Outcome::Direct => "direct".to_owned(),
@@ -344,7 +337,7 @@ impl RelayIo {
                     info!(node_id, outcome, "coordinated probe");
                 }
                 PathAction::Changed { node: index, event } => {
-                    let node_id = node_id(node, index);
+                    let node_id = node_id_or_index(node, index);
                     let (from, to) = (describe(event.from), describe(event.to));
                     let via = match event.to {
                         Path::Relayed { via } => Some(node_id_or_index(node, via)),

@@ -541,25 +541,19 @@ impl Node {
         node_index: u32,
         endpoint: SocketAddr,
     ) -> bool {
-        let Some(sealed) = &mut self.sealed else {
+        let Some(node_id) = self
+            .sealed
+            .as_mut()
+            .and_then(|s| s.set_endpoint(node_index, endpoint))
+        else {
             return false;
         };
-        if !sealed.set_endpoint(node_index, endpoint) {
-            return false;
-        }
-        let node_id = self
-            .forwarding()
-            .peers()
-            .find(|p| p.node_index == node_index)
-            .map(|p| p.node_id.clone());
-        if let Some(node_id) = node_id {
-            self.handle_peer_roamed(now, &node_id, endpoint);
-            self.events.push_back(Event::EndpointChanged {
-                node_id,
-                endpoint,
-                roamed: false,
-            });
-        }
+        self.handle_peer_roamed(now, &node_id, endpoint);
+        self.events.push_back(Event::EndpointChanged {
+            node_id,
+            endpoint,
+            roamed: false,
+        });
         true
     }
 

@@ -311,10 +311,11 @@ impl Sealed {
     }
 
     /// Points the WireGuard peer of node `node_index` at `endpoint` (a relay address or a
-    /// direct one). `false` for a node without a SEALED peer here.
-    pub(super) fn set_endpoint(&mut self, node_index: u32, endpoint: SocketAddr) -> bool {
-        self.by_index(node_index)
-            .is_some_and(|id| self.device.set_endpoint(id, endpoint).is_ok())
+    /// direct one): the peer's node id, or `None` for a node without a SEALED peer here.
+    pub(super) fn set_endpoint(&mut self, node_index: u32, endpoint: SocketAddr) -> Option<String> {
+        let p = self.peers.values().find(|p| p.node_index == node_index)?;
+        self.device.set_endpoint(p.id, endpoint).ok()?;
+        Some(p.node_id.clone())
     }
 
     /// Makes WireGuard send node `node_index` a keepalive (or a handshake) at the next
