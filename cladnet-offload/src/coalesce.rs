@@ -1,5 +1,6 @@
 //! The TUN write side (GRO): merge a batch of decapsulated inner packets into as few TUN
-//! writes as possible, so the kernel's TCP receive path sees 64 KiB super-packets.
+//! writes as possible, so the kernel's TCP receive path sees 64 KiB super-packets (and, with
+//! [`Coalescer::with_udp`], a flow's UDP datagrams go up in one `GSO_UDP_L4` write).
 //!
 //! # Buffers
 //!
@@ -36,6 +37,15 @@
 //! Everything else (non-TCP, SYN/FIN/RST/URG/ECE/CWR, IP options, fragments, IPv6 extension
 //! headers, bad checksums, trailing bytes) is written unchanged with [`VirtioNetHdr::NONE`].
 //!
+//! With [`Coalescer::with_udp`], a UDP datagram (IPv4 without options or fragmentation with a
+//! valid header checksum, or IPv6 whose next header is UDP; the lengths matching the buffer;
+//! a non-empty payload and a non-zero checksum) joins the flow's latest UDP item when the IP
+//! headers agree as for TCP, its payload is no larger than the item's first, the item has
+//! not taken a shorter one, it holds fewer than 64 datagrams and both checksums verify. The
+//! merged packet carries the whole length in its UDP header and the pseudo-header sum in its
+//! checksum, under `NEEDS_CSUM` + `GSO_UDP_L4`; the kernel cuts it back into the datagrams
+//! (their IPv4 identifications renumbered from the first's) for a socket without `UDP_GRO`.
+//!
 //! # Order
 //!
 //! Output order is the order of each item's first packet. A flow's packets are never
@@ -47,12 +57,13 @@ use super::{
     OffloadError,
     checksum::{self, pseudo_header},
     ip::{
-        IPPROTO_TCP, IPV4_HDR_LEN, IPV6_HLEN, MAX_IP_LEN, TCP_ACK, TCP_CSUM_OFF, TCP_FLAGS_OFF,
-        TCP_MIN_HLEN, TCP_PSH, addr_range, be16, be32, put16,
+        IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, IPV6_HLEN, MAX_IP_LEN, TCP_ACK, TCP_CSUM_OFF,
+        TCP_FLAGS_OFF, TCP_MIN_HLEN, TCP_PSH, UDP_CSUM_OFF, UDP_HDR_LEN, addr_range, be16, be32,
+        put16,
     },
     vnet::{
         VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
-        VNET_HDR_LEN, VirtioNetHdr,
+        VIRTIO_NET_HDR_GSO_UDP_L4, VNET_HDR_LEN, VirtioNetHdr,
     },
 };
 
@@ -71,6 +82,8 @@ pub struct GroStats {
 /// batch.
 #[derive(Debug, Default)]
 pub struct Coalescer {
+    /// Whether UDP datagrams merge too (USO writes).
+    udp: bool,
     items: Vec<Item>,
     /// Open-addressed flow table: index into `items` of each flow's latest item.
     table: Vec<u32>,
@@ -90,15 +103,25 @@ enum Fate {
 
 const EMPTY: u32 = u32::MAX;
 
+/// Most datagrams merged into one UDP write (the kernel segments at most `UDP_MAX_SEGMENTS`,
+/// 128 on Linux 6.x).
+const MAX_UDP_SEGMENTS: usize = 64;
+
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 struct FlowKey {
     v6: bool,
+    /// UDP (only with [`Coalescer::with_udp`]), else TCP.
+    udp: bool,
     src: [u8; 16],
     dst: [u8; 16],
     ports: u32,
 }
 
 impl FlowKey {
+    fn protocol(&self) -> u8 {
+        if self.udp { IPPROTO_UDP } else { IPPROTO_TCP }
+    }
+
     fn hash(&self) -> u64 {
         let w =
             |b: &[u8; 16], i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().expect("8 bytes"));
@@ -107,7 +130,7 @@ impl FlowKey {
             w(&self.src, 8),
             w(&self.dst, 0),
             w(&self.dst, 8),
-            u64::from(self.ports) << 1 | u64::from(self.v6),
+            u64::from(self.ports) << 2 | u64::from(self.udp) << 1 | u64::from(self.v6),
         ];
         let h = words.iter().fold(0u64, |h, x| {
             (h.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
@@ -118,10 +141,10 @@ impl FlowKey {
 
 /// A TCP packet of the batch, parsed.
 #[derive(Clone, Copy, Debug)]
-struct Tcp {
+struct Seg {
     key: FlowKey,
     ip_hlen: usize,
-    tcp_hlen: usize,
+    l4_hlen: usize,
     seq: u32,
     ack: u32,
     flags: u8,
@@ -135,7 +158,7 @@ struct Item {
     key: FlowKey,
     buf: usize,
     ip_hlen: usize,
-    tcp_hlen: usize,
+    l4_hlen: usize,
     ack: u32,
     next_seq: u32,
     gso_size: usize,
@@ -154,13 +177,14 @@ enum Class {
     /// TCP of a known flow that cannot merge: written as is, ends the flow's item.
     Barrier(FlowKey),
     /// A merge candidate.
-    Candidate(Tcp),
+    Candidate(Seg),
 }
 
-fn flow_key(pkt: &[u8], v6: bool, l4: usize) -> FlowKey {
+fn flow_key(pkt: &[u8], v6: bool, l4: usize, udp: bool) -> FlowKey {
     let (a, n) = addr_range(v6);
     let mut key = FlowKey {
         v6,
+        udp,
         src: [0; 16],
         dst: [0; 16],
         ports: be32(pkt, l4),
@@ -170,10 +194,11 @@ fn flow_key(pkt: &[u8], v6: bool, l4: usize) -> FlowKey {
     key
 }
 
-fn classify(pkt: &[u8]) -> Class {
+fn classify(pkt: &[u8], udp: bool) -> Class {
     let len = pkt.len();
-    let (v6, l4, ip_ok) = match pkt.first().map(|b| b >> 4) {
-        Some(4) if len >= IPV4_HDR_LEN && pkt[9] == IPPROTO_TCP => {
+    let keyed = |proto: u8| proto == IPPROTO_TCP || (udp && proto == IPPROTO_UDP);
+    let (v6, l4, ip_ok, proto) = match pkt.first().map(|b| b >> 4) {
+        Some(4) if len >= IPV4_HDR_LEN && keyed(pkt[9]) => {
             let ihl = usize::from(pkt[0] & 0x0F) * 4;
             let frag = be16(pkt, 6) & 0x3FFF;
             if ihl < IPV4_HDR_LEN || frag & 0x1FFF != 0 || len < ihl + 4 {
@@ -183,42 +208,64 @@ fn classify(pkt: &[u8]) -> Class {
                 && frag == 0
                 && usize::from(be16(pkt, 2)) == len
                 && checksum::verify(&pkt[..IPV4_HDR_LEN], 0);
-            (false, ihl, ok)
+            (false, ihl, ok, pkt[9])
         }
-        Some(6) if len >= IPV6_HLEN + 4 && pkt[6] == IPPROTO_TCP => (
+        Some(6) if len >= IPV6_HLEN + 4 && keyed(pkt[6]) => (
             true,
             IPV6_HLEN,
             usize::from(be16(pkt, 4)) + IPV6_HLEN == len,
+            pkt[6],
         ),
         _ => return Class::Other,
     };
-    let key = flow_key(pkt, v6, l4);
+    let key = flow_key(pkt, v6, l4, proto == IPPROTO_UDP);
+    if key.udp {
+        // A datagram with a payload, a length field that matches and a checksum (an IPv4
+        // datagram may have none, 0: it is written alone, not given one by the merge).
+        let fits = ip_ok
+            && len > l4 + UDP_HDR_LEN
+            && usize::from(be16(pkt, l4 + 4)) == len - l4
+            && be16(pkt, l4 + UDP_CSUM_OFF) != 0;
+        if !fits {
+            return Class::Barrier(key);
+        }
+        return Class::Candidate(Seg {
+            key,
+            ip_hlen: l4,
+            l4_hlen: UDP_HDR_LEN,
+            seq: 0,
+            ack: 0,
+            flags: 0,
+            window: 0,
+            payload: len - l4 - UDP_HDR_LEN,
+        });
+    }
     if !ip_ok || len < l4 + TCP_MIN_HLEN {
         return Class::Barrier(key);
     }
-    let tcp_hlen = usize::from(pkt[l4 + 12] >> 4) * 4;
+    let l4_hlen = usize::from(pkt[l4 + 12] >> 4) * 4;
     let flags = pkt[l4 + TCP_FLAGS_OFF];
-    if tcp_hlen < TCP_MIN_HLEN || l4 + tcp_hlen >= len || flags & !TCP_PSH != TCP_ACK {
+    if l4_hlen < TCP_MIN_HLEN || l4 + l4_hlen >= len || flags & !TCP_PSH != TCP_ACK {
         return Class::Barrier(key);
     }
-    Class::Candidate(Tcp {
+    Class::Candidate(Seg {
         key,
         ip_hlen: l4,
-        tcp_hlen,
+        l4_hlen,
         seq: be32(pkt, l4 + 4),
         ack: be32(pkt, l4 + 8),
         flags,
         window: be16(pkt, l4 + 14),
-        payload: len - l4 - tcp_hlen,
+        payload: len - l4 - l4_hlen,
     })
 }
 
-fn tcp_checksum_ok(pkt: &[u8], v6: bool, ip_hlen: usize) -> bool {
-    let (a, n) = addr_range(v6);
+fn l4_checksum_ok(pkt: &[u8], key: &FlowKey, ip_hlen: usize) -> bool {
+    let (a, n) = addr_range(key.v6);
     let pseudo = pseudo_header(
         &pkt[a..a + n],
         &pkt[a + n..a + 2 * n],
-        IPPROTO_TCP,
+        key.protocol(),
         (pkt.len() - ip_hlen) as u32,
     );
     checksum::verify(&pkt[ip_hlen..], pseudo)
@@ -248,6 +295,16 @@ impl Coalescer {
         Self::default()
     }
 
+    /// A coalescer that also merges UDP datagrams into `GSO_UDP_L4` writes. Only for a device
+    /// that accepted `TUN_F_USO4`/`TUN_F_USO6` (Linux 6.2+): an older kernel refuses such a
+    /// write.
+    pub fn with_udp() -> Self {
+        Self {
+            udp: true,
+            ..Self::default()
+        }
+    }
+
     /// Coalesces the batch `bufs` (packets at `bufs[i][offset..]`; see the [module
     /// docs](self)), appending the indices of the buffers to write, in order, to `to_write`.
     /// For each such `i`, `bufs[i][offset - VNET_HDR_LEN..]` is the complete TUN write
@@ -274,7 +331,7 @@ impl Coalescer {
             stats.packets += 1;
             let (before, rest) = bufs.split_at_mut(i);
             let pkt = &rest[0][offset..];
-            let fate = match classify(pkt) {
+            let fate = match classify(pkt, self.udp) {
                 Class::Other => Fate::Write,
                 Class::Barrier(key) => {
                     if let (_, Some(item)) = self.lookup(&key) {
@@ -282,12 +339,12 @@ impl Coalescer {
                     }
                     Fate::Write
                 }
-                Class::Candidate(tcp) => {
-                    let (slot, latest) = self.lookup(&tcp.key);
+                Class::Candidate(seg) => {
+                    let (slot, latest) = self.lookup(&seg.key);
                     let merge = match latest {
                         Some(item) => {
                             let head = &mut before[self.items[item].buf];
-                            try_append(&mut self.items[item], head, offset, pkt, &tcp)
+                            try_append(&mut self.items[item], head, offset, pkt, &seg)
                         }
                         None => Merge::No,
                     };
@@ -297,18 +354,18 @@ impl Coalescer {
                         Merge::No => {
                             self.table[slot] = self.items.len() as u32;
                             self.items.push(Item {
-                                key: tcp.key,
+                                key: seg.key,
                                 buf: i,
-                                ip_hlen: tcp.ip_hlen,
-                                tcp_hlen: tcp.tcp_hlen,
-                                ack: tcp.ack,
-                                next_seq: tcp.seq.wrapping_add(tcp.payload as u32),
-                                gso_size: tcp.payload,
+                                ip_hlen: seg.ip_hlen,
+                                l4_hlen: seg.l4_hlen,
+                                ack: seg.ack,
+                                next_seq: seg.seq.wrapping_add(seg.payload as u32),
+                                gso_size: seg.payload,
                                 len: pkt.len(),
                                 count: 1,
-                                window: tcp.window,
-                                psh: tcp.flags & TCP_PSH != 0,
-                                closed: tcp.flags & TCP_PSH != 0,
+                                window: seg.window,
+                                psh: seg.flags & TCP_PSH != 0,
+                                closed: seg.flags & TCP_PSH != 0,
                                 verified: false,
                             });
                             Fate::Write
@@ -356,43 +413,48 @@ impl Coalescer {
     }
 }
 
-fn try_append(item: &mut Item, head: &mut Vec<u8>, offset: usize, pkt: &[u8], tcp: &Tcp) -> Merge {
-    let v6 = tcp.key.v6;
-    let (ip, th) = (item.ip_hlen, item.tcp_hlen);
+fn try_append(item: &mut Item, head: &mut Vec<u8>, offset: usize, pkt: &[u8], seg: &Seg) -> Merge {
+    let (v6, udp) = (seg.key.v6, seg.key.udp);
+    let (ip, th) = (item.ip_hlen, item.l4_hlen);
     let h = &head[offset..];
+    let in_sequence = if udp {
+        item.count < MAX_UDP_SEGMENTS
+    } else {
+        th == seg.l4_hlen
+            && seg.ack == item.ack
+            && seg.seq == item.next_seq
+            && h[ip + TCP_MIN_HLEN..ip + th] == pkt[ip + TCP_MIN_HLEN..ip + th]
+    };
     let fits = !item.closed
-        && th == tcp.tcp_hlen
-        && tcp.ack == item.ack
-        && tcp.seq == item.next_seq
-        && tcp.payload <= item.gso_size
-        && item.len + tcp.payload <= MAX_IP_LEN
-        && ip_headers_match(h, pkt, v6)
-        && h[ip + TCP_MIN_HLEN..ip + th] == pkt[ip + TCP_MIN_HLEN..ip + th];
+        && in_sequence
+        && seg.payload <= item.gso_size
+        && item.len + seg.payload <= MAX_IP_LEN
+        && ip_headers_match(h, pkt, v6);
     if !fits {
         return Merge::No;
     }
     if !item.verified {
         // Still the unmodified first packet: nothing was appended yet.
-        if !tcp_checksum_ok(h, v6, ip) {
+        if !l4_checksum_ok(h, &seg.key, ip) {
             item.closed = true;
             return Merge::No;
         }
         item.verified = true;
     }
-    if !tcp_checksum_ok(pkt, v6, ip) {
+    if !l4_checksum_ok(pkt, &seg.key, ip) {
         item.closed = true;
         return Merge::BadPacket;
     }
     head.extend_from_slice(&pkt[ip + th..]);
-    item.len += tcp.payload;
+    item.len += seg.payload;
     item.count += 1;
-    item.next_seq = item.next_seq.wrapping_add(tcp.payload as u32);
-    item.window = tcp.window;
-    if tcp.flags & TCP_PSH != 0 {
+    item.next_seq = item.next_seq.wrapping_add(seg.payload as u32);
+    item.window = seg.window;
+    if seg.flags & TCP_PSH != 0 {
         item.psh = true;
         item.closed = true;
     }
-    if tcp.payload < item.gso_size {
+    if seg.payload < item.gso_size {
         item.closed = true;
     }
     Merge::Appended
@@ -412,29 +474,37 @@ fn finish(item: &Item, buf: &mut [u8], offset: usize) {
         let c = checksum::checksum(&pkt[..ip], 0);
         put16(pkt, 10, c);
     }
-    if item.psh {
-        pkt[ip + TCP_FLAGS_OFF] |= TCP_PSH;
-    }
-    put16(pkt, ip + 14, item.window);
+    let (gso_type, csum_offset) = if item.key.udp {
+        // The datagram length covers every segment; segmentation sets each one's.
+        put16(pkt, ip + 4, (total - ip) as u16);
+        (VIRTIO_NET_HDR_GSO_UDP_L4, UDP_CSUM_OFF)
+    } else {
+        if item.psh {
+            pkt[ip + TCP_FLAGS_OFF] |= TCP_PSH;
+        }
+        put16(pkt, ip + 14, item.window);
+        let tso = if v6 {
+            VIRTIO_NET_HDR_GSO_TCPV6
+        } else {
+            VIRTIO_NET_HDR_GSO_TCPV4
+        };
+        (tso, TCP_CSUM_OFF)
+    };
     let (a, n) = addr_range(v6);
     let pseudo = pseudo_header(
         &pkt[a..a + n],
         &pkt[a + n..a + 2 * n],
-        IPPROTO_TCP,
+        item.key.protocol(),
         (total - ip) as u32,
     );
-    put16(pkt, ip + TCP_CSUM_OFF, pseudo);
+    put16(pkt, ip + csum_offset, pseudo);
     let hdr = VirtioNetHdr {
         flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type: if v6 {
-            VIRTIO_NET_HDR_GSO_TCPV6
-        } else {
-            VIRTIO_NET_HDR_GSO_TCPV4
-        },
-        hdr_len: (ip + item.tcp_hlen) as u16,
+        gso_type,
+        hdr_len: (ip + item.l4_hlen) as u16,
         gso_size: item.gso_size as u16,
         csum_start: ip as u16,
-        csum_offset: TCP_CSUM_OFF as u16,
+        csum_offset: csum_offset as u16,
     };
     headroom[offset - VNET_HDR_LEN..].copy_from_slice(&hdr.encode());
 }

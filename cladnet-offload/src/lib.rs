@@ -191,20 +191,22 @@ pub fn fuzz_offload(data: &[u8]) {
             batch.push(buf);
         }
     }
-    let mut coalescer = Coalescer::new();
-    let mut to_write = Vec::new();
-    let stats = coalescer
-        .coalesce(&mut batch, HEADROOM, &mut to_write)
-        .expect("enough headroom");
-    assert_eq!(stats.writes, to_write.len());
-    let mut resegmented = 0;
-    for &i in &to_write {
-        let (hdr, pkt) =
-            split_tun_read(&batch[i][HEADROOM - VNET_HDR_LEN..]).expect("header written");
-        let seg = Segmenter::new(&hdr, pkt).expect("coalescer output must segment");
-        resegmented += seg.len();
+    for mut coalescer in [Coalescer::new(), Coalescer::with_udp()] {
+        let mut batch = batch.clone();
+        let mut to_write = Vec::new();
+        let stats = coalescer
+            .coalesce(&mut batch, HEADROOM, &mut to_write)
+            .expect("enough headroom");
+        assert_eq!(stats.writes, to_write.len());
+        let mut resegmented = 0;
+        for &i in &to_write {
+            let (hdr, pkt) =
+                split_tun_read(&batch[i][HEADROOM - VNET_HDR_LEN..]).expect("header written");
+            let seg = Segmenter::new(&hdr, pkt).expect("coalescer output must segment");
+            resegmented += seg.len();
+        }
+        assert_eq!(resegmented, stats.packets);
     }
-    assert_eq!(resegmented, stats.packets);
 }
 
 /// Independent checks used by [`fuzz_offload`].

@@ -253,6 +253,11 @@ fn tcp_flags(pkt: &[u8]) -> u8 {
 
 /// Runs the coalescer over wire packets; returns (vnet header, packet) per write.
 fn coalesce(pkts: &[Vec<u8>]) -> Vec<(VirtioNetHdr, Vec<u8>)> {
+    coalesce_with(Coalescer::new(), pkts)
+}
+
+/// [`coalesce`] with a given coalescer (e.g. [`Coalescer::with_udp`]).
+fn coalesce_with(mut coalescer: Coalescer, pkts: &[Vec<u8>]) -> Vec<(VirtioNetHdr, Vec<u8>)> {
     let mut bufs: Vec<Vec<u8>> = pkts
         .iter()
         .map(|p| {
@@ -263,7 +268,7 @@ fn coalesce(pkts: &[Vec<u8>]) -> Vec<(VirtioNetHdr, Vec<u8>)> {
         })
         .collect();
     let mut to_write = Vec::new();
-    let stats = Coalescer::new()
+    let stats = coalescer
         .coalesce(&mut bufs, HEADROOM, &mut to_write)
         .unwrap();
     assert_eq!(stats.writes, to_write.len());
@@ -898,6 +903,119 @@ fn other_packets_pass_through_and_empty_buffers_are_skipped() {
     to_write.clear();
     c.coalesce(&mut again, HEADROOM, &mut to_write).unwrap();
     assert_eq!(to_write, vec![0]);
+}
+
+// ---- UDP (USO writes) ----
+
+#[test]
+fn udp_datagrams_of_a_flow_merge_into_one_uso_write_and_round_trip() {
+    for v6 in [false, true] {
+        let spec = Spec::udp(v6);
+        let mut pkts = flow(&spec, 5, 500);
+        // A shorter last datagram still joins.
+        pkts.push(spec.nth(5, &payload(200, 5)));
+        let out = coalesce_with(Coalescer::with_udp(), &pkts);
+        assert_eq!(out.len(), 1, "v6 {v6}");
+        let (hdr, merged) = &out[0];
+        let ip = spec.ip_hlen();
+        assert_eq!(hdr.gso_type, VIRTIO_NET_HDR_GSO_UDP_L4);
+        assert_eq!(hdr.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert_eq!(usize::from(hdr.gso_size), 500);
+        assert_eq!((usize::from(hdr.csum_start), hdr.csum_offset), (ip, 6));
+        assert_eq!(usize::from(hdr.hdr_len), ip + 8);
+        // Exactly what the kernel hands over for a UDP_SEGMENT send of the same bytes.
+        let all: Vec<u8> = pkts.iter().flat_map(|p| p[ip + 8..].to_vec()).collect();
+        let (want_hdr, want) = spec.gso(&all, 500);
+        assert_eq!((hdr, merged), (&want_hdr, &want));
+        // And segmenting it gives back the original datagrams, byte for byte.
+        assert_eq!(segment_all(hdr, merged), pkts);
+    }
+}
+
+#[test]
+fn udp_merges_only_when_asked_and_never_with_tcp() {
+    let spec = Spec::udp(false);
+    let pkts = flow(&spec, 3, 300);
+    // The default coalescer leaves UDP alone (a kernel before 6.2 refuses USO writes).
+    assert_unmerged(&pkts);
+    // A TCP flow with the same addresses and ports is another flow.
+    let tcp = flow(&Spec::tcp4(), 2, 300);
+    let batch = vec![
+        pkts[0].clone(),
+        tcp[0].clone(),
+        pkts[1].clone(),
+        tcp[1].clone(),
+    ];
+    let out = coalesce_with(Coalescer::with_udp(), &batch);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        segment_all(&out[0].0, &out[0].1),
+        vec![pkts[0].clone(), pkts[1].clone()]
+    );
+    assert_eq!(segment_all(&out[1].0, &out[1].1), tcp);
+}
+
+#[test]
+fn udp_datagrams_that_must_stay_apart() {
+    let spec = Spec::udp(false);
+    let unmerged = |batch: &[Vec<u8>]| {
+        let out = coalesce_with(Coalescer::with_udp(), batch);
+        assert_eq!(out.len(), batch.len());
+        for ((h, p), want) in out.iter().zip(batch) {
+            assert_eq!(*h, VirtioNetHdr::NONE);
+            assert_eq!(p, want);
+        }
+    };
+    // Larger than the first, or after a shorter one.
+    unmerged(&[spec.nth(0, &[1; 100]), spec.nth(1, &[2; 200])]);
+    let out = coalesce_with(
+        Coalescer::with_udp(),
+        &[
+            spec.nth(0, &[1; 100]),
+            spec.nth(1, &[2; 50]),
+            spec.nth(2, &[3; 50]),
+        ],
+    );
+    assert_eq!(out.len(), 2);
+    // Other ports, TTL or TOS.
+    for other in [
+        Spec {
+            sport: 1,
+            ..spec.clone()
+        },
+        Spec {
+            ttl: 3,
+            ..spec.clone()
+        },
+        Spec {
+            tos: 4,
+            ..spec.clone()
+        },
+    ] {
+        unmerged(&[spec.nth(0, &[1; 100]), other.nth(1, &[2; 100])]);
+    }
+    // No checksum (IPv4 UDP may send none): written alone, never given one.
+    let mut none = spec.nth(1, &[2; 100]);
+    none[26..28].copy_from_slice(&[0, 0]);
+    unmerged(&[spec.nth(0, &[1; 100]), none.clone(), spec.nth(2, &[3; 100])]);
+    // A corrupt datagram is written unchanged for the kernel to drop, and ends the item.
+    let mut bad = spec.nth(1, &[2; 100]);
+    bad[40] ^= 0xFF;
+    unmerged(&[spec.nth(0, &[1; 100]), bad, spec.nth(2, &[3; 100])]);
+    // An empty datagram.
+    unmerged(&[spec.nth(0, &[]), spec.nth(1, &[])]);
+}
+
+#[test]
+fn a_udp_write_holds_at_most_64_datagrams() {
+    let pkts = flow(&Spec::udp(false), 70, 64);
+    let out = coalesce_with(Coalescer::with_udp(), &pkts);
+    assert_eq!(out.len(), 2);
+    let back: Vec<Vec<u8>> = out.iter().flat_map(|(h, p)| segment_all(h, p)).collect();
+    assert_eq!(segment_all(&out[0].0, &out[0].1).len(), 64);
+    assert_eq!(back.len(), 70);
+    // The second write's IPv4 identifications continue from its own first datagram.
+    assert_eq!(back, pkts);
 }
 
 // ---- properties ----

@@ -38,7 +38,7 @@ use crate::{
     engine::{
         OsRandom,
         router::Router,
-        userspace::{EngineOutputs, Userspace},
+        userspace::{EngineOutputs, TunFeatures, Userspace},
     },
     identity::Identity,
     netconf,
@@ -68,12 +68,19 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     let workers = tun.queues().len();
     // TSO/USO: the kernel hands over 64 KiB super-packets that the engine segments, which
     // saves a trip through the stack per MTU-size packet. Without them, plain packets.
-    match tun
+    // With USO accepted (Linux 6.2+) the engine also writes a flow's UDP datagrams in one go.
+    let uso = match tun
         .set_offload(Offload::CSUM | Offload::TSO4 | Offload::TSO6 | Offload::USO4 | Offload::USO6)
     {
-        Ok(got) => info!(offloads = %got, "TUN offloads"),
-        Err(error) => warn!(%error, "TUN offloads unavailable; one packet per read"),
-    }
+        Ok(got) => {
+            info!(offloads = %got, "TUN offloads");
+            got.contains(Offload::USO4 | Offload::USO6)
+        }
+        Err(error) => {
+            warn!(%error, "TUN offloads unavailable; one packet per read");
+            false
+        }
+    };
     // The overlay is IPv4; without this the kernel sends router solicitations and MLD
     // reports into the device, which the engine can only count as drops.
     let ipv6_off = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", cfg.interface);
@@ -96,8 +103,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         .iter()
         .map(|q| Arc::new(q.clone()) as Arc<dyn crate::engine::userspace::TunIo>)
         .collect();
-    let (engine, outputs) =
-        Userspace::start(router, queues, true, sockets).context("starting the userspace engine")?;
+    let features = TunFeatures { vnet: true, uso };
+    let (engine, outputs) = Userspace::start(router, queues, features, sockets)
+        .context("starting the userspace engine")?;
     let engine = Arc::new(engine);
     let reflector = resolve_with_retry(&cfg.reflector).await;
     let facts = HostFacts::gather(

@@ -1,28 +1,37 @@
 //! The userspace engine's IO driver: threads that move bytes between the TUN device, the
 //! tunnel UDP sockets and the [`Router`].
 //!
-//! The packet work runs on N workers (one per core by default), worker `i` owning TUN queue
-//! `i` (a multiqueue TUN: the kernel picks a queue per flow) and UDP socket `i` (one
+//! The packet work is spread over N workers (one per core by default): worker `i` is TUN
+//! queue `i` (a multiqueue TUN: the kernel picks a queue per flow) and UDP socket `i` (one
 //! `SO_REUSEPORT` group on the tunnel port: the kernel picks a socket per 4-tuple, i.e. per
-//! peer). Each worker has two threads, so both directions of one worker run at once:
+//! peer). Every queue and socket is registered, one-shot, with one `epoll` instance, and 2N
+//! packet threads (`packets/k`) serve whichever is readable, one thread per descriptor at a
+//! time ([`packet_thread`]):
 //!
-//! - `tun→udp/i`: reads inner packets from TUN queue `i`, routes and seals/frames them, sends
-//!   from socket `i`.
-//! - `udp→tun/i`: reads datagrams from socket `i` (WireGuard, CLAD and reflector answers
-//!   share the port, demultiplexed by the first byte) and delivers inner packets, each to the
-//!   TUN queue its flow hashes to ([`flow_queue`]): the TUN device then sends that flow's
-//!   replies out of the same queue (its automatic steering remembers the queue a flow was
-//!   written to), so one peer's flows are sealed on several workers even though all its
-//!   datagrams arrive on one socket.
+//! - a TUN queue: read inner packets, route and seal/frame them, send from the socket of the
+//!   same index;
+//! - a socket (WireGuard, CLAD and reflector answers share the port, demultiplexed by the
+//!   first byte): receive datagrams in batches and deliver inner packets, each to the TUN
+//!   queue its flow hashes to ([`flow_queue`]): the TUN device then sends that flow's replies
+//!   out of the same queue (its automatic steering remembers the queue a flow was written
+//!   to), so one peer's flows are sealed on several workers even though all its datagrams
+//!   arrive on one socket.
 //!
-//! Per-peer order: one flow is always read from one TUN queue by one thread, and one peer's
-//! datagrams always arrive on one socket, read by one thread; WireGuard's replay window
-//! accepts the reordering between flows of one peer sealed on different workers. The limit:
-//! one peer's receive side (decryption) runs on one worker, whatever the number of flows.
-//! - `wg-handshake`: WireGuard handshake messages, which `udp→tun` only queues (bounded): the
-//!   Diffie-Hellman they cost never runs on the transport path, and the queue's length tells
-//!   when we are under load (cookie replies and per-source rate limits, as the Linux module).
-//!   What passes goes to the Node, an initiation already read.
+//! A thread that wrote a packet to the TUN device usually serves, on its next wait, the answer
+//! the kernel queued during that write (an echo reply, an ACK): the answer does not wait for
+//! a sleeping thread to be woken and scheduled.
+//!
+//! Per-peer order: one flow is always read from one TUN queue and one peer's datagrams always
+//! arrive on one socket, and a descriptor is served by one thread at a time, which flushes
+//! everything it read before handing the descriptor back; WireGuard's replay window accepts
+//! the reordering between flows of one peer sealed on different workers. The limit: one
+//! peer's receive side (decryption) runs on one thread at a time, whatever the number of
+//! flows.
+//!
+//! A `wg-handshake` thread takes WireGuard handshake messages, which the packet threads only
+//! queue (bounded): the Diffie-Hellman they cost never runs on the transport path, and the
+//! queue's length tells when we are under load (cookie replies and per-source rate limits, as
+//! the Linux module). What passes goes to the Node, an initiation already read.
 //!
 //! What needs the WireGuard control side (handshakes, a packet while no session can send)
 //! goes to the Node as a [`ForNode`]; the Node's IO loop runs WireGuard's timers.
@@ -34,7 +43,7 @@ use std::{
     collections::HashMap,
     io::{self, IoSliceMut},
     net::{SocketAddr, SocketAddrV4, UdpSocket},
-    os::fd::AsFd as _,
+    os::fd::AsFd,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -121,9 +130,21 @@ impl Workers {
     }
 }
 
-/// A TUN queue the engine reads inner packets from and writes them to.
-pub trait TunIo: Send + Sync + 'static {
-    /// Reads one packet (blocking).
+/// How the engine's TUN device was set up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunFeatures {
+    /// Created with virtio headers (`IFF_VNET_HDR`): reads may carry offloaded super-packets
+    /// to segment, and writes of TCP segments are merged (GRO).
+    pub vnet: bool,
+    /// The device accepted UDP segmentation offload (`TUN_F_USO4`/`6`, Linux 6.2+): a flow's
+    /// UDP datagrams are merged into one write too. Needs `vnet`.
+    pub uso: bool,
+}
+
+/// A TUN queue the engine reads inner packets from and writes them to. Its descriptor is
+/// put in non-blocking mode and served from the packet threads' `epoll` loop.
+pub trait TunIo: AsFd + Send + Sync + 'static {
+    /// Reads one packet; `WouldBlock` when none is queued.
     fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// Writes one packet.
     fn write(&self, buf: &[u8]) -> io::Result<usize>;
@@ -226,14 +247,14 @@ impl Userspace {
     /// [`crate::sys::udp::bind_reuseport`]; one of each for a single worker). Peer events
     /// (handshakes, roaming) and datagrams for the Node arrive on the returned receivers.
     ///
-    /// `vnet` says whether the device was created with virtio headers (`IFF_VNET_HDR`): reads
-    /// then carry offloaded super-packets to segment, and writes are merged (GRO).
+    /// `features` says how the device was set up (virtio headers, which offloads).
     pub fn start(
         router: Arc<Router>,
         tuns: Vec<Arc<dyn TunIo>>,
-        vnet: bool,
+        features: TunFeatures,
         sockets: Vec<UdpSocket>,
     ) -> io::Result<(Self, EngineOutputs)> {
+        let TunFeatures { vnet, uso } = features;
         if tuns.is_empty() || tuns.len() != sockets.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -264,55 +285,33 @@ impl Userspace {
         let waiters = Waiters::default();
         let (node_tx, for_node) = mpsc::channel(FOR_NODE_QUEUE);
         let (handshakes, queued) = HandshakeQueue::new();
-        let handshakes = Arc::new(handshakes);
-        for (i, (socket, state)) in sockets_and_states.into_iter().enumerate() {
-            {
-                let (router, tuns, socket, state, workers, node_tx) = (
-                    router.clone(),
-                    tuns.clone(),
-                    socket.clone(),
-                    state.clone(),
-                    workers.clone(),
-                    node_tx.clone(),
-                );
-                thread::Builder::new()
-                    .name(format!("tun->udp/{i}"))
-                    .spawn(move || {
-                        let io = WorkerIo {
-                            socket: &socket,
-                            state: &state,
-                            counters: &workers[i],
-                        };
-                        tun_to_udp(&router, &*tuns[i], &io, vnet, &node_tx);
-                    })?;
-            }
-            {
-                let (router, tuns, socket, state, workers, waiters, handshakes, node_tx) = (
-                    router.clone(),
-                    tuns.clone(),
-                    socket.clone(),
-                    state.clone(),
-                    workers.clone(),
-                    waiters.clone(),
-                    handshakes.clone(),
-                    node_tx.clone(),
-                );
-                thread::Builder::new()
-                    .name(format!("udp->tun/{i}"))
-                    .spawn(move || {
-                        let out = RxOut {
-                            waiters: &waiters,
-                            handshakes: &handshakes,
-                            node: &node_tx,
-                        };
-                        let io = WorkerIo {
-                            socket: &socket,
-                            state: &state,
-                            counters: &workers[i],
-                        };
-                        udp_to_tun(&router, &tuns, &io, vnet, &out);
-                    })?;
-            }
+        let epoll = sys::epoll::Epoll::new()?;
+        for (i, tun) in tuns.iter().enumerate() {
+            sys::set_nonblocking(tun.as_fd())?;
+            epoll.add_oneshot(tun.as_fd(), Source::Tun(i).token())?;
+        }
+        for (i, (socket, _)) in sockets_and_states.iter().enumerate() {
+            epoll.add_oneshot(socket.as_fd(), Source::Socket(i).token())?;
+        }
+        let packets = Arc::new(Packets {
+            router: router.clone(),
+            tuns: tuns.clone(),
+            sockets: sockets_and_states,
+            counters: workers.clone(),
+            epoll,
+            vnet,
+            uso,
+            waiters: waiters.clone(),
+            handshakes,
+            node: node_tx.clone(),
+        });
+        // As many threads as descriptors: every queue and socket can be served at once, as
+        // with a thread per direction and worker.
+        for k in 0..2 * tuns.len() {
+            let packets = packets.clone();
+            thread::Builder::new()
+                .name(format!("packets/{k}"))
+                .spawn(move || packet_thread(&packets))?;
         }
         {
             let (router, socket) = (router.clone(), socket.clone());
@@ -646,53 +645,172 @@ impl<'s> TxBatch<'s> {
     }
 }
 
-/// A packet worker's socket and counters, shared by its two threads.
-struct WorkerIo<'a> {
-    socket: &'a UdpSocket,
-    state: &'a UdpSocketState,
-    counters: &'a WorkerCounters,
+/// What the packet threads share: every TUN queue and socket, registered with one `epoll`
+/// instance (one-shot: a descriptor is served by one thread at a time, see [`sys::epoll`]).
+struct Packets {
+    router: Arc<Router>,
+    tuns: Arc<[Arc<dyn TunIo>]>,
+    sockets: Vec<(Arc<UdpSocket>, Arc<UdpSocketState>)>,
+    /// By worker index (= TUN queue and socket index).
+    counters: Arc<[WorkerCounters]>,
+    epoll: sys::epoll::Epoll,
+    vnet: bool,
+    /// Merge UDP datagrams into USO writes too.
+    uso: bool,
+    /// Where datagrams not written to the TUN device go.
+    waiters: Waiters,
+    handshakes: HandshakeQueue,
+    node: mpsc::Sender<ForNode>,
 }
 
-fn tun_to_udp(
-    router: &Router,
-    tun: &dyn TunIo,
-    io: &WorkerIo<'_>,
-    vnet: bool,
-    node: &mpsc::Sender<ForNode>,
-) {
-    let mut buf = vec![0u8; MAX_PACKET + VNET_HDR_LEN];
-    let mut segment = vec![0u8; MAX_PACKET];
-    let mut out = vec![0u8; out_len(MAX_PACKET)];
-    let mut tx = TxBatch::new(io.socket, io.state, router.relay());
+/// A descriptor registered with the packet threads' `epoll`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// TUN queue `i`.
+    Tun(usize),
+    /// Tunnel socket `i`.
+    Socket(usize),
+}
+
+impl Source {
+    fn token(self) -> u64 {
+        match self {
+            Self::Tun(i) => 2 * i as u64,
+            Self::Socket(i) => 2 * i as u64 + 1,
+        }
+    }
+
+    fn from_token(token: u64) -> Self {
+        let i = usize::try_from(token / 2).unwrap_or(usize::MAX);
+        if token.is_multiple_of(2) {
+            Self::Tun(i)
+        } else {
+            Self::Socket(i)
+        }
+    }
+}
+
+/// Reads from one TUN queue before handing it back (re-arming it) while packets keep coming.
+/// A descriptor is drained before it is handed back whenever it can be: re-arming one that is
+/// still readable wakes a sleeping thread for it, which costs a context switch, and under a
+/// flood of small packets those spurious wakeups took a quarter of the agents' CPU with a turn
+/// of 16 reads. There are as many threads as descriptors, so a long turn starves nobody; the
+/// bound only caps a turn's latency for the rest of its batch.
+const TUN_READS_PER_TURN: usize = 256;
+
+/// `recvmmsg` calls (of up to [`BATCH_SIZE`] datagrams) on one socket before handing it back
+/// (see [`TUN_READS_PER_TURN`]).
+const SOCKET_BATCHES_PER_TURN: usize = 64;
+
+/// One packet thread: waits for any TUN queue or socket to be readable, serves it (reads,
+/// routes, seals or opens, sends or writes, flushes every batch), hands it back, and waits
+/// again.
+///
+/// Why one loop over both kinds of descriptor rather than a thread per direction: a packet
+/// written to the TUN device is often answered at once, within that very `write` (the kernel
+/// runs the receiving stack in it: an echo reply, a TCP ACK), and the answer is queued on a
+/// TUN queue. The thread that wrote it is back in `epoll_wait` a few microseconds later and
+/// usually takes the answer itself, before a sleeping thread woken for it is scheduled
+/// (the wakeup that cost a round trip most on a busy machine: docs/benchmarks.md, "Where
+/// SEALED latency goes"). The thread that is woken for it finds nothing and sleeps again.
+fn packet_thread(p: &Packets) {
+    let mut txs: Vec<TxBatch<'_>> = p
+        .sockets
+        .iter()
+        .map(|(socket, state)| TxBatch::new(socket, state, p.router.relay()))
+        .collect();
+    let mut tun_bufs = TunBufs::new();
+    let mut rx = RxBufs::new(&p.tuns, p.vnet, p.uso);
     loop {
-        let len = match tun.read(&mut buf) {
-            Ok(len) => len,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        let ready = match p.epoll.wait_one(None) {
+            Ok(Some(ready)) => ready,
+            Ok(None) => continue,
             Err(error) => {
-                warn!(%error, "reading the TUN device failed; stopping tun->udp");
+                warn!(%error, "waiting for packets failed; stopping a packet thread");
                 return;
             }
         };
-        io.counters.tun_reads.fetch_add(1, Ordering::Relaxed);
+        let source = Source::from_token(ready.token);
+        let (fd, served) = match source {
+            Source::Tun(i) if i < p.tuns.len() => (
+                p.tuns[i].as_fd(),
+                serve_tun(p, i, &mut tun_bufs, &mut txs[i]),
+            ),
+            Source::Socket(i) if i < p.sockets.len() => (
+                p.sockets[i].0.as_fd(),
+                serve_socket(p, i, &mut rx, &mut txs[i]),
+            ),
+            _ => continue,
+        };
+        if !served {
+            // Not re-armed: no thread serves it again.
+            warn!(?source, "no longer serving this descriptor");
+            continue;
+        }
+        if let Err(error) = p.epoll.rearm(fd, ready.token) {
+            warn!(?source, %error, "re-arming a descriptor failed; no longer serving it");
+        }
+    }
+}
+
+/// A packet thread's buffers for TUN reads.
+struct TunBufs {
+    read: Vec<u8>,
+    segment: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl TunBufs {
+    fn new() -> Self {
+        Self {
+            read: vec![0u8; MAX_PACKET + VNET_HDR_LEN],
+            segment: vec![0u8; MAX_PACKET],
+            out: vec![0u8; out_len(MAX_PACKET)],
+        }
+    }
+}
+
+/// Serves TUN queue `i` for one turn: reads inner packets until none is left (or the turn
+/// ends), routes and seals or frames them, sends them from socket `i`. `false` when the queue
+/// failed and must not be served again.
+fn serve_tun(p: &Packets, i: usize, bufs: &mut TunBufs, tx: &mut TxBatch<'_>) -> bool {
+    let (router, tun, vnet) = (&*p.router, &*p.tuns[i], p.vnet);
+    let mut alive = true;
+    for _ in 0..TUN_READS_PER_TURN {
+        let len = match tun.read(&mut bufs.read) {
+            Ok(len) => len,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                warn!(queue = i, %error, "reading the TUN queue failed");
+                alive = false;
+                break;
+            }
+        };
+        p.counters[i].tun_reads.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let mut route = |packet: &[u8]| match router.outbound(now, packet, &mut out) {
+        let out = &mut bufs.out;
+        let mut route = |packet: &[u8]| match router.outbound(now, packet, out) {
             Outbound::Send { datagram, to } => tx.push(datagram, to),
             Outbound::ToTun(icmp) => write_unoffloaded(tun, vnet, icmp),
             Outbound::ToNode => {
-                if node.try_send(ForNode::Packet(packet.to_vec())).is_err() {
+                if p.node.try_send(ForNode::Packet(packet.to_vec())).is_err() {
                     router.drops().add(Drop::WgNoSession);
                 }
             }
             Outbound::Dropped(_) => {}
         };
         if !vnet {
-            route(&buf[..len]);
-        } else if let Err(error) = segment_read(&mut buf[..len], &mut segment, &mut route) {
+            route(&bufs.read[..len]);
+        } else if let Err(error) =
+            segment_read(&mut bufs.read[..len], &mut bufs.segment, &mut route)
+        {
             router.drops().add(Drop::BadTunPacket);
             debug!(%error, "unusable packet from the TUN device");
         }
-        tx.flush();
     }
+    tx.flush();
+    alive
 }
 
 /// Writes one packet outside the batches (an ICMP error, a packet the Node delivers) to the
@@ -742,7 +860,7 @@ struct TunWriter<'t> {
 }
 
 impl<'t> TunWriter<'t> {
-    fn new(tuns: &'t [Arc<dyn TunIo>], vnet: bool) -> Self {
+    fn new(tuns: &'t [Arc<dyn TunIo>], vnet: bool, uso: bool) -> Self {
         Self {
             tuns,
             vnet,
@@ -750,7 +868,11 @@ impl<'t> TunWriter<'t> {
                 .map(|_| Vec::with_capacity(VNET_HDR_LEN + MAX_PACKET))
                 .collect(),
             used: 0,
-            coalescer: offload::Coalescer::new(),
+            coalescer: if uso {
+                offload::Coalescer::with_udp()
+            } else {
+                offload::Coalescer::new()
+            },
             to_write: Vec::with_capacity(GRO_BATCH),
         }
     }
@@ -991,45 +1113,47 @@ fn load_changed(was: bool, under_load: bool, queued: usize) -> bool {
     under_load
 }
 
-/// Where the `udp->tun` thread hands what it does not write to the TUN device itself.
-struct RxOut<'a> {
-    waiters: &'a Waiters,
-    handshakes: &'a HandshakeQueue,
-    node: &'a mpsc::Sender<ForNode>,
+/// A packet thread's buffers for socket reads.
+struct RxBufs<'t> {
+    bufs: Vec<Vec<u8>>,
+    metas: [RecvMeta; BATCH_SIZE],
+    deliver: DeliverBufs<'t>,
 }
 
-fn udp_to_tun(
-    router: &Router,
-    tuns: &[Arc<dyn TunIo>],
-    io: &WorkerIo<'_>,
-    vnet: bool,
-    hand: &RxOut<'_>,
-) {
-    let (socket, state) = (io.socket, io.state);
-    let mut bufs: Vec<Vec<u8>> = (0..BATCH_SIZE).map(|_| vec![0u8; MAX_PACKET]).collect();
-    let mut metas = [RecvMeta::default(); BATCH_SIZE];
-    let mut out = vec![0u8; out_len(MAX_PACKET)];
-    let mut writer = TunWriter::new(tuns, vnet);
-    let mut tx = TxBatch::new(socket, state, router.relay());
-    let mut relay_buf = Vec::with_capacity(MAX_PACKET);
-    // Whether the last `recvmmsg` filled every buffer, so that more may be waiting. After a
-    // partial batch the socket was empty: sleeping in `poll` right away saves the `recvmmsg`
-    // that would only return EAGAIN (a lone datagram costs poll + recvmmsg + TUN write, not
-    // one syscall more).
-    let mut more_waiting = false;
-    loop {
-        if !more_waiting {
-            let _ = sys::wait_ready(socket.as_fd(), false, None);
+/// Where received datagrams are opened, and the batch of writes to the TUN device.
+struct DeliverBufs<'t> {
+    out: Vec<u8>,
+    relay: Vec<u8>,
+    writer: TunWriter<'t>,
+}
+
+impl<'t> RxBufs<'t> {
+    fn new(tuns: &'t [Arc<dyn TunIo>], vnet: bool, uso: bool) -> Self {
+        Self {
+            bufs: (0..BATCH_SIZE).map(|_| vec![0u8; MAX_PACKET]).collect(),
+            metas: [RecvMeta::default(); BATCH_SIZE],
+            deliver: DeliverBufs {
+                out: vec![0u8; out_len(MAX_PACKET)],
+                relay: Vec::with_capacity(MAX_PACKET),
+                writer: TunWriter::new(tuns, vnet, uso),
+            },
         }
+    }
+}
+
+/// Serves socket `i` for one turn: receives datagrams in batches until a batch comes back
+/// short (the socket is empty) or the turn ends, and delivers what they carry. `false` when
+/// the socket failed and must not be served again.
+fn serve_socket(p: &Packets, i: usize, rx: &mut RxBufs<'_>, tx: &mut TxBatch<'_>) -> bool {
+    let (socket, state) = &p.sockets[i];
+    let mut alive = true;
+    for _ in 0..SOCKET_BATCHES_PER_TURN {
         let count = {
             let mut iov: Vec<IoSliceMut<'_>> =
-                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            match state.recv(socket.into(), &mut iov, &mut metas) {
+                rx.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match state.recv(socket.as_ref().into(), &mut iov, &mut rx.metas) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    more_waiting = false;
-                    continue;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ICMP errors for earlier sends surface here; they say nothing about this read.
                 Err(e)
                     if matches!(
@@ -1043,62 +1167,77 @@ fn udp_to_tun(
                     continue;
                 }
                 Err(error) => {
-                    warn!(%error, "reading the tunnel socket failed; stopping udp->tun");
-                    return;
+                    warn!(socket = i, %error, "reading the tunnel socket failed");
+                    alive = false;
+                    break;
                 }
             }
         };
-        more_waiting = count == metas.len();
         let now = Instant::now();
-        for (meta, buf) in metas[..count].iter().zip(&bufs) {
+        for (meta, buf) in rx.metas[..count].iter().zip(&rx.bufs) {
             // With GRO, one buffer holds several datagrams of `stride` bytes from one sender.
             for datagram in buf[..meta.len].chunks(meta.stride.max(1)) {
-                io.counters.datagrams.fetch_add(1, Ordering::Relaxed);
-                let (from, datagram) =
-                    match router
-                        .relay()
-                        .incoming(now, meta.addr, datagram, &mut relay_buf)
-                    {
-                        Incoming::NotRelay => (meta.addr, datagram),
-                        Incoming::Forward(to) => {
-                            tx.push(&relay_buf, to);
-                            continue;
-                        }
-                        Incoming::Deliver { from, offset } => (from, &relay_buf[offset..]),
-                        Incoming::Dropped => continue,
-                    };
-                if Router::is_handshake(datagram) {
-                    if let Err(reason) = hand.handshakes.push(from, datagram) {
-                        router.drops().add(reason);
-                    }
-                    continue;
-                }
-                match router.inbound(now, from, datagram, &mut out) {
-                    Inbound::Deliver(packet) => writer.push(packet),
-                    Inbound::Reply { datagram, to } => tx.push(datagram, to),
-                    Inbound::Reflected { nonce, seen } => {
-                        deliver_reflection(router, hand.waiters, from, nonce, seen);
-                    }
-                    Inbound::ToNode => {
-                        let input = ForNode::Datagram {
-                            from,
-                            datagram: datagram.to_vec(),
-                        };
-                        if hand.node.try_send(input).is_err() {
-                            router
-                                .drops()
-                                .add(Drop::Plain(cladnet_common::plain::DropReason::UnknownPeer));
-                        }
-                    }
-                    Inbound::Dropped(_) if from != meta.addr => {
-                        router.relay().refused_by_wireguard(from, datagram.len());
-                    }
-                    Inbound::Nothing | Inbound::Dropped(_) => {}
-                }
+                p.counters[i].datagrams.fetch_add(1, Ordering::Relaxed);
+                deliver(p, now, meta.addr, datagram, &mut rx.deliver, tx);
             }
         }
-        writer.flush();
-        tx.flush();
+        // A short batch: the socket was empty (no `recvmmsg` that would only say EAGAIN).
+        if count < rx.metas.len() {
+            break;
+        }
+    }
+    rx.deliver.writer.flush();
+    tx.flush();
+    alive
+}
+
+/// Delivers one datagram received from `addr`: to the TUN device, back out (a reply, a
+/// relayed frame), to the handshake thread, to a reflector probe or to the Node.
+fn deliver(
+    p: &Packets,
+    now: Instant,
+    addr: SocketAddr,
+    datagram: &[u8],
+    rx: &mut DeliverBufs<'_>,
+    tx: &mut TxBatch<'_>,
+) {
+    let router = &*p.router;
+    let (from, datagram) = match router.relay().incoming(now, addr, datagram, &mut rx.relay) {
+        Incoming::NotRelay => (addr, datagram),
+        Incoming::Forward(to) => {
+            tx.push(&rx.relay, to);
+            return;
+        }
+        Incoming::Deliver { from, offset } => (from, &rx.relay[offset..]),
+        Incoming::Dropped => return,
+    };
+    if Router::is_handshake(datagram) {
+        if let Err(reason) = p.handshakes.push(from, datagram) {
+            router.drops().add(reason);
+        }
+        return;
+    }
+    match router.inbound(now, from, datagram, &mut rx.out) {
+        Inbound::Deliver(packet) => rx.writer.push(packet),
+        Inbound::Reply { datagram, to } => tx.push(datagram, to),
+        Inbound::Reflected { nonce, seen } => {
+            deliver_reflection(router, &p.waiters, from, nonce, seen);
+        }
+        Inbound::ToNode => {
+            let input = ForNode::Datagram {
+                from,
+                datagram: datagram.to_vec(),
+            };
+            if p.node.try_send(input).is_err() {
+                router
+                    .drops()
+                    .add(Drop::Plain(cladnet_common::plain::DropReason::UnknownPeer));
+            }
+        }
+        Inbound::Dropped(_) if from != addr => {
+            router.relay().refused_by_wireguard(from, datagram.len());
+        }
+        Inbound::Nothing | Inbound::Dropped(_) => {}
     }
 }
 
@@ -1120,40 +1259,40 @@ mod tests {
         cladnet_wg::WallClock::new(Instant::now(), std::time::SystemTime::now())
     }
 
-    /// A TUN stand-in that never produces a packet.
-    struct Idle;
+    /// A TUN stand-in: the engine reads what was queued on the other end of a datagram
+    /// socket pair (`left` copies of one packet, or nothing); writes are discarded.
+    struct Scripted {
+        engine_end: std::os::unix::net::UnixDatagram,
+        _feeder: std::os::unix::net::UnixDatagram,
+    }
 
-    impl TunIo for Idle {
-        fn read(&self, _: &mut [u8]) -> io::Result<usize> {
-            loop {
-                thread::park();
+    impl Scripted {
+        fn new(packet: &[u8], left: usize) -> Self {
+            let (engine_end, feeder) = std::os::unix::net::UnixDatagram::pair().unwrap();
+            for _ in 0..left {
+                feeder.send(packet).unwrap();
+            }
+            Self {
+                engine_end,
+                _feeder: feeder,
             }
         }
 
-        fn write(&self, buf: &[u8]) -> io::Result<usize> {
-            Ok(buf.len())
+        /// A TUN queue that never produces a packet.
+        fn idle() -> Self {
+            Self::new(&[], 0)
         }
     }
 
-    /// A TUN queue that hands out `left` copies of one packet, then nothing.
-    struct Scripted {
-        packet: Vec<u8>,
-        left: Mutex<usize>,
+    impl AsFd for Scripted {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            self.engine_end.as_fd()
+        }
     }
 
     impl TunIo for Scripted {
         fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-            {
-                let mut left = self.left.lock().unwrap();
-                if *left > 0 {
-                    *left -= 1;
-                    buf[..self.packet.len()].copy_from_slice(&self.packet);
-                    return Ok(self.packet.len());
-                }
-            }
-            loop {
-                thread::park();
-            }
+            self.engine_end.recv(buf)
         }
 
         fn write(&self, buf: &[u8]) -> io::Result<usize> {
@@ -1210,13 +1349,18 @@ mod tests {
         let sockets = sys::udp::bind_reuseport("127.0.0.1:0".parse().unwrap(), 2).unwrap();
         let port = sockets[0].local_addr().unwrap();
         let queue = |reads| -> Arc<dyn TunIo> {
-            Arc::new(Scripted {
-                packet: udp_packet([10, 0, 0, 1], [10, 9, 9, 9], 1000, 2000),
-                left: Mutex::new(reads),
-            })
+            Arc::new(Scripted::new(
+                &udp_packet([10, 0, 0, 1], [10, 9, 9, 9], 1000, 2000),
+                reads,
+            ))
         };
-        let (engine, _outputs) =
-            Userspace::start(router, vec![queue(3), queue(5)], false, sockets).unwrap();
+        let (engine, _outputs) = Userspace::start(
+            router,
+            vec![queue(3), queue(5)],
+            TunFeatures::default(),
+            sockets,
+        )
+        .unwrap();
         // 64 senders (64 source ports): the kernel hashes each 4-tuple to one socket.
         const SENDERS: u64 = 64;
         for _ in 0..SENDERS {
@@ -1249,8 +1393,13 @@ mod tests {
             wall(),
         ));
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (engine, _outputs) =
-            Userspace::start(router.clone(), vec![Arc::new(Idle)], false, vec![socket]).unwrap();
+        let (engine, _outputs) = Userspace::start(
+            router.clone(),
+            vec![Arc::new(Scripted::idle())],
+            TunFeatures::default(),
+            vec![socket],
+        )
+        .unwrap();
         let reflector = UdpSocket::bind("127.0.0.1:0").unwrap();
         let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
         let reflector_addr = reflector.local_addr().unwrap();
@@ -1304,8 +1453,13 @@ mod tests {
             wall(),
         ));
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (engine, _outputs) =
-            Userspace::start(router.clone(), vec![Arc::new(Idle)], false, vec![socket]).unwrap();
+        let (engine, _outputs) = Userspace::start(
+            router.clone(),
+            vec![Arc::new(Scripted::idle())],
+            TunFeatures::default(),
+            vec![socket],
+        )
+        .unwrap();
         let reflector = UdpSocket::bind("127.0.0.1:0").unwrap();
         let other = UdpSocket::bind("127.0.0.1:0").unwrap();
         let elsewhere = UdpSocket::bind("127.0.0.2:0").unwrap();

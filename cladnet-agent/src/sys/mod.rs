@@ -8,6 +8,7 @@
 
 use std::{ffi::CString, io};
 
+pub mod epoll;
 pub mod tun;
 pub mod udp;
 
@@ -100,6 +101,17 @@ pub fn wait_ready(
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Puts `fd` in non-blocking mode (the status flag is the open file's: every clone of the
+/// descriptor sees it).
+pub fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let fd = fd.as_raw_fd();
+    // SAFETY: F_GETFL takes no argument and only returns the status flags.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: F_SETFL takes an int of status flags by value.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
 }
 
 /// Lowers the scheduling priority of the calling thread by `niceness` (Linux threads have a

@@ -59,7 +59,7 @@ pub struct Tun {
 /// One queue of a [`Tun`]: a file descriptor that reads and writes whole IP packets.
 ///
 /// Cheap to clone and usable from several threads at once (`read`/`write` take `&self`); the
-/// descriptor is blocking unless [`TunQueue::set_nonblocking`] is called.
+/// descriptor is blocking unless [`super::set_nonblocking`] is called on it.
 #[derive(Debug, Clone)]
 pub struct TunQueue {
     file: Arc<File>,
@@ -349,25 +349,9 @@ impl TunQueue {
     }
 
     /// Waits until a packet can be read, for at most `timeout` (`None`: forever). Returns
-    /// `false` on timeout or when a signal interrupted the wait, so blocking readers can check
-    /// a shutdown flag now and then.
+    /// `false` on timeout or when a signal interrupted the wait.
     pub fn poll_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
         super::wait_ready(self.file.as_fd(), false, timeout)
-    }
-
-    /// Switches this queue's descriptor between blocking and non-blocking mode (non-blocking
-    /// is what `tokio::io::unix::AsyncFd` needs).
-    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        let fd = self.file.as_raw_fd();
-        // SAFETY: F_GETFL takes no argument and only returns the status flags.
-        let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
-        let flags = if nonblocking {
-            flags | libc::O_NONBLOCK
-        } else {
-            flags & !libc::O_NONBLOCK
-        };
-        // SAFETY: F_SETFL takes an int of status flags by value.
-        cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(drop)
     }
 
     /// Position of this queue in [`Tun::queues`].
