@@ -30,6 +30,7 @@ pub mod dataplane;
 pub mod direct;
 pub mod error;
 pub mod failover;
+pub mod lightwatch;
 pub mod procs;
 pub mod report;
 pub mod simtable;

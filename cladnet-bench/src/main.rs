@@ -73,6 +73,12 @@ struct FailoverArgs {
     /// Keep the temporary directory (controller and etcd logs).
     #[arg(long)]
     keep_temp: bool,
+    /// Agents read each Watch message's bytes in place (see `control --help`).
+    #[arg(long)]
+    light_decode: bool,
+    /// Agents keep endpoint hashes instead of strings (see `control --help`).
+    #[arg(long)]
+    compact_tables: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,6 +178,13 @@ struct ControlArgs {
     /// per message. Compare a run with and without it to see what batching saves.
     #[arg(long)]
     unbatched: bool,
+    /// Agents read each Watch message's bytes in place, keeping only each event's revision and
+    /// each peer's node id and endpoint (every other field skipped by its length, nothing
+    /// allocated but what the tables keep), instead of decoding it with prost into full
+    /// messages. Cuts the load generator's CPU (it shares the cores with the controller and
+    /// etcd); the tables and the end-of-run check against the store are the same.
+    #[arg(long)]
+    light_decode: bool,
     /// Exit with status 2 when a store's (median) result misses a target.
     #[arg(long)]
     check: bool,
@@ -269,6 +282,7 @@ async fn control(args: ControlArgs) -> anyhow::Result<bool> {
         join_only: args.join_only,
         compact_tables: args.compact_tables,
         unbatched: args.unbatched,
+        light_decode: args.light_decode,
         ..ControlOptions::default()
     };
     if let Some(bin) = &args.baseline_controller_bin {
@@ -443,6 +457,8 @@ async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         etcd_bin: args.etcd_bin,
         timeout: Duration::from_secs(args.timeout_secs),
         keep_temp: args.keep_temp,
+        light_decode: args.light_decode,
+        compact_tables: args.compact_tables,
         ..ControlOptions::default()
     };
     let r = cladnet_bench::failover::run_failover_bench(&opts).await?;
