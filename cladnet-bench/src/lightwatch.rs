@@ -281,7 +281,7 @@ mod tests {
             links: vec![Link::default(), Link::default()],
             revision: 1000 + k as i64,
             node_index: k as u32 + 1,
-            external: k % 2 == 0,
+            external: k.is_multiple_of(2),
             routes: vec![Route {
                 host_id: format!("bench-{k:05}"),
                 prefix: "192.168.0.0/24".into(),
