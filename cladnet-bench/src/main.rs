@@ -312,6 +312,9 @@ async fn control(args: ControlArgs) -> anyhow::Result<bool> {
         }
     }
     let mut results: Vec<Vec<cladnet_bench::ControlReport>> = vec![Vec::new(); sets.len()];
+    // A failed run is reported and the others go on (e.g. etcd-direct failing at a size where
+    // the controller path succeeds); the invocation fails at the end.
+    let mut failures: Vec<String> = Vec::new();
     for run in 1..=args.runs {
         for ((store, baseline), runs) in sets.iter().zip(&mut results) {
             let opts = ControlOptions {
@@ -328,9 +331,17 @@ async fn control(args: ControlArgs) -> anyhow::Result<bool> {
                 "control: {store} store{who}, run {run}/{}: {} agents, {} changes ...",
                 args.runs, opts.agents, opts.changes
             );
-            let report = cladnet_bench::run_control_bench(&opts)
+            let report = match cladnet_bench::run_control_bench(&opts)
                 .await
-                .with_context(|| format!("{store} store{who}, run {run}"))?;
+                .with_context(|| format!("{store} store{who}, run {run}"))
+            {
+                Ok(report) => report,
+                Err(e) => {
+                    eprintln!("  FAILED: {e:#}");
+                    failures.push(format!("{store} store{who}, run {run}"));
+                    continue;
+                }
+            };
             eprintln!(
                 "  converged in {:.2} s; fan-out p99 {}; {}",
                 report.convergence_ms / 1e3,
@@ -347,8 +358,12 @@ async fn control(args: ControlArgs) -> anyhow::Result<bool> {
             .zip(&results)
             .find(|((s, b), _)| *s == store && b.is_some() == baseline)
             .map(|(_, r)| r.as_slice())
+            .filter(|r| !r.is_empty())
     };
     for ((store, baseline), runs) in sets.iter().zip(&results) {
+        if runs.is_empty() {
+            continue;
+        }
         let label = if baseline.is_some() { "baseline" } else { "" };
         doc.add_runs(label.into(), runs.clone());
         if baseline.is_some()
@@ -369,6 +384,12 @@ async fn control(args: ControlArgs) -> anyhow::Result<bool> {
         doc.write_json(path)?;
         eprintln!("wrote {}", path.display());
     }
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} run(s) failed (errors above): {}",
+        failures.len(),
+        failures.join(", ")
+    );
     Ok(doc.targets_met() || !args.check)
 }
 
