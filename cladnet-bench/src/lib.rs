@@ -30,6 +30,7 @@ pub mod dataplane;
 pub mod direct;
 pub mod error;
 pub mod failover;
+pub mod growth;
 pub mod lightwatch;
 pub mod procs;
 pub mod report;

@@ -51,6 +51,25 @@ enum Scenario {
     /// after convergence controller 0 is killed and K changes are made through the others:
     /// time until its agents resumed, missed and out-of-order events, tables against the store.
     Failover(FailoverArgs),
+    /// How the control plane's cost grows: reads several `control --json` files (one fleet
+    /// size each), prints one store's medians as a Markdown table and plots them as SVG.
+    ControlGrowth(ControlGrowthArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ControlGrowthArgs {
+    /// The `control --json` files, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    json: Vec<PathBuf>,
+    /// The store whose medians are read (embedded, etcd or etcd-direct).
+    #[arg(long, default_value = "etcd")]
+    store: String,
+    /// Write the plot here (SVG).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// The plot's caption (e.g. the commands and the date).
+    #[arg(long, default_value = "")]
+    caption: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -243,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Dataplane(args) => dataplane(args).await?,
         Scenario::AgentTable(args) => agent_table(args)?,
         Scenario::Failover(args) => failover(args).await?,
+        Scenario::ControlGrowth(args) => control_growth(&args)?,
     }
     Ok(())
 }
@@ -545,6 +565,25 @@ fn agent_table(args: AgentTableArgs) -> anyhow::Result<()> {
             machine.kernel
         );
         std::fs::write(path, agent_table::svg(&costs, &caption))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Prints the growth table of `control --json` files and writes the plot.
+fn control_growth(args: &ControlGrowthArgs) -> anyhow::Result<()> {
+    use cladnet_bench::growth;
+    let points = growth::read(&args.json, &args.store)?;
+    print!("{}", growth::table(&points));
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "Control plane ({}): cost from {} to {} agents",
+            args.store,
+            points.first().map_or(0, |p| p.agents),
+            points.last().map_or(0, |p| p.agents)
+        );
+        std::fs::write(path, growth::svg(&points, &title, &args.caption))
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
