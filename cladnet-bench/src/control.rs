@@ -306,6 +306,27 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
+/// Open files a run of `agents` agents, `per_channel` to a connection, needs in this process
+/// (and in the controller, which inherits the limit): a socket per connection, the etcd
+/// clients' as many again (etcd-direct), and a margin for the runtime, logs and the store.
+pub fn fds_needed(agents: usize, per_channel: usize) -> u64 {
+    let connections = agents.div_ceil(per_channel.max(1)) as u64;
+    2 * connections + 256
+}
+
+/// Raises the soft limit of open files ([`raise_fd_limit`]) and fails with a clear message if
+/// it stays below `needed`.
+pub fn ensure_fd_limit(needed: u64) -> Result<u64> {
+    let limit = raise_fd_limit().map_err(|e| BenchError::io("raising RLIMIT_NOFILE", e))?;
+    if limit < needed {
+        return Err(BenchError::Options(format!(
+            "this run needs about {needed} open files but only {limit} are allowed (hard limit): \
+             raise it with `ulimit -Hn {needed}` as root, or use fewer agents or more agents per channel"
+        )));
+    }
+    Ok(limit)
+}
+
 /// Runs the scenario once: starts the processes, measures, stops everything (also on error).
 pub async fn run_control_bench(opts: &ControlOptions) -> Result<ControlReport> {
     opts.validate()?;
@@ -1236,6 +1257,15 @@ mod tests {
             .unwrap();
         assert_eq!(key.len(), 32);
         assert_ne!(join_request(8).public_key, req.public_key);
+    }
+
+    #[test]
+    fn fds_needed_grows_with_the_connections() {
+        assert_eq!(super::fds_needed(1000, 50), 2 * 20 + 256);
+        assert_eq!(super::fds_needed(10_000, 50), 2 * 200 + 256);
+        assert_eq!(super::fds_needed(1, 0), 2 + 256);
+        assert!(super::ensure_fd_limit(u64::MAX).is_err());
+        assert!(super::ensure_fd_limit(16).is_ok());
     }
 
     #[test]

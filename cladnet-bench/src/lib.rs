@@ -37,5 +37,8 @@ pub mod report;
 pub mod simtable;
 pub mod stats;
 
-pub use control::{ControlOptions, ControlReport, StoreKind, raise_fd_limit, run_control_bench};
+pub use control::{
+    ControlOptions, ControlReport, StoreKind, ensure_fd_limit, fds_needed, raise_fd_limit,
+    run_control_bench,
+};
 pub use error::{BenchError, Result};

@@ -270,13 +270,10 @@ async fn main() -> anyhow::Result<()> {
 /// Runs the control-plane scenario on every store asked for; `false` when `--check` was
 /// given and a target was missed.
 async fn control(args: ControlArgs) -> anyhow::Result<bool> {
-    match cladnet_bench::raise_fd_limit() {
-        Ok(limit) if limit < 4096 => {
-            eprintln!("warning: only {limit} open files allowed; raise it with `ulimit -n`");
-        }
-        Ok(_) => {}
-        Err(e) => eprintln!("warning: could not raise the open files limit: {e}"),
-    }
+    cladnet_bench::ensure_fd_limit(cladnet_bench::fds_needed(
+        args.agents,
+        args.agents_per_channel,
+    ))?;
     let controller_bin = match args.controller_bin {
         Some(p) => p,
         None => std::env::current_exe()
@@ -484,7 +481,11 @@ async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
 
 /// Runs the failover storm once and prints what it measured.
 async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
-    let _ = cladnet_bench::raise_fd_limit();
+    // Three controllers, each with its share of the connections: as many as one.
+    cladnet_bench::ensure_fd_limit(cladnet_bench::fds_needed(
+        args.agents,
+        ControlOptions::default().agents_per_channel,
+    ))?;
     let controller_bin = match args.controller_bin {
         Some(p) => p,
         None => std::env::current_exe()
