@@ -302,19 +302,19 @@ pub fn table(costs: &[TableCost]) -> String {
 }
 
 /// One series of a chart: a name, a colour and its points.
-struct Series<'a> {
-    name: &'a str,
-    colour: &'a str,
-    points: Vec<(f64, f64)>,
+pub(crate) struct Series<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) colour: &'a str,
+    pub(crate) points: Vec<(f64, f64)>,
 }
 
 /// A line chart (linear axes from 0) as an SVG group at (`x0`, `y0`), `w` × `h` pixels.
-fn chart(
+pub(crate) fn chart(
     out: &mut String,
     at: (f64, f64),
     size: (f64, f64),
     title: &str,
-    unit: &str,
+    (xlabel, unit): (&str, &str),
     series: &[Series<'_>],
 ) {
     use std::fmt::Write as _;
@@ -361,7 +361,7 @@ fn chart(
     }
     let _ = writeln!(
         out,
-        r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">peers in the table</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">{xlabel}</text>"#,
         x0 + left + pw / 2.0,
         y0 + h - 5.0
     );
@@ -422,7 +422,7 @@ pub fn svg(costs: &[TableCost], caption: &str) -> String {
         (0.0, 0.0),
         (w / 2.0, h),
         "Agent peer table: CPU per Watch event",
-        "CPU microseconds",
+        ("peers in the table", "CPU microseconds"),
         &[
             Series {
                 name: "endpoint change",
@@ -441,7 +441,7 @@ pub fn svg(costs: &[TableCost], caption: &str) -> String {
         (w / 2.0, 0.0),
         (w / 2.0, h),
         "Agent memory",
-        "MiB",
+        ("peers in the table", "MiB"),
         &[
             Series {
                 name: "table (RSS growth)",

@@ -46,6 +46,7 @@ use tokio::{
 };
 use tonic::{
     Request,
+    codegen::Bytes,
     metadata::AsciiMetadataValue,
     transport::{Channel, Endpoint},
 };
@@ -54,6 +55,7 @@ use crate::{
     check::{self, TableCheck, Tables},
     direct,
     error::{BenchError, Result},
+    lightwatch::{self, Item},
     procs::{ControllerProc, Etcd, EtcdCounters, ProcStats},
     stats::Summary,
 };
@@ -144,6 +146,10 @@ pub struct ControlOptions {
     /// Agents do not ask for batched Watch messages (as agents before batching): one change
     /// per message, to measure what batching saves in the same binary.
     pub unbatched: bool,
+    /// Agents read each Watch message's bytes in place ([`crate::lightwatch`]: node id,
+    /// endpoint and revision; everything else skipped) instead of decoding it with prost into
+    /// full messages. The tables and the end-of-run check are the same.
+    pub light_decode: bool,
 }
 
 impl Default for ControlOptions {
@@ -162,6 +168,7 @@ impl Default for ControlOptions {
             join_only: false,
             compact_tables: false,
             unbatched: false,
+            light_decode: false,
         }
     }
 }
@@ -297,6 +304,27 @@ fn per_peer_us(cpu_s: f64, messages: u64) -> f64 {
 /// Returns the new soft limit.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
+}
+
+/// Open files a run of `agents` agents, `per_channel` to a connection, needs in this process
+/// (and in the controller, which inherits the limit): a socket per connection, the etcd
+/// clients' as many again (etcd-direct), and a margin for the runtime, logs and the store.
+pub fn fds_needed(agents: usize, per_channel: usize) -> u64 {
+    let connections = agents.div_ceil(per_channel.max(1)) as u64;
+    2 * connections + 256
+}
+
+/// Raises the soft limit of open files ([`raise_fd_limit`]) and fails with a clear message if
+/// it stays below `needed`.
+pub fn ensure_fd_limit(needed: u64) -> Result<u64> {
+    let limit = raise_fd_limit().map_err(|e| BenchError::io("raising RLIMIT_NOFILE", e))?;
+    if limit < needed {
+        return Err(BenchError::Options(format!(
+            "this run needs about {needed} open files but only {limit} are allowed (hard limit): \
+             raise it with `ulimit -Hn {needed}` as root, or use fewer agents or more agents per channel"
+        )));
+    }
+    Ok(limit)
 }
 
 /// Runs the scenario once: starts the processes, measures, stops everything (also on error).
@@ -550,6 +578,8 @@ pub(crate) struct Shared {
     pub(crate) other: AtomicU64,
     /// The agents ask for batched Watch messages.
     pub(crate) batches: bool,
+    /// The agents read Watch messages in place ([`crate::lightwatch`]).
+    pub(crate) light_decode: bool,
     pub(crate) messages: AtomicU64,
 }
 
@@ -608,6 +638,7 @@ impl<'a> Scenario<'a> {
             peer_upserted: AtomicU64::new(0),
             other: AtomicU64::new(0),
             batches: !opts.unbatched,
+            light_decode: opts.light_decode,
             messages: AtomicU64::new(0),
         });
         // Controller, etcd, this process.
@@ -1009,7 +1040,8 @@ async fn agent_run(
     channel: Channel,
     tx: &mpsc::UnboundedSender<Observation>,
 ) -> std::result::Result<(), String> {
-    let mut client = AgentServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let mut client =
+        AgentServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
     let session = join(shared, i, &mut client, tx).await?;
     if shared.join_only {
         let at = Instant::now();
@@ -1022,6 +1054,22 @@ async fn agent_run(
         from_revision: 0,
         batches: shared.batches,
     };
+    let mut converged = false;
+    if shared.light_decode {
+        let mut stream = watch_raw(channel, authed(watch, &session))
+            .await
+            .map_err(|s| format!("Watch: {s}"))?;
+        let _ = tx.send(Observation::Watching { at: Instant::now() });
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => return Err("the Watch stream ended".into()),
+                Err(s) => return Err(format!("Watch: {s}")),
+            };
+            shared.messages.fetch_add(1, Ordering::Relaxed);
+            apply_raw(shared, i, &message, tx, &mut converged, &mut |_, _| {})?;
+        }
+    }
     let mut stream = client
         .watch(authed(watch, &session))
         .await
@@ -1029,7 +1077,6 @@ async fn agent_run(
         .into_inner();
     let _ = tx.send(Observation::Watching { at: Instant::now() });
     // The peer table (node id → public endpoint) lives in `shared.tables`, read at the end.
-    let mut converged = false;
     loop {
         let event = match stream.message().await {
             Ok(Some(event)) => event,
@@ -1099,6 +1146,87 @@ pub(crate) fn apply(
     Ok(())
 }
 
+/// Opens a Watch whose messages arrive as their bytes, for [`apply_raw`].
+pub(crate) async fn watch_raw(
+    channel: Channel,
+    req: Request<WatchRequest>,
+) -> std::result::Result<tonic::Streaming<Bytes>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(lightwatch::WATCH_PATH);
+    Ok(grpc
+        .server_streaming(req, path, lightwatch::RawWatchCodec)
+        .await?
+        .into_inner())
+}
+
+/// [`apply`] for a Watch message read in place ([`lightwatch::walk`]): applies every item to
+/// agent `i`'s table (one lock per message), counts them as [`apply`] does, reports the
+/// changes it carries and the moment the table is complete. `order` sees every item's
+/// revision first (the failover storm checks their order).
+pub(crate) fn apply_raw(
+    shared: &Shared,
+    i: usize,
+    message: &[u8],
+    tx: &mpsc::UnboundedSender<Observation>,
+    converged: &mut bool,
+    order: &mut dyn FnMut(i64, &Item<'_>),
+) -> std::result::Result<(), String> {
+    let at = Instant::now();
+    let (mut snapshots, mut snapshot_peers, mut upserted, mut other) = (0u64, 0u64, 0u64, 0u64);
+    let held = shared.tables.with(i, |table| {
+        lightwatch::walk(message, &mut |revision, item| {
+            order(revision, &item);
+            match item {
+                Item::Snapshot => {
+                    snapshots += 1;
+                    table.clear();
+                }
+                Item::SnapshotPeer { node, endpoint } => {
+                    snapshot_peers += 1;
+                    table.insert_str(node, endpoint);
+                }
+                Item::Upserted { node, endpoint } => {
+                    upserted += 1;
+                    if let Some(&change) = shared.changes.get(endpoint) {
+                        let _ = tx.send(Observation::Received {
+                            agent: i,
+                            change,
+                            at,
+                        });
+                    }
+                    table.insert_str(node, endpoint);
+                }
+                Item::Removed(node) => {
+                    other += 1;
+                    table.remove(node);
+                }
+                Item::NetworkDeleted => return Err("the network was deleted".into()),
+                Item::Other => other += 1,
+            }
+            Ok(())
+        })?;
+        Ok::<_, String>(table.len())
+    })?;
+    for (counter, n) in [
+        (&shared.snapshots, snapshots),
+        (&shared.snapshot_peers, snapshot_peers),
+        (&shared.peer_upserted, upserted),
+        (&shared.other, other),
+    ] {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+    if !*converged && held == shared.agents {
+        *converged = true;
+        let _ = tx.send(Observation::Converged { at });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{ControlOptions, change_endpoint, join_endpoint, join_request, overlay_cidr};
@@ -1129,6 +1257,15 @@ mod tests {
             .unwrap();
         assert_eq!(key.len(), 32);
         assert_ne!(join_request(8).public_key, req.public_key);
+    }
+
+    #[test]
+    fn fds_needed_grows_with_the_connections() {
+        assert_eq!(super::fds_needed(1000, 50), 2 * 20 + 256);
+        assert_eq!(super::fds_needed(10_000, 50), 2 * 200 + 256);
+        assert_eq!(super::fds_needed(1, 0), 2 + 256);
+        assert!(super::ensure_fd_limit(u64::MAX).is_err());
+        assert!(super::ensure_fd_limit(16).is_ok());
     }
 
     #[test]

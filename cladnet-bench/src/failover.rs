@@ -32,9 +32,11 @@ use crate::{
     check::{self, TableCheck, Tables},
     control::{
         ControlOptions, Fanout, MAX_MESSAGE, NETWORK_ID, Observation, Scenario, Shared, apply,
-        authed, change_endpoint, changer, connect, host_id, join, random_token,
+        apply_raw, authed, change_endpoint, changer, connect, host_id, join, random_token,
+        watch_raw,
     },
     error::{BenchError, Result},
+    lightwatch::Item,
     procs::{ControllerProc, Etcd},
     stats::Summary,
 };
@@ -136,6 +138,7 @@ async fn run_in(opts: &ControlOptions, dir: &std::path::Path) -> Result<Failover
         peer_upserted: AtomicU64::new(0),
         other: AtomicU64::new(0),
         batches: true,
+        light_decode: opts.light_decode,
         messages: AtomicU64::new(0),
     });
     let out_of_order = Arc::new(AtomicU64::new(0));
@@ -314,6 +317,43 @@ async fn agent_run(
             from_revision: last_rev,
             batches: shared.batches,
         };
+        if shared.light_decode {
+            let channel = order[attempt % order.len()].clone();
+            let mut stream = match watch_raw(channel, authed(watch, &session)).await {
+                Ok(s) => s,
+                Err(s) if attempt == 0 => return Err(format!("Watch: {s}")),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            };
+            let _ = tx.send(if attempt == 0 {
+                Observation::Watching { at: Instant::now() }
+            } else {
+                Observation::Resumed { at: Instant::now() }
+            });
+            while let Ok(Some(message)) = stream.message().await {
+                shared.messages.fetch_add(1, Ordering::Relaxed);
+                apply_raw(
+                    shared,
+                    i,
+                    &message,
+                    tx,
+                    &mut converged,
+                    &mut |revision, item| {
+                        let snapshot = matches!(item, Item::Snapshot | Item::SnapshotPeer { .. });
+                        if !snapshot && revision < last_rev {
+                            out_of_order.fetch_add(1, Ordering::Relaxed);
+                        }
+                        last_rev = last_rev.max(revision);
+                    },
+                )?;
+            }
+            // The stream broke: this controller went away. Resume on the next one.
+            attempt += 1;
+            continue;
+        }
         let mut stream = match client(attempt).watch(authed(watch, &session)).await {
             Ok(s) => s.into_inner(),
             Err(s) if attempt == 0 => return Err(format!("Watch: {s}")),

@@ -30,10 +30,15 @@ pub mod dataplane;
 pub mod direct;
 pub mod error;
 pub mod failover;
+pub mod growth;
+pub mod lightwatch;
 pub mod procs;
 pub mod report;
 pub mod simtable;
 pub mod stats;
 
-pub use control::{ControlOptions, ControlReport, StoreKind, raise_fd_limit, run_control_bench};
+pub use control::{
+    ControlOptions, ControlReport, StoreKind, ensure_fd_limit, fds_needed, raise_fd_limit,
+    run_control_bench,
+};
 pub use error::{BenchError, Result};

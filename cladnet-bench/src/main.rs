@@ -51,6 +51,25 @@ enum Scenario {
     /// after convergence controller 0 is killed and K changes are made through the others:
     /// time until its agents resumed, missed and out-of-order events, tables against the store.
     Failover(FailoverArgs),
+    /// How the control plane's cost grows: reads several `control --json` files (one fleet
+    /// size each), prints one store's medians as a Markdown table and plots them as SVG.
+    ControlGrowth(ControlGrowthArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ControlGrowthArgs {
+    /// The `control --json` files, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    json: Vec<PathBuf>,
+    /// The store whose medians are read (embedded, etcd or etcd-direct).
+    #[arg(long, default_value = "etcd")]
+    store: String,
+    /// Write the plot here (SVG).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// The plot's caption (e.g. the commands and the date).
+    #[arg(long, default_value = "")]
+    caption: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +92,12 @@ struct FailoverArgs {
     /// Keep the temporary directory (controller and etcd logs).
     #[arg(long)]
     keep_temp: bool,
+    /// Agents read each Watch message's bytes in place (see `control --help`).
+    #[arg(long)]
+    light_decode: bool,
+    /// Agents keep endpoint hashes instead of strings (see `control --help`).
+    #[arg(long)]
+    compact_tables: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,6 +197,13 @@ struct ControlArgs {
     /// per message. Compare a run with and without it to see what batching saves.
     #[arg(long)]
     unbatched: bool,
+    /// Agents read each Watch message's bytes in place, keeping only each event's revision and
+    /// each peer's node id and endpoint (every other field skipped by its length, nothing
+    /// allocated but what the tables keep), instead of decoding it with prost into full
+    /// messages. Cuts the load generator's CPU (it shares the cores with the controller and
+    /// etcd); the tables and the end-of-run check against the store are the same.
+    #[arg(long)]
+    light_decode: bool,
     /// Exit with status 2 when a store's (median) result misses a target.
     #[arg(long)]
     check: bool,
@@ -230,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Dataplane(args) => dataplane(args).await?,
         Scenario::AgentTable(args) => agent_table(args)?,
         Scenario::Failover(args) => failover(args).await?,
+        Scenario::ControlGrowth(args) => control_growth(&args)?,
     }
     Ok(())
 }
@@ -237,13 +270,10 @@ async fn main() -> anyhow::Result<()> {
 /// Runs the control-plane scenario on every store asked for; `false` when `--check` was
 /// given and a target was missed.
 async fn control(args: ControlArgs) -> anyhow::Result<bool> {
-    match cladnet_bench::raise_fd_limit() {
-        Ok(limit) if limit < 4096 => {
-            eprintln!("warning: only {limit} open files allowed; raise it with `ulimit -n`");
-        }
-        Ok(_) => {}
-        Err(e) => eprintln!("warning: could not raise the open files limit: {e}"),
-    }
+    cladnet_bench::ensure_fd_limit(cladnet_bench::fds_needed(
+        args.agents,
+        args.agents_per_channel,
+    ))?;
     let controller_bin = match args.controller_bin {
         Some(p) => p,
         None => std::env::current_exe()
@@ -269,6 +299,7 @@ async fn control(args: ControlArgs) -> anyhow::Result<bool> {
         join_only: args.join_only,
         compact_tables: args.compact_tables,
         unbatched: args.unbatched,
+        light_decode: args.light_decode,
         ..ControlOptions::default()
     };
     if let Some(bin) = &args.baseline_controller_bin {
@@ -298,6 +329,9 @@ async fn control(args: ControlArgs) -> anyhow::Result<bool> {
         }
     }
     let mut results: Vec<Vec<cladnet_bench::ControlReport>> = vec![Vec::new(); sets.len()];
+    // A failed run is reported and the others go on (e.g. etcd-direct failing at a size where
+    // the controller path succeeds); the invocation fails at the end.
+    let mut failures: Vec<String> = Vec::new();
     for run in 1..=args.runs {
         for ((store, baseline), runs) in sets.iter().zip(&mut results) {
             let opts = ControlOptions {
@@ -314,9 +348,17 @@ async fn control(args: ControlArgs) -> anyhow::Result<bool> {
                 "control: {store} store{who}, run {run}/{}: {} agents, {} changes ...",
                 args.runs, opts.agents, opts.changes
             );
-            let report = cladnet_bench::run_control_bench(&opts)
+            let report = match cladnet_bench::run_control_bench(&opts)
                 .await
-                .with_context(|| format!("{store} store{who}, run {run}"))?;
+                .with_context(|| format!("{store} store{who}, run {run}"))
+            {
+                Ok(report) => report,
+                Err(e) => {
+                    eprintln!("  FAILED: {e:#}");
+                    failures.push(format!("{store} store{who}, run {run}"));
+                    continue;
+                }
+            };
             eprintln!(
                 "  converged in {:.2} s; fan-out p99 {}; {}",
                 report.convergence_ms / 1e3,
@@ -333,8 +375,12 @@ async fn control(args: ControlArgs) -> anyhow::Result<bool> {
             .zip(&results)
             .find(|((s, b), _)| *s == store && b.is_some() == baseline)
             .map(|(_, r)| r.as_slice())
+            .filter(|r| !r.is_empty())
     };
     for ((store, baseline), runs) in sets.iter().zip(&results) {
+        if runs.is_empty() {
+            continue;
+        }
         let label = if baseline.is_some() { "baseline" } else { "" };
         doc.add_runs(label.into(), runs.clone());
         if baseline.is_some()
@@ -355,6 +401,12 @@ async fn control(args: ControlArgs) -> anyhow::Result<bool> {
         doc.write_json(path)?;
         eprintln!("wrote {}", path.display());
     }
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} run(s) failed (errors above): {}",
+        failures.len(),
+        failures.join(", ")
+    );
     Ok(doc.targets_met() || !args.check)
 }
 
@@ -429,7 +481,11 @@ async fn dataplane(args: DataplaneArgs) -> anyhow::Result<()> {
 
 /// Runs the failover storm once and prints what it measured.
 async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
-    let _ = cladnet_bench::raise_fd_limit();
+    // Three controllers, each with its share of the connections: as many as one.
+    cladnet_bench::ensure_fd_limit(cladnet_bench::fds_needed(
+        args.agents,
+        ControlOptions::default().agents_per_channel,
+    ))?;
     let controller_bin = match args.controller_bin {
         Some(p) => p,
         None => std::env::current_exe()
@@ -443,6 +499,8 @@ async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         etcd_bin: args.etcd_bin,
         timeout: Duration::from_secs(args.timeout_secs),
         keep_temp: args.keep_temp,
+        light_decode: args.light_decode,
+        compact_tables: args.compact_tables,
         ..ControlOptions::default()
     };
     let r = cladnet_bench::failover::run_failover_bench(&opts).await?;
@@ -508,6 +566,25 @@ fn agent_table(args: AgentTableArgs) -> anyhow::Result<()> {
             machine.kernel
         );
         std::fs::write(path, agent_table::svg(&costs, &caption))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Prints the growth table of `control --json` files and writes the plot.
+fn control_growth(args: &ControlGrowthArgs) -> anyhow::Result<()> {
+    use cladnet_bench::growth;
+    let points = growth::read(&args.json, &args.store)?;
+    print!("{}", growth::table(&points));
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "Control plane ({}): cost from {} to {} agents",
+            args.store,
+            points.first().map_or(0, |p| p.agents),
+            points.last().map_or(0, |p| p.agents)
+        );
+        std::fs::write(path, growth::svg(&points, &title, &args.caption))
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }

@@ -119,6 +119,33 @@ impl Table {
         }
     }
 
+    /// Adds or replaces a peer from borrowed strings (light decoding): compact tables
+    /// allocate nothing, full ones only what they keep.
+    pub fn insert_str(&mut self, node: &str, endpoint: &str) {
+        match self {
+            Self::Full(m) => match m.get_mut(node) {
+                Some(held) => endpoint.clone_into(held),
+                None => {
+                    m.insert(node.to_owned(), endpoint.to_owned());
+                }
+            },
+            Self::Compact { slots, len, other } => match number(node) {
+                Some(k) => {
+                    if k >= slots.len() {
+                        slots.resize(k + 1, 0);
+                    }
+                    if slots[k] == 0 {
+                        *len += 1;
+                    }
+                    slots[k] = endpoint_hash(endpoint);
+                }
+                None => {
+                    other.insert(node.to_owned(), endpoint_hash(endpoint));
+                }
+            },
+        }
+    }
+
     /// Removes a peer.
     pub fn remove(&mut self, node: &str) {
         match self {
@@ -205,6 +232,25 @@ mod tests {
             assert_eq!(nodes, ["bench-00001", "ext-x"]);
             t.clear();
             assert!(t.is_empty());
+        }
+    }
+
+    #[test]
+    fn insert_str_is_insert() {
+        for compact in [false, true] {
+            let (mut a, mut b) = (Table::new(compact, 4), Table::new(compact, 4));
+            for (node, endpoint) in [
+                ("bench-00001", "1.1.1.1:1"),
+                ("bench-00009", "9.9.9.9:9"),
+                ("ext-x", "2.2.2.2:2"),
+                ("bench-00001", "1.1.1.2:1"),
+                ("ext-x", "2.2.2.3:2"),
+            ] {
+                a.insert(node.into(), endpoint.into());
+                b.insert_str(node, endpoint);
+            }
+            assert_eq!(a, b, "compact {compact}");
+            assert_eq!(b.len(), 3);
         }
     }
 

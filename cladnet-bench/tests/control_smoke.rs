@@ -43,10 +43,10 @@ fn etcd_bin() -> Option<PathBuf> {
 }
 
 async fn small_run(test: &str, store: StoreKind) {
-    small_run_with(test, store, false).await;
+    small_run_with(test, store, false, false).await;
 }
 
-async fn small_run_with(test: &str, store: StoreKind, compact_tables: bool) {
+async fn small_run_with(test: &str, store: StoreKind, compact_tables: bool, light_decode: bool) {
     let Some(controller_bin) = controller_bin() else {
         return unavailable(
             test,
@@ -70,6 +70,7 @@ async fn small_run_with(test: &str, store: StoreKind, compact_tables: bool) {
         etcd_bin,
         timeout: Duration::from_secs(60),
         compact_tables,
+        light_decode,
         ..ControlOptions::default()
     };
     let report = run_control_bench(&opts).await.expect("the run succeeds");
@@ -145,8 +146,18 @@ async fn small_fleet_converges_with_compact_tables() {
         "small_fleet_converges_with_compact_tables",
         StoreKind::Embedded,
         true,
+        false,
     )
     .await;
+}
+
+/// The agents read their Watch messages in place (`--light-decode`): same convergence, same
+/// fan-out, every table equal to the store, with full and with compact tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_fleet_converges_with_light_decode() {
+    let test = "small_fleet_converges_with_light_decode";
+    small_run_with(test, StoreKind::Embedded, false, true).await;
+    small_run_with(test, StoreKind::Embedded, true, true).await;
 }
 
 /// The failover storm, small: 30 agents on three controllers over a three-member etcd;
@@ -154,7 +165,16 @@ async fn small_fleet_converges_with_compact_tables() {
 /// controller, no event is missed or out of order, and every table equals the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_storm_misses_nothing() {
-    let test = "failover_storm_misses_nothing";
+    failover_storm("failover_storm_misses_nothing", false).await;
+}
+
+/// The same storm with agents that read their Watch messages in place (`--light-decode`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_storm_misses_nothing_with_light_decode() {
+    failover_storm("failover_storm_misses_nothing_with_light_decode", true).await;
+}
+
+async fn failover_storm(test: &str, light_decode: bool) {
     let Some(controller_bin) = controller_bin() else {
         return unavailable(
             test,
@@ -172,6 +192,7 @@ async fn failover_storm_misses_nothing() {
         controller_bin,
         etcd_bin,
         timeout: Duration::from_secs(60),
+        light_decode,
         ..ControlOptions::default()
     };
     let r = cladnet_bench::failover::run_failover_bench(&opts)
