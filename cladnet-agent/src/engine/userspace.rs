@@ -17,9 +17,10 @@
 //!   to), so one peer's flows are sealed on several workers even though all its datagrams
 //!   arrive on one socket.
 //!
-//! A thread that wrote a packet to the TUN device usually serves, on its next wait, the answer
-//! the kernel queued during that write (an echo reply, an ACK): the answer does not wait for
-//! a sleeping thread to be woken and scheduled.
+//! A thread that wrote a lone packet (or a few) to the TUN device reads, right after, the
+//! answer the kernel queued during that write (an echo reply, an ACK), if no other thread is
+//! reading that queue ([`take_answers`]): the answer does not wait for a sleeping thread to be
+//! woken and scheduled on another core.
 //!
 //! Per-peer order: one flow is always read from one TUN queue and one peer's datagrams always
 //! arrive on one socket, and a descriptor is served by one thread at a time, which flushes
@@ -82,6 +83,10 @@ const HANDSHAKE_NICENESS: i32 = 10;
 /// (4096) at any rate a socket delivers, and a legitimate handshake under load waits at most
 /// this long more.
 const UNDER_LOAD_PAUSE: Duration = Duration::from_millis(2);
+
+/// Most packets a socket turn may have written to the TUN device for its thread to take their
+/// answers itself ([`take_answers`]).
+const LONE_TURN: usize = 4;
 
 /// Decrypted packets gathered before a GRO pass over them.
 const GRO_BATCH: usize = 64;
@@ -298,6 +303,7 @@ impl Userspace {
             tuns: tuns.clone(),
             sockets: sockets_and_states,
             counters: workers.clone(),
+            tun_reading: (0..tuns.len()).map(|_| Mutex::new(())).collect(),
             epoll,
             vnet,
             uso,
@@ -653,6 +659,10 @@ struct Packets {
     sockets: Vec<(Arc<UdpSocket>, Arc<UdpSocketState>)>,
     /// By worker index (= TUN queue and socket index).
     counters: Arc<[WorkerCounters]>,
+    /// Held while a TUN queue is read and what was read is sent: by the thread epoll handed
+    /// the queue to, or by a thread that just wrote a lone packet and takes its answer
+    /// ([`take_answers`]). Keeps a flow's packets in order whoever reads them.
+    tun_reading: Vec<Mutex<()>>,
     epoll: sys::epoll::Epoll,
     vnet: bool,
     /// Merge UDP datagrams into USO writes too.
@@ -706,13 +716,9 @@ const SOCKET_BATCHES_PER_TURN: usize = 64;
 /// routes, seals or opens, sends or writes, flushes every batch), hands it back, and waits
 /// again.
 ///
-/// Why one loop over both kinds of descriptor rather than a thread per direction: a packet
-/// written to the TUN device is often answered at once, within that very `write` (the kernel
-/// runs the receiving stack in it: an echo reply, a TCP ACK), and the answer is queued on a
-/// TUN queue. The thread that wrote it is back in `epoll_wait` a few microseconds later and
-/// usually takes the answer itself, before a sleeping thread woken for it is scheduled
-/// (the wakeup that cost a round trip most on a busy machine: docs/benchmarks.md, "Where
-/// SEALED latency goes"). The thread that is woken for it finds nothing and sleeps again.
+/// Why one loop over both kinds of descriptor rather than a thread per direction: a thread
+/// that has just delivered a lone packet can read its answer itself ([`take_answers`]), and
+/// the thread count follows the descriptors, not the directions.
 fn packet_thread(p: &Packets) {
     let mut txs: Vec<TxBatch<'_>> = p
         .sockets
@@ -736,10 +742,11 @@ fn packet_thread(p: &Packets) {
                 p.tuns[i].as_fd(),
                 serve_tun(p, i, &mut tun_bufs, &mut txs[i]),
             ),
-            Source::Socket(i) if i < p.sockets.len() => (
-                p.sockets[i].0.as_fd(),
-                serve_socket(p, i, &mut rx, &mut txs[i]),
-            ),
+            Source::Socket(i) if i < p.sockets.len() => {
+                let served = serve_socket(p, i, &mut rx, &mut txs[i]);
+                take_answers(p, &mut rx.deliver.writer, &mut tun_bufs, &mut txs);
+                (p.sockets[i].0.as_fd(), served)
+            }
             _ => continue,
         };
         if !served {
@@ -774,6 +781,36 @@ impl TunBufs {
 /// ends), routes and seals or frames them, sends them from socket `i`. `false` when the queue
 /// failed and must not be served again.
 fn serve_tun(p: &Packets, i: usize, bufs: &mut TunBufs, tx: &mut TxBatch<'_>) -> bool {
+    let _reading = p.tun_reading[i].lock().unwrap_or_else(|e| e.into_inner());
+    read_tun(p, i, bufs, tx)
+}
+
+/// After a socket turn that delivered a lone packet or a few (a ping, a request), reads the
+/// TUN queues they were written to, if no other thread is reading them: the kernel answers
+/// many packets within the TUN `write` that delivers them (an echo reply, a TCP ACK, a
+/// response from a local server), so the answer is usually waiting already, and taking it
+/// here saves the round trip the wakeup of another thread, on another core, for it (25–45
+/// µs on this project's 2-core VM). The thread `epoll` wakes for the answer finds the queue
+/// taken or empty. Bulk turns leave the answers to the other threads, which seal them in
+/// parallel.
+fn take_answers<'s>(
+    p: &'s Packets,
+    writer: &mut TunWriter<'_>,
+    bufs: &mut TunBufs,
+    txs: &mut [TxBatch<'s>],
+) {
+    let Some(queues) = writer.take_lone_turn() else {
+        return;
+    };
+    for q in (0..p.tuns.len()).filter(|q| queues & (1 << q) != 0) {
+        if let Ok(_reading) = p.tun_reading[q].try_lock() {
+            read_tun(p, q, bufs, &mut txs[q]);
+        }
+    }
+}
+
+/// Reads TUN queue `i` (its reading lock held) until it is empty or the turn ends.
+fn read_tun(p: &Packets, i: usize, bufs: &mut TunBufs, tx: &mut TxBatch<'_>) -> bool {
     let (router, tun, vnet) = (&*p.router, &*p.tuns[i], p.vnet);
     let mut alive = true;
     for _ in 0..TUN_READS_PER_TURN {
@@ -857,6 +894,10 @@ struct TunWriter<'t> {
     used: usize,
     coalescer: offload::Coalescer,
     to_write: Vec<usize>,
+    /// Packets written since [`Self::take_lone_turn`] last looked, and the queues they went to
+    /// (bit `q`; queues past 63 are not tracked).
+    turn_packets: usize,
+    turn_queues: u64,
 }
 
 impl<'t> TunWriter<'t> {
@@ -874,7 +915,19 @@ impl<'t> TunWriter<'t> {
                 offload::Coalescer::new()
             },
             to_write: Vec::with_capacity(GRO_BATCH),
+            turn_packets: 0,
+            turn_queues: 0,
         }
+    }
+
+    /// The queues written since the last call, when that was a lone packet or a few
+    /// ([`LONE_TURN`]); resets the count.
+    fn take_lone_turn(&mut self) -> Option<u64> {
+        let lone = (1..=LONE_TURN).contains(&self.turn_packets);
+        let queues = self.turn_queues;
+        self.turn_packets = 0;
+        self.turn_queues = 0;
+        lone.then_some(queues)
     }
 
     fn push(&mut self, packet: &[u8]) {
@@ -917,13 +970,16 @@ impl<'t> TunWriter<'t> {
         self.used = 0;
     }
 
-    fn write(&self, bytes: &[u8]) {
+    fn write(&mut self, bytes: &[u8]) {
         let packet = if self.vnet {
             bytes.get(VNET_HDR_LEN..).unwrap_or_default()
         } else {
             bytes
         };
-        let tun = &self.tuns[flow_queue(packet, self.tuns.len())];
+        let q = flow_queue(packet, self.tuns.len());
+        self.turn_packets += 1;
+        self.turn_queues |= 1u64.checked_shl(q as u32).unwrap_or(0);
+        let tun = &self.tuns[q];
         if let Err(error) = tun.write(bytes) {
             debug!(%error, "writing to the TUN device failed");
         }
@@ -1181,13 +1237,15 @@ fn serve_socket(p: &Packets, i: usize, rx: &mut RxBufs<'_>, tx: &mut TxBatch<'_>
                 deliver(p, now, meta.addr, datagram, &mut rx.deliver, tx);
             }
         }
+        // What one batch delivered goes out before the next `recvmmsg`: under a flood a turn
+        // lasts up to 64 batches, and a ping among them must not wait for its end.
+        rx.deliver.writer.flush();
+        tx.flush();
         // A short batch: the socket was empty (no `recvmmsg` that would only say EAGAIN).
         if count < rx.metas.len() {
             break;
         }
     }
-    rx.deliver.writer.flush();
-    tx.flush();
     alive
 }
 
