@@ -328,11 +328,7 @@ async fn agent_run(
                     continue;
                 }
             };
-            let _ = tx.send(if attempt == 0 {
-                Observation::Watching { at: Instant::now() }
-            } else {
-                Observation::Resumed { at: Instant::now() }
-            });
+            let _ = tx.send(opened(attempt));
             while let Ok(Some(message)) = stream.message().await {
                 shared.messages.fetch_add(1, Ordering::Relaxed);
                 apply_raw(
@@ -364,11 +360,7 @@ async fn agent_run(
                 continue;
             }
         };
-        let _ = tx.send(if attempt == 0 {
-            Observation::Watching { at: Instant::now() }
-        } else {
-            Observation::Resumed { at: Instant::now() }
-        });
+        let _ = tx.send(opened(attempt));
         loop {
             let Ok(Some(message)) = stream.message().await else {
                 break;
@@ -390,5 +382,15 @@ async fn agent_run(
         }
         // The stream broke: this controller went away. Resume on the next one.
         attempt += 1;
+    }
+}
+
+/// What opening a Watch stream is: the first one, or a resumption after `attempt` failures.
+fn opened(attempt: usize) -> Observation {
+    let at = Instant::now();
+    if attempt == 0 {
+        Observation::Watching { at }
+    } else {
+        Observation::Resumed { at }
     }
 }

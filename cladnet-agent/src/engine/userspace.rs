@@ -84,6 +84,15 @@ const HANDSHAKE_NICENESS: i32 = 10;
 /// this long more.
 const UNDER_LOAD_PAUSE: Duration = Duration::from_millis(2);
 
+/// Queue `q`'s bit in [`TunWriter`]'s set of queues written (0 past queue 63, which the set
+/// does not track; `MAX_PACKET_WORKERS` is 64).
+fn queue_bit(q: usize) -> u64 {
+    u32::try_from(q)
+        .ok()
+        .and_then(|q| 1u64.checked_shl(q))
+        .unwrap_or(0)
+}
+
 /// Most packets a socket turn may have written to the TUN device for its thread to take their
 /// answers itself ([`take_answers`]).
 const LONE_TURN: usize = 4;
@@ -802,7 +811,7 @@ fn take_answers<'s>(
     let Some(queues) = writer.take_lone_turn() else {
         return;
     };
-    for q in (0..p.tuns.len()).filter(|q| queues & (1 << q) != 0) {
+    for q in (0..p.tuns.len()).filter(|&q| queues & queue_bit(q) != 0) {
         if let Ok(_reading) = p.tun_reading[q].try_lock() {
             read_tun(p, q, bufs, &mut txs[q]);
         }
@@ -978,7 +987,7 @@ impl<'t> TunWriter<'t> {
         };
         let q = flow_queue(packet, self.tuns.len());
         self.turn_packets += 1;
-        self.turn_queues |= 1u64.checked_shl(q as u32).unwrap_or(0);
+        self.turn_queues |= queue_bit(q);
         let tun = &self.tuns[q];
         if let Err(error) = tun.write(bytes) {
             debug!(%error, "writing to the TUN device failed");
@@ -1358,6 +1367,19 @@ mod tests {
         }
     }
 
+    /// An engine over one idle TUN stand-in and one loopback socket.
+    fn idle_engine(router: &Arc<Router>) -> Userspace {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (engine, _outputs) = Userspace::start(
+            router.clone(),
+            vec![Arc::new(Scripted::idle())],
+            TunFeatures::default(),
+            vec![socket],
+        )
+        .unwrap();
+        engine
+    }
+
     /// An IPv4/UDP header from `src:sport` to `dst:dport` (checksums are not looked at).
     fn udp_packet(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
         let mut p = vec![0u8; 28];
@@ -1450,14 +1472,7 @@ mod tests {
             cladnet_wg::PrivateKey::from_bytes([3; 32]),
             wall(),
         ));
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (engine, _outputs) = Userspace::start(
-            router.clone(),
-            vec![Arc::new(Scripted::idle())],
-            TunFeatures::default(),
-            vec![socket],
-        )
-        .unwrap();
+        let engine = idle_engine(&router);
         let reflector = UdpSocket::bind("127.0.0.1:0").unwrap();
         let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
         let reflector_addr = reflector.local_addr().unwrap();
@@ -1510,14 +1525,7 @@ mod tests {
             cladnet_wg::PrivateKey::from_bytes([4; 32]),
             wall(),
         ));
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (engine, _outputs) = Userspace::start(
-            router.clone(),
-            vec![Arc::new(Scripted::idle())],
-            TunFeatures::default(),
-            vec![socket],
-        )
-        .unwrap();
+        let engine = idle_engine(&router);
         let reflector = UdpSocket::bind("127.0.0.1:0").unwrap();
         let other = UdpSocket::bind("127.0.0.1:0").unwrap();
         let elsewhere = UdpSocket::bind("127.0.0.2:0").unwrap();
