@@ -549,3 +549,89 @@ fn tun_is_removed_when_the_last_queue_closes() {
             .expect("missing link is fine");
     });
 }
+
+/// A UDP datagram `src:sport → dst:dport` with full IPv4 and UDP checksums.
+fn udp_datagram(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 28 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[6] = 0x40; // DF
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let c = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&dport.to_be_bytes());
+    p[24..26].copy_from_slice(&((total - 20) as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    let mut pseudo = Vec::with_capacity(12 + total - 20);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&((total - 20) as u16).to_be_bytes());
+    pseudo.extend_from_slice(&p[20..]);
+    let c = match checksum(&pseudo) {
+        0 => 0xFFFF,
+        c => c,
+    };
+    p[26..28].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// What the userspace engine does with a flow's UDP datagrams when the device accepted USO:
+/// the coalescer merges them into one `GSO_UDP_L4` write, and the kernel hands a UDP socket
+/// the original datagrams, in order, byte for byte.
+#[test]
+fn a_uso_write_reaches_a_socket_as_the_original_datagrams() {
+    in_netns(
+        "a_uso_write_reaches_a_socket_as_the_original_datagrams",
+        || async {
+            let tun = configured_tun(TunOptions {
+                vnet_hdr: true,
+                queues: 1,
+            })
+            .await;
+            let accepted = tun.set_offload(Offload::ALL).expect("TUNSETOFFLOAD");
+            if !accepted.contains(Offload::USO4) {
+                eprintln!(
+                    "skipping: this kernel refused USO ({accepted}); the agent does not merge UDP then"
+                );
+                return;
+            }
+            let socket =
+                std::net::UdpSocket::bind((TUN_IP, 5555)).expect("binding in the namespace");
+            socket.set_read_timeout(Some(WAIT)).unwrap();
+            let payloads: Vec<Vec<u8>> = (0..10u8)
+                .map(|k| vec![k.wrapping_mul(37); if k == 9 { 40 } else { 100 }])
+                .collect();
+            let mut bufs: Vec<Vec<u8>> = payloads
+                .iter()
+                .map(|p| {
+                    let mut b = Vec::with_capacity(VNET_HDR_LEN + 65_535);
+                    b.resize(VNET_HDR_LEN, 0);
+                    b.extend_from_slice(&udp_datagram(PEER_IP, TUN_IP, 4000, 5555, p));
+                    b
+                })
+                .collect();
+            let mut to_write = Vec::new();
+            let stats = offload::Coalescer::with_udp()
+                .coalesce(&mut bufs, VNET_HDR_LEN, &mut to_write)
+                .unwrap();
+            assert_eq!((to_write.len(), stats.gso_writes), (1, 1), "{stats:?}");
+            tun.queues()[0]
+                .write(&bufs[to_write[0]])
+                .expect("the kernel takes the USO write");
+            let mut buf = [0u8; 2048];
+            for (k, want) in payloads.iter().enumerate() {
+                let (n, from) = socket
+                    .recv_from(&mut buf)
+                    .unwrap_or_else(|e| panic!("datagram {k}: {e}"));
+                assert_eq!(from, std::net::SocketAddr::from((PEER_IP, 4000)));
+                assert_eq!(&buf[..n], &want[..], "datagram {k}");
+            }
+        },
+    );
+}
