@@ -59,6 +59,44 @@ const STATS_INTERVAL: Duration = Duration::from_secs(10);
 /// (about 14 Mbit/s each way with IP/UDP headers) at the reflector for 10 000 agents.
 const REFLECTOR_KEEPALIVE: Duration = Duration::from_millis(300);
 
+/// What the agent asks for each tunnel socket's receive and send buffer, as wireguard-go
+/// and Tailscale do. The kernel's default (`net.core.rmem_default`, 208 KiB here) holds
+/// about 270 small datagrams: a burst that arrives while the packet threads wait for a core
+/// (a 64-byte flood, a TCP window) overflowed it, and the kernel dropped the rest before the
+/// agent saw them (9 000 datagrams and 120 000 TCP retransmissions in a 4-second bench test).
+const SOCKET_BUFFER_BYTES: usize = 7 << 20;
+
+/// Binds the tunnel port's `SO_REUSEPORT` group, one socket per packet worker, and sizes
+/// their buffers ([`SOCKET_BUFFER_BYTES`]; with CAP_NET_ADMIN past `net.core.rmem_max`).
+fn tunnel_sockets(port: u16, workers: usize) -> anyhow::Result<Vec<std::net::UdpSocket>> {
+    let sockets =
+        crate::sys::udp::bind_reuseport(std::net::SocketAddr::from(([0, 0, 0, 0], port)), workers)
+            .with_context(|| format!("binding the tunnel port udp/{port}"))?;
+    let mut applied = None;
+    for socket in &sockets {
+        applied = Some(
+            crate::sys::udp::set_socket_buffers(socket, SOCKET_BUFFER_BYTES)
+                .with_context(|| format!("sizing the buffers of the tunnel port udp/{port}"))?,
+        );
+    }
+    if let Some(got) = applied {
+        // The kernel reports twice the size it was given (it counts its bookkeeping).
+        let (recv, send) = (got.recv / 2, got.send / 2);
+        if recv < SOCKET_BUFFER_BYTES || send < SOCKET_BUFFER_BYTES {
+            warn!(
+                wanted = SOCKET_BUFFER_BYTES,
+                recv,
+                send,
+                "tunnel socket buffers capped by net.core.rmem_max/wmem_max (no CAP_NET_ADMIN); \
+                 bursts may be dropped before the agent reads them"
+            );
+        } else {
+            debug!(recv, send, forced = got.forced, "tunnel socket buffers");
+        }
+    }
+    Ok(sockets)
+}
+
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let identity = Identity::load_or_create(&cfg.data_dir)
@@ -87,11 +125,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     if let Err(error) = std::fs::write(&ipv6_off, "1") {
         debug!(%error, path = ipv6_off, "could not disable IPv6 on the overlay device");
     }
-    let sockets = crate::sys::udp::bind_reuseport(
-        std::net::SocketAddr::from(([0, 0, 0, 0], cfg.listen_port)),
-        workers,
-    )
-    .with_context(|| format!("binding the tunnel port udp/{}", cfg.listen_port))?;
+    let sockets = tunnel_sockets(cfg.listen_port, workers)?;
     // One wall-clock anchor for the Node's WireGuard timestamps and the engine's counters.
     let wall = cladnet_wg::WallClock::new(std::time::Instant::now(), std::time::SystemTime::now());
     let router = Arc::new(Router::new(identity.private_key.clone(), wall));
@@ -469,4 +503,44 @@ fn random_u16() -> u16 {
     let mut b = [0u8; 2];
     getrandom::fill(&mut b).expect("the OS random source works");
     u16::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+
+    use super::tunnel_sockets;
+
+    /// Sends `count` 64-byte datagrams to `to` while nobody reads, then counts what the
+    /// receiver's buffer kept.
+    fn burst_kept(receiver: &UdpSocket, count: usize) -> usize {
+        let to =
+            std::net::SocketAddr::from(([127, 0, 0, 1], receiver.local_addr().unwrap().port()));
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..count {
+            sender.send_to(&[7u8; 64], to).unwrap();
+        }
+        receiver.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 128];
+        std::iter::from_fn(|| receiver.recv_from(&mut buf).ok()).count()
+    }
+
+    /// A burst that the kernel's default socket buffer drops (what a 64-byte flood or a TCP
+    /// window does while the packet threads wait for a core) stays whole in a tunnel socket.
+    #[test]
+    fn a_tunnel_socket_keeps_a_burst_the_default_buffer_drops() {
+        const BURST: usize = 2000;
+        let default = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let kept = burst_kept(&default, BURST);
+        assert!(
+            kept < BURST,
+            "the default buffer kept all {BURST}: the burst proves nothing"
+        );
+        let tunnel = tunnel_sockets(0, 1).unwrap().remove(0);
+        assert_eq!(
+            burst_kept(&tunnel, BURST),
+            BURST,
+            "the default buffer kept {kept}"
+        );
+    }
 }
