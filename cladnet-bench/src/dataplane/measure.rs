@@ -6,7 +6,10 @@ use std::{net::Ipv4Addr, path::Path, thread, time::Duration};
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use super::testbed::Testbed;
+use super::{
+    drops::{DropCounters, LossSites},
+    testbed::Testbed,
+};
 use crate::{procs::ChildGuard, stats::median};
 
 /// The iperf3 server's port.
@@ -260,6 +263,8 @@ pub struct SmallPackets {
     pub sent_pps: f64,
     /// Share of the sent datagrams that never arrived, percent.
     pub loss_percent: f64,
+    /// Where they were dropped, when the kernel's counters could be read.
+    pub drops: Option<LossSites>,
 }
 
 /// `iperf3 -u -l 64 -b 0 -t secs -J` from A against a one-shot server on B; the rate is
@@ -272,8 +277,18 @@ pub(crate) fn small_packets(
     dir: &Path,
 ) -> anyhow::Result<SmallPackets> {
     let udp = ["-u", "-l", SMALL_PACKET, "-b", "0"];
+    let counters = || {
+        DropCounters::read(tb, dst)
+            .inspect_err(|e| eprintln!("  could not read the drop counters: {e:#}"))
+            .ok()
+    };
+    let before = counters();
     let (json, _) = iperf(tb, dst, secs, &udp, Carriers(&[]), dir)?;
-    parse_udp(&json)
+    let after = counters();
+    Ok(SmallPackets {
+        drops: before.zip(after).map(|(b, a)| b.until(a)),
+        ..parse_udp(&json)?
+    })
 }
 
 fn parse_udp(json: &serde_json::Value) -> anyhow::Result<SmallPackets> {
@@ -293,6 +308,7 @@ fn parse_udp(json: &serde_json::Value) -> anyhow::Result<SmallPackets> {
         received_pps: (expected - lost).max(0.0) / secs,
         sent_pps: sent / field("sum_sent", "seconds")?.max(f64::MIN_POSITIVE),
         loss_percent: field("sum_received", "lost_percent")?,
+        drops: None,
     })
 }
 

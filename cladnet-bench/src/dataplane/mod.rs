@@ -38,6 +38,7 @@
 //! creates (see [`testbed`] for the names and the cleanup); the machine's own interfaces are
 //! never touched.
 
+mod drops;
 mod measure;
 mod pods;
 pub mod report;

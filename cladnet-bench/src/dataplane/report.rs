@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::{
     Config, DataplaneOptions,
+    drops::LossSites,
     measure::{Background, Rtt, SmallPackets, Tcp},
     testbed::{UNDERLAY_A, UNDERLAY_B, UNDERLAY_MTU},
     tunnel::{AgentDataplane, FloodRate, KernelCounters},
@@ -117,11 +118,47 @@ pub struct RunMetrics {
     pub tunnel_cpu_percent_per_gbps: f64,
     /// The parallel-stream test (`iperf3 -P 4`), for the rows that run it.
     pub parallel: Option<ParallelTcp>,
+    /// Where the 64-byte test's lost datagrams were dropped, when the counters could be read.
+    pub udp_drops: Option<UdpDrops>,
     /// Busy CPU of the whole machine in the second before the measurements (other load on
     /// the machine), percent of all cores.
     pub background_cpu_percent: f64,
     /// Seconds spent waiting for the machine to quiet down before the measurements.
     pub waited_secs: f64,
+}
+
+/// Where the 64-byte test's lost datagrams were dropped (see [`LossSites`]), of one run or
+/// aggregated over runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct UdpDrops {
+    /// At the device host A routes B through (its queue overflowed: the sender outran the
+    /// tunnel).
+    pub sender_device: f64,
+    /// At the tunnel's own sockets on host B.
+    pub tunnel_sockets: f64,
+    /// At the receiving iperf3's socket.
+    pub receiver_app: f64,
+}
+
+impl UdpDrops {
+    fn combine(runs: &[Self], agg: fn(&[f64]) -> Option<f64>) -> Option<Self> {
+        let f = |g: fn(&Self) -> f64| agg(&runs.iter().map(g).collect::<Vec<_>>());
+        Some(Self {
+            sender_device: f(|m| m.sender_device)?,
+            tunnel_sockets: f(|m| m.tunnel_sockets)?,
+            receiver_app: f(|m| m.receiver_app)?,
+        })
+    }
+}
+
+impl From<LossSites> for UdpDrops {
+    fn from(l: LossSites) -> Self {
+        Self {
+            sender_device: l.sender_device as f64,
+            tunnel_sockets: l.tunnel_sockets as f64,
+            receiver_app: l.receiver_app as f64,
+        }
+    }
 }
 
 /// The parallel-stream TCP test of one run (or the median, minimum or maximum over runs).
@@ -210,6 +247,7 @@ impl RunMetrics {
             softirq_cpu_percent: tcp.softirq_cpu_percent,
             tunnel_cpu_percent_per_gbps: tunnel_cpu_per_gbps(&tcp),
             parallel: parallel.map(|(streams, t)| ParallelTcp::new(streams, t)),
+            udp_drops: udp.drops.map(UdpDrops::from),
             background_cpu_percent: background.cpu_percent,
             waited_secs: background.waited_secs,
         }
@@ -235,6 +273,10 @@ impl RunMetrics {
             tunnel_cpu_percent_per_gbps: f(|m| m.tunnel_cpu_percent_per_gbps)?,
             parallel: ParallelTcp::combine(
                 &runs.iter().filter_map(|m| m.parallel).collect::<Vec<_>>(),
+                agg,
+            ),
+            udp_drops: UdpDrops::combine(
+                &runs.iter().filter_map(|m| m.udp_drops).collect::<Vec<_>>(),
                 agg,
             ),
             background_cpu_percent: f(|m| m.background_cpu_percent)?,
@@ -789,6 +831,7 @@ impl DataplaneDocument {
                 "tunnel CPU1 %",
                 "-P 4 Gbit/s",
                 "-P 4 tunnel CPU1 %",
+                "64 B drops: device/tunnel/app",
                 "background CPU % (waited)",
             ]
             .map(String::from)
@@ -815,6 +858,12 @@ impl DataplaneDocument {
                         format!(
                             "{:.0}",
                             p.tunnel_process_cpu_percent + p.softirq_cpu_percent
+                        )
+                    }),
+                    m.udp_drops.map_or("-".into(), |d| {
+                        format!(
+                            "{:.0}/{:.0}/{:.0}",
+                            d.sender_device, d.tunnel_sockets, d.receiver_app
                         )
                     }),
                     if m.waited_secs >= 0.5 {
@@ -1066,7 +1115,7 @@ fn gbps(v: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Config, DataplaneDocument, RunDataplane, RunMetrics};
+    use super::{Config, DataplaneDocument, LossSites, RunDataplane, RunMetrics};
     use crate::dataplane::{
         AgentDataplane, Binaries, DataplaneOptions, KernelCounter, KernelCounters,
         measure::{Background, Rtt, SmallPackets, Tcp},
@@ -1100,6 +1149,11 @@ mod tests {
                 received_pps: 50_000.0,
                 sent_pps: 100_000.0,
                 loss_percent: 50.0,
+                drops: Some(LossSites {
+                    sender_device: 400_000,
+                    tunnel_sockets: 0,
+                    receiver_app: 100_000,
+                }),
             },
             Rtt {
                 median_ms: 0.2,
@@ -1197,14 +1251,17 @@ mod tests {
             "Parallel TCP streams (iperf3 -P 4)",
             "cladnet-sealed 4-stream TCP vs raw 4-stream >= 0.30x: 0.18x MISS",
             "tunnel CPU1 %/Gbit/s",
+            "64 B drops: device/tunnel/app",
+            "400000/0/100000",
         ] {
             assert!(table.contains(want), "{want:?} not in\n{table}");
         }
-        // Every run is in the JSON, with its own parallel-stream test.
+        // Every run is in the JSON, with its own parallel-stream test and drop sites.
         let json = serde_json::to_value(&d).unwrap();
         let runs = json["rows"][4]["runs"].as_array().unwrap();
         assert_eq!(runs.len(), 3);
         assert_eq!(runs[1]["parallel"]["gbps"], 2.0);
+        assert_eq!(runs[1]["udp_drops"]["sender_device"], 400_000.0);
         assert_eq!(json["parallel_target"]["verdict"], "MISS");
     }
 
