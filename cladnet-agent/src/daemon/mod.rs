@@ -511,8 +511,8 @@ mod tests {
 
     use super::tunnel_sockets;
 
-    /// Sends `count` 64-byte datagrams to `to` while nobody reads, then counts what the
-    /// receiver's buffer kept.
+    /// Sends `count` 64-byte datagrams over loopback to `receiver` while nobody reads, then
+    /// counts what its buffer kept.
     fn burst_kept(receiver: &UdpSocket, count: usize) -> usize {
         let to =
             std::net::SocketAddr::from(([127, 0, 0, 1], receiver.local_addr().unwrap().port()));
