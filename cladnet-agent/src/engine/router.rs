@@ -504,4 +504,4 @@ pub use pmtu::frag_needed;
 use routes::{Entry, Routes, SlotState, Staged};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

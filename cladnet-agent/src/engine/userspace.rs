@@ -17,10 +17,11 @@
 //!   to), so one peer's flows are sealed on several workers even though all its datagrams
 //!   arrive on one socket.
 //!
-//! A thread that wrote a lone packet (or a few) to the TUN device reads, right after, the
+//! A thread that writes a lone packet (or a few) to the TUN device reads, right after, the
 //! answer the kernel queued during that write (an echo reply, an ACK), if no other thread is
-//! reading that queue ([`take_answers`]): the answer does not wait for a sleeping thread to be
-//! woken and scheduled on another core.
+//! reading that queue ([`deliver_lone`]): the answer does not wait for a sleeping thread to be
+//! woken and scheduled on another core, and, as the queue is disarmed in `epoll` for the
+//! write, no sleeping thread is woken for it either.
 //!
 //! Per-peer order: one flow is always read from one TUN queue and one peer's datagrams always
 //! arrive on one socket, and a descriptor is served by one thread at a time, which flushes
@@ -46,7 +47,7 @@ use std::{
     net::{SocketAddr, SocketAddrV4, UdpSocket},
     os::fd::AsFd,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, AtomicUsize, Ordering},
         mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel},
     },
@@ -93,8 +94,8 @@ fn queue_bit(q: usize) -> u64 {
         .unwrap_or(0)
 }
 
-/// Most packets a socket turn may have written to the TUN device for its thread to take their
-/// answers itself ([`take_answers`]).
+/// Most packets a socket turn may write to the TUN device for its thread to take their
+/// answers itself ([`deliver_lone`]).
 const LONE_TURN: usize = 4;
 
 /// Decrypted packets gathered before a GRO pass over them.
@@ -502,7 +503,7 @@ impl Userspace {
         Ok(())
     }
 
-    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
+    fn lock_waiters(&self) -> MutexGuard<'_, HashMap<u64, Waiter>> {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -670,7 +671,7 @@ struct Packets {
     counters: Arc<[WorkerCounters]>,
     /// Held while a TUN queue is read and what was read is sent: by the thread epoll handed
     /// the queue to, or by a thread that just wrote a lone packet and takes its answer
-    /// ([`take_answers`]). Keeps a flow's packets in order whoever reads them.
+    /// ([`deliver_lone`]). Keeps a flow's packets in order whoever reads them.
     tun_reading: Vec<Mutex<()>>,
     epoll: sys::epoll::Epoll,
     vnet: bool,
@@ -726,7 +727,7 @@ const SOCKET_BATCHES_PER_TURN: usize = 64;
 /// again.
 ///
 /// Why one loop over both kinds of descriptor rather than a thread per direction: a thread
-/// that has just delivered a lone packet can read its answer itself ([`take_answers`]), and
+/// that has just delivered a lone packet can read its answer itself ([`deliver_lone`]), and
 /// the thread count follows the descriptors, not the directions.
 fn packet_thread(p: &Packets) {
     let mut txs: Vec<TxBatch<'_>> = p
@@ -751,11 +752,10 @@ fn packet_thread(p: &Packets) {
                 p.tuns[i].as_fd(),
                 serve_tun(p, i, &mut tun_bufs, &mut txs[i]),
             ),
-            Source::Socket(i) if i < p.sockets.len() => {
-                let served = serve_socket(p, i, &mut rx, &mut txs[i]);
-                take_answers(p, &mut rx.deliver.writer, &mut tun_bufs, &mut txs);
-                (p.sockets[i].0.as_fd(), served)
-            }
+            Source::Socket(i) if i < p.sockets.len() => (
+                p.sockets[i].0.as_fd(),
+                serve_socket(p, i, &mut rx, &mut tun_bufs, &mut txs),
+            ),
             _ => continue,
         };
         if !served {
@@ -794,26 +794,48 @@ fn serve_tun(p: &Packets, i: usize, bufs: &mut TunBufs, tx: &mut TxBatch<'_>) ->
     read_tun(p, i, bufs, tx)
 }
 
-/// After a socket turn that delivered a lone packet or a few (a ping, a request), reads the
-/// TUN queues they were written to, if no other thread is reading them: the kernel answers
-/// many packets within the TUN `write` that delivers them (an echo reply, a TCP ACK, a
-/// response from a local server), so the answer is usually waiting already, and taking it
-/// here saves the round trip the wakeup of another thread, on another core, for it (25–45
-/// µs on this project's 2-core VM). The thread `epoll` wakes for the answer finds the queue
-/// taken or empty. Bulk turns leave the answers to the other threads, which seal them in
-/// parallel.
-fn take_answers<'s>(
+/// Writes a lone packet or a few (a ping, a request: the whole of a socket turn) to the TUN
+/// device and reads the queues they went to right after, if no other thread is reading them:
+/// the kernel answers many packets within the TUN `write` that delivers them (an echo reply,
+/// a TCP ACK, a response from a local server), so the answer is usually waiting already, and
+/// taking it here saves the wakeup of another thread, on another core, for it (25–45 µs on
+/// this project's 2-core VM). Those queues are disarmed in `epoll` around the write, so that
+/// the answer does not wake a sleeping thread either, which would cost an interrupt to an
+/// idle core and find nothing to read. Bulk turns leave the answers to the other threads,
+/// which seal them in parallel.
+fn deliver_lone<'s>(
     p: &'s Packets,
+    i: usize,
     writer: &mut TunWriter<'_>,
     bufs: &mut TunBufs,
     txs: &mut [TxBatch<'s>],
 ) {
-    let Some(queues) = writer.take_lone_turn() else {
-        return;
-    };
-    for q in (0..p.tuns.len()).filter(|&q| queues & queue_bit(q) != 0) {
-        if let Ok(_reading) = p.tun_reading[q].try_lock() {
-            read_tun(p, q, bufs, &mut txs[q]);
+    let queues = writer.pending_queues();
+    let mut taken: [Option<(usize, MutexGuard<'_, ()>)>; LONE_TURN] = Default::default();
+    let free = (0..p.tuns.len()).filter(|&q| queues & queue_bit(q) != 0);
+    for (slot, q) in taken.iter_mut().zip(free) {
+        let Ok(reading) = p.tun_reading[q].try_lock() else {
+            continue;
+        };
+        // Only a queue this thread will read is disarmed, and it is re-armed below.
+        if p.epoll
+            .disarm(p.tuns[q].as_fd(), Source::Tun(q).token())
+            .is_ok()
+        {
+            *slot = Some((q, reading));
+        }
+    }
+    writer.flush();
+    txs[i].flush();
+    for (q, _reading) in taken.into_iter().flatten() {
+        if !read_tun(p, q, bufs, &mut txs[q]) {
+            warn!(queue = q, "no longer serving this TUN queue");
+            continue;
+        }
+        // Re-armed with the lock still held, after the queue read empty: what came since is
+        // reported at once.
+        if let Err(error) = p.epoll.rearm(p.tuns[q].as_fd(), Source::Tun(q).token()) {
+            warn!(queue = q, %error, "re-arming a TUN queue failed; no longer serving it");
         }
     }
 }
@@ -903,10 +925,6 @@ struct TunWriter<'t> {
     used: usize,
     coalescer: offload::Coalescer,
     to_write: Vec<usize>,
-    /// Packets written since [`Self::take_lone_turn`] last looked, and the queues they went to
-    /// (bit `q`; queues past 63 are not tracked).
-    turn_packets: usize,
-    turn_queues: u64,
 }
 
 impl<'t> TunWriter<'t> {
@@ -924,29 +942,33 @@ impl<'t> TunWriter<'t> {
                 offload::Coalescer::new()
             },
             to_write: Vec::with_capacity(GRO_BATCH),
-            turn_packets: 0,
-            turn_queues: 0,
         }
     }
 
-    /// The queues written since the last call, when that was a lone packet or a few
-    /// ([`LONE_TURN`]); resets the count.
-    fn take_lone_turn(&mut self) -> Option<u64> {
-        let lone = (1..=LONE_TURN).contains(&self.turn_packets);
-        let queues = self.turn_queues;
-        self.turn_packets = 0;
-        self.turn_queues = 0;
-        lone.then_some(queues)
+    /// The virtio header's length when the device takes one, else 0.
+    fn header_len(&self) -> usize {
+        if self.vnet { VNET_HDR_LEN } else { 0 }
+    }
+
+    /// Packets waiting for [`Self::flush`].
+    fn pending(&self) -> usize {
+        self.used
+    }
+
+    /// The queues the waiting packets go to (bit `q`; queues past 63 are not tracked).
+    fn pending_queues(&self) -> u64 {
+        let header = self.header_len();
+        self.bufs[..self.used]
+            .iter()
+            .map(|b| queue_bit(flow_queue(&b[header..], self.tuns.len())))
+            .fold(0, |set, bit| set | bit)
     }
 
     fn push(&mut self, packet: &[u8]) {
-        if !self.vnet {
-            self.write(packet);
-            return;
-        }
+        let header = self.header_len();
         let buf = &mut self.bufs[self.used];
         buf.clear();
-        buf.resize(VNET_HDR_LEN, 0);
+        buf.resize(header, 0);
         buf.extend_from_slice(packet);
         self.used += 1;
         if self.used == self.bufs.len() {
@@ -960,7 +982,9 @@ impl<'t> TunWriter<'t> {
         }
         self.to_write.clear();
         let batch = &mut self.bufs[..self.used];
-        if self
+        if !self.vnet {
+            self.to_write.extend(0..self.used);
+        } else if self
             .coalescer
             .coalesce(batch, VNET_HDR_LEN, &mut self.to_write)
             .is_err()
@@ -979,16 +1003,9 @@ impl<'t> TunWriter<'t> {
         self.used = 0;
     }
 
-    fn write(&mut self, bytes: &[u8]) {
-        let packet = if self.vnet {
-            bytes.get(VNET_HDR_LEN..).unwrap_or_default()
-        } else {
-            bytes
-        };
-        let q = flow_queue(packet, self.tuns.len());
-        self.turn_packets += 1;
-        self.turn_queues |= queue_bit(q);
-        let tun = &self.tuns[q];
+    fn write(&self, bytes: &[u8]) {
+        let packet = bytes.get(self.header_len()..).unwrap_or_default();
+        let tun = &self.tuns[flow_queue(packet, self.tuns.len())];
         if let Err(error) = tun.write(bytes) {
             debug!(%error, "writing to the TUN device failed");
         }
@@ -1209,10 +1226,16 @@ impl<'t> RxBufs<'t> {
 /// Serves socket `i` for one turn: receives datagrams in batches until a batch comes back
 /// short (the socket is empty) or the turn ends, and delivers what they carry. `false` when
 /// the socket failed and must not be served again.
-fn serve_socket(p: &Packets, i: usize, rx: &mut RxBufs<'_>, tx: &mut TxBatch<'_>) -> bool {
+fn serve_socket<'s>(
+    p: &'s Packets,
+    i: usize,
+    rx: &mut RxBufs<'_>,
+    tun_bufs: &mut TunBufs,
+    txs: &mut [TxBatch<'s>],
+) -> bool {
     let (socket, state) = &p.sockets[i];
     let mut alive = true;
-    for _ in 0..SOCKET_BATCHES_PER_TURN {
+    for batch in 0..SOCKET_BATCHES_PER_TURN {
         let count = {
             let mut iov: Vec<IoSliceMut<'_>> =
                 rx.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
@@ -1243,15 +1266,20 @@ fn serve_socket(p: &Packets, i: usize, rx: &mut RxBufs<'_>, tx: &mut TxBatch<'_>
             // With GRO, one buffer holds several datagrams of `stride` bytes from one sender.
             for datagram in buf[..meta.len].chunks(meta.stride.max(1)) {
                 p.counters[i].datagrams.fetch_add(1, Ordering::Relaxed);
-                deliver(p, now, meta.addr, datagram, &mut rx.deliver, tx);
+                deliver(p, now, meta.addr, datagram, &mut rx.deliver, &mut txs[i]);
             }
+        }
+        // A short batch: the socket was empty (no `recvmmsg` that would only say EAGAIN).
+        let last = count < rx.metas.len();
+        if last && batch == 0 && (1..=LONE_TURN).contains(&rx.deliver.writer.pending()) {
+            deliver_lone(p, i, &mut rx.deliver.writer, tun_bufs, txs);
+            break;
         }
         // What one batch delivered goes out before the next `recvmmsg`: under a flood a turn
         // lasts up to 64 batches, and a ping among them must not wait for its end.
         rx.deliver.writer.flush();
-        tx.flush();
-        // A short batch: the socket was empty (no `recvmmsg` that would only say EAGAIN).
-        if count < rx.metas.len() {
+        txs[i].flush();
+        if last {
             break;
         }
     }
@@ -1320,6 +1348,8 @@ impl TunIo for sys::tun::TunQueue {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::net::UnixDatagram;
+
     use super::*;
 
     fn wall() -> cladnet_wg::WallClock {
@@ -1329,13 +1359,13 @@ mod tests {
     /// A TUN stand-in: the engine reads what was queued on the other end of a datagram
     /// socket pair (`left` copies of one packet, or nothing); writes are discarded.
     struct Scripted {
-        engine_end: std::os::unix::net::UnixDatagram,
-        _feeder: std::os::unix::net::UnixDatagram,
+        engine_end: UnixDatagram,
+        _feeder: UnixDatagram,
     }
 
     impl Scripted {
         fn new(packet: &[u8], left: usize) -> Self {
-            let (engine_end, feeder) = std::os::unix::net::UnixDatagram::pair().unwrap();
+            let (engine_end, feeder) = UnixDatagram::pair().unwrap();
             for _ in 0..left {
                 feeder.send(packet).unwrap();
             }
@@ -1365,6 +1395,87 @@ mod tests {
         fn write(&self, buf: &[u8]) -> io::Result<usize> {
             Ok(buf.len())
         }
+    }
+
+    /// A TUN stand-in wired to the test's "kernel" end: what the engine writes arrives there,
+    /// what the test sends from there the engine reads, and the first write is answered
+    /// within the write, as the kernel answers a ping within the TUN write that delivers it.
+    struct Wired {
+        engine_end: UnixDatagram,
+        kernel: UnixDatagram,
+        answer: Mutex<Option<Vec<u8>>>,
+    }
+
+    impl AsFd for Wired {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            self.engine_end.as_fd()
+        }
+    }
+
+    impl TunIo for Wired {
+        fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+            self.engine_end.recv(buf)
+        }
+
+        fn write(&self, buf: &[u8]) -> io::Result<usize> {
+            let written = self.engine_end.send(buf)?;
+            if let Some(answer) = self.answer.lock().unwrap().take() {
+                self.kernel.send(&answer)?;
+            }
+            Ok(written)
+        }
+    }
+
+    /// A lone packet from a peer is delivered; the answer queued during that write goes back
+    /// to the peer; and the TUN queue, which the lone turn disarmed in `epoll` for its write,
+    /// is served again afterwards: a packet the host sends later, on its own, reaches the peer.
+    #[test]
+    fn a_lone_packets_answer_goes_back_and_its_queue_is_served_again() {
+        use super::super::router::tests as rt;
+        let wait = Some(Duration::from_secs(5));
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(wait).unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (peer_ep, engine_ep) = (peer.local_addr().unwrap(), socket.local_addr().unwrap());
+        let (a, b) = (rt::node(1, 7), rt::node(2, 9));
+        let plain = cladnet_core::policy::LinkMode::Plain;
+        rt::install(&a, &[rt::config(&b, &engine_ep.to_string(), plain)]);
+        rt::install(&b, &[rt::config(&a, &peer_ep.to_string(), plain)]);
+        let ping = rt::packet(a.ip, b.ip, b"ping");
+        let answer = rt::packet(b.ip, a.ip, b"answer");
+        let later = rt::packet(b.ip, a.ip, b"later");
+        let (engine_end, kernel) = UnixDatagram::pair().unwrap();
+        kernel.set_read_timeout(wait).unwrap();
+        let tun = Wired {
+            engine_end,
+            kernel: kernel.try_clone().unwrap(),
+            answer: Mutex::new(Some(answer.clone())),
+        };
+        let (_engine, _outputs) = Userspace::start(
+            b.router.clone(),
+            vec![Arc::new(tun)],
+            TunFeatures::default(),
+            vec![socket],
+        )
+        .unwrap();
+        let mut buf = [0u8; 2048];
+        let mut from_engine = || {
+            let (n, _) = peer
+                .recv_from(&mut buf)
+                .expect("a datagram from the engine");
+            rt::receive(&a, &engine_ep.to_string(), &buf[..n]).unwrap()
+        };
+        peer.send_to(&rt::send(&a, &ping), engine_ep).unwrap();
+        let mut written = [0u8; 2048];
+        let n = kernel
+            .recv(&mut written)
+            .expect("the ping written to the TUN");
+        assert_eq!(written[..n], ping[..]);
+        assert_eq!(from_engine(), answer);
+        // Long after the lone turn ended: only a re-armed queue is read again.
+        thread::sleep(Duration::from_millis(100));
+        kernel.send(&later).unwrap();
+        assert_eq!(from_engine(), later);
     }
 
     /// An engine over one idle TUN stand-in and one loopback socket.

@@ -1,7 +1,8 @@
 //! Two routers wired back to back, without sockets, given commands the way the Node gives
 //! them. Each has a WireGuard device standing in for the Node's control side (cladnet-core's
 //! `node::sealed` does the same with it): it gets what the router hands over
-//! ([`Outbound::ToNode`], [`Handshake`]) and sends [`Command::SealedPeer`].
+//! ([`Outbound::ToNode`], [`Handshake`]) and sends [`Command::SealedPeer`]. The userspace
+//! engine's tests put such a router behind real sockets.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,12 +14,12 @@ use super::*;
 const A_EP: &str = "192.0.2.1:8055";
 const B_EP: &str = "198.51.100.2:8055";
 
-pub(super) struct Node {
-    pub(super) router: Router,
+pub(crate) struct Node {
+    pub(crate) router: Arc<Router>,
     /// The Node's WireGuard control side, and its peers by counter slot.
     wg: Mutex<Device>,
     wg_slots: Mutex<BTreeMap<u32, PeerId>>,
-    pub(super) ip: Ipv4Addr,
+    pub(crate) ip: Ipv4Addr,
     index: u32,
     key: PublicKey,
 }
@@ -39,13 +40,14 @@ impl Node {
     }
 }
 
-fn node(last: u8, seed: u8) -> Node {
+/// A node `10.77.0.{last}` whose keys come from `seed`, without peers.
+pub(crate) fn node(last: u8, seed: u8) -> Node {
     let key = PrivateKey::from_bytes([seed; 32]);
     let public = key.public_key();
     let ip = Ipv4Addr::new(10, 77, 0, last);
     let wall = WallClock::new(Instant::now(), std::time::SystemTime::now());
     let wg = Mutex::new(Device::new(key.clone(), crate::engine::OsRandom, wall));
-    let router = Router::new(key, wall);
+    let router = Arc::new(Router::new(key, wall));
     let index = u32::from(ip);
     let local = LocalConfig {
         node_index: index,
@@ -68,7 +70,8 @@ fn node(last: u8, seed: u8) -> Node {
     }
 }
 
-fn config(of: &Node, endpoint: &str, mode: LinkMode) -> PeerConfig {
+/// `of` as a peer at `endpoint`.
+pub(crate) fn config(of: &Node, endpoint: &str, mode: LinkMode) -> PeerConfig {
     PeerConfig {
         node_id: format!("node-{}", of.ip.octets()[3]),
         node_index: of.index,
@@ -83,7 +86,7 @@ fn config(of: &Node, endpoint: &str, mode: LinkMode) -> PeerConfig {
 
 /// Installs `peers` on `at` as the Node does: each peer (a SEALED one with a new WireGuard
 /// peer and its data side), then the snapshot with all of them.
-pub(super) fn install(at: &Node, peers: &[PeerConfig]) {
+pub(crate) fn install(at: &Node, peers: &[PeerConfig]) {
     for p in peers {
         upsert(at, p);
     }
@@ -135,7 +138,7 @@ pub(super) fn pair(mode: LinkMode) -> (Node, Node) {
 }
 
 /// An IPv4/UDP packet from `src` to `dst` with `payload`.
-fn packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     let total = 28 + payload.len();
     let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
     p[2..4].copy_from_slice(&u16::try_from(total).unwrap().to_be_bytes());
@@ -154,7 +157,7 @@ fn ep(s: &str) -> SocketAddr {
 
 /// What `from` sends for `p`: sealed or framed by the router, or, while no WireGuard session
 /// can send, by the Node (a handshake initiation then).
-fn send(from: &Node, p: &[u8]) -> Vec<u8> {
+pub(crate) fn send(from: &Node, p: &[u8]) -> Vec<u8> {
     let mut out = vec![0; out_len(p.len())];
     match from.router.outbound(Instant::now(), p, &mut out) {
         Outbound::Send { datagram, .. } => datagram.to_vec(),
@@ -194,7 +197,8 @@ fn handshake_message(at: &Node, from: &str, d: &[u8]) -> Vec<u8> {
     }
 }
 
-fn receive(at: &Node, from: &str, d: &[u8]) -> Result<Vec<u8>, Inbound<'static>> {
+/// What `at` makes of datagram `d` from `from`: the inner packet it delivers, or why not.
+pub(crate) fn receive(at: &Node, from: &str, d: &[u8]) -> Result<Vec<u8>, Inbound<'static>> {
     let mut out = vec![0; out_len(d.len())];
     match at.router.inbound(Instant::now(), ep(from), d, &mut out) {
         Inbound::Deliver(p) => Ok(p.to_vec()),
