@@ -844,7 +844,7 @@ fn deliver_lone<'s>(
 fn read_tun(p: &Packets, i: usize, bufs: &mut TunBufs, tx: &mut TxBatch<'_>) -> bool {
     let (router, tun, vnet) = (&*p.router, &*p.tuns[i], p.vnet);
     let mut alive = true;
-    for _ in 0..TUN_READS_PER_TURN {
+    for n in 0..TUN_READS_PER_TURN {
         let len = match tun.read(&mut bufs.read) {
             Ok(len) => len,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -875,6 +875,11 @@ fn read_tun(p: &Packets, i: usize, bufs: &mut TunBufs, tx: &mut TxBatch<'_>) -> 
         {
             router.drops().add(Drop::BadTunPacket);
             debug!(%error, "unusable packet from the TUN device");
+        }
+        // The turn's first read goes out at once: a lone packet (a ping) does not wait for the
+        // read that finds the queue empty. The rest of a long turn (a flood) is batched.
+        if n == 0 {
+            tx.flush();
         }
     }
     tx.flush();
@@ -955,6 +960,17 @@ impl<'t> TunWriter<'t> {
         self.used
     }
 
+    /// Whether the kernel may answer a waiting packet within the `write` that delivers it: an
+    /// echo request (the echo reply) or a TCP segment (a SYN-ACK, an immediate ACK, a RST).
+    /// Other packets are answered, if at all, by an application that must first be woken, so
+    /// the answer comes after the write and a woken thread takes it anyway.
+    fn expects_answer(&self) -> bool {
+        let header = self.header_len();
+        self.bufs[..self.used]
+            .iter()
+            .any(|b| answered_in_write(&b[header..]))
+    }
+
     /// The queues the waiting packets go to (bit `q`; queues past 63 are not tracked).
     fn pending_queues(&self) -> u64 {
         let header = self.header_len();
@@ -1009,6 +1025,23 @@ impl<'t> TunWriter<'t> {
         if let Err(error) = tun.write(bytes) {
             debug!(%error, "writing to the TUN device failed");
         }
+    }
+}
+
+/// Whether an inner IPv4 packet is one the kernel may answer within the TUN `write` that
+/// delivers it (see [`TunWriter::expects_answer`]): an ICMP echo request or a TCP segment.
+fn answered_in_write(packet: &[u8]) -> bool {
+    const ICMP: u8 = 1;
+    const TCP: u8 = 6;
+    const ECHO_REQUEST: u8 = 8;
+    if packet.len() < 20 || packet[0] >> 4 != 4 {
+        return false;
+    }
+    let header = usize::from(packet[0] & 0x0f) * 4;
+    match packet[9] {
+        TCP => true,
+        ICMP => packet.get(header) == Some(&ECHO_REQUEST),
+        _ => false,
     }
 }
 
@@ -1271,7 +1304,11 @@ fn serve_socket<'s>(
         }
         // A short batch: the socket was empty (no `recvmmsg` that would only say EAGAIN).
         let last = count < rx.metas.len();
-        if last && batch == 0 && (1..=LONE_TURN).contains(&rx.deliver.writer.pending()) {
+        if last
+            && batch == 0
+            && (1..=LONE_TURN).contains(&rx.deliver.writer.pending())
+            && rx.deliver.writer.expects_answer()
+        {
             deliver_lone(p, i, &mut rx.deliver.writer, tun_bufs, txs);
             break;
         }
@@ -1441,7 +1478,9 @@ mod tests {
         let plain = cladnet_core::policy::LinkMode::Plain;
         rt::install(&a, &[rt::config(&b, &engine_ep.to_string(), plain)]);
         rt::install(&b, &[rt::config(&a, &peer_ep.to_string(), plain)]);
-        let ping = rt::packet(a.ip, b.ip, b"ping");
+        // An echo request (the kernel answers it within the write): IPv4 protocol 1, type 8.
+        let mut ping = rt::packet(a.ip, b.ip, b"ping");
+        (ping[9], ping[20]) = (1, 8);
         let answer = rt::packet(b.ip, a.ip, b"answer");
         let later = rt::packet(b.ip, a.ip, b"later");
         let (engine_end, kernel) = UnixDatagram::pair().unwrap();
@@ -1504,6 +1543,30 @@ mod tests {
         p[22..24].copy_from_slice(&dport.to_be_bytes());
         p[24..26].copy_from_slice(&8u16.to_be_bytes());
         p
+    }
+
+    #[test]
+    fn only_echo_requests_and_tcp_are_answered_within_the_write() {
+        let udp = udp_packet([10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
+        let with = |proto: u8, first: u8| {
+            let mut p = udp.clone();
+            (p[9], p[20]) = (proto, first);
+            p
+        };
+        assert!(answered_in_write(&with(1, 8)), "echo request");
+        assert!(!answered_in_write(&with(1, 0)), "echo reply");
+        assert!(!answered_in_write(&with(1, 3)), "destination unreachable");
+        assert!(answered_in_write(&with(6, 0)), "TCP");
+        assert!(!answered_in_write(&udp));
+        // Options move the ICMP header: its type is read past them.
+        let mut options = with(1, 0);
+        options[0] = 0x46;
+        options.splice(20..20, [0, 0, 0, 0]);
+        options[24] = 8;
+        assert!(answered_in_write(&options));
+        assert!(!answered_in_write(&[0x45; 19]));
+        assert!(!answered_in_write(&[0x60; 40]));
+        assert!(!answered_in_write(&with(1, 8)[..20]), "no ICMP header");
     }
 
     #[test]
