@@ -1393,22 +1393,27 @@ mod tests {
         cladnet_wg::WallClock::new(Instant::now(), std::time::SystemTime::now())
     }
 
-    /// A TUN stand-in: the engine reads what was queued on the other end of a datagram
-    /// socket pair (`left` copies of one packet, or nothing); writes are discarded.
-    struct Scripted {
+    /// A TUN stand-in, one end of a datagram socket pair; the test holds the other end, the
+    /// "kernel": what the engine writes arrives there, what is sent from there the engine
+    /// reads. `answer`, if set, is sent to the engine within its first write, as the kernel
+    /// answers a ping within the TUN write that delivers it.
+    struct StandIn {
         engine_end: UnixDatagram,
-        _feeder: UnixDatagram,
+        kernel: UnixDatagram,
+        answer: Mutex<Option<Vec<u8>>>,
     }
 
-    impl Scripted {
+    impl StandIn {
+        /// `left` copies of `packet` waiting to be read.
         fn new(packet: &[u8], left: usize) -> Self {
-            let (engine_end, feeder) = UnixDatagram::pair().unwrap();
+            let (engine_end, kernel) = UnixDatagram::pair().unwrap();
             for _ in 0..left {
-                feeder.send(packet).unwrap();
+                kernel.send(packet).unwrap();
             }
             Self {
                 engine_end,
-                _feeder: feeder,
+                kernel,
+                answer: Mutex::default(),
             }
         }
 
@@ -1416,40 +1421,22 @@ mod tests {
         fn idle() -> Self {
             Self::new(&[], 0)
         }
+
+        /// Answers the first write with `answer`.
+        fn answering(answer: Vec<u8>) -> Self {
+            let tun = Self::idle();
+            *tun.answer.lock().unwrap() = Some(answer);
+            tun
+        }
     }
 
-    impl AsFd for Scripted {
+    impl AsFd for StandIn {
         fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
             self.engine_end.as_fd()
         }
     }
 
-    impl TunIo for Scripted {
-        fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-            self.engine_end.recv(buf)
-        }
-
-        fn write(&self, buf: &[u8]) -> io::Result<usize> {
-            Ok(buf.len())
-        }
-    }
-
-    /// A TUN stand-in wired to the test's "kernel" end: what the engine writes arrives there,
-    /// what the test sends from there the engine reads, and the first write is answered
-    /// within the write, as the kernel answers a ping within the TUN write that delivers it.
-    struct Wired {
-        engine_end: UnixDatagram,
-        kernel: UnixDatagram,
-        answer: Mutex<Option<Vec<u8>>>,
-    }
-
-    impl AsFd for Wired {
-        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-            self.engine_end.as_fd()
-        }
-    }
-
-    impl TunIo for Wired {
+    impl TunIo for StandIn {
         fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
             self.engine_end.recv(buf)
         }
@@ -1483,13 +1470,9 @@ mod tests {
         (ping[9], ping[20]) = (1, 8);
         let answer = rt::packet(b.ip, a.ip, b"answer");
         let later = rt::packet(b.ip, a.ip, b"later");
-        let (engine_end, kernel) = UnixDatagram::pair().unwrap();
+        let tun = StandIn::answering(answer.clone());
+        let kernel = tun.kernel.try_clone().unwrap();
         kernel.set_read_timeout(wait).unwrap();
-        let tun = Wired {
-            engine_end,
-            kernel: kernel.try_clone().unwrap(),
-            answer: Mutex::new(Some(answer.clone())),
-        };
         let (_engine, _outputs) = Userspace::start(
             b.router.clone(),
             vec![Arc::new(tun)],
@@ -1522,7 +1505,7 @@ mod tests {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let (engine, _outputs) = Userspace::start(
             router.clone(),
-            vec![Arc::new(Scripted::idle())],
+            vec![Arc::new(StandIn::idle())],
             TunFeatures::default(),
             vec![socket],
         )
@@ -1603,7 +1586,7 @@ mod tests {
         let sockets = sys::udp::bind_reuseport("127.0.0.1:0".parse().unwrap(), 2).unwrap();
         let port = sockets[0].local_addr().unwrap();
         let queue = |reads| -> Arc<dyn TunIo> {
-            Arc::new(Scripted::new(
+            Arc::new(StandIn::new(
                 &udp_packet([10, 0, 0, 1], [10, 9, 9, 9], 1000, 2000),
                 reads,
             ))
