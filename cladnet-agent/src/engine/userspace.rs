@@ -795,22 +795,21 @@ fn serve_tun(p: &Packets, i: usize, bufs: &mut TunBufs, tx: &mut TxBatch<'_>) ->
 }
 
 /// Writes a lone packet or a few (a ping, a request: the whole of a socket turn) to the TUN
-/// device and reads the queues they went to right after, if no other thread is reading them:
-/// the kernel answers many packets within the TUN `write` that delivers them (an echo reply,
-/// a TCP ACK, a response from a local server), so the answer is usually waiting already, and
-/// taking it here saves the wakeup of another thread, on another core, for it (25–45 µs on
-/// this project's 2-core VM). Those queues are disarmed in `epoll` around the write, so that
+/// device and reads `queues` right after, if no other thread is reading them: the queues of
+/// the packets the kernel answers within the TUN `write` that delivers them (an echo reply, a
+/// TCP ACK), so the answer is waiting already, and taking it here saves the wakeup of another
+/// thread, on another core, for it (25–45 µs on this project's 2-core VM). Those queues are disarmed in `epoll` around the write, so that
 /// the answer does not wake a sleeping thread either, which would cost an interrupt to an
 /// idle core and find nothing to read. Bulk turns leave the answers to the other threads,
 /// which seal them in parallel.
 fn deliver_lone<'s>(
     p: &'s Packets,
     i: usize,
+    queues: u64,
     writer: &mut TunWriter<'_>,
     bufs: &mut TunBufs,
     txs: &mut [TxBatch<'s>],
 ) {
-    let queues = writer.pending_queues();
     let mut taken: [Option<(usize, MutexGuard<'_, ()>)>; LONE_TURN] = Default::default();
     let free = (0..p.tuns.len()).filter(|&q| queues & queue_bit(q) != 0);
     for (slot, q) in taken.iter_mut().zip(free) {
@@ -960,23 +959,17 @@ impl<'t> TunWriter<'t> {
         self.used
     }
 
-    /// Whether the kernel may answer a waiting packet within the `write` that delivers it: an
-    /// echo request (the echo reply) or a TCP segment (a SYN-ACK, an immediate ACK, a RST).
-    /// Other packets are answered, if at all, by an application that must first be woken, so
-    /// the answer comes after the write and a woken thread takes it anyway.
-    fn expects_answer(&self) -> bool {
+    /// The queues (bit `q`; queues past 63 are not tracked) of the waiting packets the kernel
+    /// may answer within the `write` that delivers them ([`answered_in_write`]). Other packets
+    /// are answered, if at all, by an application that must first be woken, so the answer
+    /// comes after the write and a woken thread takes it anyway.
+    fn answer_queues(&self) -> u64 {
         let header = self.header_len();
         self.bufs[..self.used]
             .iter()
-            .any(|b| answered_in_write(&b[header..]))
-    }
-
-    /// The queues the waiting packets go to (bit `q`; queues past 63 are not tracked).
-    fn pending_queues(&self) -> u64 {
-        let header = self.header_len();
-        self.bufs[..self.used]
-            .iter()
-            .map(|b| queue_bit(flow_queue(&b[header..], self.tuns.len())))
+            .map(|b| &b[header..])
+            .filter(|packet| answered_in_write(packet))
+            .map(|packet| queue_bit(flow_queue(packet, self.tuns.len())))
             .fold(0, |set, bit| set | bit)
     }
 
@@ -1029,7 +1022,8 @@ impl<'t> TunWriter<'t> {
 }
 
 /// Whether an inner IPv4 packet is one the kernel may answer within the TUN `write` that
-/// delivers it (see [`TunWriter::expects_answer`]): an ICMP echo request or a TCP segment.
+/// delivers it: an ICMP echo request (the echo reply) or a TCP segment (a SYN-ACK, an
+/// immediate ACK, a RST).
 fn answered_in_write(packet: &[u8]) -> bool {
     const ICMP: u8 = 1;
     const TCP: u8 = 6;
@@ -1304,13 +1298,13 @@ fn serve_socket<'s>(
         }
         // A short batch: the socket was empty (no `recvmmsg` that would only say EAGAIN).
         let last = count < rx.metas.len();
-        if last
-            && batch == 0
-            && (1..=LONE_TURN).contains(&rx.deliver.writer.pending())
-            && rx.deliver.writer.expects_answer()
-        {
-            deliver_lone(p, i, &mut rx.deliver.writer, tun_bufs, txs);
-            break;
+        let writer = &mut rx.deliver.writer;
+        if last && batch == 0 && (1..=LONE_TURN).contains(&writer.pending()) {
+            let queues = writer.answer_queues();
+            if queues != 0 {
+                deliver_lone(p, i, queues, writer, tun_bufs, txs);
+                break;
+            }
         }
         // What one batch delivered goes out before the next `recvmmsg`: under a flood a turn
         // lasts up to 64 batches, and a ping among them must not wait for its end.
