@@ -47,7 +47,8 @@ use super::{
 pub enum Outbound<'a> {
     /// Send this datagram.
     Send {
-        /// The UDP payload.
+        /// The UDP payload, always at the start of `out`: a driver that lends the free end of
+        /// its send batch as `out` sends it in place.
         datagram: &'a [u8],
         /// The peer's underlay endpoint.
         to: SocketAddr,
@@ -65,7 +66,8 @@ pub enum Outbound<'a> {
 /// What to do with a datagram received on the tunnel port.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound<'a> {
-    /// Write this inner packet to the TUN device.
+    /// Write this inner packet to the TUN device. It is always at the start of `out`, so a
+    /// driver that lends its TUN batch's buffer writes it in place.
     Deliver(&'a [u8]),
     /// Answer on the network (handshake response, cookie reply, first transport message).
     Reply {
@@ -318,7 +320,8 @@ impl Router {
         Inbound::Dropped(reason)
     }
 
-    /// Handles a datagram received from `from` on the tunnel port.
+    /// Handles a datagram received from `from` on the tunnel port. `out` must hold at least
+    /// `datagram.len()` bytes.
     pub fn inbound<'a>(
         &self,
         now: Instant,
@@ -329,10 +332,16 @@ impl Router {
         let routes = self.routes.load();
         match routes.fwd.classify(from, datagram) {
             Rx::Deliver { peer, inner } => {
+                // Delivered from `out`, as an opened packet is: the driver lends its TUN
+                // batch's buffer as `out`, so this is the packet's only copy.
+                let Some(packet) = out.get_mut(..inner.len()) else {
+                    return self.drop_in(Drop::Plain(plain::DropReason::Truncated));
+                };
+                packet.copy_from_slice(inner);
                 if let Some(e) = routes.entry(peer) {
                     e.counters.received(inner.len(), self.unix_ms(now));
                 }
-                Inbound::Deliver(inner)
+                Inbound::Deliver(packet)
             }
             Rx::UnknownEndpoint { .. } => Inbound::ToNode,
             // Probes carry nothing to deliver; they keep NAT mappings warm.

@@ -565,15 +565,25 @@ fn send_wg(router: &Router, socket: &UdpSocket, datagram: &[u8], to: SocketAddr)
 /// buffer means the link is saturated; TCP above will back off).
 const SEND_WAIT: Duration = Duration::from_millis(100);
 
+/// The most bytes one GSO send carries (the kernel's limit is 64 KiB of UDP payload).
+const BATCH_BYTES: usize = MAX_PACKET - 1024;
+
 /// Consecutive datagrams to one destination, sent with one `sendmsg` and UDP GSO when the
 /// kernel supports it (all segments the same size, only the last one shorter).
+///
+/// The router seals or frames a packet straight into the batch's free end ([`Self::spare`],
+/// then [`Self::commit`]), so a datagram is not copied between sealing and sending.
 struct TxBatch<'s> {
     socket: &'s UdpSocket,
     state: &'s UdpSocketState,
     /// Datagrams to relay addresses go through it.
     relay: &'s RelayIo,
     relay_buf: Vec<u8>,
-    buf: Vec<u8>,
+    /// A datagram for a relay, taken out of `buf` to be framed.
+    relay_in: Vec<u8>,
+    /// The batch (`buf[..len]`), then room for one more datagram.
+    buf: Box<[u8]>,
+    len: usize,
     to: Option<SocketAddr>,
     segment: usize,
     count: usize,
@@ -587,7 +597,9 @@ impl<'s> TxBatch<'s> {
             state,
             relay,
             relay_buf: Vec::new(),
-            buf: Vec::with_capacity(MAX_PACKET),
+            relay_in: Vec::new(),
+            buf: vec![0u8; BATCH_BYTES + out_len(MAX_PACKET)].into_boxed_slice(),
+            len: 0,
             to: None,
             segment: 0,
             count: 0,
@@ -595,6 +607,26 @@ impl<'s> TxBatch<'s> {
         }
     }
 
+    /// Room for the next datagram (at least [`out_len`]`(MAX_PACKET)` bytes), for the router
+    /// to seal or frame into; [`Self::commit`] adds what it wrote at the start.
+    fn spare(&mut self) -> &mut [u8] {
+        &mut self.buf[self.len..]
+    }
+
+    /// Adds the datagram written at the start of [`Self::spare`], `len` bytes, to the batch.
+    fn commit(&mut self, len: usize, to: SocketAddr) {
+        if cladnet_core::relay::relay_node(to).is_some() {
+            let mut datagram = std::mem::take(&mut self.relay_in);
+            datagram.clear();
+            datagram.extend_from_slice(&self.buf[self.len..self.len + len]);
+            self.push(&datagram, to);
+            self.relay_in = datagram;
+            return;
+        }
+        self.commit_direct(len, to);
+    }
+
+    /// Adds a copy of `datagram` to the batch.
     fn push(&mut self, datagram: &[u8], to: SocketAddr) {
         if cladnet_core::relay::relay_node(to).is_some() {
             let mut buf = std::mem::take(&mut self.relay_buf);
@@ -609,19 +641,28 @@ impl<'s> TxBatch<'s> {
     }
 
     fn push_direct(&mut self, datagram: &[u8], to: SocketAddr) {
+        self.spare()[..datagram.len()].copy_from_slice(datagram);
+        self.commit_direct(datagram.len(), to);
+    }
+
+    fn commit_direct(&mut self, len: usize, to: SocketAddr) {
         let fits = self.to == Some(to)
             && !self.closed
-            && datagram.len() <= self.segment
+            && len <= self.segment
             && self.count < self.state.max_gso_segments()
-            && self.buf.len() + datagram.len() <= MAX_PACKET - 1024;
+            && self.len + len <= BATCH_BYTES;
         if !fits {
+            // The datagram starts a batch of its own: it moves to the front once the batch
+            // before it is sent.
+            let at = self.len;
             self.flush();
+            self.buf.copy_within(at..at + len, 0);
             self.to = Some(to);
-            self.segment = datagram.len();
+            self.segment = len;
         }
         // A shorter datagram can only be the last segment of a GSO send.
-        self.closed |= datagram.len() < self.segment;
-        self.buf.extend_from_slice(datagram);
+        self.closed |= len < self.segment;
+        self.len += len;
         self.count += 1;
     }
 
@@ -632,7 +673,7 @@ impl<'s> TxBatch<'s> {
         let transmit = Transmit {
             destination: to,
             ecn: None,
-            contents: &self.buf,
+            contents: &self.buf[..self.len],
             segment_size: (self.count > 1).then_some(self.segment),
             src_ip: None,
         };
@@ -655,7 +696,7 @@ impl<'s> TxBatch<'s> {
                 }
             }
         }
-        self.buf.clear();
+        self.len = 0;
         self.count = 0;
         self.closed = false;
     }
@@ -773,7 +814,6 @@ fn packet_thread(p: &Packets) {
 struct TunBufs {
     read: Vec<u8>,
     segment: Vec<u8>,
-    out: Vec<u8>,
 }
 
 impl TunBufs {
@@ -781,7 +821,6 @@ impl TunBufs {
         Self {
             read: vec![0u8; MAX_PACKET + VNET_HDR_LEN],
             segment: vec![0u8; MAX_PACKET],
-            out: vec![0u8; out_len(MAX_PACKET)],
         }
     }
 }
@@ -856,9 +895,12 @@ fn read_tun(p: &Packets, i: usize, bufs: &mut TunBufs, tx: &mut TxBatch<'_>) -> 
         };
         p.counters[i].tun_reads.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let out = &mut bufs.out;
-        let mut route = |packet: &[u8]| match router.outbound(now, packet, out) {
-            Outbound::Send { datagram, to } => tx.push(datagram, to),
+        let mut route = |packet: &[u8]| match router.outbound(now, packet, tx.spare()) {
+            // Sealed or framed in place, at the batch's end.
+            Outbound::Send { datagram, to } => {
+                let len = datagram.len();
+                tx.commit(len, to);
+            }
             Outbound::ToTun(icmp) => write_unoffloaded(tun, vnet, icmp),
             Outbound::ToNode => {
                 if p.node.try_send(ForNode::Packet(packet.to_vec())).is_err() {
@@ -973,12 +1015,24 @@ impl<'t> TunWriter<'t> {
             .fold(0, |set, bit| set | bit)
     }
 
-    fn push(&mut self, packet: &[u8]) {
+    /// Room for the next packet, `len` bytes, for the router to open a datagram into;
+    /// [`Self::commit`] adds what it wrote at the start.
+    fn spare(&mut self, len: usize) -> &mut [u8] {
         let header = self.header_len();
         let buf = &mut self.bufs[self.used];
-        buf.clear();
-        buf.resize(header, 0);
-        buf.extend_from_slice(packet);
+        // Shrinks, or zeroes only what grows: no clearing of what will be overwritten.
+        buf.resize(header + len, 0);
+        &mut buf[header..]
+    }
+
+    /// Adds the packet written at the start of [`Self::spare`], `len` bytes, to the batch.
+    fn commit(&mut self, len: usize) {
+        let header = self.header_len();
+        let buf = &mut self.bufs[self.used];
+        buf.truncate(header + len);
+        if self.vnet {
+            buf[..VNET_HDR_LEN].copy_from_slice(&VirtioNetHdr::NONE.encode());
+        }
         self.used += 1;
         if self.used == self.bufs.len() {
             self.flush();
@@ -1229,9 +1283,9 @@ struct RxBufs<'t> {
     deliver: DeliverBufs<'t>,
 }
 
-/// Where received datagrams are opened, and the batch of writes to the TUN device.
+/// A relay frame's unwrapped datagram, and the batch of writes to the TUN device (whose
+/// buffers received datagrams are opened into).
 struct DeliverBufs<'t> {
-    out: Vec<u8>,
     relay: Vec<u8>,
     writer: TunWriter<'t>,
 }
@@ -1242,7 +1296,6 @@ impl<'t> RxBufs<'t> {
             bufs: (0..BATCH_SIZE).map(|_| vec![0u8; MAX_PACKET]).collect(),
             metas: [RecvMeta::default(); BATCH_SIZE],
             deliver: DeliverBufs {
-                out: vec![0u8; out_len(MAX_PACKET)],
                 relay: Vec::with_capacity(MAX_PACKET),
                 writer: TunWriter::new(tuns, vnet, uso),
             },
@@ -1343,8 +1396,12 @@ fn deliver(
         }
         return;
     }
-    match router.inbound(now, from, datagram, &mut rx.out) {
-        Inbound::Deliver(packet) => rx.writer.push(packet),
+    // Opened (or unframed) straight into the TUN batch's next buffer.
+    match router.inbound(now, from, datagram, rx.writer.spare(datagram.len())) {
+        Inbound::Deliver(packet) => {
+            let len = packet.len();
+            rx.writer.commit(len);
+        }
         Inbound::Reply { datagram, to } => tx.push(datagram, to),
         Inbound::Reflected { nonce, seen } => {
             deliver_reflection(router, &p.waiters, from, nonce, seen);
@@ -1382,6 +1439,46 @@ mod tests {
     use std::os::unix::net::UnixDatagram;
 
     use super::*;
+
+    /// Datagrams written in place (`spare` + `commit`) and copied in (`push`) reach their
+    /// destinations whole and in order, whatever ends a GSO batch: a shorter datagram, a
+    /// longer one (which moves to the front of the next batch), another destination.
+    #[test]
+    fn a_batch_sends_what_was_written_into_it_in_order() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let state = UdpSocketState::new((&socket).into()).unwrap();
+        let relay = RelayIo::default();
+        let receivers: Vec<UdpSocket> = (0..2)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let to: Vec<SocketAddr> = receivers.iter().map(|r| r.local_addr().unwrap()).collect();
+        let sent: Vec<(usize, Vec<u8>)> = [(0, 100), (0, 100), (0, 60), (0, 100), (0, 200)]
+            .into_iter()
+            .chain([(1, 200), (0, 200)])
+            .enumerate()
+            .map(|(n, (dest, len))| (dest, vec![n as u8 + 1; len]))
+            .collect();
+        let mut tx = TxBatch::new(&socket, &state, &relay);
+        for (n, (dest, datagram)) in sent.iter().enumerate() {
+            if n % 2 == 0 {
+                tx.spare()[..datagram.len()].copy_from_slice(datagram);
+                tx.commit(datagram.len(), to[*dest]);
+            } else {
+                tx.push(datagram, to[*dest]);
+            }
+        }
+        tx.flush();
+        for (dest, receiver) in receivers.iter().enumerate() {
+            receiver
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            for (_, datagram) in sent.iter().filter(|(d, _)| *d == dest) {
+                let mut buf = [0u8; 512];
+                let n = receiver.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &datagram[..], "at receiver {dest}");
+            }
+        }
+    }
 
     fn wall() -> cladnet_wg::WallClock {
         cladnet_wg::WallClock::new(Instant::now(), std::time::SystemTime::now())

@@ -159,8 +159,17 @@ fn ep(s: &str) -> SocketAddr {
 /// can send, by the Node (a handshake initiation then).
 pub(crate) fn send(from: &Node, p: &[u8]) -> Vec<u8> {
     let mut out = vec![0; out_len(p.len())];
+    let start = out.as_ptr();
     match from.router.outbound(Instant::now(), p, &mut out) {
-        Outbound::Send { datagram, .. } => datagram.to_vec(),
+        Outbound::Send { datagram, .. } => {
+            // The engine sends it in place, from the start of its batch's free end.
+            assert_eq!(
+                datagram.as_ptr(),
+                start,
+                "a datagram not at the start of `out`"
+            );
+            datagram.to_vec()
+        }
         Outbound::ToNode => {
             let id = from.peer();
             match from.device().encapsulate(Instant::now(), id, p, &mut out) {
@@ -199,9 +208,19 @@ fn handshake_message(at: &Node, from: &str, d: &[u8]) -> Vec<u8> {
 
 /// What `at` makes of datagram `d` from `from`: the inner packet it delivers, or why not.
 pub(crate) fn receive(at: &Node, from: &str, d: &[u8]) -> Result<Vec<u8>, Inbound<'static>> {
-    let mut out = vec![0; out_len(d.len())];
+    // As little room as the contract promises: the datagram's length.
+    let mut out = vec![0; d.len()];
+    let start = out.as_ptr();
     match at.router.inbound(Instant::now(), ep(from), d, &mut out) {
-        Inbound::Deliver(p) => Ok(p.to_vec()),
+        Inbound::Deliver(p) => {
+            // The engine writes it to the TUN device in place, from its batch's buffer.
+            assert_eq!(
+                p.as_ptr(),
+                start,
+                "an inner packet not at the start of `out`"
+            );
+            Ok(p.to_vec())
+        }
         Inbound::Dropped(r) => Err(Inbound::Dropped(r)),
         Inbound::Nothing => Err(Inbound::Nothing),
         Inbound::ToNode => Err(Inbound::ToNode),
