@@ -598,7 +598,10 @@ impl<'s> TxBatch<'s> {
             relay,
             relay_buf: Vec::new(),
             relay_in: Vec::new(),
-            buf: vec![0u8; BATCH_BYTES + out_len(MAX_PACKET)].into_boxed_slice(),
+            // A batch holds at most `out_len(MAX_PACKET)` bytes (up to BATCH_BYTES of joined
+            // datagrams, or one datagram alone), so the free end always has room for the
+            // largest datagram too.
+            buf: vec![0u8; 2 * out_len(MAX_PACKET)].into_boxed_slice(),
             len: 0,
             to: None,
             segment: 0,
@@ -1478,6 +1481,24 @@ mod tests {
                 assert_eq!(&buf[..n], &datagram[..], "at receiver {dest}");
             }
         }
+    }
+
+    /// The largest datagrams, each alone in its batch, one after the other: the free end of
+    /// the batch always has room for the next one.
+    #[test]
+    fn a_batch_takes_the_largest_datagrams_back_to_back() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let state = UdpSocketState::new((&socket).into()).unwrap();
+        let relay = RelayIo::default();
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = receiver.local_addr().unwrap();
+        let mut tx = TxBatch::new(&socket, &state, &relay);
+        let big = vec![7u8; MAX_PACKET];
+        for _ in 0..3 {
+            tx.push(&big, to);
+            assert!(tx.spare().len() >= out_len(MAX_PACKET));
+        }
+        tx.flush();
     }
 
     fn wall() -> cladnet_wg::WallClock {
