@@ -622,7 +622,7 @@ impl<'s> TxBatch<'s> {
             let mut datagram = std::mem::take(&mut self.relay_in);
             datagram.clear();
             datagram.extend_from_slice(&self.buf[self.len..self.len + len]);
-            self.push(&datagram, to);
+            self.push_relayed(&datagram, to);
             self.relay_in = datagram;
             return;
         }
@@ -632,15 +632,20 @@ impl<'s> TxBatch<'s> {
     /// Adds a copy of `datagram` to the batch.
     fn push(&mut self, datagram: &[u8], to: SocketAddr) {
         if cladnet_core::relay::relay_node(to).is_some() {
-            let mut buf = std::mem::take(&mut self.relay_buf);
-            let relay = self.relay;
-            relay.outgoing(Instant::now(), datagram, to, &mut buf, |d, to| {
-                self.push_direct(d, to);
-            });
-            self.relay_buf = buf;
-            return;
+            self.push_relayed(datagram, to);
+        } else {
+            self.push_direct(datagram, to);
         }
-        self.push_direct(datagram, to);
+    }
+
+    /// Adds `datagram`, for the relay address `to`, framed for its relay.
+    fn push_relayed(&mut self, datagram: &[u8], to: SocketAddr) {
+        let mut buf = std::mem::take(&mut self.relay_buf);
+        let relay = self.relay;
+        relay.outgoing(Instant::now(), datagram, to, &mut buf, |d, to| {
+            self.push_direct(d, to);
+        });
+        self.relay_buf = buf;
     }
 
     fn push_direct(&mut self, datagram: &[u8], to: SocketAddr) {

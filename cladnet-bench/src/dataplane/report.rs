@@ -696,22 +696,15 @@ impl DataplaneDocument {
     /// Issue 15's goals for `cladnet-sealed` besides the 4-stream one, against raw and
     /// boringtun in the same run; empty when `cladnet-sealed` did not run.
     fn sealed_targets(&self) -> Vec<TargetCheck> {
-        let median = |c: Config| {
-            self.rows
-                .iter()
-                .find(|r| r.config == c)
-                .and_then(|r| r.median)
-        };
-        let Some(sealed) = median(Config::CladnetSealed) else {
+        let row = |c: Config| self.rows.iter().find(|r| r.config == c);
+        let Some((sealed, tcp_vs_raw)) =
+            row(Config::CladnetSealed).and_then(|r| Some((r.median?, r.tcp_vs_raw)))
+        else {
             return Vec::new();
         };
+        let median = |c: Config| row(c).and_then(|r| r.median);
         let (raw, boringtun) = (median(Config::Raw), median(Config::Boringtun));
         let added_us = |m: RunMetrics| raw.map(|r| (m.rtt_median_ms - r.rtt_median_ms) * 1e3);
-        let tcp_vs_raw = self
-            .rows
-            .iter()
-            .find(|r| r.config == Config::CladnetSealed)
-            .and_then(|r| r.tcp_vs_raw);
         let rtt_vs_boringtun = added_us(sealed)
             .zip(boringtun.and_then(added_us))
             .filter(|(_, b)| *b > 0.0)
